@@ -1,0 +1,5 @@
+import sys
+
+from tresnet.cli.main import main
+
+sys.exit(main())

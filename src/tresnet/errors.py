@@ -1,0 +1,32 @@
+"""Exceptions raised for users: each message names the bad value and the fix."""
+
+
+class TResNetError(Exception):
+    """Base class of every error this package raises for a user mistake."""
+
+
+class ModelNotFoundError(TResNetError, KeyError):
+    """An unknown model name."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(TResNetError):
+    """A checkpoint that is missing, unreadable, or of another architecture."""
+
+
+class InputSizeError(TResNetError, ValueError):
+    """An input size the network cannot take."""
+
+
+class DataError(TResNetError):
+    """A data folder or image that cannot be used."""
+
+
+class ConfigError(TResNetError, ValueError):
+    """A bad option or recipe key."""
+
+
+class MissingDependencyError(TResNetError, ImportError):
+    """An optional extra that is not installed."""

@@ -1,0 +1,25 @@
+"""Building blocks of TResNet: small modules that know nothing of the models built from them."""
+
+from tresnet.layers.anti_alias import AntiAliasDownsample, blur_filter
+from tresnet.layers.conv_norm_act import ConvNormAct
+from tresnet.layers.inplace_abn import InPlaceABN, InPlaceABNSync, inplace_abn
+from tresnet.layers.norm_act import NORMS, BatchNormAct2d, create_norm_act
+from tresnet.layers.pooling import FastGlobalAvgPool
+from tresnet.layers.space_to_depth import SpaceToDepth, space_to_depth
+from tresnet.layers.squeeze_excite import SqueezeExcite
+
+__all__ = [
+    "NORMS",
+    "AntiAliasDownsample",
+    "BatchNormAct2d",
+    "ConvNormAct",
+    "FastGlobalAvgPool",
+    "InPlaceABN",
+    "InPlaceABNSync",
+    "SpaceToDepth",
+    "SqueezeExcite",
+    "blur_filter",
+    "create_norm_act",
+    "inplace_abn",
+    "space_to_depth",
+]

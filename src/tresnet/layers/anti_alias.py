@@ -1,0 +1,36 @@
+"""Anti-aliased downsampling: a fixed [1, 2, 1] x [1, 2, 1] / 16 blur with stride 2."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def blur_filter(channels: int) -> torch.Tensor:
+    """The per-channel 3x3 binomial filter, shaped for a depthwise conv: (channels, 1, 3, 3)."""
+    taps = torch.tensor([1.0, 2.0, 1.0])
+    kernel = taps[:, None] * taps[None, :]
+    kernel = kernel / kernel.sum()
+    return kernel[None, None].repeat(channels, 1, 1, 1)
+
+
+class AntiAliasDownsample(nn.Module):
+    """Blur then subsample by 2: reflect padding of 1 and a depthwise conv with stride 2.
+
+    The filter is a non-persistent buffer (not learned, not in checkpoints); it follows the
+    module's device and dtype, and is cast to the input's dtype so that fp16/bf16 and autocast work.
+    """
+
+    def __init__(self, channels: int, stride: int = 2) -> None:
+        super().__init__()
+        self.channels = channels
+        self.stride = stride
+        self.register_buffer("filt", blur_filter(channels), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        return F.conv2d(x, self.filt.to(dtype=x.dtype), stride=self.stride, groups=self.channels)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, stride={self.stride}"

@@ -1,0 +1,33 @@
+"""Conv + norm/activation (+ optional anti-aliased downsampling), TResNet's building unit."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tresnet.layers.anti_alias import AntiAliasDownsample
+from tresnet.layers.norm_act import create_norm_act
+
+
+class ConvNormAct(nn.Module):
+    """``conv -> bn (norm + activation as one module) -> aa``.
+
+    With ``anti_alias=True`` and stride 2, the conv runs at stride 1 and the blur downsamples,
+    as in TResNet. Submodule names (``conv``, ``bn``, ``aa``) match timm's checkpoint keys.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 activation: str = "leaky_relu", activation_param: float = 0.01, norm: str = "inplace_abn",
+                 anti_alias: bool = False) -> None:
+        super().__init__()
+        use_aa = anti_alias and stride == 2
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=1 if use_aa else stride,
+                              padding=kernel_size // 2, bias=False)
+        self.bn = create_norm_act(norm, out_channels, activation, activation_param)
+        self.aa = AntiAliasDownsample(out_channels, stride=2) if use_aa else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        if self.aa is not None:
+            x = self.aa(x)
+        return x

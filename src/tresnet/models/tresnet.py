@@ -1,0 +1,297 @@
+"""TResNet (Ridnik et al., arXiv 2003.13630): the blocks, the network, and its variants.
+
+Variants are data (:data:`VARIANTS`); the builders in :mod:`tresnet.models.registry` read them.
+Module and parameter names follow timm's ``tresnet.py``, so timm checkpoints load as they are.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torchvision.ops import StochasticDepth
+
+from tresnet.errors import InputSizeError
+from tresnet.layers import ConvNormAct, FastGlobalAvgPool, SpaceToDepth, SqueezeExcite
+
+# Smallest input side: after SpaceToDepth (/4) three blurred stride-2 stages need a side of at
+# least 2 for their reflect padding, which gives 20 pixels.
+MIN_INPUT_SIZE = 20
+SIZE_MULTIPLE = 4
+
+
+@dataclass(frozen=True)
+class TResNetArch:
+    """What distinguishes one TResNet from another."""
+
+    layers: tuple[int, int, int, int]
+    width_factor: float = 1.0
+    v2: bool = False  # every stage Bottleneck, planes rounded down to a multiple of 8
+    stem_slope: float = 1e-2  # leaky ReLU slope of conv1
+    block_slope: float = 1e-3  # leaky ReLU slope inside the blocks
+
+
+VARIANTS: dict[str, TResNetArch] = {
+    "tresnet_m": TResNetArch(layers=(3, 4, 11, 3), width_factor=1.0),
+    "tresnet_l": TResNetArch(layers=(4, 5, 18, 3), width_factor=1.2),
+    "tresnet_xl": TResNetArch(layers=(4, 5, 24, 3), width_factor=1.3),
+    # The official v2 code forces every leaky slope to 1e-6 (timm keeps 1e-2 / 1e-3).
+    "tresnet_v2_l": TResNetArch(layers=(3, 4, 23, 3), width_factor=1.0, v2=True, stem_slope=1e-6,
+                                block_slope=1e-6),
+}
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (the first anti-aliased when striding), SE, residual add, ReLU."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 use_se: bool = True, slope: float = 1e-3, norm: str = "inplace_abn",
+                 drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.conv1 = ConvNormAct(inplanes, planes, 3, stride, "leaky_relu", slope, norm, anti_alias=True)
+        self.conv2 = ConvNormAct(planes, planes, 3, 1, "identity", 0.0, norm)
+        self.se = SqueezeExcite(planes, max(planes // 4, 64)) if use_se else None
+        self.drop_path = StochasticDepth(drop_path_rate, "row") if drop_path_rate > 0 else nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.conv2(self.conv1(x))
+        if self.se is not None:
+            out = self.se(out)
+        return self.act(self.drop_path(out) + shortcut)
+
+    def last_norm(self) -> nn.Module:
+        return self.conv2.bn
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (anti-aliased when striding), SE on the narrow width, 1x1 expand, add, ReLU."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 use_se: bool = True, slope: float = 1e-3, norm: str = "inplace_abn",
+                 drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.conv1 = ConvNormAct(inplanes, planes, 1, 1, "leaky_relu", slope, norm)
+        self.conv2 = ConvNormAct(planes, planes, 3, stride, "leaky_relu", slope, norm, anti_alias=True)
+        self.se = SqueezeExcite(planes, max(planes * self.expansion // 8, 64)) if use_se else None
+        self.conv3 = ConvNormAct(planes, planes * self.expansion, 1, 1, "identity", 0.0, norm)
+        self.drop_path = StochasticDepth(drop_path_rate, "row") if drop_path_rate > 0 else nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.conv2(self.conv1(x))
+        if self.se is not None:
+            out = self.se(out)
+        out = self.conv3(out)
+        return self.act(self.drop_path(out) + shortcut)
+
+    def last_norm(self) -> nn.Module:
+        return self.conv3.bn
+
+
+class FeatureInfo(list):
+    """A list of ``{"num_chs", "reduction", "module"}`` dicts, with timm's accessors."""
+
+    def channels(self) -> list[int]:
+        return [f["num_chs"] for f in self]
+
+    def reduction(self) -> list[int]:
+        return [f["reduction"] for f in self]
+
+
+class ClassifierHead(nn.Module):
+    """Fast global average pooling, optional dropout, ``fc``."""
+
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.global_pool = FastGlobalAvgPool(flatten=True)
+        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(self.global_pool(x))
+        return x if pre_logits else self.fc(x)
+
+
+class TResNet(nn.Module):
+    """TResNet: SpaceToDepth stem, ``conv1``, four stages, fast global pooling and ``head.fc``.
+
+    With ``features_only=True`` the head is dropped and ``forward`` returns the outputs of the
+    stages in ``out_indices`` (0 = ``conv1``, 1..4 = ``layer1..layer4``), described by ``feature_info``.
+    """
+
+    def __init__(self, arch: TResNetArch, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, norm: str = "inplace_abn", features_only: bool = False,
+                 out_indices: tuple[int, ...] = (1, 2, 3, 4)) -> None:
+        super().__init__()
+        self.arch = arch
+        self.norm = norm
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        planes = int(64 * arch.width_factor)
+        if arch.v2:
+            planes = planes // 8 * 8
+        self.planes = planes
+        self._inplanes = planes
+        total_blocks = sum(arch.layers)
+        rates = torch.linspace(0, drop_path_rate, total_blocks).tolist() if total_blocks else []
+        stage_rates, start = [], 0
+        for n in arch.layers:
+            stage_rates.append(rates[start:start + n])
+            start += n
+
+        early_block = Bottleneck if arch.v2 else BasicBlock
+        conv1 = ConvNormAct(in_chans * 16, planes, 3, 1, "leaky_relu", arch.stem_slope, norm)
+        stages = [
+            self._make_stage(early_block, planes, arch.layers[0], 1, True, stage_rates[0]),
+            self._make_stage(early_block, planes * 2, arch.layers[1], 2, True, stage_rates[1]),
+            self._make_stage(Bottleneck, planes * 4, arch.layers[2], 2, True, stage_rates[2]),
+            self._make_stage(Bottleneck, planes * 8, arch.layers[3], 2, False, stage_rates[3]),
+        ]
+        self.body = nn.Sequential(OrderedDict([
+            ("s2d", SpaceToDepth()),
+            ("conv1", conv1),
+            ("layer1", stages[0]),
+            ("layer2", stages[1]),
+            ("layer3", stages[2]),
+            ("layer4", stages[3]),
+        ]))
+        early_expansion = early_block.expansion
+        all_features = [
+            dict(num_chs=planes, reduction=4, module="body.conv1"),
+            dict(num_chs=planes * early_expansion, reduction=4, module="body.layer1"),
+            dict(num_chs=planes * 2 * early_expansion, reduction=8, module="body.layer2"),
+            dict(num_chs=planes * 4 * Bottleneck.expansion, reduction=16, module="body.layer3"),
+            dict(num_chs=planes * 8 * Bottleneck.expansion, reduction=32, module="body.layer4"),
+        ]
+        self.num_features = self.head_hidden_size = all_features[-1]["num_chs"]
+        self.features_only = features_only
+        if features_only:
+            bad = [i for i in out_indices if i not in range(len(all_features))]
+            if bad or not out_indices:
+                raise ValueError(f"out_indices {tuple(out_indices)} invalid; pick from 0 (conv1) to 4 (layer4)")
+            self.out_indices = tuple(out_indices)
+            self.feature_info = FeatureInfo(all_features[i] for i in self.out_indices)
+            self.head = None
+        else:
+            self.out_indices = ()
+            self.feature_info = FeatureInfo(all_features)
+            self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
+        self.pretrained_cfg: dict = {}
+        self.reset_parameters()
+
+    def _make_stage(self, block, planes: int, blocks: int, stride: int, use_se: bool,
+                    drop_path_rates: list[float]) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self._inplanes != planes * block.expansion:
+            parts = []
+            if stride == 2:
+                parts.append(nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False))
+            parts.append(ConvNormAct(self._inplanes, planes * block.expansion, 1, 1, "identity", 0.0, self.norm))
+            downsample = nn.Sequential(*parts)
+        layers = []
+        for i in range(blocks):
+            layers.append(block(self._inplanes, planes, stride if i == 0 else 1, downsample if i == 0 else None,
+                                use_se, self.arch.block_slope, self.norm, drop_path_rates[i]))
+            self._inplanes = planes * block.expansion
+        return nn.Sequential(*layers)
+
+    def reset_parameters(self) -> None:
+        """The paper's initialisation, with the last norm of each residual branch zeroed."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+        for m in self.modules():
+            if isinstance(m, (BasicBlock, Bottleneck)):
+                nn.init.zeros_(m.last_norm().weight)
+
+    # --- the uniform surface -------------------------------------------------------------------
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward instead of keeping its activations."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace ``head.fc`` with a fresh one for ``num_classes`` (0 gives pooled features)."""
+        if self.head is None:
+            raise ValueError("a features_only model has no classifier")
+        param = next(self.parameters())
+        self.num_classes = num_classes
+        fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.normal_(fc.weight, 0.0, 0.01)
+            nn.init.zeros_(fc.bias)
+        self.head.fc = fc.to(device=param.device, dtype=param.dtype)
+        if self.pretrained_cfg:
+            self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise :class:`InputSizeError` unless the network can take ``height x width`` inputs."""
+        for side in (height, width):
+            if side % SIZE_MULTIPLE or side < MIN_INPUT_SIZE:
+                raise InputSizeError(
+                    f"input size {height}x{width} is not supported: each side must be a multiple of "
+                    f"{SIZE_MULTIPLE} and at least {MIN_INPUT_SIZE} (e.g. 224, 256, 448)"
+                )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map, ``(N, num_features, H/32, W/32)``."""
+        if not (torch.jit.is_tracing() or torch.jit.is_scripting()):
+            self.check_input_size(x.shape[-2], x.shape[-1])
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            x = self.body.conv1(self.body.s2d(x))
+            for stage in (self.body.layer1, self.body.layer2, self.body.layer3, self.body.layer4):
+                for block in stage:
+                    x = checkpoint(block, x, use_reentrant=False)
+            return x
+        return self.body(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool (and classify unless ``pre_logits``) a feature map from :meth:`forward_features`."""
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of the stages in ``out_indices`` (all five when the model has a head)."""
+        if not (torch.jit.is_tracing() or torch.jit.is_scripting()):
+            self.check_input_size(x.shape[-2], x.shape[-1])
+        wanted = self.out_indices or (0, 1, 2, 3, 4)
+        outs = []
+        x = self.body.s2d(x)
+        for index, name in enumerate(("conv1", "layer1", "layer2", "layer3", "layer4")):
+            if index > max(wanted):
+                break
+            x = getattr(self.body, name)(x)
+            if index in wanted:
+                outs.append(x)
+        return outs
+
+    def forward(self, x: torch.Tensor):
+        if self.features_only:
+            return self.forward_intermediates(x)
+        return self.forward_head(self.forward_features(x))
+
+
+__all__ = ["VARIANTS", "BasicBlock", "Bottleneck", "TResNet", "TResNetArch"]
