@@ -1,0 +1,1 @@
+"""Measuring models the paper's way: throughput, largest batch, memory."""
