@@ -30,9 +30,14 @@ def _channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t.view(1, -1, *([1] * (ndim - 2)))
 
 
-def invertible_scale(weight: torch.Tensor, eps: float) -> torch.Tensor:
+def stat_dtype(x: torch.Tensor) -> torch.dtype:
+    """Statistics and affine parameters are computed in fp32 (fp64 for fp64 inputs)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def invertible_scale(weight: torch.Tensor, eps: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The BatchNorm scale used by In-Place ABN: ``weight``, with ``|scale| >= eps`` (sign kept)."""
-    w = weight.detach().float()
+    w = weight.detach().to(dtype)
     sign = torch.where(w < 0, -1.0, 1.0)
     return torch.where(w.abs() < eps, sign * eps, w)
 
@@ -49,13 +54,13 @@ def activate_(x: torch.Tensor, activation: str, param: float) -> torch.Tensor:
 def invert_activation(y: torch.Tensor, dy: torch.Tensor, activation: str, param: float):
     """From the activation's output and its gradient, the pre-activation and its gradient."""
     if activation == "leaky_relu":
-        neg = y < 0
-        z = torch.where(neg, y / param, y)
-        dz = torch.where(neg, dy * param, dy)
+        # leaky_relu with slope 1/param undoes leaky_relu with slope param.
+        z = F.leaky_relu(y, 1.0 / param)
+        dz = torch.ops.aten.leaky_relu_backward(dy, y, param, True)
     elif activation == "elu":
         neg = y < 0
         z = torch.where(neg, torch.log1p(y / param), y)
-        dz = torch.where(neg, dy * (y + param), dy)
+        dz = torch.ops.aten.elu_backward(dy, param, 1.0, 1.0, True, y)
     else:
         z, dz = y, dy
     return z, dz
@@ -73,7 +78,7 @@ def _sync_stats(x: torch.Tensor, group) -> tuple[torch.Tensor, torch.Tensor, int
     """Mean and biased variance over the whole process group, combined exactly from local ones."""
     dims = [0] + list(range(2, x.dim()))
     count = x.numel() // x.shape[1]
-    var, mean = torch.var_mean(x.float(), dim=dims, correction=0)
+    var, mean = torch.var_mean(x.to(stat_dtype(x)), dim=dims, correction=0)
     local = torch.cat([mean, var, torch.tensor([float(count)], device=x.device)])
     world = dist.get_world_size(group)
     gathered = [torch.empty_like(local) for _ in range(world)]
@@ -87,46 +92,63 @@ def _sync_stats(x: torch.Tensor, group) -> tuple[torch.Tensor, torch.Tensor, int
     return g_mean, g_var, int(total.item())
 
 
+def normalize_(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, running_mean: torch.Tensor | None,
+               running_var: torch.Tensor | None, training: bool, momentum: float, eps: float,
+               group=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Overwrite ``x`` with ``scale * xhat + shift`` per channel; return ``(mean, invstd, count)``.
+
+    In training the statistics are the batch's (in fp32, over ``group`` when given) and the running
+    statistics are updated as ``nn.BatchNorm2d`` does (unbiased variance); otherwise the running ones.
+    """
+    ndim = x.dim()
+    count = x.numel() // x.shape[1]
+    if training and group is None:
+        _check_batch(x, count)
+        mean = torch.empty(x.shape[1], dtype=stat_dtype(x), device=x.device)
+        invstd = torch.empty_like(mean)
+        if x.device.type == "cpu":
+            # The CPU kernel normalises element by element, so the output may alias the input.
+            torch.ops.aten.native_batch_norm.out(
+                x, scale, shift, running_mean, running_var, True, momentum, eps,
+                out=x, save_mean=mean, save_invstd=invstd,
+            )
+        else:
+            out, mean, invstd = torch.native_batch_norm(x, scale, shift, running_mean, running_var, True,
+                                                        momentum, eps)
+            x.copy_(out)
+        return mean, invstd, count
+    if training:
+        mean, var, count = _sync_stats(x, group)
+        _check_batch(x, count)
+        if running_mean is not None:
+            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+            running_var.mul_(1 - momentum).add_(var * (count / (count - 1)), alpha=momentum)
+        invstd = torch.rsqrt(var + eps)
+    else:
+        mean = running_mean.to(stat_dtype(x))
+        invstd = torch.rsqrt(running_var.to(stat_dtype(x)) + eps)
+    a = scale * invstd
+    x.mul_(_channel_view(a, ndim)).add_(_channel_view(shift - mean * a, ndim))
+    return mean, invstd, count
+
+
+def all_reduce_sums(tensors: list[torch.Tensor], group) -> list[torch.Tensor]:
+    """Sum each tensor over ``group`` (one collective); unchanged without a group."""
+    if group is None:
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, group=group)
+    return list(flat.split([t.numel() for t in tensors]))
+
+
 class _InPlaceABNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps,
                 activation, activation_param, group):
-        scale = invertible_scale(weight, eps)
-        shift = bias.detach().float()
-        ndim = x.dim()
-        if training:
-            if group is None:
-                _check_batch(x, x.numel() // x.shape[1])
-                mean = torch.empty(x.shape[1], dtype=torch.float32, device=x.device)
-                invstd = torch.empty_like(mean)
-                if x.device.type == "cpu":
-                    # The CPU kernel normalises element by element, so the output may alias the input.
-                    torch.ops.aten.native_batch_norm.out(
-                        x, scale, shift, running_mean, running_var, True, momentum, eps,
-                        out=x, save_mean=mean, save_invstd=invstd,
-                    )
-                else:
-                    out, mean, invstd = torch.native_batch_norm(
-                        x, scale, shift, running_mean, running_var, True, momentum, eps
-                    )
-                    x.copy_(out)
-                    del out
-                count = x.numel() // x.shape[1]
-            else:
-                mean, var, count = _sync_stats(x, group)
-                _check_batch(x, count)
-                if running_mean is not None:
-                    running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-                    running_var.mul_(1 - momentum).add_(var * (count / (count - 1)), alpha=momentum)
-                invstd = torch.rsqrt(var + eps)
-                a = scale * invstd
-                x.mul_(_channel_view(a, ndim)).add_(_channel_view(shift - mean * a, ndim))
-        else:
-            mean = running_mean.float()
-            invstd = torch.rsqrt(running_var.float() + eps)
-            a = scale * invstd
-            x.mul_(_channel_view(a, ndim)).add_(_channel_view(shift - mean * a, ndim))
-            count = x.numel() // x.shape[1]
+        scale = invertible_scale(weight, eps, stat_dtype(x))
+        shift = bias.detach().to(scale.dtype)
+        mean, invstd, count = normalize_(x, scale, shift, running_mean, running_var, training, momentum, eps,
+                                         group)
         activate_(x, activation, activation_param)
         ctx.mark_dirty(x)
         ctx.save_for_backward(x, scale, shift, mean, invstd)
@@ -148,13 +170,14 @@ class _InPlaceABNFunction(torch.autograd.Function):
         if training and group is None:
             # Rebuild the input BatchNorm saw and let the native kernel do the reductions.
             a = inv_scale / invstd
-            x = z * _channel_view(a.to(z.dtype), ndim) + _channel_view((mean - shift * a).to(z.dtype), ndim)
+            x = torch.addcmul(_channel_view((mean - shift * a).to(z.dtype), ndim), z,
+                              _channel_view(a.to(z.dtype), ndim))
             dx, dw, db = torch.ops.aten.native_batch_norm_backward(
                 dz, x, scale, None, None, mean, invstd, True, eps, [need_x, need_w, need_b]
             )
         else:
-            xhat = (z.float() - _channel_view(shift, ndim)) * _channel_view(inv_scale, ndim)
-            dzf = dz.float()
+            xhat = (z.to(scale.dtype) - _channel_view(shift, ndim)) * _channel_view(inv_scale, ndim)
+            dzf = dz.to(scale.dtype)
             sum_dz = dzf.sum(dims)
             sum_xhat_dz = (xhat * dzf).sum(dims)
             dw, db = sum_xhat_dz, sum_dz
@@ -162,10 +185,7 @@ class _InPlaceABNFunction(torch.autograd.Function):
             if need_x:
                 gain = _channel_view(scale * invstd, ndim)
                 if training:
-                    if group is not None:
-                        reduced = torch.cat([sum_dz, sum_xhat_dz])
-                        dist.all_reduce(reduced, group=group)
-                        sum_dz, sum_xhat_dz = reduced.chunk(2)
+                    sum_dz, sum_xhat_dz = all_reduce_sums([sum_dz, sum_xhat_dz], group)
                     dx = (dzf - _channel_view(sum_dz / count, ndim)
                           - xhat * _channel_view(sum_xhat_dz / count, ndim)) * gain
                 else:
@@ -233,7 +253,8 @@ class InPlaceABN(nn.BatchNorm2d):
         if not use_batch_stats and not (torch.is_grad_enabled() and
                                         (x.requires_grad or self.weight.requires_grad)):
             # Inference: a plain affine step and activation, no autograd bookkeeping.
-            out = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            out = F.batch_norm(x, self.running_mean, self.running_var, invertible_scale(self.weight, self.eps),
+                               self.bias, False, 0.0, self.eps)
             return activate_(out, self.activation, self.activation_param)
         momentum = self._momentum() if use_batch_stats else 0.0
         running_mean = self.running_mean if self.track_running_stats else None

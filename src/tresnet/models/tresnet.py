@@ -15,7 +15,8 @@ from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from tresnet.errors import InputSizeError
-from tresnet.layers import ConvNormAct, FastGlobalAvgPool, SpaceToDepth, SqueezeExcite
+from tresnet.layers import ConvNormAct, FastGlobalAvgPool, InPlaceABN, SpaceToDepth, SqueezeExcite
+from tresnet.layers.residual_tail import bottleneck_tail
 
 # Smallest input side: after SpaceToDepth (/4) three blurred stride-2 stages need a side of at
 # least 2 for their reflect padding, which gives 20 pixels.
@@ -91,10 +92,31 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.conv2(self.conv1(x))
+        if self._fused_tail_applies(out):
+            return self._fused_tail(out, shortcut)
         if self.se is not None:
             out = self.se(out)
         out = self.conv3(out)
         return self.act(self.drop_path(out) + shortcut)
+
+    def _fused_tail_applies(self, out: torch.Tensor) -> bool:
+        bn = self.conv3.bn
+        return (self.training and isinstance(bn, InPlaceABN) and bn.track_running_stats
+                and torch.is_grad_enabled() and not torch.jit.is_scripting() and not torch.jit.is_tracing())
+
+    def _fused_tail(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        # SE, conv3, its norm, drop path, the residual add and the ReLU as one op that keeps only the
+        # SE input and the block output for backward (see tresnet.layers.residual_tail).
+        bn = self.conv3.bn
+        gate = self.se.gate(out) if self.se is not None else None
+        keep = None
+        if isinstance(self.drop_path, StochasticDepth) and self.drop_path.p > 0:
+            survival = 1.0 - self.drop_path.p
+            keep = torch.empty(out.shape[0], device=out.device).bernoulli_(survival)
+            if survival > 0:
+                keep.div_(survival)
+        return bottleneck_tail(out, gate, self.conv3.conv.weight, bn.weight, bn.bias, shortcut, keep,
+                               bn.running_mean, bn.running_var, bn._momentum(), bn.eps, bn._group())
 
     def last_norm(self) -> nn.Module:
         return self.conv3.bn

@@ -1,0 +1,56 @@
+"""Subprocess entry point of :func:`tresnet.bench.batch_search.probe_peak_rss`.
+
+``python -m tresnet.bench.probe '<json request>'`` builds one model on the CPU, runs a few batches of
+inference and/or training and prints one JSON line with the process's peak resident memory after each.
+A fresh process is needed because the peak resident size of a process never goes down.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def run_probe(request: dict) -> dict:
+    """Run the request (see :func:`~tresnet.bench.batch_search.probe_peak_rss`); return the peaks in bytes."""
+    import torch
+
+    from tresnet.bench.memory import peak_rss_bytes
+    from tresnet.bench.targets import BuildOptions, build_target, parse_model_spec
+    from tresnet.bench.timing import make_step
+
+    if request.get("threads"):
+        torch.set_num_threads(int(request["threads"]))
+    reply = {"baseline_rss_bytes": peak_rss_bytes()}
+    device = torch.device("cpu")
+    spec = parse_model_spec(request["model"])
+    options = BuildOptions(device=device, img_size=request["img_size"], precision=request["precision"],
+                           channels_last=request["channels_last"])
+    target = build_target(spec, options)
+    for mode in ("infer", "train"):
+        if mode not in request["modes"]:
+            continue
+        step = make_step(target, mode, request["batch_size"], device=device, precision=request["precision"],
+                         channels_last=request["channels_last"])
+        for _ in range(request.get("steps", 2)):
+            step()
+        del step
+        reply[f"{mode}_peak_rss_bytes"] = peak_rss_bytes()
+    return reply
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tresnet.errors import TResNetError
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        reply = run_probe(json.loads(argv[0]))
+    except TResNetError as error:
+        print(json.dumps({"error": str(error)}))
+        return 1
+    print(json.dumps(reply))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

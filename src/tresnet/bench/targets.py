@@ -1,0 +1,290 @@
+"""What a benchmark measures: model names parsed into specs, built into targets, with their static costs.
+
+A model is written ``[timm:]NAME[:VARIANT]``. A plain ``NAME`` is one of ours
+(:func:`tresnet.list_models`), else a timm model; ``timm:NAME`` forces timm's implementation.
+``VARIANT`` picks a registered transformation of the model (:func:`register_variant`), e.g.
+``tresnet_m:bn`` (plain BatchNorm instead of In-Place ABN) or, once registered by the deployment
+code, a BN-folded or ONNX Runtime version; a variant may be inference-only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from tresnet.errors import ConfigError, MissingDependencyError, ModelNotFoundError
+
+IMPLS = ("tresnet", "timm")
+MODES = ("infer", "train")
+TIMM_PREFIX = "timm:"
+INSTALL_HINT = "pip install 'tresnet[bench]'"
+PAPER_ALIAS = "paper"  # in a model list: tresnet_m, timm:tresnet_m and the paper's peers
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to measure: ``label`` as the user wrote it, the architecture ``name``, the ``impl``
+    that builds it (``"tresnet"`` or ``"timm"``) and an optional ``variant``."""
+
+    label: str
+    name: str
+    impl: str
+    variant: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How a target is built: device, input side, precision, memory format."""
+
+    device: torch.device
+    img_size: int | None = None
+    precision: str = "fp32"
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named way of turning a spec into something to run.
+
+    ``build(spec, options)`` returns an ``nn.Module`` (moved to the device by the runner; trainable
+    when ``"train"`` is in ``modes``) or a plain callable ``f(images) -> logits`` that handles its
+    own device (inference only, no parameter or GMAC count). ``impls`` limits which implementations
+    it applies to (None: any).
+    """
+
+    name: str
+    build: Callable[[ModelSpec, BuildOptions], Any]
+    modes: frozenset[str] = frozenset({"infer"})
+    impls: frozenset[str] | None = None
+    description: str = ""
+
+
+_VARIANTS: dict[str, Variant] = {}
+
+
+def register_variant(variant: Variant, *, replace: bool = False) -> None:
+    """Make ``NAME:<variant.name>`` usable in model lists. Raises :class:`ConfigError` on a clash."""
+    if not variant.name.isidentifier():
+        raise ConfigError(f"variant name {variant.name!r} must be an identifier")
+    if variant.name in _VARIANTS and not replace:
+        raise ConfigError(f"variant {variant.name!r} is already registered")
+    if not variant.modes or not set(variant.modes) <= set(MODES):
+        raise ConfigError(f"variant {variant.name!r}: modes must be a non-empty subset of {MODES}")
+    _VARIANTS[variant.name] = variant
+
+
+def list_variants() -> list[str]:
+    """Names of the registered variants."""
+    return sorted(_VARIANTS)
+
+
+def get_variant(name: str) -> Variant:
+    """The registered variant ``name``; :class:`ConfigError` listing the known ones if absent."""
+    if name not in _VARIANTS:
+        known = ", ".join(list_variants()) or "none"
+        raise ConfigError(f"unknown model variant {name!r}; registered variants: {known}")
+    return _VARIANTS[name]
+
+
+# --- parsing and availability -----------------------------------------------------------------------
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        return None
+    return timm
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """Parse ``[timm:]NAME[:VARIANT]``. Does not check that the model exists (see :func:`check_spec`).
+
+    Raises :class:`ConfigError` for an empty or malformed name.
+    """
+    label = text.strip()
+    rest, impl = label, None
+    if rest.startswith(TIMM_PREFIX):
+        rest, impl = rest[len(TIMM_PREFIX):], "timm"
+    name, _, variant = rest.partition(":")
+    if not name or ":" in variant or (rest.endswith(":")):
+        raise ConfigError(f"bad model {text!r}: write NAME, timm:NAME or NAME:VARIANT (e.g. tresnet_m, "
+                          f"timm:tresnet_m, tresnet_m:bn)")
+    if impl is None:
+        from tresnet.models import list_models
+
+        impl = "tresnet" if name in list_models() else "timm"
+    return ModelSpec(label=label, name=name, impl=impl, variant=variant or None)
+
+
+def parse_model_list(models: str | Sequence[str]) -> list[ModelSpec]:
+    """Parse a comma-separated list (or a sequence) of model names; ``paper`` expands to TResNet-M (ours
+    and timm's) and the paper's peers. Raises :class:`ConfigError` for an empty list or a repeated model."""
+    from tresnet.bench.published import PAPER_PEERS
+
+    items = models.split(",") if isinstance(models, str) else list(models)
+    labels: list[str] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        labels.extend(["tresnet_m", "timm:tresnet_m", *PAPER_PEERS] if item == PAPER_ALIAS else [item])
+    if not labels:
+        raise ConfigError("no model to benchmark: pass --models NAME[,NAME...] (e.g. tresnet_m,resnet50)")
+    specs = [parse_model_spec(label) for label in labels]
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.label in seen:
+            raise ConfigError(f"model {spec.label!r} is listed twice")
+        seen.add(spec.label)
+    return specs
+
+
+def check_spec(spec: ModelSpec) -> None:
+    """Check, without building it, that ``spec`` can be built.
+
+    Raises :class:`MissingDependencyError` when it needs timm and timm is not installed,
+    :class:`ModelNotFoundError` for an unknown name, :class:`ConfigError` for a bad variant.
+    """
+    from tresnet.models import list_models
+
+    if spec.impl == "tresnet":
+        if spec.name not in list_models():
+            raise ModelNotFoundError(f"unknown tresnet model {spec.name!r}; available: {', '.join(list_models())}")
+    else:
+        timm = _timm()
+        if timm is None:
+            ours = "" if spec.label.startswith(TIMM_PREFIX) else f"{spec.name!r} is not a tresnet model and "
+            raise MissingDependencyError(f"{ours}timm models ({spec.label!r}) need timm: {INSTALL_HINT}")
+        if not timm.is_model(spec.name):
+            raise ModelNotFoundError(
+                f"unknown model {spec.label!r}: neither a tresnet model ({', '.join(list_models())}) nor a "
+                f"timm model (see timm.list_models())")
+    if spec.variant is not None:
+        variant = get_variant(spec.variant)
+        if variant.impls is not None and spec.impl not in variant.impls:
+            raise ConfigError(f"variant {spec.variant!r} applies to {', '.join(sorted(variant.impls))} models, "
+                              f"not to {spec.label!r}")
+
+
+# --- building --------------------------------------------------------------------------------------
+
+def build_base_model(spec: ModelSpec, **kwargs) -> nn.Module:
+    """A freshly initialised model for ``spec`` (variant ignored), on the CPU, 1000 classes.
+
+    ``kwargs`` go to :func:`tresnet.create_model` or ``timm.create_model``. Raises as :func:`check_spec`.
+    """
+    check_spec(ModelSpec(spec.label, spec.name, spec.impl))
+    if spec.impl == "tresnet":
+        from tresnet import create_model
+
+        return create_model(spec.name, **kwargs)
+    return _timm().create_model(spec.name, pretrained=False, **kwargs)
+
+
+def native_img_size(spec: ModelSpec, module: nn.Module | None = None) -> int:
+    """The input side ``spec``'s model was trained at (224 for most; 240 for EfficientNet-B1)."""
+    cfg = getattr(module, "pretrained_cfg", None) if module is not None else None
+    if not cfg and spec.impl == "tresnet":
+        from tresnet.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(spec.name)
+    if not cfg and spec.impl == "timm":
+        cfg = _timm().get_pretrained_cfg(spec.name)
+        cfg = cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else cfg
+    size = (cfg or {}).get("input_size") or (3, 224, 224)
+    return int(size[-1])
+
+
+@dataclass
+class BenchTarget:
+    """A built model ready to run: ``module`` is the eager ``nn.Module`` (None for a plain callable),
+    ``forward`` what the timed steps call (the module, its ``torch.compile`` form, or a callable)."""
+
+    spec: ModelSpec
+    module: nn.Module | None
+    forward: Callable[[torch.Tensor], Any]
+    img_size: int
+    modes: frozenset[str]
+    num_classes: int = 1000
+    compiled: bool = False
+    info: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+
+def build_target(spec: ModelSpec, options: BuildOptions, *, compile: bool = False) -> BenchTarget:
+    """Build ``spec`` on ``options.device`` (channels-last if asked), optionally ``torch.compile``-d.
+
+    The input side is ``options.img_size`` or the model's own. Raises as :func:`check_spec`, and
+    :class:`~tresnet.errors.InputSizeError` when one of our models cannot take that side.
+    """
+    check_spec(spec)
+    modes = frozenset(MODES)
+    if spec.variant is None:
+        built: Any = build_base_model(spec)
+    else:
+        variant = get_variant(spec.variant)
+        built = variant.build(spec, options)
+        modes = frozenset(variant.modes)
+    module = built if isinstance(built, nn.Module) else getattr(built, "module", None)
+    img_size = options.img_size or native_img_size(spec, module)
+    if isinstance(module, nn.Module) and hasattr(module, "check_input_size"):
+        module.check_input_size(img_size, img_size)
+    if isinstance(built, nn.Module):
+        memory_format = torch.channels_last if options.channels_last else torch.preserve_format
+        built.to(device=options.device, memory_format=memory_format)
+        forward = torch.compile(built) if compile else built
+    else:
+        if compile:
+            raise ConfigError(f"{spec.label}: --compile applies to torch modules, not to this variant")
+        forward = built
+    num_classes = int(getattr(module, "num_classes", 0) or 1000)
+    return BenchTarget(spec=spec, module=module if isinstance(module, nn.Module) else None, forward=forward,
+                       img_size=img_size, modes=modes, num_classes=num_classes, compiled=compile)
+
+
+# --- static costs ----------------------------------------------------------------------------------
+
+def count_params_m(module: nn.Module) -> float:
+    """Parameters of ``module``, in millions."""
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+def count_gmacs(module: nn.Module, img_size: int, *, device: torch.device | str = "cpu",
+                channels_last: bool = False, in_chans: int = 3) -> float:
+    """Multiply-accumulates of one ``img_size`` image through ``module`` in eval mode, in billions.
+
+    Counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products;
+    normalisation and activations are not counted), MACs = FLOPs / 2. Restores the training flag.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = module.training
+    module.eval()
+    x = torch.rand(1, in_chans, img_size, img_size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            module(x)
+    finally:
+        module.train(was_training)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+# --- built-in variants -----------------------------------------------------------------------------
+
+def _plain_bn(spec: ModelSpec, options: BuildOptions) -> nn.Module:
+    return build_base_model(spec, norm="bn")
+
+
+register_variant(Variant(
+    name="bn", build=_plain_bn, modes=frozenset(MODES), impls=frozenset({"tresnet"}),
+    description="our model with plain BatchNorm + activation instead of In-Place ABN",
+))

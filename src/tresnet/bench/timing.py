@@ -1,0 +1,199 @@
+"""One timed step of inference or training, the device clock that times it, and the summary of the times.
+
+Inputs are synthetic and live on the device. Training is forward, cross-entropy loss, backward and an
+SGD step (momentum 0.9, weight decay 1e-4); with ``amp`` a gradient scaler, as in real fp16 training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from tresnet.bench.targets import BenchTarget
+from tresnet.errors import ConfigError
+
+PRECISIONS = ("fp32", "amp", "bf16")
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; :class:`ConfigError` if it is not ``cpu``/``cuda[:N]`` or CUDA is absent."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"bad --device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"bad --device {device!r}: use cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA device is available here (torch.cuda.is_available() "
+                              f"is False; torch {torch.__version__}); use --device cpu")
+        index = dev.index or 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+        dev = torch.device("cuda", index)
+    return dev
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Raise :class:`ConfigError` unless ``precision`` is one of :data:`PRECISIONS` and usable on ``device``."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"bad --precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "amp" and device.type != "cuda":
+        raise ConfigError("--precision amp (float16 autocast) is for CUDA; on the CPU use --precision bf16")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
+                          f"use --precision amp")
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context of ``precision``: none for fp32, float16 for amp, bfloat16 for bf16."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "amp" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def synthetic_images(batch_size: int, img_size: int, device: torch.device, *, channels_last: bool = False,
+                     in_chans: int = 3, seed: int = 0) -> torch.Tensor:
+    """Uniform [0, 1) images of shape ``(batch_size, in_chans, img_size, img_size)`` on ``device``."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch_size, in_chans, img_size, img_size, generator=generator).to(device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _logits(out) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+class InferStep:
+    """One inference batch: eval mode, ``torch.inference_mode``, autocast of the precision."""
+
+    mode = "infer"
+
+    def __init__(self, target: BenchTarget, batch_size: int, *, device: torch.device, precision: str = "fp32",
+                 channels_last: bool = False, seed: int = 0) -> None:
+        self.target = target
+        self.batch_size = batch_size
+        self.device = device
+        self.precision = precision
+        self.images = synthetic_images(batch_size, target.img_size, device, channels_last=channels_last,
+                                       seed=seed)
+
+    def prepare(self) -> None:
+        """Put the module in eval mode; call before each turn (another step may have switched it)."""
+        if self.target.module is not None:
+            self.target.module.eval()
+
+    def __call__(self) -> None:
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            self.target.forward(self.images)
+
+    def move(self, device: torch.device) -> None:
+        """Move the inputs (the runner moves the module) to ``device``."""
+        self.images = self.images.to(device)
+
+
+class TrainStep:
+    """One training batch: forward, cross-entropy, backward, SGD step; gradients freed after the step."""
+
+    mode = "train"
+
+    def __init__(self, target: BenchTarget, batch_size: int, *, device: torch.device, precision: str = "fp32",
+                 channels_last: bool = False, seed: int = 0, lr: float = 1e-4) -> None:
+        if target.module is None or "train" not in target.modes:
+            raise ConfigError(f"{target.label} cannot be trained (inference-only variant); use --mode infer")
+        self.target = target
+        self.batch_size = batch_size
+        self.device = device
+        self.precision = precision
+        self.images = synthetic_images(batch_size, target.img_size, device, channels_last=channels_last,
+                                       seed=seed)
+        generator = torch.Generator().manual_seed(seed + 1)
+        self.labels = torch.randint(0, target.num_classes, (batch_size,), generator=generator).to(device)
+        params = [p for p in target.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "amp" else None
+
+    def prepare(self) -> None:
+        """Put the module in train mode; call before each turn (another step may have switched it)."""
+        self.target.module.train()
+
+    def __call__(self) -> None:
+        with autocast(self.precision, self.device):
+            loss = F.cross_entropy(_logits(self.target.forward(self.images)).float(), self.labels)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def move(self, device: torch.device) -> None:
+        """Move the inputs and the optimizer state (the runner moves the module) to ``device``."""
+        self.images = self.images.to(device)
+        self.labels = self.labels.to(device)
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    state[key] = value.to(device)
+
+
+Step = InferStep | TrainStep
+
+
+def make_step(target: BenchTarget, mode: str, batch_size: int, *, device: torch.device, precision: str = "fp32",
+              channels_last: bool = False, seed: int = 0) -> Step:
+    """The :class:`InferStep` or :class:`TrainStep` of ``mode`` for ``target`` at ``batch_size``, prepared."""
+    cls = {"infer": InferStep, "train": TrainStep}.get(mode)
+    if cls is None:
+        raise ConfigError(f"bad mode {mode!r}: infer or train")
+    step = cls(target, batch_size, device=device, precision=precision, channels_last=channels_last, seed=seed)
+    step.prepare()
+    return step
+
+
+def time_iterations(step: Callable[[], None], iters: int, device: torch.device) -> float:
+    """Seconds per call of ``step``, averaged over ``iters`` back-to-back calls.
+
+    On CUDA the interval is measured with CUDA events after the stream is idle, so queued work is
+    counted; on the CPU with ``time.perf_counter``.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0 / iters
+    start_s = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return (time.perf_counter() - start_s) / iters
+
+
+def summarize(seconds_per_batch: list[float], batch_size: int) -> dict:
+    """Median images per second over the timed repetitions and their spread.
+
+    ``img_per_s`` is ``batch_size / median(seconds)``; ``spread_pct`` is the interquartile range of the
+    per-repetition images per second, in percent of the median (0 with fewer than 2 repetitions).
+    """
+    if not seconds_per_batch:
+        raise ValueError("no timed repetition to summarize")
+    rates = [batch_size / s for s in seconds_per_batch]
+    median_s = statistics.median(seconds_per_batch)
+    img_per_s = batch_size / median_s
+    spread = 0.0
+    if len(rates) >= 2:
+        q1, _, q3 = statistics.quantiles(rates, n=4, method="inclusive")
+        spread = 100.0 * (q3 - q1) / img_per_s
+    return {"img_per_s": img_per_s, "spread_pct": spread, "ms_per_batch": 1000.0 * median_s,
+            "min_img_per_s": min(rates), "max_img_per_s": max(rates)}

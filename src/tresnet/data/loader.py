@@ -1,0 +1,64 @@
+"""DataLoaders for evaluation and training: pinned memory on CUDA, persistent workers, skip reporting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from tresnet.errors import ConfigError
+
+
+def _find(dataset, attribute: str):
+    """``attribute`` of ``dataset`` or of the dataset it wraps (``Subset``), or None."""
+    while dataset is not None:
+        if hasattr(dataset, attribute):
+            return getattr(dataset, attribute)
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
+class ReportingLoader(DataLoader):
+    """A DataLoader that hands each batch's unreadable files (``batch.skipped``) to the dataset's
+    ``report_skipped`` in the main process, where counting and ``strict`` errors work."""
+
+    def __iter__(self) -> Iterator:
+        report = _find(self.dataset, "report_skipped")
+        for batch in super().__iter__():
+            if report is not None:
+                for item in getattr(batch, "skipped", ()):
+                    report(item)
+            yield batch
+
+
+def create_loader(dataset: Dataset, batch_size: int, workers: int, device: str | torch.device,
+                  shuffle: bool = False, sampler: Sampler | None = None, drop_last: bool = False) -> DataLoader:
+    """A DataLoader over ``dataset`` with ``workers`` processes (0: load in this process).
+
+    Memory is pinned when ``device`` is CUDA and workers persist between epochs. A dataset that
+    provides ``collate`` (:class:`~tresnet.data.datasets.ImageFolderDataset`, also inside a ``Subset``)
+    gets it, so unreadable files are reported and counted. Raises :class:`ConfigError` for a
+    non-positive batch size, negative workers, or ``shuffle`` together with a ``sampler``.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise ConfigError(f"workers must be 0 (load in the main process) or more, got {workers}")
+    if shuffle and sampler is not None:
+        raise ConfigError("shuffle and sampler exclude each other: let the sampler shuffle")
+    device = torch.device(device)
+    return ReportingLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=_find(dataset, "collate"),
+        pin_memory=device.type == "cuda",
+        drop_last=drop_last,
+        persistent_workers=workers > 0,
+    )
+
+
+__all__ = ["ReportingLoader", "create_loader"]

@@ -1,0 +1,92 @@
+"""Training augmentation (torchvision ``transforms.v2``): random resized crop, flip, AutoAugment or
+RandAugment, random erasing (Cutout), and mixup / cutmix on whole batches.
+
+Outputs are RGB in [0, 1] with no mean/std normalisation (SPEC section 3). Inputs may be PIL images
+or ``uint8`` tensors ``(3, H, W)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+from tresnet.errors import ConfigError
+
+_INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
+                   "nearest": InterpolationMode.NEAREST}
+
+
+def create_train_transform(img_size: int, *, scale: tuple[float, float] = (0.08, 1.0),
+                           ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5,
+                           auto_augment: str | None = None, randaugment_magnitude: int = 9,
+                           randaugment_ops: int = 2, random_erase: float = 0.0,
+                           random_erase_mode: str = "pixel", interpolation: str = "bilinear") -> v2.Compose:
+    """The training transform: image -> float tensor ``(3, img_size, img_size)`` in [0, 1]
+    (erased boxes in ``"pixel"`` mode hold standard-normal noise, as timm's).
+
+    ``auto_augment``: ``None``, ``"autoaugment"`` (the ImageNet policy) or ``"randaugment"``.
+    Raises :class:`ConfigError` for an unknown policy, erase mode or interpolation.
+    """
+    if interpolation not in _INTERPOLATIONS:
+        raise ConfigError(f"unknown interpolation {interpolation!r}; use one of {', '.join(_INTERPOLATIONS)}")
+    mode = _INTERPOLATIONS[interpolation]
+    steps: list = [v2.ToImage(), v2.RandomResizedCrop(img_size, scale=scale, ratio=ratio, interpolation=mode,
+                                                       antialias=True)]
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(hflip))
+    if auto_augment == "autoaugment":
+        steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=mode))
+    elif auto_augment == "randaugment":
+        steps.append(v2.RandAugment(num_ops=randaugment_ops, magnitude=randaugment_magnitude, interpolation=mode))
+    elif auto_augment is not None:
+        raise ConfigError(f"unknown auto_augment {auto_augment!r}; use autoaugment, randaugment or none")
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if random_erase > 0:
+        if random_erase_mode not in ("pixel", "const"):
+            raise ConfigError(f"unknown random_erase_mode {random_erase_mode!r}; use pixel or const")
+        steps.append(v2.RandomErasing(p=random_erase, value="random" if random_erase_mode == "pixel" else 0.0))
+    return v2.Compose(steps)
+
+
+def create_tensor_eval_transform() -> v2.Compose:
+    """For images already at their final size as ``uint8`` tensors (the digits): to float in [0, 1]."""
+    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+
+class BatchMix:
+    """Mixup and/or cutmix on a batch: ``(images, labels) -> (images, soft targets)``.
+
+    A batch is mixed with probability ``prob``, by mixup or cutmix (one of the two at random when both
+    alphas are positive); unmixed batches get one-hot targets, so every batch has the same target type.
+    """
+
+    def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                 prob: float = 1.0) -> None:
+        self.num_classes = num_classes
+        self.prob = prob
+        self.mixers = []
+        if mixup_alpha > 0:
+            self.mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+        if cutmix_alpha > 0:
+            self.mixers.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+        if not self.mixers:
+            raise ConfigError("BatchMix needs a positive mixup or cutmix alpha")
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.rand(()).item() >= self.prob:
+            return images, torch.nn.functional.one_hot(labels, self.num_classes).to(images.dtype)
+        choice = int(torch.randint(len(self.mixers), ()).item())
+        return self.mixers[choice](images, labels)
+
+
+def create_batch_mix(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                     prob: float = 1.0) -> Callable | None:
+    """A :class:`BatchMix`, or None when both alphas are 0."""
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        return None
+    return BatchMix(num_classes, mixup_alpha, cutmix_alpha, prob)
+
+
+__all__ = ["BatchMix", "create_batch_mix", "create_tensor_eval_transform", "create_train_transform"]

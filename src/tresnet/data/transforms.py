@@ -1,0 +1,110 @@
+"""Evaluation preprocessing, built from a model's ``pretrained_cfg`` so weights and transform always match.
+
+SPEC section 3: RGB in [0, 1], no mean/std normalisation. At 224 the short side is resized bilinearly to
+``int(224 / 0.875) = 256`` and the centre 224x224 is cropped; 448 models squash the whole image to
+448x448. Mean/std from the configuration are applied only when they are not 0/1, so a configuration
+with ImageNet statistics keeps working.
+"""
+
+from __future__ import annotations
+
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+from tresnet.data.images import to_rgb
+from tresnet.errors import ConfigError
+
+_INTERPOLATIONS = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+    "lanczos": InterpolationMode.LANCZOS,
+}
+_CROP_MODES = ("center", "squash")
+
+
+class ToRGB:
+    """Convert a PIL image of any mode to 8-bit RGB (see :mod:`tresnet.data.images`)."""
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return to_rgb(img)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def resolve_eval_config(pretrained_cfg: dict, img_size: int | None = None) -> dict:
+    """The evaluation preprocessing of a model: ``img_size``, ``resize_size``, ``crop_mode``,
+    ``interpolation``, ``mean``, ``std``.
+
+    ``img_size`` (a square side) overrides the configuration's ``input_size``; the resize keeps the
+    configuration's ``crop_pct``. Raises :class:`ConfigError` for an unknown crop mode or interpolation.
+    """
+    height, width = pretrained_cfg.get("input_size", (3, 224, 224))[-2:]
+    size = (img_size, img_size) if img_size is not None else (int(height), int(width))
+    if min(size) <= 0:
+        raise ConfigError(f"image size must be positive, got {img_size}")
+    crop_mode = pretrained_cfg.get("crop_mode", "center")
+    if crop_mode not in _CROP_MODES:
+        raise ConfigError(f"unknown crop_mode {crop_mode!r} in the model configuration; use one of {_CROP_MODES}")
+    interpolation = pretrained_cfg.get("interpolation", "bilinear")
+    if interpolation not in _INTERPOLATIONS:
+        raise ConfigError(f"unknown interpolation {interpolation!r}; use one of {', '.join(_INTERPOLATIONS)}")
+    crop_pct = float(pretrained_cfg.get("crop_pct", 0.875 if crop_mode == "center" else 1.0))
+    if crop_mode == "squash":
+        resize_size = size
+    else:
+        # The short side goes to int(crop / crop_pct); int() as in the reference (224 -> 256).
+        resize_size = int(size[0] / crop_pct) if size[0] == size[1] else tuple(int(s / crop_pct) for s in size)
+    return dict(
+        img_size=size,
+        resize_size=resize_size,
+        crop_mode=crop_mode,
+        interpolation=interpolation,
+        mean=tuple(float(m) for m in pretrained_cfg.get("mean", (0.0, 0.0, 0.0))),
+        std=tuple(float(s) for s in pretrained_cfg.get("std", (1.0, 1.0, 1.0))),
+    )
+
+
+def describe_eval_transform(pretrained_cfg: dict, img_size: int | None = None) -> str:
+    """One line for logs, e.g. ``resize 256 bilinear, centre crop 224x224, RGB in [0, 1]``."""
+    cfg = resolve_eval_config(pretrained_cfg, img_size)
+    height, width = cfg["img_size"]
+    if cfg["crop_mode"] == "squash":
+        text = f"squash to {height}x{width} {cfg['interpolation']}"
+    else:
+        text = f"resize {cfg['resize_size']} {cfg['interpolation']}, centre crop {height}x{width}"
+    if _is_identity_normalisation(cfg["mean"], cfg["std"]):
+        return text + ", RGB in [0, 1]"
+    return text + f", normalised with mean {cfg['mean']} std {cfg['std']}"
+
+
+def _is_identity_normalisation(mean: tuple[float, ...], std: tuple[float, ...]) -> bool:
+    return all(m == 0.0 for m in mean) and all(s == 1.0 for s in std)
+
+
+def create_eval_transform(pretrained_cfg: dict, img_size: int | None = None) -> T.Compose:
+    """The evaluation transform of a model: PIL image (any mode) -> float tensor ``(3, H, W)``.
+
+    From ``pretrained_cfg`` (``model.pretrained_cfg`` or :func:`tresnet.get_pretrained_cfg`):
+    ``crop_mode="center"``: resize the short side to ``int(img_size / crop_pct)`` (antialiased, as
+    torchvision's ``Resize``), then centre-crop ``img_size``; ``crop_mode="squash"``: resize the whole
+    image to ``img_size x img_size``. Then RGB in [0, 1], normalised only when mean/std are not 0/1.
+    ``img_size`` defaults to the configuration's input size.
+    """
+    cfg = resolve_eval_config(pretrained_cfg, img_size)
+    interpolation = _INTERPOLATIONS[cfg["interpolation"]]
+    steps: list = [ToRGB()]
+    if cfg["crop_mode"] == "squash":
+        steps.append(T.Resize(cfg["img_size"], interpolation=interpolation, antialias=True))
+    else:
+        steps += [T.Resize(cfg["resize_size"], interpolation=interpolation, antialias=True),
+                  T.CenterCrop(cfg["img_size"])]
+    steps.append(T.ToTensor())
+    if not _is_identity_normalisation(cfg["mean"], cfg["std"]):
+        steps.append(T.Normalize(cfg["mean"], cfg["std"]))
+    return T.Compose(steps)
+
+
+__all__ = ["ToRGB", "create_eval_transform", "describe_eval_transform", "resolve_eval_config"]

@@ -1,0 +1,1 @@
+"""Engine: the loops that run models over data (evaluation, training)."""

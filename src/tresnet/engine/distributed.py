@@ -1,0 +1,164 @@
+"""Distributed training helpers: process group set-up from ``torchrun``'s environment, sharding
+samplers whose order derives from (seed, epoch) only, and small collectives.
+
+Under ``torchrun --nproc_per_node N`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` set) training uses
+DDP with NCCL on CUDA and gloo on CPU; without it, one process and no process group.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from tresnet.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: ``rank`` of ``world_size``, its ``device``; rank 0 writes files."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> CUDA when available (GPU ``local_rank``), else CPU; ``"cuda"`` -> ``cuda:local_rank``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} asked for but CUDA is not available: use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device} does not exist: {torch.cuda.device_count()} GPU(s) visible")
+    return device
+
+
+def setup(device: str = "auto") -> DistInfo:
+    """Join the process group that ``torchrun`` describes in the environment (if any) and pick the device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world_size > 1:
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def cleanup(info: DistInfo) -> None:
+    """Leave the process group joined by :func:`setup`."""
+    if info.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
+    """Sums of ``values`` over all processes (the values themselves in one process)."""
+    if not info.distributed:
+        return list(values)
+    device = info.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from non-negative integers (so that seed 1 epoch 0 differs from seed 0 epoch 1)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class ShardedEpochSampler(Sampler):
+    """Indices for one process: the epoch's order derives from ``(seed, epoch)`` only, and process
+    ``rank`` takes every ``world_size``-th index, so the union of the processes' ``k``-th batches is the
+    ``k``-th batch of one process with a ``world_size`` times larger batch.
+
+    ``shuffle=True`` (training): a seeded permutation, cut to a multiple of ``world_size`` so every
+    process runs the same number of steps; each index comes with its own augmentation seed
+    (``(index, seed)`` pairs, read by :class:`SeededSamples`). ``shuffle=False`` (validation): the
+    dataset order, plain indices, no sample dropped (shards may differ by one).
+    """
+
+    def __init__(self, num_samples: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.rank, self.num_samples, self.world_size))
+        usable = self.num_samples - self.num_samples % self.world_size
+        return self._order()[:usable][self.rank::self.world_size]
+
+    def _order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 1))
+        return torch.randperm(self.num_samples, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator:
+        indices = self._indices()
+        if not self.shuffle:
+            return iter(indices)
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 2))
+        sample_seeds = torch.randint(0, 2**62, (self.num_samples,), generator=generator).tolist()
+        return iter([(i, sample_seeds[i]) for i in indices])
+
+    def __len__(self) -> int:
+        return len(self._indices()) if not self.shuffle else (self.num_samples // self.world_size)
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """Wraps a dataset so that ``dataset[(index, seed)]`` runs its random transform under ``seed``:
+    augmentation then depends on the sample and epoch only, not on workers, processes or resumes."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset  # loaders look for ``collate`` / ``report_skipped`` through ``.dataset``
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+__all__ = ["DistInfo", "SeededSamples", "ShardedEpochSampler", "all_reduce_sum", "barrier", "cleanup",
+           "derive_seed", "resolve_device", "setup"]

@@ -1,0 +1,552 @@
+"""The training loop: recipes, transfer and high-resolution fine-tuning, exact resume, DDP.
+
+:func:`train` runs a :class:`~tresnet.engine.config.TrainConfig` and writes into ``cfg.output``:
+
+- ``config.yaml``: the effective configuration (reusable with ``--config``);
+- ``last.safetensors`` / ``best.safetensors``: weights in our format with the class names (best is
+  the model or its EMA, whichever scored higher);
+- ``resume.pt``: everything ``--resume`` needs (model, optimiser, scheduler, scaler, EMA, RNG states,
+  epoch, step, metrics so far);
+- ``metrics.csv``, ``tensorboard/`` (if installed), ``metrics.png`` (if matplotlib is installed);
+- ``summary.json`` at the end.
+
+Every file is replaced atomically after each epoch; ``resume.pt`` last, so a run killed at any moment
+restarts from a consistent epoch. Reproducibility: the data order and each sample's augmentation
+derive from (seed, epoch, sample); the global RNGs (dropout, drop path, mixup) are re-seeded from
+(seed, epoch, rank) at each epoch start. A resumed run thus ends with the same weights as an
+uninterrupted one (bit for bit on CPU with ``deterministic``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tresnet.checkpoint import atomic_write, save_checkpoint
+from tresnet.engine import distributed
+from tresnet.engine.config import CONFIG_FILE, RESUME_FREE, TrainConfig, load_recipe, save_config
+from tresnet.engine.distributed import DistInfo, SeededSamples, ShardedEpochSampler, derive_seed
+from tresnet.errors import ConfigError, TResNetError
+
+RESUME_FILE = "resume.pt"
+LAST_FILE = "last.safetensors"
+BEST_FILE = "best.safetensors"
+METRICS_FILE = "metrics.csv"
+PLOT_FILE = "metrics.png"
+SUMMARY_FILE = "summary.json"
+TENSORBOARD_DIR = "tensorboard"
+METRIC_COLUMNS = ("epoch", "train_loss", "lr", "val_loss", "val_top1", "val_top5", "ema_top1", "ema_top5",
+                  "train_img_per_s", "epoch_seconds")
+
+Callback = Callable[[str, dict], None]
+
+
+class TrainingDivergedError(TResNetError):
+    """The loss became NaN or infinite; the files of the last good epoch are kept."""
+
+
+# --- set-up helpers ----------------------------------------------------------------------------------
+
+
+def _say(info: DistInfo, text: str) -> None:
+    if info.is_main:
+        print(text, flush=True)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict:
+    """The global RNG states, in a form ``torch.load(weights_only=True)`` reads back."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _default_workers(cfg: TrainConfig, info: DistInfo) -> int:
+    if cfg.workers is not None:
+        return cfg.workers
+    if cfg.data == "digits":  # in-memory tensors: worker processes cost more than they save
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cpus // info.world_size - 1))
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if not cfg.amp:
+        return None
+    name = cfg.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def _prepare_output(cfg: TrainConfig, info: DistInfo) -> tuple[Path, dict | None]:
+    """The output folder, and the resume state when resuming one that has it."""
+    output = Path(cfg.output).expanduser()
+    resume_path = output / RESUME_FILE
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"output {output} is a file: pass a folder to --output")
+    if not cfg.resume and resume_path.exists():
+        raise ConfigError(f"output folder {output} already holds a run ({RESUME_FILE}): pass --resume to "
+                          f"continue it, or choose another --output (or delete that folder)")
+    saved_cfg = output / CONFIG_FILE
+    if cfg.resume and saved_cfg.is_file():
+        saved = load_recipe(saved_cfg)
+        ours = cfg.to_dict()
+        differ = [k for k, v in saved.items() if k not in RESUME_FREE and ours.get(k) != (list(v) if
+                  isinstance(v, tuple) else v)]
+        if differ:
+            raise ConfigError(f"--resume: the configuration differs from the one saved in {saved_cfg} in "
+                              f"{', '.join(differ)}; resume with the saved one (tresnet train --output "
+                              f"{output} --resume) or start a new run in another --output")
+    state = None
+    if cfg.resume and resume_path.is_file():
+        try:
+            state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a damaged file is a user-facing problem
+            raise TResNetError(f"cannot read {resume_path} to resume ({str(e).splitlines()[0][:200]}); "
+                               f"delete it to start the run again") from e
+    elif cfg.resume:
+        _say(info, f"--resume: nothing to resume in {output} yet; starting from the first epoch")
+    return output, state
+
+
+# --- output files ------------------------------------------------------------------------------------
+
+
+def _write_metrics_csv(path: Path, history: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
+    atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+
+
+def _write_plot(path: Path, history: list[dict]) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [row["train_loss"] for row in history], label="train")
+    ax_loss.plot(epochs, [row["val_loss"] for row in history], label="val")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [100 * row["val_top1"] for row in history], label="val top-1")
+    if any(row.get("ema_top1") is not None for row in history):
+        ax_acc.plot(epochs, [100 * (row.get("ema_top1") or float("nan")) for row in history], label="EMA top-1")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    return True
+
+
+def _tensorboard(output: Path, purge_step: int | None):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(output / TENSORBOARD_DIR), purge_step=purge_step)
+
+
+# --- the loop ----------------------------------------------------------------------------------------
+
+
+class _Trainer:
+    def __init__(self, cfg: TrainConfig, info: DistInfo, callback: Callback | None) -> None:
+        self.cfg = cfg
+        self.info = info
+        self.callback = callback
+        self.device = info.device
+
+    def _event(self, name: str, **data) -> None:
+        if self.callback is not None:
+            self.callback(name, data)
+
+    # set-up ------------------------------------------------------------------------------------------
+
+    def build(self) -> None:
+        import tresnet
+        from tresnet.engine.data import build_train_data
+        from tresnet.engine.ema import ModelEma
+        from tresnet.engine.optim import create_optimizer, create_scheduler
+
+        cfg, info = self.cfg, self.info
+        self.output, self.resume_state = _prepare_output(cfg, info)
+        pretrained_cfg = tresnet.get_pretrained_cfg(cfg.model)
+        self.img_size = cfg.img_size or int(pretrained_cfg["input_size"][-1])
+        self.data = build_train_data(cfg, pretrained_cfg, self.img_size)
+        num_classes = len(self.data.class_names)
+
+        norm = cfg.norm
+        if info.distributed and cfg.sync_bn and norm == "inplace_abn":
+            norm = "inplace_abn_sync"
+        init = cfg.init_checkpoint if self.resume_state is None else None
+        seed_everything(derive_seed(cfg.seed, 0))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = tresnet.create_model(cfg.model, checkpoint_path=init, num_classes=num_classes,
+                                         drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path, norm=norm)
+        for w in caught:
+            _say(info, f"note: {w.message}")
+        model.check_input_size(self.img_size, self.img_size)
+        model.to(self.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.ddp = None
+        if info.distributed:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=norm != "inplace_abn_sync")
+
+        workers = _default_workers(cfg, info)
+        from tresnet.data.loader import create_loader
+
+        self.train_sampler = ShardedEpochSampler(len(self.data.train), seed=cfg.seed, rank=info.rank,
+                                                 world_size=info.world_size, shuffle=True)
+        self.train_loader = create_loader(SeededSamples(self.data.train), cfg.batch_size, workers, self.device,
+                                          sampler=self.train_sampler, drop_last=True)
+        val_sampler = ShardedEpochSampler(len(self.data.val), rank=info.rank, world_size=info.world_size,
+                                          shuffle=False)
+        self.val_loader = create_loader(self.data.val, cfg.batch_size, workers, self.device, sampler=val_sampler)
+        self.steps_per_epoch = len(self.train_loader)
+        if cfg.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"batch size {cfg.batch_size} x {info.world_size} process(es) is larger than the "
+                              f"{len(self.data.train)} training images: lower --batch-size")
+
+        self.optimizer = create_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        total_steps = cfg.epochs * self.steps_per_epoch
+        self.scheduler = create_scheduler(
+            self.optimizer, cfg.schedule, total_steps, warmup_steps=round(cfg.warmup_epochs * self.steps_per_epoch),
+            warmup_start_factor=cfg.warmup_start_factor, final_lr_factor=cfg.final_lr_factor,
+            pct_start=cfg.pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
+        self.amp_dtype = _amp_dtype(cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        from tresnet.data.train_transforms import create_batch_mix
+
+        self.batch_mix = create_batch_mix(num_classes, cfg.mixup, cfg.cutmix, cfg.mix_prob)
+
+        self.start_epoch, self.step, self.history = 0, 0, []
+        self.best = {"top1": -1.0, "epoch": 0, "weights": "model"}
+        if self.resume_state is not None:
+            self._load_resume_state(self.resume_state)
+            self.resume_state = None
+
+    def _load_resume_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        set_rng_states(state["rng"])
+        self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.history = [dict(row) for row in state["history"]]
+        self.best = dict(state["best"])
+        _say(self.info, f"resuming {self.output} after epoch {self.start_epoch} (step {self.step})")
+
+    def _resume_state(self, epoch: int) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": rng_states(),
+            "epoch": epoch,
+            "step": self.step,
+            "history": self.history,
+            "best": self.best,
+        }
+
+    # one epoch ---------------------------------------------------------------------------------------
+
+    def train_one_epoch(self, epoch: int) -> dict:
+        from tqdm import tqdm
+
+        cfg, info = self.cfg, self.info
+        net = self.ddp or self.model
+        net.train()
+        self.train_sampler.set_epoch(epoch)
+        seed_everything(derive_seed(cfg.seed, epoch, 3, info.rank))
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        pending = torch.zeros((), dtype=torch.float64, device=self.device)
+        images = pending_steps = 0
+        seen_loss = 0.0
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                   disable=not (cfg.progress and info.is_main), dynamic_ncols=True, leave=False)
+        start = time.perf_counter()
+        try:
+            for index, batch in enumerate(self.train_loader):
+                if index >= self.steps_per_epoch:
+                    break
+                inputs, targets = batch[0], batch[1]
+                if len(targets) == 0:
+                    raise TResNetError("a whole training batch was unreadable images: fix or remove the files "
+                                       "reported above")
+                inputs = inputs.to(self.device, non_blocking=True)
+                targets = targets.to(self.device, non_blocking=True)
+                if self.batch_mix is not None:
+                    inputs, targets = self.batch_mix(inputs, targets)
+                if cfg.channels_last:
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    loss = self.criterion(net(inputs), targets)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if cfg.clip_grad:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                with warnings.catch_warnings():  # a step skipped by the scaler makes the scheduler warn
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update(self.model)
+                self.step += 1
+                images += len(inputs)
+                pending += loss.detach().double()
+                pending_steps += 1
+                bar.update(1)
+                last = index + 1 == self.steps_per_epoch
+                if pending_steps >= cfg.log_interval or last:
+                    seen_loss = self._check_loss(pending, pending_steps, epoch)
+                    loss_sum += pending
+                    pending.zero_()
+                    pending_steps = 0
+                    elapsed = time.perf_counter() - start
+                    bar.set_postfix(loss=f"{seen_loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}",
+                                    img_s=f"{images * info.world_size / max(elapsed, 1e-9):.0f}")
+                self._event("step", epoch=epoch, step=self.step, index=index)
+        finally:
+            bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        steps = min(self.steps_per_epoch, index + 1) if self.steps_per_epoch else 0
+        total_loss, total_steps = distributed.all_reduce_sum([loss_sum.item(), float(steps)], info)
+        return {"train_loss": total_loss / max(total_steps, 1), "train_images": images * info.world_size,
+                "train_seconds": seconds}
+
+    def _check_loss(self, pending: torch.Tensor, steps: int, epoch: int) -> float:
+        total, count = distributed.all_reduce_sum([pending.item(), float(steps)], self.info)
+        mean = total / count
+        if not math.isfinite(mean):
+            last = self.history[-1]["epoch"] if self.history else None
+            kept = (f"the files of epoch {last} in {self.output} are kept ({LAST_FILE}, {RESUME_FILE})"
+                    if last else "no epoch had finished, so nothing was saved")
+            raise TrainingDivergedError(
+                f"the training loss became {mean} in epoch {epoch + 1} (step {self.step}): training stopped; "
+                f"{kept}. Lower --lr, set --clip-grad, or turn off --amp, and start a new run")
+        return mean
+
+    def evaluate(self, model: nn.Module, desc: str) -> dict:
+        from tresnet.engine.evaluate import evaluate
+
+        result = evaluate(model, self.val_loader, self.device, amp=self.amp_dtype is not None,
+                          channels_last=self.cfg.channels_last, limit=self._val_limit(),
+                          progress=self.cfg.progress and self.info.is_main, desc=desc)
+        sums = distributed.all_reduce_sum(
+            [result["correct_top1"], result["correct_top5"], result["loss"] * result["images"], result["images"]],
+            self.info)
+        top1, top5, loss, images = sums
+        return {"top1": top1 / images, "top5": top5 / images, "loss": loss / images, "images": int(images)}
+
+    def _val_limit(self) -> int | None:
+        if self.cfg.max_val_images is None:
+            return None
+        per_process = math.ceil(self.cfg.max_val_images / self.info.world_size)
+        return max(1, per_process)
+
+    # saving ------------------------------------------------------------------------------------------
+
+    def _weights_metadata(self, epoch: int, top1: float, weights: str) -> dict:
+        return {"epoch": epoch, "top1": top1, "weights": weights, "img_size": self.img_size,
+                "norm": self.cfg.norm, "trained_on": str(self.cfg.data), "model": self.cfg.model}
+
+    def save_epoch(self, epoch: int, row: dict, tensorboard) -> None:
+        """Rank 0: weights, metrics and the resume state of a finished epoch (resume state last)."""
+        names = self.data.class_names
+        save_checkpoint(self.model, self.output / LAST_FILE, class_names=names,
+                        metadata=self._weights_metadata(epoch, row["val_top1"], "model"))
+        if self.best["epoch"] == epoch:
+            best_model = self.ema.module if self.best["weights"] == "ema" else self.model
+            save_checkpoint(best_model, self.output / BEST_FILE, class_names=names,
+                            metadata=self._weights_metadata(epoch, self.best["top1"], self.best["weights"]))
+        _write_metrics_csv(self.output / METRICS_FILE, self.history)
+        _write_plot(self.output / PLOT_FILE, self.history)
+        if tensorboard is not None:
+            for key in ("train_loss", "val_loss", "val_top1", "val_top5", "ema_top1", "ema_top5", "lr",
+                        "train_img_per_s"):
+                if row.get(key) is not None:
+                    tensorboard.add_scalar(key.replace("_", "/", 1), row[key], epoch)
+            tensorboard.flush()
+        state = self._resume_state(epoch)
+        atomic_write(self.output / RESUME_FILE, lambda tmp: torch.save(state, tmp))
+
+    def summary(self, session_seconds: float) -> dict:
+        train_images = sum(row["train_images"] for row in self.history)
+        train_seconds = sum(row["train_seconds"] for row in self.history)
+        last = self.history[-1] if self.history else {}
+        return {
+            "best_top1": self.best["top1"],
+            "best_epoch": self.best["epoch"],
+            "best_weights": self.best["weights"],
+            "final_top1": last.get("val_top1"),
+            "final_ema_top1": last.get("ema_top1"),
+            "epochs": len(self.history),
+            "images_per_s": train_images / train_seconds if train_seconds else None,
+            "seconds": sum(row["epoch_seconds"] for row in self.history),
+            "session_seconds": session_seconds,
+            "model": self.cfg.model,
+            "data": str(self.cfg.data),
+            "num_classes": len(self.data.class_names),
+            "img_size": self.img_size,
+            "world_size": self.info.world_size,
+            "device": str(self.device),
+        }
+
+    # run ---------------------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        session_start = time.perf_counter()
+        cfg, info = self.cfg, self.info
+        self.build()
+        if info.is_main:
+            save_config(cfg, self.output / CONFIG_FILE)
+            n_params = sum(p.numel() for p in self.model.parameters())
+            amp = f", amp {str(self.amp_dtype).replace('torch.', '')}" if self.amp_dtype else ""
+            _say(info, f"training {cfg.model} ({n_params / 1e6:.1f}M parameters) on {self.data.description}; "
+                       f"{cfg.epochs} epochs x {self.steps_per_epoch} steps of {cfg.batch_size}"
+                       f"{f' x {info.world_size} processes' if info.distributed else ''}, {cfg.optimizer} "
+                       f"{cfg.schedule} lr {cfg.lr:g}{amp}, device {self.device}; writing to {self.output}")
+        tensorboard = _tensorboard(self.output, self.start_epoch + 1 if self.start_epoch else None) \
+            if info.is_main else None
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                epoch_start = time.perf_counter()
+                stats = self.train_one_epoch(epoch)
+                val = self.evaluate(self.model, "val")
+                ema_val = self.evaluate(self.ema.module, "val EMA") if self.ema is not None else None
+                row = {
+                    "epoch": epoch + 1,
+                    "train_loss": stats["train_loss"],
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "val_loss": val["loss"],
+                    "val_top1": val["top1"],
+                    "val_top5": val["top5"],
+                    "ema_top1": ema_val["top1"] if ema_val else None,
+                    "ema_top5": ema_val["top5"] if ema_val else None,
+                    "train_img_per_s": stats["train_images"] / max(stats["train_seconds"], 1e-9),
+                    "train_images": stats["train_images"],
+                    "train_seconds": stats["train_seconds"],
+                }
+                for top1, weights in ((val["top1"], "model"), (ema_val["top1"] if ema_val else -1.0, "ema")):
+                    if top1 > self.best["top1"]:
+                        self.best = {"top1": top1, "epoch": epoch + 1, "weights": weights}
+                row["epoch_seconds"] = time.perf_counter() - epoch_start
+                self.history.append(row)
+                if info.is_main:
+                    self.save_epoch(epoch + 1, row, tensorboard)
+                distributed.barrier(info)
+                ema_text = f"  EMA top-1 {100 * row['ema_top1']:.2f}%" if ema_val else ""
+                _say(info, f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  val top-1 "
+                           f"{100 * row['val_top1']:.2f}%{ema_text}  lr {row['lr']:.3g}  "
+                           f"{row['train_img_per_s']:.0f} img/s  {row['epoch_seconds']:.1f} s")
+                self._event("epoch", epoch=epoch, row=row)
+        finally:
+            if tensorboard is not None:
+                tensorboard.close()
+        summary = self.summary(time.perf_counter() - session_start)
+        if info.is_main:
+            text = json.dumps(summary, indent=2) + "\n"
+            atomic_write(self.output / SUMMARY_FILE, lambda tmp: Path(tmp).write_text(text))
+            _say(info, f"best val top-1 {100 * summary['best_top1']:.2f}% ({summary['best_weights']} weights, epoch "
+                       f"{summary['best_epoch']}) after {summary['epochs']} epochs, "
+                       f"{summary['seconds'] / 60:.1f} min; weights in {self.output / BEST_FILE}")
+        return summary
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool, device: torch.device):
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_benchmark = torch.backends.cudnn.benchmark
+    if enabled:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        torch.backends.cudnn.benchmark = previous_benchmark
+
+
+def train(cfg: TrainConfig, *, callback: Callback | None = None) -> dict:
+    """Train as ``cfg`` says and return the summary (also written to ``summary.json``).
+
+    ``callback(event, data)`` is called after every step (``"step"``: epoch, step, index) and epoch
+    (``"epoch"``: epoch, row). Under ``torchrun`` this joins the process group and trains with DDP.
+
+    Raises :class:`ConfigError` (bad settings, an output folder holding another run),
+    :class:`DataError` (missing folders, no classes), :class:`CheckpointError` (an init checkpoint of
+    another architecture), :class:`TrainingDivergedError` (a NaN loss).
+    """
+    cfg.validate()
+    info = distributed.setup(cfg.device)
+    try:
+        with _deterministic(cfg.deterministic, info.device):
+            return _Trainer(cfg, info, callback).run()
+    finally:
+        distributed.cleanup(info)
+
+
+__all__ = ["TrainingDivergedError", "train"]
