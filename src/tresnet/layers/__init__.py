@@ -2,7 +2,7 @@
 
 from tresnet.layers.anti_alias import AntiAliasDownsample, blur_filter
 from tresnet.layers.conv_norm_act import ConvNormAct
-from tresnet.layers.inplace_abn import InPlaceABN, InPlaceABNSync, inplace_abn
+from tresnet.layers.inplace_abn import InPlaceABN, InPlaceABNSync
 from tresnet.layers.norm_act import NORMS, BatchNormAct2d, create_norm_act
 from tresnet.layers.pooling import FastGlobalAvgPool
 from tresnet.layers.space_to_depth import SpaceToDepth, space_to_depth
@@ -20,6 +20,5 @@ __all__ = [
     "SqueezeExcite",
     "blur_filter",
     "create_norm_act",
-    "inplace_abn",
     "space_to_depth",
 ]

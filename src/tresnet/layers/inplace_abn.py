@@ -58,8 +58,11 @@ def invert_activation(y: torch.Tensor, dy: torch.Tensor, activation: str, param:
         z = F.leaky_relu(y, 1.0 / param)
         dz = torch.ops.aten.leaky_relu_backward(dy, y, param, True)
     elif activation == "elu":
+        # Saturated outputs (y == -alpha in floating point) cannot be inverted exactly: clamp them
+        # to the nearest invertible value rather than produce -inf.
         neg = y < 0
-        z = torch.where(neg, torch.log1p(y / param), y)
+        ratio = (y / param).clamp_min(-1.0 + torch.finfo(y.dtype).eps)
+        z = torch.where(neg, torch.log1p(ratio), y)
         dz = torch.ops.aten.elu_backward(dy, param, 1.0, 1.0, True, y)
     else:
         z, dz = y, dy

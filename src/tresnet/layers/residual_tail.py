@@ -21,8 +21,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tresnet.layers.inplace_abn import _channel_view, all_reduce_sums, invertible_scale, normalize_, stat_dtype
-
+from tresnet.layers.inplace_abn import (
+    _channel_view,
+    all_reduce_sums,
+    invertible_scale,
+    normalize_,
+    stat_dtype,
+)
 
 # "auto" picks the cheaper backward route per call; tests pin "recompute" or "gram".
 BACKWARD_STRATEGY = "auto"
