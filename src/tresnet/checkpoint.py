@@ -210,8 +210,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
     target = model.state_dict()
     if getattr(model, "head", 1) is None:  # features_only: no classifier to load
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    head_keys = [k for k in ("head.fc.weight", "head.fc.bias") if k in state and k in target]
-    head_mismatch = any(state[k].shape != target[k].shape for k in head_keys)
+    head_mismatch = ("head.fc.weight" in state and "head.fc.weight" in target
+                     and state["head.fc.weight"].shape[0] != target["head.fc.weight"].shape[0])
     if head_mismatch:
         if not allow_head_mismatch:
             raise CheckpointError(

@@ -1,0 +1,183 @@
+"""Checkpoints: parity with timm through every format, round trips, and every error a user can hit."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import tresnet
+from helpers import max_rel_diff, randomize_norms
+from tresnet.checkpoint import read_checkpoint_metadata, to_official
+from tresnet.errors import CheckpointError
+
+timm = pytest.importorskip("timm")
+
+NETWORKS = ["tresnet_m", "tresnet_l", "tresnet_xl", "tresnet_v2_l"]
+# timm runs v2 with the v1 slopes (1e-2 stem, 1e-3 blocks); the official v2 code uses 1e-6 everywhere.
+TIMM_SLOPES = {"tresnet_v2_l": dict(stem_slope=1e-2, block_slope=1e-3)}
+SIZES = (224, 96)
+
+
+@pytest.fixture(scope="module", params=NETWORKS)
+def reference(request, tmp_path_factory):
+    """A timm network with random weights and norms, its outputs, and its weights in both file formats."""
+    name = request.param
+    torch.manual_seed(0)
+    model = randomize_norms(timm.create_model(name), seed=1)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    inputs = {size: torch.rand(2, 3, size, size) for size in SIZES}
+    outputs = {}
+    with torch.no_grad():
+        model.eval()
+        for size in SIZES:
+            outputs["eval", size] = model(inputs[size])
+        model.train()
+        for size in SIZES:
+            outputs["train", size] = model(inputs[size])
+    folder = tmp_path_factory.mktemp(name)
+    files = {"timm": folder / f"{name}_timm.pth", "official": folder / f"{name}.pth"}
+    torch.save({"state_dict": state, "epoch": 3}, files["timm"])
+    torch.save({"model": to_official(state)}, files["official"])
+    return dict(name=name, inputs=inputs, outputs=outputs, files=files, state=state)
+
+
+@pytest.mark.parametrize("fmt,norm", [("timm", "inplace_abn"), ("official", "inplace_abn"), ("timm", "bn")])
+def test_outputs_equal_timm_in_eval_and_train(reference, fmt, norm):
+    name = reference["name"]
+    model = tresnet.create_model(name, checkpoint_path=reference["files"][fmt], norm=norm,
+                                 **TIMM_SLOPES.get(name, {}))
+    assert model.pretrained_cfg["checkpoint_format"] == fmt
+    with torch.no_grad():
+        model.eval()
+        for size in SIZES:
+            assert max_rel_diff(model(reference["inputs"][size]), reference["outputs"]["eval", size]) < 1e-5
+        model.train()
+        for size in SIZES:
+            assert max_rel_diff(model(reference["inputs"][size]), reference["outputs"]["train", size]) < 1e-5
+
+
+def test_official_keys_follow_the_release_layout(reference):
+    official = to_official(reference["state"])
+    v2 = reference["name"] == "tresnet_v2_l"
+    assert "body.conv1.0.weight" in official and "body.conv1.1.running_var" in official
+    aa_conv = "conv2" if v2 else "conv1"
+    assert f"body.layer2.0.{aa_conv}.0.0.weight" in official and f"body.layer2.0.{aa_conv}.0.1.weight" in official
+    assert "body.layer3.0.conv2.0.0.weight" in official and "body.layer3.1.conv2.0.weight" in official
+    assert "body.layer2.0.downsample.1.0.weight" in official and "body.layer2.0.downsample.1.1.bias" in official
+    assert ("body.layer1.0.downsample.0.0.weight" in official) == v2
+    assert not any(k.endswith("num_batches_tracked") for k in official)
+    assert "body.layer1.0.se.fc1.weight" in official and "head.fc.weight" in official
+
+
+def test_timm_checkpoint_with_negative_norm_weights_loads_exactly(tmp_path):
+    ref = randomize_norms(timm.create_model("tresnet_m"), signed=True).eval()
+    path = tmp_path / "model.pth"
+    torch.save(ref.state_dict(), path)  # a bare state dict
+    ours = tresnet.create_model("tresnet_m", checkpoint_path=path).eval()
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-5
+
+
+def test_round_trip_in_our_format_keeps_weights_and_classes(tmp_path):
+    model = randomize_norms(tresnet.create_model("tresnet_m", num_classes=3)).eval()
+    path = tresnet.save_checkpoint(model, tmp_path / "sub" / "m.safetensors", class_names=["a", "b", "c"],
+                                   metadata={"epochs": 5})
+    assert [p.name for p in path.parent.iterdir()] == ["m.safetensors"]  # no temp file left behind
+    meta = read_checkpoint_metadata(path)
+    assert meta["format"] == "tresnet" and meta["class_names"] == ["a", "b", "c"] and meta["num_classes"] == 3
+    assert meta["architecture"] == "tresnet_m" and meta["epochs"] == "5"
+    loaded = tresnet.create_model("tresnet_m", checkpoint_path=path).eval()  # classes from the file
+    assert loaded.num_classes == 3
+    fresh = tresnet.create_model("tresnet_m", num_classes=3)
+    assert tresnet.load_checkpoint(fresh, path) == "tresnet"
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x)) and torch.equal(fresh.eval()(x), model(x))
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_checkpoint_of_another_architecture_names_it(tmp_path):
+    path = tresnet.save_checkpoint(tresnet.create_model("tresnet_l"), tmp_path / "l.safetensors")
+    with pytest.raises(CheckpointError, match="tresnet checkpoint .* does not fit.*is a tresnet_l.*model a tresnet_m"):
+        tresnet.create_model("tresnet_m", checkpoint_path=path)
+    torch.save({"model": to_official(tresnet.create_model("tresnet_v2_l").state_dict())}, tmp_path / "v2.pth")
+    with pytest.raises(CheckpointError, match="official checkpoint .*missing keys.*unexpected keys.*tresnet_v2_l"):
+        tresnet.create_model("tresnet_xl", checkpoint_path=tmp_path / "v2.pth")
+
+
+def test_a_different_number_of_classes_needs_to_be_asked_for(tmp_path):
+    path = tresnet.save_checkpoint(tresnet.create_model("tresnet_m", num_classes=10), tmp_path / "m.safetensors")
+    with pytest.warns(UserWarning, match="backbone only.*freshly initialised head for 4 classes"):
+        model = tresnet.create_model("tresnet_m", checkpoint_path=path, num_classes=4)
+    assert model.num_classes == 4
+    with pytest.raises(CheckpointError, match="classifier for 10 classes, the model has 1000"):
+        tresnet.load_checkpoint(tresnet.create_model("tresnet_m"), path)
+
+
+def test_strict_false_warns_and_loads_what_matches(tmp_path):
+    state = tresnet.create_model("tresnet_m").state_dict()
+    state.pop("body.layer4.2.conv3.bn.bias")
+    torch.save(state, tmp_path / "partial.pth")
+    model = tresnet.create_model("tresnet_m")
+    with pytest.raises(CheckpointError, match="missing keys: body.layer4.2.conv3.bn.bias"):
+        tresnet.load_checkpoint(model, tmp_path / "partial.pth")
+    with pytest.warns(UserWarning, match="matching tensors only"):
+        assert tresnet.load_checkpoint(model, tmp_path / "partial.pth", strict=False) == "timm"
+
+
+def test_features_only_model_loads_a_classifier_checkpoint(tmp_path):
+    path = tresnet.save_checkpoint(tresnet.create_model("tresnet_m"), tmp_path / "m.safetensors")
+    model = tresnet.create_model("tresnet_m", features_only=True, checkpoint_path=path)
+    assert model.head is None
+
+
+def test_ddp_prefixes_are_removed(tmp_path):
+    ref = tresnet.create_model("tresnet_m")
+    torch.save({"model": {f"module.{k}": v for k, v in ref.state_dict().items()}}, tmp_path / "ddp.pth")
+    assert tresnet.load_checkpoint(tresnet.create_model("tresnet_m"), tmp_path / "ddp.pth") == "timm"
+
+
+@pytest.mark.parametrize("content,match", [
+    (None, "no checkpoint at"),
+    (b"this is not a checkpoint", "cannot read checkpoint"),
+    ("resnet", "not a TResNet checkpoint"),
+    ("list", "holds a list, not a state dict"),
+])
+def test_unusable_files_give_clear_errors(tmp_path, content, match):
+    path = tmp_path / "bad.pth"
+    if content == "resnet":
+        torch.save(torch.nn.Conv2d(3, 4, 3).state_dict(), path)
+    elif content == "list":
+        torch.save([1, 2], path)
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        tresnet.create_model("tresnet_m", checkpoint_path=path)
+
+
+def test_pretrained_looks_in_the_local_cache_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRESNET_HOME", str(tmp_path))
+    with pytest.raises(CheckpointError, match=r"no pretrained weights for tresnet_m in .*never downloads.*tresnet_m\.pth"):
+        tresnet.create_model("tresnet_m", pretrained=True)
+    ref = tresnet.create_model("tresnet_m")
+    torch.save({"model": to_official(ref.state_dict())}, tmp_path / "tresnet_m.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = tresnet.create_model("tresnet_m", pretrained=True)
+    assert model.pretrained_cfg["checkpoint_format"] == "official"
+
+
+def test_saving_needs_a_name_per_class(tmp_path):
+    with pytest.raises(CheckpointError, match="2 class names for a model with 1000 classes"):
+        tresnet.save_checkpoint(tresnet.create_model("tresnet_m"), tmp_path / "m.safetensors", class_names=["a", "b"])
+
+
+def test_unwritable_destination_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CheckpointError, match="cannot write"):
+        tresnet.save_checkpoint(tresnet.create_model("tresnet_m"), blocker / "m.safetensors")
