@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import max_rel_diff
 
+from helpers import max_rel_diff
 from tresnet.errors import TResNetError
 from tresnet.layers import BatchNormAct2d, InPlaceABN, InPlaceABNSync
 from tresnet.layers.inplace_abn import inplace_abn, invertible_scale

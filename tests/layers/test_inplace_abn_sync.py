@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.multiprocessing as mp
+
 from dist_workers import sync_step, tiny_tresnet
 from helpers import max_rel_diff
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import max_rel_diff
 
 import tresnet.layers.residual_tail as tail_mod
+from helpers import max_rel_diff
 from tresnet.layers.residual_tail import bottleneck_tail
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from tresnet.cli.validate import add_model_arguments, build_model, resolve_device, weights_description
+from tresnet.cli.validate import add_model_arguments, build_model, weights_description
+from tresnet.engine.distributed import resolve_device
 from tresnet.errors import ConfigError, DataError
 
 

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
 
+from tresnet.engine.distributed import resolve_device
 from tresnet.errors import ConfigError, DataError
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
@@ -24,7 +25,7 @@ DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --checkpoint, --pretrained, --img-size, --device."""
+    """--model, --checkpoint, --pretrained, --img-size, --device (resolve with :func:`resolve_device`)."""
     parser.add_argument("--model", required=True, help="model name, e.g. tresnet_m (see `tresnet info`)")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", metavar="PATH",
@@ -33,22 +34,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                          help="load the model's weights from the cache ($TRESNET_HOME, else ~/.cache/tresnet)")
     parser.add_argument("--img-size", type=int, metavar="N",
                         help="square input side (default: the model's, 224 or 448)")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """The device asked for, or CUDA when available, else the CPU; :class:`ConfigError` if unusable."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name} asked for, but CUDA is not available here: use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device {name!r} is not supported: use cpu, cuda or cuda:N")
-    return device
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available; default)")
 
 
 def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:

@@ -23,7 +23,6 @@ from torchvision.datasets import DatasetFolder
 from tresnet.data.images import IMAGE_EXTENSIONS, is_image_file, load_image
 from tresnet.errors import DataError
 
-
 _STRICT_NOTE = "strict mode: without --strict (strict=False) unreadable files are skipped and counted"
 
 
@@ -55,8 +54,9 @@ class ImageBatch(tuple):
     def __reduce__(self):
         return (ImageBatch, (self[0], self[1], self.skipped))
 
-    def pin_memory(self) -> ImageBatch:
-        return ImageBatch(self[0].pin_memory(), self[1].pin_memory(), self.skipped)
+    def pin_memory(self, device: str | None = None) -> ImageBatch:
+        args = () if device is None else (device,)
+        return ImageBatch(self[0].pin_memory(*args), self[1].pin_memory(*args), self.skipped)
 
 
 def _is_visible_folder(entry: os.DirEntry) -> bool:

@@ -27,9 +27,21 @@ class ReportingLoader(DataLoader):
         report = _find(self.dataset, "report_skipped")
         for batch in super().__iter__():
             if report is not None:
-                for item in getattr(batch, "skipped", ()):
-                    report(item)
+                try:
+                    for item in getattr(batch, "skipped", ()):
+                        report(item)
+                except BaseException:
+                    self._stop_workers()
+                    raise
             yield batch
+
+    def _stop_workers(self) -> None:
+        # Persistent workers left behind an error would idle until garbage collection, which cannot
+        # always stop them cleanly (each then costs a 5 s join timeout); stop them now.
+        iterator = getattr(self, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self._iterator = None
 
 
 def create_loader(dataset: Dataset, batch_size: int, workers: int, device: str | torch.device,

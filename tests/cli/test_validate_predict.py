@@ -1,0 +1,146 @@
+"""`tresnet validate` and `tresnet predict` end to end, with tresnet_m at a small input size."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tresnet
+from tresnet.cli.main import main
+from tresnet.data import imagenet_class_names
+
+CLASSES = ["ant", "bee", "cow"]
+SMALL = ["--img-size", "64", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """3 classes x 2 images (JPEG and PNG, RGB and greyscale) and one unreadable file."""
+    root = tmp_path_factory.mktemp("val")
+    rng = np.random.default_rng(0)
+    for name in CLASSES:
+        (root / name).mkdir()
+        Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(root / name / "a.jpg")
+        Image.fromarray(rng.integers(0, 256, (90, 70), dtype=np.uint8)).save(root / name / "b.png")
+    (root / "bee" / "c.jpg").write_text("this is not a picture")
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A 3-class tresnet_m saved by tresnet, naming its classes."""
+    torch.manual_seed(0)
+    model = tresnet.create_model("tresnet_m", num_classes=3)
+    path = tmp_path_factory.mktemp("ckpt") / "ants.safetensors"
+    tresnet.save_checkpoint(model, path, class_names=CLASSES)
+    return path
+
+
+@pytest.mark.slow  # a forward pass of tresnet_m (seconds on a CPU)
+def test_validate_prints_accuracy_and_writes_json(folder, checkpoint, tmp_path, capsys):
+    out = tmp_path / "result.json"
+    code = main(["validate", "--data", str(folder), "--model", "tresnet_m", "--checkpoint", str(checkpoint),
+                 "--workers", "0", "--batch-size", "4", "--json", str(out), *SMALL])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "top-1" in captured.out and "top-5 100.000%" in captured.out  # 3 classes: top-5 holds all
+    assert "6 images, 1 skipped" in captured.out and "resize 73 bilinear, centre crop 64x64" in captured.out
+    assert "c.jpg" in captured.err and "skipped" in captured.err and "img/s" in captured.err
+    report = json.loads(out.read_text())
+    assert {"top1", "top5", "images", "skipped", "model", "checkpoint", "img_size", "seconds"} <= set(report)
+    assert report["images"] == 6 and report["skipped"] == 1 and report["img_size"] == 64
+    assert report["model"] == "tresnet_m" and report["checkpoint"] == str(checkpoint)
+    assert report["accuracy_unit"] == "percent" and report["top5"] == 100.0
+    correct = report["top1"] * 6 / 100  # a whole number of the 6 images
+    assert correct == pytest.approx(round(correct))
+    assert report["skipped_files"] == [str(folder / "bee" / "c.jpg")]
+
+
+@pytest.mark.slow  # a forward pass of tresnet_m (seconds on a CPU)
+def test_validate_limit_and_strict(folder, checkpoint, capsys):
+    base = ["validate", "--data", str(folder), "--model", "tresnet_m", "--checkpoint", str(checkpoint),
+            "--workers", "0", *SMALL]
+    assert main([*base, "--limit", "2"]) == 0
+    assert "2 of 7 images" in capsys.readouterr().out
+    assert main([*base, "--strict"]) == 1
+    err = capsys.readouterr().err
+    assert "tresnet validate: error: cannot read image" in err and "c.jpg" in err and "strict" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "has 3 class folders but the model has 1000 classes"),
+    (["--img-size", "30"], "input size 30x30 is not supported"),
+    (["--device", "cuda:99"], "cuda:99"),  # absent here: no CUDA, or not that many GPUs
+])
+def test_validate_bad_setups_are_one_line_errors(folder, capsys, extra, message):
+    assert main(["validate", "--data", str(folder), "--model", "tresnet_m", "--workers", "0", *extra]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: None, "does not exist"),
+    (lambda root: root.mkdir(), "is empty"),
+])
+def test_validate_bad_folders(tmp_path, capsys, make, message):
+    root = tmp_path / "val"
+    make(root)
+    assert main(["validate", "--data", str(root), "--model", "tresnet_m", "--workers", "0"]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_validate_class_names_must_match_the_checkpoint(folder, tmp_path, capsys):
+    model = tresnet.create_model("tresnet_m", num_classes=3)
+    path = tmp_path / "other.safetensors"
+    tresnet.save_checkpoint(model, path, class_names=["ant", "cat", "cow"])
+    assert main(["validate", "--data", str(folder), "--model", "tresnet_m", "--checkpoint", str(path),
+                 "--workers", "0", *SMALL]) == 1
+    assert "index 1 is 'bee' in the folder, 'cat' in the checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a forward pass of tresnet_m (seconds on a CPU)
+def test_predict_answers_good_files_and_fails_for_bad_ones(folder, checkpoint, tmp_path, capsys):
+    out = tmp_path / "predictions.json"
+    code = main(["predict", "--model", "tresnet_m", "--checkpoint", str(checkpoint), "--topk", "5",
+                 "--json", str(out), str(folder / "ant"), str(folder / "bee"), str(tmp_path / "missing.jpg"),
+                 *SMALL])
+    captured = capsys.readouterr()
+    assert code == 1
+    good = [str(folder / c / n) for c in ("ant", "bee") for n in ("a.jpg", "b.png")]
+    for name in good:
+        assert name in captured.out
+    assert "c.jpg: not an image" in captured.err and "missing.jpg: no such file" in captured.err
+    results = {r["file"]: r for r in json.loads(out.read_text())}
+    assert set(results) == {*good, str(folder / "bee" / "c.jpg"), str(tmp_path / "missing.jpg")}
+    for name in good:
+        answers = results[name]["topk"]
+        assert len(answers) == 3  # --topk 5 of a 3-class model
+        assert {a["label"] for a in answers} == set(CLASSES)
+        assert all(CLASSES[a["index"]] == a["label"] for a in answers)
+        assert sum(a["prob"] for a in answers) == pytest.approx(1.0, abs=1e-5)
+        assert [a["prob"] for a in answers] == sorted((a["prob"] for a in answers), reverse=True)
+    assert results[str(folder / "bee" / "c.jpg")]["topk"] == [] and "error" in results[str(folder / "bee" / "c.jpg")]
+
+
+@pytest.mark.slow  # a forward pass of tresnet_m (seconds on a CPU)
+def test_predict_imagenet_labels_and_success_exit_code(folder, capsys):
+    image = folder / "cow" / "a.jpg"
+    assert main(["predict", "--model", "tresnet_m", "--topk", "2", str(image), *SMALL]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == str(image) and len(lines) == 3
+    names = set(imagenet_class_names())
+    label = lines[1].split("%", 1)[1].rsplit(" (", 1)[0].strip()
+    assert label in names
+    assert "random weights" in captured.err
+
+
+def test_predict_folder_without_images(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", "--model", "tresnet_m", str(tmp_path / "empty"), *SMALL]) == 1
+    assert "no image files in folder" in capsys.readouterr().err

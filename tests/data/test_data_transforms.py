@@ -1,0 +1,100 @@
+"""tresnet.data.transforms: the published preprocessing, compared with torchvision built by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+from tresnet import get_pretrained_cfg
+from tresnet.data.transforms import create_eval_transform, describe_eval_transform, resolve_eval_config
+from tresnet.errors import ConfigError
+
+RNG = np.random.default_rng(0)
+
+
+def _image(width: int, height: int) -> Image.Image:
+    return Image.fromarray(RNG.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def _reference_224(resize: int, crop: int) -> T.Compose:
+    return T.Compose([T.Resize(resize, interpolation=InterpolationMode.BILINEAR, antialias=True),
+                      T.CenterCrop(crop), T.ToTensor()])
+
+
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (256, 256), (190, 140)])
+def test_224_models_resize_256_and_centre_crop_224(size):
+    img = _image(*size)
+    ours = create_eval_transform(get_pretrained_cfg("tresnet_m"))(img)
+    expected = _reference_224(256, 224)(img)
+    assert ours.shape == (3, 224, 224) and ours.dtype == torch.float32
+    assert torch.equal(ours, expected)
+    assert 0.0 <= ours.min() and ours.max() <= 1.0  # no mean/std normalisation
+
+
+def test_img_size_override_keeps_crop_pct():
+    img = _image(120, 90)
+    ours = create_eval_transform(get_pretrained_cfg("tresnet_l"), img_size=64)(img)
+    assert torch.equal(ours, _reference_224(int(64 / 0.875), 64)(img))  # resize 73, crop 64
+
+
+@pytest.mark.parametrize("size", [(500, 375), (300, 600)])
+def test_448_models_squash_without_crop(size):
+    img = _image(*size)
+    ours = create_eval_transform(get_pretrained_cfg("tresnet_m_448"))(img)
+    expected = T.Compose([T.Resize((448, 448), interpolation=InterpolationMode.BILINEAR, antialias=True),
+                          T.ToTensor()])(img)
+    assert ours.shape == (3, 448, 448) and torch.equal(ours, expected)
+
+
+def test_matches_timm_eval_transform():
+    timm_data = pytest.importorskip("timm.data")
+    img = _image(333, 250)
+    cfg = get_pretrained_cfg("tresnet_m")
+    reference = timm_data.create_transform(224, interpolation="bilinear", crop_pct=0.875,
+                                           mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    assert torch.allclose(create_eval_transform(cfg)(img), reference(img))
+
+
+def test_mean_std_applied_when_not_identity():
+    img = _image(100, 80)
+    cfg = dict(get_pretrained_cfg("tresnet_m"), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5))
+    plain = _reference_224(73, 64)(img)
+    normalised = create_eval_transform(cfg, img_size=64)(img)
+    expected = (plain - torch.tensor(cfg["mean"])[:, None, None]) / torch.tensor(cfg["std"])[:, None, None]
+    assert torch.allclose(normalised, expected, atol=1e-6)
+    assert "normalised" in describe_eval_transform(cfg, 64)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "F", "1"])
+def test_any_mode_gives_three_channels(mode):
+    img = _image(80, 60).convert("RGBA" if mode in ("LA", "RGBA") else "RGB")
+    if mode in ("I;16", "I", "F"):
+        img = Image.fromarray(np.full((60, 80), 1000, {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]))
+    else:
+        img = img.convert(mode)
+    assert img.mode == mode
+    out = create_eval_transform(get_pretrained_cfg("tresnet_m"), img_size=32)(img)
+    assert out.shape == (3, 32, 32)
+    if mode in ("I;16", "I"):  # 1000 / 65535 of full scale: dark, not clipped to white
+        assert torch.allclose(out, torch.full_like(out, round(1000 / 257) / 255))
+
+
+def test_descriptions():
+    assert describe_eval_transform(get_pretrained_cfg("tresnet_m")) == \
+        "resize 256 bilinear, centre crop 224x224, RGB in [0, 1]"
+    assert describe_eval_transform(get_pretrained_cfg("tresnet_xl_448")) == "squash to 448x448 bilinear, RGB in [0, 1]"
+    assert resolve_eval_config(get_pretrained_cfg("tresnet_m"), 320)["resize_size"] == 365
+
+
+def test_bad_configurations():
+    cfg = get_pretrained_cfg("tresnet_m")
+    with pytest.raises(ConfigError, match="crop_mode"):
+        create_eval_transform(dict(cfg, crop_mode="border"))
+    with pytest.raises(ConfigError, match="interpolation"):
+        create_eval_transform(dict(cfg, interpolation="area"))
+    with pytest.raises(ConfigError, match="positive"):
+        create_eval_transform(cfg, img_size=0)
