@@ -171,12 +171,10 @@ class _InPlaceABNFunction(torch.autograd.Function):
         # xhat = (z - shift) / scale: the normalised input, recovered from the output.
         inv_scale = 1.0 / scale
         if training and group is None:
-            # Rebuild the input BatchNorm saw and let the native kernel do the reductions.
-            a = inv_scale / invstd
-            x = torch.addcmul(_channel_view((mean - shift * a).to(z.dtype), ndim), z,
-                              _channel_view(a.to(z.dtype), ndim))
+            # The native kernel, told that z was normalised with mean `shift` and inverse std `1/scale`,
+            # sees exactly xhat; a weight of scale^2 * invstd then gives dx its true gain scale * invstd.
             dx, dw, db = torch.ops.aten.native_batch_norm_backward(
-                dz, x, scale, None, None, mean, invstd, True, eps, [need_x, need_w, need_b]
+                dz, z, scale * scale * invstd, None, None, shift, inv_scale, True, eps, [need_x, need_w, need_b]
             )
         else:
             xhat = (z.to(scale.dtype) - _channel_view(shift, ndim)) * _channel_view(inv_scale, ndim)

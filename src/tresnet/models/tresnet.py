@@ -64,9 +64,11 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.conv2(self.conv1(x))
-        if self.se is not None:
-            out = self.se(out)
-        return self.act(self.drop_path(out) + shortcut)
+        if self.se is None:
+            return self.act(self.drop_path(out) + shortcut)
+        # The SE product is a fresh tensor that no backward needs: add and activate in place.
+        out = self.drop_path(self.se(out))
+        return self.act(out.add_(shortcut))
 
     def last_norm(self) -> nn.Module:
         return self.conv2.bn
