@@ -87,10 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="batch of the timed and peak-memory steps")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per variant (after one warm-up)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--timer", choices=("wall", "cpu"), default="wall",
+                        help="wall time, or the process's CPU time (steadier on a shared CPU, with --threads 1)")
     parser.add_argument("--json", help="also write the rows (and the machine) to this JSON file")
     parser.add_argument("--_peak", nargs=2, help=argparse.SUPPRESS)  # internal: one variant's peak, in a child
     args = parser.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.timer == "cpu" else time.perf_counter
     if args._peak:
         impl, norm = args._peak
         result = peak_step_memory(impl, None if norm == "-" else norm, args.img_size, args.batch_size, args.device)
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = saved_bytes_per_image(model, args.img_size, batch_size=2, device=args.device)
         child = subprocess.run(
             [sys.executable, __file__, "--img-size", str(args.img_size), "--batch-size", str(args.batch_size),
-             "--device", args.device, "--_peak", impl, norm or "-"],
+             "--device", args.device, "--threads", str(args.threads or 0), "--_peak", impl, norm or "-"],
             capture_output=True, text=True, check=True,
         )
         peak = json.loads(child.stdout.strip().splitlines()[-1])
@@ -123,12 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         for label, model in models.items():
             if args.device == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = clock()
             step(model, optimizers[label], x, y)
             if args.device == "cuda":
                 torch.cuda.synchronize()
             if round_index:  # round 0 warms up
-                times[label].append(time.perf_counter() - start)
+                times[label].append(clock() - start)
     timm_label = "timm tresnet_m"
     for label, row in rows.items():
         row["step_s_median"] = statistics.median(times[label])
@@ -138,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         row["saved_vs_timm"] = row["saved_mib_per_image"] / rows[timm_label]["saved_mib_per_image"]
         row["speed_vs_timm"] = row["img_per_s"] / rows[timm_label]["img_per_s"]
 
-    print(f"TResNet-M, {args.img_size}x{args.img_size}, fp32, {args.device}, training step at batch {args.batch_size}")
+    print(f"TResNet-M, {args.img_size}x{args.img_size}, fp32, {args.device}, training step at batch {args.batch_size}, "
+          f"{torch.get_num_threads()} thread(s), {args.timer} time")
     header = (f"{'variant':<26}{'kept/img MiB':>13}{'vs timm':>9}{'step peak MiB':>15}{'step s (min-max)':>22}"
               f"{'img/s':>8}{'vs timm':>9}")
     print(header)
@@ -151,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         from tresnet.checkpoint import atomic_write
 
         payload = {"benchmark": "inplace_abn_memory", "img_size": args.img_size, "batch_size": args.batch_size,
-                   "device": args.device, "machine": platform.processor() or platform.machine(),
+                   "device": args.device, "threads": torch.get_num_threads(), "timer": args.timer,
+                   "command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
                    "cpu_count": os.cpu_count(), "torch": torch.__version__,
                    "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.machine(),
                    "rows": list(rows.values())}
