@@ -74,11 +74,11 @@ def peak_step_memory(impl: str, norm: str | None, img_size: int, batch: int, dev
         step(model, optimizer, x, y)
         torch.cuda.synchronize()
         return {"before_bytes": before, "peak_bytes": torch.cuda.max_memory_allocated()}
-    from tresnet.bench.memory import peak_rss_bytes
+    from tresnet.bench.memory import image_peak_rss_bytes
 
     before = rss_bytes()
     step(model, optimizer, x, y)
-    return {"before_bytes": before, "peak_bytes": peak_rss_bytes()}
+    return {"before_bytes": before, "peak_bytes": image_peak_rss_bytes()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,1 +1,37 @@
-"""Measuring models the paper's way: throughput, largest batch, memory."""
+"""Measuring models the paper's way: throughput, largest batch, memory, reports and plots.
+
+``run_benchmark(BenchConfig(models="tresnet_m,timm:tresnet_m,resnet50"))`` returns one row per model;
+:mod:`tresnet.bench.report` turns rows into a table, JSON, CSV and a plot. ``tresnet benchmark`` is the
+command-line face of the same.
+"""
+
+from tresnet.bench.batch_search import BatchSearchResult, largest_batch
+from tresnet.bench.published import PAPER_PEERS, PEER_RESULTS, PublishedResult, published_top1
+from tresnet.bench.report import (
+    format_ratios,
+    format_table,
+    markdown_table,
+    plot_results,
+    ratio_rows,
+    write_csv,
+    write_json,
+)
+from tresnet.bench.runner import BenchConfig, run_benchmark
+from tresnet.bench.targets import (
+    BenchTarget,
+    BuildOptions,
+    ModelSpec,
+    Variant,
+    build_base_model,
+    list_variants,
+    parse_model_list,
+    parse_model_spec,
+    register_variant,
+)
+
+__all__ = [
+    "PAPER_PEERS", "PEER_RESULTS", "BatchSearchResult", "BenchConfig", "BenchTarget", "BuildOptions",
+    "ModelSpec", "PublishedResult", "Variant", "build_base_model", "format_ratios", "format_table",
+    "largest_batch", "list_variants", "markdown_table", "parse_model_list", "parse_model_spec", "plot_results",
+    "published_top1", "ratio_rows", "register_variant", "run_benchmark", "write_csv", "write_json",
+]

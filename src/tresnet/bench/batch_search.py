@@ -51,18 +51,18 @@ def _secant_guess(points: dict[int, float], lo: int, hi: int | None, budget: flo
 
 
 def largest_batch(measure: Callable[[int], float], budget_bytes: float, *, max_batch: int = 4096,
-                  max_probes: int = 40) -> BatchSearchResult:
-    """The largest batch ``b`` in ``[1, max_batch]`` with ``measure(b) <= budget_bytes``.
+                  min_batch: int = 1, max_probes: int = 40) -> BatchSearchResult:
+    """The largest batch ``b`` in ``[min_batch, max_batch]`` with ``measure(b) <= budget_bytes``.
 
     Assumes the peak grows with the batch. Memory is close to linear in the batch, so each next try is
     where the line through two measured points meets the budget (a secant step), falling back to
     doubling, and to bisection when a step does not halve the bracket; a linear peak is found in about
     four measurements. Stops after ``max_probes`` with the largest batch known to fit.
 
-    Raises :class:`ConfigError` when not even a batch of 1 fits.
+    Raises :class:`ConfigError` when not even ``min_batch`` fits.
     """
-    if max_batch < 1:
-        raise ConfigError(f"max batch must be at least 1, got {max_batch}")
+    if not 1 <= min_batch <= max_batch:
+        raise ConfigError(f"the batch search needs 1 <= min batch <= max batch, got {min_batch} and {max_batch}")
     result = BatchSearchResult(max_batch=0, budget_bytes=budget_bytes)
     points: dict[int, float] = {}
 
@@ -72,11 +72,11 @@ def largest_batch(measure: Callable[[int], float], budget_bytes: float, *, max_b
         result.probes.append((batch, value))
         return value <= budget_bytes
 
-    if not fits(1):
-        needed = points[1]
+    if not fits(min_batch):
+        needed = points[min_batch]
         what = "does not run (out of memory)" if math.isinf(needed) else f"needs {needed / GIB:.2f} GiB"
-        raise ConfigError(f"a batch of 1 {what}, over the memory budget of {budget_bytes / GIB:.2f} GiB")
-    lo, hi = 1, None  # lo: largest batch known to fit; hi: smallest batch known not to
+        raise ConfigError(f"a batch of {min_batch} {what}, over the memory budget of {budget_bytes / GIB:.2f} GiB")
+    lo, hi = min_batch, None  # lo: largest batch known to fit; hi: smallest batch known not to
     bisect = False
     while len(result.probes) < max_probes:
         upper = max_batch if hi is None else hi - 1
@@ -101,10 +101,11 @@ def largest_batch(measure: Callable[[int], float], budget_bytes: float, *, max_b
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is a device out-of-memory error (CUDA's, or a 'not enough memory' RuntimeError)."""
+    """Whether ``error`` is an out-of-memory error (CUDA's, or the CPU allocator's RuntimeError)."""
     if isinstance(error, torch.OutOfMemoryError):
         return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
 
 
 def free_device_memory(device: torch.device) -> None:
@@ -144,8 +145,8 @@ def cuda_peak_measure(make_step: Callable[[int], Callable[[], None]], device: to
 def probe_peak_rss(label: str, batch_size: int, *, modes: tuple[str, ...] = ("train",), img_size: int,
                    precision: str = "fp32", channels_last: bool = False, threads: int | None = None,
                    steps: int = 2, timeout_s: float = 900.0) -> dict:
-    """Peak resident memory of a fresh CPU process that builds ``label`` and runs ``steps`` batches
-    of each mode in ``modes`` (inference first) at ``batch_size``.
+    """Peak resident memory of a fresh CPU process that builds ``label`` and runs, at ``batch_size``,
+    one inference batch and/or ``steps`` training batches (per ``modes``; inference first).
 
     Returns ``{"baseline_rss_bytes", "infer_peak_rss_bytes"?, "train_peak_rss_bytes"?}``: the first is
     the process after importing torch and this package; each peak is of the whole process so far.

@@ -49,3 +49,20 @@ def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+def image_peak_rss_bytes() -> int:
+    """Peak resident set size of this process since it last exec'd, where the OS tells it apart.
+
+    On Linux, ``getrusage`` carries the parent's peak over ``fork`` + ``exec`` (a subprocess started by
+    a big process reports at least the parent's size); ``VmHWM`` in ``/proc/self/status`` belongs to the
+    current program image only. Elsewhere this is :func:`peak_rss_bytes`.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return peak_rss_bytes()

@@ -15,13 +15,13 @@ def run_probe(request: dict) -> dict:
     """Run the request (see :func:`~tresnet.bench.batch_search.probe_peak_rss`); return the peaks in bytes."""
     import torch
 
-    from tresnet.bench.memory import peak_rss_bytes
+    from tresnet.bench.memory import image_peak_rss_bytes
     from tresnet.bench.targets import BuildOptions, build_target, parse_model_spec
     from tresnet.bench.timing import make_step
 
     if request.get("threads"):
         torch.set_num_threads(int(request["threads"]))
-    reply = {"baseline_rss_bytes": peak_rss_bytes()}
+    reply = {"baseline_rss_bytes": image_peak_rss_bytes()}
     device = torch.device("cpu")
     spec = parse_model_spec(request["model"])
     options = BuildOptions(device=device, img_size=request["img_size"], precision=request["precision"],
@@ -32,10 +32,12 @@ def run_probe(request: dict) -> dict:
             continue
         step = make_step(target, mode, request["batch_size"], device=device, precision=request["precision"],
                          channels_last=request["channels_last"])
-        for _ in range(request.get("steps", 2)):
+        # Inference keeps no state, one batch shows its peak; training peaks from the second step on,
+        # once the optimizer's momentum exists next to the gradients.
+        for _ in range(1 if mode == "infer" else request.get("steps", 2)):
             step()
         del step
-        reply[f"{mode}_peak_rss_bytes"] = peak_rss_bytes()
+        reply[f"{mode}_peak_rss_bytes"] = image_peak_rss_bytes()
     return reply
 
 

@@ -159,12 +159,30 @@ def make_step(target: BenchTarget, mode: str, batch_size: int, *, device: torch.
     return step
 
 
-def time_iterations(step: Callable[[], None], iters: int, device: torch.device) -> float:
+TIMERS = ("wall", "cpu")
+
+
+def check_timer(timer: str, device: torch.device) -> None:
+    """Raise :class:`ConfigError` unless ``timer`` is ``wall``, or ``cpu`` on the CPU device."""
+    if timer not in TIMERS:
+        raise ConfigError(f"bad --timer {timer!r}: wall or cpu")
+    if timer == "cpu" and device.type != "cpu":
+        raise ConfigError("--timer cpu (process CPU time) applies to --device cpu only")
+
+
+def time_iterations(step: Callable[[], None], iters: int, device: torch.device, timer: str = "wall") -> float:
     """Seconds per call of ``step``, averaged over ``iters`` back-to-back calls.
 
     On CUDA the interval is measured with CUDA events after the stream is idle, so queued work is
-    counted; on the CPU with ``time.perf_counter``.
+    counted; on the CPU with ``time.perf_counter``, or with ``timer="cpu"`` as the CPU time of the
+    process (``time.process_time``: the work done, whatever else the machine runs; with one thread it
+    is the single-core time).
     """
+    if timer == "cpu":
+        start_s = time.process_time()
+        for _ in range(iters):
+            step()
+        return (time.process_time() - start_s) / iters
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

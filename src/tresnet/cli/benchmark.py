@@ -1,0 +1,109 @@
+"""`tresnet benchmark`: images/s in inference and training, largest batch, memory, against the paper's peers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = """\
+models: a plain NAME is one of ours (tresnet_m, tresnet_l, ...) else a timm model; timm:NAME forces
+timm's implementation; NAME:bn is our model with plain BatchNorm; 'paper' expands to tresnet_m,
+timm:tresnet_m and the paper's peers (resnet50, resnet50d, resnext50_32x4d, efficientnet_b1,
+seresnext50_32x4d, mixnet_l, gernet_s/m/l). timm models need: pip install 'tresnet[bench]'.
+
+examples:
+  tresnet benchmark --models tresnet_m,timm:tresnet_m,resnet50 --json out.json --plot out.png
+  tresnet benchmark --models paper --device cuda --precision amp --batch-size auto
+  tresnet benchmark --models tresnet_m,resnet50 --batch-size auto --memory-budget 8 --mode train
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the ``benchmark`` subcommand and its options on ``subparsers``."""
+    p = subparsers.add_parser(
+        "benchmark", help="measure images/s (inference, training), largest batch and memory",
+        description="Measure TResNet and other models the paper's way: synthetic inputs on the device, "
+                    "warm-up, timed repetitions taken in turns across models; median images/s and spread.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="tresnet_m,timm:tresnet_m,resnet50",
+                   help="comma-separated models (default: %(default)s)")
+    p.add_argument("--mode", default="both", help="infer, train or both (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available; default)")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32, amp (float16 autocast, CUDA) or bf16 (bfloat16 autocast) (default: %(default)s)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for models and inputs")
+    p.add_argument("--compile", action="store_true", help="torch.compile each model (compile time not timed)")
+    p.add_argument("--batch-size", default=None,
+                   help="images per batch, or 'auto': 90%% of the largest training batch that fits "
+                        "(default: 8 on the CPU, 128 on CUDA)")
+    p.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
+                   help="memory a model may use, in GiB: needed by --batch-size auto on the CPU (peak "
+                        "resident memory of the process); on CUDA it caps the search (default: the device)")
+    p.add_argument("--max-batch", type=int, default=4096, help="upper bound of the batch search (default: 4096)")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="input side in pixels (default: each model's own, e.g. 224; 240 for efficientnet_b1)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed turns per model and mode (default: 2)")
+    p.add_argument("--repeats", type=int, default=10,
+                   help="timed turns per model and mode; the median is reported (default: 10)")
+    p.add_argument("--iters", type=int, default=None,
+                   help="batches per timed turn (default: 1 on the CPU, 10 on CUDA)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--timer", default="wall",
+                   help="wall (elapsed time, default) or cpu: CPU time of the process, for a shared CPU "
+                        "machine (use with --threads 1)")
+    p.add_argument("--no-peak-memory", action="store_true",
+                   help="on the CPU, skip the peak-memory measurement (a subprocess per model)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and weights (default: 0)")
+    p.add_argument("--json", metavar="PATH", help="write the rows as JSON")
+    p.add_argument("--csv", metavar="PATH", help="write the rows as CSV")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of top-1 against images/s")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table as well")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark described by ``args``, print the table and ratios, write the files asked for.
+
+    Raises :class:`~tresnet.errors.TResNetError` subclasses for bad options or models (printed as one
+    line by the dispatcher).
+    """
+    from tresnet.bench.report import (
+        format_ratios,
+        format_table,
+        markdown_table,
+        plot_results,
+        write_csv,
+        write_json,
+    )
+    from tresnet.bench.runner import BenchConfig, run_benchmark
+
+    config = BenchConfig(
+        models=args.models, mode=args.mode, device=args.device, precision=args.precision,
+        channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size,
+        memory_budget_gib=args.memory_budget, max_batch=args.max_batch, img_size=args.img_size,
+        warmup=args.warmup, repeats=args.repeats, iters=args.iters, threads=args.threads, timer=args.timer,
+        peak_memory=not args.no_peak_memory, seed=args.seed)
+    rows = run_benchmark(config, progress=not args.no_progress)
+    first = rows[0]
+    settings = [first["device_name"], first["precision"]]
+    if first["channels_last"]:
+        settings.append("channels-last")
+    if first["compiled"]:
+        settings.append("torch.compile")
+    clock = "CPU time of the process" if first["timer"] == "cpu" else "wall-clock time"
+    print(f"tresnet benchmark: {', '.join(settings)}; {clock}, median of {first['repeats']} turns x "
+          f"{first['iters']} batch(es), ±% = interquartile range")
+    print(format_table(rows))
+    ratios = format_ratios(rows)
+    if ratios:
+        print()
+        print(ratios)
+    if args.markdown:
+        print()
+        print(markdown_table(rows))
+    for path, write in ((args.json, write_json), (args.csv, write_csv), (args.plot, plot_results)):
+        if path:
+            print(f"wrote {write(rows, path)}", file=sys.stderr)
+    return 0

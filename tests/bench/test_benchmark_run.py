@@ -1,0 +1,175 @@
+"""End-to-end runs on the CPU at tiny sizes: every mode and option, the rows' fields, files, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tresnet.bench.batch_search import GIB, probe_peak_rss
+from tresnet.bench.report import format_ratios, format_table, markdown_table, ratio_rows
+from tresnet.bench.runner import BenchConfig, run_benchmark
+from tresnet.cli.main import main
+from tresnet.errors import ConfigError, ModelNotFoundError
+
+pytest.importorskip("timm")
+
+TINY = "timm:test_resnet"  # 0.5 M parameters
+REQUIRED_FIELDS = ("model", "impl", "device", "precision", "channels_last", "compiled", "img_size",
+                   "infer_batch_size", "infer_img_per_s", "train_batch_size", "train_img_per_s", "params_m",
+                   "gmacs", "max_train_batch", "saved_mib_per_img", "train_peak_mem_mib", "top1")
+
+
+def tiny(**overrides) -> BenchConfig:
+    settings = dict(models=TINY, device="cpu", img_size=32, batch_size=2, warmup=0, repeats=2,
+                    peak_memory=False)
+    settings.update(overrides)
+    return BenchConfig(**settings)
+
+
+def test_both_modes_ours_against_timm():
+    rows = run_benchmark(tiny(models=f"tresnet_m,timm:tresnet_m,{TINY}"))
+    assert [r["model"] for r in rows] == ["tresnet_m", "timm:tresnet_m", TINY]
+    for row in rows:
+        assert all(field in row for field in REQUIRED_FIELDS)
+        assert row["infer_img_per_s"] > 0 and row["train_img_per_s"] > 0
+        assert len(row["infer_seconds_per_batch"]) == 2 and row["infer_img_per_s_spread_pct"] >= 0
+    ours, theirs = rows[0], rows[1]
+    assert ours["impl"] == "tresnet" and theirs["impl"] == "timm"
+    assert ours["params_m"] == pytest.approx(theirs["params_m"])
+    assert ours["gmacs"] == pytest.approx(theirs["gmacs"], rel=0.01)
+    assert ours["top1"] == theirs["top1"] == 80.8
+    # In-Place ABN keeps less for backward than timm's plain BatchNorm
+    assert ours["saved_mib_per_img"] < theirs["saved_mib_per_img"]
+    assert [(r["numerator"], r["denominator"]) for r in ratio_rows(rows)] == [("tresnet_m", "timm:tresnet_m")]
+    assert "tresnet_m / timm:tresnet_m: infer" in format_ratios(rows)
+    assert "tresnet_m" in format_table(rows) and markdown_table(rows).count("\n") == 4
+
+
+@pytest.mark.parametrize("mode, timer", [("infer", "wall"), ("train", "cpu")])
+def test_single_mode(mode, timer):
+    (row,) = run_benchmark(tiny(mode=mode, timer=timer, threads=1))
+    assert row["timer"] == timer and row["threads"] == 1
+    other = "train" if mode == "infer" else "infer"
+    assert row[f"{mode}_img_per_s"] > 0
+    assert row[f"{other}_img_per_s"] is None and row[f"{other}_batch_size"] is None
+
+
+def test_bf16_channels_last_with_our_model():
+    rows = run_benchmark(tiny(models=f"tresnet_m,{TINY}", precision="bf16", channels_last=True, repeats=1))
+    assert all(r["precision"] == "bf16" and r["channels_last"] for r in rows)
+    assert all(r["train_img_per_s"] > 0 and r["infer_img_per_s"] > 0 for r in rows)
+
+
+def test_auto_batch_is_ninety_percent_of_the_largest_that_fits():
+    budget_gib = 1.0
+
+    def fake_peak(target, mode, batch):  # 200 MiB runtime + 70 MiB per image
+        return 200 * 2**20 + 70 * 2**20 * batch
+
+    (row,) = run_benchmark(tiny(batch_size="auto", memory_budget_gib=budget_gib, mode="both"),
+                           peak_measure=fake_peak)
+    expected = (1024 - 200) // 70
+    assert row["max_train_batch"] == expected
+    assert row["train_batch_size"] == row["infer_batch_size"] == int(0.9 * expected)
+    assert row["memory_budget_gib"] == budget_gib
+    assert row["train_peak_mem_mib"] == pytest.approx(200 + 70 * int(0.9 * expected))
+    (row,) = run_benchmark(tiny(batch_size="auto", memory_budget_gib=budget_gib, mode="infer", repeats=1,
+                                max_batch=5), peak_measure=fake_peak)
+    assert row["max_infer_batch"] == 5 and row["max_train_batch"] is None and row["infer_batch_size"] == 4
+
+
+def test_a_batch_over_the_budget_fails():
+    with pytest.raises(ConfigError, match="batch 2 needs .* over --memory-budget"):
+        run_benchmark(tiny(memory_budget_gib=0.5), peak_measure=lambda t, m, b: 0.4 * GIB * b)
+    with pytest.raises(ConfigError, match="a batch of 2 needs"):  # training searches from 2 (BatchNorm)
+        run_benchmark(tiny(batch_size="auto", memory_budget_gib=0.5), peak_measure=lambda t, m, b: GIB)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(device="cuda:7"), "cuda"),
+    (dict(device="tpu"), "bad --device"),
+    (dict(precision="fp8"), "bad --precision 'fp8'"),
+    (dict(precision="amp"), "amp .* is for CUDA"),
+    (dict(mode="fly"), "bad --mode"),
+    (dict(batch_size="many"), "bad --batch-size 'many'"),
+    (dict(batch_size=0), "bad --batch-size 0"),
+    (dict(batch_size="auto"), "needs --memory-budget"),
+    (dict(repeats=0), "--repeats must be at least 1"),
+    (dict(timer="gpu"), "bad --timer"),
+])
+def test_bad_options_raise_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        run_benchmark(tiny(**overrides))
+
+
+def test_unknown_model_fails_before_any_work():
+    with pytest.raises(ModelNotFoundError, match="no_such_net"):
+        run_benchmark(tiny(models=f"{TINY},no_such_net"))
+
+
+def test_cli_writes_json_csv_and_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "results"
+    code = main(["benchmark", "--models", TINY, "--device", "cpu", "--img-size", "32", "--batch-size", "2",
+                 "--warmup", "0", "--repeats", "1", "--no-peak-memory", "--no-progress", "--markdown",
+                 "--json", str(out / "r.json"), "--csv", str(out / "r.csv"), "--plot", str(out / "r.png")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "timm:test_resnet" in printed and "train img/s" in printed and "| model |" in printed
+    rows = json.loads((out / "r.json").read_text())
+    assert all(field in rows[0] for field in REQUIRED_FIELDS)
+    with open(out / "r.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert csv_rows[0]["model"] == TINY and float(csv_rows[0]["train_img_per_s"]) > 0
+    assert (out / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "no_such_net"], "unknown model 'no_such_net'"),
+    (["--device", "cuda:7"], "--device cuda:7"),
+    (["--precision", "half"], "bad --precision 'half'"),
+])
+def test_cli_errors_are_one_line(argv, message, capsys):
+    code = main(["benchmark", "--models", TINY, "--device", "cpu", "--no-progress", *argv])
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tresnet benchmark: error:") and message in err and "\n" not in err
+
+
+def test_cpu_peak_memory_probe_runs_in_a_subprocess():
+    reply = probe_peak_rss(TINY, 2, modes=("infer", "train"), img_size=32, threads=1)
+    assert 0 < reply["baseline_rss_bytes"] <= reply["infer_peak_rss_bytes"] <= reply["train_peak_rss_bytes"]
+    assert math.isfinite(reply["train_peak_rss_bytes"])
+
+
+@pytest.mark.slow
+def test_cpu_auto_batch_with_real_measurements():
+    (row,) = run_benchmark(tiny(batch_size="auto", memory_budget_gib=0.9, mode="train", repeats=1, max_batch=64,
+                                peak_memory=True, img_size=64))
+    assert 1 <= row["train_batch_size"] < row["max_train_batch"] <= 64
+    assert row["train_peak_mem_mib"] <= 0.9 * 1024
+
+
+@pytest.mark.slow
+def test_compile():
+    (row,) = run_benchmark(tiny(mode="infer", compile=True, repeats=1))
+    assert row["compiled"] and row["infer_img_per_s"] > 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux /proc only")
+def test_subprocess_peak_is_its_own_not_the_parents():
+    numpy = pytest.importorskip("numpy")
+    ballast = numpy.ones(600 * 2**20, dtype=numpy.uint8)  # the parent's peak grows by 600 MiB
+    code = ("from tresnet.bench.memory import image_peak_rss_bytes, peak_rss_bytes; "
+            "print(image_peak_rss_bytes(), peak_rss_bytes())")
+    own, inherited = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                             check=True).stdout.split())
+    del ballast
+    assert own < inherited - 500 * 2**20  # getrusage carries the parent's peak over fork + exec; VmHWM does not
