@@ -29,6 +29,7 @@ import torch.nn.functional as F
 MIB = 2**20
 VARIANTS = {
     "tresnet_m (in-place ABN)": ("tresnet", "inplace_abn"),
+    "tresnet_m (ABN, mem.-eff.)": ("tresnet", "memory_efficient"),
     "tresnet_m (plain BN)": ("tresnet", "bn"),
     "timm tresnet_m": ("timm", None),
 }
@@ -42,7 +43,10 @@ def build(impl: str, norm: str | None, device: str) -> torch.nn.Module:
     else:
         import tresnet
 
-        model = tresnet.create_model("tresnet_m", norm=norm)
+        if norm == "memory_efficient":
+            model = tresnet.create_model("tresnet_m", memory_efficient=True)
+        else:
+            model = tresnet.create_model("tresnet_m", norm=norm)
     return model.to(device).train()
 
 
@@ -146,13 +150,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"TResNet-M, {args.img_size}x{args.img_size}, fp32, {args.device}, training step at batch {args.batch_size}, "
           f"{torch.get_num_threads()} thread(s), {args.timer} time")
-    header = (f"{'variant':<26}{'kept/img MiB':>13}{'vs timm':>9}{'step peak MiB':>15}{'step s (min-max)':>22}"
+    header = (f"{'variant':<28}{'kept/img MiB':>13}{'vs timm':>9}{'step peak MiB':>15}{'step s (min-max)':>22}"
               f"{'img/s':>8}{'vs timm':>9}")
     print(header)
     print("-" * len(header))
     for row in rows.values():
         spread = f"{row['step_s_median']:.2f} ({row['step_s_min']:.2f}-{row['step_s_max']:.2f})"
-        print(f"{row['variant']:<26}{row['saved_mib_per_image']:>13.1f}{row['saved_vs_timm']:>8.2f}x"
+        print(f"{row['variant']:<28}{row['saved_mib_per_image']:>13.1f}{row['saved_vs_timm']:>8.2f}x"
               f"{row['peak_step_mib']:>15.0f}{spread:>22}{row['img_per_s']:>8.2f}{row['speed_vs_timm']:>8.2f}x")
     if args.json:
         from tresnet.checkpoint import atomic_write

@@ -12,7 +12,7 @@ def tiny_tresnet(norm: str):
 
     torch.manual_seed(0)
     arch = TResNetArch(layers=(1, 1, 2, 1), width_factor=0.25, v2=True)
-    model = TResNet(arch, num_classes=5, norm=norm)
+    model = TResNet(arch, num_classes=5, norm=norm, memory_efficient=True)
     with torch.no_grad():  # non-zero residual norms so that every branch carries gradient
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

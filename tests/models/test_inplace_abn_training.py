@@ -18,10 +18,10 @@ def training_step(model, x, y):
     return loss.item(), {k: p.grad.clone() for k, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("drop_path_rate", [0.0, 0.2])
-def test_training_step_equals_plain_batchnorm(drop_path_rate):
+@pytest.mark.parametrize("memory_efficient,drop_path_rate", [(False, 0.0), (True, 0.0), (True, 0.2)])
+def test_training_step_equals_plain_batchnorm(memory_efficient, drop_path_rate):
     bn = randomize_norms(tresnet.create_model("tresnet_m", norm="bn", drop_path_rate=drop_path_rate), signed=True)
-    abn = tresnet.create_model("tresnet_m", drop_path_rate=drop_path_rate)
+    abn = tresnet.create_model("tresnet_m", drop_path_rate=drop_path_rate, memory_efficient=memory_efficient)
     abn.load_state_dict(bn.state_dict())
     x, y = torch.rand(4, 3, 64, 64), torch.randint(0, 1000, (4,))
     torch.manual_seed(5)
@@ -37,6 +37,14 @@ def test_training_step_equals_plain_batchnorm(drop_path_rate):
 
 
 def test_inplace_abn_keeps_far_less_for_backward():
-    abn = saved_bytes_per_image(tresnet.create_model("tresnet_m"), img_size=64)
     bn = saved_bytes_per_image(tresnet.create_model("tresnet_m", norm="bn"), img_size=64)
-    assert abn < 0.6 * bn
+    abn = saved_bytes_per_image(tresnet.create_model("tresnet_m"), img_size=64)
+    lean = saved_bytes_per_image(tresnet.create_model("tresnet_m", memory_efficient=True), img_size=64)
+    assert lean < 0.6 * bn and abn < 0.8 * bn and lean < abn
+
+
+def test_memory_efficient_can_be_switched_on_a_built_model():
+    model = tresnet.create_model("tresnet_m")
+    before = saved_bytes_per_image(model, img_size=64)
+    model.set_memory_efficient(True)
+    assert model.memory_efficient and saved_bytes_per_image(model, img_size=64) < 0.8 * before

@@ -288,3 +288,13 @@ register_variant(Variant(
     name="bn", build=_plain_bn, modes=frozenset(MODES), impls=frozenset({"tresnet"}),
     description="our model with plain BatchNorm + activation instead of In-Place ABN",
 ))
+
+
+def _memory_efficient(spec: ModelSpec, options: BuildOptions) -> nn.Module:
+    return build_base_model(spec, memory_efficient=True)
+
+
+register_variant(Variant(
+    name="memory_efficient", build=_memory_efficient, modes=frozenset(MODES), impls=frozenset({"tresnet"}),
+    description="our model trained with the memory-lean Bottleneck tails (create_model(memory_efficient=True))",
+))

@@ -28,10 +28,11 @@ class ConvNormAct(nn.Module):
         self.bn = create_norm_act(norm, out_channels, activation, activation_param)
         self.aa = AntiAliasDownsample(out_channels, stride=2) if use_aa else None
         self._pointwise = kernel_size == 1 and stride == 1 and not use_aa and activation == "identity"
+        self.memory_efficient = False  # a 1x1 conv + identity norm then keeps only its input for backward
 
     def _pointwise_fusion_applies(self) -> bool:
         bn = self.bn
-        return (self._pointwise and self.training and isinstance(bn, InPlaceABN) and bn.track_running_stats
+        return (self.memory_efficient and self._pointwise and self.training and isinstance(bn, InPlaceABN) and bn.track_running_stats
                 and torch.is_grad_enabled() and not torch.jit.is_scripting() and not torch.jit.is_tracing())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,8 @@ def get_pretrained_cfg(name: str) -> dict:
 
 def build_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
                 drop_path_rate: float = 0.0, norm: str = "inplace_abn", features_only: bool = False,
-                out_indices: tuple[int, ...] = (1, 2, 3, 4), **arch_overrides) -> nn.Module:
+                out_indices: tuple[int, ...] = (1, 2, 3, 4), memory_efficient: bool = False,
+                **arch_overrides) -> nn.Module:
     """A freshly initialised model ``name`` (no weights loaded). See :func:`tresnet.create_model`."""
     cfg = get_pretrained_cfg(name)
     if norm not in NORMS:
@@ -64,7 +65,7 @@ def build_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, drop_r
         arch = replace(arch, **arch_overrides)
     model = TResNet(arch, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
                     drop_path_rate=drop_path_rate, norm=norm, features_only=features_only,
-                    out_indices=out_indices)
+                    out_indices=out_indices, memory_efficient=memory_efficient)
     cfg["num_classes"] = 0 if features_only else num_classes
     cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
     cfg["norm"] = norm

@@ -90,6 +90,7 @@ class Bottleneck(nn.Module):
         self.conv3 = ConvNormAct(planes, planes * self.expansion, 1, 1, "identity", 0.0, norm)
         self.drop_path = StochasticDepth(drop_path_rate, "row") if drop_path_rate > 0 else nn.Identity()
         self.act = nn.ReLU(inplace=True)
+        self.memory_efficient = False  # set by TResNet.set_memory_efficient
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -103,7 +104,7 @@ class Bottleneck(nn.Module):
 
     def _fused_tail_applies(self, out: torch.Tensor) -> bool:
         bn = self.conv3.bn
-        return (self.training and isinstance(bn, InPlaceABN) and bn.track_running_stats
+        return (self.memory_efficient and self.training and isinstance(bn, InPlaceABN) and bn.track_running_stats
                 and torch.is_grad_enabled() and not torch.jit.is_scripting() and not torch.jit.is_tracing())
 
     def _fused_tail(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
@@ -151,13 +152,14 @@ class ClassifierHead(nn.Module):
 class TResNet(nn.Module):
     """TResNet: SpaceToDepth stem, ``conv1``, four stages, fast global pooling and ``head.fc``.
 
+    ``memory_efficient=True`` trains with less activation memory (see :meth:`set_memory_efficient`).
     With ``features_only=True`` the head is dropped and ``forward`` returns the outputs of the
     stages in ``out_indices`` (0 = ``conv1``, 1..4 = ``layer1..layer4``), described by ``feature_info``.
     """
 
     def __init__(self, arch: TResNetArch, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, norm: str = "inplace_abn", features_only: bool = False,
-                 out_indices: tuple[int, ...] = (1, 2, 3, 4)) -> None:
+                 out_indices: tuple[int, ...] = (1, 2, 3, 4), memory_efficient: bool = False) -> None:
         super().__init__()
         self.arch = arch
         self.norm = norm
@@ -216,6 +218,7 @@ class TResNet(nn.Module):
             self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
         self.pretrained_cfg: dict = {}
         self.reset_parameters()
+        self.set_memory_efficient(memory_efficient)
 
     def _make_stage(self, block, planes: int, blocks: int, stride: int, use_se: bool,
                     drop_path_rates: list[float]) -> nn.Sequential:
@@ -253,6 +256,18 @@ class TResNet(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in backward instead of keeping its activations."""
         self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def set_memory_efficient(self, enable: bool = True) -> None:
+        """Train with the memory-lean Bottleneck tails and downsample convs (In-Place ABN norms only).
+
+        About 0.54x the activation memory of plain BatchNorm instead of 0.75x, for a few percent more
+        compute in backward; results are the same to rounding. See :mod:`tresnet.layers.residual_tail`.
+        """
+        self.memory_efficient = enable
+        for m in self.modules():
+            if isinstance(m, (Bottleneck, ConvNormAct)):
+                m.memory_efficient = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
