@@ -175,6 +175,13 @@ def test_eval_without_grad_is_a_plain_affine_step():
         assert torch.allclose(abn(x), torch.full_like(x, 2.0 * (3.0 - 1.0) / (4.0 + 1e-5) ** 0.5 + 0.5))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_models_cast_to_another_dtype_run_in_eval(dtype):
+    abn = InPlaceABN(4).to(dtype).eval()
+    with torch.no_grad():
+        assert abn(torch.randn(2, 4, 3, 3, dtype=dtype)).dtype == dtype
+
+
 def test_tiny_weights_are_computed_with_scale_eps():
     w = torch.tensor([0.0, -1e-7, 0.5])
     assert torch.equal(invertible_scale(w, 1e-5), torch.tensor([1e-5, -1e-5, 0.5]))

@@ -3,15 +3,21 @@
 :func:`fuse` returns a deep copy in which
 
 - every ``ConvNormAct`` (conv -> BN + activation -> blur) is a :class:`FusedConvAct`: one conv with
-  bias (the BN folded in) -> the same activation, in place -> the same blur, when there is one;
+  bias (the BN folded in) -> the same activation -> the same blur, when there is one;
 - the SpaceToDepth stem and ``conv1`` are one :class:`FusedStem`: a 12x12 conv with stride 4 on the
   image, which sums exactly the products that ``conv1`` (3x3 on the 4x4-folded image) sums;
 - squeeze-and-excitation is a :class:`FusedSqueezeExcite` (``linear`` on the pooled vector instead of
   1x1 convs on a 1x1 map);
-- each residual block adds its shortcut and applies its ReLU in place.
+- each residual block ends in one step: ``relu(branch + shortcut)``, with the SE multiply (Basic
+  block) or the last conv (Bottleneck) folded into it;
+- weights and activations are channels-last (a memory layout: the values are the same).
 
-Each rewrite is exact in real arithmetic; in fp32 the fused model differs from the eval-mode
-original only by rounding (about 1e-6 relative at the logits).
+On CPU, in fp32 and without autograd, the convs run as oneDNN convolutions with the activation
+(leaky ReLU) or the residual add and ReLU applied to the accumulator as a post-op, which gives the
+same bits as the conv followed by the separate op. Elsewhere (GPU, other dtypes, tracing for
+TorchScript or ONNX) the same modules run plain PyTorch ops. Every rewrite is exact in real
+arithmetic; in fp32 the fused model differs from the eval-mode original only by rounding (about
+1e-6 of the largest logit).
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from tresnet.errors import ConfigError
 from tresnet.layers import AntiAliasDownsample, ConvNormAct, SpaceToDepth, SqueezeExcite
 from tresnet.layers.inplace_abn import InPlaceABN, activate_, invertible_scale
 from tresnet.models.tresnet import BasicBlock, Bottleneck
+
+# Activations that oneDNN applies to the conv accumulator (post-op), by our name -> oneDNN's.
+_POST_OPS = {"leaky_relu": "leaky_relu", "identity": "none"}
 
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -59,6 +68,33 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
+def _use_onednn(x: torch.Tensor) -> bool:
+    """Whether the oneDNN fused-conv path applies: fp32 on CPU, eager, no autograd."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+def _conv_act(x: torch.Tensor, conv: nn.Conv2d, activation: str, param: float) -> torch.Tensor:
+    """``activation(conv(x))``, as one oneDNN kernel where :func:`_use_onednn` allows."""
+    if activation in _POST_OPS and _use_onednn(x):
+        scalars = [param] if activation == "leaky_relu" else []
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups,
+            _POST_OPS[activation], scalars, "")
+    return activate_(conv(x), activation, param)
+
+
+def _conv_add_relu(x: torch.Tensor, conv: nn.Conv2d, shortcut: torch.Tensor) -> torch.Tensor:
+    """``relu(conv(x) + shortcut)``, as one oneDNN kernel where :func:`_use_onednn` allows."""
+    if _use_onednn(x) and shortcut.dtype == x.dtype:
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, shortcut, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups,
+            "add", 1.0, "relu", [None], None)
+    return F.relu_(conv(x).add_(shortcut))
+
+
 class BlurDownsample(nn.Module):
     """TResNet's anti-alias blur (reflect pad 1, fixed 3x3 binomial, stride 2), export-friendly.
 
@@ -85,7 +121,7 @@ class BlurDownsample(nn.Module):
 
 
 class FusedConvAct(nn.Module):
-    """``conv`` (BatchNorm folded in) -> activation in place -> optional blur: a folded ``ConvNormAct``."""
+    """``conv`` (BatchNorm folded in) -> activation -> optional blur: a folded ``ConvNormAct``."""
 
     def __init__(self, unit: ConvNormAct) -> None:
         super().__init__()
@@ -95,7 +131,7 @@ class FusedConvAct(nn.Module):
         self.aa = BlurDownsample(unit.aa) if unit.aa is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = activate_(self.conv(x), self.activation, self.activation_param)
+        x = _conv_act(x, self.conv, self.activation, self.activation_param)
         if self.aa is not None:
             x = self.aa(x)
         return x
@@ -107,47 +143,58 @@ class FusedConvAct(nn.Module):
 class FusedStem(nn.Module):
     """SpaceToDepth(4) then ``conv1`` (3x3, padding 1) as one 12x12 conv with stride 4 and padding 4.
 
-    Output pixel (i, j) of ``conv1`` sums its weights times image pixels of rows ``4i-4 .. 4i+7`` and
-    the same columns; the 12x12 kernel holds those weights at those offsets, and the zero padding of
-    one folded pixel is four image pixels of zeros. So the products summed are the same.
+    Output pixel (i, j) of ``conv1`` sums its weights times the image pixels of rows ``4i-4 .. 4i+7``
+    and the same columns; the 12x12 kernel holds those weights at those offsets, and one folded
+    pixel of zero padding is four image pixels of zeros: the products summed are the same.
+    The input is made channels-last here when the model is.
     """
 
-    def __init__(self, s2d: SpaceToDepth, unit: ConvNormAct) -> None:
+    def __init__(self, s2d: SpaceToDepth, unit: ConvNormAct, channels_last: bool = True) -> None:
         super().__init__()
         conv = fold_batchnorm(unit.conv, unit.bn)
         b = s2d.block_size
         out_ch, folded_ch, k, _ = conv.weight.shape
-        if k != 3 or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.groups != 1 or folded_ch % (b * b):
+        if (conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.groups != 1
+                or conv.dilation != (1, 1) or folded_ch % (b * b)):
             raise ConfigError("FusedStem needs a 3x3 conv with stride 1 and padding 1 after SpaceToDepth")
         in_ch = folded_ch // (b * b)
-        # folded channel (row * b + col) * in_ch + c at kernel tap (di, dj) is image pixel
-        # (b * di + row, b * dj + col) of colour c.
-        w = conv.weight.detach().view(out_ch, b, b, in_ch, k, k)
+        # Folded channel (row * b + col) * in_ch + c at kernel tap (di, dj) is image pixel
+        # (b * di + row, b * dj + col) of colour c, relative to the window's corner.
+        w = conv.weight.detach().reshape(out_ch, b, b, in_ch, k, k)
         w = w.permute(0, 3, 4, 1, 5, 2).reshape(out_ch, in_ch, k * b, k * b)
-        self.conv = nn.Conv2d(in_ch, out_ch, k * b, stride=b, padding=b, bias=True,
-                              device=w.device, dtype=w.dtype)
+        self.conv = nn.Conv2d(in_ch, out_ch, k * b, stride=b, padding=b, bias=True, device=w.device,
+                              dtype=w.dtype)
         with torch.no_grad():
             self.conv.weight.copy_(w)
             self.conv.bias.copy_(conv.bias)
         self.activation: str = unit.bn.activation
         self.activation_param: float = float(unit.bn.activation_param)
+        self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return activate_(self.conv(x), self.activation, self.activation_param)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return _conv_act(x, self.conv, self.activation, self.activation_param)
 
 
 class FusedSqueezeExcite(nn.Module):
-    """``x * sigmoid(fc2(relu(fc1(mean(x)))))`` with the 1x1 convs as ``linear`` on ``(N, C)``."""
+    """Squeeze-and-excitation with the 1x1 convs as ``linear`` on the pooled ``(N, C)`` vector.
+
+    :meth:`gate` gives ``sigmoid(fc2(relu(fc1(mean(x)))))`` shaped ``(N, C, 1, 1)``; ``forward``
+    multiplies it in.
+    """
 
     def __init__(self, se: SqueezeExcite) -> None:
         super().__init__()
         self.fc1 = _conv1x1_to_linear(se.fc1)
         self.fc2 = _conv1x1_to_linear(se.fc2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
         s = F.relu_(self.fc1(x.mean((2, 3))))
-        s = torch.sigmoid(self.fc2(s))
-        return x * s[:, :, None, None]
+        return torch.sigmoid(self.fc2(s))[:, :, None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
 
 
 def _conv1x1_to_linear(conv: nn.Conv2d) -> nn.Linear:
@@ -161,28 +208,40 @@ def _conv1x1_to_linear(conv: nn.Conv2d) -> nn.Linear:
 
 
 class FusedBlock(nn.Module):
-    """A folded :class:`BasicBlock` or :class:`Bottleneck`: the branch, then ``relu_(branch + shortcut)``."""
+    """A folded :class:`BasicBlock` or :class:`Bottleneck` (drop-path is the identity in eval).
+
+    Basic: ``relu(shortcut + conv2(conv1(x)) * gate)``; Bottleneck:
+    ``relu(conv3(se(conv2(conv1(x)))) + shortcut)``, the last step one fused conv where possible.
+    The block's input is never written to (a features-only model returns it).
+    """
 
     def __init__(self, block: BasicBlock | Bottleneck) -> None:
         super().__init__()
         self.conv1 = FusedConvAct(block.conv1)
         self.conv2 = FusedConvAct(block.conv2)
         self.conv3 = FusedConvAct(block.conv3) if isinstance(block, Bottleneck) else None
+        if self.conv3 is not None and (self.conv3.activation != "identity" or self.conv3.aa is not None):
+            raise ConfigError("a Bottleneck's conv3 must have no activation and no blur to be fused")
         self.se = FusedSqueezeExcite(block.se) if block.se is not None else None
         self.downsample = _fuse_children(block.downsample) if block.downsample is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.conv2(self.conv1(x))
-        if self.se is not None:
-            out = self.se(out)
         if self.conv3 is not None:
-            out = self.conv3(out)
-        return F.relu_(out.add_(shortcut))
+            if self.se is not None:
+                out = self.se(out)
+            return _conv_add_relu(out, self.conv3.conv, shortcut)
+        if self.se is None:
+            return F.relu_(out.add_(shortcut))
+        if torch.jit.is_tracing():
+            # The ONNX exporter's addcmul promotes fp16 to fp32; the two ops export as they are.
+            return F.relu_(out * self.se.gate(out) + shortcut)
+        return F.relu_(torch.addcmul(shortcut, out, self.se.gate(out)))
 
 
-def _fuse_children(module: nn.Module) -> nn.Module:
-    """Replace, in place and recursively, every fusable child of ``module``; return ``module``."""
+def _fuse_children(module: nn.Module, channels_last: bool = True) -> nn.Module:
+    """``module`` with every fusable part replaced (containers are changed in place)."""
     if isinstance(module, (BasicBlock, Bottleneck)):
         return FusedBlock(module)
     if isinstance(module, ConvNormAct):
@@ -194,29 +253,36 @@ def _fuse_children(module: nn.Module) -> nn.Module:
         child = module._modules[name]
         if child is None:
             continue
-        nxt = module._modules[names[i + 1]] if i + 1 < len(names) else None
-        if isinstance(module, nn.Sequential) and isinstance(child, SpaceToDepth) and isinstance(nxt, ConvNormAct):
-            module._modules[name] = FusedStem(child, nxt)
+        following = module._modules[names[i + 1]] if i + 1 < len(names) else None
+        if isinstance(module, nn.Sequential) and isinstance(child, SpaceToDepth) and \
+                isinstance(following, ConvNormAct) and following.aa is None:
+            # The stem: SpaceToDepth and conv1 become one conv; conv1's slot becomes an identity, so
+            # ``body.conv1(body.s2d(x))`` still means the stem's output.
+            module._modules[name] = FusedStem(child, following, channels_last)
             module._modules[names[i + 1]] = nn.Identity()
             continue
-        if isinstance(child, nn.Identity):
-            continue
-        module._modules[name] = _fuse_children(child)
+        if not isinstance(child, nn.Identity):
+            module._modules[name] = _fuse_children(child, channels_last)
     return module
 
 
-def fuse(model: nn.Module) -> nn.Module:
+def fuse(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
     """An eval-mode inference copy of ``model`` with every BatchNorm folded into the conv before it.
 
-    ``model`` (a TResNet, a features-only TResNet, or any module built from tresnet layers and
-    blocks) is left untouched. The copy computes the same function as ``model.eval()`` up to fp32
-    rounding; its parameters do not require gradients. Raises :class:`~tresnet.errors.ConfigError`
-    for a BatchNorm without running statistics.
+    ``model`` (a TResNet, a features-only TResNet, or any module built from tresnet's layers and
+    blocks) is left untouched. The copy computes what ``model.eval()`` computes, up to fp32
+    rounding, with the other exact rewrites listed in :mod:`tresnet.deploy.fuse`; its parameters do
+    not require gradients. With ``channels_last`` (the default; fastest on CPU) its weights are
+    channels-last and a stem converts its input, so feature maps (and ``features_only`` outputs)
+    are channels-last tensors holding the same values.
+
+    Raises :class:`~tresnet.errors.ConfigError` for a BatchNorm without running statistics.
     """
-    fused = copy.deepcopy(model)
-    fused = _fuse_children(fused)
+    fused = _fuse_children(copy.deepcopy(model), channels_last)
     fused.eval()
     fused.requires_grad_(False)
+    if channels_last:
+        fused = fused.to(memory_format=torch.channels_last)
     return fused
 
 

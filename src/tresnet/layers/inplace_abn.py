@@ -254,8 +254,8 @@ class InPlaceABN(nn.BatchNorm2d):
         if not use_batch_stats and not (torch.is_grad_enabled() and
                                         (x.requires_grad or self.weight.requires_grad)):
             # Inference: a plain affine step and activation, no autograd bookkeeping.
-            out = F.batch_norm(x, self.running_mean, self.running_var, invertible_scale(self.weight, self.eps),
-                               self.bias, False, 0.0, self.eps)
+            scale = invertible_scale(self.weight, self.eps, self.weight.dtype)
+            out = F.batch_norm(x, self.running_mean, self.running_var, scale, self.bias, False, 0.0, self.eps)
             return activate_(out, self.activation, self.activation_param)
         momentum = self._momentum() if use_batch_stats else 0.0
         running_mean = self.running_mean if self.track_running_stats else None
