@@ -38,8 +38,7 @@ def stat_dtype(x: torch.Tensor) -> torch.dtype:
 def invertible_scale(weight: torch.Tensor, eps: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The BatchNorm scale used by In-Place ABN: ``weight``, with ``|scale| >= eps`` (sign kept)."""
     w = weight.detach().to(dtype)
-    sign = torch.where(w < 0, -1.0, 1.0)
-    return torch.where(w.abs() < eps, sign * eps, w)
+    return torch.where(w.abs() < eps, torch.full_like(w, eps).copysign(w), w)
 
 
 def activate_(x: torch.Tensor, activation: str, param: float) -> torch.Tensor:
