@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import tresnet
+from tresnet.bench.targets import count_gmacs
 from tresnet.errors import TResNetError
 
 
@@ -21,14 +21,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--models", default="*", help="comma-separated names or shell patterns (default: all)")
     p.add_argument("--no-roundtrip", action="store_true", help="skip the checkpoint round trip")
     p.set_defaults(func=run)
-
-
-def count_gmacs(model: torch.nn.Module, input_size: tuple[int, int, int]) -> float:
-    """Multiply-accumulates (in billions) of one forward pass on one image, by torch's flop counter."""
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, *input_size))
-    return counter.get_total_flops() / 2 / 1e9
 
 
 def roundtrip_max_diff(model: torch.nn.Module, input_size: tuple[int, int, int]) -> float:
@@ -57,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = model.pretrained_cfg
         size = tuple(cfg["input_size"])
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        gmacs = count_gmacs(model, size)
+        gmacs = count_gmacs(model, size[1])
         check = "skipped"
         if not args.no_roundtrip:
             diff = roundtrip_max_diff(model, size)
