@@ -47,7 +47,7 @@ class TrainConfig:
     """Everything a training run depends on. See ``docs/sections/train.md`` for the recipes."""
 
     # --- run
-    model: str = _opt("model name (see `tresnet info --list`)", "tresnet_m", group="run")
+    model: str = _opt("model name, e.g. tresnet_m, tresnet_l, tresnet_xl, tresnet_v2_l", "tresnet_m", group="run")
     data: str | None = _opt("ImageNet-style folder (train/ and val/, or class folders) or 'digits'", group="run")
     output: str | None = _opt("output folder: checkpoints, metrics, config, summary", group="run")
     resume: bool = _opt("continue the run saved in --output (with its saved configuration)", False, group="run")
@@ -60,6 +60,8 @@ class TrainConfig:
                                group="run")
     workers: int | None = _opt("data loading processes per training process (default: min(8, CPUs))",
                                group="run")
+    threads: int | None = _opt("CPU threads per process for the math (default: torch's; 1 can be much faster "
+                               "on a busy machine)", group="run")
     progress: bool = _opt("show progress bars", True, group="run")
     log_interval: int = _opt("steps between progress updates and NaN checks", 10, group="run")
     # --- length and batch
@@ -87,6 +89,8 @@ class TrainConfig:
     clip_grad: float | None = _opt("clip the gradient norm to this (none by default)", group="optimizer")
     label_smoothing: float = _opt("label smoothing of the cross-entropy", 0.1, group="optimizer")
     ema_decay: float = _opt("decay per step of the weights' moving average (0: no EMA)", 0.0,
+                            group="optimizer")
+    ema_warmup: bool = _opt("EMA: decay min(ema_decay, (1 + n) / (10 + n)) at update n (short runs)", False,
                             group="optimizer")
     # --- model options
     img_size: int | None = _opt("training and validation image side (default: the model's)", group="model")
@@ -132,7 +136,7 @@ class TrainConfig:
             raise ConfigError("no output folder: pass --output DIR")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                     "log_interval": self.log_interval}
-        for name in ("max_steps_per_epoch", "max_val_images", "img_size", "clip_grad"):
+        for name in ("max_steps_per_epoch", "max_val_images", "img_size", "clip_grad", "threads"):
             if getattr(self, name) is not None:
                 positive[name] = getattr(self, name)
         for name, value in positive.items():
@@ -188,7 +192,7 @@ class TrainConfig:
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
 # Options that may differ when a run is resumed: they change how it runs, not what it computes.
-RESUME_FREE = frozenset({"resume", "output", "device", "workers", "progress", "log_interval"})
+RESUME_FREE = frozenset({"resume", "output", "device", "workers", "threads", "progress", "log_interval"})
 
 
 def field_type(name: str) -> tuple[type, bool]:

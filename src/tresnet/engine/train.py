@@ -162,7 +162,7 @@ def _write_plot(path: Path, history: list[dict]) -> bool:
         return False
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [row["train_loss"] for row in history], label="train")
+    ax_loss.plot(epochs, [row["train_loss"] for row in history], label="train (with label smoothing)")
     ax_loss.plot(epochs, [row["val_loss"] for row in history], label="val")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("cross-entropy")
@@ -232,6 +232,7 @@ class _Trainer:
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
+        self.norm = norm
         self.ddp = None
         if info.distributed:
             self.ddp = nn.parallel.DistributedDataParallel(
@@ -263,13 +264,14 @@ class _Trainer:
             pct_start=cfg.pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
         self.amp_dtype = _amp_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.ema = ModelEma(model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         from tresnet.data.train_transforms import create_batch_mix
 
         self.batch_mix = create_batch_mix(num_classes, cfg.mixup, cfg.cutmix, cfg.mix_prob)
 
         self.start_epoch, self.step, self.history = 0, 0, []
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.best = {"top1": -1.0, "epoch": 0, "weights": "model"}
         if self.resume_state is not None:
             self._load_resume_state(self.resume_state)
@@ -314,7 +316,7 @@ class _Trainer:
         seed_everything(derive_seed(cfg.seed, epoch, 3, info.rank))
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         pending = torch.zeros((), dtype=torch.float64, device=self.device)
-        images = pending_steps = 0
+        images = pending_steps = steps = 0
         seen_loss = 0.0
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
                    disable=not (cfg.progress and info.is_main), dynamic_ncols=True, leave=False)
@@ -333,8 +335,7 @@ class _Trainer:
                     inputs, targets = self.batch_mix(inputs, targets)
                 if cfg.channels_last:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                    enabled=self.amp_dtype is not None):
+                with self._autocast():
                     loss = self.criterion(net(inputs), targets)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
@@ -343,12 +344,14 @@ class _Trainer:
                     nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                self.last_lr = self.optimizer.param_groups[0]["lr"]
                 with warnings.catch_warnings():  # a step skipped by the scaler makes the scheduler warn
                     warnings.simplefilter("ignore", UserWarning)
                     self.scheduler.step()
                 if self.ema is not None:
                     self.ema.update(self.model)
                 self.step += 1
+                steps += 1
                 images += len(inputs)
                 pending += loss.detach().double()
                 pending_steps += 1
@@ -360,18 +363,22 @@ class _Trainer:
                     pending.zero_()
                     pending_steps = 0
                     elapsed = time.perf_counter() - start
-                    bar.set_postfix(loss=f"{seen_loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}",
+                    bar.set_postfix(loss=f"{seen_loss:.4f}", lr=f"{self.last_lr:.3g}",
                                     img_s=f"{images * info.world_size / max(elapsed, 1e-9):.0f}")
-                self._event("step", epoch=epoch, step=self.step, index=index)
+                self._event("step", epoch=epoch, step=self.step, index=index, model=self.model)
         finally:
             bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        steps = min(self.steps_per_epoch, index + 1) if self.steps_per_epoch else 0
         total_loss, total_steps = distributed.all_reduce_sum([loss_sum.item(), float(steps)], info)
         return {"train_loss": total_loss / max(total_steps, 1), "train_images": images * info.world_size,
                 "train_seconds": seconds}
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _check_loss(self, pending: torch.Tensor, steps: int, epoch: int) -> float:
         total, count = distributed.all_reduce_sum([pending.item(), float(steps)], self.info)
@@ -407,7 +414,7 @@ class _Trainer:
 
     def _weights_metadata(self, epoch: int, top1: float, weights: str) -> dict:
         return {"epoch": epoch, "top1": top1, "weights": weights, "img_size": self.img_size,
-                "norm": self.cfg.norm, "trained_on": str(self.cfg.data), "model": self.cfg.model}
+                "norm": self.cfg.norm, "trained_on": str(self.cfg.data)}
 
     def save_epoch(self, epoch: int, row: dict, tensorboard) -> None:
         """Rank 0: weights, metrics and the resume state of a finished epoch (resume state last)."""
@@ -464,7 +471,8 @@ class _Trainer:
             _say(info, f"training {cfg.model} ({n_params / 1e6:.1f}M parameters) on {self.data.description}; "
                        f"{cfg.epochs} epochs x {self.steps_per_epoch} steps of {cfg.batch_size}"
                        f"{f' x {info.world_size} processes' if info.distributed else ''}, {cfg.optimizer} "
-                       f"{cfg.schedule} lr {cfg.lr:g}{amp}, device {self.device}; writing to {self.output}")
+                       f"{cfg.schedule} lr {cfg.lr:g}{amp}, norm {self.norm}, device {self.device}; writing to "
+                       f"{self.output}")
         tensorboard = _tensorboard(self.output, self.start_epoch + 1 if self.start_epoch else None) \
             if info.is_main else None
         try:
@@ -476,7 +484,7 @@ class _Trainer:
                 row = {
                     "epoch": epoch + 1,
                     "train_loss": stats["train_loss"],
-                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "lr": self.last_lr,
                     "val_loss": val["loss"],
                     "val_top1": val["top1"],
                     "val_top5": val["top5"],
@@ -513,9 +521,14 @@ class _Trainer:
 
 
 @contextlib.contextmanager
-def _deterministic(enabled: bool, device: torch.device):
+def _runtime(cfg: TrainConfig, device: torch.device):
+    """Thread count and deterministic algorithms for the run; the previous settings come back after."""
     previous = torch.are_deterministic_algorithms_enabled()
     previous_benchmark = torch.backends.cudnn.benchmark
+    previous_threads = torch.get_num_threads()
+    enabled = cfg.deterministic
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if enabled:
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -528,13 +541,14 @@ def _deterministic(enabled: bool, device: torch.device):
     finally:
         torch.use_deterministic_algorithms(previous)
         torch.backends.cudnn.benchmark = previous_benchmark
+        torch.set_num_threads(previous_threads)
 
 
 def train(cfg: TrainConfig, *, callback: Callback | None = None) -> dict:
     """Train as ``cfg`` says and return the summary (also written to ``summary.json``).
 
-    ``callback(event, data)`` is called after every step (``"step"``: epoch, step, index) and epoch
-    (``"epoch"``: epoch, row). Under ``torchrun`` this joins the process group and trains with DDP.
+    ``callback(event, data)`` is called after every step (``"step"``: epoch (from 0), step, index in
+    the epoch, model) and epoch (``"epoch"``: epoch, row); an exception it raises stops the run. Under ``torchrun`` this joins the process group and trains with DDP.
 
     Raises :class:`ConfigError` (bad settings, an output folder holding another run),
     :class:`DataError` (missing folders, no classes), :class:`CheckpointError` (an init checkpoint of
@@ -543,7 +557,7 @@ def train(cfg: TrainConfig, *, callback: Callback | None = None) -> dict:
     cfg.validate()
     info = distributed.setup(cfg.device)
     try:
-        with _deterministic(cfg.deterministic, info.device):
+        with _runtime(cfg, info.device):
             return _Trainer(cfg, info, callback).run()
     finally:
         distributed.cleanup(info)

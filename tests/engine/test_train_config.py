@@ -1,0 +1,86 @@
+"""Recipes and configuration: precedence, shipped recipes, unknown keys and bad values."""
+
+from __future__ import annotations
+
+import pytest
+
+from tresnet.engine.config import (
+    TrainConfig,
+    build_config,
+    list_recipes,
+    load_recipe,
+    recipe_path,
+    save_config,
+)
+from tresnet.errors import ConfigError
+
+BASE = {"data": "digits", "output": "out"}
+
+
+def test_shipped_recipes_load_and_validate():
+    names = list_recipes()
+    for name in ("imagenet-paper", "imagenet-timm", "finetune", "highres-448", "digits-demo"):
+        assert name in names
+        values = load_recipe(name)
+        TrainConfig(**{**values, **BASE}).validate()
+    paper = load_recipe("imagenet-paper")
+    assert (paper["optimizer"], paper["schedule"], paper["epochs"]) == ("sgd", "onecycle", 300)
+    assert paper["auto_augment"] == "autoaugment" and paper["label_smoothing"] == 0.1
+    finetune = load_recipe("finetune")
+    assert (finetune["optimizer"], finetune["lr"], finetune["warmup_epochs"], finetune["ema_decay"]) == \
+        ("adamw", 2e-4, 3, 0.995)
+    assert load_recipe("highres-448")["img_size"] == 448
+
+
+def test_precedence_defaults_recipe_options(tmp_path):
+    cfg = build_config("finetune", {"data": "d", "output": str(tmp_path), "lr": 0.5})
+    assert cfg.lr == 0.5  # option beats recipe
+    assert cfg.epochs == load_recipe("finetune")["epochs"]  # recipe beats default
+    assert cfg.momentum == TrainConfig.momentum  # default
+    # digits with no recipe picks the demo recipe; any option still overrides it
+    demo = build_config(None, {"data": "digits", "output": "o", "epochs": 2})
+    assert demo.img_size == load_recipe("digits-demo")["img_size"] and demo.epochs == 2
+    assert build_config(None, {"data": "folder", "output": "o"}).img_size is None
+
+
+def test_unknown_recipe_key_names_it_and_the_valid_ones(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lrr: 0.1\nepochs: 3\n")
+    with pytest.raises(ConfigError) as info:
+        build_config(str(recipe), BASE)
+    message = str(info.value)
+    assert "'lrr'" in message and "did you mean 'lr'" in message and "batch_size" in message
+
+
+def test_bad_values_and_missing_things(tmp_path):
+    with pytest.raises(ConfigError, match="optimizer .* one of sgd, adamw"):
+        build_config(None, {**BASE, "optimizer": "adam"})
+    with pytest.raises(ConfigError, match="epochs .* integer"):
+        build_config(None, {**BASE, "epochs": "many"})
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        build_config(None, {**BASE, "label_smoothing": 1.5})
+    with pytest.raises(ConfigError, match="no training data"):
+        build_config(None, {"output": "o"})
+    with pytest.raises(ConfigError, match="no recipe 'nope'"):
+        build_config("nope", BASE)
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_recipe(bad)
+
+
+def test_values_are_coerced_from_strings_and_dashes():
+    cfg = build_config(None, {**BASE, "lr": "0.01", "amp": "true", "scale": ["0.5", "1"], "clip_grad": "none"})
+    assert cfg.lr == 0.01 and cfg.amp is True and cfg.scale == (0.5, 1.0) and cfg.clip_grad is None
+
+
+def test_saved_config_round_trips_and_guards_resume(tmp_path):
+    cfg = build_config(None, {"data": "digits", "output": str(tmp_path), "epochs": 3})
+    save_config(cfg, tmp_path / "config.yaml")
+    assert recipe_path(tmp_path / "config.yaml").is_file()
+    assert TrainConfig(**load_recipe(tmp_path / "config.yaml")) == cfg
+    # --resume with nothing else continues with the saved configuration
+    resumed = build_config(None, {"output": str(tmp_path), "resume": True, "progress": False})
+    assert resumed.epochs == 3 and resumed.data == "digits" and resumed.progress is False
+    with pytest.raises(ConfigError, match=r"epochs \(saved 3, given 5\)"):
+        build_config(None, {"output": str(tmp_path), "resume": True, "epochs": 5})
