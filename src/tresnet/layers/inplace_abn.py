@@ -38,7 +38,8 @@ def stat_dtype(x: torch.Tensor) -> torch.dtype:
 def invertible_scale(weight: torch.Tensor, eps: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The BatchNorm scale used by In-Place ABN: ``weight``, with ``|scale| >= eps`` (sign kept)."""
     w = weight.detach().to(dtype)
-    return torch.where(w.abs() < eps, torch.full_like(w, eps).copysign(w), w)
+    floor = torch.where(w < 0, torch.full_like(w, -eps), torch.full_like(w, eps))  # traceable to ONNX
+    return torch.where(w.abs() < eps, floor, w)
 
 
 def activate_(x: torch.Tensor, activation: str, param: float) -> torch.Tensor:
