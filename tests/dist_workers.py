@@ -41,5 +41,6 @@ def sync_step(rank: int, world: int, init_file: str, inputs: torch.Tensor, targe
         if rank == 0:
             buffers = {k: b.clone() for k, b in model.named_buffers() if "running" in k}
             torch.save({"out": torch.cat(outs), "dx": torch.cat(dxs), "grads": grads, "buffers": buffers}, out_file)
+        dist.barrier()  # tear down only once every rank is done, or gloo may abort a rank mid-exit
     finally:
         dist.destroy_process_group()
