@@ -17,7 +17,7 @@ def space_to_depth(x: torch.Tensor, block_size: int = BLOCK_SIZE) -> torch.Tenso
     """
     n, c, h, w = x.shape
     b = block_size
-    if c > 1 and x.is_contiguous(memory_format=torch.channels_last):
+    if c > 1 and not torch.jit.is_tracing() and x.is_contiguous(memory_format=torch.channels_last):
         y = x.permute(0, 2, 3, 1).reshape(n, h // b, b, w // b, b, c)
         y = y.permute(0, 1, 3, 2, 4, 5).reshape(n, h // b, w // b, b * b * c)
         return y.permute(0, 3, 1, 2)
