@@ -117,10 +117,11 @@ def test_features_only_shapes_and_info():
         tresnet.create_model("tresnet_m", features_only=True, out_indices=(5,))
 
 
-def test_grad_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("norm", ["bn", "inplace_abn"])
+def test_grad_checkpointing_gives_the_same_gradients_and_statistics(norm):
     torch.manual_seed(0)
-    a = randomize_norms(tresnet.create_model("tresnet_m", norm="bn"))
-    b = tresnet.create_model("tresnet_m", norm="bn")
+    a = randomize_norms(tresnet.create_model("tresnet_m", norm=norm))
+    b = tresnet.create_model("tresnet_m", norm=norm)
     b.load_state_dict(a.state_dict())
     b.set_grad_checkpointing(True)
     x = torch.rand(2, 3, 64, 64)
@@ -128,6 +129,9 @@ def test_grad_checkpointing_gives_the_same_gradients():
     b(x).square().sum().backward()
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         assert max_rel_diff(q.grad, p.grad) < 1e-4, name
+    # the recomputation in backward must not update the running statistics a second time
+    for (name, p), q in zip(a.named_buffers(), b.buffers(), strict=True):
+        assert torch.allclose(q.float(), p.float(), rtol=1e-5, atol=1e-6), name
 
 
 @pytest.mark.parametrize("size", [(20, 20), (64, 36), (100, 60)])

@@ -7,6 +7,7 @@ Module and parameter names follow timm's ``tresnet.py``, so timm checkpoints loa
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -123,6 +124,22 @@ class Bottleneck(nn.Module):
 
     def last_norm(self) -> nn.Module:
         return self.conv3.bn
+
+
+@contextmanager
+def _running_stats_frozen(module: nn.Module):
+    """While a checkpointed block is recomputed in backward, its norms must not update their statistics again."""
+    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 class FeatureInfo(list):
@@ -304,7 +321,8 @@ class TResNet(nn.Module):
             x = self.body.conv1(self.body.s2d(x))
             for stage in (self.body.layer1, self.body.layer2, self.body.layer3, self.body.layer4):
                 for block in stage:
-                    x = checkpoint(block, x, use_reentrant=False)
+                    x = checkpoint(block, x, use_reentrant=False,
+                                   context_fn=lambda b=block: (nullcontext(), _running_stats_frozen(b)))
             return x
         return self.body(x)
 
