@@ -26,7 +26,7 @@ from tresnet.errors import TResNetError
 ACTIVATIONS = ("leaky_relu", "elu", "identity")
 
 
-def _channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
+def channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t.view(1, -1, *([1] * (ndim - 2)))
 
 
@@ -131,7 +131,7 @@ def normalize_(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, runnin
         mean = running_mean.to(stat_dtype(x))
         invstd = torch.rsqrt(running_var.to(stat_dtype(x)) + eps)
     a = scale * invstd
-    x.mul_(_channel_view(a, ndim)).add_(_channel_view(shift - mean * a, ndim))
+    x.mul_(channel_view(a, ndim)).add_(channel_view(shift - mean * a, ndim))
     return mean, invstd, count
 
 
@@ -177,18 +177,18 @@ class _InPlaceABNFunction(torch.autograd.Function):
                 dz, z, scale * scale * invstd, None, None, shift, inv_scale, True, eps, [need_x, need_w, need_b]
             )
         else:
-            xhat = (z.to(scale.dtype) - _channel_view(shift, ndim)) * _channel_view(inv_scale, ndim)
+            xhat = (z.to(scale.dtype) - channel_view(shift, ndim)) * channel_view(inv_scale, ndim)
             dzf = dz.to(scale.dtype)
             sum_dz = dzf.sum(dims)
             sum_xhat_dz = (xhat * dzf).sum(dims)
             dw, db = sum_xhat_dz, sum_dz
             dx = None
             if need_x:
-                gain = _channel_view(scale * invstd, ndim)
+                gain = channel_view(scale * invstd, ndim)
                 if training:
                     sum_dz, sum_xhat_dz = all_reduce_sums([sum_dz, sum_xhat_dz], group)
-                    dx = (dzf - _channel_view(sum_dz / count, ndim)
-                          - xhat * _channel_view(sum_xhat_dz / count, ndim)) * gain
+                    dx = (dzf - channel_view(sum_dz / count, ndim)
+                          - xhat * channel_view(sum_xhat_dz / count, ndim)) * gain
                 else:
                     dx = dzf * gain
                 dx = dx.to(y.dtype)

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from tresnet.layers.inplace_abn import (
-    _channel_view,
     all_reduce_sums,
+    channel_view,
     invertible_scale,
     normalize_,
     stat_dtype,
@@ -113,13 +113,13 @@ def _backward_recompute(d_bn_out, e, weight, scale, mean, invstd, count, group, 
             d_bn_out, z, scale, None, None, mean, invstd, True, 0.0, [True, True, True])
     else:
         dims = [0, 2, 3]
-        xhat = (z.to(scale.dtype) - _channel_view(mean, 4)) * _channel_view(invstd, 4)
+        xhat = (z.to(scale.dtype) - channel_view(mean, 4)) * channel_view(invstd, 4)
         d = d_bn_out.to(scale.dtype)
         d_bn_bias = d.sum(dims)
         d_bn_weight = (xhat * d).sum(dims)
         sum_d, sum_xd = all_reduce_sums([d_bn_bias, d_bn_weight], group)
-        d_z = ((d - _channel_view(sum_d / count, 4) - xhat * _channel_view(sum_xd / count, 4))
-               * _channel_view(scale * invstd, 4)).to(dtype)
+        d_z = ((d - channel_view(sum_d / count, 4) - xhat * channel_view(sum_xd / count, 4))
+               * channel_view(scale * invstd, 4)).to(dtype)
     del z
     d_e, d_w = _weight_grad(d_z, e, w, True)
     d_weight = d_w.to(weight.dtype) if need_weight else None
@@ -149,7 +149,7 @@ def _backward_gram(d_bn_out, e, weight, scale, mean, invstd, count, group, need_
     # dE = W^T (gain dD) - (W^T diag(c) W) E + W^T (c mu - gain m1)
     g_mat = w32.t() @ (c[:, None] * w32)
     h = w32.t() @ (c * mean - gain * m1)
-    d_e = d_e - F.conv2d(e, g_mat.to(dtype)[:, :, None, None]) + _channel_view(h.to(dtype), 4)
+    d_e = d_e - F.conv2d(e, g_mat.to(dtype)[:, :, None, None]) + channel_view(h.to(dtype), 4)
     d_weight = None
     if need_weight:
         # dW = diag(gain) (M - m1 sum(E)^T) - diag(c) (W Gram - mu sum(E)^T)
