@@ -27,6 +27,7 @@ ACTIVATIONS = ("leaky_relu", "elu", "identity")
 
 
 def channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A per-channel vector shaped to broadcast over an ``ndim``-dimensional (N, C, ...) tensor."""
     return t.view(1, -1, *([1] * (ndim - 2)))
 
 
