@@ -70,10 +70,8 @@ def _logits(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out[0]
 
 
-class InferStep:
-    """One inference batch: eval mode, ``torch.inference_mode``, autocast of the precision."""
-
-    mode = "infer"
+class _BenchStep:
+    """What every step holds: its target, batch size, device, precision and synthetic images."""
 
     def __init__(self, target: BenchTarget, batch_size: int, *, device: torch.device, precision: str = "fp32",
                  channels_last: bool = False, seed: int = 0) -> None:
@@ -83,6 +81,12 @@ class InferStep:
         self.precision = precision
         self.images = synthetic_images(batch_size, target.img_size, device, channels_last=channels_last,
                                        seed=seed)
+
+
+class InferStep(_BenchStep):
+    """One inference batch: eval mode, ``torch.inference_mode``, autocast of the precision."""
+
+    mode = "infer"
 
     def prepare(self) -> None:
         """Put the module in eval mode; call before each turn (another step may have switched it)."""
@@ -98,7 +102,7 @@ class InferStep:
         self.images = self.images.to(device)
 
 
-class TrainStep:
+class TrainStep(_BenchStep):
     """One training batch: forward, cross-entropy, backward, SGD step; gradients freed after the step."""
 
     mode = "train"
@@ -107,12 +111,8 @@ class TrainStep:
                  channels_last: bool = False, seed: int = 0, lr: float = 1e-4) -> None:
         if target.module is None or "train" not in target.modes:
             raise ConfigError(f"{target.label} cannot be trained (inference-only variant); use --mode infer")
-        self.target = target
-        self.batch_size = batch_size
-        self.device = device
-        self.precision = precision
-        self.images = synthetic_images(batch_size, target.img_size, device, channels_last=channels_last,
-                                       seed=seed)
+        super().__init__(target, batch_size, device=device, precision=precision, channels_last=channels_last,
+                         seed=seed)
         generator = torch.Generator().manual_seed(seed + 1)
         self.labels = torch.randint(0, target.num_classes, (batch_size,), generator=generator).to(device)
         params = [p for p in target.module.parameters() if p.requires_grad]
