@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
+
+import pytest
 import torch
+
+
+def _missing(module: str) -> bool:
+    return importlib.util.find_spec(module) is None
+
+
+# Skip a single test when an optional package is absent (never a whole module: the tests that check
+# the error raised without the package must still run).
+requires_timm = pytest.mark.skipif(_missing("timm"), reason="needs timm (pip install 'tresnet[test]')")
+requires_onnx = pytest.mark.skipif(_missing("onnx") or _missing("onnxruntime"),
+                                   reason="needs onnx and onnxruntime (pip install 'tresnet[export]')")
+requires_matplotlib = pytest.mark.skipif(_missing("matplotlib"), reason="needs matplotlib")
+requires_sklearn = pytest.mark.skipif(_missing("sklearn"), reason="needs scikit-learn")
 
 
 def randomize_norms(model: torch.nn.Module, signed: bool = False, seed: int = 0) -> torch.nn.Module:

@@ -30,3 +30,7 @@ class ConfigError(TResNetError, ValueError):
 
 class MissingDependencyError(TResNetError, ImportError):
     """An optional extra that is not installed."""
+
+
+class FileWriteError(TResNetError, OSError):
+    """An output file (checkpoint, report, export) that cannot be written where asked."""

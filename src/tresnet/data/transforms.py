@@ -1,8 +1,9 @@
 """Evaluation preprocessing, built from a model's ``pretrained_cfg`` so weights and transform always match.
 
-SPEC section 3: RGB in [0, 1], no mean/std normalisation. At 224 the short side is resized bilinearly to
-``int(224 / 0.875) = 256`` and the centre 224x224 is cropped; 448 models squash the whole image to
-448x448. Mean/std from the configuration are applied only when they are not 0/1, so a configuration
+TResNet takes RGB in [0, 1] with no mean/std normalisation (the official release's validation code,
+Alibaba-MIIL/TResNet ``validate.py``, and timm's ``tresnet`` configs: mean 0, std 1). At 224 the short
+side is resized bilinearly to ``int(224 / 0.875) = 256`` and the centre 224x224 is cropped; the 448
+models squash the whole image to 448x448, as the official 448 evaluation does. Mean/std from the configuration are applied only when they are not 0/1, so a configuration
 with ImageNet statistics keeps working.
 """
 
@@ -15,13 +16,14 @@ from torchvision.transforms import InterpolationMode
 from tresnet.data.images import to_rgb
 from tresnet.errors import ConfigError
 
-_INTERPOLATIONS = {
+# The interpolation names a configuration or recipe may use, and the crop modes of evaluation.
+INTERPOLATIONS = {
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
     "nearest": InterpolationMode.NEAREST,
     "lanczos": InterpolationMode.LANCZOS,
 }
-_CROP_MODES = ("center", "squash")
+CROP_MODES = ("center", "squash")
 
 
 class ToRGB:
@@ -46,11 +48,11 @@ def resolve_eval_config(pretrained_cfg: dict, img_size: int | None = None) -> di
     if min(size) <= 0:
         raise ConfigError(f"image size must be positive, got {img_size}")
     crop_mode = pretrained_cfg.get("crop_mode", "center")
-    if crop_mode not in _CROP_MODES:
-        raise ConfigError(f"unknown crop_mode {crop_mode!r} in the model configuration; use one of {_CROP_MODES}")
+    if crop_mode not in CROP_MODES:
+        raise ConfigError(f"unknown crop_mode {crop_mode!r} in the model configuration; use one of {CROP_MODES}")
     interpolation = pretrained_cfg.get("interpolation", "bilinear")
-    if interpolation not in _INTERPOLATIONS:
-        raise ConfigError(f"unknown interpolation {interpolation!r}; use one of {', '.join(_INTERPOLATIONS)}")
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"unknown interpolation {interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
     crop_pct = float(pretrained_cfg.get("crop_pct", 0.875 if crop_mode == "center" else 1.0))
     if crop_mode == "squash":
         resize_size = size
@@ -94,7 +96,7 @@ def create_eval_transform(pretrained_cfg: dict, img_size: int | None = None) -> 
     ``img_size`` defaults to the configuration's input size.
     """
     cfg = resolve_eval_config(pretrained_cfg, img_size)
-    interpolation = _INTERPOLATIONS[cfg["interpolation"]]
+    interpolation = INTERPOLATIONS[cfg["interpolation"]]
     steps: list = [ToRGB()]
     if cfg["crop_mode"] == "squash":
         steps.append(T.Resize(cfg["img_size"], interpolation=interpolation, antialias=True))
@@ -107,4 +109,4 @@ def create_eval_transform(pretrained_cfg: dict, img_size: int | None = None) -> 
     return T.Compose(steps)
 
 
-__all__ = ["ToRGB", "create_eval_transform", "describe_eval_transform", "resolve_eval_config"]
+__all__ = ["CROP_MODES", "INTERPOLATIONS", "ToRGB", "create_eval_transform", "describe_eval_transform", "resolve_eval_config"]
