@@ -8,11 +8,9 @@ import pytest
 import torch
 
 import tresnet
-from helpers import max_rel_diff, randomize_norms
+from helpers import max_rel_diff, randomize_norms, requires_timm
 from tresnet.checkpoint import read_checkpoint_metadata, to_official
-from tresnet.errors import CheckpointError
-
-timm = pytest.importorskip("timm")
+from tresnet.errors import CheckpointError, ConfigError
 
 NETWORKS = ["tresnet_m", "tresnet_l", "tresnet_xl", "tresnet_v2_l"]
 # timm runs v2 with the v1 slopes (1e-2 stem, 1e-3 blocks); the official v2 code uses 1e-6 everywhere.
@@ -23,6 +21,7 @@ SIZES = (224, 96)
 @pytest.fixture(scope="module", params=NETWORKS)
 def reference(request, tmp_path_factory):
     """A timm network with random weights and norms, its outputs, and its weights in both file formats."""
+    timm = pytest.importorskip("timm")
     name = request.param
     torch.manual_seed(0)
     model = randomize_norms(timm.create_model(name), seed=1)
@@ -48,7 +47,7 @@ def test_outputs_equal_timm_in_eval_and_train(reference, fmt, norm):
     name = reference["name"]
     model = tresnet.create_model(name, checkpoint_path=reference["files"][fmt], norm=norm,
                                  **TIMM_SLOPES.get(name, {}))
-    assert model.pretrained_cfg["checkpoint_format"] == fmt
+    assert model.checkpoint_info.format == fmt and model.checkpoint_info.path == reference["files"][fmt]
     with torch.no_grad():
         model.eval()
         for size in SIZES:
@@ -71,7 +70,10 @@ def test_official_keys_follow_the_release_layout(reference):
     assert "body.layer1.0.se.fc1.weight" in official and "head.fc.weight" in official
 
 
+@requires_timm
 def test_timm_checkpoint_with_negative_norm_weights_loads_exactly(tmp_path):
+    import timm
+
     ref = randomize_norms(timm.create_model("tresnet_m"), signed=True).eval()
     path = tmp_path / "model.pth"
     torch.save(ref.state_dict(), path)  # a bare state dict
@@ -88,7 +90,7 @@ def test_round_trip_in_our_format_keeps_weights_and_classes(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["m.safetensors"]  # no temp file left behind
     meta = read_checkpoint_metadata(path)
     assert meta["format"] == "tresnet" and meta["class_names"] == ["a", "b", "c"] and meta["num_classes"] == 3
-    assert meta["architecture"] == "tresnet_m" and meta["epochs"] == "5"
+    assert meta["arch"] == "tresnet_m" and meta["model"] == "tresnet_m" and meta["epochs"] == "5"
     loaded = tresnet.create_model("tresnet_m", checkpoint_path=path).eval()  # classes from the file
     assert loaded.num_classes == 3
     fresh = tresnet.create_model("tresnet_m", num_classes=3)
@@ -168,7 +170,7 @@ def test_pretrained_looks_in_the_local_cache_only(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model = tresnet.create_model("tresnet_m", pretrained=True)
-    assert model.pretrained_cfg["checkpoint_format"] == "official"
+    assert model.checkpoint_info.format == "official"
 
 
 def test_saving_needs_a_name_per_class(tmp_path):
@@ -181,3 +183,59 @@ def test_unwritable_destination_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(CheckpointError, match="cannot write"):
         tresnet.save_checkpoint(tresnet.create_model("tresnet_m"), blocker / "m.safetensors")
+
+
+def test_metadata_is_read_from_the_header_without_the_tensors(tmp_path, monkeypatch):
+    model = tresnet.create_model("tresnet_m_448", num_classes=2)
+    path = tresnet.save_checkpoint(model, tmp_path / "m.safetensors", class_names=["x", "y"])
+    import safetensors
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the tensors were opened")
+
+    monkeypatch.setattr(safetensors, "safe_open", refuse)
+    meta = read_checkpoint_metadata(path)
+    assert meta["model"] == "tresnet_m_448" and meta["arch"] == "tresnet_m" and meta["num_classes"] == 2
+
+
+def test_a_checkpoint_is_read_once_by_create_model(tmp_path, monkeypatch):
+    import tresnet.checkpoint as checkpoint_module
+
+    path = tresnet.save_checkpoint(tresnet.create_model("tresnet_m", num_classes=2), tmp_path / "m.safetensors")
+    calls = []
+    real = checkpoint_module._read_file
+    monkeypatch.setattr(checkpoint_module, "_read_file", lambda *a, **k: calls.append(a) or real(*a, **k))
+    model = tresnet.create_model(checkpoint_path=path)
+    assert len(calls) == 1 and model.num_classes == 2
+
+
+def test_the_model_name_comes_from_our_checkpoints(tmp_path):
+    path = tresnet.save_checkpoint(tresnet.create_model("tresnet_l_448", num_classes=2), tmp_path / "m.safetensors")
+    model = tresnet.create_model(checkpoint_path=path)
+    assert model.pretrained_cfg["model"] == "tresnet_l_448" and model.checkpoint_info.path == path
+
+
+def test_a_file_that_does_not_name_its_model_must_be_told(tmp_path):
+    official = tmp_path / "tresnet_m.pth"
+    torch.save({"model": to_official(tresnet.create_model("tresnet_m").state_dict())}, official)
+    with pytest.raises(ConfigError, match="tresnet_m and tresnet_m_448 both build: name the model"):
+        tresnet.create_model(checkpoint_path=official)
+    with pytest.raises(ConfigError, match="needs a model name"):
+        tresnet.create_model()
+
+
+def test_files_of_the_first_release_name_their_network_arch(tmp_path):
+    from safetensors.torch import save_file
+
+    model = tresnet.create_model("tresnet_m", num_classes=2)
+    old = {"format": "tresnet", "architecture": "tresnet_m", "model": "tresnet_m", "num_classes": "2"}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "old.safetensors", metadata=old)
+    meta = read_checkpoint_metadata(tmp_path / "old.safetensors")
+    assert meta["arch"] == "tresnet_m" and "architecture" not in meta
+
+
+def test_pretrained_cfg_answers_the_deprecated_key_with_a_warning():
+    cfg = tresnet.get_pretrained_cfg("tresnet_m_448")
+    assert cfg["model"] == "tresnet_m_448" and cfg["arch"] == "tresnet_m"
+    with pytest.warns(DeprecationWarning, match="use pretrained_cfg\\['model'\\]"):
+        assert cfg["architecture"] == "tresnet_m_448"

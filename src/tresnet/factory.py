@@ -1,4 +1,4 @@
-"""``create_model``: build a TResNet and, if asked, load its weights from a local file."""
+"""``create_model``: build a TResNet and, if asked, load its weights from a local file (read once)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 from torch import nn
 
-from tresnet.checkpoint import load_checkpoint, read_checkpoint_metadata
-from tresnet.errors import CheckpointError
-from tresnet.models.registry import build_model, get_pretrained_cfg
+from tresnet.checkpoint import load_state, open_checkpoint, read_checkpoint_metadata
+from tresnet.errors import CheckpointError, ConfigError
+from tresnet.models.registry import build_model, get_pretrained_cfg, list_models, models_of_arch
 
 # File names looked for in the cache, per model name: ours, the official release's, timm's hub layout.
 _CACHE_PATTERNS = ("{name}.safetensors", "{name}.pth", "{name}.pth.tar", "{name}.bin",
@@ -41,38 +41,63 @@ def find_pretrained(name: str) -> Path:
     )
 
 
-def create_model(name: str, *, pretrained: bool = False, checkpoint_path: str | os.PathLike | None = None,
-                 num_classes: int | None = None, in_chans: int = 3, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, features_only: bool = False,
-                 out_indices: tuple[int, ...] = (1, 2, 3, 4), norm: str = "inplace_abn",
-                 memory_efficient: bool = False, **arch_overrides) -> nn.Module:
+def model_name_from_checkpoint(path: str | os.PathLike, metadata: dict | None = None) -> str:
+    """The registered model a checkpoint holds: the name our files record, else the only model of its network.
+
+    Raises :class:`~tresnet.errors.ConfigError` when the file does not say and its network is built by
+    several models (``tresnet_m`` and ``tresnet_m_448``), and :class:`CheckpointError` for a bad file.
+    """
+    meta = metadata if metadata is not None else read_checkpoint_metadata(path)
+    name = meta.get("model")
+    if name in list_models():
+        return name
+    arch = meta.get("arch")
+    candidates = models_of_arch(arch) if arch else []
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise ConfigError(f"{meta['format']} checkpoint {path} holds a {arch} network, which "
+                          f"{' and '.join(candidates)} both build: name the model (--model NAME)")
+    raise ConfigError(f"{meta['format']} checkpoint {path} does not say which model it holds: name the model "
+                      f"(--model NAME; see `tresnet info`)")
+
+
+def create_model(name: str | None = None, *, pretrained: bool = False,
+                 checkpoint_path: str | os.PathLike | None = None, num_classes: int | None = None,
+                 in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 features_only: bool = False, out_indices: tuple[int, ...] = (1, 2, 3, 4),
+                 norm: str = "inplace_abn", memory_efficient: bool = False, **arch_overrides) -> nn.Module:
     """Build TResNet ``name`` (see :func:`tresnet.list_models`), optionally with weights.
 
     ``pretrained=True`` loads ``name``'s file from :func:`cache_dir`; ``checkpoint_path`` loads that
-    file (official, timm or tresnet format). ``num_classes=None`` means the checkpoint's number of
-    classes, else 1000; a different number loads the backbone and a fresh head, with a warning.
+    file (official, timm or tresnet format), read once. ``name`` may be left out when the checkpoint
+    names its model (a file saved by ``tresnet train``) or holds a network only one model builds.
+    ``num_classes=None`` means the checkpoint's number of classes, else 1000; a different number loads
+    the backbone and a fresh head, with a warning.
     ``norm`` is ``"inplace_abn"`` (default), ``"inplace_abn_sync"`` or ``"bn"`` (plain BatchNorm).
     ``memory_efficient=True`` trains with about 0.54x the activation memory of plain BatchNorm (0.75x
-    without it) for a few percent more compute (In-Place ABN norms only).
+    without it) for a few percent more compute (In-Place ABN norms only). The weights loaded are
+    recorded in ``model.checkpoint_info`` (:class:`~tresnet.checkpoint.CheckpointInfo`, None without).
 
-    Raises :class:`~tresnet.errors.ModelNotFoundError` for an unknown name and
-    :class:`~tresnet.errors.CheckpointError` for a missing or mismatched checkpoint.
+    Raises :class:`~tresnet.errors.ModelNotFoundError` for an unknown name,
+    :class:`~tresnet.errors.ConfigError` for a checkpoint that does not say which model it is when no
+    name is given, and :class:`~tresnet.errors.CheckpointError` for a missing or mismatched checkpoint.
     """
-    get_pretrained_cfg(name)  # unknown names fail before any file is touched
-    path = None
-    if checkpoint_path is not None:
-        path = Path(checkpoint_path).expanduser()
-    elif pretrained:
+    if name is None and checkpoint_path is None:
+        raise ConfigError("create_model needs a model name, or a checkpoint_path whose file names its model")
+    if name is not None:
+        get_pretrained_cfg(name)  # unknown names fail before any file is touched
+    path = Path(checkpoint_path).expanduser() if checkpoint_path is not None else None
+    if path is None and pretrained:
         path = find_pretrained(name)
-    ckpt_classes = None
-    if path is not None:
-        ckpt_classes = read_checkpoint_metadata(path).get("num_classes")
-    classes = num_classes if num_classes is not None else (ckpt_classes or 1000)
+    ckpt = open_checkpoint(path) if path is not None else None
+    if name is None:
+        name = model_name_from_checkpoint(path, ckpt.metadata)
+    classes = num_classes if num_classes is not None else ((ckpt and ckpt.metadata.get("num_classes")) or 1000)
     model = build_model(name, num_classes=classes, in_chans=in_chans, drop_rate=drop_rate,
                         drop_path_rate=drop_path_rate, norm=norm, features_only=features_only,
                         out_indices=out_indices, memory_efficient=memory_efficient, **arch_overrides)
-    if path is not None:
-        fmt = load_checkpoint(model, path, allow_head_mismatch=num_classes is not None)
-        model.pretrained_cfg["checkpoint"] = str(path)
-        model.pretrained_cfg["checkpoint_format"] = fmt
+    if ckpt is not None:
+        load_state(model, ckpt, allow_head_mismatch=num_classes is not None)
+        model.checkpoint_info = ckpt.info
     return model

@@ -144,3 +144,65 @@ def test_predict_folder_without_images(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["predict", "--model", "tresnet_m", str(tmp_path / "empty"), *SMALL]) == 1
     assert "no image files in folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a forward pass of tresnet_m (seconds on a CPU)
+def test_a_checkpoint_saved_by_tresnet_names_its_model(folder, checkpoint, tmp_path, capsys):
+    out = tmp_path / "answers.json"
+    assert main(["predict", "--checkpoint", str(checkpoint), "--json", str(out), str(folder / "ant" / "a.jpg"),
+                 *SMALL]) == 0
+    assert "tresnet_m: 3 classes, weights" in capsys.readouterr().err
+    assert json.loads(out.read_text())[0]["topk"][0]["label"] in CLASSES
+    report = tmp_path / "report.json"
+    assert main(["validate", "--data", str(folder), "--checkpoint", str(checkpoint), "--workers", "0",
+                 "--precision", "bf16", "--json", str(report), *SMALL]) == 0
+    result = json.loads(report.read_text())
+    assert result["model"] == "tresnet_m" and result["precision"] == "bf16" and result["images"] == 6
+
+
+def test_without_model_or_checkpoint_the_error_says_what_to_pass(folder, capsys):
+    assert main(["validate", "--data", str(folder), "--workers", "0"]) == 1
+    assert "no model: pass --model NAME" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a forward pass of tresnet_m (seconds on a CPU)
+def test_the_deprecated_amp_flag_still_works_and_says_so(folder, checkpoint, capsys):
+    assert main(["validate", "--data", str(folder), "--checkpoint", str(checkpoint), "--workers", "0", "--amp",
+                 "--limit", "3", *SMALL]) == 0
+    captured = capsys.readouterr()
+    assert "--amp is deprecated: use --precision amp" in captured.err and ", amp" in captured.out
+    assert main(["validate", "--data", str(folder), "--checkpoint", str(checkpoint), "--amp", "--precision",
+                 "fp16", *SMALL]) == 1
+    assert "--amp and --precision fp16 disagree" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a forward pass of tresnet_m (seconds on a CPU)
+def test_predict_from_python_gives_the_same_answers_as_the_command(folder, checkpoint, tmp_path):
+    from tresnet.engine.predict import predict
+
+    out = tmp_path / "cli.json"
+    main(["predict", "--checkpoint", str(checkpoint), "--json", str(out), str(folder), *SMALL])
+    model = tresnet.create_model(checkpoint_path=checkpoint)
+    answers = [a.to_dict() for a in predict(model, [folder], img_size=64, batch_size=3)]
+    assert answers == json.loads(out.read_text())
+    assert model.training  # its mode is given back
+    assert [a["file"] for a in answers if "error" in a] == [str(folder / "bee" / "c.jpg")]
+
+
+def test_validate_from_python_reports_what_the_json_holds(folder, checkpoint):
+    from tresnet.engine.validate import validate
+
+    model = tresnet.create_model(checkpoint_path=checkpoint)
+    report = validate(model, folder, img_size=64, batch_size=4, device="cpu", progress=False)
+    assert report["images"] == 6 and report["skipped"] == 1 and report["precision"] == "fp32"
+    assert report["checkpoint"] == str(checkpoint) and report["checkpoint_format"] == "tresnet"
+
+
+def test_export_takes_the_model_from_the_checkpoint(checkpoint, tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--output", str(out),
+                 "--img-size", "64"]) == 0
+    assert out.is_file() and "wrote" in capsys.readouterr().out
+    assert main(["export", "--model", "tresnet_m", "--format", "torchscript", "--output", str(out),
+                 "--precision", "bf16"]) == 1
+    assert "choose fp32 or fp16" in capsys.readouterr().err

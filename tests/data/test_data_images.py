@@ -157,3 +157,17 @@ def test_extensions():
     assert {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"} <= set(IMAGE_EXTENSIONS)
     assert is_image_file("n01440764/ILSVRC2012_val_00000293.JPEG")
     assert not is_image_file("notes.txt")
+
+
+def test_find_images_expands_folders_and_reports_what_names_nothing(tmp_path):
+    from tresnet.data import find_images
+
+    (tmp_path / "pics" / "sub").mkdir(parents=True)
+    (tmp_path / "pics" / ".hidden").mkdir()
+    for name in ("pics/b.jpg", "pics/sub/a.PNG", "pics/.hidden/c.jpg", "pics/notes.txt", "odd.name"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    files, errors = find_images([tmp_path / "pics", tmp_path / "odd.name", tmp_path / "empty", tmp_path / "nope"])
+    assert files == [tmp_path / "pics" / "b.jpg", tmp_path / "pics" / "sub" / "a.PNG", tmp_path / "odd.name"]
+    assert [message.split(":")[0] for _, message in errors] == [
+        f"no image files in folder {tmp_path / 'empty'}", f"cannot read image {tmp_path / 'nope'}"]

@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
 
 def roundtrip_max_diff(model: torch.nn.Module, input_size: tuple[int, int, int]) -> float:
     """Save ``model`` in our format, load it into a fresh copy, and return the largest output difference."""
-    name = model.pretrained_cfg["architecture"]
+    name = model.pretrained_cfg["model"]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.safetensors"
         tresnet.save_checkpoint(model, path)

@@ -13,7 +13,7 @@ import sys
 
 from tresnet.errors import TResNetError
 
-# name -> module under tresnet.cli; imported lazily so that `tresnet --help` stays fast.
+# name -> module under tresnet.cli; each imports its heavy dependencies inside run().
 SUBCOMMANDS = {
     "info": "tresnet.cli.info",
     "validate": "tresnet.cli.validate",
@@ -31,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tresnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in SUBCOMMANDS.values():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name == module_name:  # subcommand not built yet
-                continue
-            raise
-        module.add_parser(sub)
+        importlib.import_module(module_name).add_parser(sub)
     return parser
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-import torch
-
-from tresnet.cli.validate import add_model_arguments, build_model, weights_description
-from tresnet.engine.distributed import resolve_device
-from tresnet.errors import ConfigError, DataError
+from tresnet.cli._common import (
+    add_device_argument,
+    add_model_arguments,
+    add_precision_argument,
+    load_model,
+    say,
+    weights_description,
+    write_json,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -23,6 +25,8 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
     add_model_arguments(parser)
+    add_device_argument(parser)
+    add_precision_argument(parser, legacy_amp=False)
     parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes shown per image (default 5)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
     parser.add_argument("--json", metavar="PATH",
@@ -30,82 +34,38 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Image files named or found (recursively, sorted, hidden entries left out) in folders, and
-    ``(input, error)`` for inputs that are missing or folders without images."""
-    from tresnet.data.images import is_image_file
-
-    files, errors = [], []
-    for name in inputs:
-        path = Path(name).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p.name)
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            if not found:
-                errors.append((name, f"no image files in folder {name}"))
-            files += found
-        elif path.exists():
-            files.append(path)  # named explicitly: try it whatever its extension
-        else:
-            errors.append((name, f"cannot read image {name}: no such file or folder"))
-    return files, errors
-
-
-def _report_error(message: str) -> None:
-    print(f"tresnet predict: error: {message}", file=sys.stderr)
+def _print(answer) -> None:
+    if answer.error is not None:
+        say("predict", "error", answer.error)
+        return
+    print(answer.file)
+    for score in answer.topk:
+        print(f"  {100.0 * score.prob:6.2f}%  {score.label} ({score.index})")
+    sys.stdout.flush()
 
 
 def run(args: argparse.Namespace) -> int:
-    from tresnet.checkpoint import atomic_write
-    from tresnet.data import class_labels, create_eval_transform, load_image
+    from tresnet.engine.predict import predict
+    from tresnet.errors import ConfigError
+    from tresnet.runtime import resolve_device
 
     if args.topk < 1:
         raise ConfigError(f"--topk must be at least 1, got {args.topk}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = resolve_device(args.device)
-    files, errors = expand_inputs(args.inputs)
-    for _, message in errors:
-        _report_error(message)
-    model, metadata = build_model(args)
-    cfg = model.pretrained_cfg
-    img_size = args.img_size or int(cfg["input_size"][-1])
-    model.check_input_size(img_size, img_size)
-    transform = create_eval_transform(cfg, img_size)
-    labels = class_labels(model.num_classes, metadata.get("class_names"))
-    topk = min(args.topk, model.num_classes)
-    model.to(device).eval()
-    print(f"{args.model}: {model.num_classes} classes, {weights_description(model)}", file=sys.stderr)
-
-    results = [{"file": name, "topk": [], "error": message} for name, message in errors]
-    for start in range(0, len(files), args.batch_size):
-        names, tensors = [], []
-        for path in files[start:start + args.batch_size]:
-            try:
-                # Upright as a viewer shows it: photos from phones carry their rotation in EXIF.
-                tensors.append(transform(load_image(path, exif_transpose=True)))
-                names.append(str(path))
-            except DataError as e:
-                _report_error(str(e))
-                results.append({"file": str(path), "topk": [], "error": str(e)})
-        if not tensors:
-            continue
-        with torch.no_grad():
-            probs = model(torch.stack(tensors).to(device)).float().softmax(dim=1)
-        top_probs, top_indices = probs.topk(topk, dim=1)
-        for name, p_row, i_row in zip(names, top_probs.tolist(), top_indices.tolist(), strict=True):
-            answers = [{"index": i, "label": labels[i], "prob": p} for p, i in zip(p_row, i_row, strict=True)]
-            results.append({"file": name, "topk": answers})
-            print(name)
-            for answer in answers:
-                print(f"  {100.0 * answer['prob']:6.2f}%  {answer['label']} ({answer['index']})")
-        sys.stdout.flush()
-
-    failed = sum(1 for r in results if "error" in r)
+    model = load_model(args, "predict")
+    print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes, {weights_description(model)}",
+          file=sys.stderr)
+    answers = []
+    for answer in predict(model, args.inputs, topk=args.topk, batch_size=args.batch_size, img_size=args.img_size,
+                          device=device, precision=args.precision or "fp32"):
+        _print(answer)
+        answers.append(answer)
     if args.json:
-        text = json.dumps(results, indent=2) + "\n"
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        write_json(args.json, [answer.to_dict() for answer in answers])
+    failed = sum(1 for answer in answers if answer.error is not None)
     if failed:
-        print(f"tresnet predict: {failed} of {len(results)} inputs failed", file=sys.stderr)
+        print(f"tresnet predict: {failed} of {len(answers)} inputs failed", file=sys.stderr)
         return 1
     return 0

@@ -2,9 +2,9 @@
 
 from tresnet.data.class_names import class_labels, imagenet_class_names
 from tresnet.data.datasets import ImageFolderDataset, UnreadableImageWarning
-from tresnet.data.images import IMAGE_EXTENSIONS, load_image, to_rgb
+from tresnet.data.images import IMAGE_EXTENSIONS, find_images, load_image, to_rgb
 from tresnet.data.loader import create_loader
 from tresnet.data.transforms import create_eval_transform
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "UnreadableImageWarning", "class_labels",
-           "create_eval_transform", "create_loader", "imagenet_class_names", "load_image", "to_rgb"]
+           "create_eval_transform", "create_loader", "find_images", "imagenet_class_names", "load_image", "to_rgb"]

@@ -15,6 +15,7 @@ Conversion rules (one place for all of them):
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -111,4 +112,33 @@ def load_image(path: str | os.PathLike, *, exif_transpose: bool = False) -> Imag
         raise DataError(f"cannot read image {path}: {_reason(e)}") from e
 
 
-__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "load_image", "to_rgb"]
+def _images_in_folder(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p.name)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def find_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The image files that ``inputs`` name, and ``(input, error)`` for those that name none.
+
+    A file is taken whatever its extension (it was named explicitly); a folder gives the image files
+    inside it, recursively, sorted, hidden entries left out. A missing path, or a folder without
+    images, gives an error line instead.
+    """
+    files: list[Path] = []
+    errors: list[tuple[str, str]] = []
+    for entry in inputs:
+        name = str(entry)
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            found = _images_in_folder(path)
+            if not found:
+                errors.append((name, f"no image files in folder {name}"))
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            errors.append((name, f"cannot read image {name}: no such file or folder"))
+    return files, errors
+
+
+__all__ = ["IMAGE_EXTENSIONS", "find_images", "is_image_file", "load_image", "to_rgb"]

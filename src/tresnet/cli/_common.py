@@ -1,0 +1,113 @@
+"""Plumbing shared by the subcommands: the model, device and precision options, warnings, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from torch import nn
+
+from tresnet.files import write_text
+from tresnet.runtime import DEVICE_HELP, PRECISION_HELP, PRECISIONS
+
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
+
+
+def say(command: str, kind: str, message: str) -> None:
+    """Print ``tresnet <command>: <kind>: <message>`` on stderr (kind: error, warning, note)."""
+    print(f"tresnet {command}: {kind}: {message}", file=sys.stderr, flush=True)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, pretrained: bool = True) -> None:
+    """--model (optional with a checkpoint that names its model), --checkpoint, --pretrained, --img-size."""
+    parser.add_argument("--model", help="model name, e.g. tresnet_m (see `tresnet info`); optional with a "
+                                        "checkpoint saved by `tresnet train`, which names its model")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", metavar="PATH",
+                         help="weights file: the official release (.pth), timm's, or one saved by tresnet")
+    if pretrained:
+        weights.add_argument("--pretrained", action="store_true",
+                             help="load the model's weights from the cache ($TRESNET_HOME, else ~/.cache/tresnet)")
+    parser.add_argument("--img-size", type=int, metavar="N",
+                        help="square input side (default: the model's, 224 or 448)")
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    parser.add_argument("--device", default=default, help=DEVICE_HELP)
+
+
+def add_precision_argument(parser: argparse.ArgumentParser, *, choices: tuple[str, ...] = PRECISIONS,
+                           legacy_amp: bool = True) -> None:
+    """--precision (one vocabulary for every subcommand), and the deprecated --amp where it existed."""
+    help_text = PRECISION_HELP if choices == PRECISIONS else f"{', '.join(choices)} (default fp32)"
+    parser.add_argument("--precision", default=None, metavar="P", help=help_text)
+    if legacy_amp:
+        parser.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)
+
+
+def resolve_precision(args: argparse.Namespace, command: str) -> str:
+    """``--precision``, or what the deprecated ``--amp`` meant (with a warning); fp32 by default."""
+    if getattr(args, "amp", False):
+        say(command, "warning", "--amp is deprecated: use --precision amp")
+        if args.precision not in (None, "amp"):
+            from tresnet.errors import ConfigError
+
+            raise ConfigError(f"--amp and --precision {args.precision} disagree: give --precision only")
+        return "amp"
+    return args.precision or "fp32"
+
+
+def load_model(args: argparse.Namespace, command: str) -> nn.Module:
+    """The model of ``--model`` / ``--checkpoint`` / ``--pretrained``, its classes from the checkpoint.
+
+    Without weights a warning says that the model is randomly initialised.
+    """
+    from tresnet import create_model
+    from tresnet.errors import ConfigError
+
+    if args.model is None and args.checkpoint is None:
+        raise ConfigError("no model: pass --model NAME (see `tresnet info`), or a --checkpoint saved by "
+                          "`tresnet train`")
+    model = create_model(args.model, checkpoint_path=args.checkpoint, pretrained=getattr(args, "pretrained", False))
+    if model.checkpoint_info is None and command in ("validate", "predict"):
+        say(command, "warning", f"no --checkpoint or --pretrained: {model.pretrained_cfg['model']} has random "
+                                f"weights, its answers mean nothing")
+    return model
+
+
+def weights_description(model: nn.Module) -> str:
+    """``weights PATH (FORMAT format)``, or ``random weights``."""
+    info = getattr(model, "checkpoint_info", None)
+    return info.describe() if info is not None else "random weights"
+
+
+@contextmanager
+def warnings_above_progress_bar(command: str) -> Iterator[None]:
+    """Print unreadable-file warnings as one line each, without breaking a progress bar."""
+    from tqdm import tqdm
+
+    from tresnet.data.datasets import UnreadableImageWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UnreadableImageWarning):
+            tqdm.write(f"tresnet {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UnreadableImageWarning)  # the dataset already warns once per file
+        warnings.showwarning = show
+        yield
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    return write_text(path, json.dumps(obj, indent=2) + "\n")
