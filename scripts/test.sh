@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# The README's test command: installs the package with its test extra, then runs ruff and pytest.
+# The README's test command: installs the package with its test and docs extras, then runs ruff, builds
+# the documentation strictly (a broken link or a missing page fails) and runs pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q -e ".[test]"
+python3 -m pip install -q -e ".[test,docs]"
 python3 -m ruff check src tests benchmarks
+site_dir="$(mktemp -d)"
+trap 'rm -rf "$site_dir"' EXIT
+python3 -m mkdocs build --strict --quiet --site-dir "$site_dir"
 python3 -m pytest -q "$@"

@@ -25,6 +25,7 @@ from torch import nn
 
 from tresnet.errors import CheckpointError, FileWriteError
 from tresnet.files import atomic_write  # re-exported: code written before tresnet.files imports it from here
+from tresnet.version import __version__
 
 FORMAT_OURS = "tresnet"
 FORMAT_TIMM = "timm"
@@ -384,8 +385,6 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
 def checkpoint_metadata(model: nn.Module, class_names: Sequence[str] | None = None,
                         extra: Mapping | None = None) -> dict[str, str]:
     """The string metadata :func:`save_checkpoint` writes: format, version, ``model``, ``arch``, classes."""
-    from tresnet import __version__
-
     cfg = getattr(model, "pretrained_cfg", None) or {}
     meta = {
         "format": FORMAT_OURS,

@@ -25,7 +25,7 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tresnet import __version__
+    from tresnet.version import __version__
 
     parser = argparse.ArgumentParser(prog="tresnet", description="TResNet image classifiers.")
     parser.add_argument("--version", action="version", version=f"tresnet {__version__}")

@@ -1,0 +1,88 @@
+"""Rules about the code itself: short functions, one-way imports, no citations of documents we do not ship."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "tresnet"
+MAX_FUNCTION_LINES = 60
+# What each package may import from tresnet: data flows cli -> engine/bench/deploy -> models -> layers.
+# The base modules (errors, files, runtime) may be imported by anyone.
+BASE = {"errors", "files", "runtime", "version"}
+MAY_IMPORT = {
+    "layers": BASE | {"layers"},
+    "models": BASE | {"layers", "models"},
+    "data": BASE | {"data"},
+    "checkpoint": BASE | {"models"},
+    "factory": BASE | {"checkpoint", "models"},
+    "deploy": BASE | {"layers", "models", "checkpoint", "deploy"},
+}
+UNCITED = ("SP" + "EC", "docs/" + "sections")  # written split, so that this file does not match itself
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path, ast.parse(path.read_text(), filename=str(path))
+
+
+def _tresnet_imports(tree: ast.AST) -> set[str]:
+    """The first component under ``tresnet.`` of every import in ``tree`` (``tresnet`` itself: ``__init__``)."""
+    found = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "tresnet":
+                found.add(parts[1] if len(parts) > 1 else "__init__")
+    return found
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = []
+    for path, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "split these into named steps:\n" + "\n".join(long)
+
+
+def test_imports_flow_one_way():
+    wrong = []
+    for path, tree in _modules():
+        package = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        package = "cli" if package == "__main__" else package
+        imported = _tresnet_imports(tree)
+        if package != "cli" and "cli" in imported:
+            wrong.append(f"{path.relative_to(ROOT)} imports tresnet.cli")
+        allowed = MAY_IMPORT.get(package)
+        if allowed is not None and not imported <= allowed:
+            wrong.append(f"{path.relative_to(ROOT)} imports {sorted(imported - allowed)}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_citation_of_documents_outside_the_repository():
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    hits = []
+    for name in listed:
+        path = ROOT / name
+        if path.suffix not in (".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".sh", ".cfg") or not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if any(word in line for word in UNCITED):
+                hits.append(f"{name}:{number}: {line.strip()[:100]}")
+    assert not hits, "cite the paper, the official release or timm instead:\n" + "\n".join(hits)
