@@ -23,7 +23,7 @@ SIZE = 64
 
 def _model(name: str) -> nn.Module:
     model = randomize_norms(tresnet.create_model(name, num_classes=10), signed=True)
-    with torch.no_grad():  # small residual branches, as after training (see test_deploy_fuse)
+    with torch.no_grad():  # small residual branches, as after training (see test_deploy_fusion)
         for block in model.modules():
             if isinstance(block, (BasicBlock, Bottleneck)):
                 block.last_norm().weight.mul_(0.2)

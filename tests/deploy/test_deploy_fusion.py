@@ -1,4 +1,4 @@
-"""tresnet.deploy.fuse: the folded model computes what the eval-mode model computes."""
+"""tresnet.deploy.fusion.fuse: the folded model computes what the eval-mode model computes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import nn
 import tresnet
 from helpers import max_rel_diff, randomize_norms
 from tresnet.deploy import fold_batchnorm, fuse
-from tresnet.deploy.fuse import FusedStem
+from tresnet.deploy.fusion import FusedStem
 from tresnet.errors import ConfigError
 from tresnet.layers import ConvNormAct, InPlaceABN, SpaceToDepth
 from tresnet.layers.inplace_abn import inplace_abn

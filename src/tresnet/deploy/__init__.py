@@ -10,7 +10,7 @@ from tresnet.deploy.export import (
     prepare_for_export,
     require_onnx,
 )
-from tresnet.deploy.fuse import fold_batchnorm, fuse
+from tresnet.deploy.fusion import fold_batchnorm, fuse
 
 __all__ = [
     "FORMATS",

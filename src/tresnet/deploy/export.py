@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from tresnet.checkpoint import atomic_write
-from tresnet.deploy.fuse import fuse
+from tresnet.deploy.fusion import fuse
 from tresnet.errors import CheckpointError, ConfigError, MissingDependencyError, TResNetError
 
 FORMATS = ("onnx", "torchscript")

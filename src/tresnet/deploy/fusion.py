@@ -271,7 +271,7 @@ def fuse(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
 
     ``model`` (a TResNet, a features-only TResNet, or any module built from tresnet's layers and
     blocks) is left untouched. The copy computes what ``model.eval()`` computes, up to fp32
-    rounding, with the other exact rewrites listed in :mod:`tresnet.deploy.fuse`; its parameters do
+    rounding, with the other exact rewrites listed in :mod:`tresnet.deploy.fusion`; its parameters do
     not require gradients. With ``channels_last`` (the default; fastest on CPU) its weights are
     channels-last and a stem converts its input, so feature maps (and ``features_only`` outputs)
     are channels-last tensors holding the same values.

@@ -5,8 +5,8 @@ from tresnet.layers.conv_norm_act import ConvNormAct
 from tresnet.layers.inplace_abn import InPlaceABN, InPlaceABNSync
 from tresnet.layers.norm_act import NORMS, BatchNormAct2d, create_norm_act
 from tresnet.layers.pooling import FastGlobalAvgPool
-from tresnet.layers.space_to_depth import SpaceToDepth, space_to_depth
 from tresnet.layers.squeeze_excite import SqueezeExcite
+from tresnet.layers.stem import SpaceToDepth, space_to_depth
 
 __all__ = [
     "NORMS",
