@@ -63,6 +63,13 @@ def resolve_precision(args: argparse.Namespace, command: str) -> str:
     return args.precision or "fp32"
 
 
+def add_inference_arguments(parser: argparse.ArgumentParser, *, legacy_amp: bool = True) -> None:
+    """The model, device and precision options of the commands that run a model on images."""
+    add_model_arguments(parser)
+    add_device_argument(parser)
+    add_precision_argument(parser, legacy_amp=legacy_amp)
+
+
 def load_model(args: argparse.Namespace, command: str) -> nn.Module:
     """The model of ``--model`` / ``--checkpoint`` / ``--pretrained``, its classes from the checkpoint.
 

@@ -5,15 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tresnet.cli._common import (
-    add_device_argument,
-    add_model_arguments,
-    add_precision_argument,
-    load_model,
-    say,
-    weights_description,
-    write_json,
-)
+from tresnet.cli import _common as common
 
 
 def add_parser(subparsers) -> None:
@@ -24,9 +16,7 @@ def add_parser(subparsers) -> None:
                     "on stderr and the others are still answered; the exit code is then 1.",
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
-    add_model_arguments(parser)
-    add_device_argument(parser)
-    add_precision_argument(parser, legacy_amp=False)
+    common.add_inference_arguments(parser, legacy_amp=False)
     parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes shown per image (default 5)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
     parser.add_argument("--json", metavar="PATH",
@@ -36,7 +26,7 @@ def add_parser(subparsers) -> None:
 
 def _print(answer) -> None:
     if answer.error is not None:
-        say("predict", "error", answer.error)
+        common.say("predict", "error", answer.error)
         return
     print(answer.file)
     for score in answer.topk:
@@ -54,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = resolve_device(args.device)
-    model = load_model(args, "predict")
-    print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes, {weights_description(model)}",
+    model = common.load_model(args, "predict")
+    print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes, {common.weights_description(model)}",
           file=sys.stderr)
     answers = []
     for answer in predict(model, args.inputs, topk=args.topk, batch_size=args.batch_size, img_size=args.img_size,
@@ -63,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         _print(answer)
         answers.append(answer)
     if args.json:
-        write_json(args.json, [answer.to_dict() for answer in answers])
+        common.write_json(args.json, [answer.to_dict() for answer in answers])
     failed = sum(1 for answer in answers if answer.error is not None)
     if failed:
         print(f"tresnet predict: {failed} of {len(answers)} inputs failed", file=sys.stderr)

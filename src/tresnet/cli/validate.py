@@ -5,17 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tresnet.cli._common import (
-    DEFAULT_WORKERS,
-    add_device_argument,
-    add_model_arguments,
-    add_precision_argument,
-    load_model,
-    resolve_precision,
-    warnings_above_progress_bar,
-    weights_description,
-    write_json,
-)
+from tresnet.cli import _common as common
 
 
 def add_parser(subparsers) -> None:
@@ -26,12 +16,10 @@ def add_parser(subparsers) -> None:
                     "model's own preprocessing. Unreadable files are skipped with a warning and counted.",
     )
     parser.add_argument("--data", required=True, metavar="DIR", help="folder of class sub-folders, e.g. imagenet/val")
-    add_model_arguments(parser)
-    add_device_argument(parser)
-    add_precision_argument(parser)
+    common.add_inference_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch (default 64)")
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, metavar="N",
-                        help=f"decoding processes, 0 = in this process (default {DEFAULT_WORKERS})")
+    parser.add_argument("--workers", type=int, default=common.DEFAULT_WORKERS, metavar="N",
+                        help=f"decoding processes, 0 = in this process (default {common.DEFAULT_WORKERS})")
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     parser.add_argument("--limit", type=int, metavar="N",
                         help="evaluate only N images, taken evenly over the folder so every class is seen")
@@ -45,20 +33,20 @@ def run(args: argparse.Namespace) -> int:
     from tresnet.engine.validate import prepare_validation
     from tresnet.runtime import resolve_device
 
-    precision = resolve_precision(args, "validate")
+    precision = common.resolve_precision(args, "validate")
     device = resolve_device(args.device)
     dataset = ImageFolderDataset(args.data, strict=args.strict)  # a bad folder fails before the model loads
-    model = load_model(args, "validate")
+    model = common.load_model(args, "validate")
     validation = prepare_validation(model, dataset, img_size=args.img_size, batch_size=args.batch_size,
                                     workers=args.workers, device=device, precision=precision,
                                     channels_last=args.channels_last, limit=args.limit)
     options = ", ".join(o for o, on in ((precision, precision != "fp32"), ("channels-last", args.channels_last)) if on)
-    print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes, {weights_description(model)}")
+    print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes, {common.weights_description(model)}")
     print(f"preprocessing: {validation.preprocessing}")
     print(f"data: {args.data}, {len(validation.subset)} of {len(dataset)} images in {len(dataset.classes)} classes; "
           f"device {device}, batch {args.batch_size}, {args.workers} workers" + (f", {options}" if options else ""))
     sys.stdout.flush()
-    with warnings_above_progress_bar("validate"):
+    with common.warnings_above_progress_bar("validate"):
         report = validation.run()
     print(f"top-1 {report['top1']:.3f}%  top-5 {report['top5']:.3f}%  ({report['images']} images, "
           f"{report['skipped']} skipped, {report['seconds']:.1f} s, {report['img_per_s']:.1f} img/s)")
@@ -66,5 +54,5 @@ def run(args: argparse.Namespace) -> int:
     if published is not None and model.checkpoint_info is not None and model.num_classes == 1000:
         print(f"published top-1 of {model.pretrained_cfg['model']}: {published}%")
     if args.json:
-        write_json(args.json, report)
+        common.write_json(args.json, report)
     return 0
