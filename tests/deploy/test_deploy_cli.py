@@ -6,12 +6,14 @@ import pytest
 import torch
 
 import tresnet
-from helpers import max_rel_diff, randomize_norms
+from helpers import max_rel_diff, randomize_norms, requires_onnx
 from tresnet.cli.main import main
 
 
+@requires_onnx
 def test_export_onnx_from_a_checkpoint(tmp_path, capsys):
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
     model = randomize_norms(tresnet.create_model("tresnet_m", num_classes=7)).eval()
     ckpt = tmp_path / "m.safetensors"
     tresnet.save_checkpoint(model, ckpt)
@@ -30,7 +32,8 @@ def test_export_onnx_from_a_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra,message", [
     (["--format", "tflite", "--output", "{tmp}/m.tflite"], "unknown export format 'tflite'"),
-    (["--format", "onnx", "--output", "{tmp}/m.onnx", "--img-size", "30"], "input size 30x30 is not supported"),
+    pytest.param(["--format", "onnx", "--output", "{tmp}/m.onnx", "--img-size", "30"],
+                 "input size 30x30 is not supported", marks=requires_onnx),
     (["--format", "torchscript", "--output", "{tmp}"], "is a folder"),
     (["--format", "onnx", "--output", "{tmp}/m.onnx", "--opset", "99"], "ONNX opset 99 is not supported"),
 ])

@@ -9,14 +9,11 @@ import torch
 from torch import nn
 
 import tresnet
-from helpers import max_rel_diff, randomize_norms
+from helpers import max_rel_diff, randomize_norms, requires_onnx
 from tresnet.deploy import ExportError, ExportMismatchError, export_model
 from tresnet.errors import ConfigError, InputSizeError, MissingDependencyError
 from tresnet.layers import ConvNormAct
 from tresnet.models.tresnet import BasicBlock, Bottleneck
-
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
 
 SIZE = 64
 
@@ -41,8 +38,12 @@ def _tiny() -> nn.Module:
                                          ConvNormAct(8, 4, 1, 1, "identity", 0.0))).eval()
 
 
+@requires_onnx
 @pytest.mark.parametrize("name", ["tresnet_m", "tresnet_v2_l"])
 def test_onnx_matches_pytorch_with_a_dynamic_batch(name, tresnet_m, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
     model = tresnet_m if name == "tresnet_m" else _model(name)
     path = tmp_path / f"{name}.onnx"
     report = export_model(model, path, format="onnx", img_size=SIZE, dynamic_batch=True)
@@ -74,7 +75,10 @@ def test_torchscript_matches_pytorch_with_a_dynamic_batch(tresnet_m, tmp_path):
         assert max_rel_diff(loaded(x), tresnet_m(x)) <= 1e-4
 
 
+@requires_onnx
 def test_unfused_onnx_keeps_reflect_padding_and_still_matches(tresnet_m, tmp_path):
+    import onnx
+
     # The model as it is: ONNX Runtime runs the blur's reflect Pad and the BatchNormalization nodes.
     path = tmp_path / "plain.onnx"
     report = export_model(tresnet_m, path, format="onnx", img_size=SIZE, fused=False)
@@ -83,7 +87,10 @@ def test_unfused_onnx_keeps_reflect_padding_and_still_matches(tresnet_m, tmp_pat
     assert report.max_rel_diff <= 1e-4 and report.batch_sizes == (1,)
 
 
+@requires_onnx
 def test_fp16_onnx_is_within_the_fp16_tolerance(tresnet_m, tmp_path):
+    import onnx
+
     path = tmp_path / "half.onnx"
     report = export_model(tresnet_m, path, format="onnx", img_size=SIZE, fp16=True)
     assert report.tolerance == 1e-2 and report.max_rel_diff <= 1e-2
@@ -109,6 +116,7 @@ def test_unknown_format(tmp_path):
         export_model(_tiny(), tmp_path / "m.tflite", format="tflite", img_size=16)
 
 
+@requires_onnx  # the size is checked after the format's packages
 def test_input_size_the_model_cannot_take(tresnet_m, tmp_path):
     with pytest.raises(InputSizeError, match="62x62"):
         export_model(tresnet_m, tmp_path / "m.onnx", format="onnx", img_size=62)

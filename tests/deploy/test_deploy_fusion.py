@@ -11,7 +11,7 @@ from helpers import max_rel_diff, randomize_norms
 from tresnet.deploy import fold_batchnorm, fuse
 from tresnet.deploy.fusion import FusedStem
 from tresnet.errors import ConfigError
-from tresnet.layers import ConvNormAct, InPlaceABN, SpaceToDepth
+from tresnet.layers import AntiAliasDownsample, ConvNormAct, InPlaceABN, SpaceToDepth
 from tresnet.layers.inplace_abn import inplace_abn
 from tresnet.models.tresnet import BasicBlock, Bottleneck
 
@@ -71,6 +71,21 @@ def test_fuse_leaves_the_original_untouched():
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert isinstance(model.body.s2d, SpaceToDepth) and isinstance(model.body.conv1, ConvNormAct)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_the_module_is_fusion_and_fuse_is_the_function():
+    import tresnet.deploy
+    import tresnet.deploy.fusion as fusion
+
+    assert tresnet.deploy.fuse is fusion.fuse and callable(tresnet.deploy.fuse)
+
+
+def test_fused_blurs_are_export_friendly_copies():
+    model = _model("tresnet_m")
+    fused = fuse(model)
+    original, copied = model.body.layer2[0].conv1.aa, fused.body.layer2[0].conv1.aa
+    assert isinstance(copied, AntiAliasDownsample) and copied is not original
+    assert copied.export_friendly and not original.export_friendly
 
 
 def test_fused_model_has_no_norm_left_and_needs_no_grad():

@@ -187,18 +187,27 @@ def test_tiny_weights_are_computed_with_scale_eps():
     assert torch.equal(invertible_scale(w, 1e-5), torch.tensor([1e-5, -1e-5, 0.5]))
 
 
-def test_sync_variant_without_a_process_group_warns_once_and_works_locally(monkeypatch):
-    import tresnet.layers.inplace_abn as mod
-
-    monkeypatch.setattr(mod, "_warned_no_group", False)
+def test_sync_variant_without_a_process_group_warns_once_and_works_locally():
     sync, local = InPlaceABNSync(4), InPlaceABN(4)
     x = torch.randn(4, 4, 3, 3)
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("default")  # Python's default: once per place in the code that warns
         out = sync(x.clone())
         sync(x.clone())
+        InPlaceABNSync(4)(x.clone())
     assert sum("process group" in str(w.message) for w in caught) == 1
     assert torch.allclose(out, local(x.clone()))
+    assert local.stats_group() is None
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_count_batch_records_a_training_batch_and_gives_the_momentum(momentum):
+    abn = InPlaceABN(3, momentum=momentum)
+    assert abn.count_batch() == (0.1 if momentum else 1.0)
+    assert abn.count_batch() == (0.1 if momentum else 0.5)  # the cumulative average's 1 / batches
+    assert abn.num_batches_tracked.item() == 2
+    abn.eval()
+    assert abn.count_batch() == (0.1 if momentum else 0.0) and abn.num_batches_tracked.item() == 2
 
 
 def test_saturated_elu_gives_finite_gradients():

@@ -6,9 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tresnet.layers.residual_tail as tail_mod
 from helpers import max_rel_diff
-from tresnet.layers.residual_tail import bottleneck_tail
+from tresnet.errors import ConfigError
+from tresnet.layers import ConvNormAct, InPlaceABN
+from tresnet.layers.residual_tail import (
+    backward_strategy,
+    bottleneck_tail,
+    get_backward_strategy,
+    lean_tail_applies,
+    set_backward_strategy,
+)
 
 
 def reference(x, gate, w, g, b, shortcut, keep):
@@ -38,8 +45,7 @@ def make_inputs(dtype, with_gate=True, with_shortcut=True, channels_last=False, 
 @pytest.mark.parametrize("strategy", ["recompute", "gram"])
 @pytest.mark.parametrize("with_gate,with_shortcut,drop", [(True, True, False), (False, True, True),
                                                           (False, False, False), (True, True, True)])
-def test_gradcheck_float64(monkeypatch, strategy, with_gate, with_shortcut, drop):
-    monkeypatch.setattr(tail_mod, "BACKWARD_STRATEGY", strategy)
+def test_gradcheck_float64(strategy, with_gate, with_shortcut, drop):
     x, gate, w, g, b, s = make_inputs(torch.float64, with_gate, with_shortcut)
     keep = torch.tensor([2.0, 0.0, 2.0], dtype=torch.float64) if drop else None
     inputs = [t for t in (x, gate, w, g, b, s) if t is not None]
@@ -52,9 +58,10 @@ def test_gradcheck_float64(monkeypatch, strategy, with_gate, with_shortcut, drop
         ss = next(it) if s is not None else None
         return bottleneck_tail(xx, gg, ww, g2, bb, ss, keep, None, None, 0.1, 1e-5)
 
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
-    dy = torch.randn_like(reference(x, gate, w, g, b, s, keep))
-    ours = torch.autograd.grad(fn(*inputs), inputs, dy)
+    with backward_strategy(strategy):  # read when backward runs
+        assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+        dy = torch.randn_like(reference(x, gate, w, g, b, s, keep))
+        ours = torch.autograd.grad(fn(*inputs), inputs, dy)
     theirs = torch.autograd.grad(reference(x, gate, w, g, b, s, keep), inputs, dy)
     for a, e in zip(ours, theirs, strict=True):
         assert max_rel_diff(a, e) < 1e-10
@@ -62,8 +69,7 @@ def test_gradcheck_float64(monkeypatch, strategy, with_gate, with_shortcut, drop
 
 @pytest.mark.parametrize("strategy", ["recompute", "gram"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fp32_matches_autograd_and_updates_running_stats(monkeypatch, strategy, channels_last):
-    monkeypatch.setattr(tail_mod, "BACKWARD_STRATEGY", strategy)
+def test_fp32_matches_autograd_and_updates_running_stats(strategy, channels_last):
     x, gate, w, g, b, s = make_inputs(torch.float32, channels_last=channels_last, n=4, c_in=16, c_out=32, hw=6)
     rm, rv = torch.zeros(32), torch.ones(32)
     out = bottleneck_tail(x, gate, w, g, b, s, None, rm, rv, 0.1, 1e-5)
@@ -71,7 +77,9 @@ def test_fp32_matches_autograd_and_updates_running_stats(monkeypatch, strategy, 
     assert max_rel_diff(out, ref) < 1e-5
     dy = torch.randn_like(ref)
     inputs = (x, gate, w, g, b, s)
-    for a, e in zip(torch.autograd.grad(out, inputs, dy), torch.autograd.grad(ref, inputs, dy), strict=True):
+    with backward_strategy(strategy):
+        ours = torch.autograd.grad(out, inputs, dy)
+    for a, e in zip(ours, torch.autograd.grad(ref, inputs, dy), strict=True):
         assert max_rel_diff(a, e) < 1e-4
     bn = torch.nn.BatchNorm2d(32)
     bn(F.conv2d(x * gate, w).detach())
@@ -89,3 +97,33 @@ def test_keeps_neither_the_scaled_input_nor_the_norm_output():
     assert [t.data_ptr() for t in wide] == [out.data_ptr()]  # of the wide tensors, only the output
     narrow = [t for t in kept if t.numel() == x.numel()]
     assert [t.data_ptr() for t in narrow] == [x.data_ptr()]
+
+
+def test_backward_strategy_is_validated_and_restored():
+    assert get_backward_strategy() == "auto"
+    with backward_strategy("gram"):
+        assert get_backward_strategy() == "gram"
+    assert get_backward_strategy() == "auto"
+    with pytest.raises(ConfigError, match="unknown backward strategy 'fast'; choose one of auto, recompute, gram"):
+        set_backward_strategy("fast")
+    assert get_backward_strategy() == "auto"
+
+
+def test_old_strategy_constant_reads_with_a_deprecation_warning():
+    import tresnet.layers.residual_tail as residual_tail
+
+    with pytest.warns(DeprecationWarning, match="set_backward_strategy"):
+        assert residual_tail.BACKWARD_STRATEGY == "auto"
+
+
+def test_lean_tail_applies_only_when_asked_in_training_with_inplace_abn():
+    unit = ConvNormAct(8, 16, 1, 1, "identity", 0.0)
+    assert isinstance(unit.bn, InPlaceABN) and not lean_tail_applies(unit, unit.bn)  # not asked
+    unit.memory_efficient = True
+    assert lean_tail_applies(unit, unit.bn)
+    with torch.no_grad():
+        assert not lean_tail_applies(unit, unit.bn)
+    assert not lean_tail_applies(unit.eval(), unit.bn)
+    plain = ConvNormAct(8, 16, 1, 1, "identity", 0.0, norm="bn")
+    plain.memory_efficient = True
+    assert not lean_tail_applies(plain, plain.bn)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import requires_onnx
 from tresnet.layers import AntiAliasDownsample, FastGlobalAvgPool, SpaceToDepth, SqueezeExcite, space_to_depth
+from tresnet.layers.anti_alias import reflect_pad1_by_slices
 
 
 def test_space_to_depth_uses_the_official_channel_order():
@@ -42,6 +46,27 @@ def test_blur_is_the_binomial_filter_with_reflect_padding():
     expected = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), kernel, stride=2, groups=4)
     assert torch.allclose(y, expected, atol=1e-6)
     assert y.shape == (2, 4, 5, 5)
+
+
+def test_reflect_padding_by_slices_is_reflect_padding():
+    x = torch.randn(2, 3, 5, 6)
+    assert torch.equal(reflect_pad1_by_slices(x), F.pad(x, (1, 1, 1, 1), mode="reflect"))
+    blur, friendly = AntiAliasDownsample(3), AntiAliasDownsample(3, export_friendly=True)
+    assert torch.equal(friendly(x), blur(x)) and "export_friendly=True" in repr(friendly)
+
+
+@requires_onnx
+@pytest.mark.parametrize("export_friendly", [False, True])
+def test_export_friendly_blur_exports_without_a_pad_node(export_friendly, tmp_path):
+    import onnx
+
+    path = tmp_path / "blur.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+        torch.onnx.export(AntiAliasDownsample(3, export_friendly=export_friendly), (torch.randn(1, 3, 8, 8),),
+                          str(path), dynamo=False)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert ("Pad" in ops) is not export_friendly
 
 
 def test_blur_filter_is_not_learned_nor_saved():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -24,9 +25,9 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from tresnet.checkpoint import atomic_write
 from tresnet.deploy.fusion import fuse
-from tresnet.errors import CheckpointError, ConfigError, MissingDependencyError, TResNetError
+from tresnet.errors import ConfigError, FileWriteError, MissingDependencyError, TResNetError
+from tresnet.files import atomic_write
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 17
@@ -208,13 +209,6 @@ def _write_onnx(prepared: nn.Module, example: torch.Tensor, path: str, *, opset:
                               do_constant_folding=True)
 
 
-def _readable_by_all(path: str) -> None:
-    """Give the file the permissions of a normal new file (the temporary one is private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def _run_onnx(path: str, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     onnx, ort = require_onnx()
     onnx.checker.check_model(path)
@@ -238,6 +232,56 @@ def _run_torchscript(path: str, inputs: list[torch.Tensor]) -> list[list[torch.T
     loaded.eval()
     with torch.no_grad():
         return [[o.float() for o in _as_list(loaded(x))] for x in inputs]
+
+
+def _random_images(batch_sizes: tuple[int, ...], channels: int, size: tuple[int, int], seed: int) -> list[torch.Tensor]:
+    """One batch of uniform [0, 1] images per batch size, the same for the same ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.rand(b, channels, *size, generator=gen) for b in batch_sizes]
+
+
+def _write_and_run(prepared: nn.Module, inputs: list[torch.Tensor], tmp: str, *, format: str, opset: int,
+                   dynamic_batch: bool, output_names: list[str], listed: bool,
+                   model_name: str) -> list[list[torch.Tensor]]:
+    """Write ``prepared`` to ``tmp`` as ``format``, load it back and run it on ``inputs``.
+
+    Raises :class:`ExportError` in one line when the exporter or the runtime refuses the model.
+    """
+    try:
+        if format == "onnx":
+            _write_onnx(prepared, inputs[0], tmp, opset=opset, dynamic_batch=dynamic_batch,
+                        output_names=output_names)
+            return _run_onnx(tmp, inputs)
+        _write_torchscript(prepared, inputs[0], tmp, listed=listed)
+        return _run_torchscript(tmp, inputs)
+    except (TResNetError, OSError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the exporter's or runtime's refusal, as one line
+        summary = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ExportError(f"{format} export of {model_name} failed: {summary}") from e
+
+
+def _check_match(got: list[list[torch.Tensor]], reference: list[list[torch.Tensor]], tolerance: float,
+                 format: str, path: Path) -> tuple[float, float]:
+    """``(max_abs, max_rel)`` of the exported outputs against PyTorch's; :class:`ExportMismatchError` beyond ``tolerance``."""
+    max_abs, max_rel = _compare(got, reference)
+    if not max_rel <= tolerance:
+        raise ExportMismatchError(
+            f"the exported {format} model differs from PyTorch by {max_abs:.3g} ({max_rel:.3g} of the "
+            f"largest output, tolerance {tolerance:g}); nothing was written to {path}"
+        )
+    return max_abs, max_rel
+
+
+def _write_atomically(path: Path, write_and_check: Callable[[str], None]) -> None:
+    """:func:`tresnet.files.atomic_write`, with a failure to write as one :class:`ExportError` that says what to do."""
+    try:
+        atomic_write(path, write_and_check)
+    except FileWriteError as e:  # the folder cannot be created or written to
+        raise ExportError(str(e)) from e
+    except OSError as e:
+        raise ExportError(f"cannot write {path}: {e.strerror or e}; choose an output path in a writable "
+                          f"folder with free space") from e
 
 
 def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
@@ -264,50 +308,24 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
     if tolerance is None:
         tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
     prepared = prepare_for_export(model, fused=fused, fp16=fp16)
-    dtype = torch.float16 if fp16 else torch.float32
-    in_chans = getattr(model, "in_chans", 3)
-    gen = torch.Generator().manual_seed(seed)
     batch_sizes = (TRACE_BATCH, DYNAMIC_CHECK_BATCH) if dynamic_batch else (TRACE_BATCH,)
-    images = [torch.rand(b, in_chans, *size, generator=gen) for b in batch_sizes]
+    images = _random_images(batch_sizes, getattr(model, "in_chans", 3), size, seed)
     reference, listed = _reference_outputs(model, images)
-    inputs = [x.to(dtype) for x in images]
+    inputs = [x.to(torch.float16 if fp16 else torch.float32) for x in images]
     output_names = _output_names(len(reference[0]), listed)
-    result: dict[str, float] = {}
+    diffs: list[tuple[float, float]] = []
 
     def write_and_check(tmp: str) -> None:
-        try:
-            if format == "onnx":
-                _write_onnx(prepared, inputs[0], tmp, opset=opset, dynamic_batch=dynamic_batch,
-                            output_names=output_names)
-                got = _run_onnx(tmp, inputs)
-            else:
-                _write_torchscript(prepared, inputs[0], tmp, listed=listed)
-                got = _run_torchscript(tmp, inputs)
-        except (TResNetError, OSError):
-            raise
-        except Exception as e:  # noqa: BLE001 - the exporter's or runtime's refusal, as one line
-            summary = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            raise ExportError(f"{format} export of {type(model).__name__} failed: {summary}") from e
-        _readable_by_all(tmp)
-        max_abs, max_rel = _compare(got, reference)
-        result.update(max_abs=max_abs, max_rel=max_rel)
-        if not max_rel <= tolerance:
-            raise ExportMismatchError(
-                f"the exported {format} model differs from PyTorch by {max_abs:.3g} ({max_rel:.3g} of the "
-                f"largest output, tolerance {tolerance:g}); nothing was written to {path}"
-            )
+        got = _write_and_run(prepared, inputs, tmp, format=format, opset=opset, dynamic_batch=dynamic_batch,
+                             output_names=output_names, listed=listed, model_name=type(model).__name__)
+        diffs.append(_check_match(got, reference, tolerance, format, path))
 
-    try:
-        atomic_write(path, write_and_check)
-    except CheckpointError as e:  # atomic_write could not create the file
-        raise ExportError(f"{e}; choose an output path in a writable folder") from e
-    except OSError as e:
-        raise ExportError(f"cannot write {path}: {e.strerror or e}; choose an output path in a writable "
-                          f"folder with free space") from e
+    _write_atomically(path, write_and_check)
+    max_abs, max_rel = diffs[0]
     return ExportReport(path=path, format=format, img_size=size, fused=fused, fp16=fp16,
                         dynamic_batch=dynamic_batch, opset=opset if format == "onnx" else None,
-                        batch_sizes=batch_sizes, max_abs_diff=result["max_abs"],
-                        max_rel_diff=result["max_rel"], tolerance=tolerance)
+                        batch_sizes=batch_sizes, max_abs_diff=max_abs, max_rel_diff=max_rel,
+                        tolerance=tolerance)
 
 
 def onnx_session(path: str | os.PathLike, *, threads: int | None = None):

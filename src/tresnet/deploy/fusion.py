@@ -3,7 +3,9 @@
 :func:`fuse` returns a deep copy in which
 
 - every ``ConvNormAct`` (conv -> BN + activation -> blur) is a :class:`FusedConvAct`: one conv with
-  bias (the BN folded in) -> the same activation -> the same blur, when there is one;
+  bias (the BN folded in) -> the same activation -> the same blur, when there is one (a copy of the
+  :class:`~tresnet.layers.AntiAliasDownsample` with ``export_friendly`` on, so that an ONNX export
+  has no ``Pad`` node);
 - the SpaceToDepth stem and ``conv1`` are one :class:`FusedStem`: a 12x12 conv with stride 4 on the
   image, which sums exactly the products that ``conv1`` (3x3 on the 4x4-folded image) sums;
 - squeeze-and-excitation is a :class:`FusedSqueezeExcite` (``linear`` on the pooled vector instead of
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tresnet.errors import ConfigError
-from tresnet.layers import AntiAliasDownsample, ConvNormAct, SpaceToDepth, SqueezeExcite
+from tresnet.layers import ConvNormAct, SpaceToDepth, SqueezeExcite
 from tresnet.layers.inplace_abn import InPlaceABN, activate_, invertible_scale
 from tresnet.models.tresnet import BasicBlock, Bottleneck
 
@@ -95,31 +97,6 @@ def _conv_add_relu(x: torch.Tensor, conv: nn.Conv2d, shortcut: torch.Tensor) -> 
     return F.relu_(conv(x).add_(shortcut))
 
 
-class BlurDownsample(nn.Module):
-    """TResNet's anti-alias blur (reflect pad 1, fixed 3x3 binomial, stride 2), export-friendly.
-
-    Same arithmetic as :class:`tresnet.layers.AntiAliasDownsample`. While exporting to ONNX the
-    reflect padding is written as slices and concatenations, which every runtime supports.
-    """
-
-    def __init__(self, aa: AntiAliasDownsample) -> None:
-        super().__init__()
-        self.channels = aa.channels
-        self.stride = aa.stride
-        self.register_buffer("filt", aa.filt.detach().clone(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.onnx.is_in_onnx_export():
-            x = torch.cat([x[:, :, 1:2], x, x[:, :, -2:-1]], dim=2)
-            x = torch.cat([x[:, :, :, 1:2], x, x[:, :, :, -2:-1]], dim=3)
-        else:
-            x = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        return F.conv2d(x, self.filt.to(dtype=x.dtype), stride=self.stride, groups=self.channels)
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, stride={self.stride}"
-
-
 class FusedConvAct(nn.Module):
     """``conv`` (BatchNorm folded in) -> activation -> optional blur: a folded ``ConvNormAct``."""
 
@@ -128,7 +105,9 @@ class FusedConvAct(nn.Module):
         self.conv = fold_batchnorm(unit.conv, unit.bn)
         self.activation: str = unit.bn.activation
         self.activation_param: float = float(unit.bn.activation_param)
-        self.aa = BlurDownsample(unit.aa) if unit.aa is not None else None
+        self.aa = copy.deepcopy(unit.aa)
+        if self.aa is not None:
+            self.aa.export_friendly = True  # no Pad node in an ONNX export
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _conv_act(x, self.conv, self.activation, self.activation_param)
@@ -286,5 +265,4 @@ def fuse(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
     return fused
 
 
-__all__ = ["BlurDownsample", "FusedBlock", "FusedConvAct", "FusedSqueezeExcite", "FusedStem", "fold_batchnorm",
-           "fuse"]
+__all__ = ["FusedBlock", "FusedConvAct", "FusedSqueezeExcite", "FusedStem", "fold_batchnorm", "fuse"]

@@ -20,17 +20,31 @@ class AntiAliasDownsample(nn.Module):
 
     The filter is a non-persistent buffer (not learned, not in checkpoints); it follows the
     module's device and dtype, and is cast to the input's dtype so that fp16/bf16 and autocast work.
+    With ``export_friendly`` (an attribute that may also be set on a built module), an ONNX export
+    writes the reflect padding as slices and concatenations, which every runtime supports, instead
+    of a ``Pad`` node; the values are the same.
     """
 
-    def __init__(self, channels: int, stride: int = 2) -> None:
+    def __init__(self, channels: int, stride: int = 2, *, export_friendly: bool = False) -> None:
         super().__init__()
         self.channels = channels
         self.stride = stride
+        self.export_friendly = export_friendly
         self.register_buffer("filt", blur_filter(channels), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        if self.export_friendly and torch.onnx.is_in_onnx_export():
+            x = reflect_pad1_by_slices(x)
+        else:
+            x = F.pad(x, (1, 1, 1, 1), mode="reflect")
         return F.conv2d(x, self.filt.to(dtype=x.dtype), stride=self.stride, groups=self.channels)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, stride={self.stride}"
+        flag = ", export_friendly=True" if self.export_friendly else ""
+        return f"channels={self.channels}, stride={self.stride}{flag}"
+
+
+def reflect_pad1_by_slices(x: torch.Tensor) -> torch.Tensor:
+    """``F.pad(x, (1, 1, 1, 1), mode="reflect")`` of an ``(N, C, H, W)`` tensor, written with slices and ``cat``."""
+    x = torch.cat([x[:, :, 1:2], x, x[:, :, -2:-1]], dim=2)
+    return torch.cat([x[:, :, :, 1:2], x, x[:, :, :, -2:-1]], dim=3)

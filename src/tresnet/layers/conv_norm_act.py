@@ -6,9 +6,8 @@ import torch
 from torch import nn
 
 from tresnet.layers.anti_alias import AntiAliasDownsample
-from tresnet.layers.inplace_abn import InPlaceABN
 from tresnet.layers.norm_act import create_norm_act
-from tresnet.layers.residual_tail import bottleneck_tail
+from tresnet.layers.residual_tail import lean_tail, lean_tail_applies
 
 
 class ConvNormAct(nn.Module):
@@ -30,17 +29,10 @@ class ConvNormAct(nn.Module):
         self._pointwise = kernel_size == 1 and stride == 1 and not use_aa and activation == "identity"
         self.memory_efficient = False  # a 1x1 conv + identity norm then keeps only its input for backward
 
-    def _pointwise_fusion_applies(self) -> bool:
-        bn = self.bn
-        return (self.memory_efficient and self._pointwise and self.training and isinstance(bn, InPlaceABN) and bn.track_running_stats
-                and torch.is_grad_enabled() and not torch.jit.is_scripting() and not torch.jit.is_tracing())
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._pointwise_fusion_applies():
+        if self._pointwise and lean_tail_applies(self, self.bn):
             # A 1x1 conv + BN with no activation: one op that keeps only the conv input for backward.
-            bn = self.bn
-            return bottleneck_tail(x, None, self.conv.weight, bn.weight, bn.bias, None, None, bn.running_mean,
-                                   bn.running_var, bn._momentum(), bn.eps, bn._group())
+            return lean_tail(x, self.conv.weight, self.bn)
         x = self.bn(self.conv(x))
         if self.aa is not None:
             x = self.aa(x)

@@ -239,14 +239,21 @@ class InPlaceABN(nn.BatchNorm2d):
         self.activation = activation
         self.activation_param = activation_param
 
-    def _momentum(self) -> float:
+    def count_batch(self) -> float:
+        """Record one training batch (``num_batches_tracked += 1``, as ``nn.BatchNorm2d`` does); return the momentum.
+
+        The momentum is that of this batch's running-statistics update: ``momentum``, or with
+        ``momentum=None`` the cumulative average's ``1 / num_batches_tracked``. Nothing is recorded
+        in eval mode or without running statistics.
+        """
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:
                 return 1.0 / float(self.num_batches_tracked)
         return 0.0 if self.momentum is None else self.momentum
 
-    def _group(self):
+    def stats_group(self) -> dist.ProcessGroup | None:
+        """The process group that batch statistics span, or None for this process's batch alone."""
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -258,37 +265,34 @@ class InPlaceABN(nn.BatchNorm2d):
             scale = invertible_scale(self.weight, self.eps, self.weight.dtype)
             out = F.batch_norm(x, self.running_mean, self.running_var, scale, self.bias, False, 0.0, self.eps)
             return activate_(out, self.activation, self.activation_param)
-        momentum = self._momentum() if use_batch_stats else 0.0
+        momentum = self.count_batch() if use_batch_stats else 0.0
         running_mean = self.running_mean if self.track_running_stats else None
         running_var = self.running_var if self.track_running_stats else None
         return inplace_abn(x, self.weight, self.bias, running_mean, running_var, use_batch_stats, momentum,
-                           self.eps, self.activation, self.activation_param, self._group() if use_batch_stats
+                           self.eps, self.activation, self.activation_param, self.stats_group() if use_batch_stats
                            else None)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation}, activation_param={self.activation_param}"
 
 
-_warned_no_group = False
-
-
 class InPlaceABNSync(InPlaceABN):
     """In-Place ABN whose batch statistics and backward reductions span the process group.
 
-    Without an initialised ``torch.distributed`` process group it warns once and works locally.
+    Without an initialised ``torch.distributed`` process group it works locally and warns (a
+    ``UserWarning``, shown once under Python's default warning filter).
     """
 
     def __init__(self, *args, process_group=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.process_group = process_group
 
-    def _group(self):
-        global _warned_no_group
+    def stats_group(self) -> dist.ProcessGroup | None:
+        """``process_group`` (default: the whole world), or None when there is one process or none is initialised."""
         if dist.is_available() and dist.is_initialized():
             group = self.process_group or dist.group.WORLD
             return group if dist.get_world_size(group) > 1 else None
-        if not _warned_no_group:
-            warnings.warn("InPlaceABNSync: no torch.distributed process group is initialised; "
-                          "batch statistics are computed locally", stacklevel=3)
-            _warned_no_group = True
+        # One place in the code: the default filter shows it once per process, not once per layer and step.
+        warnings.warn("InPlaceABNSync: no torch.distributed process group is initialised; "
+                      "batch statistics are computed locally", stacklevel=1)
         return None

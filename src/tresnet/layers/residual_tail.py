@@ -18,10 +18,17 @@ No activation is inverted; the BN scale follows In-Place ABN's convention (``|sc
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from tresnet.errors import ConfigError
 from tresnet.layers.inplace_abn import (
+    InPlaceABN,
     all_reduce_sums,
     channel_view,
     invertible_scale,
@@ -29,8 +36,45 @@ from tresnet.layers.inplace_abn import (
     stat_dtype,
 )
 
-# "auto" picks the cheaper backward route per call; tests pin "recompute" or "gram".
-BACKWARD_STRATEGY = "auto"
+# How backward gets the BatchNorm's input terms: "recompute" the conv output, or through the "gram"
+# matrices; "auto" picks the cheaper per call. Both give the same gradients to rounding.
+BACKWARD_STRATEGIES = ("auto", "recompute", "gram")
+_backward_strategy = "auto"
+
+
+def set_backward_strategy(name: str) -> str:
+    """Make every later backward of :func:`bottleneck_tail` take route ``name``; return the previous one.
+
+    Raises :class:`~tresnet.errors.ConfigError` for a name not in :data:`BACKWARD_STRATEGIES`.
+    """
+    global _backward_strategy
+    if name not in BACKWARD_STRATEGIES:
+        raise ConfigError(f"unknown backward strategy {name!r}; choose one of {', '.join(BACKWARD_STRATEGIES)}")
+    previous, _backward_strategy = _backward_strategy, name
+    return previous
+
+
+def get_backward_strategy() -> str:
+    """The backward route now in use (one of :data:`BACKWARD_STRATEGIES`)."""
+    return _backward_strategy
+
+
+@contextmanager
+def backward_strategy(name: str) -> Iterator[None]:
+    """Take backward route ``name`` inside the ``with`` block (the route is read when backward runs)."""
+    previous = set_backward_strategy(name)
+    try:
+        yield
+    finally:
+        set_backward_strategy(previous)
+
+
+def __getattr__(name: str) -> str:
+    if name == "BACKWARD_STRATEGY":  # the old module constant, read-only now
+        warnings.warn("tresnet.layers.residual_tail.BACKWARD_STRATEGY is deprecated: use get_backward_strategy() "
+                      "and set_backward_strategy(name)", DeprecationWarning, stacklevel=2)
+        return _backward_strategy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _weight_grad(grad: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, need_input: bool):
@@ -81,7 +125,7 @@ class _BottleneckTailFunction(torch.autograd.Function):
             positions = e.numel() // c_in
             # Recomputing Z costs C_out*C_in per position; the Gram route 2*C_in^2 per position plus
             # 2*C_out*C_in^2 once. Take the cheaper one (the Gram route wins at large batches).
-            strategy = BACKWARD_STRATEGY
+            strategy = _backward_strategy
             if strategy == "auto":
                 cheaper = c_out * c_in * positions <= 2 * c_in * c_in * (positions + c_out)
                 strategy = "recompute" if cheaper else "gram"
@@ -171,3 +215,21 @@ def bottleneck_tail(x: torch.Tensor, gate: torch.Tensor | None, weight: torch.Te
     """
     return _BottleneckTailFunction.apply(x, gate, weight, bn_weight, bn_bias, shortcut, keep, running_mean,
                                          running_var, momentum, eps, group)
+
+
+def lean_tail_applies(module: nn.Module, norm: nn.Module) -> bool:
+    """Whether ``module`` runs its 1x1 conv and ``norm`` as one :func:`lean_tail` op in this forward.
+
+    True when ``module.memory_efficient`` is set, it is training with gradients, ``norm`` is an
+    :class:`~tresnet.layers.InPlaceABN` with running statistics, and nothing traces or scripts it.
+    """
+    return (getattr(module, "memory_efficient", False) and module.training and isinstance(norm, InPlaceABN)
+            and norm.track_running_stats and torch.is_grad_enabled()
+            and not torch.jit.is_scripting() and not torch.jit.is_tracing())
+
+
+def lean_tail(x: torch.Tensor, conv_weight: torch.Tensor, norm: InPlaceABN, *, gate: torch.Tensor | None = None,
+              shortcut: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`bottleneck_tail` with ``norm``'s parameters and statistics; records the batch in ``norm``."""
+    return bottleneck_tail(x, gate, conv_weight, norm.weight, norm.bias, shortcut, keep, norm.running_mean,
+                           norm.running_var, norm.count_batch(), norm.eps, norm.stats_group())

@@ -16,8 +16,8 @@ from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from tresnet.errors import InputSizeError
-from tresnet.layers import ConvNormAct, FastGlobalAvgPool, InPlaceABN, SpaceToDepth, SqueezeExcite
-from tresnet.layers.residual_tail import bottleneck_tail
+from tresnet.layers import ConvNormAct, FastGlobalAvgPool, SpaceToDepth, SqueezeExcite
+from tresnet.layers.residual_tail import lean_tail, lean_tail_applies
 
 # Smallest input side: after SpaceToDepth (/4) three blurred stride-2 stages need a side of at
 # least 2 for their reflect padding, which gives 20 pixels.
@@ -46,8 +46,11 @@ VARIANTS: dict[str, TResNetArch] = {
 }
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs (the first anti-aliased when striding), SE, residual add, ReLU."""
+class _ResidualBlock(nn.Module):
+    """What both blocks share: the shortcut's optional downsample, the branch, drop path, the ReLU after the add.
+
+    Subclasses build their branch (``conv1``, ``conv2``, ``se``, ...) in :meth:`_build_branch`.
+    """
 
     expansion = 1
 
@@ -56,14 +59,35 @@ class BasicBlock(nn.Module):
                  drop_path_rate: float = 0.0) -> None:
         super().__init__()
         self.downsample = downsample
+        self._build_branch(inplanes, planes, stride, use_se, slope, norm)
+        self.drop_path = StochasticDepth(drop_path_rate, "row") if drop_path_rate > 0 else nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+        self.memory_efficient = False  # set by TResNet.set_memory_efficient (used where a lean tail exists)
+
+    def _build_branch(self, inplanes: int, planes: int, stride: int, use_se: bool, slope: float, norm: str) -> None:
+        raise NotImplementedError
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual path: ``x``, or ``downsample(x)`` where the block changes width or stride."""
+        return x if self.downsample is None else self.downsample(x)
+
+    def last_norm(self) -> nn.Module:
+        """The norm that ends the residual branch (zero-initialised, as in the paper)."""
+        raise NotImplementedError
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convs (the first anti-aliased when striding), SE, residual add, ReLU."""
+
+    expansion = 1
+
+    def _build_branch(self, inplanes: int, planes: int, stride: int, use_se: bool, slope: float, norm: str) -> None:
         self.conv1 = ConvNormAct(inplanes, planes, 3, stride, "leaky_relu", slope, norm, anti_alias=True)
         self.conv2 = ConvNormAct(planes, planes, 3, 1, "identity", 0.0, norm)
         self.se = SqueezeExcite(planes, max(planes // 4, 64)) if use_se else None
-        self.drop_path = StochasticDepth(drop_path_rate, "row") if drop_path_rate > 0 else nn.Identity()
-        self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+        shortcut = self.shortcut(x)
         out = self.conv2(self.conv1(x))
         if self.se is None:
             return self.act(self.drop_path(out) + shortcut)
@@ -75,43 +99,30 @@ class BasicBlock(nn.Module):
         return self.conv2.bn
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """1x1 reduce, 3x3 (anti-aliased when striding), SE on the narrow width, 1x1 expand, add, ReLU."""
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 use_se: bool = True, slope: float = 1e-3, norm: str = "inplace_abn",
-                 drop_path_rate: float = 0.0) -> None:
-        super().__init__()
-        self.downsample = downsample
+    def _build_branch(self, inplanes: int, planes: int, stride: int, use_se: bool, slope: float, norm: str) -> None:
         self.conv1 = ConvNormAct(inplanes, planes, 1, 1, "leaky_relu", slope, norm)
         self.conv2 = ConvNormAct(planes, planes, 3, stride, "leaky_relu", slope, norm, anti_alias=True)
         self.se = SqueezeExcite(planes, max(planes * self.expansion // 8, 64)) if use_se else None
         self.conv3 = ConvNormAct(planes, planes * self.expansion, 1, 1, "identity", 0.0, norm)
-        self.drop_path = StochasticDepth(drop_path_rate, "row") if drop_path_rate > 0 else nn.Identity()
-        self.act = nn.ReLU(inplace=True)
-        self.memory_efficient = False  # set by TResNet.set_memory_efficient
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+        shortcut = self.shortcut(x)
         out = self.conv2(self.conv1(x))
-        if self._fused_tail_applies(out):
-            return self._fused_tail(out, shortcut)
+        if lean_tail_applies(self, self.conv3.bn):
+            return self._lean_tail(out, shortcut)
         if self.se is not None:
             out = self.se(out)
         out = self.conv3(out)
         return self.act(self.drop_path(out) + shortcut)
 
-    def _fused_tail_applies(self, out: torch.Tensor) -> bool:
-        bn = self.conv3.bn
-        return (self.memory_efficient and self.training and isinstance(bn, InPlaceABN) and bn.track_running_stats
-                and torch.is_grad_enabled() and not torch.jit.is_scripting() and not torch.jit.is_tracing())
-
-    def _fused_tail(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    def _lean_tail(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         # SE, conv3, its norm, drop path, the residual add and the ReLU as one op that keeps only the
         # SE input and the block output for backward (see tresnet.layers.residual_tail).
-        bn = self.conv3.bn
         gate = self.se.gate(out) if self.se is not None else None
         keep = None
         if isinstance(self.drop_path, StochasticDepth) and self.drop_path.p > 0:
@@ -119,8 +130,7 @@ class Bottleneck(nn.Module):
             keep = torch.empty(out.shape[0], device=out.device).bernoulli_(survival)
             if survival > 0:
                 keep.div_(survival)
-        return bottleneck_tail(out, gate, self.conv3.conv.weight, bn.weight, bn.bias, shortcut, keep,
-                               bn.running_mean, bn.running_var, bn._momentum(), bn.eps, bn._group())
+        return lean_tail(out, self.conv3.conv.weight, self.conv3.bn, gate=gate, shortcut=shortcut, keep=keep)
 
     def last_norm(self) -> nn.Module:
         return self.conv3.bn
@@ -166,6 +176,34 @@ class ClassifierHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
+def _stem_width(arch: TResNetArch) -> int:
+    """Channels after ``conv1``: ``64 * width_factor``, rounded down to a multiple of 8 for v2."""
+    planes = int(64 * arch.width_factor)
+    return planes // 8 * 8 if arch.v2 else planes
+
+
+def _stage_drop_path_rates(layers: tuple[int, ...], drop_path_rate: float) -> list[list[float]]:
+    """Each block's drop-path rate, rising linearly from 0 to ``drop_path_rate`` over the network, per stage."""
+    total_blocks = sum(layers)
+    rates = torch.linspace(0, drop_path_rate, total_blocks).tolist() if total_blocks else []
+    stage_rates, start = [], 0
+    for n in layers:
+        stage_rates.append(rates[start:start + n])
+        start += n
+    return stage_rates
+
+
+def _feature_table(planes: int, early_expansion: int) -> list[dict]:
+    """Channels, reduction and module of the five feature maps (``conv1``, ``layer1`` .. ``layer4``)."""
+    return [
+        dict(num_chs=planes, reduction=4, module="body.conv1"),
+        dict(num_chs=planes * early_expansion, reduction=4, module="body.layer1"),
+        dict(num_chs=planes * 2 * early_expansion, reduction=8, module="body.layer2"),
+        dict(num_chs=planes * 4 * Bottleneck.expansion, reduction=16, module="body.layer3"),
+        dict(num_chs=planes * 8 * Bottleneck.expansion, reduction=32, module="body.layer4"),
+    ]
+
+
 class TResNet(nn.Module):
     """TResNet: SpaceToDepth stem, ``conv1``, four stages, fast global pooling and ``head.fc``.
 
@@ -184,42 +222,10 @@ class TResNet(nn.Module):
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
-        planes = int(64 * arch.width_factor)
-        if arch.v2:
-            planes = planes // 8 * 8
-        self.planes = planes
-        self._inplanes = planes
-        total_blocks = sum(arch.layers)
-        rates = torch.linspace(0, drop_path_rate, total_blocks).tolist() if total_blocks else []
-        stage_rates, start = [], 0
-        for n in arch.layers:
-            stage_rates.append(rates[start:start + n])
-            start += n
-
+        self.planes = self._inplanes = planes = _stem_width(arch)
         early_block = Bottleneck if arch.v2 else BasicBlock
-        conv1 = ConvNormAct(in_chans * 16, planes, 3, 1, "leaky_relu", arch.stem_slope, norm)
-        stages = [
-            self._make_stage(early_block, planes, arch.layers[0], 1, True, stage_rates[0]),
-            self._make_stage(early_block, planes * 2, arch.layers[1], 2, True, stage_rates[1]),
-            self._make_stage(Bottleneck, planes * 4, arch.layers[2], 2, True, stage_rates[2]),
-            self._make_stage(Bottleneck, planes * 8, arch.layers[3], 2, False, stage_rates[3]),
-        ]
-        self.body = nn.Sequential(OrderedDict([
-            ("s2d", SpaceToDepth()),
-            ("conv1", conv1),
-            ("layer1", stages[0]),
-            ("layer2", stages[1]),
-            ("layer3", stages[2]),
-            ("layer4", stages[3]),
-        ]))
-        early_expansion = early_block.expansion
-        all_features = [
-            dict(num_chs=planes, reduction=4, module="body.conv1"),
-            dict(num_chs=planes * early_expansion, reduction=4, module="body.layer1"),
-            dict(num_chs=planes * 2 * early_expansion, reduction=8, module="body.layer2"),
-            dict(num_chs=planes * 4 * Bottleneck.expansion, reduction=16, module="body.layer3"),
-            dict(num_chs=planes * 8 * Bottleneck.expansion, reduction=32, module="body.layer4"),
-        ]
+        self.body = self._make_body(early_block, _stage_drop_path_rates(arch.layers, drop_path_rate))
+        all_features = _feature_table(planes, early_block.expansion)
         self.num_features = self.head_hidden_size = all_features[-1]["num_chs"]
         self.features_only = features_only
         if features_only:
@@ -236,6 +242,19 @@ class TResNet(nn.Module):
         self.pretrained_cfg: dict = {}
         self.reset_parameters()
         self.set_memory_efficient(memory_efficient)
+
+    def _make_body(self, early_block: type[_ResidualBlock], stage_rates: list[list[float]]) -> nn.Sequential:
+        """The SpaceToDepth stem, ``conv1`` and the four stages, named as in timm."""
+        arch, planes = self.arch, self.planes
+        conv1 = ConvNormAct(self.in_chans * 16, planes, 3, 1, "leaky_relu", arch.stem_slope, self.norm)
+        stages = [
+            self._make_stage(early_block, planes, arch.layers[0], 1, True, stage_rates[0]),
+            self._make_stage(early_block, planes * 2, arch.layers[1], 2, True, stage_rates[1]),
+            self._make_stage(Bottleneck, planes * 4, arch.layers[2], 2, True, stage_rates[2]),
+            self._make_stage(Bottleneck, planes * 8, arch.layers[3], 2, False, stage_rates[3]),
+        ]
+        return nn.Sequential(OrderedDict([("s2d", SpaceToDepth()), ("conv1", conv1), ("layer1", stages[0]),
+                                          ("layer2", stages[1]), ("layer3", stages[2]), ("layer4", stages[3])]))
 
     def _make_stage(self, block, planes: int, blocks: int, stride: int, use_se: bool,
                     drop_path_rates: list[float]) -> nn.Sequential:
@@ -283,7 +302,7 @@ class TResNet(nn.Module):
         """
         self.memory_efficient = enable
         for m in self.modules():
-            if isinstance(m, (Bottleneck, ConvNormAct)):
+            if isinstance(m, (_ResidualBlock, ConvNormAct)):
                 m.memory_efficient = enable
 
     @torch.jit.ignore
