@@ -181,7 +181,7 @@ def test_predict_from_python_gives_the_same_answers_as_the_command(folder, check
     from tresnet.engine.predict import predict
 
     out = tmp_path / "cli.json"
-    main(["predict", "--checkpoint", str(checkpoint), "--json", str(out), str(folder), *SMALL])
+    main(["predict", "--checkpoint", str(checkpoint), "--batch-size", "3", "--json", str(out), str(folder), *SMALL])
     model = tresnet.create_model(checkpoint_path=checkpoint)
     answers = [a.to_dict() for a in predict(model, [folder], img_size=64, batch_size=3)]
     assert answers == json.loads(out.read_text())
