@@ -190,10 +190,12 @@ def test_predict_from_python_gives_the_same_answers_as_the_command(folder, check
 
 
 def test_validate_from_python_reports_what_the_json_holds(folder, checkpoint):
+    from tresnet.data import UnreadableImageWarning
     from tresnet.engine.validate import validate
 
     model = tresnet.create_model(checkpoint_path=checkpoint)
-    report = validate(model, folder, img_size=64, batch_size=4, device="cpu", progress=False)
+    with pytest.warns(UnreadableImageWarning, match="c.jpg"):
+        report = validate(model, folder, img_size=64, batch_size=4, device="cpu", progress=False)
     assert report["images"] == 6 and report["skipped"] == 1 and report["precision"] == "fp32"
     assert report["checkpoint"] == str(checkpoint) and report["checkpoint_format"] == "tresnet"
 
