@@ -18,9 +18,24 @@ def test_help_lists_the_options(capsys):
         main(["train", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--config", "--batch-size", "--init-checkpoint", "--resume", "--amp", "--channels-last",
-                 "--ema-decay", "--mixup", "--auto-augment", "digits-demo", "imagenet-paper"):
+    for flag in ("--config", "--batch-size", "--init-checkpoint", "--resume", "--precision", "--channels-last",
+                 "--ema-decay", "--mixup", "--auto-augment", "digits-demo", "imagenet-paper", "fp32, amp, bf16, fp16"):
         assert flag in out, flag
+    assert "--amp" not in out  # deprecated: still accepted, no longer shown
+
+
+def test_deprecated_amp_flags_still_parse_with_a_warning(tmp_path, capsys):
+    code = main(["train", "--data", "digits", "--output", str(tmp_path / "o"), "--amp", "--amp-dtype", "bfloat16",
+                 "--precision", "fp16"])
+    err = capsys.readouterr().err
+    assert "tresnet train: warning: --amp --amp-dtype bfloat16 is deprecated: use --precision bf16" in err
+    assert code == 1 and "precision is 'fp16'" in err  # they mean bf16: a contradiction is refused
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("amp: true\nprecision: bf16\n")
+    assert main(["train", "--data", "digits", "--output", str(tmp_path / "o"), "--config", str(recipe)]) == 1
+    err = capsys.readouterr().err
+    assert "tresnet train: warning: amp / amp_dtype are deprecated: use precision='amp'" in err
+    assert "tresnet train: error: amp / amp_dtype in recipe" in err
 
 
 def test_unknown_option_is_refused(capsys):
@@ -44,6 +59,10 @@ def test_digits_trains_end_to_end_with_the_demo_recipe(tmp_path, capsys):
     # --resume with a setting that contradicts the saved run
     assert main(["train", "--output", str(out), "--resume", "--lr", "0.5"]) == 1
     assert "lr (saved" in capsys.readouterr().err
+    assert saved["precision"] == "fp32" and "amp" not in saved
+    assert main(["train", "--output", str(out), "--resume", "--amp"]) == 1  # the old flag means precision amp
+    err = capsys.readouterr().err
+    assert "warning: --amp is deprecated: use --precision amp" in err and "precision (saved 'fp32', given 'amp')" in err
 
 
 def test_bad_recipe_key_is_one_line(tmp_path, capsys):

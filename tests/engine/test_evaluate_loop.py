@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tresnet import get_pretrained_cfg
 from tresnet.data import ImageFolderDataset, UnreadableImageWarning, create_eval_transform, create_loader
 from tresnet.engine.evaluate import evaluate
-from tresnet.errors import DataError
+from tresnet.errors import ConfigError, DataError
 
 
 def _logits_ranking(target: int, rank: int, num_classes: int) -> torch.Tensor:
@@ -87,11 +87,27 @@ def test_fewer_than_five_classes_and_cross_entropy():
 def test_mode_restored_and_amp_channels_last_run():
     model, loader = _tensor_loader(CASES, 6)
     model.train()
-    result = evaluate(model, loader, "cpu", amp=True, channels_last=True, progress=False)
+    result = evaluate(model, loader, "cpu", precision="amp", channels_last=True, progress=False)
     assert model.training and result["top1"] == TOP1
     model.eval()
     evaluate(model, loader, "cpu", progress=False)
     assert not model.training
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_every_precision_runs(precision):
+    model, loader = _tensor_loader(CASES, 6)
+    assert evaluate(model, loader, "cpu", precision=precision, progress=False)["top1"] == TOP1
+
+
+def test_deprecated_amp_flag_still_works():
+    model, loader = _tensor_loader(CASES, 6)
+    with pytest.warns(DeprecationWarning, match="precision='amp'"):
+        assert evaluate(model, loader, "cpu", amp=True, progress=False)["top1"] == TOP1
+    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="disagree"):
+        evaluate(model, loader, "cpu", amp=True, precision="bf16", progress=False)
+    with pytest.raises(ConfigError, match="precision 'half'"):
+        evaluate(model, loader, "cpu", precision="half", progress=False)
 
 
 def test_nothing_to_evaluate_is_a_data_error():

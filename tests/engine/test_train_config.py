@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
+from tresnet.data.transforms import CROP_MODES
 from tresnet.engine.config import (
+    FIELDS,
+    NORMS,
     TrainConfig,
     build_config,
     list_recipes,
@@ -13,6 +18,8 @@ from tresnet.engine.config import (
     save_config,
 )
 from tresnet.errors import ConfigError
+from tresnet.layers import NORMS as LAYER_NORMS
+from tresnet.runtime import PRECISIONS
 
 BASE = {"data": "digits", "output": "out"}
 
@@ -30,6 +37,7 @@ def test_shipped_recipes_load_and_validate():
     assert (finetune["optimizer"], finetune["lr"], finetune["warmup_epochs"], finetune["ema_decay"]) == \
         ("adamw", 2e-4, 3, 0.995)
     assert load_recipe("highres-448")["img_size"] == 448
+    assert {load_recipe(name).get("precision", "fp32") for name in names} <= set(PRECISIONS)
 
 
 def test_precedence_defaults_recipe_options(tmp_path):
@@ -70,8 +78,51 @@ def test_bad_values_and_missing_things(tmp_path):
 
 
 def test_values_are_coerced_from_strings_and_dashes():
-    cfg = build_config(None, {**BASE, "lr": "0.01", "amp": "true", "scale": ["0.5", "1"], "clip_grad": "none"})
-    assert cfg.lr == 0.01 and cfg.amp is True and cfg.scale == (0.5, 1.0) and cfg.clip_grad is None
+    cfg = build_config(None, {**BASE, "lr": "0.01", "channels-last": "true", "scale": ["0.5", "1"],
+                              "clip_grad": "none", "precision": "bf16", "crop_mode": "none"})
+    assert cfg.lr == 0.01 and cfg.channels_last is True and cfg.scale == (0.5, 1.0) and cfg.clip_grad is None
+    assert cfg.precision == "bf16" and cfg.crop_mode is None
+    with pytest.raises(ConfigError, match="precision .* one of fp32, amp, bf16, fp16"):
+        build_config(None, {**BASE, "precision": "fp8"})
+    with pytest.raises(ConfigError, match="epochs .* integer, got 2.5"):
+        build_config(None, {**BASE, "epochs": 2.5})
+    with pytest.raises(ConfigError, match="channels_last .* true or false"):
+        build_config(None, {**BASE, "channels_last": 1})
+
+
+def test_choices_are_checked_when_the_config_is_built_directly():
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        TrainConfig(**BASE, precision="half").validate()
+    with pytest.raises(ConfigError, match="norm must be one of inplace_abn, bn"):
+        TrainConfig(**BASE, norm="inplace_abn_sync").validate()
+
+
+def test_tables_come_from_the_layers_and_the_transforms():
+    assert NORMS == tuple(n for n in LAYER_NORMS if n != "inplace_abn_sync")
+    assert FIELDS["norm"].metadata["choices"] == NORMS
+    assert FIELDS["crop_mode"].metadata["choices"] == CROP_MODES
+    assert FIELDS["precision"].metadata["choices"] == PRECISIONS
+    assert "amp" not in FIELDS and "amp_dtype" not in FIELDS
+
+
+def test_deprecated_amp_keys_map_to_precision(tmp_path):
+    with pytest.warns(DeprecationWarning, match="use precision='amp'"):
+        assert build_config(None, {**BASE, "amp": "true"}).precision == "amp"
+    with pytest.warns(DeprecationWarning, match="use precision='bf16'"):
+        assert build_config(None, {**BASE, "amp": True, "amp-dtype": "bfloat16"}).precision == "bf16"
+    with pytest.warns(DeprecationWarning):
+        assert build_config(None, {**BASE, "amp": False}).precision == "fp32"
+    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="precision is 'bf16'"):
+        build_config(None, {**BASE, "amp": True, "precision": "bf16"})
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("epochs: 2\namp: true\namp_dtype: float16\n")
+    with pytest.warns(DeprecationWarning):
+        assert load_recipe(recipe) == {"epochs": 2, "precision": "fp16"}
+    with pytest.warns(DeprecationWarning):  # an option beats the recipe, whichever spelling each uses
+        assert build_config(str(recipe), {**BASE, "precision": "bf16"}).precision == "bf16"
+    with pytest.warns(DeprecationWarning):
+        cfg = TrainConfig(**BASE, amp=True)
+    assert cfg.precision == "amp" and "amp" not in cfg.to_dict()
 
 
 def test_saved_config_round_trips_and_guards_resume(tmp_path):
@@ -84,3 +135,18 @@ def test_saved_config_round_trips_and_guards_resume(tmp_path):
     assert resumed.epochs == 3 and resumed.data == "digits" and resumed.progress is False
     with pytest.raises(ConfigError, match=r"epochs \(saved 3, given 5\)"):
         build_config(None, {"output": str(tmp_path), "resume": True, "epochs": 5})
+
+
+def test_a_run_saved_with_amp_keys_still_resumes(tmp_path):
+    cfg = build_config(None, {"data": "digits", "output": str(tmp_path), "precision": "amp"})
+    save_config(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "precision: amp" in text and "amp_dtype" not in text
+    (tmp_path / "config.yaml").write_text(text.replace("precision: amp", "amp: true\namp_dtype: null"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the user did not write that file: no warning about it
+        resumed = build_config(None, {"output": str(tmp_path), "resume": True})
+        assert build_config(None, {"output": str(tmp_path), "resume": True, "precision": "amp"}) == resumed
+    assert resumed.precision == "amp" and resumed.data == "digits"
+    with pytest.raises(ConfigError, match=r"precision \(saved 'amp', given 'bf16'\)"):
+        build_config(None, {"output": str(tmp_path), "resume": True, "precision": "bf16"})

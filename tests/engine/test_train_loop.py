@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import tresnet
 from engine.train_testdata import FAST, make_image_folder, make_train_val
 from tresnet.checkpoint import read_checkpoint_metadata
-from tresnet.engine.config import build_config
+from tresnet.engine.config import build_config, load_recipe
 from tresnet.engine.train import TrainingDivergedError, train
 from tresnet.errors import CheckpointError, ConfigError, DataError
 
@@ -57,7 +57,9 @@ def test_each_recipe_runs_a_few_steps(recipe, folder, tmp_path):
     assert saved["images_per_s"] > 0 and saved["seconds"] > 0 and summary["best_top1"] == saved["best_top1"]
     meta = read_checkpoint_metadata(out / "best.safetensors")
     classes = [str(d) for d in range(10)] if recipe == "digits-demo" else ["class_0", "class_1", "class_2"]
-    assert meta["class_names"] == classes and meta["architecture"] == "tresnet_m"
+    assert meta["class_names"] == classes and meta["arch"] == "tresnet_m" and meta["model"] == "tresnet_m"
+    precision = load_recipe(recipe).get("precision", "fp32")
+    assert meta["precision"] == precision and saved["precision"] == precision
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert len(rows) == 1 and math.isfinite(float(rows[0]["train_loss"]))
 
@@ -104,6 +106,10 @@ def test_resume_killed_before_the_first_epoch_ended(folder, tmp_path):
     assert (tmp_path / "run" / "resume.pt").is_file()
     with pytest.raises(ConfigError, match="already holds a run"):
         train(_config(**options))
+    changed = _config(resume=True, **options)
+    changed.lr = 0.5  # a configuration built without build_config is checked against the saved one too
+    with pytest.raises(ConfigError, match=r"settings differ: lr \(saved 0.001, given 0.5\)"):
+        train(changed)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_epoch(folder, tmp_path):

@@ -1,9 +1,11 @@
 """``digits``: scikit-learn's bundled handwritten digits (1,797 greyscale 8x8 images, 10 classes) as an
-RGB image data set at any size, with a fixed-seed stratified train/val split. No download needed.
+RGB image data set at any size, with a fixed-seed stratified train/val split
+(:func:`tresnet.data.splits.stratified_split`). No download needed.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from tresnet.data.splits import stratified_split
 from tresnet.errors import ConfigError, MissingDependencyError
 
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
@@ -36,16 +39,11 @@ def load_digits_images(img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def digits_split(labels: torch.Tensor, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
-    """Stratified train/val indices: ``round(val_fraction * n_c)`` images of each class go to val."""
-    generator = torch.Generator().manual_seed(seed)
-    train, val = [], []
-    for cls in labels.unique(sorted=True).tolist():
-        members = torch.nonzero(labels == cls).flatten()
-        members = members[torch.randperm(len(members), generator=generator)].tolist()
-        n_val = int(round(val_fraction * len(members)))
-        val += members[:n_val]
-        train += members[n_val:]
-    return sorted(train), sorted(val)
+    """Deprecated: use :func:`tresnet.data.splits.stratified_split` (the same split wherever each class keeps
+    an image on both sides)."""
+    warnings.warn("tresnet.data.digits.digits_split is deprecated: use tresnet.data.splits.stratified_split",
+                  DeprecationWarning, stacklevel=2)
+    return stratified_split(labels, val_fraction, seed)
 
 
 class DigitsDataset(Dataset):
@@ -65,7 +63,7 @@ class DigitsDataset(Dataset):
         if not 0.0 < val_fraction < 1.0:
             raise ConfigError(f"digits val_fraction must lie in (0, 1), got {val_fraction}")
         images, labels = load_digits_images(img_size)
-        train, val = digits_split(labels, val_fraction, split_seed)
+        train, val = stratified_split(labels, val_fraction, split_seed)
         self.indices = train if split == "train" else val
         self.images, self.labels = images, labels
         self.targets = labels[self.indices].tolist()

@@ -1,8 +1,9 @@
 """Training augmentation (torchvision ``transforms.v2``): random resized crop, flip, AutoAugment or
 RandAugment, random erasing (Cutout), and mixup / cutmix on whole batches.
 
-Outputs are RGB in [0, 1] with no mean/std normalisation (SPEC section 3). Inputs may be PIL images
-or ``uint8`` tensors ``(3, H, W)``.
+Outputs are RGB in [0, 1] with no mean/std normalisation, as TResNet expects (the official release,
+Alibaba-MIIL/TResNet, and timm's ``tresnet`` configurations: mean 0, std 1; see
+:mod:`tresnet.data.transforms`). Inputs may be PIL images or ``uint8`` tensors ``(3, H, W)``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from collections.abc import Callable
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
+from tresnet.data.transforms import INTERPOLATIONS
 from tresnet.errors import ConfigError
 
-_INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
-                   "nearest": InterpolationMode.NEAREST}
+# The evaluation interpolations but lanczos, which torchvision's augmentations of tensors cannot use.
+TRAIN_INTERPOLATIONS = {name: mode for name, mode in INTERPOLATIONS.items() if name != "lanczos"}
+# Their rotations and shears know nearest and bilinear only: other modes use bilinear there.
+_AUGMENT_MODES = (InterpolationMode.NEAREST, InterpolationMode.BILINEAR)
 
 
 def create_train_transform(img_size: int, *, scale: tuple[float, float] = (0.08, 1.0),
@@ -29,17 +33,19 @@ def create_train_transform(img_size: int, *, scale: tuple[float, float] = (0.08,
     ``auto_augment``: ``None``, ``"autoaugment"`` (the ImageNet policy) or ``"randaugment"``.
     Raises :class:`ConfigError` for an unknown policy, erase mode or interpolation.
     """
-    if interpolation not in _INTERPOLATIONS:
-        raise ConfigError(f"unknown interpolation {interpolation!r}; use one of {', '.join(_INTERPOLATIONS)}")
-    mode = _INTERPOLATIONS[interpolation]
+    if interpolation not in TRAIN_INTERPOLATIONS:
+        raise ConfigError(f"unknown interpolation {interpolation!r}; use one of {', '.join(TRAIN_INTERPOLATIONS)}")
+    mode = TRAIN_INTERPOLATIONS[interpolation]
     steps: list = [v2.ToImage(), v2.RandomResizedCrop(img_size, scale=scale, ratio=ratio, interpolation=mode,
                                                        antialias=True)]
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(hflip))
+    augment_mode = mode if mode in _AUGMENT_MODES else InterpolationMode.BILINEAR
     if auto_augment == "autoaugment":
-        steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=mode))
+        steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=augment_mode))
     elif auto_augment == "randaugment":
-        steps.append(v2.RandAugment(num_ops=randaugment_ops, magnitude=randaugment_magnitude, interpolation=mode))
+        steps.append(v2.RandAugment(num_ops=randaugment_ops, magnitude=randaugment_magnitude,
+                                    interpolation=augment_mode))
     elif auto_augment is not None:
         raise ConfigError(f"unknown auto_augment {auto_augment!r}; use autoaugment, randaugment or none")
     steps.append(v2.ToDtype(torch.float32, scale=True))
@@ -89,4 +95,5 @@ def create_batch_mix(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: f
     return BatchMix(num_classes, mixup_alpha, cutmix_alpha, prob)
 
 
-__all__ = ["BatchMix", "create_batch_mix", "create_tensor_eval_transform", "create_train_transform"]
+__all__ = ["TRAIN_INTERPOLATIONS", "BatchMix", "create_batch_mix", "create_tensor_eval_transform",
+           "create_train_transform"]

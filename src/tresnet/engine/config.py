@@ -4,6 +4,11 @@ Every field of :class:`TrainConfig` is both a recipe key and a ``tresnet train``
 ``--lr``, ``batch_size`` is ``--batch-size``). Precedence: the field's default < the recipe (a YAML
 file, or a shipped recipe name; ``digits-demo`` when ``--data digits`` comes with no recipe) < options
 given on the command line. ``--resume`` continues with the configuration saved in the output folder.
+The recipes and their sources are described in the training guide (docs/train.md).
+
+``precision`` replaces the ``amp`` / ``amp_dtype`` pair of earlier versions: those keys (in a recipe,
+as options, as ``TrainConfig`` arguments, in the ``config.yaml`` of an earlier run) still work and
+are mapped by :func:`tresnet.runtime.legacy_precision`.
 """
 
 from __future__ import annotations
@@ -12,14 +17,20 @@ import dataclasses
 import difflib
 import math
 import typing
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Mapping
+from dataclasses import InitVar, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tresnet.data.transforms import CROP_MODES
 from tresnet.errors import ConfigError
+from tresnet.files import write_text
+from tresnet.layers import NORMS as LAYER_NORMS
+from tresnet.runtime import PRECISIONS, legacy_precision
 
 CONFIG_FILE = "config.yaml"  # the effective configuration, saved in the output folder
 DIGITS = "digits"  # the data set bundled with scikit-learn
@@ -29,9 +40,9 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
 AUTO_AUGMENTS = ("autoaugment", "randaugment")
 ERASE_MODES = ("pixel", "const")
-AMP_DTYPES = ("float16", "bfloat16")
-NORMS = ("inplace_abn", "bn")
-CROP_MODES = ("center", "squash")
+# The norms a run may choose; distributed runs switch in-place ABN to its synchronised form themselves.
+NORMS = tuple(norm for norm in LAYER_NORMS if norm != "inplace_abn_sync")
+LEGACY_PRECISION_KEYS = ("amp", "amp_dtype")  # deprecated: mapped to ``precision``
 
 
 def _opt(help_text: str, default: Any = None, *, choices: tuple | None = None, group: str = "",
@@ -44,7 +55,11 @@ def _opt(help_text: str, default: Any = None, *, choices: tuple | None = None, g
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on. See ``docs/sections/train.md`` for the recipes."""
+    """Everything a training run depends on; the recipes are described in the training guide (docs/train.md).
+
+    ``amp`` / ``amp_dtype`` are deprecated arguments (not fields): they set ``precision`` with a
+    :class:`DeprecationWarning`.
+    """
 
     # --- run
     model: str = _opt("model name, e.g. tresnet_m, tresnet_l, tresnet_xl, tresnet_v2_l", "tresnet_m", group="run")
@@ -99,10 +114,8 @@ class TrainConfig:
     norm: str = _opt("norm layers: in-place ABN (the paper's) or plain BatchNorm", "inplace_abn", choices=NORMS,
                      group="model")
     sync_bn: bool = _opt("distributed: synchronise norm statistics across processes", True, group="model")
-    amp: bool = _opt("mixed precision (float16 with loss scaling on CUDA, bfloat16 on CPU)", False,
-                     group="model")
-    amp_dtype: str | None = _opt("mixed precision type (default: float16 on CUDA, bfloat16 on CPU)",
-                                 choices=AMP_DTYPES, group="model")
+    precision: str = _opt("autocast precision; amp is float16 with loss scaling on CUDA, bfloat16 on the CPU",
+                          "fp32", choices=PRECISIONS, group="model")
     channels_last: bool = _opt("channels-last memory format for weights and inputs", False, group="model")
     # --- data and augmentation
     val_split: float = _opt("fraction of train carved out as validation when there is no val folder", 0.1,
@@ -127,64 +140,99 @@ class TrainConfig:
     crop_pct: float | None = _opt("validation: centre-crop fraction (default: the model's)", group="data")
     crop_mode: str | None = _opt("validation: 'center' crop or 'squash' the whole image (default: the model's)",
                                  choices=CROP_MODES, group="data")
+    # deprecated spellings of ``precision``: init-only, never stored
+    amp: InitVar[bool | None] = None
+    amp_dtype: InitVar[str | None] = None
+
+    def __post_init__(self, amp: bool | None, amp_dtype: str | None) -> None:
+        if amp is not None or amp_dtype is not None:
+            given = None if self.precision == "fp32" else self.precision
+            self.precision = _precision_of_legacy(given, amp, amp_dtype, "TrainConfig")
 
     def validate(self) -> TrainConfig:
-        """Check ranges and required values; raise :class:`ConfigError` naming the bad one."""
-        if not self.data:
-            raise ConfigError("no training data: pass --data DIR (ImageNet-style folders) or --data digits")
-        if not self.output:
-            raise ConfigError("no output folder: pass --output DIR")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                    "log_interval": self.log_interval}
-        for name in ("max_steps_per_epoch", "max_val_images", "img_size", "clip_grad", "threads"):
-            if getattr(self, name) is not None:
-                positive[name] = getattr(self, name)
-        for name, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"{name} must be positive, got {value}")
-        non_negative = {"weight_decay": self.weight_decay, "momentum": self.momentum, "seed": self.seed,
-                        "split_seed": self.split_seed, "warmup_epochs": self.warmup_epochs,
-                        "mixup": self.mixup, "cutmix": self.cutmix, "randaugment_ops": self.randaugment_ops,
-                        "final_lr_factor": self.final_lr_factor}
-        if self.workers is not None:
-            non_negative["workers"] = self.workers
-        for name, value in non_negative.items():
-            if value < 0:
-                raise ConfigError(f"{name} must be 0 or more, got {value}")
-        fractions = {"label_smoothing": self.label_smoothing, "ema_decay": self.ema_decay,
-                     "drop_path": self.drop_path, "drop_rate": self.drop_rate, "hflip": self.hflip,
-                     "random_erase": self.random_erase, "mix_prob": self.mix_prob}
-        for name, value in fractions.items():
-            if not 0.0 <= value <= 1.0 or (name in ("label_smoothing", "ema_decay", "drop_rate") and value == 1.0):
-                raise ConfigError(f"{name} must lie in [0, 1), got {value}")
-        for name, value in {"val_split": self.val_split, "pct_start": self.pct_start}.items():
-            if not 0.0 < value < 1.0:
-                raise ConfigError(f"{name} must lie in (0, 1), got {value}")
-        if not 0.0 < self.warmup_start_factor <= 1.0:
-            raise ConfigError(f"warmup_start_factor must lie in (0, 1], got {self.warmup_start_factor}")
-        if self.crop_pct is not None and not 0.0 < self.crop_pct <= 1.0:
-            raise ConfigError(f"crop_pct must lie in (0, 1], got {self.crop_pct}")
-        for name in ("scale", "ratio"):
-            low, high = getattr(self, name)
-            if not 0 < low <= high or (name == "scale" and high > 1.0):
-                raise ConfigError(f"{name} must be two increasing positive numbers"
-                                  f"{' up to 1' if name == 'scale' else ''}, got {[low, high]}")
-        if not 0 <= self.randaugment_magnitude <= 30:
-            raise ConfigError(f"randaugment_magnitude must lie in 0..30, got {self.randaugment_magnitude}")
-        if self.div_factor < 1 or self.final_div_factor < 1:
-            raise ConfigError(f"div_factor and final_div_factor must be at least 1, got {self.div_factor}, "
-                              f"{self.final_div_factor}")
-        if not math.isfinite(self.lr):
-            raise ConfigError(f"lr must be finite, got {self.lr}")
+        """Check required values, choices and ranges; raise :class:`ConfigError` naming the bad one."""
+        _check_required(self)
+        _check_choices(self)
+        _check_signs(self)
+        _check_intervals(self)
+        _check_augmentation_and_schedule(self)
         return self
 
     def to_dict(self) -> dict:
         """Plain values (tuples as lists) in field order, as saved in ``config.yaml``."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+# --- validation steps --------------------------------------------------------------------------------
+
+
+def _check_required(cfg: TrainConfig) -> None:
+    if not cfg.data:
+        raise ConfigError("no training data: pass --data DIR (ImageNet-style folders) or --data digits")
+    if not cfg.output:
+        raise ConfigError("no output folder: pass --output DIR")
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    for f in dataclasses.fields(cfg):
+        choices, value = f.metadata.get("choices"), getattr(cfg, f.name)
+        if choices and value is not None and value not in choices:
+            raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _optional_values(cfg: TrainConfig, names: tuple[str, ...]) -> dict:
+    return {name: getattr(cfg, name) for name in names if getattr(cfg, name) is not None}
+
+
+def _check_signs(cfg: TrainConfig) -> None:
+    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "log_interval": cfg.log_interval,
+                **_optional_values(cfg, ("max_steps_per_epoch", "max_val_images", "img_size", "clip_grad",
+                                         "threads"))}
+    for name, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    non_negative = {"weight_decay": cfg.weight_decay, "momentum": cfg.momentum, "seed": cfg.seed,
+                    "split_seed": cfg.split_seed, "warmup_epochs": cfg.warmup_epochs, "mixup": cfg.mixup,
+                    "cutmix": cfg.cutmix, "randaugment_ops": cfg.randaugment_ops,
+                    "final_lr_factor": cfg.final_lr_factor, **_optional_values(cfg, ("workers",))}
+    for name, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{name} must be 0 or more, got {value}")
+
+
+def _check_intervals(cfg: TrainConfig) -> None:
+    fractions = {"label_smoothing": cfg.label_smoothing, "ema_decay": cfg.ema_decay, "drop_path": cfg.drop_path,
+                 "drop_rate": cfg.drop_rate, "hflip": cfg.hflip, "random_erase": cfg.random_erase,
+                 "mix_prob": cfg.mix_prob}
+    for name, value in fractions.items():
+        if not 0.0 <= value <= 1.0 or (name in ("label_smoothing", "ema_decay", "drop_rate") and value == 1.0):
+            raise ConfigError(f"{name} must lie in [0, 1), got {value}")
+    for name, value in {"val_split": cfg.val_split, "pct_start": cfg.pct_start}.items():
+        if not 0.0 < value < 1.0:
+            raise ConfigError(f"{name} must lie in (0, 1), got {value}")
+    if not 0.0 < cfg.warmup_start_factor <= 1.0:
+        raise ConfigError(f"warmup_start_factor must lie in (0, 1], got {cfg.warmup_start_factor}")
+    if cfg.crop_pct is not None and not 0.0 < cfg.crop_pct <= 1.0:
+        raise ConfigError(f"crop_pct must lie in (0, 1], got {cfg.crop_pct}")
+
+
+def _check_augmentation_and_schedule(cfg: TrainConfig) -> None:
+    for name in ("scale", "ratio"):
+        low, high = getattr(cfg, name)
+        if not 0 < low <= high or (name == "scale" and high > 1.0):
+            raise ConfigError(f"{name} must be two increasing positive numbers"
+                              f"{' up to 1' if name == 'scale' else ''}, got {[low, high]}")
+    if not 0 <= cfg.randaugment_magnitude <= 30:
+        raise ConfigError(f"randaugment_magnitude must lie in 0..30, got {cfg.randaugment_magnitude}")
+    if cfg.div_factor < 1 or cfg.final_div_factor < 1:
+        raise ConfigError(f"div_factor and final_div_factor must be at least 1, got {cfg.div_factor}, "
+                          f"{cfg.final_div_factor}")
+    if not math.isfinite(cfg.lr):
+        raise ConfigError(f"lr must be finite, got {cfg.lr}")
 
 
 # --- fields: names, types, coercion ----------------------------------------------------------------
@@ -193,6 +241,8 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Tr
 _HINTS = typing.get_type_hints(TrainConfig)
 # Options that may differ when a run is resumed: they change how it runs, not what it computes.
 RESUME_FREE = frozenset({"resume", "output", "device", "workers", "threads", "progress", "log_interval"})
+_NONE_WORDS = ("none", "null")
+_TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
 
 
 def field_type(name: str) -> tuple[type, bool]:
@@ -212,62 +262,68 @@ def _unknown_key_error(key: str, where: str) -> ConfigError:
     return ConfigError(f"unknown key {key!r} in {where}{hint}; valid keys: {', '.join(FIELDS)}")
 
 
+# Converters of one base type: each returns the converted value or raises ValueError / TypeError.
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE_WORDS + _FALSE_WORDS:
+        return value.lower() in _TRUE_WORDS
+    raise ValueError(value)
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(value)
+    return int(value)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    return float(value)
+
+
+def _to_pair(value: Any) -> tuple[float, float]:
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(value)
+    return tuple(float(v) for v in value)
+
+
+def _to_str(value: Any, choices: tuple | None) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not choices:
+        return str(value)
+    raise ValueError(value)
+
+
+_CONVERTERS = {bool: _to_bool, int: _to_int, float: _to_float, tuple: _to_pair}
+
+
 def coerce_value(name: str, value: Any, where: str = "the configuration") -> Any:
     """``value`` checked and converted to the type of field ``name``; :class:`ConfigError` if it cannot be."""
     if name not in FIELDS:
         raise _unknown_key_error(name, where)
     base, optional = field_type(name)
     choices = FIELDS[name].metadata.get("choices")
-    bad = ConfigError(f"{name} in {where} must be {_describe(base, optional, choices)}, got {value!r}")
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and base is not str):
+    none_word = isinstance(value, str) and value.lower() in _NONE_WORDS
+    if value is None or (none_word and (base is not str or (optional and choices))):
         if optional:
             return None
-        raise bad
-    if isinstance(value, str) and value.lower() in ("none", "null") and optional and choices:
-        return None
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise bad
-    if base is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if base is float:
-        if isinstance(value, bool):
-            raise bad
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise bad from None
-    if base is tuple:
-        if isinstance(value, str):
-            value = value.replace(",", " ").split()
-        if not isinstance(value, (list, tuple)) or len(value) != 2:
-            raise bad
-        try:
-            return tuple(float(v) for v in value)
-        except (TypeError, ValueError):
-            raise bad from None
-    if not isinstance(value, str):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not choices:
-            return str(value)
-        raise bad
-    if choices and value not in choices:
+        raise ConfigError(f"{name} in {where} must be {_describe(base, optional, choices)}, got {value!r}")
+    try:
+        coerced = _to_str(value, choices) if base is str else _CONVERTERS[base](value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} in {where} must be {_describe(base, optional, choices)}, "
+                          f"got {value!r}") from None
+    if choices and coerced not in choices:
         raise ConfigError(f"{name} in {where} must be one of {', '.join(choices)}"
                           f"{' (or none)' if optional else ''}, got {value!r}")
-    return value
+    return coerced
 
 
 def _describe(base: type, optional: bool, choices) -> str:
@@ -277,6 +333,34 @@ def _describe(base: type, optional: bool, choices) -> str:
         text = {bool: "true or false", int: "an integer", float: "a number", tuple: "two numbers",
                 str: "a string"}[base]
     return text + (" (or none)" if optional else "")
+
+
+def _precision_of_legacy(given: str | None, amp: Any, amp_dtype: Any, where: str) -> str:
+    """The precision meant by the deprecated ``amp`` / ``amp_dtype`` (with a :class:`DeprecationWarning`);
+    :class:`ConfigError` when a ``precision`` given beside them says otherwise."""
+    try:
+        amp = _to_bool(amp) if amp is not None else False
+    except ValueError:
+        raise ConfigError(f"amp in {where} must be true or false (better: precision), got {amp!r}") from None
+    if isinstance(amp_dtype, str) and amp_dtype.lower() in _NONE_WORDS:
+        amp_dtype = None
+    precision = legacy_precision(amp, amp_dtype, stacklevel=4)
+    if given is not None and given != precision:
+        raise ConfigError(f"amp / amp_dtype in {where} mean precision {precision!r}, but precision is {given!r}: "
+                          f"give precision only")
+    return precision
+
+
+def coerce_values(raw: Mapping[str, Any], where: str = "the configuration") -> dict:
+    """Every value of ``raw`` checked and converted (keys may use ``-`` or ``_``); the deprecated
+    ``amp`` / ``amp_dtype`` become ``precision``. Raises :class:`ConfigError` as :func:`coerce_value`."""
+    values = {str(key).replace("-", "_"): value for key, value in raw.items()}
+    legacy = {key: values.pop(key) for key in LEGACY_PRECISION_KEYS if key in values}
+    out = {name: coerce_value(name, value, where) for name, value in values.items()}
+    if legacy:
+        out["precision"] = _precision_of_legacy(out.get("precision"), legacy.get("amp"), legacy.get("amp_dtype"),
+                                                where)
+    return out
 
 
 # --- recipes -----------------------------------------------------------------------------------------
@@ -318,11 +402,34 @@ def load_recipe(name_or_path: str | Path) -> dict:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {path} must be a mapping of keys to values, got a {type(raw).__name__}")
-    values = {}
-    for key, value in raw.items():
-        name = str(key).replace("-", "_")
-        values[name] = coerce_value(name, value, f"recipe {path}")
-    return values
+    return coerce_values(raw, f"recipe {path}")
+
+
+# --- resuming ----------------------------------------------------------------------------------------
+
+
+def saved_config(output: str | Path) -> dict | None:
+    """The configuration saved in the run folder ``output`` (its ``config.yaml``), or None if there is none.
+
+    A file written by an earlier version (``amp`` / ``amp_dtype``) is read without a warning: the
+    user did not write it.
+    """
+    path = Path(output).expanduser() / CONFIG_FILE
+    if not path.is_file():
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return load_recipe(path)
+
+
+def check_resume(given: Mapping[str, Any], saved: Mapping[str, Any], output: str | Path) -> None:
+    """Raise :class:`ConfigError` naming every setting of ``given`` that differs from the ``saved``
+    configuration of the run in ``output`` (those in :data:`RESUME_FREE` may differ)."""
+    conflicts = [k for k in given if k not in RESUME_FREE and k in saved and _plain(saved[k]) != _plain(given[k])]
+    if conflicts:
+        details = ", ".join(f"{k} (saved {_plain(saved[k])!r}, given {_plain(given[k])!r})" for k in conflicts)
+        raise ConfigError(f"--resume continues the run in {output} with its saved configuration, and these "
+                          f"settings differ: {details}; drop them, or start a new run in another --output")
 
 
 def build_config(recipe: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
@@ -332,34 +439,24 @@ def build_config(recipe: str | Path | None = None, overrides: dict | None = None
     ``config.yaml`` in the output folder, that saved configuration is the base, and a recipe or option
     that contradicts it raises :class:`ConfigError` (a resumed run must compute what it started).
     """
-    overrides = {k: coerce_value(k, v, "the options") for k, v in (overrides or {}).items()}
-    values: dict = {}
+    overrides = coerce_values(overrides or {}, "the options")
     if recipe is None and overrides.get("data") == DIGITS:
         recipe = DIGITS_RECIPE
-    recipe_values = load_recipe(recipe) if recipe is not None else {}
-    values.update(recipe_values)
-    values.update(overrides)
+    values = {**(load_recipe(recipe) if recipe is not None else {}), **overrides}
     output = values.get("output")
-    saved_path = Path(output).expanduser() / CONFIG_FILE if output else None
-    if values.get("resume") and saved_path is not None and saved_path.is_file():
-        saved = load_recipe(saved_path)
-        conflicts = [k for k, v in values.items() if k not in RESUME_FREE and k in saved and saved[k] != v]
-        if conflicts:
-            details = ", ".join(f"{k} (saved {saved[k]!r}, given {values[k]!r})" for k in conflicts)
-            raise ConfigError(f"--resume continues the run in {output} with its saved configuration, and these "
-                              f"settings differ: {details}; drop them, or start a new run in another --output")
+    saved = saved_config(output) if values.get("resume") and output else None
+    if saved is not None:
+        check_resume(values, saved, output)
         values = {**saved, **{k: v for k, v in values.items() if k in RESUME_FREE}}
     return TrainConfig(**values).validate()
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write ``cfg`` as YAML (the file :func:`load_recipe` reads back), atomically."""
-    from tresnet.checkpoint import atomic_write
-
     text = "# effective configuration of this run (tresnet train); reusable with --config\n"
-    text += yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    write_text(path, text + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-__all__ = ["CONFIG_FILE", "DIGITS", "FIELDS", "RESUME_FREE", "TrainConfig", "build_config", "coerce_value",
-           "field_type", "list_recipes", "load_recipe", "recipe_path", "save_config"]
+__all__ = ["CONFIG_FILE", "DIGITS", "FIELDS", "NORMS", "RESUME_FREE", "TrainConfig", "build_config", "check_resume",
+           "coerce_value", "coerce_values", "field_type", "list_recipes", "load_recipe", "recipe_path",
+           "save_config", "saved_config"]

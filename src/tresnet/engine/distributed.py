@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from tresnet.errors import ConfigError
+from tresnet.runtime import resolve_device  # re-exported: it was defined here before
 
 
 @dataclass(frozen=True)
@@ -37,26 +37,9 @@ class DistInfo:
         return self.rank == 0
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> CUDA when available (GPU ``local_rank``), else CPU; ``"cuda"`` -> ``cuda:local_rank``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from e
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} asked for but CUDA is not available: use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        if device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {device} does not exist: {torch.cuda.device_count()} GPU(s) visible")
-    return device
-
-
 def setup(device: str = "auto") -> DistInfo:
-    """Join the process group that ``torchrun`` describes in the environment (if any) and pick the device."""
+    """Join the process group that ``torchrun`` describes in the environment (if any) and pick the device
+    (:func:`tresnet.runtime.resolve_device`; ``cuda`` is the process's ``LOCAL_RANK`` GPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -35,11 +36,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from tresnet.checkpoint import atomic_write, save_checkpoint
+from tresnet.checkpoint import save_checkpoint
 from tresnet.engine import distributed
-from tresnet.engine.config import CONFIG_FILE, RESUME_FREE, TrainConfig, load_recipe, save_config
+from tresnet.engine.config import CONFIG_FILE, TrainConfig, check_resume, save_config, saved_config
 from tresnet.engine.distributed import DistInfo, SeededSamples, ShardedEpochSampler, derive_seed
 from tresnet.errors import ConfigError, TResNetError
+from tresnet.files import atomic_write, write_text
+from tresnet.runtime import autocast, check_precision, needs_grad_scaler
 
 RESUME_FILE = "resume.pt"
 LAST_FILE = "last.safetensors"
@@ -85,6 +88,7 @@ def rng_states() -> dict:
 
 
 def set_rng_states(states: dict) -> None:
+    """Restore the global RNG states saved by :func:`rng_states` (CUDA's when the GPU count matches)."""
     random.setstate(states["python"])
     name, keys, *rest = states["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
@@ -102,15 +106,20 @@ def _default_workers(cfg: TrainConfig, info: DistInfo) -> int:
     return max(0, min(8, cpus // info.world_size - 1))
 
 
-def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if not cfg.amp:
-        return None
-    name = cfg.amp_dtype or ("float16" if device.type == "cuda" else "bfloat16")
-    return {"float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+def _read_resume_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a damaged file is a user-facing problem
+        raise TResNetError(f"cannot read {path} to resume ({str(e).splitlines()[0][:200]}); "
+                           f"delete it to start the run again") from e
 
 
 def _prepare_output(cfg: TrainConfig, info: DistInfo) -> tuple[Path, dict | None]:
-    """The output folder, and the resume state when resuming one that has it."""
+    """The output folder, and the resume state when resuming one that has it.
+
+    Raises :class:`ConfigError` for an output that is a file, a folder holding a run without
+    ``--resume``, and a resumed run whose configuration differs from the saved one.
+    """
     output = Path(cfg.output).expanduser()
     resume_path = output / RESUME_FILE
     if output.exists() and not output.is_dir():
@@ -118,26 +127,15 @@ def _prepare_output(cfg: TrainConfig, info: DistInfo) -> tuple[Path, dict | None
     if not cfg.resume and resume_path.exists():
         raise ConfigError(f"output folder {output} already holds a run ({RESUME_FILE}): pass --resume to "
                           f"continue it, or choose another --output (or delete that folder)")
-    saved_cfg = output / CONFIG_FILE
-    if cfg.resume and saved_cfg.is_file():
-        saved = load_recipe(saved_cfg)
-        ours = cfg.to_dict()
-        differ = [k for k, v in saved.items() if k not in RESUME_FREE and ours.get(k) != (list(v) if
-                  isinstance(v, tuple) else v)]
-        if differ:
-            raise ConfigError(f"--resume: the configuration differs from the one saved in {saved_cfg} in "
-                              f"{', '.join(differ)}; resume with the saved one (tresnet train --output "
-                              f"{output} --resume) or start a new run in another --output")
-    state = None
-    if cfg.resume and resume_path.is_file():
-        try:
-            state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - a damaged file is a user-facing problem
-            raise TResNetError(f"cannot read {resume_path} to resume ({str(e).splitlines()[0][:200]}); "
-                               f"delete it to start the run again") from e
-    elif cfg.resume:
+    if not cfg.resume:
+        return output, None
+    saved = saved_config(output)
+    if saved is not None:
+        check_resume(cfg.to_dict(), saved, output)
+    if not resume_path.is_file():
         _say(info, f"--resume: nothing to resume in {output} yet; starting from the first epoch")
-    return output, state
+        return output, None
+    return output, _read_resume_state(resume_path)
 
 
 # --- output files ------------------------------------------------------------------------------------
@@ -149,7 +147,7 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
     writer.writeheader()
     for row in history:
         writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
-    atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+    write_text(path, buffer.getvalue())
 
 
 def _write_plot(path: Path, history: list[dict]) -> bool:
@@ -190,6 +188,27 @@ def _tensorboard(output: Path, purge_step: int | None):
 # --- the loop ----------------------------------------------------------------------------------------
 
 
+class _LossMeter:
+    """The loss sums of an epoch, kept on the device; read (one synchronisation) once per log interval."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.pending = torch.zeros((), dtype=torch.float64, device=device)
+        self.pending_steps = self.steps = self.images = 0
+
+    def add(self, loss: torch.Tensor, images: int) -> None:
+        self.pending += loss.double()
+        self.pending_steps += 1
+        self.steps += 1
+        self.images += images
+
+    def settle(self) -> None:
+        """Move the pending sum into the total (after it was checked)."""
+        self.total += self.pending
+        self.pending.zero_()
+        self.pending_steps = 0
+
+
 class _Trainer:
     def __init__(self, cfg: TrainConfig, info: DistInfo, callback: Callback | None) -> None:
         self.cfg = cfg
@@ -204,27 +223,38 @@ class _Trainer:
     # set-up ------------------------------------------------------------------------------------------
 
     def build(self) -> None:
+        """Everything a run needs, in an order that keeps the random streams of earlier versions."""
         import tresnet
         from tresnet.engine.data import build_train_data
-        from tresnet.engine.ema import ModelEma
-        from tresnet.engine.optim import create_optimizer, create_scheduler
 
-        cfg, info = self.cfg, self.info
-        self.output, self.resume_state = _prepare_output(cfg, info)
+        cfg = self.cfg
+        self.output, resume_state = _prepare_output(cfg, self.info)
+        check_precision(cfg.precision, self.device)
         pretrained_cfg = tresnet.get_pretrained_cfg(cfg.model)
         self.img_size = cfg.img_size or int(pretrained_cfg["input_size"][-1])
         self.data = build_train_data(cfg, pretrained_cfg, self.img_size)
-        num_classes = len(self.data.class_names)
+        self._build_model(cfg.init_checkpoint if resume_state is None else None)
+        self._build_loaders()
+        self._build_optimisation()
+        self.start_epoch, self.step, self.history = 0, 0, []
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
+        self.best = {"top1": -1.0, "epoch": 0, "weights": "model"}
+        if resume_state is not None:
+            self._load_resume_state(resume_state)
 
-        norm = cfg.norm
-        if info.distributed and cfg.sync_bn and norm == "inplace_abn":
-            norm = "inplace_abn_sync"
-        init = cfg.init_checkpoint if self.resume_state is None else None
+    def _build_model(self, init: str | None) -> None:
+        """The model (``init`` weights, a head for the data's classes) on the device, and its DDP wrapper."""
+        import tresnet
+
+        cfg, info = self.cfg, self.info
+        self.norm = cfg.norm
+        if info.distributed and cfg.sync_bn and cfg.norm == "inplace_abn":
+            self.norm = "inplace_abn_sync"
         seed_everything(derive_seed(cfg.seed, 0))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = tresnet.create_model(cfg.model, checkpoint_path=init, num_classes=num_classes,
-                                         drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path, norm=norm)
+            model = tresnet.create_model(cfg.model, checkpoint_path=init, num_classes=len(self.data.class_names),
+                                         drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path, norm=self.norm)
         for w in caught:
             _say(info, f"note: {w.message}")
         model.check_input_size(self.img_size, self.img_size)
@@ -232,16 +262,18 @@ class _Trainer:
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
-        self.norm = norm
         self.ddp = None
         if info.distributed:
             self.ddp = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=norm != "inplace_abn_sync")
+                broadcast_buffers=self.norm != "inplace_abn_sync")
 
-        workers = _default_workers(cfg, info)
+    def _build_loaders(self) -> None:
+        """Sharded, seeded training and validation loaders, and the number of steps of an epoch."""
         from tresnet.data.loader import create_loader
 
+        cfg, info = self.cfg, self.info
+        workers = _default_workers(cfg, info)
         self.train_sampler = ShardedEpochSampler(len(self.data.train), seed=cfg.seed, rank=info.rank,
                                                  world_size=info.world_size, shuffle=True)
         self.train_loader = create_loader(SeededSamples(self.data.train), cfg.batch_size, workers, self.device,
@@ -249,33 +281,29 @@ class _Trainer:
         val_sampler = ShardedEpochSampler(len(self.data.val), rank=info.rank, world_size=info.world_size,
                                           shuffle=False)
         self.val_loader = create_loader(self.data.val, cfg.batch_size, workers, self.device, sampler=val_sampler)
-        self.steps_per_epoch = len(self.train_loader)
-        if cfg.max_steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
+        self.steps_per_epoch = min(len(self.train_loader), cfg.max_steps_per_epoch or len(self.train_loader))
         if self.steps_per_epoch == 0:
             raise ConfigError(f"batch size {cfg.batch_size} x {info.world_size} process(es) is larger than the "
                               f"{len(self.data.train)} training images: lower --batch-size")
 
-        self.optimizer = create_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
-        total_steps = cfg.epochs * self.steps_per_epoch
+    def _build_optimisation(self) -> None:
+        """Optimiser, schedule, loss scaler, EMA, loss and batch mixing."""
+        from tresnet.data.train_transforms import create_batch_mix
+        from tresnet.engine.ema import ModelEma
+        from tresnet.engine.optim import create_optimizer, create_scheduler
+
+        cfg = self.cfg
+        self.optimizer = create_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
         self.scheduler = create_scheduler(
-            self.optimizer, cfg.schedule, total_steps, warmup_steps=round(cfg.warmup_epochs * self.steps_per_epoch),
+            self.optimizer, cfg.schedule, cfg.epochs * self.steps_per_epoch,
+            warmup_steps=round(cfg.warmup_epochs * self.steps_per_epoch),
             warmup_start_factor=cfg.warmup_start_factor, final_lr_factor=cfg.final_lr_factor,
             pct_start=cfg.pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
-        self.amp_dtype = _amp_dtype(cfg, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.ema = ModelEma(model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=needs_grad_scaler(cfg.precision, self.device))
+        self.ema = ModelEma(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        from tresnet.data.train_transforms import create_batch_mix
-
-        self.batch_mix = create_batch_mix(num_classes, cfg.mixup, cfg.cutmix, cfg.mix_prob)
-
-        self.start_epoch, self.step, self.history = 0, 0, []
-        self.last_lr = self.optimizer.param_groups[0]["lr"]
-        self.best = {"top1": -1.0, "epoch": 0, "weights": "model"}
-        if self.resume_state is not None:
-            self._load_resume_state(self.resume_state)
-            self.resume_state = None
+        self.batch_mix = create_batch_mix(len(self.data.class_names), cfg.mixup, cfg.cutmix, cfg.mix_prob)
 
     def _load_resume_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -307,78 +335,73 @@ class _Trainer:
     # one epoch ---------------------------------------------------------------------------------------
 
     def train_one_epoch(self, epoch: int) -> dict:
-        from tqdm import tqdm
-
+        """The optimiser steps of epoch ``epoch`` (from 0): mean loss over the processes, images, seconds."""
         cfg, info = self.cfg, self.info
         net = self.ddp or self.model
         net.train()
         self.train_sampler.set_epoch(epoch)
         seed_everything(derive_seed(cfg.seed, epoch, 3, info.rank))
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        pending = torch.zeros((), dtype=torch.float64, device=self.device)
-        images = pending_steps = steps = 0
-        seen_loss = 0.0
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   disable=not (cfg.progress and info.is_main), dynamic_ncols=True, leave=False)
+        meter = _LossMeter(self.device)
+        bar = self._progress_bar(epoch)
         start = time.perf_counter()
         try:
-            for index, batch in enumerate(self.train_loader):
-                if index >= self.steps_per_epoch:
-                    break
-                inputs, targets = batch[0], batch[1]
-                if len(targets) == 0:
-                    raise TResNetError("a whole training batch was unreadable images: fix or remove the files "
-                                       "reported above")
-                inputs = inputs.to(self.device, non_blocking=True)
-                targets = targets.to(self.device, non_blocking=True)
-                if self.batch_mix is not None:
-                    inputs, targets = self.batch_mix(inputs, targets)
-                if cfg.channels_last:
-                    inputs = inputs.contiguous(memory_format=torch.channels_last)
-                with self._autocast():
-                    loss = self.criterion(net(inputs), targets)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if cfg.clip_grad:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.last_lr = self.optimizer.param_groups[0]["lr"]
-                with warnings.catch_warnings():  # a step skipped by the scaler makes the scheduler warn
-                    warnings.simplefilter("ignore", UserWarning)
-                    self.scheduler.step()
-                if self.ema is not None:
-                    self.ema.update(self.model)
-                self.step += 1
-                steps += 1
-                images += len(inputs)
-                pending += loss.detach().double()
-                pending_steps += 1
+            for index, batch in enumerate(itertools.islice(self.train_loader, self.steps_per_epoch)):
+                meter.add(*self._train_step(net, batch))
                 bar.update(1)
-                last = index + 1 == self.steps_per_epoch
-                if pending_steps >= cfg.log_interval or last:
-                    seen_loss = self._check_loss(pending, pending_steps, epoch)
-                    loss_sum += pending
-                    pending.zero_()
-                    pending_steps = 0
-                    elapsed = time.perf_counter() - start
-                    bar.set_postfix(loss=f"{seen_loss:.4f}", lr=f"{self.last_lr:.3g}",
-                                    img_s=f"{images * info.world_size / max(elapsed, 1e-9):.0f}")
+                if meter.pending_steps >= cfg.log_interval or index + 1 == self.steps_per_epoch:
+                    self._check_and_show(meter, bar, epoch, time.perf_counter() - start)
                 self._event("step", epoch=epoch, step=self.step, index=index, model=self.model)
         finally:
             bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        total_loss, total_steps = distributed.all_reduce_sum([loss_sum.item(), float(steps)], info)
-        return {"train_loss": total_loss / max(total_steps, 1), "train_images": images * info.world_size,
+        total_loss, total_steps = distributed.all_reduce_sum([meter.total.item(), float(meter.steps)], info)
+        return {"train_loss": total_loss / max(total_steps, 1), "train_images": meter.images * info.world_size,
                 "train_seconds": seconds}
 
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+    def _progress_bar(self, epoch: int):
+        from tqdm import tqdm
+
+        return tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="step",
+                    disable=not (self.cfg.progress and self.info.is_main), dynamic_ncols=True, leave=False)
+
+    def _train_step(self, net: nn.Module, batch) -> tuple[torch.Tensor, int]:
+        """One optimiser step (and schedule and EMA step) on ``batch``; its detached loss and image count."""
+        cfg = self.cfg
+        inputs, targets = batch[0], batch[1]
+        if len(targets) == 0:
+            raise TResNetError("a whole training batch was unreadable images: fix or remove the files reported above")
+        inputs = inputs.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        if self.batch_mix is not None:
+            inputs, targets = self.batch_mix(inputs, targets)
+        if cfg.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with autocast(cfg.precision, self.device):
+            loss = self.criterion(net(inputs), targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
+        with warnings.catch_warnings():  # a step skipped by the scaler makes the scheduler warn
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return loss.detach(), len(inputs)
+
+    def _check_and_show(self, meter: _LossMeter, bar, epoch: int, elapsed: float) -> None:
+        """Stop on a NaN loss since the last check; otherwise show the loss, lr and speed on the bar."""
+        seen_loss = self._check_loss(meter.pending, meter.pending_steps, epoch)
+        meter.settle()
+        bar.set_postfix(loss=f"{seen_loss:.4f}", lr=f"{self.last_lr:.3g}",
+                        img_s=f"{meter.images * self.info.world_size / max(elapsed, 1e-9):.0f}")
 
     def _check_loss(self, pending: torch.Tensor, steps: int, epoch: int) -> float:
         total, count = distributed.all_reduce_sum([pending.item(), float(steps)], self.info)
@@ -389,13 +412,13 @@ class _Trainer:
                     if last else "no epoch had finished, so nothing was saved")
             raise TrainingDivergedError(
                 f"the training loss became {mean} in epoch {epoch + 1} (step {self.step}): training stopped; "
-                f"{kept}. Lower --lr, set --clip-grad, or turn off --amp, and start a new run")
+                f"{kept}. Lower --lr, set --clip-grad, or use --precision fp32, and start a new run")
         return mean
 
     def evaluate(self, model: nn.Module, desc: str) -> dict:
         from tresnet.engine.evaluate import evaluate
 
-        result = evaluate(model, self.val_loader, self.device, amp=self.amp_dtype is not None,
+        result = evaluate(model, self.val_loader, self.device, precision=self.cfg.precision,
                           channels_last=self.cfg.channels_last, limit=self._val_limit(),
                           progress=self.cfg.progress and self.info.is_main, desc=desc)
         sums = distributed.all_reduce_sum(
@@ -413,8 +436,9 @@ class _Trainer:
     # saving ------------------------------------------------------------------------------------------
 
     def _weights_metadata(self, epoch: int, top1: float, weights: str) -> dict:
+        # model, arch, norm and the classes are written by save_checkpoint itself
         return {"epoch": epoch, "top1": top1, "weights": weights, "img_size": self.img_size,
-                "norm": self.cfg.norm, "trained_on": str(self.cfg.data)}
+                "precision": self.cfg.precision, "trained_on": str(self.cfg.data)}
 
     def save_epoch(self, epoch: int, row: dict, tensorboard) -> None:
         """Rank 0: weights, metrics and the resume state of a finished epoch (resume state last)."""
@@ -454,6 +478,7 @@ class _Trainer:
             "data": str(self.cfg.data),
             "num_classes": len(self.data.class_names),
             "img_size": self.img_size,
+            "precision": self.cfg.precision,
             "world_size": self.info.world_size,
             "device": str(self.device),
         }
@@ -461,63 +486,71 @@ class _Trainer:
     # run ---------------------------------------------------------------------------------------------
 
     def run(self) -> dict:
+        """Build, train the remaining epochs (saving each), and write the summary."""
         session_start = time.perf_counter()
-        cfg, info = self.cfg, self.info
         self.build()
-        if info.is_main:
-            save_config(cfg, self.output / CONFIG_FILE)
-            n_params = sum(p.numel() for p in self.model.parameters())
-            amp = f", amp {str(self.amp_dtype).replace('torch.', '')}" if self.amp_dtype else ""
-            _say(info, f"training {cfg.model} ({n_params / 1e6:.1f}M parameters) on {self.data.description}; "
-                       f"{cfg.epochs} epochs x {self.steps_per_epoch} steps of {cfg.batch_size}"
-                       f"{f' x {info.world_size} processes' if info.distributed else ''}, {cfg.optimizer} "
-                       f"{cfg.schedule} lr {cfg.lr:g}{amp}, norm {self.norm}, device {self.device}; writing to "
-                       f"{self.output}")
+        if self.info.is_main:
+            save_config(self.cfg, self.output / CONFIG_FILE)
+            self._announce()
         tensorboard = _tensorboard(self.output, self.start_epoch + 1 if self.start_epoch else None) \
-            if info.is_main else None
+            if self.info.is_main else None
         try:
-            for epoch in range(self.start_epoch, cfg.epochs):
-                epoch_start = time.perf_counter()
-                stats = self.train_one_epoch(epoch)
-                val = self.evaluate(self.model, "val")
-                ema_val = self.evaluate(self.ema.module, "val EMA") if self.ema is not None else None
-                row = {
-                    "epoch": epoch + 1,
-                    "train_loss": stats["train_loss"],
-                    "lr": self.last_lr,
-                    "val_loss": val["loss"],
-                    "val_top1": val["top1"],
-                    "val_top5": val["top5"],
-                    "ema_top1": ema_val["top1"] if ema_val else None,
-                    "ema_top5": ema_val["top5"] if ema_val else None,
-                    "train_img_per_s": stats["train_images"] / max(stats["train_seconds"], 1e-9),
-                    "train_images": stats["train_images"],
-                    "train_seconds": stats["train_seconds"],
-                }
-                for top1, weights in ((val["top1"], "model"), (ema_val["top1"] if ema_val else -1.0, "ema")):
-                    if top1 > self.best["top1"]:
-                        self.best = {"top1": top1, "epoch": epoch + 1, "weights": weights}
-                row["epoch_seconds"] = time.perf_counter() - epoch_start
-                self.history.append(row)
-                if info.is_main:
-                    self.save_epoch(epoch + 1, row, tensorboard)
-                distributed.barrier(info)
-                ema_text = f"  EMA top-1 {100 * row['ema_top1']:.2f}%" if ema_val else ""
-                _say(info, f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  val top-1 "
-                           f"{100 * row['val_top1']:.2f}%{ema_text}  lr {row['lr']:.3g}  "
-                           f"{row['train_img_per_s']:.0f} img/s  {row['epoch_seconds']:.1f} s")
-                self._event("epoch", epoch=epoch, row=row)
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                self.run_epoch(epoch, tensorboard)
         finally:
             if tensorboard is not None:
                 tensorboard.close()
         summary = self.summary(time.perf_counter() - session_start)
-        if info.is_main:
-            text = json.dumps(summary, indent=2) + "\n"
-            atomic_write(self.output / SUMMARY_FILE, lambda tmp: Path(tmp).write_text(text))
-            _say(info, f"best val top-1 {100 * summary['best_top1']:.2f}% ({summary['best_weights']} weights, epoch "
-                       f"{summary['best_epoch']}) after {summary['epochs']} epochs, "
-                       f"{summary['seconds'] / 60:.1f} min; weights in {self.output / BEST_FILE}")
+        if self.info.is_main:
+            write_text(self.output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+            _say(self.info, f"best val top-1 {100 * summary['best_top1']:.2f}% ({summary['best_weights']} weights, "
+                            f"epoch {summary['best_epoch']}) after {summary['epochs']} epochs, "
+                            f"{summary['seconds'] / 60:.1f} min; weights in {self.output / BEST_FILE}")
         return summary
+
+    def _announce(self) -> None:
+        cfg, info = self.cfg, self.info
+        n_params = sum(p.numel() for p in self.model.parameters())
+        precision = f", precision {cfg.precision}" if cfg.precision != "fp32" else ""
+        _say(info, f"training {cfg.model} ({n_params / 1e6:.1f}M parameters) on {self.data.description}; "
+                   f"{cfg.epochs} epochs x {self.steps_per_epoch} steps of {cfg.batch_size}"
+                   f"{f' x {info.world_size} processes' if info.distributed else ''}, {cfg.optimizer} "
+                   f"{cfg.schedule} lr {cfg.lr:g}{precision}, norm {self.norm}, device {self.device}; writing to "
+                   f"{self.output}")
+
+    def run_epoch(self, epoch: int, tensorboard) -> dict:
+        """Train and evaluate epoch ``epoch`` (from 0), keep the best weights, save, report; its metrics row."""
+        epoch_start = time.perf_counter()
+        stats = self.train_one_epoch(epoch)
+        val = self.evaluate(self.model, "val")
+        ema_val = self.evaluate(self.ema.module, "val EMA") if self.ema is not None else None
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": stats["train_loss"],
+            "lr": self.last_lr,
+            "val_loss": val["loss"],
+            "val_top1": val["top1"],
+            "val_top5": val["top5"],
+            "ema_top1": ema_val["top1"] if ema_val else None,
+            "ema_top5": ema_val["top5"] if ema_val else None,
+            "train_img_per_s": stats["train_images"] / max(stats["train_seconds"], 1e-9),
+            "train_images": stats["train_images"],
+            "train_seconds": stats["train_seconds"],
+        }
+        for top1, weights in ((val["top1"], "model"), (ema_val["top1"] if ema_val else -1.0, "ema")):
+            if top1 > self.best["top1"]:
+                self.best = {"top1": top1, "epoch": epoch + 1, "weights": weights}
+        row["epoch_seconds"] = time.perf_counter() - epoch_start
+        self.history.append(row)
+        if self.info.is_main:
+            self.save_epoch(epoch + 1, row, tensorboard)
+        distributed.barrier(self.info)
+        ema_text = f"  EMA top-1 {100 * row['ema_top1']:.2f}%" if ema_val else ""
+        _say(self.info, f"epoch {epoch + 1}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  val top-1 "
+                        f"{100 * row['val_top1']:.2f}%{ema_text}  lr {row['lr']:.3g}  "
+                        f"{row['train_img_per_s']:.0f} img/s  {row['epoch_seconds']:.1f} s")
+        self._event("epoch", epoch=epoch, row=row)
+        return row
 
 
 @contextlib.contextmanager
