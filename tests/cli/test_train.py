@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 
+from helpers import requires_sklearn
 from tresnet.cli.main import main
 
 QUICK = ["--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "8", "--max-val-images", "16",
@@ -44,6 +45,7 @@ def test_unknown_option_is_refused(capsys):
     assert info.value.code == 2 and "--learning-rate" in capsys.readouterr().err
 
 
+@requires_sklearn
 def test_digits_trains_end_to_end_with_the_demo_recipe(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--model", "tresnet_m", "--data", "digits", "--output", str(out), *QUICK]) == 0
@@ -73,6 +75,7 @@ def test_bad_recipe_key_is_one_line(tmp_path, capsys):
     assert code == 1 and "unknown key 'warmup'" in err and "warmup_epochs" in err and "\n" not in err
 
 
+@requires_sklearn
 def test_bad_values_are_one_line(tmp_path, capsys):
     code = main(["train", "--data", "digits", "--output", str(tmp_path / "o"), "--optimizer", "adam"])
     assert code == 1 and "optimizer" in capsys.readouterr().err

@@ -12,12 +12,14 @@ from safetensors.torch import load_file
 
 import tresnet
 from engine.train_testdata import FAST, make_image_folder, make_train_val
+from helpers import requires_sklearn
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.engine.config import build_config, load_recipe
 from tresnet.engine.train import TrainingDivergedError, train
 from tresnet.errors import CheckpointError, ConfigError, DataError
 
-RECIPES = ["imagenet-paper", "imagenet-timm", "finetune", "highres-448", "digits-demo"]
+RECIPES = ["imagenet-paper", "imagenet-timm", "finetune", "highres-448",
+           pytest.param("digits-demo", marks=requires_sklearn)]
 
 
 @pytest.fixture(scope="module", autouse=True)

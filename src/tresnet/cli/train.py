@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tresnet.engine.config import TrainConfig
 
 _GROUP_TITLES = {
     "run": "run",
@@ -73,8 +77,9 @@ def _deprecated_flags_warning(args: argparse.Namespace) -> str | None:
     return str(caught[0].message) if caught else None
 
 
-def _build_config(args: argparse.Namespace, said: set):
-    """The run's configuration; the deprecations met on the way (recipe keys) become warning lines."""
+def _build_config(args: argparse.Namespace, said: set[str | None]) -> TrainConfig:
+    """The run's configuration; the deprecations met on the way (recipe keys) become warning lines,
+    but for those already ``said``."""
     from tresnet.cli._common import say
     from tresnet.engine.config import FIELDS, LEGACY_PRECISION_KEYS, build_config
 
@@ -84,7 +89,8 @@ def _build_config(args: argparse.Namespace, said: set):
         try:
             return build_config(getattr(args, "config", None), overrides)
         finally:
-            for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)):
+            deprecations = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+            for message in dict.fromkeys(deprecations):
                 if message not in said:
                     say("train", "warning", message)
 

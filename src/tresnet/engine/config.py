@@ -457,6 +457,6 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     write_text(path, text + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-__all__ = ["CONFIG_FILE", "DIGITS", "FIELDS", "NORMS", "RESUME_FREE", "TrainConfig", "build_config", "check_resume",
-           "coerce_value", "coerce_values", "field_type", "list_recipes", "load_recipe", "recipe_path",
-           "save_config", "saved_config"]
+__all__ = ["CONFIG_FILE", "DIGITS", "FIELDS", "LEGACY_PRECISION_KEYS", "NORMS", "RESUME_FREE", "TrainConfig",
+           "build_config", "check_resume", "coerce_value", "coerce_values", "field_type", "list_recipes",
+           "load_recipe", "recipe_path", "save_config", "saved_config"]

@@ -70,6 +70,7 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait until every process gets here (returns at once in one process)."""
     if info.distributed:
         dist.barrier()
 
@@ -100,6 +101,7 @@ class ShardedEpochSampler(Sampler):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration give epoch ``epoch``'s order."""
         self.epoch = epoch
 
     def _indices(self) -> list[int]:

@@ -58,10 +58,12 @@ class ModelEma:
         self.num_updates += 1
 
     def state_dict(self) -> dict:
+        """The averaged weights and the update count, for a resume file."""
         return {"module": self.module.state_dict(), "num_updates": self.num_updates, "decay": self.decay,
                 "warmup": self.warmup}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved."""
         self.module.load_state_dict(state["module"])
         self.num_updates = int(state["num_updates"])
         self.decay = float(state["decay"])

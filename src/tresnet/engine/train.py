@@ -581,11 +581,14 @@ def train(cfg: TrainConfig, *, callback: Callback | None = None) -> dict:
     """Train as ``cfg`` says and return the summary (also written to ``summary.json``).
 
     ``callback(event, data)`` is called after every step (``"step"``: epoch (from 0), step, index in
-    the epoch, model) and epoch (``"epoch"``: epoch, row); an exception it raises stops the run. Under ``torchrun`` this joins the process group and trains with DDP.
+    the epoch, model) and epoch (``"epoch"``: epoch, row); an exception it raises stops the run. Under
+    ``torchrun`` this joins the process group and trains with DDP. The recipes and options are
+    described in the training guide (docs/train.md).
 
-    Raises :class:`ConfigError` (bad settings, an output folder holding another run),
-    :class:`DataError` (missing folders, no classes), :class:`CheckpointError` (an init checkpoint of
-    another architecture), :class:`TrainingDivergedError` (a NaN loss).
+    Raises :class:`ConfigError` (bad settings, a precision the device lacks, an output folder holding
+    another run, a resumed run whose configuration differs from the saved one), :class:`DataError`
+    (missing folders, no classes), :class:`CheckpointError` (an init checkpoint of another model),
+    :class:`TrainingDivergedError` (a NaN loss).
     """
     cfg.validate()
     info = distributed.setup(cfg.device)
