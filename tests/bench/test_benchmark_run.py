@@ -11,13 +11,12 @@ import sys
 
 import pytest
 
+from helpers import requires_matplotlib, requires_timm
 from tresnet.bench.batch_search import GIB, probe_peak_rss
 from tresnet.bench.report import format_ratios, format_table, markdown_table, ratio_rows
 from tresnet.bench.runner import BenchConfig, run_benchmark
 from tresnet.cli.main import main
 from tresnet.errors import ConfigError, ModelNotFoundError
-
-pytest.importorskip("timm")
 
 TINY = "timm:test_resnet"  # 0.5 M parameters
 REQUIRED_FIELDS = ("model", "impl", "device", "precision", "channels_last", "compiled", "img_size",
@@ -32,40 +31,50 @@ def tiny(**overrides) -> BenchConfig:
     return BenchConfig(**settings)
 
 
+@requires_timm
 def test_both_modes_ours_against_timm():
     rows = run_benchmark(tiny(models=f"tresnet_m,timm:tresnet_m,{TINY}"))
-    assert [r["model"] for r in rows] == ["tresnet_m", "timm:tresnet_m", TINY]
+    assert [r.model for r in rows] == ["tresnet_m", "timm:tresnet_m", TINY]
     for row in rows:
-        assert all(field in row for field in REQUIRED_FIELDS)
-        assert row["infer_img_per_s"] > 0 and row["train_img_per_s"] > 0
-        assert len(row["infer_seconds_per_batch"]) == 2 and row["infer_img_per_s_spread_pct"] >= 0
+        assert all(field in row.to_dict() for field in REQUIRED_FIELDS)
+        assert row.infer.img_per_s > 0 and row.train.img_per_s > 0
+        assert len(row.infer.seconds_per_batch) == 2 and row.infer.img_per_s_spread_pct >= 0
     ours, theirs = rows[0], rows[1]
-    assert ours["impl"] == "tresnet" and theirs["impl"] == "timm"
-    assert ours["params_m"] == pytest.approx(theirs["params_m"])
-    assert ours["gmacs"] == pytest.approx(theirs["gmacs"], rel=0.01)
-    assert ours["top1"] == theirs["top1"] == 80.8
+    assert ours.impl == "tresnet" and theirs.impl == "timm"
+    assert ours.params_m == pytest.approx(theirs.params_m)
+    assert ours.gmacs == pytest.approx(theirs.gmacs, rel=0.01)
+    assert ours.top1 == theirs.top1 == 80.8
     # In-Place ABN keeps less for backward than timm's plain BatchNorm
-    assert ours["saved_mib_per_img"] < theirs["saved_mib_per_img"]
+    assert ours.saved_mib_per_img < theirs.saved_mib_per_img
     assert [(r["numerator"], r["denominator"]) for r in ratio_rows(rows)] == [("tresnet_m", "timm:tresnet_m")]
     assert "tresnet_m / timm:tresnet_m: infer" in format_ratios(rows)
     assert "tresnet_m" in format_table(rows) and markdown_table(rows).count("\n") == 4
 
 
+@requires_timm
 @pytest.mark.parametrize("mode, timer", [("infer", "wall"), ("train", "cpu")])
 def test_single_mode(mode, timer):
     (row,) = run_benchmark(tiny(mode=mode, timer=timer, threads=1))
-    assert row["timer"] == timer and row["threads"] == 1
+    assert row.timer == timer and row.threads == 1
     other = "train" if mode == "infer" else "infer"
-    assert row[f"{mode}_img_per_s"] > 0
-    assert row[f"{other}_img_per_s"] is None and row[f"{other}_batch_size"] is None
+    assert row.mode(mode).img_per_s > 0
+    assert row.mode(other).img_per_s is None and row.mode(other).batch_size is None
 
 
+@requires_timm
 def test_bf16_channels_last_with_our_model():
     rows = run_benchmark(tiny(models=f"tresnet_m,{TINY}", precision="bf16", channels_last=True, repeats=1))
-    assert all(r["precision"] == "bf16" and r["channels_last"] for r in rows)
-    assert all(r["train_img_per_s"] > 0 and r["infer_img_per_s"] > 0 for r in rows)
+    assert all(r.precision == "bf16" and r.channels_last for r in rows)
+    assert all(r.train.img_per_s > 0 and r.infer.img_per_s > 0 for r in rows)
 
 
+@requires_timm
+def test_amp_on_the_cpu_is_bfloat16_autocast():
+    (row,) = run_benchmark(tiny(precision="amp", repeats=1))
+    assert row.precision == "amp" and row.train.img_per_s > 0 and row.infer.img_per_s > 0
+
+
+@requires_timm
 def test_auto_batch_is_ninety_percent_of_the_largest_that_fits():
     budget_gib = 1.0
 
@@ -75,15 +84,16 @@ def test_auto_batch_is_ninety_percent_of_the_largest_that_fits():
     (row,) = run_benchmark(tiny(batch_size="auto", memory_budget_gib=budget_gib, mode="both"),
                            peak_measure=fake_peak)
     expected = (1024 - 200) // 70
-    assert row["max_train_batch"] == expected
-    assert row["train_batch_size"] == row["infer_batch_size"] == int(0.9 * expected)
-    assert row["memory_budget_gib"] == budget_gib
-    assert row["train_peak_mem_mib"] == pytest.approx(200 + 70 * int(0.9 * expected))
+    assert row.train.max_batch == expected
+    assert row.train.batch_size == row.infer.batch_size == int(0.9 * expected)
+    assert row.memory_budget_gib == budget_gib
+    assert row.train.peak_mem_mib == pytest.approx(200 + 70 * int(0.9 * expected))
     (row,) = run_benchmark(tiny(batch_size="auto", memory_budget_gib=budget_gib, mode="infer", repeats=1,
                                 max_batch=5), peak_measure=fake_peak)
-    assert row["max_infer_batch"] == 5 and row["max_train_batch"] is None and row["infer_batch_size"] == 4
+    assert row.infer.max_batch == 5 and row.train.max_batch is None and row.infer.batch_size == 4
 
 
+@requires_timm
 def test_a_batch_over_the_budget_fails():
     with pytest.raises(ConfigError, match="batch 2 needs .* over --memory-budget"):
         run_benchmark(tiny(memory_budget_gib=0.5), peak_measure=lambda t, m, b: 0.4 * GIB * b)
@@ -95,7 +105,6 @@ def test_a_batch_over_the_budget_fails():
     (dict(device="cuda:7"), "cuda"),
     (dict(device="tpu"), "bad --device"),
     (dict(precision="fp8"), "bad --precision 'fp8'"),
-    (dict(precision="amp"), "amp .* is for CUDA"),
     (dict(mode="fly"), "bad --mode"),
     (dict(batch_size="many"), "bad --batch-size 'many'"),
     (dict(batch_size=0), "bad --batch-size 0"),
@@ -103,18 +112,20 @@ def test_a_batch_over_the_budget_fails():
     (dict(repeats=0), "--repeats must be at least 1"),
     (dict(timer="gpu"), "bad --timer"),
 ])
-def test_bad_options_raise_config_errors(overrides, message):
+def test_bad_options_raise_config_errors(overrides, message):  # all found before any model is looked up
     with pytest.raises(ConfigError, match=message):
         run_benchmark(tiny(**overrides))
 
 
+@requires_timm
 def test_unknown_model_fails_before_any_work():
     with pytest.raises(ModelNotFoundError, match="no_such_net"):
         run_benchmark(tiny(models=f"{TINY},no_such_net"))
 
 
+@requires_timm
+@requires_matplotlib
 def test_cli_writes_json_csv_and_plot(tmp_path, capsys):
-    pytest.importorskip("matplotlib")
     out = tmp_path / "results"
     code = main(["benchmark", "--models", TINY, "--device", "cpu", "--img-size", "32", "--batch-size", "2",
                  "--warmup", "0", "--repeats", "1", "--no-peak-memory", "--no-progress", "--markdown",
@@ -132,7 +143,7 @@ def test_cli_writes_json_csv_and_plot(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--models", "no_such_net"], "unknown model 'no_such_net'"),
+    pytest.param(["--models", "no_such_net"], "unknown model 'no_such_net'", marks=requires_timm),
     (["--device", "cuda:7"], "--device cuda:7"),
     (["--precision", "half"], "bad --precision 'half'"),
 ])
@@ -143,24 +154,27 @@ def test_cli_errors_are_one_line(argv, message, capsys):
     assert err.startswith("tresnet benchmark: error:") and message in err and "\n" not in err
 
 
+@requires_timm
 def test_cpu_peak_memory_probe_runs_in_a_subprocess():
     reply = probe_peak_rss(TINY, 2, modes=("infer", "train"), img_size=32, threads=1)
     assert 0 < reply["baseline_rss_bytes"] <= reply["infer_peak_rss_bytes"] <= reply["train_peak_rss_bytes"]
     assert math.isfinite(reply["train_peak_rss_bytes"])
 
 
+@requires_timm
 @pytest.mark.slow
 def test_cpu_auto_batch_with_real_measurements():
     (row,) = run_benchmark(tiny(batch_size="auto", memory_budget_gib=0.9, mode="train", repeats=1, max_batch=64,
                                 peak_memory=True, img_size=64))
-    assert 1 <= row["train_batch_size"] < row["max_train_batch"] <= 64
-    assert row["train_peak_mem_mib"] <= 0.9 * 1024
+    assert 1 <= row.train.batch_size < row.train.max_batch <= 64
+    assert row.train.peak_mem_mib <= 0.9 * 1024
 
 
+@requires_timm
 @pytest.mark.slow
 def test_compile():
     (row,) = run_benchmark(tiny(mode="infer", compile=True, repeats=1))
-    assert row["compiled"] and row["infer_img_per_s"] > 0
+    assert row.compiled and row.infer.img_per_s > 0
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux /proc only")

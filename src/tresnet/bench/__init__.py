@@ -1,11 +1,13 @@
 """Measuring models the paper's way: throughput, largest batch, memory, reports and plots.
 
-``run_benchmark(BenchConfig(models="tresnet_m,timm:tresnet_m,resnet50"))`` returns one row per model;
-:mod:`tresnet.bench.report` turns rows into a table, JSON, CSV and a plot. ``tresnet benchmark`` is the
-command-line face of the same.
+``run_benchmark(BenchConfig(models="tresnet_m,timm:tresnet_m,resnet50"))`` returns one
+:class:`BenchRow` per model; :mod:`tresnet.bench.report` turns rows into a table, JSON, CSV and a plot.
+``NAME:fused`` and ``NAME:onnx`` measure the deployment paths (:mod:`tresnet.bench.variants`).
+``tresnet benchmark`` is the command-line face of the same.
 """
 
 from tresnet.bench.batch_search import BatchSearchResult, largest_batch
+from tresnet.bench.machine import cpu_flags, cpu_name, describe_device
 from tresnet.bench.published import PAPER_PEERS, PEER_RESULTS, PublishedResult, published_top1
 from tresnet.bench.report import (
     format_ratios,
@@ -16,12 +18,14 @@ from tresnet.bench.report import (
     write_csv,
     write_json,
 )
+from tresnet.bench.rows import BenchRow, ModeResult
 from tresnet.bench.runner import BenchConfig, run_benchmark
 from tresnet.bench.targets import (
     BenchTarget,
     BuildOptions,
     ModelSpec,
     Variant,
+    VariantBuild,
     build_base_model,
     list_variants,
     parse_model_list,
@@ -30,8 +34,9 @@ from tresnet.bench.targets import (
 )
 
 __all__ = [
-    "PAPER_PEERS", "PEER_RESULTS", "BatchSearchResult", "BenchConfig", "BenchTarget", "BuildOptions",
-    "ModelSpec", "PublishedResult", "Variant", "build_base_model", "format_ratios", "format_table",
-    "largest_batch", "list_variants", "markdown_table", "parse_model_list", "parse_model_spec", "plot_results",
-    "published_top1", "ratio_rows", "register_variant", "run_benchmark", "write_csv", "write_json",
+    "PAPER_PEERS", "PEER_RESULTS", "BatchSearchResult", "BenchConfig", "BenchRow", "BenchTarget", "BuildOptions",
+    "ModeResult", "ModelSpec", "PublishedResult", "Variant", "VariantBuild", "build_base_model", "cpu_flags",
+    "cpu_name", "describe_device", "format_ratios", "format_table", "largest_batch", "list_variants",
+    "markdown_table", "parse_model_list", "parse_model_spec", "plot_results", "published_top1", "ratio_rows",
+    "register_variant", "run_benchmark", "write_csv", "write_json",
 ]

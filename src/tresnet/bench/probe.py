@@ -2,7 +2,9 @@
 
 ``python -m tresnet.bench.probe '<json request>'`` builds one model on the CPU, runs a few batches of
 inference and/or training and prints one JSON line with the process's peak resident memory after each.
-A fresh process is needed because the peak resident size of a process never goes down.
+A fresh process is needed because the peak resident size of a process never goes down. The runner
+skips variants whose build holds more than what runs (``NAME:fused``, ``NAME:onnx``: see
+:class:`~tresnet.bench.targets.Variant`'s ``peak_memory_note``).
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ def run_probe(request: dict) -> dict:
     import torch
 
     from tresnet.bench.memory import image_peak_rss_bytes
-    from tresnet.bench.targets import BuildOptions, build_target, parse_model_spec
+    from tresnet.bench.targets import BuildOptions, build_target, check_spec, parse_model_spec
     from tresnet.bench.timing import make_step
 
     if request.get("threads"):
         torch.set_num_threads(int(request["threads"]))
-    reply = {"baseline_rss_bytes": image_peak_rss_bytes()}
     device = torch.device("cpu")
     spec = parse_model_spec(request["model"])
+    check_spec(spec)  # imports the model's library (timm, for its models) before the baseline is taken
+    reply = {"baseline_rss_bytes": image_peak_rss_bytes()}
     options = BuildOptions(device=device, img_size=request["img_size"], precision=request["precision"],
                            channels_last=request["channels_last"])
     target = build_target(spec, options)

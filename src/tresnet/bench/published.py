@@ -25,8 +25,8 @@ class PublishedResult:
     source: str
 
 
-# timm name -> published top-1. The paper's peers (SPEC section 5) and GENet, whose timm ports are
-# the ones benchmarked here (timm's own evaluation of the ported weights).
+# timm name -> published top-1. The peers of the TResNet paper's Table 1 (arXiv 2003.13630), and GENet,
+# whose timm ports are the ones benchmarked here (timm's own evaluation of the ported weights).
 PEER_RESULTS: dict[str, PublishedResult] = {
     "resnet50": PublishedResult(79.0, 224, PAPER),
     "resnet50d": PublishedResult(79.3, 224, PAPER),

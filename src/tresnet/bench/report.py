@@ -1,6 +1,7 @@
 """Benchmark rows as a terminal table, speed ratios, a Markdown table, JSON, CSV and a top-1 vs speed plot.
 
-Files are written atomically (:func:`tresnet.checkpoint.atomic_write`): a reader never sees half a file.
+Every function takes :class:`~tresnet.bench.rows.BenchRow` objects or their flat dicts (as read from
+a result file). Files are written atomically (:mod:`tresnet.files`): a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ import csv
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from tresnet.checkpoint import atomic_write
+from tresnet.bench.rows import MODES, BenchRow, as_rows
 from tresnet.errors import MissingDependencyError
+from tresnet.files import atomic_write, write_text
 
-MODES = ("infer", "train")
 BASELINE = "resnet50"
+Rows = Iterable[BenchRow | Mapping[str, Any]]
 
 
 def _clean(value):
@@ -38,33 +41,43 @@ def _fmt(value, digits: int = 1) -> str:
     return str(value)
 
 
-def _peak(row: dict) -> float | None:
-    return row.get("train_peak_mem_mib") or row.get("infer_peak_mem_mib")
+def _fmt_diff(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
+
+
+def _spread(row: BenchRow, mode: str) -> str:
+    result = row.mode(mode)
+    return _fmt(result.img_per_s_spread_pct) if result.img_per_s else "-"
+
+
+def _max_batch(row: BenchRow) -> int | None:
+    return row.train.max_batch or row.infer.max_batch
 
 
 # column title, function of a row -> text; a column whose cells are all "-" is left out.
-_COLUMNS = [
-    ("model", lambda r: r["model"]),
-    ("impl", lambda r: r["impl"]),
-    ("px", lambda r: str(r["img_size"])),
-    ("infer batch", lambda r: _fmt(r.get("infer_batch_size"))),
-    ("infer img/s", lambda r: _fmt(r.get("infer_img_per_s"))),
-    ("±%", lambda r: _fmt(r.get("infer_img_per_s_spread_pct")) if r.get("infer_img_per_s") else "-"),
-    ("train batch", lambda r: _fmt(r.get("train_batch_size"))),
-    ("train img/s", lambda r: _fmt(r.get("train_img_per_s"))),
-    ("±% ", lambda r: _fmt(r.get("train_img_per_s_spread_pct")) if r.get("train_img_per_s") else "-"),
-    ("max batch", lambda r: _fmt(r.get("max_train_batch") or r.get("max_infer_batch"))),
-    ("params M", lambda r: _fmt(r.get("params_m"), 2)),
-    ("GMACs", lambda r: _fmt(r.get("gmacs"), 2)),
-    ("saved MiB/img", lambda r: _fmt(r.get("saved_mib_per_img"))),
-    ("peak MiB", lambda r: _fmt(_peak(r), 0)),
-    ("top-1", lambda r: _fmt(r.get("top1"), 2)),
+_COLUMNS: list[tuple[str, Callable[[BenchRow], str]]] = [
+    ("model", lambda r: r.model),
+    ("impl", lambda r: r.impl),
+    ("px", lambda r: str(r.img_size)),
+    ("infer batch", lambda r: _fmt(r.infer.batch_size)),
+    ("infer img/s", lambda r: _fmt(r.infer.img_per_s)),
+    ("±%", lambda r: _spread(r, "infer")),
+    ("train batch", lambda r: _fmt(r.train.batch_size)),
+    ("train img/s", lambda r: _fmt(r.train.img_per_s)),
+    ("±% ", lambda r: _spread(r, "train")),
+    ("max batch", lambda r: _fmt(_max_batch(r))),
+    ("params M", lambda r: _fmt(r.params_m, 2)),
+    ("GMACs", lambda r: _fmt(r.gmacs, 2)),
+    ("saved MiB/img", lambda r: _fmt(r.saved_mib_per_img)),
+    ("peak MiB", lambda r: _fmt(r.train.peak_mem_mib or r.infer.peak_mem_mib, 0)),
+    ("max rel diff", lambda r: _fmt_diff(r.max_rel_diff)),
+    ("top-1", lambda r: _fmt(r.top1, 2)),
 ]
 
 
-def format_table(rows: Sequence[dict]) -> str:
+def format_table(rows: Rows) -> str:
     """A fixed-width table of ``rows`` for the terminal (columns with no value in any row are left out)."""
-    cells = [[fn(r) for _, fn in _COLUMNS] for r in rows]
+    cells = [[fn(r) for _, fn in _COLUMNS] for r in as_rows(rows)]
     keep = [i for i in range(len(_COLUMNS)) if any(c[i] != "-" for c in cells)]
     titles = [_COLUMNS[i][0].strip() for i in keep]
     table = [[c[i] for i in keep] for c in cells]
@@ -79,44 +92,47 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
-def speed_ratio(rows: Sequence[dict], numerator: str, denominator: str, mode: str) -> float | None:
+def speed_ratio(rows: Rows, numerator: str, denominator: str, mode: str) -> float | None:
     """images/s of model ``numerator`` over ``denominator`` in ``mode`` (None if either is missing)."""
-    by_label = {r["model"]: r for r in rows}
+    by_label = {r.model: r for r in as_rows(rows)}
     a, b = by_label.get(numerator), by_label.get(denominator)
-    if not a or not b or not a.get(f"{mode}_img_per_s") or not b.get(f"{mode}_img_per_s"):
+    if not a or not b or not a.mode(mode).img_per_s or not b.mode(mode).img_per_s:
         return None
-    return a[f"{mode}_img_per_s"] / b[f"{mode}_img_per_s"]
+    return a.mode(mode).img_per_s / b.mode(mode).img_per_s
 
 
-def comparisons(rows: Sequence[dict]) -> list[tuple[str, str]]:
-    """The pairs worth a ratio: each of our models against timm's implementation of it and against ResNet50."""
-    labels = {r["model"] for r in rows}
+def comparisons(rows: Rows) -> list[tuple[str, str]]:
+    """The pairs worth a ratio: each of our models against its plain model (for a variant), against
+    timm's implementation of it and against ResNet50."""
+    rows = as_rows(rows)
+    labels = {r.model for r in rows}
     pairs = []
     for row in rows:
-        if row["impl"] != "tresnet":
+        if row.impl != "tresnet":
             continue
-        for other in (f"timm:{row['name']}", BASELINE):
-            if other in labels and other != row["model"]:
-                pairs.append((row["model"], other))
+        plain = [row.name] if row.variant else []
+        for other in (*plain, f"timm:{row.name}", BASELINE):
+            if other in labels and other != row.model:
+                pairs.append((row.model, other))
     return pairs
 
 
-def ratio_rows(rows: Sequence[dict]) -> list[dict]:
+def ratio_rows(rows: Rows) -> list[dict]:
     """``{"numerator", "denominator", "infer", "train", "max_batch"}`` for every pair of :func:`comparisons`."""
-    by_label = {r["model"]: r for r in rows}
+    rows = as_rows(rows)
+    by_label = {r.model: r for r in rows}
     out = []
     for a, b in comparisons(rows):
-        entry = {"numerator": a, "denominator": b}
+        entry: dict[str, Any] = {"numerator": a, "denominator": b}
         for mode in MODES:
             entry[mode] = speed_ratio(rows, a, b, mode)
-        max_a = by_label[a].get("max_train_batch") or by_label[a].get("max_infer_batch")
-        max_b = by_label[b].get("max_train_batch") or by_label[b].get("max_infer_batch")
+        max_a, max_b = _max_batch(by_label[a]), _max_batch(by_label[b])
         entry["max_batch"] = max_a / max_b if max_a and max_b else None
         out.append(entry)
     return out
 
 
-def format_ratios(rows: Sequence[dict]) -> str:
+def format_ratios(rows: Rows) -> str:
     """One line per pair of :func:`comparisons`, e.g. ``tresnet_m / resnet50: infer 1.12x, train 0.95x``."""
     lines = []
     for entry in ratio_rows(rows):
@@ -128,50 +144,94 @@ def format_ratios(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(rows: Sequence[dict]) -> str:
-    """A Markdown table of ``rows`` for the README (speeds with their spread)."""
+def format_speed(row: BenchRow, mode: str) -> str:
+    """``12.3 ±4%``: the median images/s of ``mode`` and its spread, or ``-`` when not timed."""
+    result = row.mode(mode)
+    if result.img_per_s is None:
+        return "-"
+    return f"{result.img_per_s:,.1f} ±{result.img_per_s_spread_pct or 0:.0f}%"
 
-    def speed(row: dict, mode: str) -> str:
-        value = row.get(f"{mode}_img_per_s")
-        if value is None:
-            return "-"
-        return f"{value:,.1f} ±{row.get(f'{mode}_img_per_s_spread_pct') or 0:.0f}%"
 
+def markdown_table(rows: Rows) -> str:
+    """A Markdown table of ``rows`` for the docs (speeds with their spread; a ``max rel diff`` column
+    when a deployment variant is among them)."""
+    rows = as_rows(rows)
+    diffs = any(r.max_rel_diff is not None for r in rows)
     head = ("| model | impl | px | batch | infer img/s | train img/s | params (M) | GMACs | saved MiB/img "
-            "| peak train MiB | top-1 |")
+            "| peak train MiB |" + (" max rel diff |" if diffs else "") + " top-1 |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        batch = r.get("train_batch_size") or r.get("infer_batch_size")
-        lines.append(f"| {r['model']} | {r['impl']} | {r['img_size']} | {_fmt(batch)} | {speed(r, 'infer')} | "
-                     f"{speed(r, 'train')} | {_fmt(r.get('params_m'), 2)} | {_fmt(r.get('gmacs'), 2)} | "
-                     f"{_fmt(r.get('saved_mib_per_img'))} | {_fmt(r.get('train_peak_mem_mib'), 0)} | "
-                     f"{_fmt(r.get('top1'), 2)} |")
+        batch = r.train.batch_size or r.infer.batch_size
+        diff = f" {_fmt_diff(r.max_rel_diff)} |" if diffs else ""
+        lines.append(f"| {r.model} | {r.impl} | {r.img_size} | {_fmt(batch)} | {format_speed(r, 'infer')} | "
+                     f"{format_speed(r, 'train')} | {_fmt(r.params_m, 2)} | {_fmt(r.gmacs, 2)} | "
+                     f"{_fmt(r.saved_mib_per_img)} | {_fmt(r.train.peak_mem_mib, 0)} |{diff} {_fmt(r.top1, 2)} |")
     return "\n".join(lines)
 
 
-def write_json(rows: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Write ``rows`` as a JSON list (non-finite numbers as null), atomically; return the path."""
-    text = json.dumps(_clean(list(rows)), indent=2, allow_nan=False) + "\n"
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+def write_json(rows: Rows, path: str | os.PathLike) -> Path:
+    """Write ``rows`` as a JSON list of flat dicts (non-finite numbers as null), atomically; return the path."""
+    flat = [r.to_dict() for r in as_rows(rows)]
+    return write_text(path, json.dumps(_clean(flat), indent=2, allow_nan=False) + "\n")
 
 
-def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> Path:
+def write_csv(rows: Rows, path: str | os.PathLike) -> Path:
     """Write ``rows`` as CSV (one column per field, lists as JSON text), atomically; return the path."""
-    fields: list[str] = []
-    for row in rows:
-        fields += [k for k in row if k not in fields]
+    flat = _clean([r.to_dict() for r in as_rows(rows)])
+    columns: list[str] = []
+    for row in flat:
+        columns += [k for k in row if k not in columns]
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
+            writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
-            for row in _clean(list(rows)):
+            for row in flat:
                 writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
 
     return atomic_write(path, write)
 
 
-def plot_results(rows: Sequence[dict], path: str | os.PathLike, *, title: str | None = None) -> Path:
+def _plot_mode(axes, rows: Sequence[BenchRow], mode: str) -> None:
+    """One panel: published top-1 against ``mode``'s images/s, our models as red stars."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    points = sorted((r for r in rows if r.mode(mode).img_per_s and r.top1 is not None),
+                    key=lambda r: r.mode(mode).img_per_s)
+    placed: list[tuple[float, float]] = []  # labels of nearly coincident points go one above the other
+    for row in points:
+        ours = row.impl == "tresnet"
+        x, y = row.mode(mode).img_per_s, row.top1
+        axes.scatter([x], [y], s=90 if ours else 40, marker="*" if ours else "o",
+                     color="tab:red" if ours else "tab:blue", zorder=3)
+        level = sum(1 for px, py in placed if abs(py - y) < 0.15 and abs(math.log(px / x)) < 0.5)
+        placed.append((x, y))
+        axes.annotate(row.model, (x, y), textcoords="offset points", xytext=(5, 4 + 9 * level), fontsize=8)
+    if not points:
+        axes.text(0.5, 0.5, "no model with a published top-1", ha="center", va="center", transform=axes.transAxes)
+    batch = sorted({r.mode(mode).batch_size for r in points} - {None})
+    batch_text = f"batch {batch[0]}" if len(batch) == 1 else "batch per model"
+    axes.set_xlabel(f"{'inference' if mode == 'infer' else 'training'} images/s ({batch_text}, log scale)")
+    axes.set_ylabel("ImageNet top-1 (%)")
+    axes.set_xscale("log")  # throughputs span more than ten times
+    axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    axes.grid(True, which="both", alpha=0.3)
+    axes.margins(x=0.12, y=0.12)
+
+
+def _plot_title(rows: Sequence[BenchRow]) -> str:
+    first = rows[0]
+    settings = f"{first.device_name}, {first.precision}"
+    if first.channels_last:
+        settings += ", channels-last"
+    if first.compiled:
+        settings += ", compiled"
+    return f"Top-1 vs throughput: {settings}"
+
+
+def plot_results(rows: Rows, path: str | os.PathLike, *, title: str | None = None) -> Path:
     """Plot published top-1 against measured images/s (one panel per measured mode), as the paper's
     figure; our models stand out. Writes a PNG atomically and returns its path.
 
@@ -180,43 +240,14 @@ def plot_results(rows: Sequence[dict], path: str | os.PathLike, *, title: str | 
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
     except ImportError:
         raise MissingDependencyError("--plot needs matplotlib: pip install 'tresnet[bench]'") from None
-    modes = [m for m in MODES if any(r.get(f"{m}_img_per_s") for r in rows)] or ["infer"]
+    rows = as_rows(rows)
+    modes = [m for m in MODES if any(r.mode(m).img_per_s for r in rows)] or ["infer"]
     figure = Figure(figsize=(6.0 * len(modes), 4.8), layout="constrained")
     FigureCanvasAgg(figure)
     for i, mode in enumerate(modes):
-        axes = figure.add_subplot(1, len(modes), i + 1)
-        points = [r for r in rows if r.get(f"{mode}_img_per_s") and r.get("top1") is not None]
-        placed: list[tuple[float, float]] = []  # labels of nearly coincident points go one above the other
-        for row in sorted(points, key=lambda r: r[f"{mode}_img_per_s"]):
-            ours = row["impl"] == "tresnet"
-            x, y = row[f"{mode}_img_per_s"], row["top1"]
-            axes.scatter([x], [y], s=90 if ours else 40, marker="*" if ours else "o",
-                         color="tab:red" if ours else "tab:blue", zorder=3)
-            level = sum(1 for px, py in placed if abs(py - y) < 0.15 and abs(math.log(px / x)) < 0.5)
-            placed.append((x, y))
-            axes.annotate(row["model"], (x, y), textcoords="offset points", xytext=(5, 4 + 9 * level), fontsize=8)
-        if not points:
-            axes.text(0.5, 0.5, "no model with a published top-1", ha="center", va="center",
-                      transform=axes.transAxes)
-        batch = sorted({r.get(f"{mode}_batch_size") for r in points} - {None})
-        batch_text = f"batch {batch[0]}" if len(batch) == 1 else "batch per model"
-        axes.set_xlabel(f"{'inference' if mode == 'infer' else 'training'} images/s ({batch_text}, log scale)")
-        axes.set_ylabel("ImageNet top-1 (%)")
-        axes.set_xscale("log")  # throughputs span more than ten times
-        axes.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        axes.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-        axes.xaxis.set_minor_formatter(NullFormatter())
-        axes.grid(True, which="both", alpha=0.3)
-        axes.margins(x=0.12, y=0.12)
+        _plot_mode(figure.add_subplot(1, len(modes), i + 1), rows, mode)
     if rows:
-        first = rows[0]
-        settings = f"{first.get('device_name')}, {first.get('precision')}"
-        if first.get("channels_last"):
-            settings += ", channels-last"
-        if first.get("compiled"):
-            settings += ", compiled"
-        figure.suptitle(title or f"Top-1 vs throughput: {settings}", fontsize=10)
+        figure.suptitle(title or _plot_title(rows), fontsize=10)
     return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))

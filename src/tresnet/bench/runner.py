@@ -2,17 +2,19 @@
 
 Order of work: check every argument and model name before anything is built; build each model and
 measure what does not depend on the clock (parameters, GMACs, bytes kept for backward, the largest
-batch, peak memory); then warm up and time the (model, mode) pairs round-robin, one turn each per
-repetition, so that a shared machine's drift hits every model alike. On CUDA, models not in their turn
-wait in host memory, so each runs with the device to itself, as when its largest batch was searched.
+batch, peak memory, a variant's difference from the plain model); then warm up and time the (model,
+mode) pairs round-robin, one turn each per repetition, so that a shared machine's drift hits every
+model alike. On CUDA, models not in their turn wait in host memory, so each runs with the device to
+itself, as when its largest batch was searched. Inference-only variants (``NAME:fused``,
+``NAME:onnx``) are timed in inference only when both modes are asked for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import platform
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,36 +29,46 @@ from tresnet.bench.batch_search import (
     largest_batch,
     probe_peak_rss,
 )
+from tresnet.bench.machine import cpu_flags, describe_device, versions
 from tresnet.bench.memory import saved_bytes_per_image
 from tresnet.bench.published import published_top1
+from tresnet.bench.rows import BenchRow, ModeResult
 from tresnet.bench.targets import (
+    MODES,
     BenchTarget,
     BuildOptions,
+    ModelSpec,
     build_target,
     check_spec,
     count_gmacs,
     count_params_m,
+    get_variant,
     parse_model_list,
 )
 from tresnet.bench.timing import (
-    autocast,
-    check_device,
-    check_precision,
     check_timer,
+    logits_of,
     make_step,
     summarize,
+    synthetic_images,
     time_iterations,
 )
 from tresnet.errors import ConfigError, TResNetError
+from tresnet.runtime import autocast, check_precision, resolve_device
 
 MIB = 1024 ** 2
 RUN_MODES = {"infer": ("infer",), "train": ("train",), "both": ("infer", "train")}
 DEFAULT_BATCH = {"cpu": 8, "cuda": 128}
 DEFAULT_ITERS = {"cpu": 1, "cuda": 10}
 AUTO = "auto"
+DIFF_CHUNK = 32  # images per forward when comparing a variant with its plain model
+CPU_PEAK_METHOD = "peak resident memory of a process running the model (CPU)"
+CUDA_PEAK_METHOD = "torch.cuda.max_memory_allocated during the timed steps"
 
 # (target, mode, batch) -> peak bytes; replaces the real measurement (tests use a fake allocator).
 PeakMeasure = Callable[[BenchTarget, str, int], float]
+
+__all__ = ["BenchConfig", "BenchRow", "describe_device", "plan_config", "run_benchmark"]
 
 
 @dataclass
@@ -66,8 +78,9 @@ class BenchConfig:
     ``batch_size``: an int, ``"auto"`` (90% of the largest batch that fits; on the CPU within
     ``memory_budget_gib``) or None (8 on the CPU, 128 on CUDA). ``img_size`` None: each model's own.
     ``iters`` None: 1 on the CPU, 10 on CUDA (timed iterations per turn). ``device`` may be ``"auto"``.
-    ``timer``: ``"wall"`` (elapsed time) or, on the CPU, ``"cpu"`` (CPU time of the process: robust to
-    other work on a shared machine; use it with ``threads=1``).
+    ``precision``: fp32, amp, bf16 or fp16 (:mod:`tresnet.runtime`). ``timer``: ``"wall"`` (elapsed
+    time) or, on the CPU, ``"cpu"`` (CPU time of the process: robust to other work on a shared
+    machine; use it with ``threads=1``).
     """
 
     models: str | Sequence[str] = "tresnet_m,timm:tresnet_m,resnet50"
@@ -111,33 +124,40 @@ def _positive_int(value, what: str, minimum: int = 1) -> int:
     return number
 
 
+def _plan_batch(config: BenchConfig, device: torch.device) -> int | None:
+    """The fixed batch of ``config`` on ``device``, or None for ``auto``."""
+    batch = config.batch_size
+    if batch is None:
+        return DEFAULT_BATCH[device.type]
+    if isinstance(batch, str) and batch.strip().lower() == AUTO:
+        return None
+    try:
+        batch = int(batch)
+    except (TypeError, ValueError):
+        raise ConfigError(f"bad --batch-size {config.batch_size!r}: a positive integer or 'auto'") from None
+    if batch < 1:
+        raise ConfigError(f"bad --batch-size {batch}: a positive integer or 'auto'")
+    return batch
+
+
+def _plan_budget(config: BenchConfig) -> float | None:
+    """``--memory-budget`` in bytes (None when not given)."""
+    if config.memory_budget_gib is None:
+        return None
+    if not config.memory_budget_gib > 0:
+        raise ConfigError(f"bad --memory-budget {config.memory_budget_gib}: a positive number of GiB")
+    return float(config.memory_budget_gib) * GIB
+
+
 def plan_config(config: BenchConfig) -> _Plan:
     """Check every option of ``config``; raise :class:`ConfigError` naming the first bad one."""
     if config.mode not in RUN_MODES:
         raise ConfigError(f"bad --mode {config.mode!r}: choose infer, train or both")
-    device_name = config.device
-    if device_name == AUTO:
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = check_device(device_name)
+    device = resolve_device(config.device)
     check_precision(config.precision, device)
     check_timer(config.timer, device)
-    batch = config.batch_size
-    if batch is None:
-        batch = DEFAULT_BATCH[device.type]
-    if isinstance(batch, str) and batch.strip().lower() == AUTO:
-        batch = None
-    else:
-        try:
-            batch = int(batch)
-        except (TypeError, ValueError):
-            raise ConfigError(f"bad --batch-size {config.batch_size!r}: a positive integer or 'auto'") from None
-        if batch < 1:
-            raise ConfigError(f"bad --batch-size {batch}: a positive integer or 'auto'")
-    budget = None
-    if config.memory_budget_gib is not None:
-        if not config.memory_budget_gib > 0:
-            raise ConfigError(f"bad --memory-budget {config.memory_budget_gib}: a positive number of GiB")
-        budget = float(config.memory_budget_gib) * GIB
+    batch = _plan_batch(config, device)
+    budget = _plan_budget(config)
     if batch is None and budget is None and device.type == "cpu":
         raise ConfigError("--batch-size auto on the CPU needs --memory-budget GiB: the memory a training "
                           "process may use (e.g. --memory-budget 8)")
@@ -152,36 +172,6 @@ def plan_config(config: BenchConfig) -> _Plan:
     if config.threads is not None:
         _positive_int(config.threads, "--threads")
     return _Plan(device=device, modes=RUN_MODES[config.mode], batch_size=batch, iters=iters, budget_bytes=budget)
-
-
-def describe_device(device: torch.device) -> str:
-    """A human name of ``device``: the GPU's name, or the CPU model and the number of threads used."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    threads = torch.get_num_threads()
-    return f"{name} ({threads} thread{'s' if threads > 1 else ''})"
-
-
-def _versions() -> dict:
-    from tresnet import __version__
-
-    versions = {"tresnet_version": __version__, "torch_version": torch.__version__, "timm_version": None}
-    try:
-        import timm
-
-        versions["timm_version"] = timm.__version__
-    except ImportError:
-        pass
-    return versions
 
 
 def _mib(value: float | None) -> float | None:
@@ -220,44 +210,100 @@ def _move_target(target: BenchTarget, steps: list, device: torch.device) -> None
         step.move(device)
 
 
-def _static_row(target: BenchTarget, config: BenchConfig, plan: _Plan) -> dict:
+# --- before anything is built -------------------------------------------------------------------------
+
+def _modes_of(spec: ModelSpec, plan: _Plan) -> tuple[str, ...]:
+    """The asked modes ``spec`` can run: an inference-only variant is timed in inference only."""
+    able = MODES if spec.variant is None else tuple(get_variant(spec.variant).modes)
+    modes = tuple(m for m in plan.modes if m in able)
+    if not modes:
+        raise ConfigError(f"{spec.label} cannot run {'/'.join(plan.modes)} (an inference-only variant); "
+                          f"use --mode infer or both")
+    return modes
+
+
+def _checked_specs(config: BenchConfig, plan: _Plan, options: BuildOptions) -> list[tuple[ModelSpec, tuple]]:
+    """Every model of ``config`` with the modes it will be timed in; raises before anything is built."""
+    specs = parse_model_list(config.models)
+    for spec in specs:
+        check_spec(spec, options)
+    return [(spec, _modes_of(spec, plan)) for spec in specs]
+
+
+@contextlib.contextmanager
+def _torch_settings(config: BenchConfig, device: torch.device) -> Iterator[None]:
+    """Threads, seed and cuDNN autotuning for the run; the thread count and cuDNN flag restored after."""
+    threads_before, cudnn_benchmark_before = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    torch.manual_seed(config.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads_before)
+        torch.backends.cudnn.benchmark = cudnn_benchmark_before
+
+
+# --- what does not depend on the clock ----------------------------------------------------------------
+
+def _new_row(target: BenchTarget, config: BenchConfig, plan: _Plan) -> BenchRow:
+    """The row of ``target``: identity, settings, versions and published top-1; nothing measured yet."""
     spec = target.spec
     published = published_top1(spec.name)
-    row = {
-        "model": spec.label, "name": spec.name, "impl": spec.impl, "variant": spec.variant,
-        "device": str(plan.device), "device_name": describe_device(plan.device),
-        "precision": config.precision, "channels_last": bool(config.channels_last), "compiled": target.compiled,
-        "img_size": target.img_size,
-        "params_m": None, "gmacs": None, "saved_mib_per_img": None,
-        "top1": published.top1 if published else None,
-        "top1_img_size": published.img_size if published else None,
-        "top1_source": published.source if published else None,
-    }
-    if target.module is not None:
-        module = target.module
-        row["params_m"] = count_params_m(module)
-        row["gmacs"] = count_gmacs(module, target.img_size, device=plan.device, channels_last=config.channels_last)
-        if "train" in target.modes:
-            with autocast(config.precision, plan.device):
-                saved = saved_bytes_per_image(module, target.img_size, batch_size=2, device=plan.device,
-                                              channels_last=config.channels_last)
-            row["saved_mib_per_img"] = saved / MIB
-    return row
+    return BenchRow(
+        model=spec.label, name=spec.name, impl=spec.impl, variant=spec.variant, device=str(plan.device),
+        device_name=describe_device(plan.device), precision=config.precision,
+        channels_last=bool(config.channels_last), compiled=target.compiled, img_size=target.img_size,
+        top1=published.top1 if published else None, top1_img_size=published.img_size if published else None,
+        top1_source=published.source if published else None, **versions(), warmup=config.warmup,
+        repeats=config.repeats, iters=plan.iters, threads=torch.get_num_threads(), timer=config.timer,
+        cpu_flags=cpu_flags() if plan.device.type == "cpu" else None)
 
 
-def _search_batch(target: BenchTarget, config: BenchConfig, plan: _Plan,
-                  peak_measure: PeakMeasure | None) -> tuple[str, BatchSearchResult]:
-    mode = "train" if "train" in plan.modes else "infer"
+def _count_costs(target: BenchTarget, row: BenchRow, config: BenchConfig, plan: _Plan) -> None:
+    """Parameters, GMACs and (for trainable models) bytes kept for backward per image.
+
+    A derived variant's GMACs are its plain model's: it computes the same function, and fused kernels
+    escape the counter.
+    """
+    module = target.module
+    if target.reference is not None:  # on the host until compared with
+        row.gmacs = count_gmacs(target.reference, target.img_size)
+    elif module is not None:
+        row.gmacs = count_gmacs(module, target.img_size, device=plan.device, channels_last=config.channels_last)
+    if module is None:
+        return
+    row.params_m = count_params_m(module)
+    if "train" in target.modes:
+        with autocast(config.precision, plan.device):
+            saved = saved_bytes_per_image(module, target.img_size, batch_size=2, device=plan.device,
+                                          channels_last=config.channels_last)
+        row.saved_mib_per_img = saved / MIB
+
+
+def _peak_measure_for(target: BenchTarget, mode: str, config: BenchConfig, plan: _Plan,
+                      peak_measure: PeakMeasure | None) -> Callable[[int], float]:
+    """``batch -> peak bytes`` of ``target`` in ``mode``: the test's fake, CUDA's allocator or a CPU process."""
     if peak_measure is not None:
-        def measure(batch: int) -> float:
-            return peak_measure(target, mode, batch)
-    elif plan.device.type == "cuda":
-        measure = cuda_peak_measure(
+        return lambda batch: peak_measure(target, mode, batch)
+    if plan.device.type == "cuda":
+        return cuda_peak_measure(
             lambda batch: make_step(target, mode, batch, device=plan.device, precision=config.precision,
                                     channels_last=config.channels_last, seed=config.seed), plan.device)
-    else:
-        measure = cpu_peak_measure(target.label, mode=mode, img_size=target.img_size, precision=config.precision,
-                                   channels_last=config.channels_last, threads=config.threads)
+    if target.peak_memory_note is not None:
+        raise ConfigError(f"--batch-size auto needs the peak memory of {target.label}, which is "
+                          f"{target.peak_memory_note}; give --batch-size N")
+    return cpu_peak_measure(target.label, mode=mode, img_size=target.img_size, precision=config.precision,
+                            channels_last=config.channels_last, threads=config.threads)
+
+
+def _search_batch(target: BenchTarget, modes: tuple[str, ...], config: BenchConfig, plan: _Plan,
+                  peak_measure: PeakMeasure | None) -> tuple[str, BatchSearchResult]:
+    """The largest batch of ``target`` within the budget, in training when it is timed, else in inference."""
+    mode = "train" if "train" in modes else "infer"
+    measure = _peak_measure_for(target, mode, config, plan, peak_measure)
     budget = plan.budget_bytes
     if budget is None:  # CUDA without a budget: the whole device, out-of-memory is the real limit
         budget = float(torch.cuda.get_device_properties(plan.device).total_memory)
@@ -270,161 +316,212 @@ def _search_batch(target: BenchTarget, config: BenchConfig, plan: _Plan,
     return mode, result
 
 
-def _cpu_peaks(target: BenchTarget, config: BenchConfig, plan: _Plan, batch: int,
+def _choose_batch(target: BenchTarget, row: BenchRow, modes: tuple[str, ...], config: BenchConfig, plan: _Plan,
+                  peak_measure: PeakMeasure | None) -> int:
+    """The batch every mode of ``target`` is timed at (searched with ``auto``); recorded in ``row``."""
+    if plan.batch_size is None:
+        search_mode, result = _search_batch(target, modes, config, plan, peak_measure)
+        batch = max(1, int(result.max_batch * config.auto_fraction))
+        row.mode(search_mode).max_batch = result.max_batch
+        row.memory_budget_gib = result.budget_bytes / GIB
+        row.batch_search_probes = [[b, _mib(v)] for b, v in result.probes]
+    else:
+        batch = plan.batch_size
+        row.memory_budget_gib = None if plan.budget_bytes is None else plan.budget_bytes / GIB
+    for mode in modes:
+        row.mode(mode).batch_size = batch
+    return batch
+
+
+def _cpu_peaks(target: BenchTarget, modes: tuple[str, ...], config: BenchConfig, batch: int,
                peak_measure: PeakMeasure | None) -> dict[str, float | None]:
     """Peak bytes per mode, and under ``"runtime"`` the process's resident size before the model."""
     if peak_measure is not None:
-        return {mode: peak_measure(target, mode, batch) for mode in plan.modes}
+        return {mode: peak_measure(target, mode, batch) for mode in modes}
     try:
-        reply = probe_peak_rss(target.label, batch, modes=plan.modes, img_size=target.img_size,
+        reply = probe_peak_rss(target.label, batch, modes=modes, img_size=target.img_size,
                                precision=config.precision, channels_last=config.channels_last,
                                threads=config.threads)
     except TResNetError as error:
-        warnings.warn(f"peak memory of {target.label} not measured: {error}", stacklevel=3)
-        return {mode: None for mode in plan.modes}
-    peaks = {mode: reply.get(f"{mode}_peak_rss_bytes") for mode in plan.modes}
+        warnings.warn(f"peak memory of {target.label} not measured: {error}", stacklevel=4)
+        return {mode: None for mode in modes}
+    peaks = {mode: reply.get(f"{mode}_peak_rss_bytes") for mode in modes}
     return {**peaks, "runtime": reply.get("baseline_rss_bytes")}
 
 
-def run_benchmark(config: BenchConfig, *, progress: bool = False,
-                  peak_measure: PeakMeasure | None = None) -> list[dict]:
-    """Measure every model of ``config`` and return one row (a dict) per model, in the order given.
+def _record_cpu_peaks(target: BenchTarget, row: BenchRow, modes: tuple[str, ...], batch: int, config: BenchConfig,
+                      plan: _Plan, peak_measure: PeakMeasure | None) -> None:
+    """Peak memory per mode on the CPU; :class:`ConfigError` when a fixed batch needs more than the budget."""
+    if target.peak_memory_note is not None and peak_measure is None:
+        row.peak_mem_method = target.peak_memory_note
+        return
+    peaks = _cpu_peaks(target, modes, config, batch, peak_measure)
+    row.peak_mem_runtime_mib = _mib(peaks.pop("runtime", None))
+    row.peak_mem_method = CPU_PEAK_METHOD
+    for mode, value in peaks.items():
+        row.mode(mode).peak_mem_mib = _mib(value)
+    over = [m for m, v in peaks.items() if v is not None and plan.budget_bytes is not None
+            and plan.batch_size is not None and v > plan.budget_bytes]
+    if over:
+        raise ConfigError(f"{target.label}: batch {batch} needs {peaks[over[0]] / GIB:.2f} GiB for {over[0]}, "
+                          f"over --memory-budget {config.memory_budget_gib} GiB; use a smaller --batch-size or "
+                          f"--batch-size auto")
 
-    Each row holds the fields listed in ``docs/sections/benchmark.md``: identity and settings, batch
-    sizes and median images per second per mode with their spread, the largest batch when searched,
-    parameters, GMACs, bytes kept for backward per image, peak memory and published top-1.
-    ``peak_measure`` replaces the peak-memory measurement (tests).
+
+def _record_max_rel_diff(target: BenchTarget, row: BenchRow, batch: int, config: BenchConfig,
+                         device: torch.device) -> None:
+    """A derived variant's largest logit difference from its plain eval model on the timed inference batch
+    (the variant as timed, in the run's precision; the plain model in fp32), relative to the plain
+    logits' largest magnitude. The plain model is dropped afterwards."""
+    if target.reference is None:
+        return
+    reference = target.reference.to(device)
+    images = synthetic_images(batch, target.img_size, device, channels_last=config.channels_last, seed=config.seed)
+    largest_diff = largest_logit = 0.0
+    with torch.inference_mode():
+        for chunk in images.split(DIFF_CHUNK):
+            want = logits_of(reference(chunk)).double()
+            with autocast(config.precision, device):
+                got = logits_of(target.forward(chunk)).double().to(device)
+            largest_diff = max(largest_diff, (got - want).abs().max().item())
+            largest_logit = max(largest_logit, want.abs().max().item())
+    row.max_rel_diff = largest_diff / largest_logit if largest_logit > 0 else largest_diff
+    target.reference = None
+
+
+def _prepare(spec: ModelSpec, modes: tuple[str, ...], options: BuildOptions, config: BenchConfig, plan: _Plan,
+             peak_measure: PeakMeasure | None) -> tuple[BenchTarget, BenchRow]:
+    """Build ``spec`` and measure what does not depend on the clock; return the target and its row."""
+    target = build_target(spec, options, compile=config.compile)
+    row = _new_row(target, config, plan)
+    _count_costs(target, row, config, plan)
+    batch = _choose_batch(target, row, modes, config, plan, peak_measure)
+    _record_max_rel_diff(target, row, batch, config, plan.device)
+    if plan.device.type == "cpu" and (config.peak_memory or peak_measure is not None):
+        _record_cpu_peaks(target, row, modes, batch, config, plan, peak_measure)
+    elif plan.device.type == "cuda":
+        row.peak_mem_method = CUDA_PEAK_METHOD
+    return target, row
+
+
+def run_benchmark(config: BenchConfig, *, progress: bool = False,
+                  peak_measure: PeakMeasure | None = None) -> list[BenchRow]:
+    """Measure every model of ``config`` and return one :class:`~tresnet.bench.rows.BenchRow` per model,
+    in the order given.
+
+    A row holds identity and settings, per mode the batch size and median images per second with their
+    spread, the largest batch when searched and the peak memory; parameters, GMACs, bytes kept for
+    backward per image, published top-1, and for a deployment variant its difference from the plain
+    model. ``peak_measure`` replaces the peak-memory measurement (tests).
 
     Raises :class:`ConfigError` for a bad option or a batch that does not fit,
     :class:`~tresnet.errors.ModelNotFoundError` for an unknown model and
-    :class:`~tresnet.errors.MissingDependencyError` for a timm model without timm; all before any
-    timing starts where they can be known in advance.
+    :class:`~tresnet.errors.MissingDependencyError` for a timm model without timm (or an ONNX variant
+    without ONNX Runtime); all before any timing starts where they can be known in advance.
     """
     plan = plan_config(config)
-    specs = parse_model_list(config.models)
-    for spec in specs:
-        check_spec(spec)
-    threads_before, cudnn_benchmark_before = torch.get_num_threads(), torch.backends.cudnn.benchmark
-    if config.threads:
-        torch.set_num_threads(int(config.threads))
-    torch.manual_seed(config.seed)
-    device = plan.device
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    park = device.type == "cuda" and len(specs) > 1
-    host = torch.device("cpu")
-    n_turns = len(specs) * len(plan.modes) * (config.warmup + config.repeats)
-    bar = _Progress(progress, len(specs) + n_turns)
-    versions = _versions()
-    options = BuildOptions(device=device, img_size=config.img_size, precision=config.precision,
+    options = BuildOptions(device=plan.device, img_size=config.img_size, precision=config.precision,
                            channels_last=config.channels_last)
+    specs = _checked_specs(config, plan, options)
+    park = plan.device.type == "cuda" and len(specs) > 1
+    n_turns = sum(len(modes) for _, modes in specs) * (config.warmup + config.repeats)
+    bar = _Progress(progress, len(specs) + n_turns)
     targets: list[BenchTarget] = []
-    rows: list[dict] = []
-    try:
-        for spec in specs:
+    rows: list[BenchRow] = []
+    with _torch_settings(config, plan.device), contextlib.closing(bar):
+        for spec, modes in specs:
             bar.stage(f"preparing {spec.label}")
-            target = build_target(spec, options, compile=config.compile)
-            missing = [m for m in plan.modes if m not in target.modes]
-            if missing:
-                raise ConfigError(f"{spec.label} cannot run {'/'.join(missing)} (an inference-only variant); "
-                                  f"use --mode infer")
-            row = _static_row(target, config, plan)
-            row.update({"infer_batch_size": None, "infer_img_per_s": None, "train_batch_size": None,
-                        "train_img_per_s": None, "max_train_batch": None, "max_infer_batch": None,
-                        "infer_peak_mem_mib": None, "train_peak_mem_mib": None, "peak_mem_method": None})
-            if plan.batch_size is None:
-                search_mode, result = _search_batch(target, config, plan, peak_measure)
-                batch = max(1, int(result.max_batch * config.auto_fraction))
-                row[f"max_{search_mode}_batch"] = result.max_batch
-                row["memory_budget_gib"] = result.budget_bytes / GIB
-                row["batch_search_probes"] = [[b, _mib(v)] for b, v in result.probes]
-            else:
-                batch = plan.batch_size
-                row["memory_budget_gib"] = None if plan.budget_bytes is None else plan.budget_bytes / GIB
-            for mode in plan.modes:
-                row[f"{mode}_batch_size"] = batch
-            if device.type == "cpu" and (config.peak_memory or peak_measure is not None):
-                peaks = _cpu_peaks(target, config, plan, batch, peak_measure)
-                row["peak_mem_runtime_mib"] = _mib(peaks.pop("runtime", None))
-                row["peak_mem_method"] = "peak resident memory of a process running the model (CPU)"
-                for mode, value in peaks.items():
-                    row[f"{mode}_peak_mem_mib"] = _mib(value)
-                over = [m for m, v in peaks.items() if v is not None and plan.budget_bytes is not None
-                        and plan.batch_size is not None and v > plan.budget_bytes]
-                if over:
-                    raise ConfigError(f"{spec.label}: batch {batch} needs {peaks[over[0]] / GIB:.2f} GiB for "
-                                      f"{over[0]}, over --memory-budget {config.memory_budget_gib} GiB; use a "
-                                      f"smaller --batch-size or --batch-size auto")
-            elif device.type == "cuda":
-                row["peak_mem_method"] = "torch.cuda.max_memory_allocated during the timed steps"
-            row.update(versions)
-            row.update(warmup=config.warmup, repeats=config.repeats, iters=plan.iters,
-                       threads=torch.get_num_threads(), timer=config.timer)
+            target, row = _prepare(spec, modes, options, config, plan, peak_measure)
             if park:
-                _move_target(target, [], host)
-                free_device_memory(device)
+                _move_target(target, [], torch.device("cpu"))
+                free_device_memory(plan.device)
             targets.append(target)
             rows.append(row)
             bar.update()
         _time_round_robin(targets, rows, config, plan, bar, park)
-    finally:
-        bar.close()
-        torch.set_num_threads(threads_before)
-        torch.backends.cudnn.benchmark = cudnn_benchmark_before
     return rows
 
 
-def _time_round_robin(targets: list[BenchTarget], rows: list[dict], config: BenchConfig, plan: _Plan,
-                      bar: _Progress, park: bool) -> None:
+# --- the clock -------------------------------------------------------------------------------------------
+
+_Pair = tuple[int, str]  # (index of the target, mode)
+
+
+def _make_steps(targets: list[BenchTarget], rows: list[BenchRow], pairs: list[_Pair], config: BenchConfig,
+                plan: _Plan, park: bool) -> dict:
+    """The step of each (target, mode) pair, its inputs made on the device (then parked on the host)."""
     device, host = plan.device, torch.device("cpu")
-    pairs = [(index, mode) for mode in plan.modes for index in range(len(targets))]
     steps = {}
     for index, mode in pairs:
         target = targets[index]
         if park:
             _move_target(target, [], device)
-        batch = rows[index][f"{mode}_batch_size"]
+        batch = rows[index].mode(mode).batch_size
         steps[index, mode] = _guarded(
             lambda t=target, m=mode, b=batch: make_step(t, m, b, device=device, precision=config.precision,
                                                         channels_last=config.channels_last, seed=config.seed),
-            target, mode, rows[index], device)
+            target, mode, batch, device)
         if park:
             _move_target(target, [steps[index, mode]], host)
-    samples: dict[tuple[int, str], list[float]] = {pair: [] for pair in pairs}
-    peaks: dict[tuple[int, str], int] = {pair: 0 for pair in pairs}
+    return steps
+
+
+def _take_turn(target: BenchTarget, step, mode: str, batch: int, timed: bool, plan: _Plan, timer: str,
+               park: bool) -> tuple[float | None, int]:
+    """One turn of ``step``: seconds per batch when ``timed`` (else a warm-up), and the CUDA peak bytes."""
+    device = plan.device
+    if park:
+        _move_target(target, [step], device)
+    step.prepare()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = None
+    if timed:
+        seconds = _guarded(lambda: time_iterations(step, plan.iters, device, timer), target, mode, batch, device)
+    else:
+        _guarded(step, target, mode, batch, device)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    if park:
+        _move_target(target, [step], torch.device("cpu"))
+    return seconds, peak
+
+
+def _record_timings(row: BenchRow, mode: str, seconds: list[float], peak_bytes: int, device: torch.device) -> None:
+    """The median images/s of ``seconds`` and its spread (and the CUDA peak) into ``row``'s ``mode``."""
+    result: ModeResult = row.mode(mode)
+    stats = summarize(seconds, result.batch_size)
+    result.img_per_s = stats["img_per_s"]
+    result.img_per_s_spread_pct = stats["spread_pct"]
+    result.ms_per_batch = stats["ms_per_batch"]
+    result.seconds_per_batch = seconds
+    if device.type == "cuda":
+        result.peak_mem_mib = peak_bytes / MIB
+
+
+def _time_round_robin(targets: list[BenchTarget], rows: list[BenchRow], config: BenchConfig, plan: _Plan,
+                      bar: _Progress, park: bool) -> None:
+    """Warm up, then time every (model, mode) pair one turn each per repetition; record the results."""
+    pairs = [(index, mode) for mode in plan.modes for index, row in enumerate(rows)
+             if row.mode(mode).batch_size is not None]
+    steps = _make_steps(targets, rows, pairs, config, plan, park)
+    samples: dict[_Pair, list[float]] = {pair: [] for pair in pairs}
+    peaks: dict[_Pair, int] = {pair: 0 for pair in pairs}
     rounds = [("warm-up", r) for r in range(config.warmup)] + [("timing", r) for r in range(config.repeats)]
     for phase, repetition in rounds:
         for index, mode in pairs:
-            target, step = targets[index], steps[index, mode]
+            target = targets[index]
             bar.stage(f"{phase} {repetition + 1} {target.label} {mode}")
-            if park:
-                _move_target(target, [step], device)
-            step.prepare()
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            if phase == "warm-up":
-                _guarded(step, target, mode, rows[index], device)
-            else:
-                seconds = _guarded(lambda s=step: time_iterations(s, plan.iters, device, config.timer), target,
-                                   mode, rows[index], device)
+            seconds, peak = _take_turn(target, steps[index, mode], mode, rows[index].mode(mode).batch_size,
+                                       phase == "timing", plan, config.timer, park)
+            if seconds is not None:
                 samples[index, mode].append(seconds)
-            if device.type == "cuda":
-                peaks[index, mode] = max(peaks[index, mode], torch.cuda.max_memory_allocated(device))
-            if park:
-                _move_target(target, [step], host)
+            peaks[index, mode] = max(peaks[index, mode], peak)
             bar.update()
     for (index, mode), seconds in samples.items():
-        row = rows[index]
-        stats = summarize(seconds, row[f"{mode}_batch_size"])
-        row[f"{mode}_img_per_s"] = stats["img_per_s"]
-        row[f"{mode}_img_per_s_spread_pct"] = stats["spread_pct"]
-        row[f"{mode}_ms_per_batch"] = stats["ms_per_batch"]
-        row[f"{mode}_seconds_per_batch"] = seconds
-        if device.type == "cuda":
-            row[f"{mode}_peak_mem_mib"] = peaks[index, mode] / MIB
+        _record_timings(rows[index], mode, seconds, peaks[index, mode], plan.device)
 
 
-def _guarded(fn: Callable, target: BenchTarget, mode: str, row: dict, device: torch.device):
+def _guarded(fn: Callable, target: BenchTarget, mode: str, batch: int, device: torch.device):
     """Call ``fn``; turn a device out-of-memory error into a one-line :class:`ConfigError`."""
     oom = False
     try:
@@ -435,5 +532,5 @@ def _guarded(fn: Callable, target: BenchTarget, mode: str, row: dict, device: to
         oom = True
     if oom:
         free_device_memory(device)
-        raise ConfigError(f"{target.label}: batch {row[f'{mode}_batch_size']} does not fit in {device} memory "
-                          f"for {mode} at {target.img_size}px; use a smaller --batch-size or --batch-size auto")
+        raise ConfigError(f"{target.label}: batch {batch} does not fit in {device} memory for {mode} at "
+                          f"{target.img_size}px; use a smaller --batch-size or --batch-size auto")

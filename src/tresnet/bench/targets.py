@@ -2,13 +2,18 @@
 
 A model is written ``[timm:]NAME[:VARIANT]``. A plain ``NAME`` is one of ours
 (:func:`tresnet.list_models`), else a timm model; ``timm:NAME`` forces timm's implementation.
-``VARIANT`` picks a registered transformation of the model (:func:`register_variant`), e.g.
-``tresnet_m:bn`` (plain BatchNorm instead of In-Place ABN) or, once registered by the deployment
-code, a BN-folded or ONNX Runtime version; a variant may be inference-only.
+``VARIANT`` picks a registered transformation of the model (:func:`register_variant`). The built-in
+ones (:mod:`tresnet.bench.variants`, registered on first use) apply to our models:
+
+- ``NAME:bn``: plain BatchNorm + activation instead of In-Place ABN;
+- ``NAME:memory_efficient``: the memory-lean Bottleneck tails (``create_model(memory_efficient=True)``);
+- ``NAME:fused``: :func:`tresnet.deploy.fuse` of the eval model (inference only);
+- ``NAME:onnx``: the fused model exported to ONNX, run by ONNX Runtime on the CPU (inference only).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,9 +56,13 @@ class Variant:
     """A named way of turning a spec into something to run.
 
     ``build(spec, options)`` returns an ``nn.Module`` (moved to the device by the runner; trainable
-    when ``"train"`` is in ``modes``) or a plain callable ``f(images) -> logits`` that handles its
-    own device (inference only, no parameter or GMAC count). ``impls`` limits which implementations
-    it applies to (None: any).
+    when ``"train"`` is in ``modes``), a plain callable ``f(images) -> logits`` that handles its
+    own device (inference only, no parameter or GMAC count), or a :class:`VariantBuild` of either with
+    the plain model it was derived from. ``impls`` limits which implementations it applies to (None:
+    any). ``requires()``, when given, raises :class:`~tresnet.errors.MissingDependencyError` where a
+    package it needs is absent; ``check(spec, options)`` raises :class:`ConfigError` for options it
+    cannot run with (a device, a precision). With ``peak_memory_note`` the CPU peak-memory probe is
+    skipped and the note recorded instead.
     """
 
     name: str
@@ -61,13 +70,36 @@ class Variant:
     modes: frozenset[str] = frozenset({"infer"})
     impls: frozenset[str] | None = None
     description: str = ""
+    requires: Callable[[], object] | None = None
+    check: Callable[[ModelSpec, BuildOptions], None] | None = None
+    peak_memory_note: str | None = None
+
+
+@dataclass
+class VariantBuild:
+    """What a variant's build returns when it has more to say than the thing to run.
+
+    ``run``: the module or callable that is timed. ``reference``: the plain eval model ``run`` was
+    derived from; the benchmark records the largest difference of ``run``'s logits from it
+    (``max_rel_diff``) and then drops it.
+    """
+
+    run: Any
+    reference: nn.Module | None = None
 
 
 _VARIANTS: dict[str, Variant] = {}
 
 
+@functools.cache
+def _load_builtin_variants() -> None:
+    """Register the built-in variants once, on first use of the registry."""
+    import tresnet.bench.variants  # noqa: F401 - registers bn, memory_efficient, fused, onnx
+
+
 def register_variant(variant: Variant, *, replace: bool = False) -> None:
     """Make ``NAME:<variant.name>`` usable in model lists. Raises :class:`ConfigError` on a clash."""
+    _load_builtin_variants()
     if not variant.name.isidentifier():
         raise ConfigError(f"variant name {variant.name!r} must be an identifier")
     if variant.name in _VARIANTS and not replace:
@@ -79,11 +111,13 @@ def register_variant(variant: Variant, *, replace: bool = False) -> None:
 
 def list_variants() -> list[str]:
     """Names of the registered variants."""
+    _load_builtin_variants()
     return sorted(_VARIANTS)
 
 
 def get_variant(name: str) -> Variant:
     """The registered variant ``name``; :class:`ConfigError` listing the known ones if absent."""
+    _load_builtin_variants()
     if name not in _VARIANTS:
         known = ", ".join(list_variants()) or "none"
         raise ConfigError(f"unknown model variant {name!r}; registered variants: {known}")
@@ -142,11 +176,12 @@ def parse_model_list(models: str | Sequence[str]) -> list[ModelSpec]:
     return specs
 
 
-def check_spec(spec: ModelSpec) -> None:
-    """Check, without building it, that ``spec`` can be built.
+def check_spec(spec: ModelSpec, options: BuildOptions | None = None) -> None:
+    """Check, without building it, that ``spec`` can be built (with ``options``, when given).
 
-    Raises :class:`MissingDependencyError` when it needs timm and timm is not installed,
-    :class:`ModelNotFoundError` for an unknown name, :class:`ConfigError` for a bad variant.
+    Raises :class:`MissingDependencyError` when it needs timm (or a package its variant needs) and that
+    is not installed, :class:`ModelNotFoundError` for an unknown name, :class:`ConfigError` for a bad
+    variant or a variant that cannot run with ``options``.
     """
     from tresnet.models import list_models
 
@@ -163,10 +198,17 @@ def check_spec(spec: ModelSpec) -> None:
                 f"unknown model {spec.label!r}: neither a tresnet model ({', '.join(list_models())}) nor a "
                 f"timm model (see timm.list_models())")
     if spec.variant is not None:
-        variant = get_variant(spec.variant)
-        if variant.impls is not None and spec.impl not in variant.impls:
-            raise ConfigError(f"variant {spec.variant!r} applies to {', '.join(sorted(variant.impls))} models, "
-                              f"not to {spec.label!r}")
+        _check_variant(spec, get_variant(spec.variant), options)
+
+
+def _check_variant(spec: ModelSpec, variant: Variant, options: BuildOptions | None) -> None:
+    if variant.impls is not None and spec.impl not in variant.impls:
+        raise ConfigError(f"variant {spec.variant!r} applies to {', '.join(sorted(variant.impls))} models, "
+                          f"not to {spec.label!r}")
+    if variant.requires is not None:
+        variant.requires()
+    if options is not None and variant.check is not None:
+        variant.check(spec, options)
 
 
 # --- building --------------------------------------------------------------------------------------
@@ -201,7 +243,8 @@ def native_img_size(spec: ModelSpec, module: nn.Module | None = None) -> int:
 @dataclass
 class BenchTarget:
     """A built model ready to run: ``module`` is the eager ``nn.Module`` (None for a plain callable),
-    ``forward`` what the timed steps call (the module, its ``torch.compile`` form, or a callable)."""
+    ``forward`` what the timed steps call (the module, its ``torch.compile`` form, or a callable);
+    ``reference`` the plain eval model a variant was derived from (see :class:`VariantBuild`)."""
 
     spec: ModelSpec
     module: nn.Module | None
@@ -211,6 +254,8 @@ class BenchTarget:
     num_classes: int = 1000
     compiled: bool = False
     info: dict = field(default_factory=dict)
+    reference: nn.Module | None = None
+    peak_memory_note: str | None = None
 
     @property
     def label(self) -> str:
@@ -223,18 +268,17 @@ def build_target(spec: ModelSpec, options: BuildOptions, *, compile: bool = Fals
     The input side is ``options.img_size`` or the model's own. Raises as :func:`check_spec`, and
     :class:`~tresnet.errors.InputSizeError` when one of our models cannot take that side.
     """
-    check_spec(spec)
-    modes = frozenset(MODES)
-    if spec.variant is None:
-        built: Any = build_base_model(spec)
-    else:
-        variant = get_variant(spec.variant)
-        built = variant.build(spec, options)
-        modes = frozenset(variant.modes)
+    check_spec(spec, options)
+    variant = get_variant(spec.variant) if spec.variant is not None else None
+    built = build_base_model(spec) if variant is None else variant.build(spec, options)
+    reference = None
+    if isinstance(built, VariantBuild):
+        built, reference = built.run, built.reference
     module = built if isinstance(built, nn.Module) else getattr(built, "module", None)
-    img_size = options.img_size or native_img_size(spec, module)
-    if isinstance(module, nn.Module) and hasattr(module, "check_input_size"):
-        module.check_input_size(img_size, img_size)
+    img_size = options.img_size or native_img_size(spec, module if isinstance(module, nn.Module) else reference)
+    for checked in (module, reference):
+        if isinstance(checked, nn.Module) and hasattr(checked, "check_input_size"):
+            checked.check_input_size(img_size, img_size)
     if isinstance(built, nn.Module):
         memory_format = torch.channels_last if options.channels_last else torch.preserve_format
         built.to(device=options.device, memory_format=memory_format)
@@ -243,9 +287,13 @@ def build_target(spec: ModelSpec, options: BuildOptions, *, compile: bool = Fals
         if compile:
             raise ConfigError(f"{spec.label}: --compile applies to torch modules, not to this variant")
         forward = built
-    num_classes = int(getattr(module, "num_classes", 0) or 1000)
+    if reference is not None:  # stays on the host until the runner compares with it
+        reference.eval()
+    num_classes = int(getattr(module, "num_classes", 0) or getattr(reference, "num_classes", 0) or 1000)
     return BenchTarget(spec=spec, module=module if isinstance(module, nn.Module) else None, forward=forward,
-                       img_size=img_size, modes=modes, num_classes=num_classes, compiled=compile)
+                       img_size=img_size, modes=frozenset(variant.modes if variant else MODES),
+                       num_classes=num_classes, compiled=compile, reference=reference,
+                       peak_memory_note=variant.peak_memory_note if variant else None)
 
 
 # --- static costs ----------------------------------------------------------------------------------
@@ -276,25 +324,3 @@ def count_gmacs(module: nn.Module, img_size: int, *, device: torch.device | str 
     finally:
         module.train(was_training)
     return counter.get_total_flops() / 2 / 1e9
-
-
-# --- built-in variants -----------------------------------------------------------------------------
-
-def _plain_bn(spec: ModelSpec, options: BuildOptions) -> nn.Module:
-    return build_base_model(spec, norm="bn")
-
-
-register_variant(Variant(
-    name="bn", build=_plain_bn, modes=frozenset(MODES), impls=frozenset({"tresnet"}),
-    description="our model with plain BatchNorm + activation instead of In-Place ABN",
-))
-
-
-def _memory_efficient(spec: ModelSpec, options: BuildOptions) -> nn.Module:
-    return build_base_model(spec, memory_efficient=True)
-
-
-register_variant(Variant(
-    name="memory_efficient", build=_memory_efficient, modes=frozenset(MODES), impls=frozenset({"tresnet"}),
-    description="our model trained with the memory-lean Bottleneck tails (create_model(memory_efficient=True))",
-))

@@ -1,12 +1,12 @@
 """One timed step of inference or training, the device clock that times it, and the summary of the times.
 
 Inputs are synthetic and live on the device. Training is forward, cross-entropy loss, backward and an
-SGD step (momentum 0.9, weight decay 1e-4); with ``amp`` a gradient scaler, as in real fp16 training.
+SGD step (momentum 0.9, weight decay 1e-4); with float16 on CUDA (``amp``, ``fp16``) a gradient scaler,
+as in real fp16 training. Precisions and their autocast are :mod:`tresnet.runtime`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -16,46 +16,7 @@ import torch.nn.functional as F
 
 from tresnet.bench.targets import BenchTarget
 from tresnet.errors import ConfigError
-
-PRECISIONS = ("fp32", "amp", "bf16")
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device``; :class:`ConfigError` if it is not ``cpu``/``cuda[:N]`` or CUDA is absent."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"bad --device {device!r}: use cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"bad --device {device!r}: use cpu, cuda or cuda:N")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: no CUDA device is available here (torch.cuda.is_available() "
-                              f"is False; torch {torch.__version__}); use --device cpu")
-        index = dev.index or 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-        dev = torch.device("cuda", index)
-    return dev
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    """Raise :class:`ConfigError` unless ``precision`` is one of :data:`PRECISIONS` and usable on ``device``."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"bad --precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "amp" and device.type != "cuda":
-        raise ConfigError("--precision amp (float16 autocast) is for CUDA; on the CPU use --precision bf16")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
-                          f"use --precision amp")
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast context of ``precision``: none for fp32, float16 for amp, bfloat16 for bf16."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if precision == "amp" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+from tresnet.runtime import autocast, needs_grad_scaler
 
 
 def synthetic_images(batch_size: int, img_size: int, device: torch.device, *, channels_last: bool = False,
@@ -66,7 +27,8 @@ def synthetic_images(batch_size: int, img_size: int, device: torch.device, *, ch
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _logits(out) -> torch.Tensor:
+def logits_of(out) -> torch.Tensor:
+    """The logits of a model's output: the tensor itself, or the first of a tuple or list."""
     return out if isinstance(out, torch.Tensor) else out[0]
 
 
@@ -117,7 +79,7 @@ class TrainStep(_BenchStep):
         self.labels = torch.randint(0, target.num_classes, (batch_size,), generator=generator).to(device)
         params = [p for p in target.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
-        self.scaler = torch.amp.GradScaler(device.type) if precision == "amp" else None
+        self.scaler = torch.amp.GradScaler(device.type) if needs_grad_scaler(precision, device) else None
 
     def prepare(self) -> None:
         """Put the module in train mode; call before each turn (another step may have switched it)."""
@@ -125,7 +87,7 @@ class TrainStep(_BenchStep):
 
     def __call__(self) -> None:
         with autocast(self.precision, self.device):
-            loss = F.cross_entropy(_logits(self.target.forward(self.images)).float(), self.labels)
+            loss = F.cross_entropy(logits_of(self.target.forward(self.images)).float(), self.labels)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)

@@ -5,16 +5,26 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tresnet.cli._common import add_device_argument, add_precision_argument, say
+
 EPILOG = """\
 models: a plain NAME is one of ours (tresnet_m, tresnet_l, ...) else a timm model; timm:NAME forces
-timm's implementation; NAME:bn is our model with plain BatchNorm; 'paper' expands to tresnet_m,
-timm:tresnet_m and the paper's peers (resnet50, resnet50d, resnext50_32x4d, efficientnet_b1,
-seresnext50_32x4d, mixnet_l, gernet_s/m/l). timm models need: pip install 'tresnet[bench]'.
+timm's implementation; 'paper' expands to tresnet_m, timm:tresnet_m and the paper's peers (resnet50,
+resnet50d, resnext50_32x4d, efficientnet_b1, seresnext50_32x4d, mixnet_l, gernet_s/m/l). timm models
+need: pip install 'tresnet[bench]'. Variants of our models:
+  NAME:bn                plain BatchNorm instead of In-Place ABN
+  NAME:memory_efficient  the memory-lean Bottleneck tails (create_model(memory_efficient=True))
+  NAME:fused             tresnet.deploy.fuse(model) (inference only)
+  NAME:onnx              the fused model exported to ONNX, run by ONNX Runtime on the CPU in fp32
+                         (inference only; pip install 'tresnet[export]')
+The deployment variants report max rel diff: their largest difference from the plain model's logits,
+relative to the largest logit. With --mode both they are timed in inference only.
 
 examples:
   tresnet benchmark --models tresnet_m,timm:tresnet_m,resnet50 --json out.json --plot out.png
   tresnet benchmark --models paper --device cuda --precision amp --batch-size auto
   tresnet benchmark --models tresnet_m,resnet50 --batch-size auto --memory-budget 8 --mode train
+  tresnet benchmark --models tresnet_m,tresnet_m:fused,tresnet_m:onnx --device cpu --mode infer
 """
 
 
@@ -27,10 +37,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="tresnet_m,timm:tresnet_m,resnet50",
                    help="comma-separated models (default: %(default)s)")
-    p.add_argument("--mode", default="both", help="infer, train or both (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available; default)")
-    p.add_argument("--precision", default="fp32",
-                   help="fp32, amp (float16 autocast, CUDA) or bf16 (bfloat16 autocast) (default: %(default)s)")
+    p.add_argument("--mode", default="both",
+                   help="infer, train or both (default: %(default)s; inference-only variants such as NAME:fused "
+                        "and NAME:onnx are then timed in inference only)")
+    add_device_argument(p)
+    add_precision_argument(p, legacy_amp=False)
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for models and inputs")
     p.add_argument("--compile", action="store_true", help="torch.compile each model (compile time not timed)")
     p.add_argument("--batch-size", default=None,
@@ -77,24 +88,16 @@ def run(args: argparse.Namespace) -> int:
         write_csv,
         write_json,
     )
-    from tresnet.bench.runner import BenchConfig, run_benchmark
+    from tresnet.bench.runner import RUN_MODES, BenchConfig, run_benchmark
 
     config = BenchConfig(
-        models=args.models, mode=args.mode, device=args.device, precision=args.precision,
+        models=args.models, mode=args.mode, device=args.device, precision=args.precision or "fp32",
         channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size,
         memory_budget_gib=args.memory_budget, max_batch=args.max_batch, img_size=args.img_size,
         warmup=args.warmup, repeats=args.repeats, iters=args.iters, threads=args.threads, timer=args.timer,
         peak_memory=not args.no_peak_memory, seed=args.seed)
     rows = run_benchmark(config, progress=not args.no_progress)
-    first = rows[0]
-    settings = [first["device_name"], first["precision"]]
-    if first["channels_last"]:
-        settings.append("channels-last")
-    if first["compiled"]:
-        settings.append("torch.compile")
-    clock = "CPU time of the process" if first["timer"] == "cpu" else "wall-clock time"
-    print(f"tresnet benchmark: {', '.join(settings)}; {clock}, median of {first['repeats']} turns x "
-          f"{first['iters']} batch(es), ±% = interquartile range")
+    print(_heading(rows[0]))
     print(format_table(rows))
     ratios = format_ratios(rows)
     if ratios:
@@ -103,7 +106,22 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         print()
         print(markdown_table(rows))
+    untrained = [r.model for r in rows if "train" in RUN_MODES[config.mode] and r.train.batch_size is None]
+    if untrained:
+        say("benchmark", "note", f"{', '.join(untrained)}: inference-only, timed in inference only")
     for path, write in ((args.json, write_json), (args.csv, write_csv), (args.plot, plot_results)):
         if path:
             print(f"wrote {write(rows, path)}", file=sys.stderr)
     return 0
+
+
+def _heading(first) -> str:
+    """The settings line above the table: device, precision, memory format, clock and repetitions."""
+    settings = [first.device_name, first.precision]
+    if first.channels_last:
+        settings.append("channels-last")
+    if first.compiled:
+        settings.append("torch.compile")
+    clock = "CPU time of the process" if first.timer == "cpu" else "wall-clock time"
+    return (f"tresnet benchmark: {', '.join(settings)}; {clock}, median of {first.repeats} turns x "
+            f"{first.iters} batch(es), ±% = interquartile range")

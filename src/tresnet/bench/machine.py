@@ -1,0 +1,57 @@
+"""What a measurement ran on: the device's name, the CPU's model and speed-relevant ISA flags, the versions."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+CPUINFO = "/proc/cpuinfo"
+# ISA extensions that change CPU inference speed: wide vectors, int8/bf16 dot products, AMX tiles.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    """The value of the first ``name : value`` line of ``/proc/cpuinfo`` (None where there is none)."""
+    try:
+        with open(CPUINFO) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere what :mod:`platform` knows)."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`SPEED_FLAGS` the CPU has, in that order (empty where ``/proc/cpuinfo`` is absent)."""
+    present = set((_cpuinfo_field("flags") or "").split())
+    return [flag for flag in SPEED_FLAGS if flag in present]
+
+
+def describe_device(device: torch.device) -> str:
+    """A human name of ``device``: the GPU's name, or the CPU model and the number of threads used."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"{cpu_name()} ({threads} thread{'s' if threads > 1 else ''})"
+
+
+def versions() -> dict[str, str | None]:
+    """``tresnet_version``, ``torch_version`` and ``timm_version`` (None without timm)."""
+    from tresnet.version import __version__
+
+    found = {"tresnet_version": __version__, "torch_version": torch.__version__, "timm_version": None}
+    try:
+        import timm
+
+        found["timm_version"] = timm.__version__
+    except ImportError:
+        pass
+    return found
