@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tresnet.bench import (
     BenchConfig,
+    BenchRow,
     format_ratios,
     format_table,
     markdown_table,
@@ -28,7 +29,9 @@ from tresnet.bench import (
     write_csv,
     write_json,
 )
-from tresnet.checkpoint import atomic_write
+from tresnet.bench.report import settings_line
+from tresnet.bench.rows import as_rows
+from tresnet.files import write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -47,16 +50,10 @@ def result_stem(config: BenchConfig, device_type: str) -> str:
     return "_".join(parts)
 
 
-def markdown_report(rows: list[dict], command: str, elapsed_s: float) -> str:
-    """The README block: settings, the table, the ratios and the command that made them."""
-    first = rows[0]
-    clock = "process CPU time" if first["timer"] == "cpu" else "wall-clock time"
+def markdown_report(rows: list[BenchRow], command: str, elapsed_s: float) -> str:
+    """The docs block: settings, the table, the ratios and the command that made them."""
     lines = [
-        f"Device: {first['device_name']}; torch {first['torch_version']}, timm {first['timm_version']}; "
-        f"{first['precision']}{', channels-last' if first['channels_last'] else ''}"
-        f"{', torch.compile' if first['compiled'] else ''}; {clock}; median of {first['repeats']} timed turns "
-        f"x {first['iters']} batch(es) after {first['warmup']} warm-up turn(s), models measured in turns; "
-        f"±% = interquartile range; {elapsed_s / 60:.1f} min in all.",
+        f"Device: {settings_line(rows[0])}; {elapsed_s / 60:.1f} min in all.",
         "",
         markdown_table(rows),
         "",
@@ -72,7 +69,7 @@ def markdown_report(rows: list[dict], command: str, elapsed_s: float) -> str:
 
 def redraw(json_path: Path) -> int:
     """Rewrite the CSV, PNG and Markdown next to a saved JSON run (the Markdown keeps its first and last lines)."""
-    rows = json.loads(json_path.read_text())
+    rows = as_rows(json.loads(json_path.read_text()))
     stem = json_path.with_suffix("")
     old = Path(f"{stem}.md").read_text().strip().splitlines() if Path(f"{stem}.md").exists() else []
     write_csv(rows, f"{stem}.csv")
@@ -80,7 +77,7 @@ def redraw(json_path: Path) -> int:
     body = markdown_report(rows, "", 0.0).strip().splitlines()
     if len(old) >= 2:
         body[0], body[-1] = old[0], old[-1]
-    atomic_write(f"{stem}.md", lambda tmp: Path(tmp).write_text("\n".join(body) + "\n"))
+    write_text(f"{stem}.md", "\n".join(body) + "\n")
     print(format_table(rows))
     return 0
 
@@ -117,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     rows = run_benchmark(config, progress=True)
     elapsed = time.perf_counter() - start
-    stem = args.out / result_stem(config, rows[0]["device"].split(":")[0])
+    stem = args.out / result_stem(config, rows[0].device.split(":")[0])
     command = "python benchmarks/paper_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(format_table(rows))
     print()
@@ -125,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in (write_json(rows, f"{stem}.json"), write_csv(rows, f"{stem}.csv"), plot_results(rows, f"{stem}.png")):
         print(f"wrote {path}", file=sys.stderr)
     report = markdown_report(rows, command.strip(), elapsed)
-    print(f"wrote {atomic_write(f'{stem}.md', lambda tmp: Path(tmp).write_text(report))}", file=sys.stderr)
+    print(f"wrote {write_text(f'{stem}.md', report)}", file=sys.stderr)
     return 0
 
 

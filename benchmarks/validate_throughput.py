@@ -6,9 +6,9 @@ Measures, on the same settings as `tresnet validate`:
 - both together (the evaluation loop of `tresnet validate`), with the largest --workers value.
 When the loader alone is slower than the model alone, more workers (or faster decoding) speed validation up.
 
-    python benchmarks/validate_throughput.py --generate 512 --workers 0,2,4,8 --device cuda --amp \
+    python benchmarks/validate_throughput.py --generate 512 --workers 0,2,4,8 --device cuda --precision amp \
         --json benchmarks/results/validate_throughput_cuda.json
-    python benchmarks/validate_throughput.py --data ~/imagenet/val --workers 8,16 --batch-size 256 --amp
+    python benchmarks/validate_throughput.py --data ~/imagenet/val --workers 8,16 --batch-size 256 --precision amp
 
 Without --data, a folder of JPEGs of ImageNet's typical size (500x375) with smooth, photo-like content is
 generated in a temporary folder (nothing is downloaded); decoding real photos costs about as much.
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,9 +29,11 @@ import torch
 from PIL import Image
 
 import tresnet
+from tresnet.bench.machine import cpu_name
 from tresnet.data import ImageFolderDataset, create_eval_transform, create_loader
-from tresnet.engine.distributed import resolve_device
 from tresnet.engine.evaluate import evaluate
+from tresnet.files import write_text
+from tresnet.runtime import DEVICE_HELP, PRECISION_HELP, autocast, check_precision, resolve_device
 
 
 def generate_folder(root: Path, images: int, classes: int = 10, size: tuple[int, int] = (500, 375)) -> Path:
@@ -47,16 +48,6 @@ def generate_folder(root: Path, images: int, classes: int = 10, size: tuple[int,
         pixels = np.clip(np.asarray(coarse, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"{index:05d}.jpg", quality=90)
     return root
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _sync(device: torch.device) -> None:
@@ -84,14 +75,13 @@ def loader_img_per_s(dataset, batch_size: int, workers: int, device: torch.devic
     return images / (time.perf_counter() - start)
 
 
-def model_img_per_s(model, batch_size: int, img_size: int, device: torch.device, amp: bool,
+def model_img_per_s(model, batch_size: int, img_size: int, device: torch.device, precision: str,
                     channels_last: bool, batches: int, warmup: int) -> float:
     """Forward passes per second x batch size on a random batch already on ``device``."""
     inputs = torch.rand(batch_size, 3, img_size, img_size, device=device)
     if channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=amp):
+    with torch.no_grad(), autocast(precision, device):
         for _ in range(warmup):
             model(inputs)
         _sync(device)
@@ -102,7 +92,7 @@ def model_img_per_s(model, batch_size: int, img_size: int, device: torch.device,
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="an ImageNet-style folder (default: generate one)")
     parser.add_argument("--generate", type=int, default=256, metavar="N", help="images to generate (default 256)")
@@ -110,20 +100,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img-size", type=int, help="default: the model's")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", default="0,2", help="comma-separated worker counts to try (default 0,2)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--precision", default=None, help=PRECISION_HELP)
+    parser.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)  # deprecated: --precision amp
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--batches", type=int, default=5, help="timed batches per measurement (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches first (default 1)")
     parser.add_argument("--json", metavar="PATH", help="write the measurements as JSON")
     args = parser.parse_args(argv)
+    if args.amp:
+        print("validate_throughput.py: warning: --amp is deprecated: use --precision amp", file=sys.stderr)
+    args.precision = args.precision or ("amp" if args.amp else "fp32")
+    return args
 
-    device = resolve_device(args.device)
+
+def measure(args: argparse.Namespace, device: torch.device, dataset, img_size: int) -> dict:
+    """The loader alone per worker count, the model alone, and both together (the evaluation loop)."""
     workers_list = [int(w) for w in args.workers.split(",")]
+    # A head for the folder's classes (1000 for ImageNet): its size barely changes the speed.
+    model = tresnet.create_model(args.model, num_classes=len(dataset.classes)).to(device).eval()
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader_rows = []
+    for workers in workers_list:
+        rate = loader_img_per_s(dataset, args.batch_size, workers, device, args.batches, args.warmup)
+        loader_rows.append({"workers": workers, "img_per_s": rate})
+        print(f"loader alone, {workers:2d} workers: {rate:9.1f} img/s", flush=True)
+    model_rate = model_img_per_s(model, args.batch_size, img_size, device, args.precision, args.channels_last,
+                                 args.batches, args.warmup)
+    print(f"model alone:                {model_rate:9.1f} img/s", flush=True)
+    workers = max(workers_list)
+    limit = min(len(dataset), args.batch_size * (args.batches + args.warmup))
+    both = evaluate(model, create_loader(dataset, args.batch_size, workers, device), device,
+                    precision=args.precision, channels_last=args.channels_last, limit=limit, progress=False)
+    print(f"both (validate), {workers:2d} workers: {both['img_per_s']:9.1f} img/s "
+          f"({both['images']} images, start-up included)")
+    return dict(loader=loader_rows, model_img_per_s=model_rate,
+                validate={"workers": workers, "images": both["images"], "img_per_s": both["img_per_s"]})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    check_precision(args.precision, device)
     cfg = tresnet.get_pretrained_cfg(args.model)
     img_size = args.img_size or int(cfg["input_size"][-1])
-    transform = create_eval_transform(cfg, img_size)
-
     with tempfile.TemporaryDirectory() as tmp:
         if args.data:
             root = Path(args.data)
@@ -132,44 +153,23 @@ def main(argv: list[str] | None = None) -> int:
             root = generate_folder(Path(tmp), args.generate)
             print(f"generated {args.generate} JPEGs of 500x375 in {time.perf_counter() - start:.1f} s",
                   file=sys.stderr)
-        dataset = ImageFolderDataset(root, transform)
-        # A head for the folder's classes (1000 for ImageNet): its size barely changes the speed.
-        model = tresnet.create_model(args.model, num_classes=len(dataset.classes)).to(device).eval()
-        if args.channels_last:
-            model.to(memory_format=torch.channels_last)
-        loader_rows = []
-        for workers in workers_list:
-            rate = loader_img_per_s(dataset, args.batch_size, workers, device, args.batches, args.warmup)
-            loader_rows.append({"workers": workers, "img_per_s": rate})
-            print(f"loader alone, {workers:2d} workers: {rate:9.1f} img/s", flush=True)
-        model_rate = model_img_per_s(model, args.batch_size, img_size, device, args.amp, args.channels_last,
-                                     args.batches, args.warmup)
-        print(f"model alone:                {model_rate:9.1f} img/s", flush=True)
-        workers = max(workers_list)
-        limit = min(len(dataset), args.batch_size * (args.batches + args.warmup))
-        both = evaluate(model, create_loader(dataset, args.batch_size, workers, device), device, amp=args.amp,
-                        channels_last=args.channels_last, limit=limit, progress=False)
-        print(f"both (validate), {workers:2d} workers: {both['img_per_s']:9.1f} img/s "
-              f"({both['images']} images, start-up included)")
-
-    best = max(loader_rows, key=lambda row: row["img_per_s"])
+        dataset = ImageFolderDataset(root, create_eval_transform(cfg, img_size))
+        measured = measure(args, device, dataset, img_size)
+    best = max(measured["loader"], key=lambda row: row["img_per_s"])
+    model_rate = measured["model_img_per_s"]
     bound = "the model" if best["img_per_s"] >= model_rate else "decoding"
     print(f"bottleneck: {bound} (best loader {best['img_per_s']:.0f} img/s with {best['workers']} workers, "
           f"model {model_rate:.0f} img/s)")
     if args.json:
         report = dict(
-            model=args.model, img_size=img_size, batch_size=args.batch_size, amp=args.amp,
-            channels_last=args.channels_last, device=str(device),
-            device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+            model=args.model, img_size=img_size, batch_size=args.batch_size, precision=args.precision,
+            amp=args.precision == "amp", channels_last=args.channels_last, device=str(device),
+            device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
             cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
             data=args.data or f"generated: {args.generate} JPEGs 500x375 q90", images=len(dataset),
-            batches=args.batches, warmup=args.warmup, loader=loader_rows, model_img_per_s=model_rate,
-            validate={"workers": workers, "images": both["images"], "img_per_s": both["img_per_s"]},
-            bottleneck=bound,
+            batches=args.batches, warmup=args.warmup, **measured, bottleneck=bound,
         )
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0
 
 

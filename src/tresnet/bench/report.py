@@ -152,6 +152,17 @@ def format_speed(row: BenchRow, mode: str) -> str:
     return f"{result.img_per_s:,.1f} ±{result.img_per_s_spread_pct or 0:.0f}%"
 
 
+def settings_line(row: BenchRow | Mapping[str, Any]) -> str:
+    """How ``row`` was measured, in one line: device, versions, precision, clock, repetitions."""
+    (row,) = as_rows([row])
+    clock = "process CPU time" if row.timer == "cpu" else "wall-clock time"
+    return (f"{row.device_name}; torch {row.torch_version}, timm {row.timm_version}; "
+            f"{row.precision}{', channels-last' if row.channels_last else ''}"
+            f"{', torch.compile' if row.compiled else ''}; {clock}; median of {row.repeats} timed turns "
+            f"x {row.iters} batch(es) after {row.warmup} warm-up turn(s), models measured in turns; "
+            f"±% = interquartile range")
+
+
 def markdown_table(rows: Rows) -> str:
     """A Markdown table of ``rows`` for the docs (speeds with their spread; a ``max rel diff`` column
     when a deployment variant is among them)."""
