@@ -109,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     versions = f"torch {rows[0].torch_version}, ONNX Runtime {onnxruntime.__version__}"
     summary = dict(benchmark="deploy_cpu", cpu=cpu_name(), cpu_flags=cpu_flags(), cpu_count=os.cpu_count(),
                    versions=versions, date=datetime.now(UTC).isoformat(timespec="seconds"),
-                   command="python benchmarks/bench_deploy.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                   command=" ".join(["python benchmarks/bench_deploy.py", *(sys.argv[1:] if argv is None else argv)]),
                    runs=runs)
     path = write_text(args.out / "deploy_cpu.json", json.dumps(summary, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)
-    table = markdown(runs, rows_by_threads, versions, summary["command"].strip())
+    table = markdown(runs, rows_by_threads, versions, summary["command"])
     print(table)
     print(f"wrote {write_text(args.out / 'deploy_cpu.md', table)}", file=sys.stderr)
     return 0

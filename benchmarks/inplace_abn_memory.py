@@ -56,8 +56,12 @@ def markdown(rows: list[BenchRow], command: str) -> str:
         peak = peak_above_runtime_mib(row)
         lines.append(f"| {LABELS[row.model]} | {row.saved_mib_per_img:.1f} MiB | "
                      f"{row.saved_mib_per_img / timm.saved_mib_per_img:.2f}x | "
-                     f"{'-' if peak is None else f'{peak:.0f} MiB'} | {format_speed(row, 'train')} | "
+                     f"{'-' if peak is None else f'{peak:.0f} MiB'} | {format_speed(row, 'train', digits=2)} | "
                      f"{speed_ratio(rows, row.model, TIMM, 'train'):.2f}x |")
+    runtimes = [f"{r.model} {r.peak_mem_runtime_mib:.0f} MiB" for r in rows if r.peak_mem_runtime_mib is not None]
+    if runtimes:
+        lines += ["", "The runtime subtracted (the probe process with torch and the model's library imported, before "
+                      "the model is built): " + ", ".join(runtimes) + "."]
     lines += ["", f"Reproduce: `{command}`"]
     return "\n".join(lines) + "\n"
 

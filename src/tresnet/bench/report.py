@@ -144,12 +144,12 @@ def format_ratios(rows: Rows) -> str:
     return "\n".join(lines)
 
 
-def format_speed(row: BenchRow, mode: str) -> str:
+def format_speed(row: BenchRow, mode: str, digits: int = 1) -> str:
     """``12.3 ±4%``: the median images/s of ``mode`` and its spread, or ``-`` when not timed."""
     result = row.mode(mode)
     if result.img_per_s is None:
         return "-"
-    return f"{result.img_per_s:,.1f} ±{result.img_per_s_spread_pct or 0:.0f}%"
+    return f"{result.img_per_s:,.{digits}f} ±{result.img_per_s_spread_pct or 0:.0f}%"
 
 
 def settings_line(row: BenchRow | Mapping[str, Any]) -> str:
