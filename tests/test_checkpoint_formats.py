@@ -104,10 +104,10 @@ def test_round_trip_in_our_format_keeps_weights_and_classes(tmp_path):
 
 def test_a_checkpoint_of_another_architecture_names_it(tmp_path):
     path = tresnet.save_checkpoint(tresnet.create_model("tresnet_l"), tmp_path / "l.safetensors")
-    with pytest.raises(CheckpointError, match="tresnet checkpoint .* does not fit.*is a tresnet_l.*model a tresnet_m"):
+    with pytest.raises(CheckpointError, match="tresnet checkpoint .* holds a tresnet_l, the model is a tresnet_m .*build tresnet_l or tresnet_l_448"):
         tresnet.create_model("tresnet_m", checkpoint_path=path)
     torch.save({"model": to_official(tresnet.create_model("tresnet_v2_l").state_dict())}, tmp_path / "v2.pth")
-    with pytest.raises(CheckpointError, match="official checkpoint .*missing keys.*unexpected keys.*tresnet_v2_l"):
+    with pytest.raises(CheckpointError, match="official checkpoint .* holds a tresnet_v2_l, the model is a tresnet_xl"):
         tresnet.create_model("tresnet_xl", checkpoint_path=tmp_path / "v2.pth")
 
 
@@ -146,7 +146,7 @@ def test_ddp_prefixes_are_removed(tmp_path):
 @pytest.mark.parametrize("content,match", [
     (None, "no checkpoint at"),
     (b"this is not a checkpoint", "cannot read checkpoint"),
-    ("resnet", "not a TResNet checkpoint"),
+    ("resnet", "not a TResNet or GENet checkpoint"),
     ("list", "holds a list, not a state dict"),
 ])
 def test_unusable_files_give_clear_errors(tmp_path, content, match):

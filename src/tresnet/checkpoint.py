@@ -1,11 +1,13 @@
-"""Checkpoints: read the official release, timm's files and our own; write ours atomically.
+"""Checkpoints: read every family's published layouts and our own files; write ours atomically.
 
-Our in-memory names are timm's (``convN.conv`` / ``convN.bn``, plain BatchNorm weights), so a timm
-state dict needs no conversion and an official one needs :func:`convert_official`. Our own files are
-safetensors whose metadata names the model (``model``: the registered name, e.g. ``tresnet_m_448``), the
-network it builds (``arch``: e.g. ``tresnet_m``) and the classes.
+Our in-memory names are timm's (``convN.conv`` / ``convN.bn``, ``stem.conv``, plain BatchNorm weights), so
+a timm state dict needs no conversion; each family's other layouts (:class:`~tresnet.models.family.
+CheckpointFormat`: TResNet's and GENet's official releases) are recognised by a marker key and converted
+by the family's own function. Our own files are safetensors whose metadata names the family, the model
+(``model``: the registered name, e.g. ``tresnet_m_448``), the network it builds (``arch``: e.g.
+``tresnet_m``) and the classes.
 
-A file is read once: :func:`read_checkpoint` decodes its tensors, :func:`read_checkpoint_metadata` reads
+A file is read once: :func:`open_checkpoint` decodes its tensors, :func:`read_checkpoint_metadata` reads
 only a safetensors file's header (a pickle has no header, so it is decoded whole).
 """
 
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 import warnings
 from collections.abc import Mapping, Sequence
@@ -25,12 +26,22 @@ from torch import nn
 
 from tresnet.errors import CheckpointError, FileWriteError
 from tresnet.files import atomic_write  # re-exported: code written before tresnet.files imports it from here
+from tresnet.models.family import CheckpointFormat, Family
+from tresnet.models.registry import FAMILIES, MODEL_CONFIGS, family_of_arch
+
+# TResNet's conversions, re-exported: code written before the registry of families imports them from here.
+from tresnet.models.tresnet_formats import (  # noqa: F401
+    INPLACE_ABN_EPS,
+    convert_official,
+    infer_architecture,
+    official_key,
+    to_official,
+)
 from tresnet.version import __version__
 
 FORMAT_OURS = "tresnet"
 FORMAT_TIMM = "timm"
 FORMAT_OFFICIAL = "official"
-INPLACE_ABN_EPS = 1e-5  # official weights are In-Place ABN weights: the BN scale is |w| + 1e-5
 _SAFETENSORS_SUFFIXES = (".safetensors",)
 _LEGACY_METADATA_KEYS = {"architecture": "arch"}  # files written by tresnet 0.1.0 named the network so
 
@@ -123,78 +134,44 @@ def _unwrap(obj: dict) -> dict:
     return state
 
 
+def _family_of_ours(metadata: Mapping, keys) -> Family | None:
+    """The family of one of our files: recorded in its metadata, else known from its ``arch`` or ``model``."""
+    if metadata.get("family") in FAMILIES:
+        return FAMILIES[metadata["family"]]
+    arch = metadata.get("arch") or metadata.get("architecture")
+    if arch and family_of_arch(arch) is not None:
+        return family_of_arch(arch)
+    if metadata.get("model") in MODEL_CONFIGS:
+        return FAMILIES[MODEL_CONFIGS[metadata["model"]]["family"]]
+    return next((f for f in FAMILIES.values() if f.formats[0].marker in keys), None)
+
+
+def identify(state_dict: Mapping, metadata: Mapping | None = None) -> tuple[Family | None, CheckpointFormat]:
+    """The family and layout of a state dict (tensors or shapes, as stored); :class:`CheckpointError` if none.
+
+    Our own files (metadata ``format`` = ``"tresnet"``) are in our names already.
+    """
+    if metadata and metadata.get("format") == FORMAT_OURS:
+        return _family_of_ours(metadata, state_dict), CheckpointFormat(FORMAT_OURS, "")
+    for family in FAMILIES.values():
+        fmt = family.format_of(state_dict)
+        if fmt is not None:
+            return family, fmt
+    sample = ", ".join(list(state_dict)[:4]) or "no tensors"
+    expected = "; ".join(f"{family.title} {fmt.name} ({fmt.marker!r})" for family in FAMILIES.values()
+                         for fmt in family.formats)
+    titles = " or ".join(family.title for family in FAMILIES.values())
+    raise CheckpointError(f"not a {titles} checkpoint (keys start: {sample}); expected one of: {expected}; "
+                          f"or a file saved by tresnet")
+
+
 def detect_format(state_dict: dict, metadata: dict | None = None) -> str:
     """``"tresnet"``, ``"timm"`` or ``"official"``; :class:`CheckpointError` for anything else."""
-    if metadata and metadata.get("format") == FORMAT_OURS:
-        return FORMAT_OURS
-    if "body.conv1.conv.weight" in state_dict:
-        return FORMAT_TIMM
-    if "body.conv1.0.weight" in state_dict:
-        return FORMAT_OFFICIAL
-    sample = ", ".join(list(state_dict)[:4]) or "no tensors"
-    raise CheckpointError(
-        f"not a TResNet checkpoint (keys start: {sample}); expected the official release "
-        f"('body.conv1.0.weight'), timm ('body.conv1.conv.weight') or a file saved by tresnet"
-    )
+    return identify(state_dict, metadata)[1].name
 
 
-def official_key(key: str) -> str:
-    """An official release key in our (timm's) names, e.g. ``body.layer1.0.conv1.0.weight`` -> ``...conv1.conv.weight``."""
-    key = re.sub(r"conv(\d+)\.0\.0\.", r"conv\1.conv.", key)  # stride-2 conv with anti-aliasing
-    key = re.sub(r"conv(\d+)\.0\.1\.", r"conv\1.bn.", key)
-    key = re.sub(r"conv(\d+)\.0\.", r"conv\1.conv.", key)
-    key = re.sub(r"conv(\d+)\.1\.", r"conv\1.bn.", key)
-    key = re.sub(r"downsample\.(\d+)\.0\.", r"downsample.\1.conv.", key)
-    return re.sub(r"downsample\.(\d+)\.1\.", r"downsample.\1.bn.", key)
-
-
-def convert_official(state_dict: dict) -> dict:
-    """Official release names and In-Place ABN weights -> our (timm's) names and plain BN weights."""
-    out = {}
-    for key, value in state_dict.items():
-        if key.endswith(".filt"):  # fixed blur filter: ours is a non-persistent buffer
-            continue
-        key = official_key(key)
-        if key.endswith("bn.weight"):
-            value = value.abs() + INPLACE_ABN_EPS
-        out[key] = value
-    return out
-
-
-def to_official(state_dict: dict) -> dict:
-    """Our (timm's) names -> the official release's, with In-Place ABN weights (for tests and export).
-
-    Needs every BN weight ``>= 1e-5``: smaller ones have no In-Place ABN equivalent.
-    """
-    out = {}
-    for key, value in state_dict.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        if key.endswith("bn.weight"):
-            value = value - INPLACE_ABN_EPS
-        aa = re.match(r"(.*layer\d+\.0\.conv\d+)\.(conv|bn)\.(.*)", key)
-        is_aa = aa is not None and (aa.group(1) + ".aa") in _aa_prefixes(state_dict)
-        if is_aa:
-            key = f"{aa.group(1)}.0.{0 if aa.group(2) == 'conv' else 1}.{aa.group(3)}"
-        else:
-            key = re.sub(r"conv(\d+)\.conv\.", r"conv\1.0.", key)
-            key = re.sub(r"conv(\d+)\.bn\.", r"conv\1.1.", key)
-            key = re.sub(r"downsample\.(\d+)\.conv\.", r"downsample.\1.0.", key)
-            key = re.sub(r"downsample\.(\d+)\.bn\.", r"downsample.\1.1.", key)
-        out[key] = value
-    return out
-
-
-def _aa_prefixes(state_dict: dict) -> set[str]:
-    """Convs that downsample with anti-aliasing: the first block's strided 3x3 of layers 2-4."""
-    prefixes = set()
-    for stage in (2, 3, 4):
-        bottleneck = f"body.layer{stage}.0.conv3.conv.weight" in state_dict
-        prefixes.add(f"body.layer{stage}.0.conv{2 if bottleneck else 1}.aa")
-    return prefixes
-
-
-def _describe_metadata(raw: Mapping[str, str], shapes: Mapping[str, Sequence[int]], fmt: str) -> dict:
+def _describe_metadata(raw: Mapping[str, str], shapes: Mapping[str, Sequence[int]], fmt: str,
+                       family: Family | None) -> dict:
     """Typed metadata from a file's string metadata and its tensor shapes (in our names)."""
     meta = {_LEGACY_METADATA_KEYS.get(k, k): v for k, v in raw.items()}
     if "class_names" in meta:
@@ -207,8 +184,11 @@ def _describe_metadata(raw: Mapping[str, str], shapes: Mapping[str, Sequence[int
     if "head.fc.weight" in shapes:
         meta.setdefault("num_classes", int(shapes["head.fc.weight"][0]))
     meta["format"] = fmt
-    if not meta.get("arch"):
-        meta["arch"] = infer_architecture(shapes)
+    if family is not None:
+        meta["family"] = family.name
+        if not meta.get("arch"):
+            meta["arch"] = family.infer_arch(shapes)
+    meta.setdefault("arch", None)
     return meta
 
 
@@ -220,11 +200,10 @@ def open_checkpoint(path: str | os.PathLike, *, weights_only: bool = True) -> Ch
     path = Path(path).expanduser()
     obj, raw_meta = _read_file(path, weights_only)
     state = _unwrap(obj)
-    fmt = detect_format(state, raw_meta)
-    if fmt == FORMAT_OFFICIAL:
-        state = convert_official(state)
+    family, fmt = identify(state, raw_meta)
+    state = fmt.convert(state)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    return Checkpoint(path, state, fmt, _describe_metadata(raw_meta, shapes, fmt))
+    return Checkpoint(path, state, fmt.name, _describe_metadata(raw_meta, shapes, fmt.name, family))
 
 
 def read_checkpoint(path: str | os.PathLike, *, weights_only: bool = True) -> tuple[dict, str, dict]:
@@ -255,35 +234,9 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict:
     if not _is_safetensors(path):
         return open_checkpoint(path).metadata
     raw, shapes = _safetensors_header(path)
-    fmt = detect_format(dict.fromkeys(shapes), raw)
-    if fmt == FORMAT_OFFICIAL:
-        shapes = {official_key(k): v for k, v in shapes.items()}
-    return _describe_metadata(raw, shapes, fmt)
-
-
-def _num_blocks(names, stage: int) -> int:
-    idx = {int(m.group(1)) for k in names if (m := re.match(rf"body\.layer{stage}\.(\d+)\.", k))}
-    return max(idx) + 1 if idx else 0
-
-
-def infer_architecture(state_dict: Mapping) -> str | None:
-    """The TResNet variant (``arch``) whose shapes match ``state_dict`` (in our names), or None.
-
-    The values may be tensors or shapes.
-    """
-    from tresnet.models.tresnet import VARIANTS
-
-    conv1 = state_dict.get("body.conv1.conv.weight")
-    if conv1 is None:
-        return None
-    blocks = tuple(_num_blocks(state_dict, stage) for stage in range(1, 5))
-    planes = conv1.shape[0] if isinstance(conv1, torch.Tensor) else conv1[0]
-    v2 = "body.layer1.0.conv3.conv.weight" in state_dict
-    for name, arch in VARIANTS.items():
-        arch_planes = int(64 * arch.width_factor) // (8 if arch.v2 else 1) * (8 if arch.v2 else 1)
-        if blocks == arch.layers and arch_planes == planes and arch.v2 == v2:
-            return name
-    return None
+    family, fmt = identify(shapes, raw)
+    shapes = {fmt.convert_key(k): v for k, v in shapes.items()}
+    return _describe_metadata(raw, shapes, fmt.name, family)
 
 
 # --- loading into a model -------------------------------------------------------------------------
@@ -322,8 +275,26 @@ def _likely_cause(ckpt: Checkpoint, model: nn.Module) -> str:
     if ckpt_arch and model_arch and ckpt_arch != model_arch:
         return f"the checkpoint is a {ckpt_arch}, the model a {model_arch}: build a {ckpt_arch}"
     if ckpt_arch is None:
-        return "the checkpoint matches no TResNet variant: is it the right file?"
+        family = FAMILIES.get(ckpt.metadata.get("family"))
+        return f"the checkpoint matches no {family.title if family else 'known'} variant: is it the right file?"
     return "same variant but different layer sizes: check in_chans and the model options"
+
+
+def _check_family(ckpt: Checkpoint, model: nn.Module) -> None:
+    """A checkpoint of another family or variant is refused in one line that names both (before any key is compared)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    have, want = FAMILIES.get(ckpt.metadata.get("family")), FAMILIES.get(cfg.get("family"))
+    if have is None or want is None:
+        return
+    held, built = ckpt.metadata.get("arch"), cfg.get("arch")
+    if have is not want:
+        raise CheckpointError(f"{ckpt.format} checkpoint {ckpt.path} holds a {have.title} "
+                              f"({held or 'unknown variant'}), the model is a {want.title} ({cfg.get('model')}): "
+                              f"build a {have.title} model (see `tresnet info`), or pick the right file")
+    if held and built and held != built and not getattr(model, "arch_overridden", False):
+        models = " or ".join(name for name, c in MODEL_CONFIGS.items() if c["arch"] == held)
+        raise CheckpointError(f"{ckpt.format} checkpoint {ckpt.path} holds a {held}, the model is a {built} "
+                              f"({cfg.get('model')}): build {models}, or pick the right file")
 
 
 def _mismatch(state: dict, target: dict) -> tuple[list[str], list[str], list[str]]:
@@ -352,6 +323,8 @@ def _mismatch_message(ckpt: Checkpoint, model: nn.Module, state: dict, target: d
 def load_state(model: nn.Module, ckpt: Checkpoint, strict: bool = True, *,
                allow_head_mismatch: bool = False) -> None:
     """Load a checkpoint already read (:func:`open_checkpoint`) into ``model``; see :func:`load_checkpoint`."""
+    if strict:
+        _check_family(ckpt, model)
     state, target = ckpt.state_dict, model.state_dict()
     if getattr(model, "head", 1) is None:  # features_only: no classifier to load
         state = _without_head(state)
@@ -384,11 +357,12 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
 
 def checkpoint_metadata(model: nn.Module, class_names: Sequence[str] | None = None,
                         extra: Mapping | None = None) -> dict[str, str]:
-    """The string metadata :func:`save_checkpoint` writes: format, version, ``model``, ``arch``, classes."""
+    """The string metadata :func:`save_checkpoint` writes: format, version, ``family``, ``model``, ``arch``, classes."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     meta = {
         "format": FORMAT_OURS,
         "tresnet_version": __version__,
+        "family": str(cfg.get("family", "")),
         "model": str(cfg.get("model", "")),
         "arch": str(cfg.get("arch", "")),
         "num_classes": str(getattr(model, "num_classes", "")),

@@ -1,4 +1,4 @@
-"""``create_model``: build a TResNet and, if asked, load its weights from a local file (read once)."""
+"""``create_model``: build a model of any registered family and, if asked, load its weights from a local file (read once)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ def cache_dir() -> Path:
 
 
 def pretrained_file_names(name: str) -> list[str]:
-    """The file names accepted in the cache for model ``name``."""
-    return [p.format(name=name) for p in _CACHE_PATTERNS]
+    """The file names accepted in the cache for model ``name`` (and its official release's file name)."""
+    names = [p.format(name=name) for p in _CACHE_PATTERNS]
+    release_file = get_pretrained_cfg(name).get("release_file")
+    return names + [release_file] if release_file else names
 
 
 def find_pretrained(name: str) -> Path:
@@ -66,22 +68,24 @@ def create_model(name: str | None = None, *, pretrained: bool = False,
                  checkpoint_path: str | os.PathLike | None = None, num_classes: int | None = None,
                  in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  features_only: bool = False, out_indices: tuple[int, ...] = (1, 2, 3, 4),
-                 norm: str = "inplace_abn", memory_efficient: bool = False, **arch_overrides) -> nn.Module:
-    """Build TResNet ``name`` (see :func:`tresnet.list_models`), optionally with weights.
+                 norm: str | None = None, memory_efficient: bool = False, **arch_overrides) -> nn.Module:
+    """Build model ``name`` (a TResNet or a GENet, see :func:`tresnet.list_models`), optionally with weights.
 
     ``pretrained=True`` loads ``name``'s file from :func:`cache_dir`; ``checkpoint_path`` loads that
     file (official, timm or tresnet format), read once. ``name`` may be left out when the checkpoint
     names its model (a file saved by ``tresnet train``) or holds a network only one model builds.
     ``num_classes=None`` means the checkpoint's number of classes, else 1000; a different number loads
     the backbone and a fresh head, with a warning.
-    ``norm`` is ``"inplace_abn"`` (default), ``"inplace_abn_sync"`` or ``"bn"`` (plain BatchNorm).
-    ``memory_efficient=True`` trains with about 0.54x the activation memory of plain BatchNorm (0.75x
-    without it) for a few percent more compute (In-Place ABN norms only). The weights loaded are
+    ``norm`` is the family's default when None: for TResNet ``"inplace_abn"``, or ``"inplace_abn_sync"``
+    or ``"bn"`` (plain BatchNorm); GENet has ``"bn"`` only (its ReLU is not invertible).
+    ``memory_efficient=True`` (TResNet only) trains with about 0.54x the activation memory of plain
+    BatchNorm (0.75x without it) for a few percent more compute (In-Place ABN norms only). The weights loaded are
     recorded in ``model.checkpoint_info`` (:class:`~tresnet.checkpoint.CheckpointInfo`, None without).
 
     Raises :class:`~tresnet.errors.ModelNotFoundError` for an unknown name,
     :class:`~tresnet.errors.ConfigError` for a checkpoint that does not say which model it is when no
-    name is given, and :class:`~tresnet.errors.CheckpointError` for a missing or mismatched checkpoint.
+    name is given or an option the family does not take (``memory_efficient`` or in-place ABN for a
+    GENet), and :class:`~tresnet.errors.CheckpointError` for a missing or mismatched checkpoint.
     """
     if name is None and checkpoint_path is None:
         raise ConfigError("create_model needs a model name, or a checkpoint_path whose file names its model")

@@ -28,8 +28,9 @@ def test_parameter_counts_and_widths(name):
 
 
 def test_list_models_and_configs():
-    assert tresnet.list_models() == ["tresnet_l", "tresnet_l_448", "tresnet_m", "tresnet_m_448", "tresnet_v2_l",
-                                     "tresnet_xl", "tresnet_xl_448"]
+    assert tresnet.list_models("tresnet*") == ["tresnet_l", "tresnet_l_448", "tresnet_m", "tresnet_m_448",
+                                               "tresnet_v2_l", "tresnet_xl", "tresnet_xl_448"]
+    assert tresnet.list_models(family="tresnet") == tresnet.list_models("tresnet*")
     assert tresnet.list_models("*448") == ["tresnet_l_448", "tresnet_m_448", "tresnet_xl_448"]
     cfg = tresnet.get_pretrained_cfg("tresnet_m")
     assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875 and cfg["mean"] == (0, 0, 0)

@@ -9,6 +9,8 @@ with ImageNet statistics keeps working.
 
 from __future__ import annotations
 
+import math
+
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
@@ -24,6 +26,7 @@ INTERPOLATIONS = {
     "lanczos": InterpolationMode.LANCZOS,
 }
 CROP_MODES = ("center", "squash")
+RESIZE_ROUNDINGS = {"floor": math.floor, "ceil": math.ceil}
 
 
 class ToRGB:
@@ -41,7 +44,7 @@ def resolve_eval_config(pretrained_cfg: dict, img_size: int | None = None) -> di
     ``interpolation``, ``mean``, ``std``.
 
     ``img_size`` (a square side) overrides the configuration's ``input_size``; the resize keeps the
-    configuration's ``crop_pct``. Raises :class:`ConfigError` for an unknown crop mode or interpolation.
+    configuration's ``crop_pct`` and ``resize_rounding`` (``"floor"``, the default, or ``"ceil"``). Raises :class:`ConfigError` for an unknown crop mode or interpolation.
     """
     height, width = pretrained_cfg.get("input_size", (3, 224, 224))[-2:]
     size = (img_size, img_size) if img_size is not None else (int(height), int(width))
@@ -54,11 +57,16 @@ def resolve_eval_config(pretrained_cfg: dict, img_size: int | None = None) -> di
     if interpolation not in INTERPOLATIONS:
         raise ConfigError(f"unknown interpolation {interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
     crop_pct = float(pretrained_cfg.get("crop_pct", 0.875 if crop_mode == "center" else 1.0))
+    rounding = pretrained_cfg.get("resize_rounding", "floor")
+    if rounding not in RESIZE_ROUNDINGS:
+        raise ConfigError(f"unknown resize_rounding {rounding!r}; use one of {', '.join(RESIZE_ROUNDINGS)}")
     if crop_mode == "squash":
         resize_size = size
     else:
-        # The short side goes to int(crop / crop_pct); int() as in the reference (224 -> 256).
-        resize_size = int(size[0] / crop_pct) if size[0] == size[1] else tuple(int(s / crop_pct) for s in size)
+        # The short side goes to crop / crop_pct, rounded down as TResNet's and timm's evaluation do
+        # (224 -> 256), or up as GENet's official evaluation does (192 -> 220).
+        round_ = RESIZE_ROUNDINGS[rounding]
+        resize_size = round_(size[0] / crop_pct) if size[0] == size[1] else tuple(round_(s / crop_pct) for s in size)
     return dict(
         img_size=size,
         resize_size=resize_size,

@@ -14,16 +14,16 @@ class ConvNormAct(nn.Module):
     """``conv -> bn (norm + activation as one module) -> aa``.
 
     With ``anti_alias=True`` and stride 2, the conv runs at stride 1 and the blur downsamples,
-    as in TResNet. Submodule names (``conv``, ``bn``, ``aa``) match timm's checkpoint keys.
+    as in TResNet. ``groups`` as in ``nn.Conv2d`` (GENet's depthwise convs). Submodule names (``conv``, ``bn``, ``aa``) match timm's checkpoint keys.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  activation: str = "leaky_relu", activation_param: float = 0.01, norm: str = "inplace_abn",
-                 anti_alias: bool = False) -> None:
+                 anti_alias: bool = False, groups: int = 1) -> None:
         super().__init__()
         use_aa = anti_alias and stride == 2
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=1 if use_aa else stride,
-                              padding=kernel_size // 2, bias=False)
+                              padding=kernel_size // 2, groups=groups, bias=False)
         self.bn = create_norm_act(norm, out_channels, activation, activation_param)
         self.aa = AntiAliasDownsample(out_channels, stride=2) if use_aa else None
         self._pointwise = kernel_size == 1 and stride == 1 and not use_aa and activation == "identity"

@@ -1,8 +1,8 @@
-"""Model names -> network, preprocessing and published results; ``create_model`` and ``list_models``.
+"""The registry of model families: names -> family, network, preprocessing and published results.
 
-One table (:data:`MODEL_CONFIGS`) holds everything per name; nothing else repeats it. Two words name
-two things everywhere: ``model`` is a registered name (``tresnet_m_448``), ``arch`` the network variant it
-builds (``tresnet_m``, a key of :data:`tresnet.models.tresnet.VARIANTS`).
+Each family (:class:`~tresnet.models.family.Family`: TResNet, GENet) brings its variants, its registered
+models and its checkpoint layouts; this module only gathers them. Two words name two things everywhere:
+``model`` is a registered name (``tresnet_m_448``), ``arch`` the network variant it builds (``tresnet_m``).
 """
 
 from __future__ import annotations
@@ -14,29 +14,16 @@ from dataclasses import replace
 
 from torch import nn
 
-from tresnet.errors import ModelNotFoundError
+from tresnet.errors import ConfigError, ModelNotFoundError
 from tresnet.layers import NORMS
-from tresnet.models.tresnet import VARIANTS, TResNet
+from tresnet.models import genet, tresnet
+from tresnet.models.family import Family
 
-# TResNet's preprocessing: RGB in [0, 1] with no mean/std normalisation (the official release's
-# validation code, and timm's tresnet configs: mean 0, std 1). The 224 models are evaluated with a
-# bilinear resize to 224 / 0.875 and a centre crop; the 448 ones squash the image to 448x448.
-_NO_NORMALISATION = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-_CFG_224 = dict(input_size=(3, 224, 224), crop_pct=0.875, crop_mode="center", interpolation="bilinear",
-                **_NO_NORMALISATION)
-_CFG_448 = dict(input_size=(3, 448, 448), crop_pct=1.0, crop_mode="squash", interpolation="bilinear",
-                **_NO_NORMALISATION)
+FAMILIES: dict[str, Family] = {family.name: family for family in (tresnet.FAMILY, genet.FAMILY)}
 
-# name -> network, preprocessing, published ImageNet-1k top-1 (paper, Tables 1 and 3; v2: the
-# official model zoo, ImageNet-21k pretraining)
+# Every registered model's configuration, with the family that builds it: the one table of names.
 MODEL_CONFIGS: dict[str, dict] = {
-    "tresnet_m": dict(arch="tresnet_m", **_CFG_224, top1=80.8),
-    "tresnet_l": dict(arch="tresnet_l", **_CFG_224, top1=81.5),
-    "tresnet_xl": dict(arch="tresnet_xl", **_CFG_224, top1=82.0),
-    "tresnet_v2_l": dict(arch="tresnet_v2_l", **_CFG_224, top1=83.9),
-    "tresnet_m_448": dict(arch="tresnet_m", **_CFG_448, top1=83.2),
-    "tresnet_l_448": dict(arch="tresnet_l", **_CFG_448, top1=83.8),
-    "tresnet_xl_448": dict(arch="tresnet_xl", **_CFG_448, top1=84.3),
+    name: dict(cfg, family=family.name) for family in FAMILIES.values() for name, cfg in family.models.items()
 }
 
 
@@ -57,21 +44,43 @@ class PretrainedCfg(dict):
         return self[key] if key in self or key in self._DEPRECATED else default
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Sorted names of the models this package builds that match the shell-style ``pattern``."""
-    return sorted(n for n in MODEL_CONFIGS if fnmatch.fnmatch(n, pattern))
+def list_models(pattern: str = "*", *, family: str | None = None) -> list[str]:
+    """Sorted names of the models this package builds that match the shell-style ``pattern``
+    (of one ``family``, ``"tresnet"`` or ``"genet"``, when given)."""
+    if family is not None:
+        get_family(family)
+    return sorted(n for n, cfg in MODEL_CONFIGS.items()
+                  if fnmatch.fnmatch(n, pattern) and family in (None, cfg["family"]))
+
+
+def get_family(name: str) -> Family:
+    """The family called ``name`` (``"tresnet"``, ``"genet"``); :class:`ModelNotFoundError` otherwise."""
+    if name not in FAMILIES:
+        raise ModelNotFoundError(f"unknown model family {name!r}; available: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def family_of(model: str) -> Family:
+    """The family that builds registered model ``model``."""
+    return FAMILIES[get_pretrained_cfg(model)["family"]]
+
+
+def family_of_arch(arch: str) -> Family | None:
+    """The family that has network variant ``arch``, or None."""
+    return next((f for f in FAMILIES.values() if arch in f.variants), None)
 
 
 def get_pretrained_cfg(name: str) -> dict:
-    """The configuration of model ``name``: ``model``, ``arch``, preprocessing, published top-1.
+    """The configuration of model ``name``: ``model``, ``family``, ``arch``, preprocessing, published top-1.
 
     Raises :class:`~tresnet.errors.ModelNotFoundError` for an unknown name.
     """
     if name not in MODEL_CONFIGS:
         raise ModelNotFoundError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    family = FAMILIES[MODEL_CONFIGS[name]["family"]]
     cfg = PretrainedCfg(model=name, **deepcopy(MODEL_CONFIGS[name]))
-    cfg["classifier"] = "head.fc"
-    cfg["first_conv"] = "body.conv1.conv"
+    cfg["classifier"] = family.classifier
+    cfg["first_conv"] = family.first_conv
     return cfg
 
 
@@ -80,20 +89,49 @@ def models_of_arch(arch: str) -> list[str]:
     return [name for name in list_models() if MODEL_CONFIGS[name]["arch"] == arch]
 
 
+def resolve_norm(family: Family, norm: str | None) -> str:
+    """``norm``, or the family's default for None; :class:`ConfigError` for one the family cannot use."""
+    if norm is None:
+        return family.norms[0]
+    if norm not in NORMS:
+        raise ConfigError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+    if norm not in family.norms:
+        raise ConfigError(f"norm {norm!r} is not available for {family.title}, whose norms are "
+                          f"{', '.join(family.norms)} (In-Place ABN is TResNet's): use norm={family.norms[0]!r}")
+    return norm
+
+
+def _family_options(family: Family, options: dict) -> dict:
+    """The options only ``family`` takes, with the neutral ones of other families dropped."""
+    kept = {}
+    for key, value in options.items():
+        if key in family.options:
+            kept[key] = value
+        elif value:
+            owners = [f.title for f in FAMILIES.values() if key in f.options] or ["no family"]
+            raise ConfigError(f"{key}={value!r} is a {' and '.join(owners)} option; {family.title} models do "
+                              f"not take it: leave it out")
+    return kept
+
+
 def build_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
-                drop_path_rate: float = 0.0, norm: str = "inplace_abn", features_only: bool = False,
+                drop_path_rate: float = 0.0, norm: str | None = None, features_only: bool = False,
                 out_indices: tuple[int, ...] = (1, 2, 3, 4), memory_efficient: bool = False,
                 **arch_overrides) -> nn.Module:
     """A freshly initialised model ``name`` (no weights loaded). See :func:`tresnet.create_model`."""
     cfg = get_pretrained_cfg(name)
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
-    arch = VARIANTS[cfg["arch"]]
+    family = FAMILIES[cfg["family"]]
+    norm = resolve_norm(family, norm)
+    options = _family_options(family, {"memory_efficient": memory_efficient})
+    arch = family.variants[cfg["arch"]]
     if arch_overrides:
-        arch = replace(arch, **arch_overrides)
-    model = TResNet(arch, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
-                    drop_path_rate=drop_path_rate, norm=norm, features_only=features_only,
-                    out_indices=out_indices, memory_efficient=memory_efficient)
+        try:
+            arch = replace(arch, **arch_overrides)
+        except TypeError as e:
+            raise ConfigError(f"{family.title} variants have no option among {sorted(arch_overrides)}: {e}") from e
+    model = family.build(arch, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
+                         drop_path_rate=drop_path_rate, norm=norm, features_only=features_only,
+                         out_indices=out_indices, **options)
     cfg["num_classes"] = 0 if features_only else num_classes
     cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
     cfg["norm"] = norm

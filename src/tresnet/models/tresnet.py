@@ -7,17 +7,25 @@ Module and parameter names follow timm's ``tresnet.py``, so timm checkpoints loa
 from __future__ import annotations
 
 from collections import OrderedDict
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from tresnet.errors import InputSizeError
-from tresnet.layers import ConvNormAct, FastGlobalAvgPool, SpaceToDepth, SqueezeExcite
+from tresnet.layers import NORMS, ConvNormAct, SpaceToDepth, SqueezeExcite
 from tresnet.layers.residual_tail import lean_tail, lean_tail_applies
+from tresnet.models import tresnet_formats
+from tresnet.models.common import (
+    ClassifierHead,
+    FeatureInfo,
+    check_out_indices,
+    checkpointed,
+    new_classifier,
+    stage_drop_path_rates,
+)
+from tresnet.models.family import CheckpointFormat, Family
 
 # Smallest input side: after SpaceToDepth (/4) three blurred stride-2 stages need a side of at
 # least 2 for their reflect padding, which gives 20 pixels.
@@ -136,61 +144,10 @@ class Bottleneck(_ResidualBlock):
         return self.conv3.bn
 
 
-@contextmanager
-def _running_stats_frozen(module: nn.Module):
-    """While a checkpointed block is recomputed in backward, its norms must not update their statistics again."""
-    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
-    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
-    for m in norms:
-        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
-    try:
-        yield
-    finally:
-        for m, (momentum, tracked) in zip(norms, saved, strict=True):
-            m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
-
-
-class FeatureInfo(list):
-    """A list of ``{"num_chs", "reduction", "module"}`` dicts, with timm's accessors."""
-
-    def channels(self) -> list[int]:
-        return [f["num_chs"] for f in self]
-
-    def reduction(self) -> list[int]:
-        return [f["reduction"] for f in self]
-
-
-class ClassifierHead(nn.Module):
-    """Fast global average pooling, optional dropout, ``fc``."""
-
-    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0) -> None:
-        super().__init__()
-        self.global_pool = FastGlobalAvgPool(flatten=True)
-        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(self.global_pool(x))
-        return x if pre_logits else self.fc(x)
-
-
 def _stem_width(arch: TResNetArch) -> int:
     """Channels after ``conv1``: ``64 * width_factor``, rounded down to a multiple of 8 for v2."""
     planes = int(64 * arch.width_factor)
     return planes // 8 * 8 if arch.v2 else planes
-
-
-def _stage_drop_path_rates(layers: tuple[int, ...], drop_path_rate: float) -> list[list[float]]:
-    """Each block's drop-path rate, rising linearly from 0 to ``drop_path_rate`` over the network, per stage."""
-    total_blocks = sum(layers)
-    rates = torch.linspace(0, drop_path_rate, total_blocks).tolist() if total_blocks else []
-    stage_rates, start = [], 0
-    for n in layers:
-        stage_rates.append(rates[start:start + n])
-        start += n
-    return stage_rates
 
 
 def _feature_table(planes: int, early_expansion: int) -> list[dict]:
@@ -224,15 +181,12 @@ class TResNet(nn.Module):
         self.grad_checkpointing = False
         self.planes = self._inplanes = planes = _stem_width(arch)
         early_block = Bottleneck if arch.v2 else BasicBlock
-        self.body = self._make_body(early_block, _stage_drop_path_rates(arch.layers, drop_path_rate))
+        self.body = self._make_body(early_block, stage_drop_path_rates(arch.layers, drop_path_rate))
         all_features = _feature_table(planes, early_block.expansion)
         self.num_features = self.head_hidden_size = all_features[-1]["num_chs"]
         self.features_only = features_only
         if features_only:
-            bad = [i for i in out_indices if i not in range(len(all_features))]
-            if bad or not out_indices:
-                raise ValueError(f"out_indices {tuple(out_indices)} invalid; pick from 0 (conv1) to 4 (layer4)")
-            self.out_indices = tuple(out_indices)
+            self.out_indices = check_out_indices(out_indices, len(all_features), "0 (conv1) to 4 (layer4)")
             self.feature_info = FeatureInfo(all_features[i] for i in self.out_indices)
             self.head = None
         else:
@@ -315,11 +269,7 @@ class TResNet(nn.Module):
             raise ValueError("a features_only model has no classifier")
         param = next(self.parameters())
         self.num_classes = num_classes
-        fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            nn.init.normal_(fc.weight, 0.0, 0.01)
-            nn.init.zeros_(fc.bias)
-        self.head.fc = fc.to(device=param.device, dtype=param.dtype)
+        self.head.fc = new_classifier(self.num_features, num_classes).to(device=param.device, dtype=param.dtype)
         if self.pretrained_cfg:
             self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
@@ -340,8 +290,7 @@ class TResNet(nn.Module):
             x = self.body.conv1(self.body.s2d(x))
             for stage in (self.body.layer1, self.body.layer2, self.body.layer3, self.body.layer4):
                 for block in stage:
-                    x = checkpoint(block, x, use_reentrant=False,
-                                   context_fn=lambda b=block: (nullcontext(), _running_stats_frozen(b)))
+                    x = checkpointed(block, x)
             return x
         return self.body(x)
 
@@ -370,4 +319,45 @@ class TResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-__all__ = ["VARIANTS", "BasicBlock", "Bottleneck", "TResNet", "TResNetArch"]
+# --- the family: its registered models and checkpoint layouts --------------------------------------
+
+# TResNet's preprocessing: RGB in [0, 1] with no mean/std normalisation (the official release's
+# validation code, and timm's tresnet configs: mean 0, std 1). The 224 models are evaluated with a
+# bilinear resize to 224 / 0.875 and a centre crop; the 448 ones squash the image to 448x448.
+_NO_NORMALISATION = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+_CFG_224 = dict(input_size=(3, 224, 224), crop_pct=0.875, crop_mode="center", interpolation="bilinear",
+                **_NO_NORMALISATION)
+_CFG_448 = dict(input_size=(3, 448, 448), crop_pct=1.0, crop_mode="squash", interpolation="bilinear",
+                **_NO_NORMALISATION)
+
+# name -> network, preprocessing, published ImageNet-1k top-1 (paper, Tables 1 and 3; v2: the
+# official model zoo, ImageNet-21k pretraining)
+MODEL_CONFIGS: dict[str, dict] = {
+    "tresnet_m": dict(arch="tresnet_m", **_CFG_224, top1=80.8),
+    "tresnet_l": dict(arch="tresnet_l", **_CFG_224, top1=81.5),
+    "tresnet_xl": dict(arch="tresnet_xl", **_CFG_224, top1=82.0),
+    "tresnet_v2_l": dict(arch="tresnet_v2_l", **_CFG_224, top1=83.9),
+    "tresnet_m_448": dict(arch="tresnet_m", **_CFG_448, top1=83.2),
+    "tresnet_l_448": dict(arch="tresnet_l", **_CFG_448, top1=83.8),
+    "tresnet_xl_448": dict(arch="tresnet_xl", **_CFG_448, top1=84.3),
+}
+
+FAMILY = Family(
+    name="tresnet",
+    title="TResNet",
+    paper="Ridnik et al., TResNet: High Performance GPU-Dedicated Architecture, arXiv 2003.13630",
+    variants=VARIANTS,
+    models=MODEL_CONFIGS,
+    build=TResNet,
+    formats=(
+        CheckpointFormat("timm", tresnet_formats.TIMM_MARKER),
+        CheckpointFormat("official", tresnet_formats.OFFICIAL_MARKER, tresnet_formats.convert_official,
+                         tresnet_formats.official_key),
+    ),
+    infer_arch=tresnet_formats.infer_architecture,
+    norms=NORMS,
+    first_conv="body.conv1.conv",
+    options={"memory_efficient": False},
+)
+
+__all__ = ["FAMILY", "MODEL_CONFIGS", "VARIANTS", "BasicBlock", "Bottleneck", "TResNet", "TResNetArch"]

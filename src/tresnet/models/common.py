@@ -1,0 +1,94 @@
+"""What every family's network shares: the classifier head, feature descriptions, drop-path rates, and
+block-wise gradient checkpointing that leaves the norms' running statistics alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from tresnet.layers import FastGlobalAvgPool
+
+
+class FeatureInfo(list):
+    """A list of ``{"num_chs", "reduction", "module"}`` dicts, with timm's accessors."""
+
+    def channels(self) -> list[int]:
+        return [f["num_chs"] for f in self]
+
+    def reduction(self) -> list[int]:
+        return [f["reduction"] for f in self]
+
+
+class ClassifierHead(nn.Module):
+    """Global average pooling, optional dropout, ``fc`` (``head.fc`` in every family, as in timm)."""
+
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.global_pool = FastGlobalAvgPool(flatten=True)
+        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        # Initialised by the network's reset_parameters; reset_classifier uses new_classifier.
+        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(self.global_pool(x))
+        return x if pre_logits else self.fc(x)
+
+
+def new_classifier(in_features: int, num_classes: int) -> nn.Module:
+    """A linear classifier initialised as in both papers' code (normal, std 0.01; zero bias), or Identity for 0."""
+    if num_classes <= 0:
+        return nn.Identity()
+    fc = nn.Linear(in_features, num_classes)
+    nn.init.normal_(fc.weight, 0.0, 0.01)
+    nn.init.zeros_(fc.bias)
+    return fc
+
+
+def check_out_indices(out_indices: Iterable[int], count: int, names: str) -> tuple[int, ...]:
+    """``out_indices`` as a tuple, or ValueError naming the valid range (``names`` describes it)."""
+    out_indices = tuple(out_indices)
+    if not out_indices or any(i not in range(count) for i in out_indices):
+        raise ValueError(f"out_indices {out_indices} invalid; pick from {names}")
+    return out_indices
+
+
+def stage_drop_path_rates(depths: Iterable[int], drop_path_rate: float) -> list[list[float]]:
+    """Each block's drop-path rate, rising linearly from 0 to ``drop_path_rate`` over the network, per stage."""
+    depths = list(depths)
+    total_blocks = sum(depths)
+    rates = torch.linspace(0, drop_path_rate, total_blocks).tolist() if total_blocks else []
+    stage_rates, start = [], 0
+    for n in depths:
+        stage_rates.append(rates[start:start + n])
+        start += n
+    return stage_rates
+
+
+@contextmanager
+def running_stats_frozen(module: nn.Module):
+    """While a checkpointed block is recomputed in backward, its norms must not update their statistics again."""
+    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
+def checkpointed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)``, recomputed in backward instead of keeping its activations (statistics updated once)."""
+    return checkpoint(block, x, use_reentrant=False,
+                      context_fn=lambda: (nullcontext(), running_stats_frozen(block)))
+
+
+__all__ = ["ClassifierHead", "FeatureInfo", "check_out_indices", "checkpointed", "new_classifier",
+           "running_stats_frozen", "stage_drop_path_rates"]
