@@ -1,4 +1,4 @@
-"""`tresnet info`: build every variant (or the ones named), round-trip a checkpoint, print a table."""
+"""`tresnet info`: build every model (or the ones named), round-trip a checkpoint, print a table grouped by family."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 import tresnet
 from tresnet.bench.targets import count_gmacs
 from tresnet.errors import TResNetError
+from tresnet.models.registry import FAMILIES, MODEL_CONFIGS
 
 
 def add_parser(subparsers) -> None:
@@ -35,12 +36,25 @@ def roundtrip_max_diff(model: torch.nn.Module, input_size: tuple[int, int, int])
         return (model(x) - clone(x)).abs().max().item()
 
 
-def run(args: argparse.Namespace) -> int:
-    patterns = [p.strip() for p in args.models.split(",") if p.strip()]
-    names = sorted({n for p in patterns for n in tresnet.list_models(p)})
+def _ordered_names(pattern_list: str) -> list[str]:
+    """The models matching the comma-separated patterns, grouped by family (registry order), then by name."""
+    patterns = [p.strip() for p in pattern_list.split(",") if p.strip()]
+    families = list(FAMILIES)
+    names = {n for p in patterns for n in tresnet.list_models(p)}
     if not names:
-        raise TResNetError(f"no model matches {args.models!r}; available: {', '.join(tresnet.list_models())}")
-    header = f"{'model':<16}{'params (M)':>12}{'GMACs':>9}{'input':>10}{'top-1 (paper)':>15}{'round trip':>16}"
+        raise TResNetError(f"no model matches {pattern_list!r}; available: {', '.join(tresnet.list_models())}")
+    return sorted(names, key=lambda n: (families.index(MODEL_CONFIGS[n]["family"]), n))
+
+
+def _top1(top1: float | None, size: int | None, decimals: int) -> str:
+    """A top-1 with the side it was evaluated at, e.g. ``75.7 @192``; ``-`` when there is none."""
+    return f"{top1:.{decimals}f} @{size}" if top1 is not None and size is not None else "-"
+
+
+def run(args: argparse.Namespace) -> int:
+    names = _ordered_names(args.models)
+    header = (f"{'model':<16}{'family':<9}{'params (M)':>11}{'GMACs':>8}{'input':>9}{'top-1 (published)':>19}"
+              f"{'top-1 (timm)':>14}{'round trip':>12}")
     print(header)
     print("-" * len(header))
     for name in names:
@@ -56,6 +70,11 @@ def run(args: argparse.Namespace) -> int:
             check = "ok" if diff == 0.0 else f"DIFF {diff:.1e}"
             if diff != 0.0:
                 raise TResNetError(f"checkpoint round trip of {name} changed the outputs by {diff:.3g}")
-        print(f"{name:<16}{params:>12.2f}{gmacs:>9.2f}{'x'.join(map(str, size[1:])):>10}"
-              f"{cfg['top1']:>15.1f}{check:>16}   ({time.perf_counter() - start:.1f} s)")
+        timm_eval = cfg.get("timm_eval") or {}
+        print(f"{name:<16}{FAMILIES[cfg['family']].title:<9}{params:>11.2f}{gmacs:>8.2f}"
+              f"{'x'.join(map(str, size[1:])):>9}{_top1(cfg.get('top1'), size[1], 1):>19}"
+              f"{_top1(timm_eval.get('top1'), timm_eval.get('img_size'), 3):>14}{check:>12}"
+              f"   ({time.perf_counter() - start:.1f} s)")
+    print("top-1: ImageNet top-1 (%) @ the input side it was measured at; published: the paper (or the "
+          "official release), timm: timm's evaluation of the same weights")
     return 0
