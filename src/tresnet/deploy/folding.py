@@ -1,0 +1,135 @@
+"""What every family's fused model is built from: BatchNorm folded into a conv, and the fused conv kernels.
+
+:func:`fold_batchnorm` gives the conv with bias that computes ``bn(conv(x))``; :class:`FusedConvAct` is a
+folded ``ConvNormAct``. On CPU, in fp32 and without autograd, :func:`conv_act` and :func:`conv_add_relu`
+run one oneDNN convolution with the activation (ReLU, leaky ReLU) or the residual add and ReLU applied to
+the accumulator as a post-op, which gives the same bits as the conv followed by the separate op.
+Elsewhere (GPU, other dtypes, tracing for TorchScript or ONNX) they run plain PyTorch ops.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tresnet.errors import ConfigError
+from tresnet.layers import ConvNormAct
+from tresnet.layers.inplace_abn import InPlaceABN, activate_, invertible_scale
+
+# Activations that oneDNN applies to the conv accumulator (post-op), by our name -> oneDNN's.
+_POST_OPS = {"leaky_relu": "leaky_relu", "relu": "relu", "identity": "none"}
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A new conv with bias that computes ``bn(conv(x))`` of the eval-mode ``bn`` (activation excluded).
+
+    Folds with the plain BatchNorm formula ``scale = weight / sqrt(running_var + eps)``, in float64;
+    for In-Place ABN the weight is first clamped as its forward does (``|weight| >= eps``). Grouped and
+    depthwise convs fold the same way (one scale per output channel).
+    Raises :class:`~tresnet.errors.ConfigError` when ``bn`` has no running statistics (it then
+    normalises with batch statistics, which no conv can express).
+    """
+    if bn.running_mean is None or bn.running_var is None:
+        raise ConfigError(f"cannot fold {type(bn).__name__} without running statistics "
+                          f"(track_running_stats=False): it normalises with batch statistics")
+    if isinstance(bn, InPlaceABN):
+        gamma = invertible_scale(bn.weight, bn.eps).double()
+    elif bn.weight is not None:
+        gamma = bn.weight.detach().double()
+    else:
+        gamma = torch.ones_like(bn.running_var, dtype=torch.float64)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(gamma)
+    scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
+    bias = beta - bn.running_mean.double() * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias.detach().double() * scale
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight.detach().double() * scale.view(-1, 1, 1, 1))
+        fused.bias.copy_(bias)
+    return fused
+
+
+def use_onednn(x: torch.Tensor) -> bool:
+    """Whether the oneDNN fused-conv path applies: fp32 on CPU, eager, no autograd."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+def activate(x: torch.Tensor, activation: str, param: float) -> torch.Tensor:
+    """``activation`` (ReLU, leaky ReLU, ELU or identity) applied in place to ``x``."""
+    if activation == "relu":
+        return F.relu_(x)
+    return activate_(x, activation, param)
+
+
+def conv_act(x: torch.Tensor, conv: nn.Conv2d, activation: str, param: float) -> torch.Tensor:
+    """``activation(conv(x))``, as one oneDNN kernel where :func:`use_onednn` allows."""
+    if activation in _POST_OPS and use_onednn(x):
+        scalars = [param] if activation == "leaky_relu" else []
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups,
+            _POST_OPS[activation], scalars, "")
+    return activate(conv(x), activation, param)
+
+
+def conv_add_relu(x: torch.Tensor, conv: nn.Conv2d, shortcut: torch.Tensor) -> torch.Tensor:
+    """``relu(conv(x) + shortcut)``, as one oneDNN kernel where :func:`use_onednn` allows.
+
+    Neither ``x`` nor ``shortcut`` is written to.
+    """
+    if use_onednn(x) and shortcut.dtype == x.dtype:
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, shortcut, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups,
+            "add", 1.0, "relu", [None], None)
+    return F.relu_(conv(x).add_(shortcut))
+
+
+class FusedConvAct(nn.Module):
+    """``conv`` (BatchNorm folded in) -> activation -> optional blur: a folded ``ConvNormAct``.
+
+    With ``channels_last_input`` (a network's first conv) a 4-D input is made channels-last first.
+    """
+
+    def __init__(self, unit: ConvNormAct, channels_last_input: bool = False) -> None:
+        super().__init__()
+        self.conv = fold_batchnorm(unit.conv, unit.bn)
+        self.activation: str = unit.bn.activation
+        self.activation_param: float = float(unit.bn.activation_param)
+        self.aa = copy.deepcopy(unit.aa)
+        if self.aa is not None:
+            self.aa.export_friendly = True  # no Pad node in an ONNX export
+        self.channels_last_input = channels_last_input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last_input and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = conv_act(x, self.conv, self.activation, self.activation_param)
+        if self.aa is not None:
+            x = self.aa(x)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation}, activation_param={self.activation_param}"
+
+
+def fused_tail(unit: ConvNormAct, block_name: str) -> FusedConvAct:
+    """The folded last conv of a residual branch, which :func:`conv_add_relu` runs with the add.
+
+    Raises :class:`~tresnet.errors.ConfigError` unless it has no activation and no blur.
+    """
+    fused = FusedConvAct(unit)
+    if fused.activation != "identity" or fused.aa is not None:
+        raise ConfigError(f"the last conv of a {block_name}'s branch must have no activation and no blur to be "
+                          f"fused with the residual add")
+    return fused
+
+
+__all__ = ["FusedConvAct", "activate", "conv_act", "conv_add_relu", "fold_batchnorm", "fused_tail", "use_onednn"]
