@@ -281,7 +281,7 @@ class GENet(nn.Module):
 # resizes the short side to ceil(size / 0.875), bilinear, and centre-crops ``size``: 192 for light and
 # normal, 256 for large; ``top1`` is the paper's figure at that size. timm evaluates the same weights
 # (``gernet_s/m/l.idstcv_in1k``) at 224 / 224 / 256 with floor rounding: ``timm_eval`` (timm's
-# results-imagenet.csv). ``release_file`` is the official release's file name for ``pretrained=True``.
+# results/results-imagenet.csv, huggingface/pytorch-image-models at commit aa4b585, August 2026). ``release_file`` is the official release's file name for ``pretrained=True``.
 _IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
