@@ -1,7 +1,8 @@
 """Published ImageNet-1k top-1 of the peers the paper measures TResNet against: the one table, cited.
 
-Our own models' top-1 lives in the model registry (:func:`tresnet.get_pretrained_cfg`); this table
-holds only the other networks, keyed by timm model name. :func:`published_top1` reads both.
+Our own models' top-1 lives in the model registry (:func:`tresnet.get_pretrained_cfg`), and so does timm's
+evaluation of its ports of them (GENet's ``timm_eval``: ``gernet_s/m/l``); this module holds only the other
+networks (the TResNet paper's Table 1), keyed by timm model name. :func:`published_top1` reads both.
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tresnet.errors import ModelNotFoundError
+from tresnet.models.registry import MODEL_CONFIGS
 
 PAPER = "TResNet paper (arXiv 2003.13630), Table 1 (V100 speed comparison)"
-TIMM_RESULTS = ("timm results/results-imagenet.csv (huggingface/pytorch-image-models, "
-                "commit 0173a139), idstcv_in1k weights")
-OURS = "tresnet model registry (TResNet paper, Tables 1 and 3)"
+TIMM_RESULTS = ("timm results/results-imagenet.csv (huggingface/pytorch-image-models), idstcv_in1k weights, "
+                "as the model registry records it (timm_eval)")
+# Where the registry's top-1 of our models comes from, per family.
+OURS = {"tresnet": "tresnet model registry (TResNet paper, Tables 1 and 3)",
+        "genet": "tresnet model registry (GENet paper, arXiv 2006.14090, at the official evaluation size)"}
 
 
 @dataclass(frozen=True)
@@ -25,19 +29,28 @@ class PublishedResult:
     source: str
 
 
-# timm name -> published top-1. The peers of the TResNet paper's Table 1 (arXiv 2003.13630), and GENet,
-# whose timm ports are the ones benchmarked here (timm's own evaluation of the ported weights).
-PEER_RESULTS: dict[str, PublishedResult] = {
+# timm name -> published top-1: the peers of the TResNet paper's Table 1 (arXiv 2003.13630).
+PAPER_RESULTS: dict[str, PublishedResult] = {
     "resnet50": PublishedResult(79.0, 224, PAPER),
     "resnet50d": PublishedResult(79.3, 224, PAPER),
     "resnext50_32x4d": PublishedResult(78.5, 224, PAPER),
     "efficientnet_b1": PublishedResult(79.2, 240, PAPER),
     "seresnext50_32x4d": PublishedResult(79.0, 224, PAPER),
     "mixnet_l": PublishedResult(79.0, 224, PAPER),
-    "gernet_s": PublishedResult(76.91, 224, TIMM_RESULTS),
-    "gernet_m": PublishedResult(80.73, 224, TIMM_RESULTS),
-    "gernet_l": PublishedResult(81.35, 256, TIMM_RESULTS),
 }
+
+
+def _timm_evaluations() -> dict[str, PublishedResult]:
+    """timm's evaluation of its ports of our registered models (GENet's ``gernet_s/m/l``), read from the
+    model registry (``timm_name``, ``timm_eval``): the one place those figures live."""
+    return {cfg["timm_name"]: PublishedResult(float(cfg["timm_eval"]["top1"]), int(cfg["timm_eval"]["img_size"]),
+                                              TIMM_RESULTS)
+            for cfg in MODEL_CONFIGS.values() if cfg.get("timm_eval") and cfg.get("timm_name")}
+
+
+# timm name -> published top-1 of every peer: the paper's Table 1, and GENet, whose timm ports are the ones
+# benchmarked here (timm's own evaluation of the ported weights).
+PEER_RESULTS: dict[str, PublishedResult] = {**PAPER_RESULTS, **_timm_evaluations()}
 
 # The peer list of the paper's speed table, in its order, plus GENet (GPU-efficient networks).
 PAPER_PEERS: tuple[str, ...] = ("resnet50", "resnet50d", "resnext50_32x4d", "efficientnet_b1",
@@ -57,4 +70,5 @@ def published_top1(name: str) -> PublishedResult | None:
     except ModelNotFoundError:
         return PEER_RESULTS.get(name)
     top1 = cfg.get("top1")
-    return None if top1 is None else PublishedResult(float(top1), int(cfg["input_size"][-1]), OURS)
+    source = OURS.get(cfg["family"], "tresnet model registry")
+    return None if top1 is None else PublishedResult(float(top1), int(cfg["input_size"][-1]), source)

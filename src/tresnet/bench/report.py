@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tresnet.bench.rows import MODES, BenchRow, as_rows
+from tresnet.bench.targets import timm_name_of
 from tresnet.errors import MissingDependencyError
 from tresnet.files import atomic_write, write_text
 
@@ -103,7 +104,8 @@ def speed_ratio(rows: Rows, numerator: str, denominator: str, mode: str) -> floa
 
 def comparisons(rows: Rows) -> list[tuple[str, str]]:
     """The pairs worth a ratio: each of our models against its plain model (for a variant), against
-    timm's implementation of it and against ResNet50."""
+    timm's implementation of the same network (``timm:tresnet_m``; ``gernet_s`` for ``genet_light``) and
+    against ResNet50."""
     rows = as_rows(rows)
     labels = {r.model for r in rows}
     pairs = []
@@ -111,7 +113,9 @@ def comparisons(rows: Rows) -> list[tuple[str, str]]:
         if row.impl != "tresnet":
             continue
         plain = [row.name] if row.variant else []
-        for other in (*plain, f"timm:{row.name}", BASELINE):
+        timm_name = timm_name_of(row.name) or row.name
+        timm_peers = [r.model for r in rows if r.impl == "timm" and r.name == timm_name]
+        for other in (*plain, *timm_peers, BASELINE):
             if other in labels and other != row.model:
                 pairs.append((row.model, other))
     return pairs

@@ -52,6 +52,8 @@ class BenchRow:
     says where from). ``max_rel_diff``: for a variant derived from the plain model (``NAME:fused``,
     ``NAME:onnx``), its largest logit difference from the plain eval model on the benchmark's inputs,
     relative to the plain logits' largest magnitude. ``cpu_flags``: the CPU's speed-relevant ISA flags.
+    ``img_size_from``: the model of the run whose input side this row was measured at instead of its own (a
+    timm model that is the same network as one of ours is measured at ours', so that the pair compares).
     """
 
     model: str
@@ -86,6 +88,7 @@ class BenchRow:
     timer: str | None = None
     max_rel_diff: float | None = None
     cpu_flags: list[str] | None = None
+    img_size_from: str | None = None
 
     def mode(self, name: str) -> ModeResult:
         """The :class:`ModeResult` of ``name`` (``"infer"`` or ``"train"``); ValueError for another name."""
@@ -101,8 +104,9 @@ class BenchRow:
     def to_dict(self) -> dict[str, Any]:
         """The flat form of the result files: ``{mode}_batch_size``, ``{mode}_img_per_s``, ``max_{mode}_batch``...
 
-        ``batch_search_probes`` and ``peak_mem_runtime_mib`` appear only when measured, a mode's spread,
-        ms and seconds only when it was timed, as in the files written before rows were dataclasses.
+        ``batch_search_probes`` and ``peak_mem_runtime_mib`` appear only when measured, a mode's spread, ms and
+        seconds only when it was timed, as in the files written before rows were dataclasses; ``img_size_from``
+        only when set.
         """
         out = {key: getattr(self, key) for key in _HEAD}
         for m in MODES:
@@ -119,6 +123,8 @@ class BenchRow:
             out.update({f"{m}_img_per_s_spread_pct": result.img_per_s_spread_pct,
                         f"{m}_ms_per_batch": result.ms_per_batch, f"{m}_seconds_per_batch": result.seconds_per_batch})
         out.update(max_rel_diff=self.max_rel_diff, cpu_flags=self.cpu_flags)
+        if self.img_size_from is not None:
+            out["img_size_from"] = self.img_size_from
         return out
 
     @classmethod

@@ -6,7 +6,9 @@ batch, peak memory, a variant's difference from the plain model); then warm up a
 mode) pairs round-robin, one turn each per repetition, so that a shared machine's drift hits every
 model alike. On CUDA, models not in their turn wait in host memory, so each runs with the device to
 itself, as when its largest batch was searched. Inference-only variants (``NAME:fused``,
-``NAME:onnx``) are timed in inference only when both modes are asked for.
+``NAME:onnx``) are timed in inference only when both modes are asked for. Without ``img_size``, a timm
+model that is the same network as one of ours in the run (``timm:gernet_s`` beside ``genet_light``) is
+measured at our model's side (the row's ``img_size_from`` says so), so that the pair compares.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -44,6 +46,7 @@ from tresnet.bench.targets import (
     count_params_m,
     get_variant,
     parse_model_list,
+    same_network_sizes,
 )
 from tresnet.bench.timing import (
     check_timer,
@@ -76,7 +79,8 @@ class BenchConfig:
     """Everything a benchmark run depends on; the fields mirror ``tresnet benchmark``'s options.
 
     ``batch_size``: an int, ``"auto"`` (90% of the largest batch that fits; on the CPU within
-    ``memory_budget_gib``) or None (8 on the CPU, 128 on CUDA). ``img_size`` None: each model's own.
+    ``memory_budget_gib``) or None (8 on the CPU, 128 on CUDA). ``img_size`` None: each model's own, except
+    that a timm model that is the same network as one of ours in the run takes ours.
     ``iters`` None: 1 on the CPU, 10 on CUDA (timed iterations per turn). ``device`` may be ``"auto"``.
     ``precision``: fp32, amp, bf16 or fp16 (:mod:`tresnet.runtime`). ``timer``: ``"wall"`` (elapsed
     time) or, on the CPU, ``"cpu"`` (CPU time of the process: robust to other work on a shared
@@ -423,6 +427,8 @@ def run_benchmark(config: BenchConfig, *, progress: bool = False,
     options = BuildOptions(device=plan.device, img_size=config.img_size, precision=config.precision,
                            channels_last=config.channels_last)
     specs = _checked_specs(config, plan, options)
+    # A timm model that is one of ours runs at our model's side when no side is given for all.
+    followed = {} if config.img_size else same_network_sizes([spec for spec, _ in specs])
     park = plan.device.type == "cuda" and len(specs) > 1
     n_turns = sum(len(modes) for _, modes in specs) * (config.warmup + config.repeats)
     bar = _Progress(progress, len(specs) + n_turns)
@@ -431,7 +437,10 @@ def run_benchmark(config: BenchConfig, *, progress: bool = False,
     with _torch_settings(config, plan.device), contextlib.closing(bar):
         for spec, modes in specs:
             bar.stage(f"preparing {spec.label}")
-            target, row = _prepare(spec, modes, options, config, plan, peak_measure)
+            ours, size = followed.get(spec.label, (None, None))
+            target, row = _prepare(spec, modes, replace(options, img_size=size or options.img_size), config,
+                                   plan, peak_measure)
+            row.img_size_from = ours
             if park:
                 _move_target(target, [], torch.device("cpu"))
                 free_device_memory(plan.device)

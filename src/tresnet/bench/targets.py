@@ -9,6 +9,10 @@ ones (:mod:`tresnet.bench.variants`, registered on first use) apply to our model
 - ``NAME:memory_efficient``: the memory-lean Bottleneck tails (``create_model(memory_efficient=True)``);
 - ``NAME:fused``: :func:`tresnet.deploy.fuse` of the eval model (inference only);
 - ``NAME:onnx``: the fused model exported to ONNX, run by ONNX Runtime on the CPU (inference only).
+
+Each model runs at its own input side (``native_img_size``) unless one is given for all, except that a timm
+model that is the same network as one of ours in the same run (``timm:gernet_s`` beside ``genet_light``,
+:func:`same_network_sizes`) runs at ours, so that the pair is compared at one size.
 """
 
 from __future__ import annotations
@@ -238,6 +242,35 @@ def native_img_size(spec: ModelSpec, module: nn.Module | None = None) -> int:
         cfg = cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else cfg
     size = (cfg or {}).get("input_size") or (3, 224, 224)
     return int(size[-1])
+
+
+def timm_name_of(name: str) -> str | None:
+    """timm's name of our registered model ``name`` (``gernet_s`` for ``genet_light``; ``tresnet_m`` for
+    itself), or None when ``name`` is not one of ours."""
+    from tresnet.models import get_pretrained_cfg, list_models
+
+    if name not in list_models():
+        return None
+    return get_pretrained_cfg(name).get("timm_name", name)
+
+
+def same_network_sizes(specs: Sequence[ModelSpec]) -> dict[str, tuple[str, int]]:
+    """For each timm model in ``specs`` that is the same network as one of ours in ``specs``
+    (``timm:gernet_s`` and ``genet_light``) and whose own input side differs from ours: its label ->
+    (our model's label, our side). A plain model of ours is preferred over its variants.
+
+    The benchmark measures such a timm model at our side, so that the pair is compared at one size.
+    """
+    ours: dict[str, ModelSpec] = {}
+    for spec in sorted(specs, key=lambda s: s.variant is not None):
+        if spec.impl == "tresnet":
+            ours.setdefault(timm_name_of(spec.name) or spec.name, spec)
+    sizes = {}
+    for spec in specs:
+        mine = ours.get(spec.name) if spec.impl == "timm" else None
+        if mine is not None and native_img_size(mine) != native_img_size(spec):
+            sizes[spec.label] = (mine.label, native_img_size(mine))
+    return sizes
 
 
 @dataclass

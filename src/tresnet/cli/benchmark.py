@@ -19,12 +19,16 @@ need: pip install 'tresnet[bench]'. Variants of our models:
                          (inference only; pip install 'tresnet[export]')
 The deployment variants report max rel diff: their largest difference from the plain model's logits,
 relative to the largest logit. With --mode both they are timed in inference only.
+Sizes: each model runs at its own input size, except that a timm model that is the same network as one of
+ours in the run (timm:tresnet_m with tresnet_m, timm:gernet_s with genet_light) runs at ours, so that the
+pair compares at one size; --img-size N sets one size for all.
 
 examples:
   tresnet benchmark --models tresnet_m,timm:tresnet_m,resnet50 --json out.json --plot out.png
   tresnet benchmark --models paper --device cuda --precision amp --batch-size auto
   tresnet benchmark --models tresnet_m,resnet50 --batch-size auto --memory-budget 8 --mode train
   tresnet benchmark --models tresnet_m,tresnet_m:fused,tresnet_m:onnx --device cpu --mode infer
+  tresnet benchmark --models genet_light,timm:gernet_s,genet_light:fused,tresnet_m --device cpu
 """
 
 
@@ -52,7 +56,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "resident memory of the process); on CUDA it caps the search (default: the device)")
     p.add_argument("--max-batch", type=int, default=4096, help="upper bound of the batch search (default: 4096)")
     p.add_argument("--img-size", type=int, default=None,
-                   help="input side in pixels (default: each model's own, e.g. 224; 240 for efficientnet_b1)")
+                   help="input side in pixels, for every model (default: each model's own, e.g. 224, 240 for "
+                        "efficientnet_b1, 192 for genet_light; a timm model that is one of ours in the run takes "
+                        "ours)")
     p.add_argument("--warmup", type=int, default=2, help="untimed turns per model and mode (default: 2)")
     p.add_argument("--repeats", type=int, default=10,
                    help="timed turns per model and mode; the median is reported (default: 10)")
@@ -106,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         print()
         print(markdown_table(rows))
+    for row in rows:
+        if row.img_size_from:
+            say("benchmark", "note", f"{row.model} measured at {row.img_size} px, the size of {row.img_size_from} "
+                                     f"(the same network); --img-size N sets one size for all")
     untrained = [r.model for r in rows if "train" in RUN_MODES[config.mode] and r.train.batch_size is None]
     if untrained:
         say("benchmark", "note", f"{', '.join(untrained)}: inference-only, timed in inference only")
