@@ -1,4 +1,5 @@
-"""tresnet.data.transforms: the published preprocessing, compared with torchvision built by hand."""
+"""tresnet.data.transforms: the published preprocessing (TResNet, GENet), compared with torchvision built by
+hand; the training transforms normalise as evaluation does."""
 
 from __future__ import annotations
 
@@ -98,3 +99,39 @@ def test_bad_configurations():
         create_eval_transform(dict(cfg, interpolation="area"))
     with pytest.raises(ConfigError, match="positive"):
         create_eval_transform(cfg, img_size=0)
+
+
+def test_genet_normalises_with_imagenet_statistics_and_rounds_the_resize_up():
+    from tresnet.data.transforms import describe_normalisation, normalisation
+
+    genet = get_pretrained_cfg("genet_light")
+    assert normalisation(genet) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert normalisation(get_pretrained_cfg("tresnet_m")) is None
+    assert describe_normalisation(get_pretrained_cfg("tresnet_m")) == "RGB in [0, 1]"
+    assert describe_eval_transform(genet) == ("resize 220 bilinear, centre crop 192x192, normalised with mean "
+                                              "(0.485, 0.456, 0.406) std (0.229, 0.224, 0.225)")
+    img = _image(100, 80)
+    expected = T.Compose([_reference_224(74, 64), T.Normalize(*normalisation(genet))])(img)
+    assert torch.equal(create_eval_transform(genet, img_size=64)(img), expected)
+
+
+def test_training_transforms_normalise_when_given_mean_and_std():
+    from tresnet.data.train_transforms import create_tensor_eval_transform, create_train_transform
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    # no black pixel: the zeros of the unnormalised output are the erased box
+    image = torch.from_numpy(np.random.default_rng(5).integers(1, 256, (3, 40, 40), dtype=np.uint8))
+    plain = create_tensor_eval_transform()(image)
+    normalised = create_tensor_eval_transform(mean, std)(image)
+    torch.testing.assert_close(normalised, (plain - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])
+    for erase in (0.0, 1.0):  # erasing comes after the normalisation: erased pixels are noise or 0 in either case
+        torch.manual_seed(3)
+        a = create_train_transform(32, random_erase=erase, random_erase_mode="const")(image)
+        torch.manual_seed(3)
+        b = create_train_transform(32, random_erase=erase, random_erase_mode="const", mean=mean, std=std)(image)
+        kept = a != 0 if erase else torch.ones_like(a, dtype=torch.bool)
+        expected = (a - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+        torch.testing.assert_close(b[kept], expected[kept])
+        assert not erase or (b[~kept] == 0).all()
+    with pytest.raises(ConfigError, match="both mean and std"):
+        create_train_transform(32, mean=mean)

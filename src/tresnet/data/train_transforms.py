@@ -1,9 +1,11 @@
 """Training augmentation (torchvision ``transforms.v2``): random resized crop, flip, AutoAugment or
 RandAugment, random erasing (Cutout), and mixup / cutmix on whole batches.
 
-Outputs are RGB in [0, 1] with no mean/std normalisation, as TResNet expects (the official release,
-Alibaba-MIIL/TResNet, and timm's ``tresnet`` configurations: mean 0, std 1; see
-:mod:`tresnet.data.transforms`). Inputs may be PIL images or ``uint8`` tensors ``(3, H, W)``.
+Outputs are RGB in [0, 1], normalised with the ``mean`` / ``std`` given (a model's
+:func:`~tresnet.data.transforms.normalisation`): none for TResNet (the official release,
+Alibaba-MIIL/TResNet, and timm's ``tresnet`` configurations: mean 0, std 1), ImageNet's for GENet; so
+training sees the pixels that evaluation feeds the model. Inputs may be PIL images or ``uint8`` tensors
+``(3, H, W)``.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ def create_train_transform(img_size: int, *, scale: tuple[float, float] = (0.08,
                            ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5,
                            auto_augment: str | None = None, randaugment_magnitude: int = 9,
                            randaugment_ops: int = 2, random_erase: float = 0.0,
-                           random_erase_mode: str = "pixel", interpolation: str = "bilinear") -> v2.Compose:
-    """The training transform: image -> float tensor ``(3, img_size, img_size)`` in [0, 1]
-    (erased boxes in ``"pixel"`` mode hold standard-normal noise, as timm's).
+                           random_erase_mode: str = "pixel", interpolation: str = "bilinear",
+                           mean: tuple[float, ...] | None = None,
+                           std: tuple[float, ...] | None = None) -> v2.Compose:
+    """The training transform: image -> float tensor ``(3, img_size, img_size)`` in [0, 1], then
+    ``(x - mean) / std`` when ``mean`` and ``std`` are given (erasing comes after it, as timm's: boxes
+    in ``"pixel"`` mode hold standard-normal noise, in ``"const"`` mode zeros).
 
     ``auto_augment``: ``None``, ``"autoaugment"`` (the ImageNet policy) or ``"randaugment"``.
     Raises :class:`ConfigError` for an unknown policy, erase mode or interpolation.
@@ -48,7 +53,7 @@ def create_train_transform(img_size: int, *, scale: tuple[float, float] = (0.08,
                                     interpolation=augment_mode))
     elif auto_augment is not None:
         raise ConfigError(f"unknown auto_augment {auto_augment!r}; use autoaugment, randaugment or none")
-    steps.append(v2.ToDtype(torch.float32, scale=True))
+    steps += _to_float(mean, std)
     if random_erase > 0:
         if random_erase_mode not in ("pixel", "const"):
             raise ConfigError(f"unknown random_erase_mode {random_erase_mode!r}; use pixel or const")
@@ -56,9 +61,21 @@ def create_train_transform(img_size: int, *, scale: tuple[float, float] = (0.08,
     return v2.Compose(steps)
 
 
-def create_tensor_eval_transform() -> v2.Compose:
-    """For images already at their final size as ``uint8`` tensors (the digits): to float in [0, 1]."""
-    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+def _to_float(mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> list:
+    """To float in [0, 1], then normalised when ``mean`` and ``std`` are given."""
+    if (mean is None) != (std is None):
+        raise ConfigError("give both mean and std, or neither")
+    steps: list = [v2.ToDtype(torch.float32, scale=True)]
+    if mean is not None:
+        steps.append(v2.Normalize(list(mean), list(std)))
+    return steps
+
+
+def create_tensor_eval_transform(mean: tuple[float, ...] | None = None,
+                                 std: tuple[float, ...] | None = None) -> v2.Compose:
+    """For images already at their final size as ``uint8`` tensors (the digits): to float in [0, 1],
+    then normalised when ``mean`` and ``std`` are given (as :func:`create_train_transform`)."""
+    return v2.Compose([v2.ToImage(), *_to_float(mean, std)])
 
 
 class BatchMix:

@@ -3,8 +3,10 @@
 TResNet takes RGB in [0, 1] with no mean/std normalisation (the official release's validation code,
 Alibaba-MIIL/TResNet ``validate.py``, and timm's ``tresnet`` configs: mean 0, std 1). At 224 the short
 side is resized bilinearly to ``int(224 / 0.875) = 256`` and the centre 224x224 is cropped; the 448
-models squash the whole image to 448x448, as the official 448 evaluation does. Mean/std from the configuration are applied only when they are not 0/1, so a configuration
-with ImageNet statistics keeps working.
+models squash the whole image to 448x448, as the official 448 evaluation does. GENet normalises with
+ImageNet's mean/std and rounds the resize up (192 -> 220), as its official evaluation does
+(idstcv/GPU-Efficient-Networks). Mean/std are applied only when they are not 0/1 (:func:`normalisation`),
+the one rule that training (:mod:`tresnet.data.train_transforms`) follows too.
 """
 
 from __future__ import annotations
@@ -85,13 +87,25 @@ def describe_eval_transform(pretrained_cfg: dict, img_size: int | None = None) -
         text = f"squash to {height}x{width} {cfg['interpolation']}"
     else:
         text = f"resize {cfg['resize_size']} {cfg['interpolation']}, centre crop {height}x{width}"
-    if _is_identity_normalisation(cfg["mean"], cfg["std"]):
-        return text + ", RGB in [0, 1]"
-    return text + f", normalised with mean {cfg['mean']} std {cfg['std']}"
+    return f"{text}, {describe_normalisation(cfg)}"
 
 
 def _is_identity_normalisation(mean: tuple[float, ...], std: tuple[float, ...]) -> bool:
     return all(m == 0.0 for m in mean) and all(s == 1.0 for s in std)
+
+
+def normalisation(pretrained_cfg: dict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The ``(mean, std)`` a model's inputs are normalised with (GENet: ImageNet's), or None for a model
+    that takes RGB in [0, 1] as it is (TResNet: mean 0, std 1). Training and evaluation both read it."""
+    mean = tuple(float(m) for m in pretrained_cfg.get("mean", (0.0, 0.0, 0.0)))
+    std = tuple(float(s) for s in pretrained_cfg.get("std", (1.0, 1.0, 1.0)))
+    return None if _is_identity_normalisation(mean, std) else (mean, std)
+
+
+def describe_normalisation(pretrained_cfg: dict) -> str:
+    """``RGB in [0, 1]``, or ``normalised with mean (...) std (...)``."""
+    norm = normalisation(pretrained_cfg)
+    return "RGB in [0, 1]" if norm is None else f"normalised with mean {norm[0]} std {norm[1]}"
 
 
 def create_eval_transform(pretrained_cfg: dict, img_size: int | None = None) -> T.Compose:
@@ -112,9 +126,11 @@ def create_eval_transform(pretrained_cfg: dict, img_size: int | None = None) -> 
         steps += [T.Resize(cfg["resize_size"], interpolation=interpolation, antialias=True),
                   T.CenterCrop(cfg["img_size"])]
     steps.append(T.ToTensor())
-    if not _is_identity_normalisation(cfg["mean"], cfg["std"]):
-        steps.append(T.Normalize(cfg["mean"], cfg["std"]))
+    norm = normalisation(cfg)
+    if norm is not None:
+        steps.append(T.Normalize(*norm))
     return T.Compose(steps)
 
 
-__all__ = ["CROP_MODES", "INTERPOLATIONS", "ToRGB", "create_eval_transform", "describe_eval_transform", "resolve_eval_config"]
+__all__ = ["CROP_MODES", "INTERPOLATIONS", "ToRGB", "create_eval_transform", "describe_eval_transform",
+           "describe_normalisation", "normalisation", "resolve_eval_config"]
