@@ -14,10 +14,13 @@ from tresnet.engine.config import (
     build_config,
     list_recipes,
     load_recipe,
+    recipe_for_model,
     recipe_path,
+    run_recipe,
     save_config,
+    with_model_defaults,
 )
-from tresnet.errors import ConfigError
+from tresnet.errors import ConfigError, ModelNotFoundError
 from tresnet.layers import NORMS as LAYER_NORMS
 from tresnet.runtime import PRECISIONS
 
@@ -150,3 +153,38 @@ def test_a_run_saved_with_amp_keys_still_resumes(tmp_path):
     assert resumed.precision == "amp" and resumed.data == "digits"
     with pytest.raises(ConfigError, match=r"precision \(saved 'amp', given 'bf16'\)"):
         build_config(None, {"output": str(tmp_path), "resume": True, "precision": "bf16"})
+
+
+def test_the_norm_defaults_to_the_model_family():
+    assert TrainConfig.norm is None and FIELDS["norm"].metadata["choices"] == NORMS
+    tres = build_config(None, {**BASE, "model": "tresnet_m"})
+    genet = build_config(None, {**BASE, "model": "genet_light"})
+    assert tres.norm is None and genet.norm is None  # filled in when the run starts
+    assert with_model_defaults(tres).norm == "inplace_abn" and with_model_defaults(genet).norm == "bn"
+    assert with_model_defaults(build_config(None, {**BASE, "norm": "bn"})).norm == "bn"
+    with pytest.raises(ConfigError) as info:
+        build_config(None, {**BASE, "model": "genet_light", "norm": "inplace_abn"})
+    message = str(info.value)
+    assert "\n" not in message and "genet_light" in message and "--norm bn" in message
+    with pytest.raises(ModelNotFoundError, match="unknown model 'genet_tiny'"):
+        build_config(None, {**BASE, "model": "genet_tiny"})
+
+
+def test_a_shipped_recipe_is_used_in_the_form_of_the_model_family(tmp_path):
+    assert "finetune-genet" in list_recipes()
+    assert recipe_for_model("finetune", "genet_normal") == "finetune-genet"
+    assert recipe_for_model("finetune.yaml", "genet_normal") == "finetune-genet"
+    assert recipe_for_model("finetune", "tresnet_m") == "finetune"
+    assert recipe_for_model("highres-448", "genet_large") == "highres-448"  # no GENet form: as it is
+    assert recipe_for_model("digits-demo", "genet_light") == "digits-demo"  # one recipe serves both families
+    own = tmp_path / "finetune.yaml"
+    own.write_text("epochs: 2\n")
+    assert recipe_for_model(own, "genet_light") == own  # a file is used as it is
+    assert run_recipe(None, {"data": "digits", "model": "genet_light"}) == "digits-demo"
+    assert run_recipe(None, {"data": "folder"}) is None
+    genet_recipe = tmp_path / "genet.yaml"
+    genet_recipe.write_text("model: genet_light\n")
+    assert run_recipe("finetune", {}) == "finetune" and run_recipe(genet_recipe, {}) == genet_recipe
+    cfg = build_config("finetune", {**BASE, "model": "genet_light"})
+    assert cfg == build_config("finetune-genet", {**BASE, "model": "genet_light"}) and cfg.img_size is None
+    assert build_config("finetune", BASE).img_size == 224

@@ -3,8 +3,11 @@
 Every field of :class:`TrainConfig` is both a recipe key and a ``tresnet train`` option (``lr`` is
 ``--lr``, ``batch_size`` is ``--batch-size``). Precedence: the field's default < the recipe (a YAML
 file, or a shipped recipe name; ``digits-demo`` when ``--data digits`` comes with no recipe) < options
-given on the command line. ``--resume`` continues with the configuration saved in the output folder.
-The recipes and their sources are described in the training guide (docs/train.md).
+given on the command line. A shipped recipe ``NAME`` may have a form for one model family,
+``NAME-FAMILY`` (``finetune-genet``): naming ``NAME`` with a model of that family uses it. Fields whose
+default is the model family's (``norm``) are filled in when the run starts (:func:`with_model_defaults`).
+``--resume`` continues with the configuration saved in the output folder. The recipes and their sources
+are described in the training guide (docs/train.md).
 
 ``precision`` replaces the ``amp`` / ``amp_dtype`` pair of earlier versions: those keys (in a recipe,
 as options, as ``TrainConfig`` arguments, in the ``config.yaml`` of an earlier run) still work and
@@ -30,6 +33,7 @@ from tresnet.data.transforms import CROP_MODES
 from tresnet.errors import ConfigError
 from tresnet.files import write_text
 from tresnet.layers import NORMS as LAYER_NORMS
+from tresnet.models.registry import family_of, resolve_norm
 from tresnet.runtime import PRECISIONS, legacy_precision
 
 CONFIG_FILE = "config.yaml"  # the effective configuration, saved in the output folder
@@ -111,9 +115,10 @@ class TrainConfig:
     img_size: int | None = _opt("training and validation image side (default: the model's)", group="model")
     drop_path: float = _opt("stochastic depth rate of the last block", 0.0, group="model")
     drop_rate: float = _opt("dropout before the classifier", 0.0, group="model")
-    norm: str = _opt("norm layers: in-place ABN (the paper's) or plain BatchNorm", "inplace_abn", choices=NORMS,
-                     group="model")
-    sync_bn: bool = _opt("distributed: synchronise norm statistics across processes", True, group="model")
+    norm: str | None = _opt("norm layers: in-place ABN (TResNet's) or plain BatchNorm (default: the model "
+                            "family's: inplace_abn for TResNet, bn for GENet)", choices=NORMS, group="model")
+    sync_bn: bool = _opt("distributed: synchronise norm statistics across processes (plain BN: on GPUs only)",
+                         True, group="model")
     precision: str = _opt("autocast precision; amp is float16 with loss scaling on CUDA, bfloat16 on the CPU",
                           "fp32", choices=PRECISIONS, group="model")
     channels_last: bool = _opt("channels-last memory format for weights and inputs", False, group="model")
@@ -153,6 +158,7 @@ class TrainConfig:
         """Check required values, choices and ranges; raise :class:`ConfigError` naming the bad one."""
         _check_required(self)
         _check_choices(self)
+        _check_model_and_norm(self)
         _check_signs(self)
         _check_intervals(self)
         _check_augmentation_and_schedule(self)
@@ -182,6 +188,22 @@ def _check_choices(cfg: TrainConfig) -> None:
         choices, value = f.metadata.get("choices"), getattr(cfg, f.name)
         if choices and value is not None and value not in choices:
             raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_model_and_norm(cfg: TrainConfig) -> None:
+    """An unknown model raises :class:`~tresnet.errors.ModelNotFoundError`; a norm its family lacks
+    (In-Place ABN with a GENet) a one-line :class:`ConfigError`."""
+    family = family_of(cfg.model)
+    if cfg.norm is not None and cfg.norm not in family.norms:
+        raise ConfigError(f"norm {cfg.norm!r} is not available for {cfg.model} ({family.title} norms: "
+                          f"{', '.join(family.norms)}): leave norm out for the family's default, or pass "
+                          f"--norm {family.norms[0]}")
+
+
+def with_model_defaults(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the values that default to the model family's filled in (``norm``): what a run saves
+    in ``config.yaml`` and compares when resumed."""
+    return dataclasses.replace(cfg, norm=resolve_norm(family_of(cfg.model), cfg.norm))
 
 
 def _optional_values(cfg: TrainConfig, names: tuple[str, ...]) -> dict:
@@ -389,6 +411,19 @@ def recipe_path(name_or_path: str | Path) -> Path:
                       f"({', '.join(list_recipes())})")
 
 
+def recipe_for_model(name_or_path: str | Path, model: str) -> str | Path:
+    """The recipe a run of ``model`` uses when ``name_or_path`` is asked for: the family form
+    ``NAME-FAMILY`` of a shipped recipe ``NAME`` when it is shipped (``finetune`` -> ``finetune-genet``
+    for a GENet), else ``name_or_path`` as it is (files, family forms, recipes one family serves)."""
+    name = str(name_or_path)
+    name = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    if Path(name_or_path).expanduser().is_file() or "/" in name or name not in list_recipes():
+        return name_or_path
+    family = family_of(model).name
+    form = f"{name}-{family}"
+    return form if form in list_recipes() else name_or_path
+
+
 def load_recipe(name_or_path: str | Path) -> dict:
     """The checked values of a recipe (keys may use ``-`` or ``_``); :class:`ConfigError` for an
     unknown key, a bad value or a file that is not a YAML mapping."""
@@ -432,16 +467,29 @@ def check_resume(given: Mapping[str, Any], saved: Mapping[str, Any], output: str
                           f"settings differ: {details}; drop them, or start a new run in another --output")
 
 
+def run_recipe(recipe: str | Path | None, overrides: Mapping[str, Any]) -> str | Path | None:
+    """The recipe a run given ``recipe`` and the options ``overrides`` uses: ``digits-demo`` for
+    ``--data digits`` without one, and the family form of a shipped recipe (:func:`recipe_for_model`)
+    for the model of the options (else of the recipe, else the default ``tresnet_m``)."""
+    if recipe is None and overrides.get("data") == DIGITS:
+        recipe = DIGITS_RECIPE
+    if recipe is None:
+        return None
+    model = overrides.get("model") or load_recipe(recipe).get("model") or FIELDS["model"].default
+    return recipe_for_model(recipe, model)
+
+
 def build_config(recipe: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
     """The effective configuration of a run: defaults < ``recipe`` < ``overrides``.
 
-    ``--data digits`` with no recipe uses the ``digits-demo`` recipe. With ``resume`` and a
-    ``config.yaml`` in the output folder, that saved configuration is the base, and a recipe or option
-    that contradicts it raises :class:`ConfigError` (a resumed run must compute what it started).
+    ``--data digits`` with no recipe uses the ``digits-demo`` recipe; a shipped recipe with a form for
+    the model's family (``NAME-FAMILY``, e.g. ``finetune-genet``) is used in that form
+    (:func:`run_recipe`). With ``resume`` and a ``config.yaml`` in the output folder, that saved
+    configuration is the base, and a recipe or option that contradicts it raises :class:`ConfigError`
+    (a resumed run must compute what it started).
     """
     overrides = coerce_values(overrides or {}, "the options")
-    if recipe is None and overrides.get("data") == DIGITS:
-        recipe = DIGITS_RECIPE
+    recipe = run_recipe(recipe, overrides)
     values = {**(load_recipe(recipe) if recipe is not None else {}), **overrides}
     output = values.get("output")
     saved = saved_config(output) if values.get("resume") and output else None
@@ -459,4 +507,5 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
 
 __all__ = ["CONFIG_FILE", "DIGITS", "FIELDS", "LEGACY_PRECISION_KEYS", "NORMS", "RESUME_FREE", "TrainConfig",
            "build_config", "check_resume", "coerce_value", "coerce_values", "field_type", "list_recipes",
-           "load_recipe", "recipe_path", "save_config", "saved_config"]
+           "load_recipe", "recipe_for_model", "recipe_path", "run_recipe", "save_config", "saved_config",
+           "with_model_defaults"]
