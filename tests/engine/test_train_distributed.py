@@ -1,4 +1,5 @@
-"""`tresnet train` under torchrun (2 gloo processes) equals one process on the same global batch."""
+"""`tresnet train` under torchrun (2 gloo processes) equals one process on the same global batch; plain BN
+synchronised with its activation kept; a GENet under torchrun."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 
 import tresnet
 from engine.train_testdata import make_train_val
+from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.engine.config import build_config
 from tresnet.engine.train import train
 
@@ -62,3 +64,51 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     two = (tmp_path / "two" / "summary.json").read_text()
     assert '"world_size": 2' in two and one["world_size"] == 1
     assert len(list((tmp_path / "two" / "tensorboard").iterdir())) == 1  # only rank 0 writes
+
+
+def test_sync_batch_norm_keeps_the_activation_the_names_and_the_outputs():
+    from tresnet.engine.distributed import SyncBatchNormAct2d, sync_batch_norm
+    from tresnet.layers import BatchNormAct2d
+
+    torch.manual_seed(0)
+    model = tresnet.create_model("genet_light", num_classes=4)
+    model.stem.add_module("extra", torch.nn.BatchNorm2d(3))  # a plain BatchNorm2d becomes torch's SyncBatchNorm
+    model.head.fc.weight.requires_grad_(False)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    before = [(m.activation, m.activation_param) for m in model.modules() if type(m) is BatchNormAct2d]
+    inputs = torch.randn(2, 3, 32, 32)
+    twin = tresnet.create_model("genet_light", num_classes=4)
+    twin.stem.add_module("extra", torch.nn.BatchNorm2d(3))
+    twin.load_state_dict(reference)
+    expected = twin(inputs)
+
+    assert sync_batch_norm(model) is model
+    synced = [m for m in model.modules() if isinstance(m, SyncBatchNormAct2d)]
+    assert [(m.activation, m.activation_param) for m in synced] == before and {"relu", "identity"} <= set(
+        a for a, _ in before)
+    assert isinstance(model.stem.extra, torch.nn.SyncBatchNorm) and not isinstance(model.stem.extra, BatchNormAct2d)
+    assert not any(type(m) in (BatchNormAct2d, torch.nn.BatchNorm2d) for m in model.modules())
+    assert model.state_dict().keys() == reference.keys()
+    assert all(torch.equal(model.state_dict()[k], reference[k]) for k in reference)
+    assert not model.head.fc.weight.requires_grad and model.stem.conv.weight.requires_grad
+    # without a process group it computes as the layers it replaced, in training (batch statistics) and eval
+    torch.testing.assert_close(model(inputs), expected, rtol=0, atol=0)
+    model.eval()
+    twin.eval()
+    torch.testing.assert_close(model(inputs), twin(inputs), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_a_genet_trains_under_torchrun_with_per_process_bn_on_the_cpu(tmp_path):
+    data = make_train_val(tmp_path / "data", classes=2, train_per_class=8, val_per_class=3)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+            "tresnet", "train", "--model", "genet_light", "--data", str(data), "--output", str(tmp_path / "two"),
+            "--img-size", "32", "--batch-size", "4", "--epochs", "1", "--max-steps-per-epoch", "2",
+            "--ema-decay", "0.9", "--no-progress", "--workers", "0", "--deterministic"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "x 2 processes" in done.stdout and "norm bn," in done.stdout
+    assert done.stdout.count("BN statistics stay per process on the CPU") == 1  # said by rank 0 only
+    assert '"world_size": 2' in (tmp_path / "two" / "summary.json").read_text()
+    assert read_checkpoint_metadata(tmp_path / "two" / "last.safetensors")["model"] == "genet_light"

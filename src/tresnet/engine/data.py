@@ -1,5 +1,6 @@
 """The data sets of a training run: ImageNet-style folders (with a val split carved out when there
-is none) or the bundled digits, with the training augmentation and the model's eval transform."""
+is none) or the bundled digits, with the training augmentation and the model's eval transform; both
+normalise as the model's configuration says (:func:`tresnet.data.transforms.normalisation`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch.utils.data import Dataset, Subset
 
 from tresnet.data.datasets import ImageFolderDataset
 from tresnet.data.splits import stratified_split
+from tresnet.data.transforms import normalisation
 from tresnet.engine.config import DIGITS, TrainConfig
 from tresnet.errors import DataError
 
@@ -50,6 +52,12 @@ def _find(root: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
+def _mean_std(pretrained_cfg: dict) -> dict:
+    """The model's input normalisation as ``mean`` / ``std`` keywords (None for TResNet's [0, 1])."""
+    norm = normalisation(pretrained_cfg)
+    return dict(mean=norm[0], std=norm[1]) if norm is not None else {}
+
+
 def _train_transform(cfg: TrainConfig, pretrained_cfg: dict, img_size: int):
     from tresnet.data.train_transforms import create_train_transform
 
@@ -57,15 +65,16 @@ def _train_transform(cfg: TrainConfig, pretrained_cfg: dict, img_size: int):
         img_size, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, auto_augment=cfg.auto_augment,
         randaugment_magnitude=cfg.randaugment_magnitude, randaugment_ops=cfg.randaugment_ops,
         random_erase=cfg.random_erase, random_erase_mode=cfg.random_erase_mode,
-        interpolation=pretrained_cfg.get("interpolation", "bilinear"))
+        interpolation=pretrained_cfg.get("interpolation", "bilinear"), **_mean_std(pretrained_cfg))
 
 
-def _digits_data(cfg: TrainConfig, train_tf, img_size: int) -> TrainData:
+def _digits_data(cfg: TrainConfig, pretrained_cfg: dict, train_tf, img_size: int) -> TrainData:
     from tresnet.data.digits import DigitsDataset
     from tresnet.data.train_transforms import create_tensor_eval_transform
 
+    eval_tf = create_tensor_eval_transform(**_mean_std(pretrained_cfg))
     train = DigitsDataset("train", img_size, train_tf, cfg.val_split, cfg.split_seed)
-    val = DigitsDataset("val", img_size, create_tensor_eval_transform(), cfg.val_split, cfg.split_seed)
+    val = DigitsDataset("val", img_size, eval_tf, cfg.val_split, cfg.split_seed)
     return TrainData(train, val, list(DigitsDataset.classes),
                      f"digits (scikit-learn): {len(train)} train / {len(val)} val images at {img_size}px")
 
@@ -119,7 +128,7 @@ def build_train_data(cfg: TrainConfig, pretrained_cfg: dict, img_size: int) -> T
     """
     train_tf = _train_transform(cfg, pretrained_cfg, img_size)
     if cfg.data == DIGITS:
-        return _digits_data(cfg, train_tf, img_size)
+        return _digits_data(cfg, pretrained_cfg, train_tf, img_size)
     return _folder_data(cfg, pretrained_cfg, train_tf, img_size)
 
 

@@ -2,7 +2,9 @@
 samplers whose order derives from (seed, epoch) only, and small collectives.
 
 Under ``torchrun --nproc_per_node N`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` set) training uses
-DDP with NCCL on CUDA and gloo on CPU; without it, one process and no process group.
+DDP with NCCL on CUDA and gloo on CPU; without it, one process and no process group. Synchronised norms:
+In-Place ABN has its own (``inplace_abn_sync``); plain BN becomes torch's ``SyncBatchNorm`` through
+:func:`sync_batch_norm`, which keeps the activation of :class:`~tresnet.layers.BatchNormAct2d`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import Sampler
 
+from tresnet.layers import BatchNormAct2d
 from tresnet.runtime import resolve_device  # re-exported: it was defined here before
 
 
@@ -78,6 +82,42 @@ def barrier(info: DistInfo) -> None:
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed mixed from non-negative integers (so that seed 1 epoch 0 differs from seed 0 epoch 1)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class SyncBatchNormAct2d(BatchNormAct2d, nn.SyncBatchNorm):
+    """:class:`~tresnet.layers.BatchNormAct2d` whose batch statistics span the process group.
+
+    ``BatchNormAct2d.forward`` normalises with its parent's ``forward``, which in this class's method
+    order is ``nn.SyncBatchNorm``'s, then applies its activation. torch's ``convert_sync_batchnorm``
+    would make a plain ``SyncBatchNorm`` and lose the activation. Without a process group (or in eval
+    mode) it computes as ``BatchNormAct2d``; torch synchronises on GPUs only.
+    """
+
+
+def _synced(bn: nn.BatchNorm2d, process_group) -> nn.Module:
+    if type(bn) is BatchNormAct2d:
+        synced = SyncBatchNormAct2d(bn.num_features, bn.activation, bn.activation_param, eps=bn.eps,
+                                    momentum=bn.momentum)
+        synced.process_group = process_group
+    else:
+        synced = nn.SyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
+                                  process_group)
+    synced.load_state_dict(bn.state_dict())
+    for ours, theirs in zip(synced.parameters(), bn.parameters(), strict=True):
+        ours.requires_grad_(theirs.requires_grad)
+    return synced.to(bn.weight.device if bn.weight is not None else "cpu").train(bn.training)
+
+
+def sync_batch_norm(model: nn.Module, process_group=None) -> nn.Module:
+    """``model`` with every ``BatchNorm2d`` synchronised across ``process_group`` (default: all processes),
+    in place: :class:`SyncBatchNormAct2d` for ``BatchNormAct2d`` (the activation kept), torch's
+    ``SyncBatchNorm`` for a plain ``BatchNorm2d``. Same names, so the state dict is unchanged."""
+    for name, child in model.named_children():
+        if type(child) in (BatchNormAct2d, nn.BatchNorm2d):
+            setattr(model, name, _synced(child, process_group))
+        else:
+            sync_batch_norm(child, process_group)
+    return model
 
 
 class ShardedEpochSampler(Sampler):
@@ -145,5 +185,5 @@ class SeededSamples(torch.utils.data.Dataset):
             return self.dataset[index]
 
 
-__all__ = ["DistInfo", "SeededSamples", "ShardedEpochSampler", "all_reduce_sum", "barrier", "cleanup",
-           "derive_seed", "resolve_device", "setup"]
+__all__ = ["DistInfo", "SeededSamples", "ShardedEpochSampler", "SyncBatchNormAct2d", "all_reduce_sum", "barrier",
+           "cleanup", "derive_seed", "resolve_device", "setup", "sync_batch_norm"]

@@ -37,8 +37,16 @@ import torch
 from torch import nn
 
 from tresnet.checkpoint import save_checkpoint
+from tresnet.data.transforms import describe_normalisation
 from tresnet.engine import distributed
-from tresnet.engine.config import CONFIG_FILE, TrainConfig, check_resume, save_config, saved_config
+from tresnet.engine.config import (
+    CONFIG_FILE,
+    TrainConfig,
+    check_resume,
+    save_config,
+    saved_config,
+    with_model_defaults,
+)
 from tresnet.engine.distributed import DistInfo, SeededSamples, ShardedEpochSampler, derive_seed
 from tresnet.errors import ConfigError, TResNetError
 from tresnet.files import atomic_write, write_text
@@ -232,6 +240,7 @@ class _Trainer:
         check_precision(cfg.precision, self.device)
         pretrained_cfg = tresnet.get_pretrained_cfg(cfg.model)
         self.img_size = cfg.img_size or int(pretrained_cfg["input_size"][-1])
+        self.inputs = describe_normalisation(pretrained_cfg)
         self.data = build_train_data(cfg, pretrained_cfg, self.img_size)
         self._build_model(cfg.init_checkpoint if resume_state is None else None)
         self._build_loaders()
@@ -242,14 +251,27 @@ class _Trainer:
         if resume_state is not None:
             self._load_resume_state(resume_state)
 
+    def _choose_norms(self) -> None:
+        """``self.norm`` for :func:`tresnet.create_model` and ``self.sync_plain_bn``: under DDP with
+        ``sync_bn``, In-Place ABN becomes ``inplace_abn_sync`` and plain BN torch's ``SyncBatchNorm``
+        (after the model is built), which runs on GPUs only: on the CPU plain BN stays per process."""
+        cfg, info = self.cfg, self.info
+        sync = info.distributed and cfg.sync_bn
+        self.norm = "inplace_abn_sync" if sync and cfg.norm == "inplace_abn" else cfg.norm
+        self.sync_plain_bn = sync and cfg.norm == "bn" and self.device.type != "cpu"
+        if sync and cfg.norm == "bn" and not self.sync_plain_bn:
+            _say(info, "note: BN statistics stay per process on the CPU (torch's SyncBatchNorm needs a GPU; "
+                       "--no-sync-bn silences this)")
+
+    def _norm_description(self) -> str:
+        return f"{self.norm} (synchronised)" if self.sync_plain_bn else str(self.norm)
+
     def _build_model(self, init: str | None) -> None:
         """The model (``init`` weights, a head for the data's classes) on the device, and its DDP wrapper."""
         import tresnet
 
         cfg, info = self.cfg, self.info
-        self.norm = cfg.norm
-        if info.distributed and cfg.sync_bn and cfg.norm == "inplace_abn":
-            self.norm = "inplace_abn_sync"
+        self._choose_norms()
         seed_everything(derive_seed(cfg.seed, 0))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -258,6 +280,8 @@ class _Trainer:
         for w in caught:
             _say(info, f"note: {w.message}")
         model.check_input_size(self.img_size, self.img_size)
+        if self.sync_plain_bn:
+            distributed.sync_batch_norm(model)
         model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -266,7 +290,7 @@ class _Trainer:
         if info.distributed:
             self.ddp = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=self.norm != "inplace_abn_sync")
+                broadcast_buffers=not (self.norm == "inplace_abn_sync" or self.sync_plain_bn))
 
     def _build_loaders(self) -> None:
         """Sharded, seeded training and validation loaders, and the number of steps of an epoch."""
@@ -515,7 +539,7 @@ class _Trainer:
         _say(info, f"training {cfg.model} ({n_params / 1e6:.1f}M parameters) on {self.data.description}; "
                    f"{cfg.epochs} epochs x {self.steps_per_epoch} steps of {cfg.batch_size}"
                    f"{f' x {info.world_size} processes' if info.distributed else ''}, {cfg.optimizer} "
-                   f"{cfg.schedule} lr {cfg.lr:g}{precision}, norm {self.norm}, device {self.device}; writing to "
+                   f"{cfg.schedule} lr {cfg.lr:g}{precision}, norm {self._norm_description()}, inputs {self.inputs}, device {self.device}; writing to "
                    f"{self.output}")
 
     def run_epoch(self, epoch: int, tensorboard) -> dict:
@@ -590,7 +614,7 @@ def train(cfg: TrainConfig, *, callback: Callback | None = None) -> dict:
     (missing folders, no classes), :class:`CheckpointError` (an init checkpoint of another model),
     :class:`TrainingDivergedError` (a NaN loss).
     """
-    cfg.validate()
+    cfg = with_model_defaults(cfg.validate())
     info = distributed.setup(cfg.device)
     try:
         with _runtime(cfg, info.device):
