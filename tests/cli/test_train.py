@@ -1,4 +1,5 @@
-"""`tresnet train` on the command line: options, the digits default recipe, one-line errors."""
+"""`tresnet train` on the command line: options, the digits default recipe (TResNet and GENet), family
+forms of recipes, one-line errors."""
 
 from __future__ import annotations
 
@@ -81,3 +82,43 @@ def test_bad_values_are_one_line(tmp_path, capsys):
     assert code == 1 and "optimizer" in capsys.readouterr().err
     code = main(["train", "--data", "digits", "--output", str(tmp_path / "o"), "--img-size", "30", *QUICK])
     assert code == 1 and "30x30" in capsys.readouterr().err
+
+
+@requires_sklearn
+def test_a_genet_trains_on_digits_and_its_checkpoint_predicts_without_a_model_name(tmp_path, capsys):
+    from PIL import Image
+
+    from tresnet.data.digits import load_digits_images
+
+    out = tmp_path / "genet"
+    assert main(["train", "--model", "genet_light", "--data", "digits", "--output", str(out), *QUICK]) == 0
+    printed = capsys.readouterr().out
+    assert "norm bn" in printed and "inputs normalised with mean (0.485, 0.456, 0.406)" in printed
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"] == "genet_light" and saved["norm"] == "bn" and saved["img_size"] == 32
+    images, labels = load_digits_images(32)
+    Image.fromarray(images[0].permute(1, 2, 0).numpy()).save(tmp_path / "digit.png")
+    assert main(["predict", "--checkpoint", str(out / "best.safetensors"), "--topk", "3", "--device", "cpu",
+                 str(tmp_path / "digit.png")]) == 0
+    captured = capsys.readouterr()
+    assert "genet_light: 10 classes, weights" in captured.err and len(captured.out.splitlines()) == 4
+
+
+def test_in_place_abn_with_a_genet_is_one_line(tmp_path, capsys):
+    code = main(["train", "--model", "genet_light", "--norm", "inplace_abn", "--data", "digits", "--output",
+                 str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err
+    assert err == ("tresnet train: error: norm 'inplace_abn' is not available for genet_light (GENet norms: bn): "
+                   "leave norm out for the family's default, or pass --norm bn")
+
+
+def test_the_genet_form_of_a_recipe_is_noted(tmp_path, capsys):
+    # a missing data folder stops the run after the configuration is built
+    code = main(["train", "--model", "genet_light", "--config", "finetune", "--data", str(tmp_path / "none"),
+                 "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and "note: recipe finetune-genet: the form of finetune for this model's family" in err
+    assert main(["train", "--model", "tresnet_m", "--config", "finetune", "--data", str(tmp_path / "none"),
+                 "--output", str(tmp_path / "o")]) == 1
+    assert "note" not in capsys.readouterr().err

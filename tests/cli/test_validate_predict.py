@@ -1,4 +1,5 @@
-"""`tresnet validate` and `tresnet predict` end to end, with tresnet_m at a small input size."""
+"""`tresnet validate` and `tresnet predict` end to end, with tresnet_m at a small input size, and with
+genet_light: the official release's layout, timm's and ours."""
 
 from __future__ import annotations
 
@@ -208,3 +209,86 @@ def test_export_takes_the_model_from_the_checkpoint(checkpoint, tmp_path, capsys
     assert main(["export", "--model", "tresnet_m", "--format", "torchscript", "--output", str(out),
                  "--precision", "bf16"]) == 1
     assert "choose fp32 or fp16" in capsys.readouterr().err
+
+
+# --- GENet: the official release's layout, timm's, and ours -------------------------------------------
+
+GENET_PREPROCESSING = "normalised with mean (0.485, 0.456, 0.406) std (0.229, 0.224, 0.225)"
+
+
+@pytest.fixture(scope="module")
+def genet_files(tmp_path_factory):
+    """genet_light with random weights (1000 classes) in the official release's layout and in timm's."""
+    from test_genet_checkpoints import official_file
+
+    root = tmp_path_factory.mktemp("genet")
+    torch.manual_seed(0)
+    state = tresnet.create_model("genet_light").state_dict()
+    torch.save(state, root / "gernet_s.pth")  # our names are timm's
+    return {"official": official_file(root / "GENet_small.pth", "genet_light", state), "timm": root / "gernet_s.pth"}
+
+
+@pytest.fixture(scope="module")
+def thousand_classes(tmp_path_factory, folder):
+    """1000 class folders of one small image each (only --limit of them are decoded)."""
+    root = tmp_path_factory.mktemp("imagenet_val")
+    picture = (folder / "ant" / "a.jpg").read_bytes()
+    for index in range(1000):
+        (root / f"n{index:08d}").mkdir()
+        (root / f"n{index:08d}" / "a.jpg").write_bytes(picture)
+    return root
+
+
+def test_validate_a_genet_release_file_at_the_official_size_and_at_timms(genet_files, thousand_classes, tmp_path,
+                                                                         capsys):
+    reports = {}
+    for fmt, size in (("official", []), ("timm", []), ("official", ["--img-size", "224"])):
+        out = tmp_path / f"{fmt}{size}.json"
+        assert main(["validate", "--data", str(thousand_classes), "--model", "genet_light", "--checkpoint",
+                     str(genet_files[fmt]), "--limit", "2", "--workers", "0", "--device", "cpu", "--json", str(out),
+                     *size]) == 0
+        printed = capsys.readouterr().out
+        crop = "resize 256 bilinear, centre crop 224x224" if size else "resize 220 bilinear, centre crop 192x192"
+        assert f"preprocessing: {crop}, {GENET_PREPROCESSING}" in printed
+        assert f"genet_light: 1000 classes, weights {genet_files[fmt]} ({fmt} format)" in printed
+        assert ("published top-1 of genet_light: 75.7% at 192 px (the paper's evaluation), 76.874% at 224 px "
+                "(timm's)") in printed
+        reports[fmt, bool(size)] = json.loads(out.read_text())
+    official, timm_file = reports["official", False], reports["timm", False]
+    assert official["img_size"] == 192 and reports["official", True]["img_size"] == 224
+    assert official["loss"] == pytest.approx(timm_file["loss"], rel=1e-6) and official["top1"] == timm_file["top1"]
+
+
+def test_predict_with_a_genet_release_file_gives_imagenet_labels(genet_files, folder, tmp_path, capsys):
+    answers = {}
+    for fmt in ("official", "timm"):
+        out = tmp_path / f"{fmt}.json"
+        assert main(["predict", "--model", "genet_light", "--checkpoint", str(genet_files[fmt]), "--topk", "2",
+                     "--device", "cpu", "--json", str(out), str(folder / "cow")]) == 0
+        assert f"({fmt} format)" in capsys.readouterr().err
+        answers[fmt] = json.loads(out.read_text())
+    names = set(imagenet_class_names())
+    assert len(answers["official"]) == 2 and all(a["topk"][0]["label"] in names for a in answers["official"])
+    for ours, theirs in zip(answers["official"], answers["timm"], strict=True):
+        assert [s["index"] for s in ours["topk"]] == [s["index"] for s in theirs["topk"]]
+        assert ours["topk"][0]["prob"] == pytest.approx(theirs["topk"][0]["prob"], rel=1e-5)
+
+
+def test_a_genet_checkpoint_of_ours_needs_no_model_name(folder, tmp_path, capsys):
+    torch.manual_seed(0)
+    path = tmp_path / "ants_genet.safetensors"
+    tresnet.save_checkpoint(tresnet.create_model("genet_light", num_classes=3), path, class_names=CLASSES)
+    report = tmp_path / "report.json"
+    assert main(["validate", "--data", str(folder), "--checkpoint", str(path), "--workers", "0", "--json",
+                 str(report), *SMALL]) == 0
+    printed = capsys.readouterr().out
+    assert "genet_light: 3 classes" in printed and "published top-1" not in printed
+    # GENet rounds the resize up (64 / 0.875 = 73.1 -> 74), TResNet down (73)
+    assert f"preprocessing: resize 74 bilinear, centre crop 64x64, {GENET_PREPROCESSING}" in printed
+    result = json.loads(report.read_text())
+    assert result["model"] == "genet_light" and result["images"] == 6 and result["checkpoint_format"] == "tresnet"
+    answers = tmp_path / "answers.json"
+    assert main(["predict", "--checkpoint", str(path), "--json", str(answers), str(folder / "ant" / "a.jpg"),
+                 *SMALL]) == 0
+    assert "genet_light: 3 classes, weights" in capsys.readouterr().err
+    assert json.loads(answers.read_text())[0]["topk"][0]["label"] in CLASSES

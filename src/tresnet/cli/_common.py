@@ -26,16 +26,16 @@ def say(command: str, kind: str, message: str) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, pretrained: bool = True) -> None:
     """--model (optional with a checkpoint that names its model), --checkpoint, --pretrained, --img-size."""
-    parser.add_argument("--model", help="model name, e.g. tresnet_m (see `tresnet info`); optional with a "
-                                        "checkpoint saved by `tresnet train`, which names its model")
+    parser.add_argument("--model", help="model name, e.g. tresnet_m or genet_light (see `tresnet info`); optional "
+                                        "with a checkpoint saved by `tresnet train`, which names its model")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", metavar="PATH",
-                         help="weights file: the official release (.pth), timm's, or one saved by tresnet")
+                         help="weights file: the official release's (.pth), timm's, or one saved by tresnet")
     if pretrained:
         weights.add_argument("--pretrained", action="store_true",
                              help="load the model's weights from the cache ($TRESNET_HOME, else ~/.cache/tresnet)")
     parser.add_argument("--img-size", type=int, metavar="N",
-                        help="square input side (default: the model's, 224 or 448)")
+                        help="square input side (default: the model's: 224 or 448 for TResNet, 192 or 256 for GENet)")
 
 
 def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:

@@ -1,4 +1,4 @@
-"""`tresnet train`: train or fine-tune a TResNet on an ImageNet-style folder or the bundled digits.
+"""`tresnet train`: train or fine-tune a TResNet or a GENet on an ImageNet-style folder or the bundled digits.
 
 Every option is also a recipe key (``--batch-size`` is ``batch_size``); see
 :mod:`tresnet.engine.config` for the precedence of defaults, recipes and options.
@@ -29,9 +29,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     parser = subparsers.add_parser(
         "train", help="train or fine-tune a model (recipes, transfer, 448 px, resume, torchrun)",
-        description="Train a TResNet. Under `torchrun --nproc_per_node N` it trains with DDP. "
-                    "`tresnet train --model tresnet_m --data digits --output runs/digits` trains on the "
-                    "bundled digits with the digits-demo recipe.",
+        description="Train a TResNet or a GENet. Under `torchrun --nproc_per_node N` it trains with DDP. "
+                    "`tresnet train --model tresnet_m --data digits --output runs/digits` (or --model "
+                    "genet_light) trains on the bundled digits with the digits-demo recipe. A shipped recipe "
+                    "with a form for the model's family (finetune -> finetune-genet) is used in that form.",
         argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", metavar="RECIPE",
                         help=f"YAML recipe file or shipped recipe: {', '.join(list_recipes())} "
@@ -87,12 +88,23 @@ def _build_config(args: argparse.Namespace, said: set[str | None]) -> TrainConfi
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DeprecationWarning)
         try:
+            _note_family_recipe(getattr(args, "config", None), overrides)
             return build_config(getattr(args, "config", None), overrides)
         finally:
             deprecations = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
             for message in dict.fromkeys(deprecations):
                 if message not in said:
                     say("train", "warning", message)
+
+
+def _note_family_recipe(asked: str | None, overrides: dict) -> None:
+    """Say so when the recipe asked for is replaced by its form for the model's family (``finetune-genet``)."""
+    from tresnet.cli._common import say
+    from tresnet.engine.config import run_recipe
+
+    used = run_recipe(asked, overrides)
+    if asked is not None and used is not None and str(used) != str(asked):
+        say("train", "note", f"recipe {used}: the form of {asked} for this model's family")
 
 
 def run(args: argparse.Namespace) -> int:
