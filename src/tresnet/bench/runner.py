@@ -2,9 +2,10 @@
 
 Order of work: check every argument and model name before anything is built; build each model and
 measure what does not depend on the clock (parameters, GMACs, bytes kept for backward, the largest
-batch, peak memory, a variant's difference from the plain model); then warm up and time the (model,
-mode) pairs round-robin, one turn each per repetition, so that a shared machine's drift hits every
-model alike. On CUDA, models not in their turn wait in host memory, so each runs with the device to
+batch, peak memory, a variant's difference from the plain model); then, one mode after the other
+(inference, then training), warm up and time the models round-robin, one turn each per repetition, so
+that a shared machine's drift hits every model alike, in a new (seeded) order each repetition, so that
+no model always follows the same one (a turn right after a large step runs slower). On CUDA, models not in their turn wait in host memory, so each runs with the device to
 itself, as when its largest batch was searched. Inference-only variants (``NAME:fused``,
 ``NAME:onnx``) are timed in inference only when both modes are asked for. Without ``img_size``, a timm
 model that is the same network as one of ours in the run (``timm:gernet_s`` beside ``genet_light``) is
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -507,17 +509,16 @@ def _record_timings(row: BenchRow, mode: str, seconds: list[float], peak_bytes: 
         result.peak_mem_mib = peak_bytes / MIB
 
 
-def _time_round_robin(targets: list[BenchTarget], rows: list[BenchRow], config: BenchConfig, plan: _Plan,
-                      bar: _Progress, park: bool) -> None:
-    """Warm up, then time every (model, mode) pair one turn each per repetition; record the results."""
-    pairs = [(index, mode) for mode in plan.modes for index, row in enumerate(rows)
-             if row.mode(mode).batch_size is not None]
-    steps = _make_steps(targets, rows, pairs, config, plan, park)
+def _time_turns(pairs: list[_Pair], targets: list[BenchTarget], rows: list[BenchRow], steps: dict,
+                config: BenchConfig, plan: _Plan, bar: _Progress, park: bool,
+                shuffler: random.Random) -> tuple[dict[_Pair, list[float]], dict[_Pair, int]]:
+    """Warm up, then time ``pairs`` one turn each per repetition, in a new order each repetition (so that
+    no pair always follows the same one); return each pair's seconds per batch and CUDA peak bytes."""
     samples: dict[_Pair, list[float]] = {pair: [] for pair in pairs}
     peaks: dict[_Pair, int] = {pair: 0 for pair in pairs}
     rounds = [("warm-up", r) for r in range(config.warmup)] + [("timing", r) for r in range(config.repeats)]
     for phase, repetition in rounds:
-        for index, mode in pairs:
+        for index, mode in shuffler.sample(pairs, len(pairs)):
             target = targets[index]
             bar.stage(f"{phase} {repetition + 1} {target.label} {mode}")
             seconds, peak = _take_turn(target, steps[index, mode], mode, rows[index].mode(mode).batch_size,
@@ -526,8 +527,23 @@ def _time_round_robin(targets: list[BenchTarget], rows: list[BenchRow], config: 
                 samples[index, mode].append(seconds)
             peaks[index, mode] = max(peaks[index, mode], peak)
             bar.update()
-    for (index, mode), seconds in samples.items():
-        _record_timings(rows[index], mode, seconds, peaks[index, mode], plan.device)
+    return samples, peaks
+
+
+def _time_round_robin(targets: list[BenchTarget], rows: list[BenchRow], config: BenchConfig, plan: _Plan,
+                      bar: _Progress, park: bool) -> None:
+    """Time every (model, mode) pair, one mode after the other (inference first), the models of a mode in
+    turns; record the results. Modes apart: a turn right after a large training step runs slower (caches,
+    memory mapped afresh), which would fall on whichever inference turn came next."""
+    pairs = [(index, mode) for mode in plan.modes for index, row in enumerate(rows)
+             if row.mode(mode).batch_size is not None]
+    steps = _make_steps(targets, rows, pairs, config, plan, park)
+    shuffler = random.Random(config.seed)
+    for mode in plan.modes:
+        mode_pairs = [pair for pair in pairs if pair[1] == mode]
+        samples, peaks = _time_turns(mode_pairs, targets, rows, steps, config, plan, bar, park, shuffler)
+        for (index, _), seconds in samples.items():
+            _record_timings(rows[index], mode, seconds, peaks[index, mode], plan.device)
 
 
 def _guarded(fn: Callable, target: BenchTarget, mode: str, batch: int, device: torch.device):
