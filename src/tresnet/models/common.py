@@ -68,6 +68,52 @@ def stage_drop_path_rates(depths: Iterable[int], drop_path_rate: float) -> list[
     return stage_rates
 
 
+class ClassifierSurface:
+    """The surface every family's network shares (timm's names), for an ``nn.Module`` with ``head``
+    (a :class:`ClassifierHead`, None when ``features_only``), ``num_features``, ``num_classes``,
+    ``pretrained_cfg``, ``features_only`` and its own ``forward_features`` / ``forward_intermediates``."""
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward instead of keeping its activations."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace ``head.fc`` with a fresh one for ``num_classes`` (0 gives pooled features)."""
+        if self.head is None:
+            raise ValueError("a features_only model has no classifier")
+        param = next(self.parameters())
+        self.num_classes = num_classes
+        self.head.fc = new_classifier(self.num_features, num_classes).to(device=param.device, dtype=param.dtype)
+        if self.pretrained_cfg:
+            self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool (and classify unless ``pre_logits``) a feature map from ``forward_features``."""
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor):
+        if self.features_only:
+            return self.forward_intermediates(x)
+        return self.forward_head(self.forward_features(x))
+
+
+def run_until(modules: Iterable[nn.Module], wanted: tuple[int, ...], x: torch.Tensor) -> list[torch.Tensor]:
+    """Apply ``modules`` in order to ``x``; the outputs of those at the ``wanted`` positions (stops after the last)."""
+    outs = []
+    for index, module in enumerate(modules):
+        if index > max(wanted):
+            break
+        x = module(x)
+        if index in wanted:
+            outs.append(x)
+    return outs
+
+
 @contextmanager
 def running_stats_frozen(module: nn.Module):
     """While a checkpointed block is recomputed in backward, its norms must not update their statistics again."""
@@ -90,5 +136,5 @@ def checkpointed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
                       context_fn=lambda: (nullcontext(), running_stats_frozen(block)))
 
 
-__all__ = ["ClassifierHead", "FeatureInfo", "check_out_indices", "checkpointed", "new_classifier",
-           "running_stats_frozen", "stage_drop_path_rates"]
+__all__ = ["ClassifierHead", "ClassifierSurface", "FeatureInfo", "check_out_indices", "checkpointed",
+           "new_classifier", "run_until", "running_stats_frozen", "stage_drop_path_rates"]

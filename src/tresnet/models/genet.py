@@ -19,10 +19,11 @@ from tresnet.layers import ConvNormAct
 from tresnet.models import genet_formats
 from tresnet.models.common import (
     ClassifierHead,
+    ClassifierSurface,
     FeatureInfo,
     check_out_indices,
     checkpointed,
-    new_classifier,
+    run_until,
     stage_drop_path_rates,
 )
 from tresnet.models.family import CheckpointFormat, Family
@@ -144,7 +145,7 @@ def _feature_table(arch: GENetArch) -> list[dict]:
 _FEATURE_ENDS = ("stem", "stages.0", "stages.1", "stages.2", "final_conv")
 
 
-class GENet(nn.Module):
+class GENet(ClassifierSurface, nn.Module):
     """GENet: 3x3 s2 stem, five stages (XX, XX, BL, DW, DW), 1x1 ``final_conv``, global pool, ``head.fc``.
 
     Every norm is BatchNorm followed by ReLU (``norm="bn"``). With ``features_only=True`` the head is
@@ -210,25 +211,6 @@ class GENet(nn.Module):
 
     # --- the uniform surface -------------------------------------------------------------------
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in backward instead of keeping its activations."""
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``head.fc`` with a fresh one for ``num_classes`` (0 gives pooled features)."""
-        if self.head is None:
-            raise ValueError("a features_only model has no classifier")
-        param = next(self.parameters())
-        self.num_classes = num_classes
-        self.head.fc = new_classifier(self.num_features, num_classes).to(device=param.device, dtype=param.dtype)
-        if self.pretrained_cfg:
-            self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
-
     def check_input_size(self, height: int, width: int) -> None:
         """Raise :class:`InputSizeError` unless the network can take ``height x width`` inputs."""
         if min(height, width) < MIN_INPUT_SIZE:
@@ -249,10 +231,6 @@ class GENet(nn.Module):
             self.check_input_size(x.shape[-2], x.shape[-1])
         return self.final_conv(self._run_stages(self.stem(x)))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool (and classify unless ``pre_logits``) a feature map from :meth:`forward_features`."""
-        return self.head(x, pre_logits=pre_logits)
-
     def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The feature maps in ``out_indices`` (all five when the model has a head)."""
         if not (torch.jit.is_tracing() or torch.jit.is_scripting()):
@@ -260,19 +238,7 @@ class GENet(nn.Module):
         wanted = self.out_indices or tuple(range(len(_FEATURE_ENDS)))
         modules = [self.stem, self.stages[0], self.stages[1], self.stages[2],
                    nn.Sequential(self.stages[3], self.stages[4], self.final_conv)]
-        outs = []
-        for index, module in enumerate(modules):
-            if index > max(wanted):
-                break
-            x = module(x)
-            if index in wanted:
-                outs.append(x)
-        return outs
-
-    def forward(self, x: torch.Tensor):
-        if self.features_only:
-            return self.forward_intermediates(x)
-        return self.forward_head(self.forward_features(x))
+        return run_until(modules, wanted, x)
 
 
 # --- the family: its registered models and checkpoint layouts --------------------------------------
@@ -281,7 +247,8 @@ class GENet(nn.Module):
 # resizes the short side to ceil(size / 0.875), bilinear, and centre-crops ``size``: 192 for light and
 # normal, 256 for large; ``top1`` is the paper's figure at that size. timm evaluates the same weights
 # (``gernet_s/m/l.idstcv_in1k``) at 224 / 224 / 256 with floor rounding: ``timm_eval`` (timm's
-# results/results-imagenet.csv, huggingface/pytorch-image-models at commit aa4b585, August 2026). ``release_file`` is the official release's file name for ``pretrained=True``.
+# results/results-imagenet.csv, huggingface/pytorch-image-models at commit aa4b585, August 2026).
+# ``release_file`` is the official release's file name for ``pretrained=True``.
 _IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 

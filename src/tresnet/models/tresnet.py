@@ -19,10 +19,11 @@ from tresnet.layers.residual_tail import lean_tail, lean_tail_applies
 from tresnet.models import tresnet_formats
 from tresnet.models.common import (
     ClassifierHead,
+    ClassifierSurface,
     FeatureInfo,
     check_out_indices,
     checkpointed,
-    new_classifier,
+    run_until,
     stage_drop_path_rates,
 )
 from tresnet.models.family import CheckpointFormat, Family
@@ -161,7 +162,7 @@ def _feature_table(planes: int, early_expansion: int) -> list[dict]:
     ]
 
 
-class TResNet(nn.Module):
+class TResNet(ClassifierSurface, nn.Module):
     """TResNet: SpaceToDepth stem, ``conv1``, four stages, fast global pooling and ``head.fc``.
 
     ``memory_efficient=True`` trains with less activation memory (see :meth:`set_memory_efficient`).
@@ -243,11 +244,6 @@ class TResNet(nn.Module):
     # --- the uniform surface -------------------------------------------------------------------
 
     @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in backward instead of keeping its activations."""
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
     def set_memory_efficient(self, enable: bool = True) -> None:
         """Train with the memory-lean Bottleneck tails and downsample convs (In-Place ABN norms only).
 
@@ -258,20 +254,6 @@ class TResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, (_ResidualBlock, ConvNormAct)):
                 m.memory_efficient = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``head.fc`` with a fresh one for ``num_classes`` (0 gives pooled features)."""
-        if self.head is None:
-            raise ValueError("a features_only model has no classifier")
-        param = next(self.parameters())
-        self.num_classes = num_classes
-        self.head.fc = new_classifier(self.num_features, num_classes).to(device=param.device, dtype=param.dtype)
-        if self.pretrained_cfg:
-            self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
     def check_input_size(self, height: int, width: int) -> None:
         """Raise :class:`InputSizeError` unless the network can take ``height x width`` inputs."""
@@ -294,29 +276,13 @@ class TResNet(nn.Module):
             return x
         return self.body(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool (and classify unless ``pre_logits``) a feature map from :meth:`forward_features`."""
-        return self.head(x, pre_logits=pre_logits)
-
     def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the stages in ``out_indices`` (all five when the model has a head)."""
         if not (torch.jit.is_tracing() or torch.jit.is_scripting()):
             self.check_input_size(x.shape[-2], x.shape[-1])
         wanted = self.out_indices or (0, 1, 2, 3, 4)
-        outs = []
-        x = self.body.s2d(x)
-        for index, name in enumerate(("conv1", "layer1", "layer2", "layer3", "layer4")):
-            if index > max(wanted):
-                break
-            x = getattr(self.body, name)(x)
-            if index in wanted:
-                outs.append(x)
-        return outs
-
-    def forward(self, x: torch.Tensor):
-        if self.features_only:
-            return self.forward_intermediates(x)
-        return self.forward_head(self.forward_features(x))
+        body = self.body
+        return run_until((body.conv1, body.layer1, body.layer2, body.layer3, body.layer4), wanted, body.s2d(x))
 
 
 # --- the family: its registered models and checkpoint layouts --------------------------------------
