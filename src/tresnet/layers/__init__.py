@@ -3,6 +3,7 @@
 from tresnet.layers.anti_alias import AntiAliasDownsample, blur_filter
 from tresnet.layers.conv_norm_act import ConvNormAct
 from tresnet.layers.inplace_abn import InPlaceABN, InPlaceABNSync
+from tresnet.layers.ml_decoder import MLDecoderHead
 from tresnet.layers.norm_act import NORMS, BatchNormAct2d, create_norm_act
 from tresnet.layers.pooling import FastGlobalAvgPool
 from tresnet.layers.squeeze_excite import SqueezeExcite
@@ -16,6 +17,7 @@ __all__ = [
     "FastGlobalAvgPool",
     "InPlaceABN",
     "InPlaceABNSync",
+    "MLDecoderHead",
     "SpaceToDepth",
     "SqueezeExcite",
     "blur_filter",
