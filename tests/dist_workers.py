@@ -44,3 +44,29 @@ def sync_step(rank: int, world: int, init_file: str, inputs: torch.Tensor, targe
         dist.barrier()  # tear down only once every rank is done, or gloo may abort a rank mid-exit
     finally:
         dist.destroy_process_group()
+
+
+def gather_multilabel(rank: int, world: int, init_file: str, logits: torch.Tensor, targets: torch.Tensor,
+                      out_file: str):
+    """Evaluate this rank's shard (every world-th row, as ShardedEpochSampler(shuffle=False)) through a
+    MultiLabelTally in batches of 3; rank 0 saves the gathered rows and their metrics."""
+    from tresnet.engine.distributed import DistInfo, ShardedEpochSampler, all_gather_rows
+    from tresnet.engine.metrics import MultiLabelTally, multilabel_metrics
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        info = DistInfo(rank=rank, world_size=world)
+        shard = list(ShardedEpochSampler(len(logits), rank=rank, world_size=world, shuffle=False))
+        tally = MultiLabelTally()
+        for start in range(0, len(shard), 3):
+            rows = shard[start:start + 3]
+            tally.add(logits[rows].to(torch.bfloat16), targets[rows])
+        seen_logits, seen_targets = tally.gather(info)
+        one_sided = all_gather_rows(targets[:2] if rank == 0 else torch.empty(0, 0), info)  # rank 1 has no rows
+        if rank == 0:
+            torch.save({"logits": seen_logits, "targets": seen_targets, "images": tally.images,
+                        "metrics": multilabel_metrics(seen_logits, seen_targets), "one_sided": one_sided},
+                       out_file)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

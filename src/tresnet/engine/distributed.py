@@ -185,5 +185,33 @@ class SeededSamples(torch.utils.data.Dataset):
             return self.dataset[index]
 
 
-__all__ = ["DistInfo", "SeededSamples", "ShardedEpochSampler", "SyncBatchNormAct2d", "all_reduce_sum", "barrier",
-           "cleanup", "derive_seed", "resolve_device", "setup", "sync_batch_norm"]
+def all_gather_rows(rows: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The concatenation, in rank order, of every process's ``(n_r, ...)`` tensor ``rows`` (``n_r`` may differ
+    between processes); ``rows`` itself in one process. A collective: every process must call it, with one
+    dtype and one number of dimensions. A process with no rows may give any trailing shape (say ``(0, 0)``);
+    the others must agree on theirs, or ``ValueError``. The result lies on ``rows``' device. Works with gloo
+    (CPU tensors) and NCCL (the process's GPU)."""
+    if not info.distributed:
+        return rows
+    device = info.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    shape = torch.tensor(rows.shape, dtype=torch.int64, device=device)
+    shapes = [torch.empty_like(shape) for _ in range(info.world_size)]
+    dist.all_gather(shapes, shape)
+    shapes = [tuple(s.tolist()) for s in shapes]
+    trailing = {s[1:] for s in shapes if s[0] > 0}
+    if len(trailing) > 1:
+        raise ValueError(f"all_gather_rows: the processes' rows differ in shape beyond the first dimension: {shapes}")
+    trailing_shape = trailing.pop() if trailing else tuple(rows.shape[1:])
+    longest = max(s[0] for s in shapes)
+    if longest == 0:
+        return rows
+    padded = torch.zeros((longest, *trailing_shape), dtype=rows.dtype, device=device)
+    if rows.shape[0] > 0:
+        padded[: rows.shape[0]] = rows.to(device)
+    gathered = [torch.empty_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[: s[0]] for g, s in zip(gathered, shapes, strict=True)]).to(rows.device)
+
+
+__all__ = ["DistInfo", "SeededSamples", "ShardedEpochSampler", "SyncBatchNormAct2d", "all_gather_rows",
+           "all_reduce_sum", "barrier", "cleanup", "derive_seed", "resolve_device", "setup", "sync_batch_norm"]
