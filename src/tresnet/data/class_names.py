@@ -1,11 +1,15 @@
-"""Class labels: the 1000 ImageNet names (shipped with torchvision, no download) or a checkpoint's own."""
+"""Class labels: the 1000 ImageNet names or the 80 COCO names (shipped with torchvision, no download), or a
+checkpoint's own."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
 
+from tresnet.tasks import MULTILABEL, check_task
+
 IMAGENET_NUM_CLASSES = 1000
+COCO_NUM_CLASSES = 80
 
 
 @cache
@@ -16,13 +20,28 @@ def imagenet_class_names() -> tuple[str, ...]:
     return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def class_labels(num_classes: int, class_names: Sequence[str] | None = None) -> list[str]:
-    """A label per class index: ``class_names`` when they fit, ImageNet's for 1000 classes, else indices."""
+@cache
+def coco_class_names() -> tuple[str, ...]:
+    """The 80 COCO category names in the usual index order: the categories of the instances files in
+    their order (ids 1..90 with gaps), as multi-label COCO models number their outputs."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    # The detection list has 91 slots: a background class and "N/A" for the unused category ids.
+    categories = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+    return tuple(name for name in categories if name not in ("__background__", "N/A"))
+
+
+def class_labels(num_classes: int, class_names: Sequence[str] | None = None, *,
+                 task: str | None = None) -> list[str]:
+    """A label per class index: ``class_names`` when they fit, ImageNet's for 1000 classes, COCO's for 80
+    classes of a ``multilabel`` task, else indices. Raises :class:`ConfigError` for an unknown task."""
     if class_names is not None and len(class_names) == num_classes:
         return [str(name) for name in class_names]
+    if task is not None and check_task(task) == MULTILABEL and num_classes == COCO_NUM_CLASSES:
+        return list(coco_class_names())
     if num_classes == IMAGENET_NUM_CLASSES:
         return list(imagenet_class_names())
     return [str(index) for index in range(num_classes)]
 
 
-__all__ = ["IMAGENET_NUM_CLASSES", "class_labels", "imagenet_class_names"]
+__all__ = ["COCO_NUM_CLASSES", "IMAGENET_NUM_CLASSES", "class_labels", "coco_class_names", "imagenet_class_names"]
