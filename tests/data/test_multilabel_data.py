@@ -184,8 +184,10 @@ def test_open_multilabel_dispatch(tmp_path):
         open_multilabel(images)
     with pytest.raises(DataError, match=r"is an annotation file: pass the images folder as the data and --annot"):
         open_multilabel(annotations)
-    with pytest.raises(ConfigError, match="class list goes with a labels CSV only"):
-        open_multilabel(images, annotations=annotations, classes=["a"])
+    checked = open_multilabel(images, annotations=annotations, classes=["dog", "cat", "emu"])
+    assert checked.classes == ["dog", "cat", "emu"]
+    with pytest.raises(DataError, match=r"the 3 categories of .* differ from the 3 expected classes \(first: "):
+        open_multilabel(images, annotations=annotations, classes=["cat", "dog", "emu"])
 
 
 def _with_broken_files(tmp_path):

@@ -278,14 +278,18 @@ def open_multilabel(data: str | os.PathLike, *, annotations: str | os.PathLike |
                     strict: bool = False, without_labels: str = "skip") -> MultiLabelDataset:
     """A multi-label data set from what a user names: ``data`` the images folder with ``annotations`` a
     COCO instances json (:func:`read_coco`), or ``data`` a ``.csv`` file (:func:`read_csv`, with
-    ``classes``). Raises :class:`ConfigError` for ``classes`` with a COCO file (its categories are the
-    classes) and :class:`DataError` for anything else, saying what to pass.
+    ``classes``). A COCO file's categories are its classes: ``classes`` given with it are a check (the
+    same names in the same order, e.g. those of the training set). Raises :class:`DataError` when they
+    differ and for anything that is not one of the two forms, saying what to pass.
     """
     path = Path(data).expanduser()
     if annotations is not None:
-        if classes is not None:
-            raise ConfigError("a class list goes with a labels CSV only: a COCO file's categories are its classes")
-        return read_coco(path, annotations, transform=transform, strict=strict, without_labels=without_labels)
+        dataset = read_coco(path, annotations, transform=transform, strict=strict, without_labels=without_labels)
+        if classes is not None and dataset.classes != (expected := _read_class_list(classes)):
+            raise DataError(f"the {dataset.num_classes} categories of {dataset.source} differ from the "
+                            f"{len(expected)} expected classes (first: {dataset.classes[:3]} vs {expected[:3]}): "
+                            f"use annotations with the same categories in the same order")
+        return dataset
     if path.suffix.lower() == ".csv":
         return read_csv(path, transform=transform, strict=strict, classes=classes)
     if path.suffix.lower() == ".json":
