@@ -1,4 +1,5 @@
-"""The evaluation loop: top-1 / top-5 accuracy and throughput of a classifier over a loader."""
+"""The evaluation loops: top-1 / top-5 accuracy of a single-label classifier (:func:`evaluate`), mAP and
+the thresholded precision / recall of a multi-label one (:func:`evaluate_multilabel`), with throughput."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from tresnet.engine.distributed import DistInfo, all_reduce_sum
+from tresnet.engine.metrics import MultiLabelTally, multilabel_metrics
 from tresnet.errors import ConfigError, DataError
-from tresnet.runtime import autocast, legacy_precision
+from tresnet.runtime import autocast, check_precision, legacy_precision
+from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD, check_task, check_threshold
 
-_PROGRESS_EVERY = 10  # batches between updates of the running top-1 (each costs a device sync)
+_PROGRESS_EVERY = 10  # batches between updates of the running figure (each costs a device sync)
 
 
 def _files_to_come(loader, limit: int | None) -> int | None:
@@ -33,6 +37,14 @@ def _precision_of(precision: str, amp: bool | None) -> str:
     return meant
 
 
+def resolve_task(model: nn.Module, task: str | None = None) -> str:
+    """``task``, else the model's (``pretrained_cfg["task"]``, from its checkpoint), else ``multiclass``;
+    :class:`ConfigError` for a name not in :data:`tresnet.tasks.TASKS`."""
+    if task is None:
+        task = getattr(model, "pretrained_cfg", {}).get("task") or DEFAULT_TASK
+    return check_task(task)
+
+
 class _Tally:
     """Running sums of one evaluation, kept on the device so that a batch costs no synchronisation."""
 
@@ -50,6 +62,9 @@ class _Tally:
         self.correct_top5 += hits.any(dim=1).sum()
         self.images += len(targets)
 
+    def postfix(self) -> dict:
+        return {"top1": f"{100.0 * self.correct_top1.item() / self.images:.2f}%"}
+
     def result(self, seconds: float) -> dict:
         if self.images == 0:
             raise DataError(f"nothing was evaluated: the loader gave no readable image ({self.skipped} unreadable)")
@@ -59,7 +74,42 @@ class _Tally:
                     seconds=seconds, img_per_s=images / seconds if seconds > 0 else float("inf"))
 
 
-def _run_batches(model: nn.Module, loader, device: torch.device, tally: _Tally, bar, *, channels_last: bool,
+class _MultiLabelTally:
+    """Every image's logits and targets (gathered over the ranks at the end: mAP needs them all) and the
+    summed binary cross-entropy, kept on the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.rows = MultiLabelTally()
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.elements = self.skipped = 0
+
+    @property
+    def images(self) -> int:
+        return self.rows.images
+
+    def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.rows.add(logits, targets)  # first: it names a class count that differs from the data's
+        # float64: the sum then hardly depends on how the images were batched or sharded
+        self.loss_sum += F.binary_cross_entropy_with_logits(logits.double(), targets.double(), reduction="sum")
+        self.elements += targets.numel()
+
+    def postfix(self) -> dict:
+        return {"loss": f"{self.loss_sum.item() / self.elements:.4f}"}
+
+    def result(self, seconds: float, threshold: float, info: DistInfo | None) -> dict:
+        logits, targets = self.rows.gather(info)
+        loss_sum, elements, skipped = self.loss_sum.item(), self.elements, self.skipped
+        if info is not None:
+            loss_sum, elements, skipped = all_reduce_sum([loss_sum, elements, skipped], info)
+        images = len(logits)
+        if images == 0:
+            raise DataError(f"nothing was evaluated: the loader gave no readable image ({int(skipped)} unreadable)")
+        metrics = multilabel_metrics(logits, targets, threshold)
+        return dict(metrics, loss=loss_sum / elements, images=images, skipped=int(skipped), seconds=seconds,
+                    img_per_s=images / seconds if seconds > 0 else float("inf"))
+
+
+def _run_batches(model: nn.Module, loader, device: torch.device, tally, bar, *, channels_last: bool,
                  limit: int | None, progress: bool) -> None:
     """Feed ``loader`` through ``model`` into ``tally`` until it ends or ``limit`` images were evaluated."""
     for index, batch in enumerate(loader):
@@ -75,7 +125,7 @@ def _run_batches(model: nn.Module, loader, device: torch.device, tally: _Tally, 
             tally.add(model(inputs), targets.to(device, non_blocking=True))
         bar.update(len(targets) + skipped)
         if progress and tally.images and index % _PROGRESS_EVERY == 0:
-            bar.set_postfix(top1=f"{100.0 * tally.correct_top1.item() / tally.images:.2f}%")
+            bar.set_postfix(tally.postfix())
         if limit is not None and tally.images >= limit:
             break
 
@@ -101,11 +151,19 @@ def evaluate(model: nn.Module, loader, device: str | torch.device, *, precision:
     """
     device = torch.device(device)
     precision = _precision_of(precision, amp)
+    tally = _Tally(device)
+    seconds = _run(model, loader, device, tally, precision=precision, channels_last=channels_last, limit=limit,
+                   progress=progress, desc=desc)
+    return tally.result(seconds)
+
+
+def _run(model: nn.Module, loader, device: torch.device, tally, *, precision: str, channels_last: bool,
+         limit: int | None, progress: bool, desc: str) -> float:
+    """Feed ``loader`` through ``model`` (in eval mode, its mode restored) into ``tally``; the wall time."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     was_training = model.training
     model.eval()
-    tally = _Tally(device)
     bar = tqdm(total=_files_to_come(loader, limit), desc=desc, unit="img", disable=not progress,
                dynamic_ncols=True, leave=False)
     start = time.perf_counter()
@@ -118,7 +176,36 @@ def evaluate(model: nn.Module, loader, device: str | torch.device, *, precision:
     finally:
         bar.close()
         model.train(was_training)
-    return tally.result(time.perf_counter() - start)
+    return time.perf_counter() - start
 
 
-__all__ = ["evaluate"]
+@torch.no_grad()
+def evaluate_multilabel(model: nn.Module, loader, device: str | torch.device, *, precision: str = "fp32",
+                        channels_last: bool = False, limit: int | None = None, progress: bool = True,
+                        desc: str = "eval", threshold: float = DEFAULT_THRESHOLD,
+                        info: DistInfo | None = None) -> dict:
+    """Run a multi-label ``model`` over ``loader`` (batches of ``(images, multi-hot targets (B, C))``) and
+    measure its mAP and thresholded precision / recall (:func:`tresnet.engine.metrics.multilabel_metrics`).
+
+    Model, device, ``precision``, ``channels_last``, ``limit`` and unreadable files as :func:`evaluate`.
+    A label counts as predicted when its sigmoid probability exceeds ``threshold``. With a distributed
+    ``info`` every process evaluates its shard and the logits of all shards are gathered, so that every
+    process returns the exact figures over the whole set (``limit`` then applies per process).
+
+    Returns a dict of fractions in [0, 1]: ``map``, ``ap_per_class`` (None for a class without positives),
+    ``cp``, ``cr``, ``cf1``, ``op``, ``or``, ``of1``; and ``threshold``, ``num_classes``,
+    ``classes_with_positives``, ``loss`` (mean binary cross-entropy with logits per (image, class)),
+    ``images``, ``skipped``, ``seconds`` (wall time of the loop, loading included), ``img_per_s``.
+    Raises :class:`DataError` when no image was evaluated or no class has a positive,
+    :class:`ConfigError` for an unknown precision or a threshold outside (0, 1), ValueError for a
+    ``limit`` below 1.
+    """
+    device = torch.device(device)
+    check_precision(precision)
+    threshold = check_threshold(threshold)
+    tally = _MultiLabelTally(device)
+    seconds = _run(model, loader, device, tally, precision=precision, channels_last=channels_last, limit=limit,
+                   progress=progress, desc=desc)
+    return tally.result(seconds, threshold, info)
+
+__all__ = ["evaluate", "evaluate_multilabel", "resolve_task"]
