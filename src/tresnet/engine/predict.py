@@ -1,4 +1,5 @@
-"""Classify image files: the top-k classes of each, with probabilities (what ``tresnet predict`` prints).
+"""Classify image files: the top-k classes of each, with probabilities (what ``tresnet predict`` prints);
+for a multi-label model also every label whose probability exceeds a threshold.
 
     import tresnet
     from tresnet.engine.predict import predict
@@ -6,6 +7,10 @@
     model = tresnet.create_model(checkpoint_path="runs/digits/best.safetensors")
     for answer in predict(model, ["photos/"], topk=3):
         print(answer.file, answer.error or [(s.label, round(s.prob, 3)) for s in answer.topk])
+
+    model = tresnet.create_model(checkpoint_path="tresnet_l_448_coco.pth")  # a multi-label checkpoint
+    for answer in predict(model, ["photos/"], threshold=0.7):
+        print(answer.file, answer.error or [s.label for s in answer.labels])
 """
 
 from __future__ import annotations
@@ -19,13 +24,16 @@ import torch
 from torch import nn
 
 from tresnet.data import class_labels, create_eval_transform, find_images, load_image
+from tresnet.engine.evaluate import resolve_task
 from tresnet.errors import ConfigError, DataError
 from tresnet.runtime import autocast, check_precision
+from tresnet.tasks import DEFAULT_THRESHOLD, MULTILABEL, check_threshold
 
 
 @dataclass(frozen=True)
 class ClassScore:
-    """One of an image's top-k classes: its index, label and softmax probability."""
+    """One of an image's classes: its index, label and probability (softmax for a multiclass model,
+    the class's own sigmoid for a multilabel one)."""
 
     index: int
     label: str
@@ -34,25 +42,32 @@ class ClassScore:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The answer for one input: its top-k classes, best first, or the error that stopped it."""
+    """The answer for one input: its top-k classes, best first, or the error that stopped it. A
+    multilabel model also gives ``labels``: every class whose probability exceeds the threshold, best
+    first (None for a multiclass model)."""
 
     file: str
     topk: list[ClassScore] = field(default_factory=list)
     error: str | None = None
+    labels: list[ClassScore] | None = None
 
     def to_dict(self) -> dict:
-        """``{"file", "topk": [{"index", "label", "prob"}]}``, plus ``"error"`` for a failed input."""
-        out: dict = {"file": self.file, "topk": [vars(score) for score in self.topk]}
+        """``{"file", "topk": [{"index", "label", "prob"}]}``, with ``"labels"`` (same form) before
+        ``"topk"`` for a multilabel model, plus ``"error"`` for a failed input."""
+        out: dict = {"file": self.file}
+        if self.labels is not None:
+            out["labels"] = [vars(score) for score in self.labels]
+        out["topk"] = [vars(score) for score in self.topk]
         if self.error is not None:
             out["error"] = self.error
         return out
 
 
-def _labels(model: nn.Module, class_names: Sequence[str] | None) -> list[str]:
+def _labels(model: nn.Module, class_names: Sequence[str] | None, task: str) -> list[str]:
     info = getattr(model, "checkpoint_info", None)
     if class_names is None and info is not None:
         class_names = info.metadata.get("class_names")
-    return class_labels(model.num_classes, class_names)
+    return class_labels(model.num_classes, class_names, task=task)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -60,7 +75,11 @@ def _model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _decode(paths: Sequence[Path], transform) -> tuple[list[str], list[torch.Tensor], list[Prediction]]:
+def _failure(name: str, message: str, task: str) -> Prediction:
+    return Prediction(name, error=message, labels=[] if task == MULTILABEL else None)
+
+
+def _decode(paths: Sequence[Path], transform, task: str) -> tuple[list[str], list[torch.Tensor], list[Prediction]]:
     """Decoded images of ``paths`` (upright by their EXIF orientation) and an error for each unreadable one."""
     names, tensors, failed = [], [], []
     for path in paths:
@@ -68,52 +87,73 @@ def _decode(paths: Sequence[Path], transform) -> tuple[list[str], list[torch.Ten
             tensors.append(transform(load_image(path, exif_transpose=True)))  # phones store rotation in EXIF
             names.append(str(path))
         except DataError as e:
-            failed.append(Prediction(str(path), error=str(e)))
+            failed.append(_failure(str(path), str(e), task))
     return names, tensors, failed
 
 
 def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int = 5, batch_size: int = 32,
             img_size: int | None = None, device: str | torch.device | None = None, precision: str = "fp32",
-            class_names: Sequence[str] | None = None) -> Iterator[Prediction]:
+            class_names: Sequence[str] | None = None, task: str | None = None,
+            threshold: float = DEFAULT_THRESHOLD) -> Iterator[Prediction]:
     """Yield a :class:`Prediction` for every image that ``inputs`` name (files, or folders searched
     recursively: :func:`tresnet.data.find_images`), with the model's own preprocessing.
 
     Inputs that name no image come first, as errors; then the images in order, batch by batch, an
     unreadable file giving an error rather than stopping the others. Labels are ``class_names``, else
-    the checkpoint's (``model.checkpoint_info``), else ImageNet's for 1000 classes, else indices.
-    ``device`` None keeps the model where it is. The model runs in eval mode; its mode comes back
-    when the iteration ends. Raises :class:`ConfigError` for a bad ``topk``, ``batch_size`` or
-    precision and :class:`~tresnet.errors.InputSizeError` for a size the model cannot take.
+    the checkpoint's (``model.checkpoint_info``), else ImageNet's for 1000 classes (COCO's for 80 with a
+    multilabel task), else indices. ``task`` None is the model's (``pretrained_cfg["task"]``, else
+    multiclass): a multiclass answer gives softmax probabilities; a multilabel one each class's sigmoid
+    and ``labels``, the classes whose probability exceeds ``threshold``. ``device`` None keeps the model
+    where it is. The model runs in eval mode; its mode comes back when the iteration ends. Raises
+    :class:`ConfigError` for a bad ``topk``, ``batch_size``, precision, task or threshold and
+    :class:`~tresnet.errors.InputSizeError` for a size the model cannot take.
     """
     if topk < 1 or batch_size < 1:
         raise ConfigError(f"topk and batch size must be at least 1, got {topk} and {batch_size}")
+    task = resolve_task(model, task)
+    threshold = check_threshold(threshold)
     size = img_size or int(model.pretrained_cfg["input_size"][-1])
     model.check_input_size(size, size)
     device = torch.device(device) if device is not None else _model_device(model)
     check_precision(precision, device)
     transform = create_eval_transform(model.pretrained_cfg, size)
-    labels = _labels(model, class_names)
+    labels = _labels(model, class_names, task)
     files, errors = find_images(inputs)
-    yield from (Prediction(name, error=message) for name, message in errors)
+    yield from (_failure(name, message, task) for name, message in errors)
     was_training = model.training
     model.to(device).eval()
     try:
         for start in range(0, len(files), batch_size):
-            names, tensors, failed = _decode(files[start:start + batch_size], transform)
+            names, tensors, failed = _decode(files[start:start + batch_size], transform, task)
             yield from failed
             if tensors:
-                yield from _classify(model, names, torch.stack(tensors), labels, topk, device, precision)
+                probs = _probabilities(model, torch.stack(tensors), task, device, precision)
+                yield from _answers(names, probs, labels, topk, threshold if task == MULTILABEL else None)
     finally:
         model.train(was_training)
 
 
-def _classify(model: nn.Module, names: list[str], images: torch.Tensor, labels: list[str], topk: int,
-              device: torch.device, precision: str) -> list[Prediction]:
+def _probabilities(model: nn.Module, images: torch.Tensor, task: str, device: torch.device,
+                   precision: str) -> torch.Tensor:
     with torch.no_grad(), autocast(precision, device):
-        probs = model(images.to(device)).float().softmax(dim=1)
+        logits = model(images.to(device)).float()
+    return logits.sigmoid() if task == MULTILABEL else logits.softmax(dim=1)
+
+
+def _answers(names: list[str], probs: torch.Tensor, labels: list[str], topk: int,
+             threshold: float | None) -> list[Prediction]:
+    """Top-k of each row of ``probs``; with a ``threshold`` also every class above it, best first."""
     top_probs, top_indices = probs.topk(min(topk, probs.shape[1]), dim=1)
-    return [Prediction(name, [ClassScore(i, labels[i], p) for p, i in zip(p_row, i_row, strict=True)])
-            for name, p_row, i_row in zip(names, top_probs.tolist(), top_indices.tolist(), strict=True)]
+    answers = []
+    for row, name, p_row, i_row in zip(probs, names, top_probs.tolist(), top_indices.tolist(), strict=True):
+        top = [ClassScore(i, labels[i], p) for p, i in zip(p_row, i_row, strict=True)]
+        above = None
+        if threshold is not None:
+            kept = (row > threshold).nonzero().flatten()
+            order = kept[row[kept].argsort(descending=True, stable=True)].tolist()
+            above = [ClassScore(i, labels[i], float(row[i])) for i in order]
+        answers.append(Prediction(name, top, labels=above))
+    return answers
 
 
 __all__ = ["ClassScore", "Prediction", "predict"]

@@ -1,4 +1,6 @@
-"""Validate a classifier on an ImageNet-style folder (one sub-folder per class): what ``tresnet validate`` runs.
+"""Validate a classifier: what ``tresnet validate`` runs. A single-label model on an ImageNet-style folder
+(one sub-folder per class): top-1 / top-5; a multi-label model on COCO-style annotations or a labels CSV
+(:func:`tresnet.data.multilabel.open_multilabel`): mAP and thresholded precision / recall.
 
     import tresnet
     from tresnet.engine.validate import validate
@@ -6,11 +8,16 @@
     model = tresnet.create_model("tresnet_m", checkpoint_path="tresnet_m.pth")
     report = validate(model, "imagenet/val", batch_size=128, workers=8, precision="amp")
     print(report["top1"], report["top5"])
+
+    model = tresnet.create_model(checkpoint_path="tresnet_l_448_coco.pth")  # a multi-label checkpoint
+    report = validate(model, "coco/val2014", annotations="coco/annotations/instances_val2014.json")
+    print(report["map"], report["cf1"], report["of1"])
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,15 +26,70 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from tresnet.data import ImageFolderDataset, create_eval_transform, create_loader
+from tresnet.data.multilabel import MultiLabelDataset, open_multilabel
 from tresnet.data.transforms import describe_eval_transform
-from tresnet.engine.evaluate import evaluate
+from tresnet.engine.evaluate import evaluate, evaluate_multilabel, resolve_task
 from tresnet.errors import ConfigError, DataError
 from tresnet.runtime import check_precision, resolve_device
+from tresnet.tasks import DEFAULT_THRESHOLD, MULTICLASS, MULTILABEL, check_task, check_threshold
+
+ValidationData = ImageFolderDataset | MultiLabelDataset
+
+_MULTILABEL_DATA = "pass --annotations FILE (COCO json, with --data the images folder) or --data labels.csv"
 
 
-def check_classes(dataset: ImageFolderDataset, model: nn.Module) -> None:
-    """Raise :class:`DataError` unless the folder has one class per model output, named as the
-    checkpoint's classes when the checkpoint names them."""
+def open_validation_data(data: str | os.PathLike, *, task: str = MULTICLASS,
+                         annotations: str | os.PathLike | None = None,
+                         classes: Sequence[str] | str | os.PathLike | None = None, strict: bool = False,
+                         without_labels: str = "skip") -> ValidationData:
+    """The set to validate a ``task`` model on: a folder of class sub-folders (multiclass), else
+    :func:`~tresnet.data.multilabel.open_multilabel`'s ``data`` with ``annotations`` / ``classes``.
+
+    Raises :class:`ConfigError` for ``annotations`` or ``classes`` with a multiclass task, and
+    :class:`DataError` for data that cannot be read (see the two readers).
+    """
+    if check_task(task) == MULTICLASS:
+        if annotations is not None or classes is not None:
+            raise ConfigError("--annotations and --classes describe multi-label data, but the task is multiclass: "
+                              "pass --task multilabel")
+        return ImageFolderDataset(data, strict=strict)
+    return open_multilabel(data, annotations=annotations, classes=classes, strict=strict,
+                           without_labels=without_labels)
+
+
+def _check_data_fits_task(dataset: ValidationData, task: str) -> None:
+    if task == MULTILABEL and not isinstance(dataset, MultiLabelDataset):
+        raise DataError(f"a multilabel validation needs multi-label targets, not the class folders of "
+                        f"{dataset.root}: {_MULTILABEL_DATA} (or --task multiclass)")
+    if task == MULTICLASS and isinstance(dataset, MultiLabelDataset):
+        raise DataError(f"{dataset.source} holds multi-label targets but the task is multiclass: "
+                        f"pass --task multilabel")
+
+
+def _check_multilabel_classes(dataset: MultiLabelDataset, names: Sequence[str] | None, model: nn.Module) -> None:
+    if len(dataset.classes) != model.num_classes:
+        raise DataError(
+            f"{dataset.source} names {len(dataset.classes)} classes but the model has {model.num_classes}: use "
+            f"annotations of the model's classes (for a CSV: --classes FILE with its class names), or the "
+            f"checkpoint trained on these classes"
+        )
+    if names and list(names) != list(dataset.classes):
+        first = next((i for i, (a, b) in enumerate(zip(names, dataset.classes, strict=False)) if a != b), 0)
+        raise DataError(
+            f"the classes of {dataset.source} are not the checkpoint's: index {first} is "
+            f"{dataset.classes[first]!r} in the annotations, {names[first]!r} in the checkpoint; use annotations "
+            f"naming the model's classes in its order (for a CSV: --classes FILE)"
+        )
+
+
+def check_classes(dataset: ValidationData, model: nn.Module) -> None:
+    """Raise :class:`DataError` unless the folder (or the multi-label annotations) has one class per model
+    output, named as the checkpoint's classes when the checkpoint names them."""
+    info = getattr(model, "checkpoint_info", None)
+    names = info.metadata.get("class_names") if info is not None else None
+    if isinstance(dataset, MultiLabelDataset):
+        _check_multilabel_classes(dataset, names, model)
+        return
     folder_classes, model_classes = len(dataset.classes), model.num_classes
     if folder_classes != model_classes:
         raise DataError(
@@ -35,8 +97,6 @@ def check_classes(dataset: ImageFolderDataset, model: nn.Module) -> None:
             f"use a folder with one sub-folder per model class (ImageNet val: 1000 synset folders), "
             f"or the checkpoint trained on these classes"
         )
-    info = getattr(model, "checkpoint_info", None)
-    names = info.metadata.get("class_names") if info is not None else None
     if names and list(names) != list(dataset.classes):
         first = next((i for i, (a, b) in enumerate(zip(names, dataset.classes, strict=False)) if a != b), 0)
         raise DataError(
@@ -57,10 +117,10 @@ def evenly_spaced(dataset: Dataset, limit: int) -> Dataset:
 
 @dataclass
 class Validation:
-    """A validation ready to run: the model on its device, the (sub)set and its loader."""
+    """A validation ready to run: the model on its device, the (sub)set and its loader, the task."""
 
     model: nn.Module
-    dataset: ImageFolderDataset
+    dataset: ValidationData
     subset: Dataset
     loader: torch.utils.data.DataLoader
     img_size: int
@@ -68,6 +128,8 @@ class Validation:
     precision: str
     channels_last: bool
     settings: dict
+    task: str = MULTICLASS
+    threshold: float = DEFAULT_THRESHOLD
 
     @property
     def preprocessing(self) -> str:
@@ -75,25 +137,45 @@ class Validation:
 
     def run(self, progress: bool = True) -> dict:
         """Evaluate and return the report (see :func:`validate`)."""
+        if self.task == MULTILABEL:
+            result = evaluate_multilabel(self.model, self.loader, self.device, precision=self.precision,
+                                         channels_last=self.channels_last, progress=progress, desc="validate",
+                                         threshold=self.threshold)
+            return _multilabel_report(self, result)
         result = evaluate(self.model, self.loader, self.device, precision=self.precision,
                           channels_last=self.channels_last, progress=progress, desc="validate")
         return _report(self, result)
 
 
-def prepare_validation(model: nn.Module, data: str | os.PathLike | ImageFolderDataset, *,
+def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationData, *,
                        img_size: int | None = None, batch_size: int = 64, workers: int = 0,
                        device: str | torch.device = "auto", precision: str = "fp32",
                        channels_last: bool = False, limit: int | None = None,
-                       strict: bool = False) -> Validation:
-    """Check the folder against the model and build the loader; :meth:`Validation.run` evaluates.
+                       strict: bool = False, task: str | None = None,
+                       annotations: str | os.PathLike | None = None,
+                       classes: Sequence[str] | str | os.PathLike | None = None,
+                       threshold: float = DEFAULT_THRESHOLD, without_labels: str = "skip") -> Validation:
+    """Check the data against the model and build the loader; :meth:`Validation.run` evaluates.
 
-    Raises :class:`DataError` (missing or empty folder, classes that do not match the model),
-    :class:`ConfigError` (bad device, precision or limit) and
+    ``task`` None is the model's (``pretrained_cfg["task"]``, else multiclass). ``data`` is a dataset
+    already open, or a path read by :func:`open_validation_data` (with ``annotations``, ``classes``,
+    ``without_labels`` for a multilabel task). ``threshold``: the probability above which a label counts
+    as predicted (multilabel).
+
+    Raises :class:`DataError` (missing or empty data, classes that do not match the model, data that
+    does not fit the task), :class:`ConfigError` (bad device, precision, limit, task or threshold) and
     :class:`~tresnet.errors.InputSizeError` (a size the model cannot take).
     """
     device = resolve_device(device)
     check_precision(precision, device)
-    dataset = data if isinstance(data, ImageFolderDataset) else ImageFolderDataset(data, strict=strict)
+    task = resolve_task(model, task)
+    threshold = check_threshold(threshold)
+    if isinstance(data, ImageFolderDataset | MultiLabelDataset):
+        dataset = data
+    else:
+        dataset = open_validation_data(data, task=task, annotations=annotations, classes=classes, strict=strict,
+                                       without_labels=without_labels)
+    _check_data_fits_task(dataset, task)
     size = img_size or int(model.pretrained_cfg["input_size"][-1])
     model.check_input_size(size, size)
     check_classes(dataset, model)
@@ -104,7 +186,45 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ImageFolderDa
     if channels_last:
         model.to(memory_format=torch.channels_last)
     settings = dict(batch_size=batch_size, workers=workers, limit=limit)
-    return Validation(model, dataset, subset, loader, size, device, precision, channels_last, settings)
+    return Validation(model, dataset, subset, loader, size, device, precision, channels_last, settings, task,
+                      threshold)
+
+
+def _percent(fraction: float | None) -> float | None:
+    return None if fraction is None else 100.0 * fraction
+
+
+def _multilabel_report(run: Validation, result: dict) -> dict:
+    info = getattr(run.model, "checkpoint_info", None)
+    dataset = run.dataset
+    return dict(
+        model=run.model.pretrained_cfg["model"],
+        checkpoint=str(info.path) if info is not None else None,
+        checkpoint_format=info.format if info is not None else None,
+        task=MULTILABEL,
+        data=str(dataset.root),
+        annotations=str(dataset.source),
+        num_classes=run.model.num_classes,
+        classes=list(dataset.classes),
+        img_size=run.img_size,
+        preprocessing=run.preprocessing,
+        map=_percent(result["map"]),
+        ap_per_class=[_percent(ap) for ap in result["ap_per_class"]],
+        **{key: _percent(result[key]) for key in ("cp", "cr", "cf1", "op", "or", "of1")},
+        metric_unit="percent",
+        threshold=result["threshold"],
+        classes_with_positives=result["classes_with_positives"],
+        loss=result["loss"],
+        images=result["images"],
+        skipped=dataset.skipped,
+        skipped_files=sorted(dataset.skipped_files),
+        seconds=result["seconds"],
+        img_per_s=result["img_per_s"],
+        device=str(run.device),
+        precision=run.precision,
+        channels_last=run.channels_last,
+        **run.settings,
+    )
 
 
 def _report(run: Validation, result: dict) -> dict:
@@ -113,6 +233,7 @@ def _report(run: Validation, result: dict) -> dict:
         model=run.model.pretrained_cfg["model"],
         checkpoint=str(info.path) if info is not None else None,
         checkpoint_format=info.format if info is not None else None,
+        task=MULTICLASS,
         data=str(run.dataset.root),
         num_classes=run.model.num_classes,
         img_size=run.img_size,
@@ -133,15 +254,20 @@ def _report(run: Validation, result: dict) -> dict:
     )
 
 
-def validate(model: nn.Module, data: str | os.PathLike | ImageFolderDataset, *, progress: bool = True,
+def validate(model: nn.Module, data: str | os.PathLike | ValidationData, *, progress: bool = True,
              **options) -> dict:
-    """Top-1 / top-5 of ``model`` on the folder ``data``, with the model's own preprocessing.
+    """Validate ``model`` on ``data`` with the model's own preprocessing; the report ``tresnet validate
+    --json`` writes.
 
-    ``options`` are those of :func:`prepare_validation`. Returns the report that ``tresnet validate
-    --json`` writes: ``top1``/``top5`` in percent, ``images``, ``skipped`` (unreadable files, counted
-    rather than evaluated) and ``skipped_files``, ``loss``, ``seconds``, ``img_per_s``, and the settings.
+    ``options`` are those of :func:`prepare_validation` (``task`` None: the model's). Both reports hold
+    ``task``, ``images``, ``skipped`` (unreadable files, counted rather than evaluated) and
+    ``skipped_files``, ``loss``, ``seconds``, ``img_per_s``, the model, checkpoint and settings. Multiclass:
+    ``top1``/``top5`` in percent. Multilabel: ``map``, ``ap_per_class`` (null for a class without
+    positives in the data), ``cp``, ``cr``, ``cf1``, ``op``, ``or``, ``of1``, all in percent, with
+    ``classes``, ``threshold`` (a probability), ``classes_with_positives`` and ``annotations``.
     """
     return prepare_validation(model, data, **options).run(progress)
 
 
-__all__ = ["Validation", "check_classes", "evenly_spaced", "prepare_validation", "validate"]
+__all__ = ["Validation", "ValidationData", "check_classes", "evenly_spaced", "open_validation_data",
+           "prepare_validation", "validate"]
