@@ -15,6 +15,7 @@ from torch import nn
 
 from tresnet.files import write_text
 from tresnet.runtime import DEVICE_HELP, PRECISION_HELP, PRECISIONS
+from tresnet.tasks import DEFAULT_THRESHOLD, TASKS
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
@@ -70,8 +71,18 @@ def add_inference_arguments(parser: argparse.ArgumentParser, *, legacy_amp: bool
     add_precision_argument(parser, legacy_amp=legacy_amp)
 
 
+def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    """--task (default: the checkpoint's) and --threshold, for the commands that read a model's answers."""
+    parser.add_argument("--task", choices=TASKS, default=None,
+                        help="multiclass (one class per image: softmax, top-k) or multilabel (any set of classes: "
+                             "a sigmoid per class); default: the checkpoint's task, else multiclass")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="T",
+                        help=f"multilabel: a label is predicted when its probability exceeds T "
+                             f"(default {DEFAULT_THRESHOLD})")
+
+
 def load_model(args: argparse.Namespace, command: str) -> nn.Module:
-    """The model of ``--model`` / ``--checkpoint`` / ``--pretrained``, its classes from the checkpoint.
+    """The model of ``--model`` / ``--checkpoint`` / ``--pretrained``, its classes (and task) from the checkpoint.
 
     Without weights a warning says that the model is randomly initialised.
     """

@@ -1,4 +1,5 @@
-"""`tresnet predict`: the top-k classes of each image, with probabilities."""
+"""`tresnet predict`: the top-k classes of each image, with probabilities; for a multi-label model first
+the labels whose probability exceeds the threshold."""
 
 from __future__ import annotations
 
@@ -11,30 +12,42 @@ from tresnet.cli import _common as common
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict", help="top-k classes of images",
-        description="Classify images: the top-k classes with probabilities. Folders are expanded to the "
+        description="Classify images: the top-k classes with probabilities. A multilabel model (--task "
+                    "multilabel, or a multi-label checkpoint) gives each class its own probability (sigmoid) "
+                    "and first lists the labels above --threshold. Folders are expanded to the "
                     "image files inside them (recursively, sorted). A file that cannot be read is reported "
                     "on stderr and the others are still answered; the exit code is then 1.",
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
     common.add_inference_arguments(parser, legacy_amp=False)
+    common.add_task_arguments(parser)
     parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes shown per image (default 5)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
     parser.add_argument("--json", metavar="PATH",
-                        help='also write [{"file", "topk": [{"index", "label", "prob"}]}] as JSON')
+                        help='also write [{"file", "topk": [{"index", "label", "prob"}]}] as JSON (multilabel: '
+                             'with "labels", the classes above the threshold, in the same form)')
     parser.set_defaults(func=run)
 
 
-def _print(answer) -> None:
+def _print(answer, threshold: float) -> None:
     if answer.error is not None:
         common.say("predict", "error", answer.error)
         return
     print(answer.file)
+    indent = "  "
+    if answer.labels is not None:  # multilabel: the answer, then the top-k for context
+        print(f"  labels (probability > {threshold:g}):" + ("" if answer.labels else " none"))
+        for score in answer.labels:
+            print(f"    {100.0 * score.prob:6.2f}%  {score.label} ({score.index})")
+        print(f"  top-{len(answer.topk)}:")
+        indent = "    "
     for score in answer.topk:
-        print(f"  {100.0 * score.prob:6.2f}%  {score.label} ({score.index})")
+        print(f"{indent}{100.0 * score.prob:6.2f}%  {score.label} ({score.index})")
     sys.stdout.flush()
 
 
 def run(args: argparse.Namespace) -> int:
+    from tresnet.engine.evaluate import resolve_task
     from tresnet.engine.predict import predict
     from tresnet.errors import ConfigError
     from tresnet.runtime import resolve_device
@@ -45,12 +58,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = resolve_device(args.device)
     model = common.load_model(args, "predict")
-    print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes, {common.weights_description(model)}",
+    task = ", multilabel" if resolve_task(model, args.task) == "multilabel" else ""
+    print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes{task}, {common.weights_description(model)}",
           file=sys.stderr)
     answers = []
     for answer in predict(model, args.inputs, topk=args.topk, batch_size=args.batch_size, img_size=args.img_size,
-                          device=device, precision=args.precision or "fp32"):
-        _print(answer)
+                          device=device, precision=args.precision or "fp32", task=args.task,
+                          threshold=args.threshold):
+        _print(answer, args.threshold)
         answers.append(answer)
     if args.json:
         common.write_json(args.json, [answer.to_dict() for answer in answers])

@@ -1,4 +1,5 @@
-"""`tresnet validate`: top-1 / top-5 of a model on an ImageNet-style folder (one sub-folder per class)."""
+"""`tresnet validate`: top-1 / top-5 of a model on an ImageNet-style folder (one sub-folder per class), or
+mAP and CP/CR/CF1/OP/OR/OF1 of a multi-label model on COCO-style annotations or a labels CSV."""
 
 from __future__ import annotations
 
@@ -10,13 +11,29 @@ from tresnet.cli import _common as common
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "validate", help="top-1 / top-5 accuracy on an ImageNet-style folder",
+        "validate", help="top-1 / top-5 accuracy on an ImageNet-style folder, or multi-label mAP",
         description="Measure top-1 and top-5 accuracy of a model on a folder with one sub-folder per "
                     "class (sorted names = class indices, as torchvision's ImageFolder), with the "
-                    "model's own preprocessing. Unreadable files are skipped with a warning and counted.",
+                    "model's own preprocessing. A multilabel model (--task multilabel, or a multi-label "
+                    "checkpoint) is measured by mAP and CP/CR/CF1/OP/OR/OF1 on COCO-style annotations "
+                    "(--annotations FILE, --data the images folder) or a labels CSV (--data labels.csv, "
+                    "columns file,labels). Unreadable files are skipped with a warning and counted.",
     )
-    parser.add_argument("--data", required=True, metavar="DIR", help="folder of class sub-folders, e.g. imagenet/val")
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="folder of class sub-folders, e.g. imagenet/val; multilabel: the images folder of "
+                             "--annotations, or a CSV with columns file,labels (labels: class names separated "
+                             "by spaces)")
     common.add_inference_arguments(parser)
+    common.add_task_arguments(parser)
+    parser.add_argument("--annotations", metavar="FILE",
+                        help="multilabel: COCO instances JSON (e.g. instances_val2014.json) of the --data images")
+    parser.add_argument("--classes", metavar="FILE",
+                        help="multilabel: a text file of class names, one per line, in the model's order: the "
+                             "classes of a CSV (default: the sorted names found in it), a check of the COCO "
+                             "categories with --annotations")
+    parser.add_argument("--without-labels", choices=("skip", "negative"), default="skip",
+                        help="COCO images without annotations: skip them (default, as ASL's evaluation) or keep "
+                             "them with no positive label")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch (default 64)")
     parser.add_argument("--workers", type=int, default=common.DEFAULT_WORKERS, metavar="N",
                         help=f"decoding processes, 0 = in this process (default {common.DEFAULT_WORKERS})")
@@ -24,7 +41,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--limit", type=int, metavar="N",
                         help="evaluate only N images, taken evenly over the folder so every class is seen")
     parser.add_argument("--strict", action="store_true", help="stop at the first unreadable file instead of skipping it")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON (top1/top5 in percent)")
+    parser.add_argument("--json", metavar="PATH",
+                        help="also write the results as JSON (top1/top5, or map, ap_per_class and "
+                             "cp/cr/cf1/op/or/of1, in percent)")
     parser.set_defaults(func=run)
 
 
@@ -39,31 +58,62 @@ def _published(cfg: dict) -> str | None:
             f"{timm_eval['img_size']} px (timm's)")
 
 
+def _multilabel_signs(args: argparse.Namespace) -> bool:
+    return args.annotations is not None or args.classes is not None or str(args.data).lower().endswith(".csv")
+
+
 def run(args: argparse.Namespace) -> int:
-    from tresnet.data import ImageFolderDataset
-    from tresnet.engine.validate import prepare_validation
+    from tresnet.engine.validate import open_validation_data, prepare_validation
     from tresnet.runtime import resolve_device
+    from tresnet.tasks import MULTICLASS, MULTILABEL
 
     precision = common.resolve_precision(args, "validate")
     device = resolve_device(args.device)
-    dataset = ImageFolderDataset(args.data, strict=args.strict)  # a bad folder fails before the model loads
+    # bad data fails before the model loads; the task is the data's when --task does not name it
+    task = args.task or (MULTILABEL if _multilabel_signs(args) else MULTICLASS)
+    dataset = open_validation_data(args.data, task=task, annotations=args.annotations, classes=args.classes,
+                                   strict=args.strict, without_labels=args.without_labels)
     model = common.load_model(args, "validate")
     validation = prepare_validation(model, dataset, img_size=args.img_size, batch_size=args.batch_size,
                                     workers=args.workers, device=device, precision=precision,
-                                    channels_last=args.channels_last, limit=args.limit)
+                                    channels_last=args.channels_last, limit=args.limit, task=args.task,
+                                    threshold=args.threshold)
+    _print_setup(args, model, validation, device, precision)
+    with common.warnings_above_progress_bar("validate"):
+        report = validation.run()
+    if validation.task == MULTILABEL:
+        _print_multilabel(report)
+    else:
+        _print_multiclass(report, model)
+    if args.json:
+        common.write_json(args.json, report)
+    return 0
+
+
+def _print_setup(args: argparse.Namespace, model, validation, device, precision: str) -> None:
+    from tresnet.tasks import MULTILABEL
+
+    dataset = validation.dataset
     options = ", ".join(o for o, on in ((precision, precision != "fp32"), ("channels-last", args.channels_last)) if on)
-    print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes, {common.weights_description(model)}")
+    task = ", multilabel" if validation.task == MULTILABEL else ""
+    print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes{task}, {common.weights_description(model)}")
     print(f"preprocessing: {validation.preprocessing}")
     print(f"data: {args.data}, {len(validation.subset)} of {len(dataset)} images in {len(dataset.classes)} classes; "
           f"device {device}, batch {args.batch_size}, {args.workers} workers" + (f", {options}" if options else ""))
     sys.stdout.flush()
-    with common.warnings_above_progress_bar("validate"):
-        report = validation.run()
+
+
+def _print_multiclass(report: dict, model) -> None:
     print(f"top-1 {report['top1']:.3f}%  top-5 {report['top5']:.3f}%  ({report['images']} images, "
           f"{report['skipped']} skipped, {report['seconds']:.1f} s, {report['img_per_s']:.1f} img/s)")
     published = _published(model.pretrained_cfg)
     if published is not None and model.checkpoint_info is not None and model.num_classes == 1000:
         print(f"published top-1 of {model.pretrained_cfg['model']}: {published}")
-    if args.json:
-        common.write_json(args.json, report)
-    return 0
+
+
+def _print_multilabel(report: dict) -> None:
+    print(f"mAP {report['map']:.3f}% over the {report['classes_with_positives']} of {report['num_classes']} classes "
+          f"with a positive  ({report['images']} images, {report['skipped']} skipped, {report['seconds']:.1f} s, "
+          f"{report['img_per_s']:.1f} img/s)")
+    print(f"at threshold {report['threshold']:g}:  " + "  ".join(
+        f"{key.upper()} {report[key]:.3f}%" for key in ("cp", "cr", "cf1", "op", "or", "of1")))
