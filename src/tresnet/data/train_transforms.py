@@ -1,5 +1,7 @@
-"""Training augmentation (torchvision ``transforms.v2``): random resized crop, flip, AutoAugment or
-RandAugment, random erasing (Cutout), and mixup / cutmix on whole batches.
+"""Training augmentation (torchvision ``transforms.v2``): random resized crop (or a squash of the whole
+image, for multi-label data where a crop may cut a labelled object away), flip, AutoAugment or
+RandAugment, ASL's Cutout, random erasing, and mixup / cutmix on whole batches (class indices or
+multi-hot targets).
 
 Outputs are RGB in [0, 1], normalised with the ``mean`` / ``std`` given (a model's
 :func:`~tresnet.data.transforms.normalisation`): none for TResNet (the official release,
@@ -24,25 +26,61 @@ TRAIN_INTERPOLATIONS = {name: mode for name, mode in INTERPOLATIONS.items() if n
 _AUGMENT_MODES = (InterpolationMode.NEAREST, InterpolationMode.BILINEAR)
 
 
+class Cutout(torch.nn.Module):
+    """Cutout as the ASL training script applies it (Alibaba-MIIL/ASL, ``CutoutPIL``): on every image, a box
+    of ``fraction`` x the height and width, centred at a uniformly drawn pixel and clipped at the border,
+    filled with one uniformly drawn colour. Works on ``uint8`` image tensors ``(3, H, W)``."""
+
+    def __init__(self, fraction: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 < fraction < 1.0:
+            raise ConfigError(f"cutout must lie in (0, 1), got {fraction}")
+        self.fraction = fraction
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        box_h, box_w = int(self.fraction * height + 0.5), int(self.fraction * width + 0.5)
+        y, x = int(torch.randint(height, ())), int(torch.randint(width, ()))
+        top, bottom = max(0, y - box_h // 2), min(height, y + box_h // 2)
+        left, right = max(0, x - box_w // 2), min(width, x + box_w // 2)
+        colour = torch.randint(256, (image.shape[0], 1, 1), dtype=torch.int64).to(image.dtype)
+        image = image.clone()
+        image[..., top:bottom, left:right] = colour
+        return image
+
+
+def _resize_step(img_size: int, crop_mode: str, scale, ratio, mode) -> v2.Transform:
+    if crop_mode == "squash":
+        return v2.Resize((img_size, img_size), interpolation=mode, antialias=True)
+    if crop_mode == "random":
+        return v2.RandomResizedCrop(img_size, scale=scale, ratio=ratio, interpolation=mode, antialias=True)
+    raise ConfigError(f"unknown training crop mode {crop_mode!r}; use random or squash")
+
+
 def create_train_transform(img_size: int, *, scale: tuple[float, float] = (0.08, 1.0),
                            ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5,
                            auto_augment: str | None = None, randaugment_magnitude: int = 9,
                            randaugment_ops: int = 2, random_erase: float = 0.0,
                            random_erase_mode: str = "pixel", interpolation: str = "bilinear",
                            mean: tuple[float, ...] | None = None,
-                           std: tuple[float, ...] | None = None) -> v2.Compose:
+                           std: tuple[float, ...] | None = None, crop_mode: str = "random",
+                           cutout: float = 0.0) -> v2.Compose:
     """The training transform: image -> float tensor ``(3, img_size, img_size)`` in [0, 1], then
     ``(x - mean) / std`` when ``mean`` and ``std`` are given (erasing comes after it, as timm's: boxes
     in ``"pixel"`` mode hold standard-normal noise, in ``"const"`` mode zeros).
 
-    ``auto_augment``: ``None``, ``"autoaugment"`` (the ImageNet policy) or ``"randaugment"``.
-    Raises :class:`ConfigError` for an unknown policy, erase mode or interpolation.
+    ``crop_mode``: ``"random"`` (random resized crop over ``scale`` and ``ratio``) or ``"squash"`` (the
+    whole image resized to the square, as the ASL and ML-Decoder recipes). ``auto_augment``: ``None``,
+    ``"autoaugment"`` (the ImageNet policy) or ``"randaugment"``. ``cutout`` > 0 adds :class:`Cutout`
+    after the resize (before RandAugment, in the ASL script's order). Raises :class:`ConfigError` for an
+    unknown crop mode, policy, erase mode or interpolation.
     """
     if interpolation not in TRAIN_INTERPOLATIONS:
         raise ConfigError(f"unknown interpolation {interpolation!r}; use one of {', '.join(TRAIN_INTERPOLATIONS)}")
     mode = TRAIN_INTERPOLATIONS[interpolation]
-    steps: list = [v2.ToImage(), v2.RandomResizedCrop(img_size, scale=scale, ratio=ratio, interpolation=mode,
-                                                       antialias=True)]
+    steps: list = [v2.ToImage(), _resize_step(img_size, crop_mode, scale, ratio, mode)]
+    if cutout > 0:
+        steps.append(Cutout(cutout))
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(hflip))
     augment_mode = mode if mode in _AUGMENT_MODES else InterpolationMode.BILINEAR
@@ -78,17 +116,39 @@ def create_tensor_eval_transform(mean: tuple[float, ...] | None = None,
     return v2.Compose([v2.ToImage(), *_to_float(mean, std)])
 
 
+def _mix_multi_hot(images: torch.Tensor, targets: torch.Tensor, alpha: float,
+                   cut: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (``cut=False``) or cutmix of a batch with its images rolled by one, multi-hot targets mixed
+    in the same proportion (the share of the pixels for cutmix)."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    rolled = images.roll(1, dims=0)
+    if not cut:
+        return images * lam + rolled * (1 - lam), targets * lam + targets.roll(1, dims=0) * (1 - lam)
+    height, width = images.shape[-2:]
+    box_h, box_w = int(height * (1 - lam) ** 0.5), int(width * (1 - lam) ** 0.5)
+    y, x = int(torch.randint(height, ())), int(torch.randint(width, ()))
+    top, bottom = max(0, y - box_h // 2), min(height, y + box_h // 2)
+    left, right = max(0, x - box_w // 2), min(width, x + box_w // 2)
+    images = images.clone()
+    images[..., top:bottom, left:right] = rolled[..., top:bottom, left:right]
+    kept = 1.0 - (bottom - top) * (right - left) / (height * width)
+    return images, targets * kept + targets.roll(1, dims=0) * (1 - kept)
+
+
 class BatchMix:
     """Mixup and/or cutmix on a batch: ``(images, labels) -> (images, soft targets)``.
 
     A batch is mixed with probability ``prob``, by mixup or cutmix (one of the two at random when both
     alphas are positive); unmixed batches get one-hot targets, so every batch has the same target type.
+    ``labels`` are class indices (torchvision's MixUp / CutMix) or float multi-hot targets ``(N, C)``
+    (multi-label), which are mixed in the images' proportion.
     """
 
     def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
                  prob: float = 1.0) -> None:
         self.num_classes = num_classes
         self.prob = prob
+        self.alphas = [("mixup", mixup_alpha)] * (mixup_alpha > 0) + [("cutmix", cutmix_alpha)] * (cutmix_alpha > 0)
         self.mixers = []
         if mixup_alpha > 0:
             self.mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
@@ -98,9 +158,13 @@ class BatchMix:
             raise ConfigError("BatchMix needs a positive mixup or cutmix alpha")
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        multi_hot = labels.is_floating_point()
         if torch.rand(()).item() >= self.prob:
-            return images, torch.nn.functional.one_hot(labels, self.num_classes).to(images.dtype)
+            return images, labels if multi_hot else torch.nn.functional.one_hot(labels, self.num_classes).to(images.dtype)
         choice = int(torch.randint(len(self.mixers), ()).item())
+        if multi_hot:
+            kind, alpha = self.alphas[choice]
+            return _mix_multi_hot(images, labels.to(images.dtype), alpha, cut=kind == "cutmix")
         return self.mixers[choice](images, labels)
 
 
@@ -112,5 +176,5 @@ def create_batch_mix(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: f
     return BatchMix(num_classes, mixup_alpha, cutmix_alpha, prob)
 
 
-__all__ = ["TRAIN_INTERPOLATIONS", "BatchMix", "create_batch_mix", "create_tensor_eval_transform",
+__all__ = ["TRAIN_INTERPOLATIONS", "BatchMix", "Cutout", "create_batch_mix", "create_tensor_eval_transform",
            "create_train_transform"]

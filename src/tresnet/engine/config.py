@@ -30,20 +30,28 @@ from typing import Any
 import yaml
 
 from tresnet.data.transforms import CROP_MODES
+from tresnet.engine.losses import LOSSES, REDUCTIONS, default_loss
 from tresnet.errors import ConfigError
 from tresnet.files import write_text
 from tresnet.layers import NORMS as LAYER_NORMS
 from tresnet.models.registry import family_of, resolve_norm
 from tresnet.runtime import PRECISIONS, legacy_precision
+from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD, MULTICLASS, MULTILABEL, TASKS
 
 CONFIG_FILE = "config.yaml"  # the effective configuration, saved in the output folder
 DIGITS = "digits"  # the data set bundled with scikit-learn
+DIGITS_MULTILABEL = "digits-multilabel"  # mosaics of those digits, one label per digit present
 DIGITS_RECIPE = "digits-demo"
+# The recipe a run on an embedded data set uses when none is named.
+DEMO_RECIPES = {DIGITS: DIGITS_RECIPE, DIGITS_MULTILABEL: "digits-multilabel-demo"}
+EMBEDDED_DATA = tuple(DEMO_RECIPES)
+HEADS = ("fc", "ml_decoder")
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("onecycle", "cosine", "constant")
 AUTO_AUGMENTS = ("autoaugment", "randaugment")
 ERASE_MODES = ("pixel", "const")
+TRAIN_CROP_MODES = ("random", "squash")
 # The norms a run may choose; distributed runs switch in-place ABN to its synchronised form themselves.
 NORMS = tuple(norm for norm in LAYER_NORMS if norm != "inplace_abn_sync")
 LEGACY_PRECISION_KEYS = ("amp", "amp_dtype")  # deprecated: mapped to ``precision``
@@ -67,7 +75,18 @@ class TrainConfig:
 
     # --- run
     model: str = _opt("model name, e.g. tresnet_m, tresnet_l, tresnet_xl, tresnet_v2_l", "tresnet_m", group="run")
-    data: str | None = _opt("ImageNet-style folder (train/ and val/, or class folders) or 'digits'", group="run")
+    task: str = _opt("multiclass (one class per image) or multilabel (any set of classes per image)", DEFAULT_TASK,
+                     choices=TASKS, group="run")
+    data: str | None = _opt("ImageNet-style folder (train/ and val/, or class folders), 'digits' or "
+                            "'digits-multilabel'; multilabel: an images folder with --annotations, or a labels CSV",
+                            group="run")
+    annotations: str | None = _opt("multilabel: COCO-format annotations of the --data images folder "
+                                   "(instances_train2014.json)", group="run")
+    val_data: str | None = _opt("validation images folder or labels CSV (default: carved out of --data)",
+                                group="run")
+    val_annotations: str | None = _opt("multilabel: COCO-format annotations of --val-data", group="run")
+    classes: str | None = _opt("multilabel CSV: text file of the class names, one per line (default: the names "
+                               "found in the CSV, sorted)", group="run")
     output: str | None = _opt("output folder: checkpoints, metrics, config, summary", group="run")
     resume: bool = _opt("continue the run saved in --output (with its saved configuration)", False, group="run")
     init_checkpoint: str | None = _opt(
@@ -98,6 +117,8 @@ class TrainConfig:
                            group="optimizer")
     schedule: str = _opt("learning-rate schedule, stepped every optimiser step", "cosine", choices=SCHEDULES,
                          group="optimizer")
+    schedule_epochs: int | None = _opt("length of the schedule in epochs when training stops before its end "
+                                       "(default: epochs)", group="optimizer")
     warmup_epochs: float = _opt("cosine/constant: linear warm-up length in epochs", 0.0, group="optimizer")
     warmup_start_factor: float = _opt("cosine/constant: warm-up starts at lr x this", 0.01,
                                       group="optimizer")
@@ -106,13 +127,23 @@ class TrainConfig:
     div_factor: float = _opt("one-cycle: the first lr is lr / this", 25.0, group="optimizer")
     final_div_factor: float = _opt("one-cycle: the last lr is lr / div_factor / this", 1e4, group="optimizer")
     clip_grad: float | None = _opt("clip the gradient norm to this (none by default)", group="optimizer")
-    label_smoothing: float = _opt("label smoothing of the cross-entropy", 0.1, group="optimizer")
+    loss: str | None = _opt("loss (default: ce for multiclass, asl for multilabel)", choices=LOSSES,
+                            group="optimizer")
+    loss_reduction: str = _opt("multilabel losses: mean over every (image, class) pair, or the sum (the "
+                               "official ASL's)", "mean", choices=REDUCTIONS, group="optimizer")
+    asl_gamma_neg: float = _opt("ASL: focusing exponent of the negatives", 4.0, group="optimizer")
+    asl_gamma_pos: float = _opt("ASL: focusing exponent of the positives", 0.0, group="optimizer")
+    asl_clip: float = _opt("ASL: probability margin shifted off the negatives", 0.05, group="optimizer")
+    focal_gamma: float = _opt("focal loss: focusing exponent", 2.0, group="optimizer")
+    label_smoothing: float = _opt("label smoothing of the cross-entropy (multiclass)", 0.1, group="optimizer")
     ema_decay: float = _opt("decay per step of the weights' moving average (0: no EMA)", 0.0,
                             group="optimizer")
     ema_warmup: bool = _opt("EMA: decay min(ema_decay, (1 + n) / (10 + n)) at update n (short runs)", False,
                             group="optimizer")
     # --- model options
     img_size: int | None = _opt("training and validation image side (default: the model's)", group="model")
+    head: str = _opt("classifier head: fc (pooling + linear) or ml_decoder (ML-Decoder)", "fc", choices=HEADS,
+                     group="model")
     drop_path: float = _opt("stochastic depth rate of the last block", 0.0, group="model")
     drop_rate: float = _opt("dropout before the classifier", 0.0, group="model")
     norm: str | None = _opt("norm layers: in-place ABN (TResNet's) or plain BatchNorm (default: the model "
@@ -127,6 +158,11 @@ class TrainConfig:
                             group="data")
     split_seed: int = _opt("seed of that split (fixed so that --seed does not change the val set)", 0,
                            group="data")
+    threshold: float = _opt("multilabel: a label is predicted above this probability (CP/CR/CF1/OP/OR/OF1)",
+                            DEFAULT_THRESHOLD, group="data")
+    train_crop_mode: str = _opt("training crop: random-resized crop, or squash the whole image to the size "
+                                "(multilabel recipes: no object cut away)", "random", choices=TRAIN_CROP_MODES,
+                                group="data")
     scale: tuple[float, float] = _opt("random-resized-crop area range", group="data",
                                       factory=lambda: (0.08, 1.0))
     ratio: tuple[float, float] = _opt("random-resized-crop aspect range", group="data",
@@ -139,6 +175,8 @@ class TrainConfig:
     random_erase: float = _opt("random erasing (Cutout) probability", 0.0, group="data")
     random_erase_mode: str = _opt("fill erased boxes with per-pixel noise or zeros", "pixel",
                                   choices=ERASE_MODES, group="data")
+    cutout: float = _opt("Cutout as in ASL: a box of this fraction of the height and width, at a random centre, "
+                         "filled with one random colour, on every image (0: off)", 0.0, group="data")
     mixup: float = _opt("mixup alpha (0: off)", 0.0, group="data")
     cutmix: float = _opt("cutmix alpha (0: off)", 0.0, group="data")
     mix_prob: float = _opt("probability of mixing a batch when mixup or cutmix is on", 1.0, group="data")
@@ -159,6 +197,7 @@ class TrainConfig:
         _check_required(self)
         _check_choices(self)
         _check_model_and_norm(self)
+        _check_task(self)
         _check_signs(self)
         _check_intervals(self)
         _check_augmentation_and_schedule(self)
@@ -178,7 +217,9 @@ def _plain(value: Any) -> Any:
 
 def _check_required(cfg: TrainConfig) -> None:
     if not cfg.data:
-        raise ConfigError("no training data: pass --data DIR (ImageNet-style folders) or --data digits")
+        raise ConfigError("no training data: pass --data DIR (ImageNet-style folders), --data digits, or for "
+                          "--task multilabel --data digits-multilabel, an images folder with --annotations FILE "
+                          "or a labels CSV")
     if not cfg.output:
         raise ConfigError("no output folder: pass --output DIR")
 
@@ -200,6 +241,26 @@ def _check_model_and_norm(cfg: TrainConfig) -> None:
                           f"--norm {family.norms[0]}")
 
 
+def _check_task(cfg: TrainConfig) -> None:
+    """The data, the loss and the multilabel-only options fit the task (:class:`ConfigError` otherwise)."""
+    embedded_task = {DIGITS: MULTICLASS, DIGITS_MULTILABEL: MULTILABEL}.get(cfg.data)
+    if embedded_task is not None and embedded_task != cfg.task:
+        raise ConfigError(f"--data {cfg.data} is a {embedded_task} data set, but the task is {cfg.task}: "
+                          f"pass --task {embedded_task}")
+    loss = cfg.loss or default_loss(cfg.task)
+    if loss != default_loss(cfg.task) and (loss == "ce") != (cfg.task == MULTICLASS):
+        fits = "ce" if cfg.task == MULTICLASS else "bce, focal or asl"
+        raise ConfigError(f"loss {loss!r} does not fit --task {cfg.task}: use {fits}")
+    if cfg.task == MULTICLASS:
+        given = [name for name in ("annotations", "val_annotations", "classes") if getattr(cfg, name)]
+        if given:
+            raise ConfigError(f"{', '.join(given)} describe multilabel data: pass --task multilabel, or drop them")
+    if embedded_task is not None and (cfg.annotations or cfg.val_data):
+        raise ConfigError(f"--data {cfg.data} is embedded: it takes no --annotations or --val-data")
+    if cfg.val_annotations and not cfg.val_data:
+        raise ConfigError("--val-annotations describes --val-data: pass the validation images folder too")
+
+
 def with_model_defaults(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with the values that default to the model family's filled in (``norm``): what a run saves
     in ``config.yaml`` and compares when resumed."""
@@ -213,14 +274,16 @@ def _optional_values(cfg: TrainConfig, names: tuple[str, ...]) -> dict:
 def _check_signs(cfg: TrainConfig) -> None:
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "log_interval": cfg.log_interval,
                 **_optional_values(cfg, ("max_steps_per_epoch", "max_val_images", "img_size", "clip_grad",
-                                         "threads"))}
+                                         "threads", "schedule_epochs"))}
     for name, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{name} must be positive, got {value}")
     non_negative = {"weight_decay": cfg.weight_decay, "momentum": cfg.momentum, "seed": cfg.seed,
                     "split_seed": cfg.split_seed, "warmup_epochs": cfg.warmup_epochs, "mixup": cfg.mixup,
                     "cutmix": cfg.cutmix, "randaugment_ops": cfg.randaugment_ops,
-                    "final_lr_factor": cfg.final_lr_factor, **_optional_values(cfg, ("workers",))}
+                    "final_lr_factor": cfg.final_lr_factor, "asl_gamma_neg": cfg.asl_gamma_neg,
+                    "asl_gamma_pos": cfg.asl_gamma_pos, "focal_gamma": cfg.focal_gamma,
+                    **_optional_values(cfg, ("workers",))}
     for name, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{name} must be 0 or more, got {value}")
@@ -229,11 +292,12 @@ def _check_signs(cfg: TrainConfig) -> None:
 def _check_intervals(cfg: TrainConfig) -> None:
     fractions = {"label_smoothing": cfg.label_smoothing, "ema_decay": cfg.ema_decay, "drop_path": cfg.drop_path,
                  "drop_rate": cfg.drop_rate, "hflip": cfg.hflip, "random_erase": cfg.random_erase,
-                 "mix_prob": cfg.mix_prob}
+                 "mix_prob": cfg.mix_prob, "asl_clip": cfg.asl_clip, "cutout": cfg.cutout}
+    half_open = ("label_smoothing", "ema_decay", "drop_rate", "asl_clip", "cutout")
     for name, value in fractions.items():
-        if not 0.0 <= value <= 1.0 or (name in ("label_smoothing", "ema_decay", "drop_rate") and value == 1.0):
+        if not 0.0 <= value <= 1.0 or (name in half_open and value == 1.0):
             raise ConfigError(f"{name} must lie in [0, 1), got {value}")
-    for name, value in {"val_split": cfg.val_split, "pct_start": cfg.pct_start}.items():
+    for name, value in {"val_split": cfg.val_split, "pct_start": cfg.pct_start, "threshold": cfg.threshold}.items():
         if not 0.0 < value < 1.0:
             raise ConfigError(f"{name} must lie in (0, 1), got {value}")
     if not 0.0 < cfg.warmup_start_factor <= 1.0:
@@ -255,6 +319,9 @@ def _check_augmentation_and_schedule(cfg: TrainConfig) -> None:
                           f"{cfg.final_div_factor}")
     if not math.isfinite(cfg.lr):
         raise ConfigError(f"lr must be finite, got {cfg.lr}")
+    if cfg.schedule_epochs is not None and cfg.schedule_epochs < cfg.epochs:
+        raise ConfigError(f"schedule_epochs ({cfg.schedule_epochs}) is the schedule's length: it must be at least "
+                          f"epochs ({cfg.epochs})")
 
 
 # --- fields: names, types, coercion ----------------------------------------------------------------
@@ -468,11 +535,11 @@ def check_resume(given: Mapping[str, Any], saved: Mapping[str, Any], output: str
 
 
 def run_recipe(recipe: str | Path | None, overrides: Mapping[str, Any]) -> str | Path | None:
-    """The recipe a run given ``recipe`` and the options ``overrides`` uses: ``digits-demo`` for
-    ``--data digits`` without one, and the family form of a shipped recipe (:func:`recipe_for_model`)
+    """The recipe a run given ``recipe`` and the options ``overrides`` uses: the demo recipe of an embedded
+    data set without one (``digits-demo``, ``digits-multilabel-demo``), and the family form of a shipped recipe (:func:`recipe_for_model`)
     for the model of the options (else of the recipe, else the default ``tresnet_m``)."""
-    if recipe is None and overrides.get("data") == DIGITS:
-        recipe = DIGITS_RECIPE
+    if recipe is None and overrides.get("data") in DEMO_RECIPES:
+        recipe = DEMO_RECIPES[overrides["data"]]
     if recipe is None:
         return None
     model = overrides.get("model") or load_recipe(recipe).get("model") or FIELDS["model"].default
@@ -505,7 +572,7 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     write_text(path, text + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-__all__ = ["CONFIG_FILE", "DIGITS", "FIELDS", "LEGACY_PRECISION_KEYS", "NORMS", "RESUME_FREE", "TrainConfig",
+__all__ = ["CONFIG_FILE", "DEMO_RECIPES", "DIGITS", "DIGITS_MULTILABEL", "EMBEDDED_DATA", "FIELDS", "HEADS", "LEGACY_PRECISION_KEYS", "NORMS", "RESUME_FREE", "TrainConfig",
            "build_config", "check_resume", "coerce_value", "coerce_values", "field_type", "list_recipes",
            "load_recipe", "recipe_for_model", "recipe_path", "run_recipe", "save_config", "saved_config",
            "with_model_defaults"]

@@ -1,19 +1,25 @@
-"""The data sets of a training run: ImageNet-style folders (with a val split carved out when there
-is none) or the bundled digits, with the training augmentation and the model's eval transform; both
-normalise as the model's configuration says (:func:`tresnet.data.transforms.normalisation`)."""
+"""The data sets of a training run, with the training augmentation and the model's eval transform; both
+normalise as the model's configuration says (:func:`tresnet.data.transforms.normalisation`).
+
+Multiclass: ImageNet-style folders (with a val split carved out when there is none) or the bundled
+digits. Multilabel: COCO-format annotations of an images folder or a labels CSV
+(:func:`tresnet.data.multilabel.open_multilabel`; val from ``val_data``, else a seeded random
+``val_split`` of the training images), or the bundled digit mosaics (``digits-multilabel``)."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch.utils.data import Dataset, Subset
 
 from tresnet.data.datasets import ImageFolderDataset
 from tresnet.data.splits import stratified_split
 from tresnet.data.transforms import normalisation
-from tresnet.engine.config import DIGITS, TrainConfig
+from tresnet.engine.config import DIGITS, DIGITS_MULTILABEL, TrainConfig
 from tresnet.errors import DataError
 
 TRAIN_FOLDERS = ("train",)
@@ -65,7 +71,8 @@ def _train_transform(cfg: TrainConfig, pretrained_cfg: dict, img_size: int):
         img_size, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, auto_augment=cfg.auto_augment,
         randaugment_magnitude=cfg.randaugment_magnitude, randaugment_ops=cfg.randaugment_ops,
         random_erase=cfg.random_erase, random_erase_mode=cfg.random_erase_mode,
-        interpolation=pretrained_cfg.get("interpolation", "bilinear"), **_mean_std(pretrained_cfg))
+        interpolation=pretrained_cfg.get("interpolation", "bilinear"), crop_mode=cfg.train_crop_mode,
+        cutout=cfg.cutout, **_mean_std(pretrained_cfg))
 
 
 def _digits_data(cfg: TrainConfig, pretrained_cfg: dict, train_tf, img_size: int) -> TrainData:
@@ -118,18 +125,69 @@ def _folder_data(cfg: TrainConfig, pretrained_cfg: dict, train_tf, img_size: int
                      f"{described}, {len(train_full.classes)} classes at {img_size}px")
 
 
+def _digits_mosaic_data(cfg: TrainConfig, pretrained_cfg: dict, train_tf, img_size: int) -> TrainData:
+    from tresnet.data.digits_mosaic import DigitsMosaicDataset
+    from tresnet.data.train_transforms import create_tensor_eval_transform
+
+    eval_tf = create_tensor_eval_transform(**_mean_std(pretrained_cfg))
+    train = DigitsMosaicDataset("train", img_size, train_tf, val_fraction=cfg.val_split, split_seed=cfg.split_seed)
+    val = DigitsMosaicDataset("val", img_size, eval_tf, val_fraction=cfg.val_split, split_seed=cfg.split_seed)
+    return TrainData(train, val, list(train.classes),
+                     f"digit mosaics (scikit-learn's digits, multilabel): {len(train)} train / {len(val)} val "
+                     f"images at {img_size}px, val from other source digits")
+
+
+def random_split(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded random ``(train, val)`` split of ``range(count)``, val ``round(val_fraction * count)``
+    indices (at least one), both sorted (multi-label sets have no single class to stratify by)."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    cut = min(count - 1, max(1, round(val_fraction * count)))
+    return sorted(order[cut:]), sorted(order[:cut])
+
+
+def _multilabel_files(cfg: TrainConfig, pretrained_cfg: dict, train_tf, img_size: int) -> TrainData:
+    """Annotated images (COCO json or labels CSV); val from ``val_data`` or carved out with ``split_seed``."""
+    from tresnet.data.multilabel import open_multilabel
+    from tresnet.data.transforms import create_eval_transform
+
+    eval_tf = create_eval_transform(eval_config(pretrained_cfg, cfg), img_size)
+    train = open_multilabel(cfg.data, annotations=cfg.annotations, classes=cfg.classes, transform=train_tf)
+    if cfg.val_data:
+        val = open_multilabel(cfg.val_data, annotations=cfg.val_annotations, classes=cfg.classes or train.classes,
+                              transform=eval_tf)
+        if list(val.classes) != list(train.classes):
+            raise DataError(f"the classes of {val.source} differ from those of {train.source} (first: "
+                            f"{list(val.classes)[:3]} vs {list(train.classes)[:3]}): they must be the same, in order")
+        return TrainData(train, val, list(train.classes),
+                         f"{train.source} ({len(train)} images) / {val.source} ({len(val)} images), "
+                         f"{len(train.classes)} classes (multilabel) at {img_size}px")
+    if len(train) < 2:
+        raise DataError(f"{train.source} has too few images ({len(train)}) to carve a validation split")
+    train_idx, val_idx = random_split(len(train), cfg.val_split, cfg.split_seed)
+    val_full = copy.copy(train)
+    val_full.transform, val_full.skipped_files = eval_tf, set()
+    return TrainData(Subset(train, train_idx), Subset(val_full, val_idx), list(train.classes),
+                     f"{train.source}: {len(train_idx)} train / {len(val_idx)} val images (val carved with seed "
+                     f"{cfg.split_seed}), {len(train.classes)} classes (multilabel) at {img_size}px")
+
+
 def build_train_data(cfg: TrainConfig, pretrained_cfg: dict, img_size: int) -> TrainData:
     """Training set (with augmentation) and validation set (with the eval transform) named by ``cfg.data``.
 
     A folder holding ``train/`` (and ``val/`` or ``validation/``) is used as such; a folder of class
     sub-folders, or ``train/`` alone, gives val by a stratified ``cfg.val_split`` carved with
-    ``cfg.split_seed`` (:func:`tresnet.data.splits.stratified_split`). Raises :class:`DataError` for
-    missing folders, folders without classes, or train and val folders with different classes.
+    ``cfg.split_seed`` (:func:`tresnet.data.splits.stratified_split`). Multilabel data: see the module
+    docstring. Raises :class:`DataError` for missing folders or files, folders without classes, bad
+    annotations, or train and val sets with different classes.
     """
     train_tf = _train_transform(cfg, pretrained_cfg, img_size)
     if cfg.data == DIGITS:
         return _digits_data(cfg, pretrained_cfg, train_tf, img_size)
+    if cfg.data == DIGITS_MULTILABEL:
+        return _digits_mosaic_data(cfg, pretrained_cfg, train_tf, img_size)
+    if cfg.task == "multilabel":
+        return _multilabel_files(cfg, pretrained_cfg, train_tf, img_size)
     return _folder_data(cfg, pretrained_cfg, train_tf, img_size)
 
 
-__all__ = ["TrainData", "build_train_data", "carve_split", "eval_config"]
+__all__ = ["TrainData", "build_train_data", "carve_split", "eval_config", "random_split"]

@@ -35,13 +35,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def create_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0,
                      momentum: float = 0.9) -> torch.optim.Optimizer:
-    """``"sgd"`` (with momentum) or ``"adamw"`` over :func:`param_groups` of ``model``."""
+    """``"sgd"`` (with momentum), ``"adamw"`` (decoupled decay) or ``"adam"`` (the decay added to the
+    gradient, as the ASL and ML-Decoder training scripts do) over :func:`param_groups` of ``model``."""
     groups = param_groups(model, weight_decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
-    raise ConfigError(f"unknown optimizer {name!r}; choose sgd or adamw")
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    raise ConfigError(f"unknown optimizer {name!r}; choose sgd, adamw or adam")
 
 
 class WarmupCosine:

@@ -3,8 +3,8 @@
 :func:`train` runs a :class:`~tresnet.engine.config.TrainConfig` and writes into ``cfg.output``:
 
 - ``config.yaml``: the effective configuration (reusable with ``--config``);
-- ``last.safetensors`` / ``best.safetensors``: weights in our format with the class names (best is
-  the model or its EMA, whichever scored higher);
+- ``last.safetensors`` / ``best.safetensors``: weights in our format with the class names and the task
+  (best is the model or its EMA, whichever scored higher: top-1 for multiclass, mAP for multilabel);
 - ``resume.pt``: everything ``--resume`` needs (model, optimiser, scheduler, scaler, EMA, RNG states,
   epoch, step, metrics so far);
 - ``metrics.csv``, ``tensorboard/`` (if installed), ``metrics.png`` (if matplotlib is installed);
@@ -41,6 +41,7 @@ from tresnet.data.transforms import describe_normalisation
 from tresnet.engine import distributed
 from tresnet.engine.config import (
     CONFIG_FILE,
+    EMBEDDED_DATA,
     TrainConfig,
     check_resume,
     save_config,
@@ -48,9 +49,11 @@ from tresnet.engine.config import (
     with_model_defaults,
 )
 from tresnet.engine.distributed import DistInfo, SeededSamples, ShardedEpochSampler, derive_seed
+from tresnet.engine.losses import default_loss
 from tresnet.errors import ConfigError, TResNetError
 from tresnet.files import atomic_write, write_text
 from tresnet.runtime import autocast, check_precision, needs_grad_scaler
+from tresnet.tasks import MULTILABEL
 
 RESUME_FILE = "resume.pt"
 LAST_FILE = "last.safetensors"
@@ -60,7 +63,8 @@ PLOT_FILE = "metrics.png"
 SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tensorboard"
 METRIC_COLUMNS = ("epoch", "train_loss", "lr", "val_loss", "val_top1", "val_top5", "ema_top1", "ema_top5",
-                  "train_img_per_s", "epoch_seconds")
+                  "val_map", "ema_map", "val_cf1", "val_of1", "train_img_per_s", "epoch_seconds")
+METRIC_TITLES = {"top1": "top-1", "map": "mAP"}  # the score that picks the best weights, per task
 
 Callback = Callable[[str, dict], None]
 
@@ -108,7 +112,7 @@ def set_rng_states(states: dict) -> None:
 def _default_workers(cfg: TrainConfig, info: DistInfo) -> int:
     if cfg.workers is not None:
         return cfg.workers
-    if cfg.data == "digits":  # in-memory tensors: worker processes cost more than they save
+    if cfg.data in EMBEDDED_DATA:  # in-memory tensors: worker processes cost more than they save
         return 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(0, min(8, cpus // info.world_size - 1))
@@ -158,7 +162,7 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
     write_text(path, buffer.getvalue())
 
 
-def _write_plot(path: Path, history: list[dict]) -> bool:
+def _write_plot(path: Path, history: list[dict], metric: str = "top1") -> bool:
     try:
         import matplotlib
 
@@ -168,16 +172,20 @@ def _write_plot(path: Path, history: list[dict]) -> bool:
         return False
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [row["train_loss"] for row in history], label="train (with label smoothing)")
-    ax_loss.plot(epochs, [row["val_loss"] for row in history], label="val")
+    multilabel = metric == "map"
+    ax_loss.plot(epochs, [row["train_loss"] for row in history],
+                 label="train" if multilabel else "train (with label smoothing)")
+    ax_loss.plot(epochs, [row["val_loss"] for row in history], label="val (BCE)" if multilabel else "val")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.set_ylabel("training loss, val BCE" if multilabel else "cross-entropy")
     ax_loss.legend()
-    ax_acc.plot(epochs, [100 * row["val_top1"] for row in history], label="val top-1")
-    if any(row.get("ema_top1") is not None for row in history):
-        ax_acc.plot(epochs, [100 * (row.get("ema_top1") or float("nan")) for row in history], label="EMA top-1")
+    title = METRIC_TITLES[metric]
+    ax_acc.plot(epochs, [100 * row[f"val_{metric}"] for row in history], label=f"val {title}")
+    if any(row.get(f"ema_{metric}") is not None for row in history):
+        ax_acc.plot(epochs, [100 * (row.get(f"ema_{metric}") or float("nan")) for row in history],
+                    label=f"EMA {title}")
     ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.set_ylabel("mAP (%)" if multilabel else "accuracy (%)")
     ax_acc.legend()
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
@@ -247,7 +255,8 @@ class _Trainer:
         self._build_optimisation()
         self.start_epoch, self.step, self.history = 0, 0, []
         self.last_lr = self.optimizer.param_groups[0]["lr"]
-        self.best = {"top1": -1.0, "epoch": 0, "weights": "model"}
+        self.metric = "map" if cfg.task == MULTILABEL else "top1"
+        self.best = {"score": -1.0, "epoch": 0, "weights": "model"}
         if resume_state is not None:
             self._load_resume_state(resume_state)
 
@@ -276,7 +285,8 @@ class _Trainer:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model = tresnet.create_model(cfg.model, checkpoint_path=init, num_classes=len(self.data.class_names),
-                                         drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path, norm=self.norm)
+                                         drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path, norm=self.norm,
+                                         head=cfg.head, task=cfg.task)
         for w in caught:
             _say(info, f"note: {w.message}")
         model.check_input_size(self.img_size, self.img_size)
@@ -314,19 +324,22 @@ class _Trainer:
         """Optimiser, schedule, loss scaler, EMA, loss and batch mixing."""
         from tresnet.data.train_transforms import create_batch_mix
         from tresnet.engine.ema import ModelEma
+        from tresnet.engine.losses import create_loss
         from tresnet.engine.optim import create_optimizer, create_scheduler
 
         cfg = self.cfg
         self.optimizer = create_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
         self.scheduler = create_scheduler(
-            self.optimizer, cfg.schedule, cfg.epochs * self.steps_per_epoch,
+            self.optimizer, cfg.schedule, (cfg.schedule_epochs or cfg.epochs) * self.steps_per_epoch,
             warmup_steps=round(cfg.warmup_epochs * self.steps_per_epoch),
             warmup_start_factor=cfg.warmup_start_factor, final_lr_factor=cfg.final_lr_factor,
             pct_start=cfg.pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=needs_grad_scaler(cfg.precision, self.device))
         self.ema = ModelEma(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.criterion = create_loss(cfg.loss, task=cfg.task, label_smoothing=cfg.label_smoothing,
+                                     gamma_neg=cfg.asl_gamma_neg, gamma_pos=cfg.asl_gamma_pos, clip=cfg.asl_clip,
+                                     focal_gamma=cfg.focal_gamma, reduction=cfg.loss_reduction)
         self.batch_mix = create_batch_mix(len(self.data.class_names), cfg.mixup, cfg.cutmix, cfg.mix_prob)
 
     def _load_resume_state(self, state: dict) -> None:
@@ -340,6 +353,8 @@ class _Trainer:
         self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history = [dict(row) for row in state["history"]]
         self.best = dict(state["best"])
+        if "score" not in self.best:  # a run saved by an earlier version, which kept the top-1 only
+            self.best["score"] = self.best.pop("top1")
         _say(self.info, f"resuming {self.output} after epoch {self.start_epoch} (step {self.step})")
 
     def _resume_state(self, epoch: int) -> dict:
@@ -440,6 +455,10 @@ class _Trainer:
         return mean
 
     def evaluate(self, model: nn.Module, desc: str) -> dict:
+        """The validation metrics of ``model`` over every process's share: ``score`` (top-1 or mAP, a
+        fraction), ``loss``, ``images`` and the task's own (``top1``/``top5``; ``map``/``cf1``/``of1``)."""
+        if self.cfg.task == MULTILABEL:
+            return self._evaluate_multilabel(model, desc)
         from tresnet.engine.evaluate import evaluate
 
         result = evaluate(model, self.val_loader, self.device, precision=self.cfg.precision,
@@ -449,7 +468,18 @@ class _Trainer:
             [result["correct_top1"], result["correct_top5"], result["loss"] * result["images"], result["images"]],
             self.info)
         top1, top5, loss, images = sums
-        return {"top1": top1 / images, "top5": top5 / images, "loss": loss / images, "images": int(images)}
+        return {"score": top1 / images, "top1": top1 / images, "top5": top5 / images, "loss": loss / images,
+                "images": int(images)}
+
+    def _evaluate_multilabel(self, model: nn.Module, desc: str) -> dict:
+        from tresnet.engine.evaluate import evaluate_multilabel
+
+        result = evaluate_multilabel(model, self.val_loader, self.device, precision=self.cfg.precision,
+                                     channels_last=self.cfg.channels_last, limit=self._val_limit(),
+                                     progress=self.cfg.progress and self.info.is_main, desc=desc,
+                                     threshold=self.cfg.threshold, info=self.info)
+        return {"score": result["map"], "map": result["map"], "cf1": result["cf1"], "of1": result["of1"],
+                "loss": result["loss"], "images": result["images"]}
 
     def _val_limit(self) -> int | None:
         if self.cfg.max_val_images is None:
@@ -459,25 +489,25 @@ class _Trainer:
 
     # saving ------------------------------------------------------------------------------------------
 
-    def _weights_metadata(self, epoch: int, top1: float, weights: str) -> dict:
-        # model, arch, norm and the classes are written by save_checkpoint itself
-        return {"epoch": epoch, "top1": top1, "weights": weights, "img_size": self.img_size,
+    def _weights_metadata(self, epoch: int, score: float, weights: str) -> dict:
+        # model, arch, norm, task, head and the classes are written by save_checkpoint itself
+        return {"epoch": epoch, self.metric: score, "weights": weights, "img_size": self.img_size,
                 "precision": self.cfg.precision, "trained_on": str(self.cfg.data)}
 
     def save_epoch(self, epoch: int, row: dict, tensorboard) -> None:
         """Rank 0: weights, metrics and the resume state of a finished epoch (resume state last)."""
         names = self.data.class_names
         save_checkpoint(self.model, self.output / LAST_FILE, class_names=names,
-                        metadata=self._weights_metadata(epoch, row["val_top1"], "model"))
+                        metadata=self._weights_metadata(epoch, row[f"val_{self.metric}"], "model"))
         if self.best["epoch"] == epoch:
             best_model = self.ema.module if self.best["weights"] == "ema" else self.model
             save_checkpoint(best_model, self.output / BEST_FILE, class_names=names,
-                            metadata=self._weights_metadata(epoch, self.best["top1"], self.best["weights"]))
+                            metadata=self._weights_metadata(epoch, self.best["score"], self.best["weights"]))
         _write_metrics_csv(self.output / METRICS_FILE, self.history)
-        _write_plot(self.output / PLOT_FILE, self.history)
+        _write_plot(self.output / PLOT_FILE, self.history, self.metric)
         if tensorboard is not None:
-            for key in ("train_loss", "val_loss", "val_top1", "val_top5", "ema_top1", "ema_top5", "lr",
-                        "train_img_per_s"):
+            for key in ("train_loss", "val_loss", "val_top1", "val_top5", "ema_top1", "ema_top5", "val_map",
+                        "ema_map", "lr", "train_img_per_s"):
                 if row.get(key) is not None:
                     tensorboard.add_scalar(key.replace("_", "/", 1), row[key], epoch)
             tensorboard.flush()
@@ -488,17 +518,19 @@ class _Trainer:
         train_images = sum(row["train_images"] for row in self.history)
         train_seconds = sum(row["train_seconds"] for row in self.history)
         last = self.history[-1] if self.history else {}
+        metric = self.metric
         return {
-            "best_top1": self.best["top1"],
+            f"best_{metric}": self.best["score"],
             "best_epoch": self.best["epoch"],
             "best_weights": self.best["weights"],
-            "final_top1": last.get("val_top1"),
-            "final_ema_top1": last.get("ema_top1"),
+            f"final_{metric}": last.get(f"val_{metric}"),
+            f"final_ema_{metric}": last.get(f"ema_{metric}"),
             "epochs": len(self.history),
             "images_per_s": train_images / train_seconds if train_seconds else None,
             "seconds": sum(row["epoch_seconds"] for row in self.history),
             "session_seconds": session_seconds,
             "model": self.cfg.model,
+            "task": self.cfg.task,
             "data": str(self.cfg.data),
             "num_classes": len(self.data.class_names),
             "img_size": self.img_size,
@@ -527,7 +559,8 @@ class _Trainer:
         summary = self.summary(time.perf_counter() - session_start)
         if self.info.is_main:
             write_text(self.output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-            _say(self.info, f"best val top-1 {100 * summary['best_top1']:.2f}% ({summary['best_weights']} weights, "
+            _say(self.info, f"best val {METRIC_TITLES[self.metric]} {100 * summary[f'best_{self.metric}']:.2f}% "
+                            f"({summary['best_weights']} weights, "
                             f"epoch {summary['best_epoch']}) after {summary['epochs']} epochs, "
                             f"{summary['seconds'] / 60:.1f} min; weights in {self.output / BEST_FILE}")
         return summary
@@ -536,11 +569,21 @@ class _Trainer:
         cfg, info = self.cfg, self.info
         n_params = sum(p.numel() for p in self.model.parameters())
         precision = f", precision {cfg.precision}" if cfg.precision != "fp32" else ""
-        _say(info, f"training {cfg.model} ({n_params / 1e6:.1f}M parameters) on {self.data.description}; "
+        task = f"multilabel ({cfg.loss or default_loss(cfg.task)} loss), " if cfg.task == MULTILABEL else ""
+        head = ", ML-Decoder head" if cfg.head == "ml_decoder" else ""
+        _say(info, f"training {cfg.model} ({n_params / 1e6:.1f}M parameters{head}) on {task}{self.data.description}; "
                    f"{cfg.epochs} epochs x {self.steps_per_epoch} steps of {cfg.batch_size}"
                    f"{f' x {info.world_size} processes' if info.distributed else ''}, {cfg.optimizer} "
                    f"{cfg.schedule} lr {cfg.lr:g}{precision}, norm {self._norm_description()}, inputs {self.inputs}, device {self.device}; writing to "
                    f"{self.output}")
+
+    def _task_columns(self, val: dict, ema_val: dict | None) -> dict:
+        """The metrics row's validation columns of the run's task (the other task's stay empty)."""
+        if self.metric == "map":
+            return {"val_map": val["map"], "ema_map": ema_val["map"] if ema_val else None, "val_cf1": val["cf1"],
+                    "val_of1": val["of1"]}
+        return {"val_top1": val["top1"], "val_top5": val["top5"], "ema_top1": ema_val["top1"] if ema_val else None,
+                "ema_top5": ema_val["top5"] if ema_val else None}
 
     def run_epoch(self, epoch: int, tensorboard) -> dict:
         """Train and evaluate epoch ``epoch`` (from 0), keep the best weights, save, report; its metrics row."""
@@ -553,25 +596,23 @@ class _Trainer:
             "train_loss": stats["train_loss"],
             "lr": self.last_lr,
             "val_loss": val["loss"],
-            "val_top1": val["top1"],
-            "val_top5": val["top5"],
-            "ema_top1": ema_val["top1"] if ema_val else None,
-            "ema_top5": ema_val["top5"] if ema_val else None,
+            **self._task_columns(val, ema_val),
             "train_img_per_s": stats["train_images"] / max(stats["train_seconds"], 1e-9),
             "train_images": stats["train_images"],
             "train_seconds": stats["train_seconds"],
         }
-        for top1, weights in ((val["top1"], "model"), (ema_val["top1"] if ema_val else -1.0, "ema")):
-            if top1 > self.best["top1"]:
-                self.best = {"top1": top1, "epoch": epoch + 1, "weights": weights}
+        for score, weights in ((val["score"], "model"), (ema_val["score"] if ema_val else -1.0, "ema")):
+            if score > self.best["score"]:
+                self.best = {"score": score, "epoch": epoch + 1, "weights": weights}
         row["epoch_seconds"] = time.perf_counter() - epoch_start
         self.history.append(row)
         if self.info.is_main:
             self.save_epoch(epoch + 1, row, tensorboard)
         distributed.barrier(self.info)
-        ema_text = f"  EMA top-1 {100 * row['ema_top1']:.2f}%" if ema_val else ""
-        _say(self.info, f"epoch {epoch + 1}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  val top-1 "
-                        f"{100 * row['val_top1']:.2f}%{ema_text}  lr {row['lr']:.3g}  "
+        title, metric = METRIC_TITLES[self.metric], self.metric
+        ema_text = f"  EMA {title} {100 * row[f'ema_{metric}']:.2f}%" if ema_val else ""
+        _say(self.info, f"epoch {epoch + 1}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  val {title} "
+                        f"{100 * row[f'val_{metric}']:.2f}%{ema_text}  lr {row['lr']:.3g}  "
                         f"{row['train_img_per_s']:.0f} img/s  {row['epoch_seconds']:.1f} s")
         self._event("epoch", epoch=epoch, row=row)
         return row
