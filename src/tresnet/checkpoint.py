@@ -5,7 +5,13 @@ a timm state dict needs no conversion; each family's other layouts (:class:`~tre
 CheckpointFormat`: TResNet's and GENet's official releases) are recognised by a marker key and converted
 by the family's own function. Our own files are safetensors whose metadata names the family, the model
 (``model``: the registered name, e.g. ``tresnet_m_448``), the network it builds (``arch``: e.g.
-``tresnet_m``) and the classes.
+``tresnet_m``), the classes, the task (``multiclass`` / ``multilabel``) and the head (``fc`` /
+``ml_decoder``).
+
+The multi-label releases are read too: ASL's (Alibaba-MIIL/ASL) and ML-Decoder's (Alibaba-MIIL/ML_Decoder)
+files are ``{"model": state, "idx_to_class": {index: name}, ...}`` with the official TResNet body and an
+``head.fc`` (ASL) or ML-Decoder (``head.decoder.*``) head: they load as ``task="multilabel"`` with their
+class names.
 
 A file is read once: :func:`open_checkpoint` decodes its tensors, :func:`read_checkpoint_metadata` reads
 only a safetensors file's header (a pickle has no header, so it is decoded whole).
@@ -26,6 +32,8 @@ from torch import nn
 
 from tresnet.errors import CheckpointError, FileWriteError
 from tresnet.files import atomic_write  # re-exported: code written before tresnet.files imports it from here
+from tresnet.layers.ml_decoder import MARKER as ML_DECODER_MARKER
+from tresnet.layers.ml_decoder import ml_decoder_options
 from tresnet.models.family import CheckpointFormat, Family
 from tresnet.models.registry import FAMILIES, MODEL_CONFIGS, family_of_arch
 
@@ -37,6 +45,7 @@ from tresnet.models.tresnet_formats import (  # noqa: F401
     official_key,
     to_official,
 )
+from tresnet.tasks import MULTILABEL
 from tresnet.version import __version__
 
 FORMAT_OURS = "tresnet"
@@ -134,6 +143,25 @@ def _unwrap(obj: dict) -> dict:
     return state
 
 
+def _release_extras(obj: dict) -> dict:
+    """What a multi-label release file says besides its tensors: ASL's and ML-Decoder's ``idx_to_class``
+    (``{index: name}``) gives ``class_names`` in index order and ``task="multilabel"``."""
+    idx_to_class = obj.get("idx_to_class")
+    if not isinstance(idx_to_class, dict) or not idx_to_class:
+        return {}
+    items = list(idx_to_class.items())
+    if all(str(k).lstrip("-").isdigit() for k, _ in items):
+        items.sort(key=lambda kv: int(kv[0]))
+    return {"class_names": [str(name) for _, name in items], "task": MULTILABEL}
+
+
+def head_of(keys) -> str | None:
+    """The head a state dict (in our names) holds: ``"ml_decoder"``, ``"fc"``, or None for no classifier."""
+    if ML_DECODER_MARKER in keys:
+        return "ml_decoder"
+    return "fc" if "head.fc.weight" in keys else None
+
+
 def _family_of_ours(metadata: Mapping, keys) -> Family | None:
     """The family of one of our files: recorded in its metadata, else known from its ``arch`` or ``model``."""
     if metadata.get("family") in FAMILIES:
@@ -183,6 +211,13 @@ def _describe_metadata(raw: Mapping[str, str], shapes: Mapping[str, Sequence[int
             del meta[key]  # written empty by a model without that attribute
     if "head.fc.weight" in shapes:
         meta.setdefault("num_classes", int(shapes["head.fc.weight"][0]))
+    decoder = ml_decoder_options(shapes)
+    if decoder:
+        meta.setdefault("num_classes", int(decoder["num_classes"]))
+    for key in ("head", "task"):
+        if not meta.get(key):  # absent, or written empty (a features-only model has no head)
+            meta.pop(key, None)
+    meta.setdefault("head", head_of(shapes))
     meta["format"] = fmt
     if family is not None:
         meta["family"] = family.name
@@ -203,7 +238,11 @@ def open_checkpoint(path: str | os.PathLike, *, weights_only: bool = True) -> Ch
     family, fmt = identify(state, raw_meta)
     state = fmt.convert(state)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    return Checkpoint(path, state, fmt.name, _describe_metadata(raw_meta, shapes, fmt.name, family))
+    metadata = _describe_metadata(raw_meta, shapes, fmt.name, family)
+    extras = {} if raw_meta else _release_extras(obj)
+    if "class_names" in extras and len(extras["class_names"]) != metadata.get("num_classes"):
+        extras.pop("class_names")  # names that do not fit the classifier are not the classifier's
+    return Checkpoint(path, state, fmt.name, {**metadata, **extras})
 
 
 def read_checkpoint(path: str | os.PathLike, *, weights_only: bool = True) -> tuple[dict, str, dict]:
@@ -252,20 +291,48 @@ def _without_head(state: dict) -> dict:
     return {k: v for k, v in state.items() if not k.startswith("head.")}
 
 
+def _head_description(state: dict) -> tuple[str | None, int | None]:
+    """``(head kind, number of classes)`` of a state dict's classifier (None, None without one)."""
+    kind = head_of(state)
+    if kind == "ml_decoder":
+        return kind, int(state["head.decoder.duplicate_pooling_bias"].shape[0])
+    return kind, (int(state["head.fc.weight"].shape[0]) if kind == "fc" else None)
+
+
+def _heads_differ(state: dict, target: dict) -> bool:
+    """Whether the two classifiers differ in kind or in any tensor's shape (both must have one)."""
+    have = {k: v.shape for k, v in state.items() if k.startswith("head.")}
+    want = {k: v.shape for k, v in target.items() if k.startswith("head.")}
+    return bool(have) and bool(want) and have != want
+
+
+_HEAD_TITLES = {"fc": "a classifier", "ml_decoder": "an ML-Decoder head"}
+
+
 def _match_head(state: dict, target: dict, ckpt: Checkpoint, allow_head_mismatch: bool) -> tuple[dict, dict]:
-    """``state`` and ``target`` without their classifiers when the checkpoint's has another size."""
-    key = "head.fc.weight"
-    if key not in state or key not in target or state[key].shape[0] == target[key].shape[0]:
+    """``state`` and ``target`` without their classifiers when the checkpoint's is of another kind or size."""
+    if not _heads_differ(state, target):
         return state, target
-    have, want = state[key].shape[0], target[key].shape[0]
+    (have_kind, have), (want_kind, want) = _head_description(state), _head_description(target)
+    have_title, want_title = _HEAD_TITLES.get(have_kind, "a head"), _HEAD_TITLES.get(want_kind, "a head")
     if not allow_head_mismatch:
+        if have_kind != want_kind:
+            raise CheckpointError(
+                f"{ckpt.format} checkpoint {ckpt.path} has {have_title} for {have} classes, the model {want_title}: "
+                f"build the model with head={have_kind!r}, or ask for num_classes to load the backbone with a "
+                f"fresh head")
+        if have == want:
+            raise CheckpointError(
+                f"{ckpt.format} checkpoint {ckpt.path} has {have_title} of other sizes than the model's (queries or "
+                f"widths): build the model with the checkpoint's head (leave head_options out)")
         raise CheckpointError(
-            f"{ckpt.format} checkpoint {ckpt.path} has a classifier for {have} classes, the model has {want}: "
+            f"{ckpt.format} checkpoint {ckpt.path} has {have_title} for {have} classes, the model has {want}: "
             f"build the model with num_classes={have}, or ask for a different num_classes to load the backbone "
             f"with a fresh head"
         )
-    warnings.warn(f"checkpoint {ckpt.path} has a classifier for {have} classes; loading the backbone only, "
-                  f"with a freshly initialised head for {want} classes", stacklevel=4)
+    fresh = "ML-Decoder head" if want_kind == "ml_decoder" else "head"
+    warnings.warn(f"checkpoint {ckpt.path} has {have_title} for {have} classes; loading the backbone only, "
+                  f"with a freshly initialised {fresh} for {want} classes", stacklevel=4)
     return _without_head(state), _without_head(target)
 
 
@@ -357,7 +424,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
 
 def checkpoint_metadata(model: nn.Module, class_names: Sequence[str] | None = None,
                         extra: Mapping | None = None) -> dict[str, str]:
-    """The string metadata :func:`save_checkpoint` writes: format, version, ``family``, ``model``, ``arch``, classes."""
+    """The string metadata :func:`save_checkpoint` writes: format, version, ``family``, ``model``, ``arch``,
+    classes, ``task`` and ``head`` (empty when the model does not say, e.g. a features-only model's head)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     meta = {
         "format": FORMAT_OURS,
@@ -368,6 +436,8 @@ def checkpoint_metadata(model: nn.Module, class_names: Sequence[str] | None = No
         "num_classes": str(getattr(model, "num_classes", "")),
         "in_chans": str(getattr(model, "in_chans", 3)),
         "norm": str(getattr(model, "norm", "")),
+        "task": str(cfg.get("task") or ""),
+        "head": str(cfg.get("head") or ""),
     }
     if class_names is not None:
         meta["class_names"] = json.dumps(list(class_names))
@@ -396,6 +466,6 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, class_names: l
 
 
 __all__ = ["FORMAT_OFFICIAL", "FORMAT_OURS", "FORMAT_TIMM", "Checkpoint", "CheckpointInfo", "atomic_write",
-           "checkpoint_metadata", "convert_official", "detect_format", "infer_architecture", "load_checkpoint",
+           "checkpoint_metadata", "convert_official", "detect_format", "head_of", "infer_architecture", "load_checkpoint",
            "load_state", "official_key", "open_checkpoint", "read_checkpoint", "read_checkpoint_metadata",
            "save_checkpoint", "to_official"]

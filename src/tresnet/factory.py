@@ -7,9 +7,12 @@ from pathlib import Path
 
 from torch import nn
 
-from tresnet.checkpoint import load_state, open_checkpoint, read_checkpoint_metadata
+from tresnet.checkpoint import Checkpoint, load_state, open_checkpoint, read_checkpoint_metadata
 from tresnet.errors import CheckpointError, ConfigError
+from tresnet.layers.ml_decoder import ml_decoder_options
+from tresnet.models.common import check_head
 from tresnet.models.registry import build_model, get_pretrained_cfg, list_models, models_of_arch
+from tresnet.tasks import DEFAULT_TASK, check_task
 
 # File names looked for in the cache, per model name: ours, the official release's, timm's hub layout.
 _CACHE_PATTERNS = ("{name}.safetensors", "{name}.pth", "{name}.pth.tar", "{name}.bin",
@@ -64,18 +67,57 @@ def model_name_from_checkpoint(path: str | os.PathLike, metadata: dict | None = 
                       f"(--model NAME; see `tresnet info`)")
 
 
+def resolve_head(head: str | None, ckpt: Checkpoint | None, *, num_classes: int | None = None,
+                 features_only: bool = False) -> str:
+    """The head to build: ``head``, else the checkpoint's (``head.decoder.*`` -> ``"ml_decoder"``), else ``"fc"``.
+
+    Raises :class:`ConfigError` for an unknown head and :class:`CheckpointError` for a ``head`` that
+    contradicts the checkpoint's, unless ``num_classes`` is given (then the backbone is loaded with a fresh
+    head: fine-tuning an ImageNet ``fc`` checkpoint with an ML-Decoder is the published recipe).
+    """
+    if head is not None:
+        check_head(head)
+    held = ckpt.metadata.get("head") if ckpt is not None else None
+    if head is None:
+        return held or "fc"
+    if held and held != head and num_classes is None and not features_only:
+        raise CheckpointError(f"{ckpt.format} checkpoint {ckpt.path} has a {held!r} head, not {head!r}: leave "
+                              f"head out (or head={held!r}) to load it, or pass num_classes to load the backbone "
+                              f"with a fresh {head!r} head")
+    return head
+
+
+def _head_options(head: str, ckpt: Checkpoint | None, num_classes: int, given: dict | None) -> dict | None:
+    """The ML-Decoder sizes of the checkpoint's head (queries, widths) when it is loaded as it is, updated
+    with the ``given`` ones."""
+    if head != "ml_decoder" or ckpt is None:
+        return given
+    options = ml_decoder_options(ckpt.state_dict)
+    if not options or options.pop("num_classes") != num_classes:
+        return given
+    return {**options, **(given or {})}
+
+
 def create_model(name: str | None = None, *, pretrained: bool = False,
                  checkpoint_path: str | os.PathLike | None = None, num_classes: int | None = None,
                  in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  features_only: bool = False, out_indices: tuple[int, ...] = (1, 2, 3, 4),
-                 norm: str | None = None, memory_efficient: bool = False, **arch_overrides) -> nn.Module:
+                 norm: str | None = None, memory_efficient: bool = False, head: str | None = None,
+                 task: str | None = None, head_options: dict | None = None, **arch_overrides) -> nn.Module:
     """Build model ``name`` (a TResNet or a GENet, see :func:`tresnet.list_models`), optionally with weights.
 
     ``pretrained=True`` loads ``name``'s file from :func:`cache_dir`; ``checkpoint_path`` loads that
-    file (official, timm or tresnet format), read once. ``name`` may be left out when the checkpoint
-    names its model (a file saved by ``tresnet train``) or holds a network only one model builds.
+    file (official, timm or tresnet format, or an ASL / ML-Decoder multi-label release), read once.
+    ``name`` may be left out when the checkpoint names its model (a file saved by ``tresnet train``) or
+    holds a network only one model builds.
     ``num_classes=None`` means the checkpoint's number of classes, else 1000; a different number loads
     the backbone and a fresh head, with a warning.
+    ``head`` is ``"fc"`` (pooling + linear) or ``"ml_decoder"`` (an ML-Decoder head, sized as published or
+    as the checkpoint's); None means the checkpoint's, else ``"fc"``. ``features_only`` ignores it.
+    ``head_options`` size an ML-Decoder (``num_queries``, ``embed_dim``, ``num_heads``, ``ff_dim``,
+    ``dropout``: :class:`~tresnet.layers.MLDecoderHead`).
+    ``task`` (``"multiclass"`` or ``"multilabel"``) is recorded in ``pretrained_cfg["task"]``; None means
+    the checkpoint's (ASL and ML-Decoder releases are multi-label), else ``"multiclass"``.
     ``norm`` is the family's default when None: for TResNet ``"inplace_abn"``, or ``"inplace_abn_sync"``
     or ``"bn"`` (plain BatchNorm); GENet has ``"bn"`` only (its ReLU is not invertible).
     ``memory_efficient=True`` (TResNet only) trains with about 0.54x the activation memory of plain
@@ -84,13 +126,16 @@ def create_model(name: str | None = None, *, pretrained: bool = False,
 
     Raises :class:`~tresnet.errors.ModelNotFoundError` for an unknown name,
     :class:`~tresnet.errors.ConfigError` for a checkpoint that does not say which model it is when no
-    name is given or an option the family does not take (``memory_efficient`` or in-place ABN for a
-    GENet), and :class:`~tresnet.errors.CheckpointError` for a missing or mismatched checkpoint.
+    name is given, an unknown head or task, or an option the family does not take (``memory_efficient``
+    or in-place ABN for a GENet), and :class:`~tresnet.errors.CheckpointError` for a missing or
+    mismatched checkpoint, or a ``head`` that contradicts it without a new ``num_classes``.
     """
     if name is None and checkpoint_path is None:
         raise ConfigError("create_model needs a model name, or a checkpoint_path whose file names its model")
     if name is not None:
         get_pretrained_cfg(name)  # unknown names fail before any file is touched
+    if task is not None:
+        check_task(task)
     path = Path(checkpoint_path).expanduser() if checkpoint_path is not None else None
     if path is None and pretrained:
         path = find_pretrained(name)
@@ -98,9 +143,12 @@ def create_model(name: str | None = None, *, pretrained: bool = False,
     if name is None:
         name = model_name_from_checkpoint(path, ckpt.metadata)
     classes = num_classes if num_classes is not None else ((ckpt and ckpt.metadata.get("num_classes")) or 1000)
+    head = resolve_head(head, ckpt, num_classes=num_classes, features_only=features_only)
+    task = task or (ckpt and ckpt.metadata.get("task")) or DEFAULT_TASK
     model = build_model(name, num_classes=classes, in_chans=in_chans, drop_rate=drop_rate,
                         drop_path_rate=drop_path_rate, norm=norm, features_only=features_only,
-                        out_indices=out_indices, memory_efficient=memory_efficient, **arch_overrides)
+                        out_indices=out_indices, memory_efficient=memory_efficient, head=head, task=task,
+                        head_options=_head_options(head, ckpt, classes, head_options), **arch_overrides)
     if ckpt is not None:
         load_state(model, ckpt, allow_head_mismatch=num_classes is not None)
         model.checkpoint_info = ckpt.info

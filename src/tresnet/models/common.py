@@ -1,5 +1,6 @@
-"""What every family's network shares: the classifier head, feature descriptions, drop-path rates, and
-block-wise gradient checkpointing that leaves the norms' running statistics alone."""
+"""What every family's network shares: the classifier heads (``fc`` and ``ml_decoder``), feature
+descriptions, drop-path rates, and block-wise gradient checkpointing that leaves the norms' running
+statistics alone."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tresnet.layers import FastGlobalAvgPool
+from tresnet.errors import ConfigError
+from tresnet.layers import FastGlobalAvgPool, MLDecoderHead
+
+# The classifier heads every family can carry: global pooling + linear (``head.fc``, the papers'), or an
+# ML-Decoder on the last feature map (``head.decoder.*``; Ridnik et al., Alibaba-MIIL/ML_Decoder).
+HEADS = ("fc", "ml_decoder")
 
 
 class FeatureInfo(list):
@@ -36,6 +42,45 @@ class ClassifierHead(nn.Module):
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.drop(self.global_pool(x))
         return x if pre_logits else self.fc(x)
+
+
+def check_head(head: str) -> str:
+    """``head`` if it is one of :data:`HEADS`; :class:`ConfigError` naming the choices otherwise."""
+    if head not in HEADS:
+        raise ConfigError(f"unknown head {head!r}: use one of {', '.join(HEADS)}")
+    return head
+
+
+def create_head(head: str, in_features: int, num_classes: int, drop_rate: float = 0.0,
+                head_options: dict | None = None) -> nn.Module:
+    """The classifier head ``head`` (see :data:`HEADS`) for ``in_features`` channels and ``num_classes``.
+
+    ``head_options`` go to :class:`~tresnet.layers.MLDecoderHead` (``num_queries``, ``embed_dim``...).
+    Raises :class:`ConfigError` for an unknown head, an ML-Decoder without classes or with ``drop_rate``
+    (it has its own dropout, 0.1 as published), or options given to the ``fc`` head.
+    """
+    check_head(head)
+    if head == "fc":
+        if head_options:
+            raise ConfigError(f"head options {sorted(head_options)} are for the ML-Decoder head: use head='ml_decoder'")
+        return ClassifierHead(in_features, num_classes, drop_rate)
+    if num_classes < 1:
+        raise ConfigError(f"an ML-Decoder head needs num_classes >= 1, got {num_classes}: use head='fc' for "
+                          f"pooled features")
+    if drop_rate > 0:
+        raise ConfigError(f"drop_rate={drop_rate} is the fc head's dropout; the ML-Decoder has its own (0.1, as "
+                          f"published): leave drop_rate at 0")
+    try:
+        return MLDecoderHead(in_features, num_classes, **(head_options or {}))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad ML-Decoder head options {head_options}: {e}") from e
+
+
+def head_kind(head: nn.Module | None) -> str | None:
+    """``"fc"`` or ``"ml_decoder"`` for a network's ``head`` module, None for none (``features_only``)."""
+    if head is None:
+        return None
+    return "ml_decoder" if isinstance(head, MLDecoderHead) else "fc"
 
 
 def new_classifier(in_features: int, num_classes: int) -> nn.Module:
@@ -70,8 +115,9 @@ def stage_drop_path_rates(depths: Iterable[int], drop_path_rate: float) -> list[
 
 class ClassifierSurface:
     """The surface every family's network shares (timm's names), for an ``nn.Module`` with ``head``
-    (a :class:`ClassifierHead`, None when ``features_only``), ``num_features``, ``num_classes``,
-    ``pretrained_cfg``, ``features_only`` and its own ``forward_features`` / ``forward_intermediates``."""
+    (a :class:`ClassifierHead` or an :class:`~tresnet.layers.MLDecoderHead`, None when ``features_only``),
+    ``num_features``, ``num_classes``, ``pretrained_cfg``, ``features_only`` and its own
+    ``forward_features`` / ``forward_intermediates``."""
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -80,20 +126,30 @@ class ClassifierSurface:
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
-        return self.head.fc
+        """``head.fc`` for the fc head; the whole :class:`~tresnet.layers.MLDecoderHead` for an ML-Decoder."""
+        return self.head if isinstance(self.head, MLDecoderHead) else self.head.fc
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``head.fc`` with a fresh one for ``num_classes`` (0 gives pooled features)."""
+        """A fresh classifier for ``num_classes``: ``head.fc`` (0 gives pooled features), or a new
+        ML-Decoder head with the paper's sizes for that count (which needs ``num_classes >= 1``).
+
+        Raises ValueError for a ``features_only`` model, :class:`ConfigError` for an ML-Decoder without classes.
+        """
         if self.head is None:
             raise ValueError("a features_only model has no classifier")
         param = next(self.parameters())
+        if isinstance(self.head, MLDecoderHead):
+            head = create_head("ml_decoder", self.num_features, num_classes)
+            self.head = head.to(device=param.device, dtype=param.dtype)
+        else:
+            self.head.fc = new_classifier(self.num_features, num_classes).to(device=param.device, dtype=param.dtype)
         self.num_classes = num_classes
-        self.head.fc = new_classifier(self.num_features, num_classes).to(device=param.device, dtype=param.dtype)
         if self.pretrained_cfg:
             self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool (and classify unless ``pre_logits``) a feature map from ``forward_features``."""
+        """Classify a feature map from ``forward_features``; with ``pre_logits`` the fc head's pooled
+        features, or the ML-Decoder's decoded queries ``(N, num_queries, embed_dim)``."""
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor):
@@ -136,5 +192,5 @@ def checkpointed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
                       context_fn=lambda: (nullcontext(), running_stats_frozen(block)))
 
 
-__all__ = ["ClassifierHead", "ClassifierSurface", "FeatureInfo", "check_out_indices", "checkpointed",
-           "new_classifier", "run_until", "running_stats_frozen", "stage_drop_path_rates"]
+__all__ = ["HEADS", "ClassifierHead", "ClassifierSurface", "FeatureInfo", "check_head", "check_out_indices",
+           "checkpointed", "create_head", "head_kind", "new_classifier", "run_until", "running_stats_frozen", "stage_drop_path_rates"]

@@ -16,13 +16,14 @@ from torchvision.ops import StochasticDepth
 
 from tresnet.errors import InputSizeError
 from tresnet.layers import ConvNormAct
+from tresnet.layers.ml_decoder import MLDecoderHead
 from tresnet.models import genet_formats
 from tresnet.models.common import (
-    ClassifierHead,
     ClassifierSurface,
     FeatureInfo,
     check_out_indices,
     checkpointed,
+    create_head,
     run_until,
     stage_drop_path_rates,
 )
@@ -146,7 +147,8 @@ _FEATURE_ENDS = ("stem", "stages.0", "stages.1", "stages.2", "final_conv")
 
 
 class GENet(ClassifierSurface, nn.Module):
-    """GENet: 3x3 s2 stem, five stages (XX, XX, BL, DW, DW), 1x1 ``final_conv``, global pool, ``head.fc``.
+    """GENet: 3x3 s2 stem, five stages (XX, XX, BL, DW, DW), 1x1 ``final_conv``, global pool, ``head.fc``
+    (or, with ``head="ml_decoder"``, an ML-Decoder head on the last feature map; ``head_options`` size it).
 
     Every norm is BatchNorm followed by ReLU (``norm="bn"``). With ``features_only=True`` the head is
     dropped and ``forward`` returns the feature maps in ``out_indices`` (0 = stem, stride 2; 1-3 = stages
@@ -155,7 +157,8 @@ class GENet(ClassifierSurface, nn.Module):
 
     def __init__(self, arch: GENetArch, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, norm: str = "bn", features_only: bool = False,
-                 out_indices: tuple[int, ...] = (1, 2, 3, 4)) -> None:
+                 out_indices: tuple[int, ...] = (1, 2, 3, 4), head: str = "fc",
+                 head_options: dict | None = None) -> None:
         super().__init__()
         if norm != "bn":
             raise ValueError(f"GENet uses plain BatchNorm with ReLU; norm {norm!r} is not available: use norm='bn'")
@@ -178,7 +181,7 @@ class GENet(ClassifierSurface, nn.Module):
         else:
             self.out_indices = ()
             self.feature_info = FeatureInfo(all_features)
-            self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
+            self.head = create_head(head, self.num_features, num_classes, drop_rate, head_options)
         self.pretrained_cfg: dict = {}
         self.reset_parameters()
 
@@ -208,6 +211,8 @@ class GENet(ClassifierSurface, nn.Module):
         for m in self.modules():
             if isinstance(m, _GENetBlock):
                 nn.init.zeros_(m.last_norm().weight)
+        if isinstance(self.head, MLDecoderHead):
+            self.head.reset_parameters()  # its own initialisation, as published (not the fc's)
 
     # --- the uniform surface -------------------------------------------------------------------
 

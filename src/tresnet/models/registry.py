@@ -17,7 +17,10 @@ from torch import nn
 from tresnet.errors import ConfigError, ModelNotFoundError
 from tresnet.layers import NORMS
 from tresnet.models import genet, tresnet
+from tresnet.models.common import HEADS as HEADS  # re-exported: the heads build_model takes
+from tresnet.models.common import check_head
 from tresnet.models.family import Family
+from tresnet.tasks import DEFAULT_TASK, check_task
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (tresnet.FAMILY, genet.FAMILY)}
 
@@ -114,14 +117,30 @@ def _family_options(family: Family, options: dict) -> dict:
     return kept
 
 
+def _head_arguments(head: str | None, head_options: dict | None) -> dict:
+    """The network's head keywords: none for the default fc head, so every family's builder keeps its signature."""
+    if head in (None, "fc") and not head_options:
+        return {}
+    return {"head": head or "fc", "head_options": head_options}
+
+
 def build_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
                 drop_path_rate: float = 0.0, norm: str | None = None, features_only: bool = False,
-                out_indices: tuple[int, ...] = (1, 2, 3, 4), memory_efficient: bool = False,
-                **arch_overrides) -> nn.Module:
-    """A freshly initialised model ``name`` (no weights loaded). See :func:`tresnet.create_model`."""
+                out_indices: tuple[int, ...] = (1, 2, 3, 4), memory_efficient: bool = False, head: str = "fc",
+                task: str = DEFAULT_TASK, head_options: dict | None = None, **arch_overrides) -> nn.Module:
+    """A freshly initialised model ``name`` (no weights loaded). See :func:`tresnet.create_model`.
+
+    ``head`` is one of :data:`HEADS` (ignored with ``features_only``); ``task`` (one of
+    :data:`tresnet.tasks.TASKS`) is only recorded, in ``pretrained_cfg["task"]``, with the head kind in
+    ``pretrained_cfg["head"]`` (None without a head).
+    """
     cfg = get_pretrained_cfg(name)
     family = FAMILIES[cfg["family"]]
     norm = resolve_norm(family, norm)
+    check_head(head)
+    check_task(task)
+    if features_only:
+        head, head_options = None, None
     options = _family_options(family, {"memory_efficient": memory_efficient})
     arch = family.variants[cfg["arch"]]
     if arch_overrides:
@@ -131,8 +150,12 @@ def build_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, drop_r
             raise ConfigError(f"{family.title} variants have no option among {sorted(arch_overrides)}: {e}") from e
     model = family.build(arch, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
                          drop_path_rate=drop_path_rate, norm=norm, features_only=features_only,
-                         out_indices=out_indices, **options)
+                         out_indices=out_indices, **_head_arguments(head, head_options), **options)
     cfg["num_classes"] = 0 if features_only else num_classes
+    cfg["task"] = task
+    cfg["head"] = head
+    if head == "ml_decoder":
+        cfg["classifier"] = "head"
     cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
     cfg["norm"] = norm
     model.pretrained_cfg = cfg

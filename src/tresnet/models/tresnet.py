@@ -15,14 +15,15 @@ from torchvision.ops import StochasticDepth
 
 from tresnet.errors import InputSizeError
 from tresnet.layers import NORMS, ConvNormAct, SpaceToDepth, SqueezeExcite
+from tresnet.layers.ml_decoder import MLDecoderHead
 from tresnet.layers.residual_tail import lean_tail, lean_tail_applies
 from tresnet.models import tresnet_formats
 from tresnet.models.common import (
-    ClassifierHead,
     ClassifierSurface,
     FeatureInfo,
     check_out_indices,
     checkpointed,
+    create_head,
     run_until,
     stage_drop_path_rates,
 )
@@ -163,7 +164,8 @@ def _feature_table(planes: int, early_expansion: int) -> list[dict]:
 
 
 class TResNet(ClassifierSurface, nn.Module):
-    """TResNet: SpaceToDepth stem, ``conv1``, four stages, fast global pooling and ``head.fc``.
+    """TResNet: SpaceToDepth stem, ``conv1``, four stages, fast global pooling and ``head.fc``
+    (or, with ``head="ml_decoder"``, an ML-Decoder head on the last feature map; ``head_options`` size it).
 
     ``memory_efficient=True`` trains with less activation memory (see :meth:`set_memory_efficient`).
     With ``features_only=True`` the head is dropped and ``forward`` returns the outputs of the
@@ -172,7 +174,8 @@ class TResNet(ClassifierSurface, nn.Module):
 
     def __init__(self, arch: TResNetArch, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, norm: str = "inplace_abn", features_only: bool = False,
-                 out_indices: tuple[int, ...] = (1, 2, 3, 4), memory_efficient: bool = False) -> None:
+                 out_indices: tuple[int, ...] = (1, 2, 3, 4), memory_efficient: bool = False, head: str = "fc",
+                 head_options: dict | None = None) -> None:
         super().__init__()
         self.arch = arch
         self.norm = norm
@@ -193,7 +196,7 @@ class TResNet(ClassifierSurface, nn.Module):
         else:
             self.out_indices = ()
             self.feature_info = FeatureInfo(all_features)
-            self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
+            self.head = create_head(head, self.num_features, num_classes, drop_rate, head_options)
         self.pretrained_cfg: dict = {}
         self.reset_parameters()
         self.set_memory_efficient(memory_efficient)
@@ -240,6 +243,8 @@ class TResNet(ClassifierSurface, nn.Module):
         for m in self.modules():
             if isinstance(m, (BasicBlock, Bottleneck)):
                 nn.init.zeros_(m.last_norm().weight)
+        if isinstance(self.head, MLDecoderHead):
+            self.head.reset_parameters()  # its own initialisation, as published (not the fc's)
 
     # --- the uniform surface -------------------------------------------------------------------
 
