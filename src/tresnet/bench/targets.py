@@ -7,6 +7,7 @@ ones (:mod:`tresnet.bench.variants`, registered on first use) apply to our model
 
 - ``NAME:bn``: plain BatchNorm + activation instead of In-Place ABN;
 - ``NAME:memory_efficient``: the memory-lean Bottleneck tails (``create_model(memory_efficient=True)``);
+- ``NAME:ml_decoder``: the ML-Decoder head instead of pooling + fc (``create_model(head="ml_decoder")``);
 - ``NAME:fused``: :func:`tresnet.deploy.fuse` of the eval model (inference only);
 - ``NAME:onnx``: the fused model exported to ONNX, run by ONNX Runtime on the CPU (inference only).
 
@@ -98,7 +99,7 @@ _VARIANTS: dict[str, Variant] = {}
 @functools.cache
 def _load_builtin_variants() -> None:
     """Register the built-in variants once, on first use of the registry."""
-    import tresnet.bench.variants  # noqa: F401 - registers bn, memory_efficient, fused, onnx
+    import tresnet.bench.variants  # noqa: F401 - registers bn, memory_efficient, ml_decoder, fused, onnx
 
 
 def register_variant(variant: Variant, *, replace: bool = False) -> None:

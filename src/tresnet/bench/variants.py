@@ -1,5 +1,9 @@
 """The built-in benchmark variants of our models, in one place: ``NAME:bn``, ``NAME:memory_efficient``,
-``NAME:fused`` and ``NAME:onnx``.
+``NAME:ml_decoder``, ``NAME:fused`` and ``NAME:onnx``.
+
+``ml_decoder`` is the model with the ML-Decoder head (``create_model(head="ml_decoder")``) instead of
+pooling + fc, for the same 1000 classes (100 queries of 10 classes each), so that beside the plain model
+its row gives the head's cost in parameters, GMACs and images per second, in every mode.
 
 Importing this module registers them (:mod:`tresnet.bench.targets` does so on first use of the
 registry). The deployment variants are inference-only and import :mod:`tresnet.deploy` when built:
@@ -42,6 +46,10 @@ def _plain_bn(spec: ModelSpec, options: BuildOptions) -> nn.Module:
 
 def _memory_efficient(spec: ModelSpec, options: BuildOptions) -> nn.Module:
     return build_base_model(spec, memory_efficient=True)
+
+
+def _ml_decoder(spec: ModelSpec, options: BuildOptions) -> nn.Module:
+    return build_base_model(spec, head="ml_decoder")
 
 
 def _fused(spec: ModelSpec, options: BuildOptions) -> VariantBuild:
@@ -94,6 +102,9 @@ BUILTIN_VARIANTS = (
             description="our model with plain BatchNorm + activation instead of In-Place ABN"),
     Variant(name="memory_efficient", build=_memory_efficient, modes=frozenset(MODES), impls=OURS,
             description="our model with the memory-lean Bottleneck tails (create_model(memory_efficient=True))"),
+    Variant(name="ml_decoder", build=_ml_decoder, modes=frozenset(MODES), impls=OURS,
+            description="our model with the ML-Decoder head instead of pooling + fc "
+                        "(create_model(head='ml_decoder'), same classes)"),
     Variant(name="fused", build=_fused, modes=INFER_ONLY, impls=OURS, peak_memory_note=DEPLOY_PEAK_NOTE,
             description="tresnet.deploy.fuse(model): BatchNorm folded, fused activations, channels-last"),
     Variant(name="onnx", build=_onnx, modes=INFER_ONLY, impls=OURS, requires=_require_onnx, check=_check_onnx,

@@ -11,7 +11,9 @@ blocks) in which
 - each residual block ends in one step, ``relu(branch + shortcut)``
   (:mod:`tresnet.deploy.tresnet_fusion` for TResNet's stem, SE and blocks,
   :mod:`tresnet.deploy.genet_fusion` for GENet's XX, BL and DW blocks);
-- weights and activations are channels-last (a memory layout: the values are the same).
+- weights and activations are channels-last (a memory layout: the values are the same);
+- a classifier head is kept as it is: ``head.fc``, or an ML-Decoder head
+  (:class:`~tresnet.layers.MLDecoderHead`, whose linear layers and LayerNorms have nothing to fold).
 
 On CPU, in fp32 and without autograd, the convs run as oneDNN convolutions with the activation (ReLU,
 leaky ReLU) or the residual add and ReLU applied to the accumulator as a post-op, which gives the same
