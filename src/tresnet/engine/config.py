@@ -34,7 +34,7 @@ from tresnet.engine.losses import LOSSES, REDUCTIONS, default_loss
 from tresnet.errors import ConfigError
 from tresnet.files import write_text
 from tresnet.layers import NORMS as LAYER_NORMS
-from tresnet.models.registry import family_of, resolve_norm
+from tresnet.models.registry import HEADS, family_of, resolve_norm
 from tresnet.runtime import PRECISIONS, legacy_precision
 from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD, MULTICLASS, MULTILABEL, TASKS
 
@@ -45,7 +45,6 @@ DIGITS_RECIPE = "digits-demo"
 # The recipe a run on an embedded data set uses when none is named.
 DEMO_RECIPES = {DIGITS: DIGITS_RECIPE, DIGITS_MULTILABEL: "digits-multilabel-demo"}
 EMBEDDED_DATA = tuple(DEMO_RECIPES)
-HEADS = ("fc", "ml_decoder")
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -142,8 +141,8 @@ class TrainConfig:
                             group="optimizer")
     # --- model options
     img_size: int | None = _opt("training and validation image side (default: the model's)", group="model")
-    head: str = _opt("classifier head: fc (pooling + linear) or ml_decoder (ML-Decoder)", "fc", choices=HEADS,
-                     group="model")
+    head: str | None = _opt("classifier head: fc (pooling + linear) or ml_decoder (ML-Decoder) (default: the "
+                            "--init-checkpoint's, else fc)", choices=HEADS, group="model")
     drop_path: float = _opt("stochastic depth rate of the last block", 0.0, group="model")
     drop_rate: float = _opt("dropout before the classifier", 0.0, group="model")
     norm: str | None = _opt("norm layers: in-place ABN (TResNet's) or plain BatchNorm (default: the model "

@@ -570,7 +570,7 @@ class _Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         precision = f", precision {cfg.precision}" if cfg.precision != "fp32" else ""
         task = f"multilabel ({cfg.loss or default_loss(cfg.task)} loss), " if cfg.task == MULTILABEL else ""
-        head = ", ML-Decoder head" if cfg.head == "ml_decoder" else ""
+        head = ", ML-Decoder head" if self.model.pretrained_cfg.get("head") == "ml_decoder" else ""
         _say(info, f"training {cfg.model} ({n_params / 1e6:.1f}M parameters{head}) on {task}{self.data.description}; "
                    f"{cfg.epochs} epochs x {self.steps_per_epoch} steps of {cfg.batch_size}"
                    f"{f' x {info.world_size} processes' if info.distributed else ''}, {cfg.optimizer} "
