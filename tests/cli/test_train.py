@@ -78,7 +78,7 @@ def test_bad_recipe_key_is_one_line(tmp_path, capsys):
 
 @requires_sklearn
 def test_bad_values_are_one_line(tmp_path, capsys):
-    code = main(["train", "--data", "digits", "--output", str(tmp_path / "o"), "--optimizer", "adam"])
+    code = main(["train", "--data", "digits", "--output", str(tmp_path / "o"), "--optimizer", "lamb"])
     assert code == 1 and "optimizer" in capsys.readouterr().err
     code = main(["train", "--data", "digits", "--output", str(tmp_path / "o"), "--img-size", "30", *QUICK])
     assert code == 1 and "30x30" in capsys.readouterr().err
