@@ -273,3 +273,6 @@ def test_a_multilabel_checkpoint_saved_by_tresnet_sets_the_task(data, tmp_path, 
     assert 0 <= report["map"] <= 100 and len(report["ap_per_class"]) == 3
     assert main(["predict", "--checkpoint", str(path), str(data.images / "20.png"), *SMALL[:4]]) == 0
     assert "labels (probability > 0.5):" in capsys.readouterr().out
+    # the checkpoint records its task: an images folder without labels is told to bring them
+    assert main(["validate", "--data", str(data.images), "--checkpoint", str(path), *SMALL]) == 1
+    assert "pass --annotations FILE" in capsys.readouterr().err

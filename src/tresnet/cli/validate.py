@@ -62,6 +62,22 @@ def _multilabel_signs(args: argparse.Namespace) -> bool:
     return args.annotations is not None or args.classes is not None or str(args.data).lower().endswith(".csv")
 
 
+def _recorded_task(args: argparse.Namespace) -> str | None:
+    """The task a safetensors ``--checkpoint`` records (its header only: cheap); None for other files."""
+    from pathlib import Path
+
+    from tresnet.checkpoint import read_checkpoint_metadata
+    from tresnet.errors import CheckpointError
+
+    path = Path(args.checkpoint).expanduser() if args.checkpoint else None
+    if path is None or path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        return read_checkpoint_metadata(path).get("task")
+    except CheckpointError:  # reported when the model loads
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     from tresnet.engine.validate import open_validation_data, prepare_validation
     from tresnet.runtime import resolve_device
@@ -70,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     precision = common.resolve_precision(args, "validate")
     device = resolve_device(args.device)
     # bad data fails before the model loads; the task is the data's when --task does not name it
-    task = args.task or (MULTILABEL if _multilabel_signs(args) else MULTICLASS)
+    task = args.task or (MULTILABEL if _multilabel_signs(args) else _recorded_task(args) or MULTICLASS)
     dataset = open_validation_data(args.data, task=task, annotations=args.annotations, classes=args.classes,
                                    strict=args.strict, without_labels=args.without_labels)
     model = common.load_model(args, "validate")
