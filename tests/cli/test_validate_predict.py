@@ -74,7 +74,7 @@ def test_validate_limit_and_strict(folder, checkpoint, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ([], "has 3 class folders but the model has 1000 classes"),
+    ([], "has class folders for 3 classes but the model has 1000"),
     (["--img-size", "30"], "input size 30x30 is not supported"),
     (["--device", "cuda:99"], "cuda:99"),  # absent here: no CUDA, or not that many GPUs
 ])

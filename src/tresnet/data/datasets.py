@@ -59,6 +59,17 @@ class ImageBatch(tuple):
         return ImageBatch(self[0].pin_memory(*args), self[1].pin_memory(*args), self.skipped)
 
 
+def read_or_mark(path: str, strict: bool, loader: Callable = load_image):
+    """``loader(path)``, or an :class:`UnreadableImage` for a file it cannot read; with ``strict``, in the
+    main process, a :class:`DataError` instead (a worker process marks it: the loader reports it)."""
+    try:
+        return loader(path)
+    except DataError as e:
+        if strict and get_worker_info() is None:
+            raise DataError(f"{e} ({_STRICT_NOTE})") from e
+        return UnreadableImage(path, str(e))
+
+
 def _is_visible_folder(entry: os.DirEntry) -> bool:
     # Hidden folders (.ipynb_checkpoints, .git...) are not classes: counting them shifts every index.
     return entry.is_dir() and not entry.name.startswith(".")
@@ -116,12 +127,9 @@ class ImageFolderDataset(DatasetFolder):
         """``(image, target)``; for an unreadable file an :class:`UnreadableImage` (in the main
         process with ``strict``: a :class:`DataError`)."""
         path, target = self.samples[index]
-        try:
-            image = self.loader(path)
-        except DataError as e:
-            if self.strict and get_worker_info() is None:
-                raise DataError(f"{e} ({_STRICT_NOTE})") from e
-            return UnreadableImage(path, str(e))
+        image = read_or_mark(path, self.strict, self.loader)
+        if isinstance(image, UnreadableImage):
+            return image
         if self.transform is not None:
             image = self.transform(image)
         if self.target_transform is not None:
@@ -147,4 +155,4 @@ class ImageFolderDataset(DatasetFolder):
             warnings.warn(f"{item.reason}; skipped", UnreadableImageWarning, stacklevel=2)
 
 
-__all__ = ["ImageBatch", "ImageFolderDataset", "UnreadableImage", "UnreadableImageWarning"]
+__all__ = ["ImageBatch", "ImageFolderDataset", "UnreadableImage", "UnreadableImageWarning", "read_or_mark"]

@@ -17,10 +17,9 @@ from collections.abc import Callable, Container, Iterable, Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
-from tresnet.data.datasets import _STRICT_NOTE, ImageBatch, ImageFolderDataset, UnreadableImage
-from tresnet.data.images import load_image
+from tresnet.data.datasets import ImageBatch, ImageFolderDataset, UnreadableImage, read_or_mark
 from tresnet.errors import ConfigError, DataError
 
 WITHOUT_LABELS = ("skip", "negative")  # what read_coco does with an image that has no annotation
@@ -84,13 +83,9 @@ class MultiLabelDataset(Dataset):
     def __getitem__(self, index: int):
         """``(image, target)``; for an unreadable file an :class:`UnreadableImage` (in the main process
         with ``strict``: a :class:`DataError`)."""
-        path, _ = self.samples[index]
-        try:
-            image = load_image(path)
-        except DataError as e:
-            if self.strict and get_worker_info() is None:
-                raise DataError(f"{e} ({_STRICT_NOTE})") from e
-            return UnreadableImage(path, str(e))
+        image = read_or_mark(self.samples[index][0], self.strict)
+        if isinstance(image, UnreadableImage):
+            return image
         if self.transform is not None:
             image = self.transform(image)
         return image, self.target(index)

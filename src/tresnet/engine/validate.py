@@ -66,20 +66,17 @@ def _check_data_fits_task(dataset: ValidationData, task: str) -> None:
                         f"pass --task multilabel")
 
 
-def _check_multilabel_classes(dataset: MultiLabelDataset, names: Sequence[str] | None, model: nn.Module) -> None:
-    if len(dataset.classes) != model.num_classes:
-        raise DataError(
-            f"{dataset.source} names {len(dataset.classes)} classes but the model has {model.num_classes}: use "
-            f"annotations of the model's classes (for a CSV: --classes FILE with its class names), or the "
-            f"checkpoint trained on these classes"
-        )
-    if names and list(names) != list(dataset.classes):
-        first = next((i for i, (a, b) in enumerate(zip(names, dataset.classes, strict=False)) if a != b), 0)
-        raise DataError(
-            f"the classes of {dataset.source} are not the checkpoint's: index {first} is "
-            f"{dataset.classes[first]!r} in the annotations, {names[first]!r} in the checkpoint; use annotations "
-            f"naming the model's classes in its order (for a CSV: --classes FILE)"
-        )
+def _check_class_list(classes: Sequence[str], names: Sequence[str] | None, model: nn.Module, *,
+                      count_text: str, names_text: str, data_word: str, fix: str) -> None:
+    """``classes`` (the data's) against the model's count and the checkpoint's ``names``: a one-line
+    :class:`DataError` naming the first difference; ``fix`` says what to pass instead."""
+    if len(classes) != model.num_classes:
+        raise DataError(f"{count_text} {len(classes)} classes but the model has {model.num_classes}: {fix}, "
+                        f"or the checkpoint trained on these classes")
+    if names and list(names) != list(classes):
+        first = next((i for i, (a, b) in enumerate(zip(names, classes, strict=False)) if a != b), 0)
+        raise DataError(f"{names_text} are not the checkpoint's classes: index {first} is {classes[first]!r} in "
+                        f"the {data_word}, {names[first]!r} in the checkpoint; {fix}")
 
 
 def check_classes(dataset: ValidationData, model: nn.Module) -> None:
@@ -88,22 +85,14 @@ def check_classes(dataset: ValidationData, model: nn.Module) -> None:
     info = getattr(model, "checkpoint_info", None)
     names = info.metadata.get("class_names") if info is not None else None
     if isinstance(dataset, MultiLabelDataset):
-        _check_multilabel_classes(dataset, names, model)
-        return
-    folder_classes, model_classes = len(dataset.classes), model.num_classes
-    if folder_classes != model_classes:
-        raise DataError(
-            f"{dataset.root} has {folder_classes} class folders but the model has {model_classes} classes: "
-            f"use a folder with one sub-folder per model class (ImageNet val: 1000 synset folders), "
-            f"or the checkpoint trained on these classes"
-        )
-    if names and list(names) != list(dataset.classes):
-        first = next((i for i, (a, b) in enumerate(zip(names, dataset.classes, strict=False)) if a != b), 0)
-        raise DataError(
-            f"the class folders of {dataset.root} are not the checkpoint's classes: index {first} is "
-            f"{dataset.classes[first]!r} in the folder, {names[first]!r} in the checkpoint; "
-            f"name the folders as the classes the model was trained on"
-        )
+        _check_class_list(dataset.classes, names, model, count_text=f"{dataset.source} names",
+                          names_text=f"the classes of {dataset.source}", data_word="annotations",
+                          fix="use annotations of the model's classes in its order (for a CSV: --classes FILE)")
+    else:
+        _check_class_list(dataset.classes, names, model, count_text=f"{dataset.root} has class folders for",
+                          names_text=f"the class folders of {dataset.root}", data_word="folder",
+                          fix="use a folder with one sub-folder per model class, named as the classes the model "
+                              "was trained on (ImageNet val: 1000 synset folders)")
 
 
 def evenly_spaced(dataset: Dataset, limit: int) -> Dataset:
