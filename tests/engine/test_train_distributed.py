@@ -112,3 +112,29 @@ def test_a_genet_trains_under_torchrun_with_per_process_bn_on_the_cpu(tmp_path):
     assert done.stdout.count("BN statistics stay per process on the CPU") == 1  # said by rank 0 only
     assert '"world_size": 2' in (tmp_path / "two" / "summary.json").read_text()
     assert read_checkpoint_metadata(tmp_path / "two" / "last.safetensors")["model"] == "genet_light"
+
+
+@pytest.mark.slow
+def test_multilabel_training_under_torchrun_scores_the_map_of_the_whole_val_set(tmp_path):
+    import csv
+
+    from torch.utils.data import Subset
+
+    from tresnet.data import create_loader
+    from tresnet.engine.data import build_train_data
+    from tresnet.engine.evaluate import evaluate_multilabel
+
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+            "tresnet", "train", "--task", "multilabel", "--data", "digits-multilabel", "--output",
+            str(tmp_path / "two"), "--batch-size", "4", "--epochs", "1", "--max-steps-per-epoch", "2",
+            "--max-val-images", "40", "--ema-decay", "0", "--no-progress", "--deterministic"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = csv.DictReader((tmp_path / "two" / "metrics.csv").open())
+    # the same 40 images (each process evaluated every other one) in one process, with the saved weights
+    model = tresnet.create_model(checkpoint_path=tmp_path / "two" / "last.safetensors")
+    cfg = build_config(None, {"data": "digits-multilabel", "output": str(tmp_path / "one")})
+    val = build_train_data(cfg, model.pretrained_cfg, 32).val
+    result = evaluate_multilabel(model, create_loader(Subset(val, range(40)), 8, 0, "cpu"), "cpu", progress=False)
+    assert float(row["val_map"]) == pytest.approx(result["map"], abs=1e-6)
