@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 import tresnet
-from engine.train_testdata import FAST, make_train_val
+from engine.train_testdata import FAST, Killed, kill_mid_second_epoch, make_train_val
 from helpers import requires_sklearn
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.engine.config import build_config, load_recipe
@@ -24,12 +24,7 @@ IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406))[:, None, None]
 IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225))[:, None, None]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_math_thread")
 
 
 @pytest.fixture(scope="module")
@@ -117,15 +112,8 @@ def test_ema_mixup_drop_path_and_channels_last_resume_bit_exactly(folder, tmp_pa
                    channels_last=True, random_erase=0.5)
     train(_config(output=str(tmp_path / "straight"), **options))
 
-    class Kill(Exception):
-        pass
-
-    def kill(event, data):
-        if event == "step" and data["epoch"] == 1:
-            raise Kill
-
-    with pytest.raises(Kill):
-        train(_config(output=str(tmp_path / "killed"), **options), callback=kill)
+    with pytest.raises(Killed):
+        train(_config(output=str(tmp_path / "killed"), **options), callback=kill_mid_second_epoch)
     train(_config(output=str(tmp_path / "killed"), resume=True, **options))
     for name in ("last.safetensors", "best.safetensors"):
         a, b = load_file(str(tmp_path / "straight" / name)), load_file(str(tmp_path / "killed" / name))

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import tresnet
-from engine.train_testdata import FAST, make_image_folder, make_train_val
+from engine.train_testdata import FAST, Killed, kill_mid_second_epoch, make_image_folder, make_train_val
 from helpers import requires_sklearn
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.engine.config import build_config, load_recipe
@@ -22,13 +22,7 @@ RECIPES = ["imagenet-paper", "imagenet-timm", "finetune", "highres-448",
            pytest.param("digits-demo", marks=requires_sklearn)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # One intra-op thread: on a shared 2-core machine two spinning threads can be 10x slower, not faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_math_thread")
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +65,7 @@ def test_resume_after_a_kill_ends_with_the_same_weights(folder, tmp_path):
     options = dict(data=str(folder), epochs=2, drop_path=0.1, mixup=0.2, ema_decay=0.9, lr=1e-3)
     straight = train(_config(output=str(tmp_path / "straight"), **options))
 
-    class Kill(Exception):
-        pass
-
-    def kill_mid_second_epoch(event, data):
-        if event == "step" and data["epoch"] == 1 and data["index"] == 0:
-            raise Kill
-
-    with pytest.raises(Kill):
+    with pytest.raises(Killed):
         train(_config(output=str(tmp_path / "killed"), **options), callback=kill_mid_second_epoch)
     # resumed with a worker process: augmentation is tied to (seed, epoch, sample), not to who loads it
     resumed = train(_config(output=str(tmp_path / "killed"), resume=True, **{**options, "workers": 1}))

@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import tresnet
-from engine.train_testdata import FAST
+from engine.train_testdata import FAST, Killed, kill_mid_second_epoch
 from helpers import requires_sklearn
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.data.train_transforms import BatchMix, Cutout, create_train_transform
@@ -25,12 +25,7 @@ from tresnet.errors import ConfigError, DataError
 MULTILABEL_FAST = {**FAST, "task": "multilabel"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_math_thread")
 
 
 # --- configuration -----------------------------------------------------------------------------------
@@ -127,14 +122,7 @@ def test_a_run_on_the_digit_mosaics_scores_map_and_resumes_exactly(tmp_path):
     model = tresnet.create_model(checkpoint_path=tmp_path / "straight" / "best.safetensors")
     assert model.pretrained_cfg["task"] == "multilabel" and model.pretrained_cfg["head"] == "ml_decoder"
 
-    class Kill(Exception):
-        pass
-
-    def kill_mid_second_epoch(event, data):
-        if event == "step" and data["epoch"] == 1 and data["index"] == 0:
-            raise Kill
-
-    with pytest.raises(Kill):
+    with pytest.raises(Killed):
         train(build_config(None, {**options, "output": str(tmp_path / "resumed")}), callback=kill_mid_second_epoch)
     resumed = train(build_config(None, {**options, "output": str(tmp_path / "resumed"), "resume": True}))
     assert resumed["best_map"] == straight["best_map"]

@@ -31,3 +31,13 @@ def make_train_val(root: Path, classes: int = 3, train_per_class: int = 8, val_p
     make_image_folder(root / "train", classes, train_per_class)
     make_image_folder(root / "val", classes, val_per_class)
     return root
+
+
+class Killed(Exception):
+    """Raised by :func:`kill_mid_second_epoch` to interrupt a run as a kill would."""
+
+
+def kill_mid_second_epoch(event: str, data: dict) -> None:
+    """A ``train`` callback that stops the run at the first step of its second epoch."""
+    if event == "step" and data["epoch"] == 1 and data["index"] == 0:
+        raise Killed

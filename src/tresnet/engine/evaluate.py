@@ -208,4 +208,5 @@ def evaluate_multilabel(model: nn.Module, loader, device: str | torch.device, *,
                    progress=progress, desc=desc)
     return tally.result(seconds, threshold, info)
 
+
 __all__ = ["evaluate", "evaluate_multilabel", "resolve_task"]

@@ -76,13 +76,6 @@ def create_head(head: str, in_features: int, num_classes: int, drop_rate: float 
         raise ConfigError(f"bad ML-Decoder head options {head_options}: {e}") from e
 
 
-def head_kind(head: nn.Module | None) -> str | None:
-    """``"fc"`` or ``"ml_decoder"`` for a network's ``head`` module, None for none (``features_only``)."""
-    if head is None:
-        return None
-    return "ml_decoder" if isinstance(head, MLDecoderHead) else "fc"
-
-
 def new_classifier(in_features: int, num_classes: int) -> nn.Module:
     """A linear classifier initialised as in both papers' code (normal, std 0.01; zero bias), or Identity for 0."""
     if num_classes <= 0:
@@ -118,6 +111,22 @@ class ClassifierSurface:
     (a :class:`ClassifierHead` or an :class:`~tresnet.layers.MLDecoderHead`, None when ``features_only``),
     ``num_features``, ``num_classes``, ``pretrained_cfg``, ``features_only`` and its own
     ``forward_features`` / ``forward_intermediates``."""
+
+    def _init_outputs(self, all_features: list[dict], features_only: bool, out_indices: Iterable[int],
+                      index_names: str, head: str, num_classes: int, drop_rate: float,
+                      head_options: dict | None) -> None:
+        """Set ``features_only``, ``out_indices``, ``feature_info`` and ``head``: the chosen feature maps of
+        ``all_features`` and no head with ``features_only`` (``index_names`` describes the valid indices),
+        else all of them and the classifier ``head`` (:func:`create_head`)."""
+        self.features_only = features_only
+        if features_only:
+            self.out_indices = check_out_indices(out_indices, len(all_features), index_names)
+            self.feature_info = FeatureInfo(all_features[i] for i in self.out_indices)
+            self.head = None
+        else:
+            self.out_indices = ()
+            self.feature_info = FeatureInfo(all_features)
+            self.head = create_head(head, self.num_features, num_classes, drop_rate, head_options)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -193,4 +202,4 @@ def checkpointed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["HEADS", "ClassifierHead", "ClassifierSurface", "FeatureInfo", "check_head", "check_out_indices",
-           "checkpointed", "create_head", "head_kind", "new_classifier", "run_until", "running_stats_frozen", "stage_drop_path_rates"]
+           "checkpointed", "create_head", "new_classifier", "run_until", "running_stats_frozen", "stage_drop_path_rates"]

@@ -20,10 +20,7 @@ from tresnet.layers.ml_decoder import MLDecoderHead
 from tresnet.models import genet_formats
 from tresnet.models.common import (
     ClassifierSurface,
-    FeatureInfo,
-    check_out_indices,
     checkpointed,
-    create_head,
     run_until,
     stage_drop_path_rates,
 )
@@ -173,15 +170,8 @@ class GENet(ClassifierSurface, nn.Module):
         self.final_conv = ConvNormAct(arch.stages[-1].width, arch.num_features, 1, 1, "relu", 0.0, "bn")
         self.num_features = self.head_hidden_size = arch.num_features
         all_features = _feature_table(arch)
-        self.features_only = features_only
-        if features_only:
-            self.out_indices = check_out_indices(out_indices, len(all_features), "0 (stem) to 4 (final_conv)")
-            self.feature_info = FeatureInfo(all_features[i] for i in self.out_indices)
-            self.head = None
-        else:
-            self.out_indices = ()
-            self.feature_info = FeatureInfo(all_features)
-            self.head = create_head(head, self.num_features, num_classes, drop_rate, head_options)
+        self._init_outputs(all_features, features_only, out_indices, "0 (stem) to 4 (final_conv)", head, num_classes, drop_rate,
+                           head_options)
         self.pretrained_cfg: dict = {}
         self.reset_parameters()
 

@@ -20,10 +20,7 @@ from tresnet.layers.residual_tail import lean_tail, lean_tail_applies
 from tresnet.models import tresnet_formats
 from tresnet.models.common import (
     ClassifierSurface,
-    FeatureInfo,
-    check_out_indices,
     checkpointed,
-    create_head,
     run_until,
     stage_drop_path_rates,
 )
@@ -188,15 +185,8 @@ class TResNet(ClassifierSurface, nn.Module):
         self.body = self._make_body(early_block, stage_drop_path_rates(arch.layers, drop_path_rate))
         all_features = _feature_table(planes, early_block.expansion)
         self.num_features = self.head_hidden_size = all_features[-1]["num_chs"]
-        self.features_only = features_only
-        if features_only:
-            self.out_indices = check_out_indices(out_indices, len(all_features), "0 (conv1) to 4 (layer4)")
-            self.feature_info = FeatureInfo(all_features[i] for i in self.out_indices)
-            self.head = None
-        else:
-            self.out_indices = ()
-            self.feature_info = FeatureInfo(all_features)
-            self.head = create_head(head, self.num_features, num_classes, drop_rate, head_options)
+        self._init_outputs(all_features, features_only, out_indices, "0 (conv1) to 4 (layer4)", head, num_classes, drop_rate,
+                           head_options)
         self.pretrained_cfg: dict = {}
         self.reset_parameters()
         self.set_memory_efficient(memory_efficient)
