@@ -21,12 +21,20 @@ def add_parser(subparsers) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
     common.add_inference_arguments(parser, legacy_amp=False)
     common.add_task_arguments(parser)
+    parser.add_argument("--class-map", metavar="FILE",
+                        help="name the model's classes as validate --class-map does (a name per line in model "
+                             "order, or name,index lines)")
     parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes shown per image (default 5)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
     parser.add_argument("--json", metavar="PATH",
-                        help='also write [{"file", "topk": [{"index", "label", "prob"}]}] as JSON (multilabel: '
-                             'with "labels", the classes above the threshold, in the same form)')
+                        help='also write [{"file", "topk": [{"index", "label", "prob"}]}] as JSON (ImageNet-1k models: '
+                             'with "synset"; multilabel: with "labels", the classes above the threshold, in '
+                             'the same form)')
     parser.set_defaults(func=run)
+
+
+def _name(score) -> str:
+    return f"{score.label} ({score.index}" + (f", {score.synset})" if score.synset else ")")
 
 
 def _print(answer, threshold: float) -> None:
@@ -38,11 +46,11 @@ def _print(answer, threshold: float) -> None:
     if answer.labels is not None:  # multilabel: the answer, then the top-k for context
         print(f"  labels (probability > {threshold:g}):" + ("" if answer.labels else " none"))
         for score in answer.labels:
-            print(f"    {100.0 * score.prob:6.2f}%  {score.label} ({score.index})")
+            print(f"    {100.0 * score.prob:6.2f}%  {_name(score)}")
         print(f"  top-{len(answer.topk)}:")
         indent = "    "
     for score in answer.topk:
-        print(f"{indent}{100.0 * score.prob:6.2f}%  {score.label} ({score.index})")
+        print(f"{indent}{100.0 * score.prob:6.2f}%  {_name(score)}")
     sys.stdout.flush()
 
 
@@ -64,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     answers = []
     for answer in predict(model, args.inputs, topk=args.topk, batch_size=args.batch_size, img_size=args.img_size,
                           device=device, precision=args.precision or "fp32", task=args.task,
-                          threshold=args.threshold):
+                          threshold=args.threshold, class_map=args.class_map):
         _print(answer, args.threshold)
         answers.append(answer)
     if args.json:

@@ -1,5 +1,6 @@
-"""`tresnet validate`: top-1 / top-5 of a model on an ImageNet-style folder (one sub-folder per class), or
-mAP and CP/CR/CF1/OP/OR/OF1 of a multi-label model on COCO-style annotations or a labels CSV."""
+"""`tresnet validate`: top-1 / top-5 of a model on a folder of class sub-folders (ImageNet val, its subsets
+and variants) or a flat folder with a ground-truth file, with ReaL top-1 on request; or mAP and
+CP/CR/CF1/OP/OR/OF1 of a multi-label model on COCO-style annotations or a labels CSV."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "validate", help="top-1 / top-5 accuracy on an ImageNet-style folder, or multi-label mAP",
         description="Measure top-1 and top-5 accuracy of a model on a folder with one sub-folder per "
-                    "class (sorted names = class indices, as torchvision's ImageFolder), with the "
-                    "model's own preprocessing. A multilabel model (--task multilabel, or a multi-label "
+                    "class, with the model's own preprocessing. Folders map to the model's classes by the "
+                    "first rule that fits: --class-map, the class names the checkpoint records, ImageNet "
+                    "synsets (n01440764, any number of them), class indices (0 ... 999, as ImageNetV2), "
+                    "sorted names (as torchvision's ImageFolder); a subset of the classes (ImageNet-A/R) is "
+                    "scored over those classes only. The flat ImageNet val folder needs --ground-truth; "
+                    "--real-labels adds ReaL top-1. A multilabel model (--task multilabel, or a multi-label "
                     "checkpoint) is measured by mAP and CP/CR/CF1/OP/OR/OF1 on COCO-style annotations "
                     "(--annotations FILE, --data the images folder) or a labels CSV (--data labels.csv, "
                     "columns file,labels). Unreadable files are skipped with a warning and counted.",
@@ -25,6 +30,15 @@ def add_parser(subparsers) -> None:
                              "by spaces)")
     common.add_inference_arguments(parser)
     common.add_task_arguments(parser)
+    parser.add_argument("--ground-truth", metavar="FILE",
+                        help="labels of the images of a flat --data folder (ImageNet val): LOC_val_solution.csv "
+                             "(ImageId,PredictionString) or the devkit's ILSVRC2012_validation_ground_truth.txt")
+    parser.add_argument("--class-map", metavar="FILE",
+                        help="which model class each folder is: a folder name per line in model order, or "
+                             "name,index lines")
+    parser.add_argument("--real-labels", metavar="FILE",
+                        help="ImageNet-ReaL labels (real.json): also report ReaL top-1 / top-5 over the images "
+                             "that have a ReaL label")
     parser.add_argument("--annotations", metavar="FILE",
                         help="multilabel: COCO instances JSON (e.g. instances_val2014.json) of the --data images")
     parser.add_argument("--classes", metavar="FILE",
@@ -42,8 +56,8 @@ def add_parser(subparsers) -> None:
                         help="evaluate only N images, taken evenly over the folder so every class is seen")
     parser.add_argument("--strict", action="store_true", help="stop at the first unreadable file instead of skipping it")
     parser.add_argument("--json", metavar="PATH",
-                        help="also write the results as JSON (top1/top5, or map, ap_per_class and "
-                             "cp/cr/cf1/op/or/of1, in percent)")
+                        help="also write the results as JSON (top1/top5, class_mapping, real_top1..., or map, "
+                             "ap_per_class and cp/cr/cf1/op/or/of1; in percent)")
     parser.set_defaults(func=run)
 
 
@@ -88,12 +102,14 @@ def run(args: argparse.Namespace) -> int:
     # bad data fails before the model loads; the task is the data's when --task does not name it
     task = args.task or (MULTILABEL if _multilabel_signs(args) else _recorded_task(args) or MULTICLASS)
     dataset = open_validation_data(args.data, task=task, annotations=args.annotations, classes=args.classes,
-                                   strict=args.strict, without_labels=args.without_labels)
+                                   strict=args.strict, without_labels=args.without_labels,
+                                   ground_truth=args.ground_truth)
     model = common.load_model(args, "validate")
     validation = prepare_validation(model, dataset, img_size=args.img_size, batch_size=args.batch_size,
                                     workers=args.workers, device=device, precision=precision,
                                     channels_last=args.channels_last, limit=args.limit, task=args.task,
-                                    threshold=args.threshold)
+                                    threshold=args.threshold, class_map=args.class_map,
+                                    real_labels=args.real_labels)
     _print_setup(args, model, validation, device, precision)
     with common.warnings_above_progress_bar("validate"):
         report = validation.run()
@@ -116,12 +132,25 @@ def _print_setup(args: argparse.Namespace, model, validation, device, precision:
     print(f"preprocessing: {validation.preprocessing}")
     print(f"data: {args.data}, {len(validation.subset)} of {len(dataset)} images in {len(dataset.classes)} classes; "
           f"device {device}, batch {args.batch_size}, {args.workers} workers" + (f", {options}" if options else ""))
+    if validation.class_mapping is not None:
+        print(f"classes: {validation.class_mapping.describe()}")
+    if validation.real_labels is not None:
+        print(f"ReaL labels: {validation.real_labels}")
     sys.stdout.flush()
 
 
 def _print_multiclass(report: dict, model) -> None:
-    print(f"top-1 {report['top1']:.3f}%  top-5 {report['top5']:.3f}%  ({report['images']} images, "
+    mapping = report["class_mapping"]
+    over = f" over the {len(set(mapping['indices'].values()))} classes of the data" if mapping["masked"] else ""
+    print(f"top-1 {report['top1']:.3f}%  top-5 {report['top5']:.3f}%{over}  ({report['images']} images, "
           f"{report['skipped']} skipped, {report['seconds']:.1f} s, {report['img_per_s']:.1f} img/s)")
+    if mapping["masked"]:
+        print(f"over all {report['num_classes']} classes: top-1 {report['top1_all_classes']:.3f}%  "
+              f"top-5 {report['top5_all_classes']:.3f}%")
+    if "real_top1" in report:
+        real = ("no image has a ReaL label" if report["real_top1"] is None else
+                f"top-1 {report['real_top1']:.3f}%  top-5 {report['real_top5']:.3f}%")
+        print(f"ReaL {real}  ({report['real_images']} images with a ReaL label)")
     published = _published(model.pretrained_cfg)
     if published is not None and model.checkpoint_info is not None and model.num_classes == 1000:
         print(f"published top-1 of {model.pretrained_cfg['model']}: {published}")

@@ -1,4 +1,6 @@
-"""ImageNet-style folders: one sub-folder per class, sorted names give the class index.
+"""ImageNet-style folders: one sub-folder per class, sorted names give the class index (unless
+:meth:`ImageFolderDataset.map_classes` says otherwise); a flat folder of ImageNet validation images with
+its ground-truth file; ReaL labels beside the targets.
 
 Unreadable files are not fatal by default. The dataset hands back an :class:`UnreadableImage` marker
 instead of a sample, :meth:`ImageFolderDataset.collate` moves the markers out of the batch into
@@ -16,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import get_worker_info
+from torch.utils.data import Dataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 from torchvision.datasets import DatasetFolder
 
-from tresnet.data.images import IMAGE_EXTENSIONS, is_image_file, load_image
+from tresnet.data.imagenet import read_ground_truth, val_image_number
+from tresnet.data.images import IMAGE_EXTENSIONS, find_images, is_image_file, load_image
 from tresnet.errors import DataError
 
 _STRICT_NOTE = "strict mode: without --strict (strict=False) unreadable files are skipped and counted"
@@ -102,6 +105,16 @@ class ImageFolderDataset(DatasetFolder):
                 f"no image files in the {len(self.classes)} class folders of {root} "
                 f"(looked for {', '.join(IMAGE_EXTENSIONS)})"
             )
+        self.sample_classes = [self.classes[target] for _, target in self.samples]
+
+    def map_classes(self, indices: dict[str, int]) -> None:
+        """Give every sample the target ``indices[its class name]`` (a model output index, see
+        :func:`tresnet.data.class_mapping.resolve_class_mapping`) instead of its sorted position."""
+        self.class_to_idx = {name: indices[name] for name in self.classes}
+        self.samples = [(path, indices[name]) for (path, _), name in zip(self.samples, self.sample_classes,
+                                                                            strict=True)]
+        self.imgs = self.samples
+        self.targets = [target for _, target in self.samples]
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         with os.scandir(directory) as entries:
@@ -114,7 +127,8 @@ class ImageFolderDataset(DatasetFolder):
             raise DataError(
                 f"data folder {directory} has no class sub-folders ({loose} image files lie directly in it): "
                 f"put each class's images in a sub-folder named after the class (for ImageNet val, one "
-                f"folder per synset such as n01440764)"
+                f"folder per synset such as n01440764), or pass --ground-truth FILE for the flat ImageNet val "
+                f"folder (LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt)"
             )
         return classes, {name: index for index, name in enumerate(classes)}
 
@@ -155,4 +169,75 @@ class ImageFolderDataset(DatasetFolder):
             warnings.warn(f"{item.reason}; skipped", UnreadableImageWarning, stacklevel=2)
 
 
-__all__ = ["ImageBatch", "ImageFolderDataset", "UnreadableImage", "UnreadableImageWarning", "read_or_mark"]
+class GroundTruthDataset(ImageFolderDataset):
+    """The images under ``root`` (a flat folder such as ImageNet's 50,000 validation JPEGs; sub-folders
+    are read too), labelled by a ground-truth file (:func:`tresnet.data.imagenet.read_ground_truth`):
+    each image by the number in its name (``ILSVRC2012_val_00000042.JPEG``). ``classes`` are the sorted
+    synsets the file names (all 1000 for ImageNet's, also when the folder holds a part of the images);
+    otherwise as :class:`ImageFolderDataset`.
+
+    Raises :class:`DataError` for a missing or empty folder, a ground-truth file that cannot be read, and
+    images it does not cover (naming how many, and one).
+    """
+
+    def __init__(self, root: str | os.PathLike, ground_truth: str | os.PathLike,
+                 transform: Callable | None = None, strict: bool = False):
+        self.ground_truth = Path(ground_truth).expanduser()
+        self._labels = read_ground_truth(self.ground_truth)
+        super().__init__(root, transform=transform, strict=strict)
+
+    def _labelled_files(self, directory: str) -> list[tuple[str, str]]:
+        files = find_images([directory])[0]
+        if not files:
+            raise DataError(f"data folder {directory} has no image files (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        numbers = [val_image_number(path) for path in files]
+        uncovered = [path for path, number in zip(files, numbers, strict=True) if number not in self._labels]
+        if uncovered:
+            raise DataError(f"{len(uncovered)} of the {len(files)} images in {directory} have no line in "
+                            f"{self.ground_truth} (e.g. {Path(uncovered[0]).name}): the ground truth must cover "
+                            f"every image, named ILSVRC2012_val_NNNNNNNN as ImageNet's")
+        return [(str(path), self._labels[number]) for path, number in zip(files, numbers, strict=True)]
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        self._files = self._labelled_files(directory)
+        classes = sorted(set(self._labels.values()))
+        return classes, {name: index for index, name in enumerate(classes)}
+
+    def make_dataset(self, directory: str, class_to_idx: dict[str, int], *args, **kwargs) -> list[tuple[str, int]]:
+        return [(path, class_to_idx[synset]) for path, synset in self._files]
+
+
+class RealLabelled(Dataset):
+    """``dataset`` (ImageNet validation images, targets already model indices) with its images' ReaL
+    labels: each target becomes the row ``[label, real_1, ..., real_k, -1, ...]`` (padded with -1 to the
+    longest ReaL entry); an image ReaL gives no label has only -1 after its label.
+
+    Raises :class:`DataError` when an image is not an ImageNet validation image that ``real`` covers.
+    """
+
+    def __init__(self, dataset: ImageFolderDataset, real: Sequence[Sequence[int]], source: str = "the ReaL labels"):
+        self.dataset = dataset
+        width = max(1, max(len(labels) for labels in real))
+        self.rows = torch.full((len(dataset.samples), 1 + width), -1, dtype=torch.long)
+        for row, (path, target) in enumerate(dataset.samples):
+            number = val_image_number(path)
+            if number is None or not 1 <= number <= len(real):
+                raise DataError(f"{Path(path).name} is not an ImageNet validation image that {source} covers "
+                                f"(ILSVRC2012_val_00000001 to _{len(real):08d}): ReaL labels only apply to "
+                                f"ImageNet val")
+            self.rows[row, 0] = target
+            self.rows[row, 1:1 + len(real[number - 1])] = torch.as_tensor(real[number - 1], dtype=torch.long)
+        self.real_images = int((self.rows[:, 1] >= 0).sum())
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        if isinstance(item, UnreadableImage):
+            return item
+        return item[0], self.rows[index]
+
+
+__all__ = ["GroundTruthDataset", "ImageBatch", "ImageFolderDataset", "RealLabelled", "UnreadableImage",
+           "UnreadableImageWarning", "read_or_mark"]

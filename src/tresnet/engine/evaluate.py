@@ -4,6 +4,7 @@ the thresholded precision / recall of a multi-label one (:func:`evaluate_multila
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,20 +47,53 @@ def resolve_task(model: nn.Module, task: str | None = None) -> str:
 
 
 class _Tally:
-    """Running sums of one evaluation, kept on the device so that a batch costs no synchronisation."""
+    """Running sums of one evaluation, kept on the device so that a batch costs no synchronisation.
 
-    def __init__(self, device: torch.device) -> None:
-        self.correct_top1 = torch.zeros((), dtype=torch.long, device=device)
-        self.correct_top5 = torch.zeros((), dtype=torch.long, device=device)
+    With ``class_subset`` the figures are taken over those outputs only (the other logits masked); the
+    top-1 / top-5 over all outputs are kept too. Targets of shape (B, 1 + k) carry ReaL labels after
+    the label (padded with -1), counted in the ``real_`` sums over the images that have any.
+    """
+
+    _SUMS = ("correct_top1", "correct_top5", "all_top1", "all_top5", "real_top1", "real_top5", "real_images")
+
+    def __init__(self, device: torch.device, class_subset: Sequence[int] | None = None) -> None:
+        for name in self._SUMS:
+            setattr(self, name, torch.zeros((), dtype=torch.long, device=device))
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.images = self.skipped = 0
+        self.class_subset = None if class_subset is None else torch.as_tensor(list(class_subset), device=device)
+        self.has_real = False
+
+    def _mask(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.class_subset is None:
+            return logits
+        masked = torch.full_like(logits, float("-inf"))
+        masked[:, self.class_subset] = logits[:, self.class_subset]
+        return masked
 
     def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        real = None
+        if targets.ndim == 2:
+            targets, real = targets[:, 0], targets[:, 1:]
         logits = logits.float()
-        self.loss_sum += F.cross_entropy(logits, targets, reduction="sum")
-        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])
+        masked = self._mask(logits)
+        k = min(5, logits.shape[1] if self.class_subset is None else len(self.class_subset))
+        self.loss_sum += F.cross_entropy(masked, targets, reduction="sum")
+        top = masked.topk(k, dim=1).indices
+        hits = top.eq(targets[:, None])
         self.correct_top1 += hits[:, 0].sum()
         self.correct_top5 += hits.any(dim=1).sum()
+        if self.class_subset is not None:
+            hits_all = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])
+            self.all_top1 += hits_all[:, 0].sum()
+            self.all_top5 += hits_all.any(dim=1).sum()
+        if real is not None:
+            self.has_real = True
+            labelled = real[:, 0] >= 0
+            real_hits = top[:, :, None].eq(real[:, None, :]).any(dim=2) & labelled[:, None]
+            self.real_top1 += real_hits[:, 0].sum()
+            self.real_top5 += real_hits.any(dim=1).sum()
+            self.real_images += labelled.sum()
         self.images += len(targets)
 
     def postfix(self) -> dict:
@@ -68,10 +102,22 @@ class _Tally:
     def result(self, seconds: float) -> dict:
         if self.images == 0:
             raise DataError(f"nothing was evaluated: the loader gave no readable image ({self.skipped} unreadable)")
-        top1, top5, images = int(self.correct_top1.item()), int(self.correct_top5.item()), self.images
-        return dict(top1=top1 / images, top5=top5 / images, correct_top1=top1, correct_top5=top5,
-                    loss=float(self.loss_sum.item()) / images, images=images, skipped=self.skipped,
-                    seconds=seconds, img_per_s=images / seconds if seconds > 0 else float("inf"))
+        sums = {name: int(getattr(self, name).item()) for name in self._SUMS}
+        images = self.images
+        result = dict(top1=sums["correct_top1"] / images, top5=sums["correct_top5"] / images,
+                      correct_top1=sums["correct_top1"], correct_top5=sums["correct_top5"],
+                      loss=float(self.loss_sum.item()) / images, images=images, skipped=self.skipped,
+                      seconds=seconds, img_per_s=images / seconds if seconds > 0 else float("inf"))
+        if self.class_subset is not None:
+            result.update(top1_all_classes=sums["all_top1"] / images, top5_all_classes=sums["all_top5"] / images,
+                          class_subset=len(self.class_subset))
+        if self.has_real:
+            labelled = sums["real_images"]
+            result.update(real_top1=sums["real_top1"] / labelled if labelled else None,
+                          real_top5=sums["real_top5"] / labelled if labelled else None,
+                          real_correct_top1=sums["real_top1"], real_correct_top5=sums["real_top5"],
+                          real_images=labelled)
+        return result
 
 
 class _MultiLabelTally:
@@ -133,7 +179,7 @@ def _run_batches(model: nn.Module, loader, device: torch.device, tally, bar, *, 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: str | torch.device, *, precision: str = "fp32",
              channels_last: bool = False, limit: int | None = None, progress: bool = True, desc: str = "eval",
-             amp: bool | None = None) -> dict:
+             class_subset: Sequence[int] | None = None, amp: bool | None = None) -> dict:
     """Run ``model`` over ``loader`` (batches of ``(images, targets)``) and measure its accuracy.
 
     ``model`` must already sit on ``device`` (in channels-last memory too if wanted; the inputs are
@@ -141,17 +187,24 @@ def evaluate(model: nn.Module, loader, device: str | torch.device, *, precision:
     ``precision`` is one of :data:`tresnet.runtime.PRECISIONS` (``amp``: float16 on CUDA, bfloat16 on
     the CPU); ``amp=True`` is its deprecated spelling of ``precision="amp"``. ``limit`` stops after that
     many images. Batches may carry ``skipped`` (unreadable files, see :mod:`tresnet.data.datasets`);
-    they are counted, not evaluated.
+    they are counted, not evaluated. ``class_subset``: the model outputs the data covers (a subset such as
+    ImageNet-A's 200 classes); the prediction is then taken over those only, the other logits masked.
+    Targets of shape (B, 1 + k), the label then the image's ReaL labels padded with -1
+    (:class:`~tresnet.data.datasets.RealLabelled`), also give the ReaL figures.
 
     Returns a dict: ``top1``, ``top5`` (fractions in [0, 1]; top-5 counts a hit among the top
-    ``min(5, num_classes)``), ``correct_top1``, ``correct_top5``, ``loss`` (mean cross-entropy),
-    ``images``, ``skipped``, ``seconds`` (wall time, loading included), ``img_per_s``.
+    ``min(5, classes)``), ``correct_top1``, ``correct_top5``, ``loss`` (mean cross-entropy),
+    ``images``, ``skipped``, ``seconds`` (wall time, loading included), ``img_per_s``. With
+    ``class_subset`` also ``top1_all_classes``, ``top5_all_classes`` (the prediction over every output)
+    and ``class_subset`` (its size); with ReaL labels ``real_top1``, ``real_top5`` (a hit is any ReaL
+    label; over the ``real_images`` that have one, None when none has), ``real_correct_top1``,
+    ``real_correct_top5``.
     Raises :class:`DataError` when the loader yields no image at all, :class:`ConfigError` for an
     unknown precision, and ValueError for a ``limit`` below 1.
     """
     device = torch.device(device)
     precision = _precision_of(precision, amp)
-    tally = _Tally(device)
+    tally = _Tally(device, class_subset)
     seconds = _run(model, loader, device, tally, precision=precision, channels_last=channels_last, limit=limit,
                    progress=progress, desc=desc)
     return tally.result(seconds)

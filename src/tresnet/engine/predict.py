@@ -24,6 +24,9 @@ import torch
 from torch import nn
 
 from tresnet.data import class_labels, create_eval_transform, find_images, load_image
+from tresnet.data.class_mapping import read_class_map
+from tresnet.data.class_names import IMAGENET_NUM_CLASSES
+from tresnet.data.imagenet import imagenet_synsets
 from tresnet.engine.evaluate import resolve_task
 from tresnet.errors import ConfigError, DataError
 from tresnet.runtime import autocast, check_precision
@@ -33,11 +36,16 @@ from tresnet.tasks import DEFAULT_THRESHOLD, MULTILABEL, check_threshold
 @dataclass(frozen=True)
 class ClassScore:
     """One of an image's classes: its index, label and probability (softmax for a multiclass model,
-    the class's own sigmoid for a multilabel one)."""
+    the class's own sigmoid for a multilabel one); for an ImageNet-1k model also its synset."""
 
     index: int
     label: str
     prob: float
+    synset: str | None = None
+
+    def to_dict(self) -> dict:
+        """``{"index", "label", "prob"}``, with ``"synset"`` when there is one."""
+        return {key: value for key, value in vars(self).items() if key != "synset" or value is not None}
 
 
 @dataclass(frozen=True)
@@ -52,22 +60,31 @@ class Prediction:
     labels: list[ClassScore] | None = None
 
     def to_dict(self) -> dict:
-        """``{"file", "topk": [{"index", "label", "prob"}]}``, with ``"labels"`` (same form) before
-        ``"topk"`` for a multilabel model, plus ``"error"`` for a failed input."""
+        """``{"file", "topk": [{"index", "label", "prob"}]}`` (ImageNet-1k models: with ``"synset"``),
+        with ``"labels"`` (same form) before ``"topk"`` for a multilabel model, plus ``"error"`` for a
+        failed input."""
         out: dict = {"file": self.file}
         if self.labels is not None:
-            out["labels"] = [vars(score) for score in self.labels]
-        out["topk"] = [vars(score) for score in self.topk]
+            out["labels"] = [score.to_dict() for score in self.labels]
+        out["topk"] = [score.to_dict() for score in self.topk]
         if self.error is not None:
             out["error"] = self.error
         return out
 
 
-def _labels(model: nn.Module, class_names: Sequence[str] | None, task: str) -> list[str]:
+def _labels(model: nn.Module, class_names: Sequence[str] | None, task: str,
+            class_map: str | os.PathLike | None) -> tuple[list[str], Sequence[str] | None]:
+    """A label per output and, for an ImageNet-1k model labelled by ImageNet's names, the synsets."""
     info = getattr(model, "checkpoint_info", None)
     if class_names is None and info is not None:
         class_names = info.metadata.get("class_names")
-    return class_labels(model.num_classes, class_names, task=task)
+    labels = class_labels(model.num_classes, class_names, task=task)
+    imagenet = (class_names is None or len(class_names) != model.num_classes) and task != MULTILABEL \
+        and model.num_classes == IMAGENET_NUM_CLASSES
+    if class_map is not None:
+        for name, index in read_class_map(class_map, model.num_classes).items():
+            labels[index] = name
+    return labels, imagenet_synsets() if imagenet else None
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -94,18 +111,20 @@ def _decode(paths: Sequence[Path], transform, task: str) -> tuple[list[str], lis
 def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int = 5, batch_size: int = 32,
             img_size: int | None = None, device: str | torch.device | None = None, precision: str = "fp32",
             class_names: Sequence[str] | None = None, task: str | None = None,
-            threshold: float = DEFAULT_THRESHOLD) -> Iterator[Prediction]:
+            threshold: float = DEFAULT_THRESHOLD, class_map: str | os.PathLike | None = None) -> Iterator[Prediction]:
     """Yield a :class:`Prediction` for every image that ``inputs`` name (files, or folders searched
     recursively: :func:`tresnet.data.find_images`), with the model's own preprocessing.
 
     Inputs that name no image come first, as errors; then the images in order, batch by batch, an
     unreadable file giving an error rather than stopping the others. Labels are ``class_names``, else
     the checkpoint's (``model.checkpoint_info``), else ImageNet's for 1000 classes (COCO's for 80 with a
-    multilabel task), else indices. ``task`` None is the model's (``pretrained_cfg["task"]``, else
+    multilabel task), else indices; a ``class_map`` file (as ``tresnet validate --class-map``) renames the
+    outputs it lists. An ImageNet-1k model's answers also carry each class's synset. ``task`` None is the model's (``pretrained_cfg["task"]``, else
     multiclass): a multiclass answer gives softmax probabilities; a multilabel one each class's sigmoid
     and ``labels``, the classes whose probability exceeds ``threshold``. ``device`` None keeps the model
     where it is. The model runs in eval mode; its mode comes back when the iteration ends. Raises
-    :class:`ConfigError` for a bad ``topk``, ``batch_size``, precision, task or threshold and
+    :class:`ConfigError` for a bad ``topk``, ``batch_size``, precision, task or threshold,
+    :class:`DataError` for a class map that cannot be read, and
     :class:`~tresnet.errors.InputSizeError` for a size the model cannot take.
     """
     if topk < 1 or batch_size < 1:
@@ -117,7 +136,7 @@ def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int 
     device = torch.device(device) if device is not None else _model_device(model)
     check_precision(precision, device)
     transform = create_eval_transform(model.pretrained_cfg, size)
-    labels = _labels(model, class_names, task)
+    labels, synsets = _labels(model, class_names, task, class_map)
     files, errors = find_images(inputs)
     yield from (_failure(name, message, task) for name, message in errors)
     was_training = model.training
@@ -128,7 +147,7 @@ def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int 
             yield from failed
             if tensors:
                 probs = _probabilities(model, torch.stack(tensors), task, device, precision)
-                yield from _answers(names, probs, labels, topk, threshold if task == MULTILABEL else None)
+                yield from _answers(names, probs, labels, synsets, topk, threshold if task == MULTILABEL else None)
     finally:
         model.train(was_training)
 
@@ -140,18 +159,21 @@ def _probabilities(model: nn.Module, images: torch.Tensor, task: str, device: to
     return logits.sigmoid() if task == MULTILABEL else logits.softmax(dim=1)
 
 
-def _answers(names: list[str], probs: torch.Tensor, labels: list[str], topk: int,
+def _answers(names: list[str], probs: torch.Tensor, labels: list[str], synsets: Sequence[str] | None, topk: int,
              threshold: float | None) -> list[Prediction]:
     """Top-k of each row of ``probs``; with a ``threshold`` also every class above it, best first."""
+    def score(index: int, prob: float) -> ClassScore:
+        return ClassScore(index, labels[index], prob, synsets[index] if synsets is not None else None)
+
     top_probs, top_indices = probs.topk(min(topk, probs.shape[1]), dim=1)
     answers = []
     for row, name, p_row, i_row in zip(probs, names, top_probs.tolist(), top_indices.tolist(), strict=True):
-        top = [ClassScore(i, labels[i], p) for p, i in zip(p_row, i_row, strict=True)]
+        top = [score(i, p) for p, i in zip(p_row, i_row, strict=True)]
         above = None
         if threshold is not None:
             kept = (row > threshold).nonzero().flatten()
             order = kept[row[kept].argsort(descending=True, stable=True)].tolist()
-            above = [ClassScore(i, labels[i], float(row[i])) for i in order]
+            above = [score(i, float(row[i])) for i in order]
         answers.append(Prediction(name, top, labels=above))
     return answers
 

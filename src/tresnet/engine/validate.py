@@ -1,6 +1,9 @@
-"""Validate a classifier: what ``tresnet validate`` runs. A single-label model on an ImageNet-style folder
-(one sub-folder per class): top-1 / top-5; a multi-label model on COCO-style annotations or a labels CSV
-(:func:`tresnet.data.multilabel.open_multilabel`): mAP and thresholded precision / recall.
+"""Validate a classifier: what ``tresnet validate`` runs. A single-label model on a folder of class
+sub-folders, mapped to the model's outputs by :func:`tresnet.data.class_mapping.resolve_class_mapping`
+(synsets, class indices, sorted names or a class map; a subset of the classes is scored over those only),
+or on a flat folder with a ground-truth file, optionally with ReaL labels: top-1 / top-5; a multi-label
+model on COCO-style annotations or a labels CSV (:func:`tresnet.data.multilabel.open_multilabel`): mAP and
+thresholded precision / recall.
 
     import tresnet
     from tresnet.engine.validate import validate
@@ -8,6 +11,9 @@
     model = tresnet.create_model("tresnet_m", checkpoint_path="tresnet_m.pth")
     report = validate(model, "imagenet/val", batch_size=128, workers=8, precision="amp")
     print(report["top1"], report["top5"])
+
+    report = validate(model, "imagenet/val_flat", ground_truth="LOC_val_solution.csv", real_labels="real.json")
+    print(report["top1"], report["real_top1"])
 
     model = tresnet.create_model(checkpoint_path="tresnet_l_448_coco.pth")  # a multi-label checkpoint
     report = validate(model, "coco/val2014", annotations="coco/annotations/instances_val2014.json")
@@ -26,6 +32,10 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from tresnet.data import ImageFolderDataset, create_eval_transform, create_loader
+from tresnet.data.class_mapping import ClassMapping, read_class_map, resolve_class_mapping
+from tresnet.data.class_names import IMAGENET_NUM_CLASSES
+from tresnet.data.datasets import GroundTruthDataset, RealLabelled
+from tresnet.data.imagenet import read_real_labels
 from tresnet.data.multilabel import MultiLabelDataset, open_multilabel
 from tresnet.data.transforms import describe_eval_transform
 from tresnet.engine.evaluate import evaluate, evaluate_multilabel, resolve_task
@@ -41,18 +51,25 @@ _MULTILABEL_DATA = "pass --annotations FILE (COCO json, with --data the images f
 def open_validation_data(data: str | os.PathLike, *, task: str = MULTICLASS,
                          annotations: str | os.PathLike | None = None,
                          classes: Sequence[str] | str | os.PathLike | None = None, strict: bool = False,
-                         without_labels: str = "skip") -> ValidationData:
-    """The set to validate a ``task`` model on: a folder of class sub-folders (multiclass), else
+                         without_labels: str = "skip",
+                         ground_truth: str | os.PathLike | None = None) -> ValidationData:
+    """The set to validate a ``task`` model on: a folder of class sub-folders (multiclass), or with
+    ``ground_truth`` the images of ``data`` labelled by that file (:class:`GroundTruthDataset`), else
     :func:`~tresnet.data.multilabel.open_multilabel`'s ``data`` with ``annotations`` / ``classes``.
 
-    Raises :class:`ConfigError` for ``annotations`` or ``classes`` with a multiclass task, and
-    :class:`DataError` for data that cannot be read (see the two readers).
+    Raises :class:`ConfigError` for ``annotations`` or ``classes`` with a multiclass task (``ground_truth``
+    with a multilabel one), and :class:`DataError` for data that cannot be read (see the readers).
     """
     if check_task(task) == MULTICLASS:
         if annotations is not None or classes is not None:
             raise ConfigError("--annotations and --classes describe multi-label data, but the task is multiclass: "
                               "pass --task multilabel")
+        if ground_truth is not None:
+            return GroundTruthDataset(data, ground_truth, strict=strict)
         return ImageFolderDataset(data, strict=strict)
+    if ground_truth is not None:
+        raise ConfigError("--ground-truth labels ImageNet validation images, one class each: it does not apply to "
+                          "a multilabel task")
     return open_multilabel(data, annotations=annotations, classes=classes, strict=strict,
                            without_labels=without_labels)
 
@@ -79,20 +96,46 @@ def _check_class_list(classes: Sequence[str], names: Sequence[str] | None, model
                         f"the {data_word}, {names[first]!r} in the checkpoint; {fix}")
 
 
-def check_classes(dataset: ValidationData, model: nn.Module) -> None:
-    """Raise :class:`DataError` unless the folder (or the multi-label annotations) has one class per model
-    output, named as the checkpoint's classes when the checkpoint names them."""
+def _checkpoint_class_names(model: nn.Module) -> list[str] | None:
     info = getattr(model, "checkpoint_info", None)
-    names = info.metadata.get("class_names") if info is not None else None
+    return info.metadata.get("class_names") if info is not None else None
+
+
+def check_classes(dataset: ValidationData, model: nn.Module, *,
+                  class_map: str | os.PathLike | None = None) -> ClassMapping | None:
+    """Match the data's classes to the model's outputs: for a folder (or ground-truth file) the
+    :class:`~tresnet.data.class_mapping.ClassMapping` of
+    :func:`~tresnet.data.class_mapping.resolve_class_mapping` (``class_map``: a class-map file), applied
+    to the dataset's targets; for multi-label annotations a check that they name one class per output,
+    as the checkpoint names them (None is returned). Raises :class:`DataError` when they do not fit.
+    """
+    names = _checkpoint_class_names(model)
     if isinstance(dataset, MultiLabelDataset):
+        if class_map is not None:
+            raise ConfigError("--class-map maps class folders; multi-label classes come from --classes FILE")
         _check_class_list(dataset.classes, names, model, count_text=f"{dataset.source} names",
                           names_text=f"the classes of {dataset.source}", data_word="annotations",
                           fix="use annotations of the model's classes in its order (for a CSV: --classes FILE)")
+        return None
+    if isinstance(dataset, GroundTruthDataset):
+        data = f"the ground truth of {dataset.root} ({dataset.ground_truth})"
     else:
-        _check_class_list(dataset.classes, names, model, count_text=f"{dataset.root} has class folders for",
-                          names_text=f"the class folders of {dataset.root}", data_word="folder",
-                          fix="use a folder with one sub-folder per model class, named as the classes the model "
-                              "was trained on (ImageNet val: 1000 synset folders)")
+        data = f"the class folders of {dataset.root}"
+    mapping = resolve_class_mapping(
+        dataset.classes, model.num_classes, checkpoint_names=names, data=data,
+        class_map=read_class_map(class_map, model.num_classes) if class_map is not None else None,
+        class_map_source=str(class_map) if class_map is not None else None)
+    dataset.map_classes(mapping.indices)
+    return mapping
+
+
+def with_real_labels(dataset: ImageFolderDataset, model: nn.Module, real_labels: str | os.PathLike) -> RealLabelled:
+    """``dataset`` with its images' ReaL labels (:func:`tresnet.data.imagenet.read_real_labels`); the model
+    must number its outputs as ImageNet-1k. Raises :class:`DataError` otherwise, or for images ReaL does not
+    cover."""
+    if model.num_classes != IMAGENET_NUM_CLASSES:
+        raise DataError(f"ReaL labels are ImageNet-1k class indices but the model has {model.num_classes} classes")
+    return RealLabelled(dataset, read_real_labels(real_labels), source=str(real_labels))
 
 
 def evenly_spaced(dataset: Dataset, limit: int) -> Dataset:
@@ -119,6 +162,8 @@ class Validation:
     settings: dict
     task: str = MULTICLASS
     threshold: float = DEFAULT_THRESHOLD
+    class_mapping: ClassMapping | None = None
+    real_labels: str | None = None
 
     @property
     def preprocessing(self) -> str:
@@ -131,8 +176,10 @@ class Validation:
                                          channels_last=self.channels_last, progress=progress, desc="validate",
                                          threshold=self.threshold)
             return _multilabel_report(self, result)
+        mapping = self.class_mapping
         result = evaluate(self.model, self.loader, self.device, precision=self.precision,
-                          channels_last=self.channels_last, progress=progress, desc="validate")
+                          channels_last=self.channels_last, progress=progress, desc="validate",
+                          class_subset=mapping.covered if mapping is not None and mapping.masked else None)
         return _report(self, result)
 
 
@@ -143,13 +190,17 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
                        strict: bool = False, task: str | None = None,
                        annotations: str | os.PathLike | None = None,
                        classes: Sequence[str] | str | os.PathLike | None = None,
-                       threshold: float = DEFAULT_THRESHOLD, without_labels: str = "skip") -> Validation:
+                       threshold: float = DEFAULT_THRESHOLD, without_labels: str = "skip",
+                       ground_truth: str | os.PathLike | None = None, class_map: str | os.PathLike | None = None,
+                       real_labels: str | os.PathLike | None = None) -> Validation:
     """Check the data against the model and build the loader; :meth:`Validation.run` evaluates.
 
     ``task`` None is the model's (``pretrained_cfg["task"]``, else multiclass). ``data`` is a dataset
     already open, or a path read by :func:`open_validation_data` (with ``annotations``, ``classes``,
-    ``without_labels`` for a multilabel task). ``threshold``: the probability above which a label counts
-    as predicted (multilabel).
+    ``without_labels`` for a multilabel task, ``ground_truth`` for a flat folder). Classes are matched to
+    the model's outputs by :func:`check_classes` (``class_map``: a class-map file); ``real_labels``: the
+    ReaL ``real.json`` of ImageNet val, scored beside the original labels. ``threshold``: the probability
+    above which a label counts as predicted (multilabel).
 
     Raises :class:`DataError` (missing or empty data, classes that do not match the model, data that
     does not fit the task), :class:`ConfigError` (bad device, precision, limit, task or threshold) and
@@ -163,20 +214,27 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
         dataset = data
     else:
         dataset = open_validation_data(data, task=task, annotations=annotations, classes=classes, strict=strict,
-                                       without_labels=without_labels)
+                                       without_labels=without_labels, ground_truth=ground_truth)
     _check_data_fits_task(dataset, task)
+    if real_labels is not None and task == MULTILABEL:
+        raise ConfigError("--real-labels are ImageNet's single-label validation labels: not for a multilabel task")
     size = img_size or int(model.pretrained_cfg["input_size"][-1])
     model.check_input_size(size, size)
-    check_classes(dataset, model)
+    mapping = check_classes(dataset, model, class_map=class_map)
     dataset.transform = create_eval_transform(model.pretrained_cfg, size)
-    subset = evenly_spaced(dataset, limit) if limit is not None else dataset
+    scored = with_real_labels(dataset, model, real_labels) if real_labels is not None else dataset
+    subset = evenly_spaced(scored, limit) if limit is not None else scored
     loader = create_loader(subset, batch_size, workers, device)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     settings = dict(batch_size=batch_size, workers=workers, limit=limit)
     return Validation(model, dataset, subset, loader, size, device, precision, channels_last, settings, task,
-                      threshold)
+                      threshold, mapping, str(real_labels) if real_labels is not None else None)
+
+
+def _path_or_none(path: os.PathLike | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _percent(fraction: float | None) -> float | None:
@@ -216,6 +274,18 @@ def _multilabel_report(run: Validation, result: dict) -> dict:
     )
 
 
+def _subset_and_real_figures(run: Validation, result: dict) -> dict:
+    """The prediction over all classes when a subset was masked, and the ReaL figures, in percent."""
+    figures = {}
+    if "top1_all_classes" in result:
+        figures.update(top1_all_classes=100.0 * result["top1_all_classes"],
+                       top5_all_classes=100.0 * result["top5_all_classes"])
+    if run.real_labels is not None:
+        figures.update(real_labels=run.real_labels, real_top1=_percent(result["real_top1"]),
+                       real_top5=_percent(result["real_top5"]), real_images=result["real_images"])
+    return figures
+
+
 def _report(run: Validation, result: dict) -> dict:
     info = getattr(run.model, "checkpoint_info", None)
     return dict(
@@ -224,11 +294,14 @@ def _report(run: Validation, result: dict) -> dict:
         checkpoint_format=info.format if info is not None else None,
         task=MULTICLASS,
         data=str(run.dataset.root),
+        ground_truth=_path_or_none(getattr(run.dataset, "ground_truth", None)),
         num_classes=run.model.num_classes,
+        class_mapping=run.class_mapping.to_dict() if run.class_mapping is not None else None,
         img_size=run.img_size,
         preprocessing=run.preprocessing,
         top1=100.0 * result["top1"],
         top5=100.0 * result["top5"],
+        **_subset_and_real_figures(run, result),
         accuracy_unit="percent",
         loss=result["loss"],
         images=result["images"],
@@ -251,7 +324,9 @@ def validate(model: nn.Module, data: str | os.PathLike | ValidationData, *, prog
     ``options`` are those of :func:`prepare_validation` (``task`` None: the model's). Both reports hold
     ``task``, ``images``, ``skipped`` (unreadable files, counted rather than evaluated) and
     ``skipped_files``, ``loss``, ``seconds``, ``img_per_s``, the model, checkpoint and settings. Multiclass:
-    ``top1``/``top5`` in percent. Multilabel: ``map``, ``ap_per_class`` (null for a class without
+    ``top1``/``top5`` in percent and ``class_mapping`` (:meth:`ClassMapping.to_dict`); when the data covers
+    a subset of the classes (the figures are then over that subset) also ``top1_all_classes`` /
+    ``top5_all_classes``; with ReaL labels ``real_top1``, ``real_top5`` and ``real_images``. Multilabel: ``map``, ``ap_per_class`` (null for a class without
     positives in the data), ``cp``, ``cr``, ``cf1``, ``op``, ``or``, ``of1``, all in percent, with
     ``classes``, ``threshold`` (a probability), ``classes_with_positives`` and ``annotations``.
     """
@@ -259,4 +334,4 @@ def validate(model: nn.Module, data: str | os.PathLike | ValidationData, *, prog
 
 
 __all__ = ["Validation", "ValidationData", "check_classes", "evenly_spaced", "open_validation_data",
-           "prepare_validation", "validate"]
+           "prepare_validation", "validate", "with_real_labels"]
