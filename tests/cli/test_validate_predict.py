@@ -13,6 +13,7 @@ from PIL import Image
 import tresnet
 from tresnet.cli.main import main
 from tresnet.data import imagenet_class_names
+from tresnet.data.imagenet import imagenet_synsets
 
 CLASSES = ["ant", "bee", "cow"]
 SMALL = ["--img-size", "64", "--device", "cpu"]
@@ -74,7 +75,7 @@ def test_validate_limit_and_strict(folder, checkpoint, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    ([], "has class folders for 3 classes but the model has 1000"),
+    ([], "has 3 classes but the model has 1000"),
     (["--img-size", "30"], "input size 30x30 is not supported"),
     (["--device", "cuda:99"], "cuda:99"),  # absent here: no CUDA, or not that many GPUs
 ])
@@ -101,7 +102,7 @@ def test_validate_class_names_must_match_the_checkpoint(folder, tmp_path, capsys
     tresnet.save_checkpoint(model, path, class_names=["ant", "cat", "cow"])
     assert main(["validate", "--data", str(folder), "--model", "tresnet_m", "--checkpoint", str(path),
                  "--workers", "0", *SMALL]) == 1
-    assert "index 1 is 'bee' in the folder, 'cat' in the checkpoint" in capsys.readouterr().err
+    assert "index 1 is 'bee' in the data, 'cat' in the checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # a forward pass of tresnet_m (seconds on a CPU)
@@ -233,9 +234,9 @@ def thousand_classes(tmp_path_factory, folder):
     """1000 class folders of one small image each (only --limit of them are decoded)."""
     root = tmp_path_factory.mktemp("imagenet_val")
     picture = (folder / "ant" / "a.jpg").read_bytes()
-    for index in range(1000):
-        (root / f"n{index:08d}").mkdir()
-        (root / f"n{index:08d}" / "a.jpg").write_bytes(picture)
+    for synset in imagenet_synsets():
+        (root / synset).mkdir()
+        (root / synset / "a.jpg").write_bytes(picture)
     return root
 
 

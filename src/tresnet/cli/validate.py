@@ -39,6 +39,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--real-labels", metavar="FILE",
                         help="ImageNet-ReaL labels (real.json): also report ReaL top-1 / top-5 over the images "
                              "that have a ReaL label")
+    parser.add_argument("--crop-pct", type=float, metavar="F",
+                        help="centre-crop this fraction instead of the model's preprocessing (resize the short side "
+                             "to size / F); e.g. 0.875 to compare with timm's 448-pixel TResNet figures")
     parser.add_argument("--annotations", metavar="FILE",
                         help="multilabel: COCO instances JSON (e.g. instances_val2014.json) of the --data images")
     parser.add_argument("--classes", metavar="FILE",
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
                                     workers=args.workers, device=device, precision=precision,
                                     channels_last=args.channels_last, limit=args.limit, task=args.task,
                                     threshold=args.threshold, class_map=args.class_map,
-                                    real_labels=args.real_labels)
+                                    real_labels=args.real_labels, crop_pct=args.crop_pct)
     _print_setup(args, model, validation, device, precision)
     with common.warnings_above_progress_bar("validate"):
         report = validation.run()

@@ -118,9 +118,9 @@ def check_classes(dataset: ValidationData, model: nn.Module, *,
                           fix="use annotations of the model's classes in its order (for a CSV: --classes FILE)")
         return None
     if isinstance(dataset, GroundTruthDataset):
-        data = f"the ground truth of {dataset.root} ({dataset.ground_truth})"
+        data = f"ground truth {dataset.ground_truth}"
     else:
-        data = f"the class folders of {dataset.root}"
+        data = f"folder {dataset.root}"
     mapping = resolve_class_mapping(
         dataset.classes, model.num_classes, checkpoint_names=names, data=data,
         class_map=read_class_map(class_map, model.num_classes) if class_map is not None else None,
@@ -136,6 +136,16 @@ def with_real_labels(dataset: ImageFolderDataset, model: nn.Module, real_labels:
     if model.num_classes != IMAGENET_NUM_CLASSES:
         raise DataError(f"ReaL labels are ImageNet-1k class indices but the model has {model.num_classes} classes")
     return RealLabelled(dataset, read_real_labels(real_labels), source=str(real_labels))
+
+
+def eval_cfg_with_crop(pretrained_cfg: dict, crop_pct: float | None) -> dict:
+    """``pretrained_cfg``, or with ``crop_pct`` a centre crop of that fraction (timm's ``--crop-pct``: the
+    short side resized to ``size / crop_pct``). Raises :class:`ConfigError` outside (0, 1]."""
+    if crop_pct is None:
+        return pretrained_cfg
+    if not 0.0 < crop_pct <= 1.0:
+        raise ConfigError(f"--crop-pct must be in (0, 1], got {crop_pct}")
+    return {**pretrained_cfg, "crop_pct": float(crop_pct), "crop_mode": "center"}
 
 
 def evenly_spaced(dataset: Dataset, limit: int) -> Dataset:
@@ -164,10 +174,16 @@ class Validation:
     threshold: float = DEFAULT_THRESHOLD
     class_mapping: ClassMapping | None = None
     real_labels: str | None = None
+    crop_pct: float | None = None
+
+    @property
+    def eval_cfg(self) -> dict:
+        """The model's preprocessing configuration, with the ``crop_pct`` override (a centre crop)."""
+        return eval_cfg_with_crop(self.model.pretrained_cfg, self.crop_pct)
 
     @property
     def preprocessing(self) -> str:
-        return describe_eval_transform(self.model.pretrained_cfg, self.img_size)
+        return describe_eval_transform(self.eval_cfg, self.img_size)
 
     def run(self, progress: bool = True) -> dict:
         """Evaluate and return the report (see :func:`validate`)."""
@@ -192,14 +208,16 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
                        classes: Sequence[str] | str | os.PathLike | None = None,
                        threshold: float = DEFAULT_THRESHOLD, without_labels: str = "skip",
                        ground_truth: str | os.PathLike | None = None, class_map: str | os.PathLike | None = None,
-                       real_labels: str | os.PathLike | None = None) -> Validation:
+                       real_labels: str | os.PathLike | None = None, crop_pct: float | None = None) -> Validation:
     """Check the data against the model and build the loader; :meth:`Validation.run` evaluates.
 
     ``task`` None is the model's (``pretrained_cfg["task"]``, else multiclass). ``data`` is a dataset
     already open, or a path read by :func:`open_validation_data` (with ``annotations``, ``classes``,
     ``without_labels`` for a multilabel task, ``ground_truth`` for a flat folder). Classes are matched to
     the model's outputs by :func:`check_classes` (``class_map``: a class-map file); ``real_labels``: the
-    ReaL ``real.json`` of ImageNet val, scored beside the original labels. ``threshold``: the probability
+    ReaL ``real.json`` of ImageNet val, scored beside the original labels; ``crop_pct`` replaces the
+    model's resize and crop with a centre crop of that fraction (to compare with figures measured so,
+    such as timm's 448-pixel TResNet rows). ``threshold``: the probability
     above which a label counts as predicted (multilabel).
 
     Raises :class:`DataError` (missing or empty data, classes that do not match the model, data that
@@ -210,6 +228,7 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
     check_precision(precision, device)
     task = resolve_task(model, task)
     threshold = check_threshold(threshold)
+    eval_cfg = eval_cfg_with_crop(model.pretrained_cfg, crop_pct)
     if isinstance(data, ImageFolderDataset | MultiLabelDataset):
         dataset = data
     else:
@@ -221,16 +240,16 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
     size = img_size or int(model.pretrained_cfg["input_size"][-1])
     model.check_input_size(size, size)
     mapping = check_classes(dataset, model, class_map=class_map)
-    dataset.transform = create_eval_transform(model.pretrained_cfg, size)
+    dataset.transform = create_eval_transform(eval_cfg, size)
     scored = with_real_labels(dataset, model, real_labels) if real_labels is not None else dataset
     subset = evenly_spaced(scored, limit) if limit is not None else scored
     loader = create_loader(subset, batch_size, workers, device)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    settings = dict(batch_size=batch_size, workers=workers, limit=limit)
+    settings = dict(batch_size=batch_size, workers=workers, limit=limit, crop_pct=crop_pct)
     return Validation(model, dataset, subset, loader, size, device, precision, channels_last, settings, task,
-                      threshold, mapping, str(real_labels) if real_labels is not None else None)
+                      threshold, mapping, str(real_labels) if real_labels is not None else None, crop_pct)
 
 
 def _path_or_none(path: os.PathLike | None) -> str | None:
@@ -333,5 +352,5 @@ def validate(model: nn.Module, data: str | os.PathLike | ValidationData, *, prog
     return prepare_validation(model, data, **options).run(progress)
 
 
-__all__ = ["Validation", "ValidationData", "check_classes", "evenly_spaced", "open_validation_data",
+__all__ = ["Validation", "ValidationData", "check_classes", "eval_cfg_with_crop", "evenly_spaced", "open_validation_data",
            "prepare_validation", "validate", "with_real_labels"]
