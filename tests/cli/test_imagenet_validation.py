@@ -512,3 +512,13 @@ def test_predict_of_a_model_with_its_own_classes_has_no_synsets(stand_in, tmp_pa
     assert (answer["topk"][0]["index"], answer["topk"][0]["label"]) == (2, "cat")
     assert all("synset" not in s for s in answer["topk"])
     assert "cat (2)" in capsys.readouterr().out
+
+
+def test_predict_of_a_checkpoint_that_records_the_synsets_shows_names_and_synsets(stand_in, tmp_path, capsys):
+    image = tmp_path / "snake.png"
+    _image(image, 150)
+    stand_in({150: {65: 5.0}}, class_names=list(imagenet_synsets()))  # trained on ImageNet's synset folders
+    out = tmp_path / "answers.json"
+    assert main(["predict", str(image), "--topk", "1", "--json", str(out), *SMALL[:4]]) == 0
+    (answer,) = json.loads(out.read_text())
+    assert answer["topk"][0] | {"prob": None} == {"index": 65, "label": "sea snake", "synset": SEA_SNAKE, "prob": None}

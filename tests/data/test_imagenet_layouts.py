@@ -101,6 +101,14 @@ def test_read_ground_truth_from_the_devkit_txt(tmp_path):
     assert read_ground_truth(path) == {1: SEA_SNAKE, 2: devkit[0], 3: devkit[999]}
 
 
+def test_a_byte_order_mark_and_blank_lines_at_the_end_are_no_error(tmp_path):
+    csv = tmp_path / "LOC_val_solution.csv"
+    csv.write_text(f"ImageId,PredictionString\n{_val(1)},{SEA_SNAKE} 1 2 3 4\n", encoding="utf-8-sig")
+    txt = tmp_path / "ILSVRC2012_validation_ground_truth.txt"
+    txt.write_text("\ufeff490\n\n\n", encoding="utf-8")
+    assert read_ground_truth(csv) == read_ground_truth(txt) == {1: SEA_SNAKE}
+
+
 def test_both_ground_truth_formats_read_the_same_truth(tmp_path):
     truth = [imagenet_synsets()[i] for i in (65, 0, 999, 500, 65, 1)]
     txt = tmp_path / "gt.txt"
@@ -152,7 +160,7 @@ def test_read_real_labels(tmp_path):
 
 
 @pytest.mark.parametrize("content", [
-    {"1": [65]}, [], [65, 3], [[65], 3], [[1000]], [[-1]], [["n01751748"]], [[1.0]], "[[65]]",
+    {"1": [65]}, [], [65, 3], [[65], 3], [[1000]], [[-1]], [["n01751748"]], [[1.0]], "[[65]]", [[True, False]],
 ])
 def test_read_real_labels_rejects_what_is_not_a_list_of_index_lists(tmp_path, content):
     path = tmp_path / "real.json"
@@ -314,7 +322,7 @@ def test_a_class_map_covers_only_what_it_is_asked_about():
      "the classes of folder v are not the checkpoint's classes: index 2 is 'cat' in the data, 'cow' in the "
      "checkpoint"),
     # synset folders and a 1000-class checkpoint trained on other names: not read as ImageNet's outputs
-    ([TENCH, SEA_SNAKE], 1000, [str(i) for i in range(1000)], "folder v has 2 classes but the model has 1000"),
+    ([TENCH, SEA_SNAKE], 1000, [str(i) for i in range(1000)], "folder v has synset classes but the checkpoint records 1000 other"),
     ([], 10, None, "folder v has 0 classes"),
 ])
 def test_what_no_rule_fits_is_a_one_line_error(names, num_classes, checkpoint_names, message):

@@ -173,7 +173,11 @@ def resolve_class_mapping(names: Sequence[str], num_classes: int, *,
         position = {name: index for index, name in enumerate(checkpoint_names)}
         return ClassMapping("checkpoint-names", {name: position[name] for name in names}, num_classes)
     synsets = [name for name in names if is_synset(name)]
-    if synsets and len(synsets) == len(names) and _imagenet_named(checkpoint_names):
+    if synsets and len(synsets) == len(names):
+        if not _imagenet_named(checkpoint_names):
+            outside = [name for name in names if name not in set(checkpoint_names)]
+            raise DataError(f"{data} has synset classes but the checkpoint records {len(checkpoint_names)} other "
+                            f"class names, without {_examples(outside)}: {_CLASS_MAP_HINT}")
         return _by_synsets(names, num_classes, data)
     if synsets and len(synsets) < len(names):
         others = [name for name in names if not is_synset(name)]

@@ -67,7 +67,7 @@ def val_image_number(path: str | os.PathLike) -> int | None:
 
 def _read_kaggle_csv(path: Path) -> dict[int, str]:
     labels: dict[int, str] = {}
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         rows = csv.reader(f)
         header = next(rows, None)
         if header is None or tuple(h.strip() for h in header[:2]) != _KAGGLE_HEADER:
@@ -88,13 +88,13 @@ def _read_kaggle_csv(path: Path) -> dict[int, str]:
 def _read_devkit_txt(path: Path) -> dict[int, str]:
     synsets = devkit_synsets()
     labels: dict[int, str] = {}
-    with path.open(encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            text = text.strip()
-            if not text.isdigit() or not 1 <= int(text) <= len(synsets):
-                raise DataError(f"{path} line {number}: expected an ILSVRC2012_ID between 1 and {len(synsets)} "
-                                f"(the devkit's ILSVRC2012_validation_ground_truth.txt), got {text[:40]!r}")
-            labels[number] = synsets[int(text) - 1]
+    lines = path.read_text(encoding="utf-8-sig").rstrip().splitlines()  # blank lines at the end are no image's
+    for number, text in enumerate(lines, start=1):
+        text = text.strip()
+        if not text.isdigit() or not 1 <= int(text) <= len(synsets):
+            raise DataError(f"{path} line {number}: expected an ILSVRC2012_ID between 1 and {len(synsets)} "
+                            f"(the devkit's ILSVRC2012_validation_ground_truth.txt), got {text[:40]!r}")
+        labels[number] = synsets[int(text) - 1]
     return labels
 
 
@@ -110,7 +110,7 @@ def read_ground_truth(path: str | os.PathLike) -> dict[int, str]:
         raise DataError(f"ground-truth file {path} does not exist: pass LOC_val_solution.csv or the devkit's "
                         f"ILSVRC2012_validation_ground_truth.txt")
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:  # a byte-order mark is not part of the header
             first = f.readline()
     except UnicodeDecodeError as e:
         raise DataError(f"ground-truth file {path} is not text: pass LOC_val_solution.csv or "
@@ -135,7 +135,7 @@ def read_real_labels(path: str | os.PathLike) -> list[list[int]]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"ReaL labels file {path} is not JSON ({e})") from e
     ok = isinstance(labels, list) and all(
-        isinstance(entry, list) and all(isinstance(i, int) and 0 <= i < len(imagenet_synsets()) for i in entry)
+        isinstance(entry, list) and all(type(i) is int and 0 <= i < len(imagenet_synsets()) for i in entry)
         for entry in labels)
     if not ok or not labels:
         raise DataError(f"ReaL labels file {path} must be a JSON list with one list of class indices (0-999) "

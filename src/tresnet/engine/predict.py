@@ -78,9 +78,11 @@ def _labels(model: nn.Module, class_names: Sequence[str] | None, task: str,
     info = getattr(model, "checkpoint_info", None)
     if class_names is None and info is not None:
         class_names = info.metadata.get("class_names")
+    imagenet = task != MULTILABEL and model.num_classes == IMAGENET_NUM_CLASSES and (
+        class_names is None or len(class_names) != model.num_classes or list(class_names) == list(imagenet_synsets()))
+    if imagenet:  # a checkpoint trained on ImageNet's synset folders records synsets: show the names too
+        class_names = None
     labels = class_labels(model.num_classes, class_names, task=task)
-    imagenet = (class_names is None or len(class_names) != model.num_classes) and task != MULTILABEL \
-        and model.num_classes == IMAGENET_NUM_CLASSES
     if class_map is not None:
         for name, index in read_class_map(class_map, model.num_classes).items():
             labels[index] = name
