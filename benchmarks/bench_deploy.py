@@ -22,10 +22,17 @@ import argparse
 import json
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
-from tresnet.bench import BenchConfig, BenchRow, cpu_flags, cpu_name, run_benchmark, write_json
+from tresnet.bench import (
+    BenchConfig,
+    BenchRow,
+    command_line,
+    cpu_name,
+    machine_record,
+    run_benchmark,
+    write_json,
+)
 from tresnet.bench.report import format_speed, format_table, speed_ratio
 from tresnet.deploy.export import require_onnx
 from tresnet.files import write_text
@@ -107,10 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(rows))
         print(f"wrote {write_json(rows, json_path)}", file=sys.stderr)
     versions = f"torch {rows[0].torch_version}, ONNX Runtime {onnxruntime.__version__}"
-    summary = dict(benchmark="deploy_cpu", cpu=cpu_name(), cpu_flags=cpu_flags(), cpu_count=os.cpu_count(),
-                   versions=versions, date=datetime.now(UTC).isoformat(timespec="seconds"),
-                   command=" ".join(["python benchmarks/bench_deploy.py", *(sys.argv[1:] if argv is None else argv)]),
-                   runs=runs)
+    summary = machine_record("deploy_cpu", command_line("benchmarks/bench_deploy.py", argv), versions=versions,
+                             runs=runs)
     path = write_text(args.out / "deploy_cpu.json", json.dumps(summary, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)
     table = markdown(runs, rows_by_threads, versions, summary["command"])

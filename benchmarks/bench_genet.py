@@ -27,10 +27,17 @@ import argparse
 import json
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
-from tresnet.bench import BenchConfig, BenchRow, cpu_flags, cpu_name, run_benchmark, write_json
+from tresnet.bench import (
+    BenchConfig,
+    BenchRow,
+    command_line,
+    cpu_name,
+    machine_record,
+    run_benchmark,
+    write_json,
+)
 from tresnet.bench.report import format_speed, format_table, speed_ratio
 from tresnet.bench.targets import timm_name_of
 from tresnet.files import write_text
@@ -191,10 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(run)
     first = rows_by_threads[runs[0]["threads"]][0]
     versions = f"torch {first.torch_version}, timm {first.timm_version}"
-    summary = dict(benchmark="genet_cpu", cpu=cpu_name(), cpu_flags=cpu_flags(), cpu_count=os.cpu_count(),
-                   versions=versions, date=datetime.now(UTC).isoformat(timespec="seconds"),
-                   command=" ".join(["python benchmarks/bench_genet.py", *(sys.argv[1:] if argv is None else argv)]),
-                   runs=runs)
+    summary = machine_record("genet_cpu", command_line("benchmarks/bench_genet.py", argv), versions=versions,
+                             runs=runs)
     print(f"wrote {write_text(args.out / 'genet_cpu.json', json.dumps(summary, indent=2) + chr(10))}", file=sys.stderr)
     table = markdown(runs, rows_by_threads, versions, summary["command"])
     print(table)

@@ -19,10 +19,9 @@ import argparse
 import json
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
-from tresnet.bench import BenchConfig, BenchRow, cpu_flags, cpu_name, run_benchmark
+from tresnet.bench import BenchConfig, BenchRow, command_line, cpu_name, machine_record, run_benchmark
 from tresnet.bench.report import format_speed, format_table, speed_ratio
 from tresnet.files import write_text
 
@@ -90,11 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_benchmark(config_for(args))
     print(format_table(rows))
     costs = head_costs(rows)
-    command = " ".join(["python benchmarks/bench_ml_decoder.py", *(sys.argv[1:] if argv is None else argv)])
-    summary = dict(benchmark="ml_decoder_cpu", cpu=cpu_name(), cpu_flags=cpu_flags(), cpu_count=os.cpu_count(),
-                   date=datetime.now(UTC).isoformat(timespec="seconds"), command=command,
-                   load_avg_1min_before=before, load_avg_1min_after=os.getloadavg()[0], head_costs=costs,
-                   rows=[row.to_dict() for row in rows])
+    command = command_line("benchmarks/bench_ml_decoder.py", argv)
+    summary = machine_record("ml_decoder_cpu", command, load_avg_1min_before=before,
+                             load_avg_1min_after=os.getloadavg()[0], head_costs=costs,
+                             rows=[row.to_dict() for row in rows])
     print(f"wrote {write_text(args.out / 'ml_decoder_cpu.json', json.dumps(summary, indent=2) + chr(10))}",
           file=sys.stderr)
     table = markdown(rows, costs, command)

@@ -21,10 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from tresnet.bench import cpu_flags, cpu_name
+from tresnet.bench import machine_record
 from tresnet.files import write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,12 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             PLOT.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(output / "metrics.png", PLOT)
     print(printed)
-    record = dict(benchmark="digits_multilabel_demo", cpu=cpu_name(), cpu_flags=cpu_flags(), cpu_count=os.cpu_count(),
-                  date=datetime.now(UTC).isoformat(timespec="seconds"), load_avg_1min_before=load_before,
-                  load_avg_1min_after=os.getloadavg()[0], wall_seconds=seconds, summary=summary,
-                  epochs=[{k: v for k, v in row.items() if v != ""} for row in epochs],
-                  command=f"tresnet train --task multilabel --data digits-multilabel --model {args.model} "
-                          f"--output runs/ml")
+    record = machine_record("digits_multilabel_demo",
+                            f"tresnet train --task multilabel --data digits-multilabel --model {args.model} "
+                            f"--output runs/ml",
+                            load_avg_1min_before=load_before, load_avg_1min_after=os.getloadavg()[0],
+                            wall_seconds=seconds, summary=summary,
+                            epochs=[{k: v for k, v in row.items() if v != ""} for row in epochs])
     write_text(args.results / "digits_multilabel_demo.json", json.dumps(record, indent=2) + "\n")
     table = markdown(record)
     write_text(args.results / "digits_multilabel_demo.md", table)

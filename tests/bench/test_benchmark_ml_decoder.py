@@ -5,16 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tresnet.bench import BenchConfig, list_variants, run_benchmark
+from helpers import tiny_bench_config
+from tresnet.bench import list_variants, run_benchmark
 from tresnet.bench.targets import get_variant
 from tresnet.layers import MLDecoderHead
-
-
-def tiny(models: str, **overrides) -> BenchConfig:
-    settings = dict(models=models, device="cpu", img_size=64, batch_size=2, warmup=0, repeats=1,
-                    peak_memory=False)
-    settings.update(overrides)
-    return BenchConfig(**settings)
 
 
 def test_ml_decoder_is_a_builtin_variant_for_every_mode():
@@ -33,7 +27,7 @@ def _head_macs(in_features: int, tokens: int, head: MLDecoderHead) -> int:
 
 @pytest.mark.slow
 def test_ml_decoder_rows_give_the_heads_cost_in_both_modes():
-    plain, decoder = run_benchmark(tiny("genet_light,genet_light:ml_decoder", mode="both"))
+    plain, decoder = run_benchmark(tiny_bench_config("genet_light,genet_light:ml_decoder", mode="both"))
     assert decoder.variant == "ml_decoder" and decoder.max_rel_diff is None
     assert decoder.infer.img_per_s > 0 and decoder.train.img_per_s > 0 and plain.train.img_per_s > 0
     head = MLDecoderHead(1920, 1000)

@@ -10,14 +10,13 @@ them the lowest indices come first and no two tie.
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 
-from tresnet import get_pretrained_cfg
+from helpers import StandInClassifier
 from tresnet.cli import _common
 from tresnet.cli.main import main
 from tresnet.data.imagenet import devkit_synsets, imagenet_synset_index, imagenet_synsets
@@ -28,33 +27,23 @@ SMALL = ["--img-size", "64", "--device", "cpu", "--workers", "0", "--batch-size"
 SEA_SNAKE = "n01751748"  # devkit ILSVRC2012_ID 490, ImageNet class index 65
 
 
-class CodeModel(nn.Module):
+class CodeModel(StandInClassifier):
     """A ``num_classes`` classifier that answers ``answers[code]`` (``{class index: logit}``) for the uniform
     image whose red value is ``code``; the logits it does not name are -10 - index / 1000."""
 
     def __init__(self, answers: dict[int, dict[int, float]], num_classes: int = 1000,
                  class_names: list[str] | None = None):
-        super().__init__()
+        super().__init__(num_classes, class_names)
         self.answers = answers
-        self.num_classes = num_classes
-        self.anchor = nn.Parameter(torch.zeros(()))  # so that .to()/.eval() behave as for a model
-        self.pretrained_cfg = {**get_pretrained_cfg("tresnet_m"), "num_classes": num_classes}
-        self.checkpoint_info = None if class_names is None else SimpleNamespace(
-            metadata={"class_names": class_names}, path="stand-in.safetensors", format="tresnet",
-            describe=lambda: "weights stand-in.safetensors (tresnet format)")
 
-    def check_input_size(self, height: int, width: int) -> None:
-        pass
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        codes = (x[:, 0].mean(dim=(1, 2)) * 255).round().long().tolist()
+    def logits(self, codes: list[int]) -> torch.Tensor:
         rows = []
         for code in codes:
             row = -10.0 - torch.arange(self.num_classes, dtype=torch.float32) / 1000
             for index, logit in self.answers[code].items():
                 row[index] = logit
             rows.append(row)
-        return torch.stack(rows) + self.anchor
+        return torch.stack(rows)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from sklearn.metrics import average_precision_score, precision_score, recall_sco
 from torch import nn
 
 import tresnet
-from tresnet import get_pretrained_cfg
+from helpers import StandInClassifier
 from tresnet.cli import _common
 from tresnet.cli.main import main
 from tresnet.engine.predict import predict
@@ -36,25 +36,14 @@ IMAGES = {
 SMALL = ["--img-size", "64", "--device", "cpu", "--workers", "0", "--batch-size", "2"]
 
 
-class CodeModel(nn.Module):
+class CodeModel(StandInClassifier):
     """Answers the logits of :data:`IMAGES` for the code read from the red channel of a uniform image."""
 
     def __init__(self, task: str = "multilabel", class_names: list[str] | None = None, num_classes: int = 3):
-        super().__init__()
-        self.num_classes = num_classes
-        self.anchor = nn.Parameter(torch.zeros(()))  # so that .to()/.eval() behave as for a model
-        self.pretrained_cfg = {**get_pretrained_cfg("tresnet_m"), "num_classes": num_classes, "task": task}
-        self.checkpoint_info = None if class_names is None else SimpleNamespace(
-            metadata={"class_names": class_names}, path="stand-in.safetensors", format="tresnet",
-            describe=lambda: "weights stand-in.safetensors (tresnet format)")
+        super().__init__(num_classes, class_names, task=task)
 
-    def check_input_size(self, height: int, width: int) -> None:
-        pass
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        codes = (x[:, 0].mean(dim=(1, 2)) * 255).round().long().tolist()
-        rows = [torch.tensor(IMAGES[c][1] + [0.0] * (self.num_classes - 3)) for c in codes]
-        return torch.stack(rows) + self.anchor
+    def logits(self, codes: list[int]) -> torch.Tensor:
+        return torch.stack([torch.tensor(IMAGES[c][1] + [0.0] * (self.num_classes - 3)) for c in codes])
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@
 """
 
 from tresnet.bench.batch_search import BatchSearchResult, largest_batch
-from tresnet.bench.machine import cpu_flags, cpu_name, describe_device
+from tresnet.bench.machine import command_line, cpu_flags, cpu_name, describe_device, machine_record
 from tresnet.bench.published import PAPER_PEERS, PEER_RESULTS, PublishedResult, published_top1
 from tresnet.bench.report import (
     format_ratios,
@@ -35,8 +35,8 @@ from tresnet.bench.targets import (
 
 __all__ = [
     "PAPER_PEERS", "PEER_RESULTS", "BatchSearchResult", "BenchConfig", "BenchRow", "BenchTarget", "BuildOptions",
-    "ModeResult", "ModelSpec", "PublishedResult", "Variant", "VariantBuild", "build_base_model", "cpu_flags",
-    "cpu_name", "describe_device", "format_ratios", "format_table", "largest_batch", "list_variants",
-    "markdown_table", "parse_model_list", "parse_model_spec", "plot_results", "published_top1", "ratio_rows",
+    "ModeResult", "ModelSpec", "PublishedResult", "Variant", "VariantBuild", "build_base_model", "command_line",
+    "cpu_flags", "cpu_name", "describe_device", "format_ratios", "format_table", "largest_batch", "list_variants",
+    "machine_record", "markdown_table", "parse_model_list", "parse_model_spec", "plot_results", "published_top1", "ratio_rows",
     "register_variant", "run_benchmark", "write_csv", "write_json",
 ]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import torch
 
@@ -33,6 +37,18 @@ def cpu_flags() -> list[str]:
     """Which of :data:`SPEED_FLAGS` the CPU has, in that order (empty where ``/proc/cpuinfo`` is absent)."""
     present = set((_cpuinfo_field("flags") or "").split())
     return [flag for flag in SPEED_FLAGS if flag in present]
+
+
+def command_line(script: str, argv: Sequence[str] | None = None) -> str:
+    """``python <script> <arguments>``: how a benchmark script was run (``argv`` None: this process's)."""
+    return " ".join(["python", script, *(sys.argv[1:] if argv is None else argv)])
+
+
+def machine_record(benchmark: str, command: str, **fields) -> dict:
+    """The head of a benchmark's JSON record: its name, the CPU (model, speed flags, core count), the
+    date (UTC) and the command that reproduces it, followed by ``fields``."""
+    return dict(benchmark=benchmark, cpu=cpu_name(), cpu_flags=cpu_flags(), cpu_count=os.cpu_count(),
+                date=datetime.now(UTC).isoformat(timespec="seconds"), command=command, **fields)
 
 
 def describe_device(device: torch.device) -> str:

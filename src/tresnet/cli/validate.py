@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if validation.task == MULTILABEL:
         _print_multilabel(report)
     else:
-        _print_multiclass(report, model)
+        _print_multiclass(report, model, validation.class_mapping)
     if args.json:
         common.write_json(args.json, report)
     return 0
@@ -142,12 +142,11 @@ def _print_setup(args: argparse.Namespace, model, validation, device, precision:
     sys.stdout.flush()
 
 
-def _print_multiclass(report: dict, model) -> None:
-    mapping = report["class_mapping"]
-    over = f" over the {len(set(mapping['indices'].values()))} classes of the data" if mapping["masked"] else ""
+def _print_multiclass(report: dict, model, mapping) -> None:
+    over = f" over the {len(mapping.covered)} classes of the data" if mapping.masked else ""
     print(f"top-1 {report['top1']:.3f}%  top-5 {report['top5']:.3f}%{over}  ({report['images']} images, "
           f"{report['skipped']} skipped, {report['seconds']:.1f} s, {report['img_per_s']:.1f} img/s)")
-    if mapping["masked"]:
+    if mapping.masked:
         print(f"over all {report['num_classes']} classes: top-1 {report['top1_all_classes']:.3f}%  "
               f"top-5 {report['top5_all_classes']:.3f}%")
     if "real_top1" in report:

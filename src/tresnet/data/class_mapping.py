@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from tresnet.data.class_names import IMAGENET_NUM_CLASSES, imagenet_class_names
@@ -43,10 +44,11 @@ class ClassMapping:
     indices: dict[str, int]
     num_classes: int
     source: str | None = None  # the class-map file
-    covered: tuple[int, ...] = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "covered", tuple(sorted(set(self.indices.values()))))
+    @cached_property
+    def covered(self) -> tuple[int, ...]:
+        """The model outputs the data's classes stand for, sorted."""
+        return tuple(sorted(set(self.indices.values())))
 
     @property
     def masked(self) -> bool:
@@ -104,6 +106,14 @@ def read_class_map(path: str | os.PathLike, num_classes: int) -> dict[str, int]:
     return indices
 
 
+def name_mismatch(classes: Sequence[str], checkpoint_names: Sequence[str], what: str, data_word: str) -> str:
+    """``<what> are not the checkpoint's classes: index i is 'x' in the <data_word>, 'y' in the checkpoint``,
+    at the first index where the two lists of the same length differ."""
+    first = next((i for i, (a, b) in enumerate(zip(checkpoint_names, classes, strict=False)) if a != b), 0)
+    return (f"{what} are not the checkpoint's classes: index {first} is {classes[first]!r} in the {data_word}, "
+            f"{checkpoint_names[first]!r} in the checkpoint")
+
+
 def _examples(names: Sequence[str]) -> str:
     shown = ", ".join(repr(name) for name in names[:3])
     return shown + (", ..." if len(names) > 3 else "")
@@ -150,9 +160,7 @@ def _by_sorted_names(names, num_classes, checkpoint_names, data) -> ClassMapping
                         f"neither ImageNet synsets (n01440764), class indices (0..{num_classes - 1}) nor the "
                         f"checkpoint's classes: {_CLASS_MAP_HINT}")
     if checkpoint_names and list(checkpoint_names) != ordered:
-        first = next(i for i, (a, b) in enumerate(zip(checkpoint_names, ordered, strict=False)) if a != b)
-        raise DataError(f"the classes of {data} are not the checkpoint's classes: index {first} is "
-                        f"{ordered[first]!r} in the data, {checkpoint_names[first]!r} in the checkpoint; "
+        raise DataError(f"{name_mismatch(ordered, checkpoint_names, f'the classes of {data}', 'data')}; "
                         f"{_CLASS_MAP_HINT}")
     return ClassMapping("sorted-names", {name: index for index, name in enumerate(ordered)}, num_classes)
 
@@ -188,4 +196,4 @@ def resolve_class_mapping(names: Sequence[str], num_classes: int, *,
     return _by_sorted_names(names, num_classes, checkpoint_names, data)
 
 
-__all__ = ["RULES", "ClassMapping", "read_class_map", "resolve_class_mapping"]
+__all__ = ["RULES", "ClassMapping", "name_mismatch", "read_class_map", "resolve_class_mapping"]

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from tresnet.data import ImageFolderDataset, create_eval_transform, create_loader
-from tresnet.data.class_mapping import ClassMapping, read_class_map, resolve_class_mapping
+from tresnet.data.class_mapping import ClassMapping, name_mismatch, read_class_map, resolve_class_mapping
 from tresnet.data.class_names import IMAGENET_NUM_CLASSES
 from tresnet.data.datasets import GroundTruthDataset, RealLabelled
 from tresnet.data.imagenet import read_real_labels
@@ -91,9 +91,7 @@ def _check_class_list(classes: Sequence[str], names: Sequence[str] | None, model
         raise DataError(f"{count_text} {len(classes)} classes but the model has {model.num_classes}: {fix}, "
                         f"or the checkpoint trained on these classes")
     if names and list(names) != list(classes):
-        first = next((i for i, (a, b) in enumerate(zip(names, classes, strict=False)) if a != b), 0)
-        raise DataError(f"{names_text} are not the checkpoint's classes: index {first} is {classes[first]!r} in "
-                        f"the {data_word}, {names[first]!r} in the checkpoint; {fix}")
+        raise DataError(f"{name_mismatch(classes, names, names_text, data_word)}; {fix}")
 
 
 def _checkpoint_class_names(model: nn.Module) -> list[str] | None:
