@@ -1,6 +1,9 @@
-"""Deployment: BatchNorm folded into convs (:func:`fuse`), and ONNX / TorchScript export checked against PyTorch."""
+"""Deployment: BatchNorm folded into convs (:func:`fuse`, fp32 or bfloat16), int8 quantization calibrated on
+images (:func:`quantize`), and ONNX / TorchScript export checked against the float64 result."""
 
+from tresnet.deploy.exactness import BOUNDS, Agreement, check_against_exact
 from tresnet.deploy.export import (
+    EXPORT_PRECISIONS,
     FORMATS,
     ExportError,
     ExportMismatchError,
@@ -11,16 +14,36 @@ from tresnet.deploy.export import (
     require_onnx,
 )
 from tresnet.deploy.fusion import fold_batchnorm, fuse
+from tresnet.deploy.quantize import (
+    DEFAULT_CALIBRATION_IMAGES,
+    KEEP_FLOAT,
+    Int8Model,
+    calibration_images,
+    quantize,
+    quantize_onnx,
+    require_torchao,
+)
 
 __all__ = [
+    "BOUNDS",
+    "DEFAULT_CALIBRATION_IMAGES",
+    "EXPORT_PRECISIONS",
     "FORMATS",
+    "KEEP_FLOAT",
+    "Agreement",
     "ExportError",
     "ExportMismatchError",
     "ExportReport",
+    "Int8Model",
+    "calibration_images",
+    "check_against_exact",
     "export_model",
     "fold_batchnorm",
     "fuse",
     "onnx_session",
     "prepare_for_export",
+    "quantize",
+    "quantize_onnx",
     "require_onnx",
+    "require_torchao",
 ]

@@ -1,21 +1,25 @@
-"""ONNX and TorchScript export that is checked against PyTorch before the file appears.
+"""ONNX and TorchScript export that is checked against the exact result before the file appears.
 
-:func:`export_model` prepares the model (folded with :func:`tresnet.deploy.fuse` unless told not
-to), writes the file to a temporary name beside the output, loads it back (ONNX Runtime for ONNX,
-``torch.jit.load`` for TorchScript), runs it on random images and compares with the original
-PyTorch model in eval mode. Only when the largest difference is within tolerance is the file
-renamed to the output path; otherwise nothing is written and :class:`ExportMismatchError` says by
-how much it missed.
+:func:`export_model` prepares the model (folded with :func:`tresnet.deploy.fuse` unless told not to; in
+fp32, fp16, bfloat16, or int8 calibrated on images), writes the file to a temporary name beside the
+output, loads it back (ONNX Runtime for ONNX, ``torch.jit.load`` for TorchScript) and runs it on check
+images. The file's outputs, and those of the fp32 PyTorch model, are each compared with the model run in
+float64 (:mod:`tresnet.deploy.exactness`): the file is accepted when its error is within the bound of its
+precision, ``max(multiple * PyTorch fp32's error, floor)``. Only then is it renamed to the output path;
+otherwise nothing is written and :class:`ExportMismatchError` gives both errors.
 
 ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``), which needs only ``onnx``; the
 newer exporter needs ``onnxscript``. ONNX and ONNX Runtime are the optional extra
-``pip install 'tresnet[export]'``.
+``pip install 'tresnet[export]'``. int8 files are ONNX, quantized by ONNX Runtime
+(:func:`tresnet.deploy.quantize_onnx`); bfloat16 files are TorchScript, since ONNX Runtime has no
+bfloat16 convolution on the CPU.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,11 +29,13 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from tresnet.deploy.fusion import fuse
+from tresnet.deploy.exactness import Agreement, agreement, as_list, exact_outputs, fp32_outputs
+from tresnet.deploy.fusion import cast_for_inference, fuse
 from tresnet.errors import ConfigError, FileWriteError, MissingDependencyError, TResNetError
 from tresnet.files import atomic_write
 
 FORMATS = ("onnx", "torchscript")
+EXPORT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_OPSET = 17
 MIN_OPSET = 9  # ONNX Runtime lacks kernels for some of our ops below this
 
@@ -43,9 +49,6 @@ def max_opset() -> int:
     return int(ONNX_MAX_OPSET)
 
 DEFAULT_IMG_SIZE = 224
-# Largest difference allowed, relative to the largest magnitude of the PyTorch output.
-FP32_TOLERANCE = 1e-4
-FP16_TOLERANCE = 1e-2
 # Batch sizes the exported file is checked at: the traced one, and another when the batch is dynamic.
 TRACE_BATCH = 1
 DYNAMIC_CHECK_BATCH = 3
@@ -56,35 +59,53 @@ class ExportError(TResNetError):
 
 
 class ExportMismatchError(ExportError):
-    """An exported model whose outputs differ from PyTorch's by more than the tolerance."""
+    """An exported model whose outputs are further from the float64 result than its precision allows."""
 
 
 @dataclass(frozen=True)
 class ExportReport:
-    """What :func:`export_model` wrote and how closely it matches PyTorch."""
+    """What :func:`export_model` wrote and how close it is to the exact (float64) result.
+
+    ``max_abs_diff`` / ``max_rel_diff``: the file's largest difference from the float64 outputs, absolute
+    and as a fraction of the largest float64 output; ``fp32_error``: the latter for the fp32 PyTorch
+    model on the same images; ``limit``: the largest ``max_rel_diff`` accepted.
+    """
 
     path: Path
     format: str
     img_size: tuple[int, int]
     fused: bool
-    fp16: bool
+    precision: str
     dynamic_batch: bool
     opset: int | None
     batch_sizes: tuple[int, ...]
     max_abs_diff: float
     max_rel_diff: float
-    tolerance: float
+    fp32_error: float
+    limit: float
+    calibration_images: int | None = None
+
+    @property
+    def fp16(self) -> bool:
+        return self.precision == "fp16"
+
+    @property
+    def tolerance(self) -> float:
+        """The limit (the name of earlier releases)."""
+        return self.limit
 
     def summary(self) -> str:
         """One line for the command line."""
         details = [self.format + (f" (opset {self.opset})" if self.opset else ""),
-                   "fused" if self.fused else "not fused", "fp16" if self.fp16 else "fp32",
+                   "fused" if self.fused else "not fused", self.precision,
                    f"{self.img_size[0]}x{self.img_size[1]}",
                    "dynamic batch" if self.dynamic_batch else f"batch {TRACE_BATCH}"]
+        if self.calibration_images:
+            details.append(f"calibrated on {self.calibration_images} images")
         batches = ", ".join(str(b) for b in self.batch_sizes)
-        return (f"wrote {self.path} ({', '.join(details)}); largest difference from PyTorch at batch "
-                f"{batches}: {self.max_abs_diff:.3g} ({self.max_rel_diff:.3g} of the largest output, "
-                f"tolerance {self.tolerance:g})")
+        return (f"wrote {self.path} ({', '.join(details)}); at batch {batches} its outputs are "
+                f"{self.max_rel_diff:.2g} of the largest output from the float64 result (PyTorch fp32: "
+                f"{self.fp32_error:.2g}; limit {self.limit:.2g})")
 
 
 def require_onnx() -> tuple[ModuleType, ModuleType]:
@@ -100,18 +121,30 @@ def require_onnx() -> tuple[ModuleType, ModuleType]:
     return onnx, onnxruntime
 
 
-def check_export_args(format: str, output: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Path:
-    """Validate the format, the opset and the output path before any work; return the output path.
+def check_export_args(format: str, output: str | os.PathLike, opset: int = DEFAULT_OPSET,
+                      precision: str = "fp32") -> Path:
+    """Validate the format, the precision, the opset and the output path before any work; return the path.
 
-    Raises :class:`~tresnet.errors.ConfigError` for an unknown format or an opset outside what we
-    can write and run, :class:`ExportError` for an output that is a folder, and
+    Raises :class:`~tresnet.errors.ConfigError` for an unknown format or precision, a precision the format
+    cannot hold (bfloat16 ONNX, int8 TorchScript) and an opset outside what we can write and run,
+    :class:`ExportError` for an output that is a folder, and
     :class:`~tresnet.errors.MissingDependencyError` when ONNX is asked for without its packages.
     """
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ConfigError(f"bad export precision {precision!r}: choose one of {', '.join(EXPORT_PRECISIONS)}")
+    if format == "onnx" and precision == "bf16":
+        raise ConfigError("ONNX Runtime has no bfloat16 convolution on the CPU, so a bf16 ONNX file could not be "
+                          "checked or run there: export bf16 as --format torchscript, or fp32 / int8 as ONNX")
+    if format == "torchscript" and precision == "int8":
+        raise ConfigError("int8 export writes ONNX (ONNX Runtime's static quantization): use --format onnx; from "
+                          "Python, tresnet.deploy.quantize gives the (faster) PyTorch int8 model")
     if format == "onnx" and not MIN_OPSET <= opset <= max_opset():
         raise ConfigError(f"ONNX opset {opset} is not supported; choose one from {MIN_OPSET} to {max_opset()} "
                           f"(default {DEFAULT_OPSET})")
+    if precision == "int8" and opset < 13:
+        raise ConfigError(f"int8 ONNX needs opset 13 or newer (per-channel QuantizeLinear), got {opset}")
     path = Path(output).expanduser()
     if path.is_dir():
         suffix = ".onnx" if format == "onnx" else ".pt"
@@ -137,63 +170,31 @@ def _img_size(model: nn.Module, img_size: int | tuple[int, int] | None) -> tuple
     return size  # type: ignore[return-value]
 
 
-def _as_list(out) -> list[torch.Tensor]:
-    return list(out) if isinstance(out, (list, tuple)) else [out]
-
-
 def _output_names(count: int, listed: bool) -> list[str]:
     return [f"features_{i}" for i in range(count)] if listed else ["logits"]
 
 
-def prepare_for_export(model: nn.Module, *, fused: bool = True, fp16: bool = False) -> nn.Module:
+def prepare_for_export(model: nn.Module, *, fused: bool = True, fp16: bool = False,
+                       precision: str | None = None) -> nn.Module:
     """The CPU eval-mode copy of ``model`` that gets exported: folded (:func:`fuse`) unless ``fused=False``.
 
-    The copy is fp16 with ``fp16`` (an unfolded model's BatchNorms stay fp32) and fp32 otherwise;
-    ``model`` is left untouched.
+    ``precision`` (default fp32; ``fp16=True`` is fp16): fp32 and int8 give an fp32 copy (int8 is quantized
+    from the exported fp32 file); fp16 an fp16 copy taking fp16 images (an unfolded model's BatchNorms stay
+    fp32); bf16 a bfloat16 copy that takes and returns fp32 (:func:`fuse` with ``dtype``). ``model`` is
+    left untouched.
     """
+    precision = precision or ("fp16" if fp16 else "fp32")
     prepared = fuse(model) if fused else copy.deepcopy(model).eval().requires_grad_(False)
     prepared = prepared.to("cpu")
-    if not fp16:
+    if precision == "bf16":
+        return cast_for_inference(prepared.float(), torch.bfloat16)
+    if precision != "fp16":
         return prepared.float()
     prepared.half()
     for module in prepared.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.float()  # norms of an unfolded model stay fp32 on fp16 inputs, as under autocast
     return prepared
-
-
-def _reference_outputs(model: nn.Module, inputs: list[torch.Tensor]) -> tuple[list[list[torch.Tensor]], bool]:
-    """``model``'s eval-mode outputs (fp32, on CPU) for each input, and whether it returns a list.
-
-    The model's train/eval mode is restored afterwards.
-    """
-    was_training = model.training
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    model.eval()
-    try:
-        with torch.no_grad():
-            raw = [model(x.to(device=device, dtype=dtype)) for x in inputs]
-    finally:
-        model.train(was_training)
-    listed = isinstance(raw[0], (list, tuple))
-    return [[o.float().cpu() for o in _as_list(out)] for out in raw], listed
-
-
-def _compare(got: list[list[torch.Tensor]], want: list[list[torch.Tensor]]) -> tuple[float, float]:
-    """Largest absolute difference, and the largest difference relative to each output's largest magnitude."""
-    max_abs = max_rel = 0.0
-    for outs, refs in zip(got, want, strict=True):
-        for out, ref in zip(outs, refs, strict=True):
-            if tuple(out.shape) != tuple(ref.shape):
-                raise ExportMismatchError(f"exported output has shape {tuple(out.shape)}, "
-                                          f"PyTorch's {tuple(ref.shape)}")
-            diff = (out.double() - ref.double()).abs().max().item()
-            scale = ref.double().abs().max().item()
-            max_abs = max(max_abs, diff)
-            max_rel = max(max_rel, diff / scale if scale > 0 else diff)
-    return max_abs, max_rel
 
 
 def _write_onnx(prepared: nn.Module, example: torch.Tensor, path: str, *, opset: int, dynamic_batch: bool,
@@ -231,7 +232,7 @@ def _run_torchscript(path: str, inputs: list[torch.Tensor]) -> list[list[torch.T
         loaded = torch.jit.load(path, map_location="cpu")
     loaded.eval()
     with torch.no_grad():
-        return [[o.float() for o in _as_list(loaded(x))] for x in inputs]
+        return [[o.float() for o in as_list(loaded(x))] for x in inputs]
 
 
 def _random_images(batch_sizes: tuple[int, ...], channels: int, size: tuple[int, int], seed: int) -> list[torch.Tensor]:
@@ -240,17 +241,40 @@ def _random_images(batch_sizes: tuple[int, ...], channels: int, size: tuple[int,
     return [torch.rand(b, channels, *size, generator=gen) for b in batch_sizes]
 
 
-def _write_and_run(prepared: nn.Module, inputs: list[torch.Tensor], tmp: str, *, format: str, opset: int,
-                   dynamic_batch: bool, output_names: list[str], listed: bool,
-                   model_name: str) -> list[list[torch.Tensor]]:
-    """Write ``prepared`` to ``tmp`` as ``format``, load it back and run it on ``inputs``.
+def _calibration_check_images(images: torch.Tensor, batch_sizes: tuple[int, ...]) -> list[torch.Tensor]:
+    """Check batches of the given sizes taken from the calibration images (repeated when there are too few)."""
+    needed = sum(batch_sizes)
+    pool = images.repeat((needed + len(images) - 1) // len(images), 1, 1, 1)[:needed]
+    return list(pool.split(list(batch_sizes)))
 
-    Raises :class:`ExportError` in one line when the exporter or the runtime refuses the model.
+
+def _onnx_int8(prepared: nn.Module, example: torch.Tensor, path: str, calibration: torch.Tensor, *, opset: int,
+               dynamic_batch: bool, output_names: list[str]) -> None:
+    from tresnet.deploy.quantize import quantize_onnx
+
+    with tempfile.TemporaryDirectory(prefix="tresnet-export-", dir=Path(path).parent) as folder:
+        float_path = str(Path(folder) / "fp32.onnx")
+        _write_onnx(prepared, example, float_path, opset=opset, dynamic_batch=dynamic_batch,
+                    output_names=output_names)
+        quantize_onnx(float_path, path, calibration)
+
+
+def _write_and_run(prepared: nn.Module, inputs: list[torch.Tensor], tmp: str, *, format: str, opset: int,
+                   dynamic_batch: bool, output_names: list[str], listed: bool, model_name: str,
+                   calibration: torch.Tensor | None) -> list[list[torch.Tensor]]:
+    """Write ``prepared`` to ``tmp`` as ``format`` (int8 when ``calibration`` is given), load it back and run
+    it on ``inputs``.
+
+    Raises :class:`ExportError` in one line when the exporter, the quantizer or the runtime refuses the model.
     """
     try:
         if format == "onnx":
-            _write_onnx(prepared, inputs[0], tmp, opset=opset, dynamic_batch=dynamic_batch,
-                        output_names=output_names)
+            if calibration is not None:
+                _onnx_int8(prepared, inputs[0], tmp, calibration, opset=opset, dynamic_batch=dynamic_batch,
+                           output_names=output_names)
+            else:
+                _write_onnx(prepared, inputs[0], tmp, opset=opset, dynamic_batch=dynamic_batch,
+                            output_names=output_names)
             return _run_onnx(tmp, inputs)
         _write_torchscript(prepared, inputs[0], tmp, listed=listed)
         return _run_torchscript(tmp, inputs)
@@ -261,16 +285,13 @@ def _write_and_run(prepared: nn.Module, inputs: list[torch.Tensor], tmp: str, *,
         raise ExportError(f"{format} export of {model_name} failed: {summary}") from e
 
 
-def _check_match(got: list[list[torch.Tensor]], reference: list[list[torch.Tensor]], tolerance: float,
-                 format: str, path: Path) -> tuple[float, float]:
-    """``(max_abs, max_rel)`` of the exported outputs against PyTorch's; :class:`ExportMismatchError` beyond ``tolerance``."""
-    max_abs, max_rel = _compare(got, reference)
-    if not max_rel <= tolerance:
+def _check_agreement(found: Agreement, format: str, path: Path) -> None:
+    """:class:`ExportMismatchError` when ``found`` is beyond its limit."""
+    if not found.ok:
         raise ExportMismatchError(
-            f"the exported {format} model differs from PyTorch by {max_abs:.3g} ({max_rel:.3g} of the "
-            f"largest output, tolerance {tolerance:g}); nothing was written to {path}"
+            f"the exported {format} model ({found.precision}) is {found.describe()}: too far to be rounding; "
+            f"nothing was written to {path}"
         )
-    return max_abs, max_rel
 
 
 def _write_atomically(path: Path, write_and_check: Callable[[str], None]) -> None:
@@ -284,48 +305,103 @@ def _write_atomically(path: Path, write_and_check: Callable[[str], None]) -> Non
                           f"folder with free space") from e
 
 
+def _resolve_precision(precision: str | None, fp16: bool) -> str:
+    if fp16:
+        warnings.warn("export_model(fp16=True) is deprecated: use precision='fp16'", DeprecationWarning,
+                      stacklevel=3)
+        if precision not in (None, "fp16"):
+            raise ConfigError(f"export_model(fp16=True, precision={precision!r}) disagree: give precision only")
+        return "fp16"
+    return precision or "fp32"
+
+
+def _calibration_batch(model: nn.Module, calibration, size: tuple[int, int], count: int) -> torch.Tensor:
+    """The int8 calibration images: a ready batch, or ``count`` images of a folder at ``size``."""
+    from tresnet.deploy.quantize import calibration_images
+
+    if calibration is None:
+        raise ConfigError("int8 export needs calibration images: --calibration DIR (a folder of images like the "
+                          "ones the model will see), or calibration= from Python")
+    if isinstance(calibration, torch.Tensor):
+        if calibration.dim() != 4 or tuple(calibration.shape[-2:]) != size or not len(calibration):
+            raise ConfigError(f"calibration images must be an (N, C, {size[0]}, {size[1]}) batch, got shape "
+                              f"{tuple(calibration.shape)}")
+        return calibration.detach().cpu().float()
+    if size[0] != size[1]:
+        raise ConfigError(f"calibration from a folder needs a square image size, got {size[0]}x{size[1]}")
+    return calibration_images(calibration, model, img_size=size[0], count=count)
+
+
 def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
                  img_size: int | tuple[int, int] | None = None, dynamic_batch: bool = False,
-                 fp16: bool = False, fused: bool = True, opset: int = DEFAULT_OPSET,
+                 precision: str | None = None, fp16: bool = False, fused: bool = True, opset: int = DEFAULT_OPSET,
+                 calibration: torch.Tensor | str | os.PathLike | None = None, calibration_images: int | None = None,
                  tolerance: float | None = None, seed: int = 0) -> ExportReport:
-    """Export ``model`` to ``output`` as ONNX or TorchScript, checked against PyTorch; return the report.
+    """Export ``model`` to ``output`` as ONNX or TorchScript, checked against the float64 result; return the report.
 
     The export is traced on CPU at batch 1 and ``img_size`` (default: the model's configured input
-    size); with ``dynamic_batch`` the batch axis is free and the check also runs at batch 3. The
-    check feeds random images in [0, 1] to the loaded file and to ``model`` in eval mode (fp32) and
-    requires the largest difference to be within ``tolerance`` (default 1e-4, 1e-2 with ``fp16``)
-    of the largest output magnitude. The file is written under a temporary name and renamed to
-    ``output`` only when the check passes, so ``output`` never holds a wrong or partial file.
+    size); with ``dynamic_batch`` the batch axis is free and the check also runs at batch 3.
+    ``precision``: ``fp32`` (default), ``fp16``, ``bf16`` (TorchScript only: fp32 in and out, bfloat16
+    inside) or ``int8`` (ONNX only, quantized by ONNX Runtime, calibrated on ``calibration``: a folder of
+    images, of which ``calibration_images`` are used (default
+    :data:`~tresnet.deploy.quantize.DEFAULT_CALIBRATION_IMAGES`), or a preprocessed batch).
 
-    Raises :class:`~tresnet.errors.ConfigError` (unknown format, bad size argument),
-    :class:`~tresnet.errors.InputSizeError` (a size the model cannot take),
-    :class:`~tresnet.errors.MissingDependencyError` (ONNX without its packages),
-    :class:`ExportError` (an output that cannot be written, or a file the exporter or the runtime
-    refuses) and :class:`ExportMismatchError`.
+    The check runs the written file and ``model`` in fp32 and in float64 (eval mode, CPU) on random
+    images in [0, 1] (int8: on calibration images) and requires the file's largest difference from the
+    float64 outputs, as a fraction of their largest magnitude, to be within
+    :data:`~tresnet.deploy.exactness.BOUNDS` of ``precision`` (``tolerance``, when given, replaces that
+    limit). The file is written under a temporary name and renamed to ``output`` only when the check
+    passes, so ``output`` never holds a wrong or partial file.
+
+    Raises :class:`~tresnet.errors.ConfigError` (unknown format or precision, a precision the format
+    cannot hold, int8 without calibration, bad size argument), :class:`~tresnet.errors.InputSizeError`
+    (a size the model cannot take), :class:`~tresnet.errors.DataError` (calibration images that cannot be
+    found or read), :class:`~tresnet.errors.MissingDependencyError` (ONNX without its packages),
+    :class:`ExportError` (an output that cannot be written, or a file the exporter, the quantizer or the
+    runtime refuses) and :class:`ExportMismatchError`.
     """
-    path = check_export_args(format, output, opset)
+    from tresnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES
+
+    precision = _resolve_precision(precision, fp16)
+    path = check_export_args(format, output, opset, precision)
     size = _img_size(model, img_size)
-    if tolerance is None:
-        tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
-    prepared = prepare_for_export(model, fused=fused, fp16=fp16)
+    calibration_batch = None
+    if precision == "int8":
+        calibration_batch = _calibration_batch(model, calibration, size,
+                                               calibration_images or DEFAULT_CALIBRATION_IMAGES)
+    prepared = prepare_for_export(model, fused=fused, precision=precision)
     batch_sizes = (TRACE_BATCH, DYNAMIC_CHECK_BATCH) if dynamic_batch else (TRACE_BATCH,)
-    images = _random_images(batch_sizes, getattr(model, "in_chans", 3), size, seed)
-    reference, listed = _reference_outputs(model, images)
-    inputs = [x.to(torch.float16 if fp16 else torch.float32) for x in images]
-    output_names = _output_names(len(reference[0]), listed)
-    diffs: list[tuple[float, float]] = []
+    if calibration_batch is not None:
+        images = _calibration_check_images(calibration_batch, batch_sizes)
+    else:
+        images = _random_images(batch_sizes, getattr(model, "in_chans", 3), size, seed)
+    exact = exact_outputs(model, images)
+    fp32, listed = fp32_outputs(model, images)
+    inputs = [x.to(torch.float16) if precision == "fp16" else x for x in images]
+    output_names = _output_names(len(fp32[0]), listed)
+    found: list[Agreement] = []
 
     def write_and_check(tmp: str) -> None:
         got = _write_and_run(prepared, inputs, tmp, format=format, opset=opset, dynamic_batch=dynamic_batch,
-                             output_names=output_names, listed=listed, model_name=type(model).__name__)
-        diffs.append(_check_match(got, reference, tolerance, format, path))
+                             output_names=output_names, listed=listed, model_name=type(model).__name__,
+                             calibration=calibration_batch)
+        try:
+            result = agreement(got, exact, fp32, precision)
+        except ValueError as e:
+            raise ExportMismatchError(f"the exported {format} model gives an {e}; nothing was written to "
+                                      f"{path}") from e
+        if tolerance is not None:
+            result = Agreement(**{**result.__dict__, "limit": tolerance})
+        _check_agreement(result, format, path)
+        found.append(result)
 
     _write_atomically(path, write_and_check)
-    max_abs, max_rel = diffs[0]
-    return ExportReport(path=path, format=format, img_size=size, fused=fused, fp16=fp16,
+    result = found[0]
+    return ExportReport(path=path, format=format, img_size=size, fused=fused, precision=precision,
                         dynamic_batch=dynamic_batch, opset=opset if format == "onnx" else None,
-                        batch_sizes=batch_sizes, max_abs_diff=max_abs, max_rel_diff=max_rel,
-                        tolerance=tolerance)
+                        batch_sizes=batch_sizes, max_abs_diff=result.abs_error, max_rel_diff=result.error,
+                        fp32_error=result.fp32_error, limit=result.limit,
+                        calibration_images=len(calibration_batch) if calibration_batch is not None else None)
 
 
 def onnx_session(path: str | os.PathLike, *, threads: int | None = None):
@@ -339,5 +415,6 @@ def onnx_session(path: str | os.PathLike, *, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-__all__ = ["DEFAULT_OPSET", "FORMATS", "MIN_OPSET", "ExportError", "ExportMismatchError", "ExportReport",
-           "check_export_args", "export_model", "max_opset", "onnx_session", "prepare_for_export", "require_onnx"]
+__all__ = ["DEFAULT_OPSET", "EXPORT_PRECISIONS", "FORMATS", "MIN_OPSET", "ExportError", "ExportMismatchError",
+           "ExportReport", "check_export_args", "export_model", "max_opset", "onnx_session", "prepare_for_export",
+           "require_onnx"]

@@ -4,7 +4,7 @@
 folded ``ConvNormAct``. On CPU, in fp32 and without autograd, :func:`conv_act` and :func:`conv_add_relu`
 run one oneDNN convolution with the activation (ReLU, leaky ReLU) or the residual add and ReLU applied to
 the accumulator as a post-op, which gives the same bits as the conv followed by the separate op.
-Elsewhere (GPU, other dtypes, tracing for TorchScript or ONNX) they run plain PyTorch ops.
+Elsewhere (GPU, other dtypes, tracing for TorchScript, ONNX or ``torch.export``) they run plain PyTorch ops.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def use_onednn(x: torch.Tensor) -> bool:
     """Whether the oneDNN fused-conv path applies: fp32 on CPU, eager, no autograd."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
             and torch.backends.mkldnn.enabled
-            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling()
             and not (torch.is_grad_enabled() and x.requires_grad))
 
 

@@ -25,6 +25,7 @@ fused model differs from the eval-mode original only by rounding (about 1e-6 of 
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
@@ -33,6 +34,7 @@ from tresnet.deploy import genet_fusion, tresnet_fusion
 from tresnet.deploy.folding import FusedConvAct, fold_batchnorm
 from tresnet.deploy.genet_fusion import FusedGENetBlock
 from tresnet.deploy.tresnet_fusion import FusedBlock, FusedSqueezeExcite, FusedStem
+from tresnet.errors import ConfigError
 from tresnet.layers import ConvNormAct, SqueezeExcite
 
 
@@ -73,7 +75,20 @@ def _fuse_children(module: nn.Module, channels_last: bool = True) -> nn.Module:
     return module
 
 
-def fuse(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
+LOW_PRECISION_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _cast_inputs(module: nn.Module, args: tuple, *, dtype: torch.dtype) -> tuple:
+    return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+def _outputs_to_float(module: nn.Module, args: tuple, output):
+    if isinstance(output, (list, tuple)):
+        return type(output)(o.float() for o in output)
+    return output.float()
+
+
+def fuse(model: nn.Module, *, channels_last: bool = True, dtype: torch.dtype = torch.float32) -> nn.Module:
     """An eval-mode inference copy of ``model`` with every BatchNorm folded into the conv before it.
 
     ``model`` (a TResNet or a GENet, features-only or not, or any module built from tresnet's layers and
@@ -83,15 +98,36 @@ def fuse(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
     stem converts its input, so feature maps (and ``features_only`` outputs) are channels-last tensors
     holding the same values.
 
-    Raises :class:`~tresnet.errors.ConfigError` for a BatchNorm without running statistics.
+    With ``dtype=torch.bfloat16`` (or ``torch.float16``) the folded weights and every activation are in
+    that type, while the model still takes fp32 images and returns fp32 outputs (a cast on the way in and
+    out, as forward hooks of the returned module: call it, not its ``forward``). On a CPU with AVX-512 BF16
+    or AMX, bfloat16 in channels-last is the fastest exact-enough path of PyTorch; its outputs are within
+    :data:`tresnet.deploy.exactness.BOUNDS` ``["bf16"]`` of the float64 result. The folding itself is done
+    in fp32 (float64 for the BN statistics) before the cast.
+
+    Raises :class:`~tresnet.errors.ConfigError` for a BatchNorm without running statistics and for a
+    ``dtype`` other than float32, bfloat16 and float16.
     """
+    if dtype != torch.float32 and dtype not in LOW_PRECISION_DTYPES:
+        raise ConfigError(f"fuse(dtype={dtype}): choose torch.float32, torch.bfloat16 or torch.float16")
     fused = _fuse_children(copy.deepcopy(model), channels_last)
     fused.eval()
     fused.requires_grad_(False)
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
+    if dtype != torch.float32:
+        cast_for_inference(fused, dtype)
     return fused
 
 
-__all__ = ["FusedBlock", "FusedConvAct", "FusedGENetBlock", "FusedSqueezeExcite", "FusedStem", "fold_batchnorm",
+def cast_for_inference(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``module`` (in place) with its weights in ``dtype``, taking fp32 inputs and returning fp32 outputs
+    (casts as forward hooks); returned for chaining."""
+    module.to(dtype)
+    module.register_forward_pre_hook(functools.partial(_cast_inputs, dtype=dtype))
+    module.register_forward_hook(_outputs_to_float)
+    return module
+
+
+__all__ = ["LOW_PRECISION_DTYPES", "FusedBlock", "cast_for_inference", "FusedConvAct", "FusedGENetBlock", "FusedSqueezeExcite", "FusedStem", "fold_batchnorm",
            "fuse"]

@@ -1,0 +1,245 @@
+"""int8 inference on the CPU: post-training static quantization calibrated on the user's images.
+
+:func:`quantize` uses PyTorch's own quantization flow, PT2E (``torch.export`` -> ``prepare_pt2e`` ->
+calibration -> ``convert_pt2e``, from the ``torchao`` package) with its x86 quantizer, and compiles the
+result with ``torch.compile`` (Inductor, weights frozen), which runs the quantized convs as oneDNN int8
+kernels (VNNI / AMX where the CPU has them). On the 2-core Sapphire Rapids machine of
+``docs/deploy.md`` it ran TResNet-M 1.5x faster than ONNX Runtime's static quantization of the same
+model; the ONNX route is what ``tresnet export --precision int8 --format onnx`` writes
+(:func:`quantize_onnx`), since a compiled PyTorch model is not a file another runtime can load.
+
+What is quantized: the weights per output channel (symmetric int8), the activations per tensor (uint8,
+ranges from a histogram of the calibration images' activations), every conv and linear layer except
+those :data:`KEEP_FLOAT` names. What stays in float, and why:
+
+- the classifier (``head``): one layer, a negligible share of the FLOPs, and the one whose rounding
+  moves the logits directly;
+- the squeeze-and-excitation units (``se``): 1x1 convs on pooled vectors, a negligible share of the
+  FLOPs, whose sigmoid gates multiply whole feature maps (a gate's rounding error scales a channel).
+
+The first conv (TResNet's space-to-depth stem, GENet's 3x3 stem) is quantized: its input, the image, is
+well described by one range, and keeping it in float measured no better accuracy here while costing
+speed. The calibration images should be like the ones the model will see (a few hundred training
+images); their count is :data:`DEFAULT_CALIBRATION_IMAGES` unless told.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from tresnet.data.images import find_images, load_image
+from tresnet.data.transforms import create_eval_transform
+from tresnet.deploy.fusion import fuse
+from tresnet.errors import ConfigError, DataError, MissingDependencyError
+
+DEFAULT_CALIBRATION_IMAGES = 128
+CALIBRATION_BATCH = 16
+# Modules kept in float: the classifier and the squeeze-and-excitation units (module docstring).
+KEEP_FLOAT = ("head", "se")
+
+
+def require_torchao() -> ModuleType:
+    """The ``torchao`` package (PT2E quantization); :class:`MissingDependencyError` saying how to install it."""
+    try:
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"int8 quantization needs the package torchao, PyTorch's quantization library ({e.name or e} is "
+            f"missing): pip install 'tresnet[int8]'"
+        ) from e
+    import torchao
+
+    return torchao
+
+
+def _evenly_spaced(items: Sequence, count: int) -> list:
+    if count >= len(items):
+        return list(items)
+    return [items[(i * len(items)) // count] for i in range(count)]
+
+
+def calibration_images(folder: str | os.PathLike, model: nn.Module, *, img_size: int | None = None,
+                       count: int = DEFAULT_CALIBRATION_IMAGES) -> torch.Tensor:
+    """``count`` images of ``folder`` (searched recursively, taken evenly over the sorted files), with the
+    model's own eval preprocessing, as one ``(N, 3, H, W)`` fp32 batch.
+
+    Raises :class:`~tresnet.errors.DataError` for a folder that does not exist or holds no image, and for
+    an image that cannot be read (calibrating on fewer images than asked would be a silent change), and
+    :class:`~tresnet.errors.ConfigError` for a count below 1.
+    """
+    if count < 1:
+        raise ConfigError(f"the number of calibration images must be at least 1, got {count}")
+    path = Path(folder).expanduser()
+    if not path.exists():
+        raise DataError(f"calibration folder {path} does not exist; give a folder of images like the ones the "
+                        f"model will see (a few hundred training images)")
+    if not path.is_dir():
+        raise DataError(f"calibration path {path} is not a folder; give a folder of images (searched recursively)")
+    files, _ = find_images([path])
+    if not files:
+        raise DataError(f"calibration folder {path} holds no image (.jpg, .png, ...); give a folder of images like "
+                        f"the ones the model will see")
+    cfg = model.pretrained_cfg
+    size = img_size or int(cfg["input_size"][-1])
+    transform = create_eval_transform(cfg, size)
+    images = []
+    for file in _evenly_spaced(files, count):
+        try:
+            images.append(transform(load_image(file)))
+        except DataError as e:
+            raise DataError(f"{e}; it is one of the calibration images: remove it from {path} or choose another "
+                            f"folder") from e
+    return torch.stack(images)
+
+
+def _export(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``model`` as a ``torch.export`` graph module with a free batch size."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    return program.module()
+
+
+def _quantizer(keep_float: Sequence[str], model: nn.Module):
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    quantizer = x86.X86InductorQuantizer()
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    for name, _ in model.named_modules():
+        if name and name.split(".")[-1] in keep_float:
+            quantizer.set_module_name_qconfig(name, None)
+    return quantizer
+
+
+class Int8Model(nn.Module):
+    """A quantized model ready to run: fp32 images in, fp32 outputs out, on the CPU, any batch size.
+
+    ``graph`` is the converted PT2E graph (quantize / dequantize around int8 ops); ``compiled`` is it under
+    ``torch.compile`` (the int8 kernels), or ``graph`` itself when compiling was turned off (a reference
+    run: the same numbers as float ops on dequantized values, slowly).
+    """
+
+    def __init__(self, graph: nn.Module, compiled, *, calibrated_on: int, img_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.graph = graph
+        self._compiled = compiled
+        self.calibrated_on = calibrated_on
+        self.img_size = img_size
+
+    def forward(self, images: torch.Tensor):
+        if images.device.type != "cpu":
+            raise ConfigError(f"the int8 model runs on the CPU; got images on {images.device}")
+        from torch._inductor import config as inductor_config
+
+        # freezing: the int8 weights are packed once, as constants (set per call: a global setting of
+        # Inductor's that is read when a new batch size compiles)
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            out = self._compiled(images.float())
+        if isinstance(out, (list, tuple)):
+            return type(out)(o.float() for o in out)
+        return out.float()
+
+    def extra_repr(self) -> str:
+        return f"int8, calibrated on {self.calibrated_on} images at {self.img_size[0]}x{self.img_size[1]}"
+
+
+def quantize(model: nn.Module, calibration: torch.Tensor | str | os.PathLike, *, img_size: int | None = None,
+             calibration_images: int = DEFAULT_CALIBRATION_IMAGES, keep_float: Sequence[str] = KEEP_FLOAT,
+             compile: bool = True) -> Int8Model:
+    """An int8 copy of ``model`` (eval mode, CPU), calibrated on ``calibration``; ``model`` is untouched.
+
+    ``calibration`` is a folder of images (``calibration_images`` of them are used, with the model's eval
+    preprocessing at ``img_size``, default the model's) or a ready ``(N, C, H, W)`` batch of preprocessed
+    images. The copy takes fp32 images of any batch size at that image size and returns fp32 outputs.
+    With ``compile`` (the default) the first call compiles the model (a minute for TResNet-M on two
+    cores; a C++ compiler must be installed, as for any ``torch.compile`` on the CPU); this function makes
+    that first call. Modules whose last name is in ``keep_float`` stay in float (:data:`KEEP_FLOAT`).
+
+    Raises :class:`~tresnet.errors.MissingDependencyError` without torchao, :class:`DataError` for
+    calibration images that cannot be found or read, :class:`ConfigError` for a bad batch or count and
+    :class:`~tresnet.errors.InputSizeError` for a size the model cannot take.
+    """
+    require_torchao()
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if isinstance(calibration, torch.Tensor):
+        images = calibration.detach().cpu().float()
+        if images.dim() != 4 or images.shape[0] < 1:
+            raise ConfigError(f"calibration images must be an (N, C, H, W) batch, got shape {tuple(images.shape)}")
+    else:
+        images = calibration_images(calibration, model, img_size=img_size, count=calibration_images)
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    check = getattr(model, "check_input_size", None)
+    if check is not None:
+        check(*size)
+    # BatchNorm folded by our own exact rewrite first (PT2E's folding needs plain BatchNorm parameters)
+    base = fuse(copy.deepcopy(model).cpu().float())
+    graph = _export(base, images[:2])
+    prepared = prepare_pt2e(graph, _quantizer(keep_float, base))
+    with torch.no_grad():
+        for batch in images.split(CALIBRATION_BATCH):
+            prepared(batch)
+    converted = convert_pt2e(prepared)
+    compiled = torch.compile(converted) if compile else converted
+    int8 = Int8Model(converted, compiled, calibrated_on=len(images), img_size=size)
+    int8(images[: min(len(images), 2)])  # compiles now rather than at the caller's first batch
+    return int8
+
+
+def _excluded_onnx_nodes(model_proto, keep_float: Sequence[str]) -> list[str]:
+    """Names of the ONNX nodes that belong to modules named in ``keep_float`` (the exporter names nodes by
+    module path: ``/body/layer1/layer1.0/se/fc1/Conv``)."""
+    parts = {f"/{name}/" for name in keep_float} | {f".{name}/" for name in keep_float}
+    return [node.name for node in model_proto.graph.node if any(part in node.name for part in parts)]
+
+
+def quantize_onnx(float_path: str | os.PathLike, output: str | os.PathLike, images: torch.Tensor, *,
+                  keep_float: Sequence[str] = KEEP_FLOAT, batch_size: int = CALIBRATION_BATCH) -> None:
+    """Write ``output``, the int8 form of the fp32 ONNX file ``float_path``, calibrated on ``images``.
+
+    ONNX Runtime's static quantization in QDQ form: weights int8 per output channel, activations uint8
+    per tensor (min-max ranges over ``images``), the nodes of ``keep_float`` modules left in float. With
+    a fixed batch size in the file, calibration feeds that many images at a time. ``images`` are
+    preprocessed ``(N, C, H, W)`` fp32 tensors. Writes ``output`` directly (callers write to a temporary
+    name and rename); the shape-inferred copy it makes on the way is deleted.
+    """
+    import tempfile
+
+    from tresnet.deploy.export import require_onnx
+
+    onnx, _ = require_onnx()
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    proto = onnx.load(str(float_path), load_external_data=False)
+    input_name = proto.graph.input[0].name
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    step = batch_size if dim.dim_param or not dim.dim_value else int(dim.dim_value)
+    batches = [images[i:i + step] for i in range(0, len(images) - step + 1, step)] or [images[:step]]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(batches)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch.contiguous().numpy()}
+
+    with tempfile.TemporaryDirectory(prefix="tresnet-quantize-", dir=Path(output).parent) as folder:
+        inferred = Path(folder) / "inferred.onnx"
+        quant_pre_process(str(float_path), str(inferred), skip_symbolic_shape=False)
+        excluded = _excluded_onnx_nodes(onnx.load(str(inferred), load_external_data=False), keep_float)
+        quantize_static(str(inferred), str(output), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=excluded)
+
+
+__all__ = ["DEFAULT_CALIBRATION_IMAGES", "KEEP_FLOAT", "Int8Model", "calibration_images", "quantize", "quantize_onnx",
+           "require_torchao"]
