@@ -65,10 +65,45 @@ def resolve_precision(args: argparse.Namespace, command: str) -> str:
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser, *, legacy_amp: bool = True) -> None:
-    """The model, device and precision options of the commands that run a model on images."""
+    """The model, device and precision options of the commands that run a model on images (with int8's
+    calibration images)."""
+    from tresnet.deploy.inference import INFERENCE_PRECISION_HELP
+
     add_model_arguments(parser)
     add_device_argument(parser)
-    add_precision_argument(parser, legacy_amp=legacy_amp)
+    parser.add_argument("--precision", default=None, metavar="P", help=INFERENCE_PRECISION_HELP)
+    if legacy_amp:
+        parser.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)
+    add_calibration_arguments(parser)
+
+
+def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    """--calibration and --calibration-images, for int8."""
+    from tresnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES
+
+    parser.add_argument("--calibration", metavar="DIR",
+                        help="int8: a folder of images like the ones the model will see (searched recursively; a "
+                             "few hundred training images, not the validation set) to calibrate the quantization on")
+    parser.add_argument("--calibration-images", type=int, metavar="N",
+                        help=f"int8: how many images of --calibration to use, evenly spaced over its sorted files "
+                             f"(default {DEFAULT_CALIBRATION_IMAGES})")
+
+
+def check_inference_options(args: argparse.Namespace, precision: str, device) -> None:
+    """Fail before any work for a precision that cannot run on ``device`` or calibration options that do not fit."""
+    from tresnet.deploy.inference import check_inference_options as check
+
+    check(precision, device, args.calibration, args.calibration_images)
+
+
+def announce_deployment(args: argparse.Namespace, precision: str, command: str) -> None:
+    """Say on stderr that int8 calibrates and compiles first (a minute or more), so a pause is expected."""
+    if precision == "int8":
+        from tresnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES
+
+        count = args.calibration_images or DEFAULT_CALIBRATION_IMAGES
+        say(command, "note", f"int8: calibrating on up to {count} images of {args.calibration} and compiling the "
+                             f"quantized model (a minute or more)")
 
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:

@@ -65,14 +65,18 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = resolve_device(args.device)
+    precision = args.precision or "fp32"
+    common.check_inference_options(args, precision, device)
     model = common.load_model(args, "predict")
+    common.announce_deployment(args, precision, "predict")
     task = ", multilabel" if resolve_task(model, args.task) == "multilabel" else ""
     print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes{task}, {common.weights_description(model)}",
           file=sys.stderr)
     answers = []
     for answer in predict(model, args.inputs, topk=args.topk, batch_size=args.batch_size, img_size=args.img_size,
-                          device=device, precision=args.precision or "fp32", task=args.task,
-                          threshold=args.threshold, class_map=args.class_map):
+                          device=device, precision=precision, task=args.task,
+                          threshold=args.threshold, class_map=args.class_map, calibration=args.calibration,
+                          calibration_images=args.calibration_images):
         _print(answer, args.threshold)
         answers.append(answer)
     if args.json:

@@ -102,17 +102,20 @@ def run(args: argparse.Namespace) -> int:
 
     precision = common.resolve_precision(args, "validate")
     device = resolve_device(args.device)
+    common.check_inference_options(args, precision, device)
     # bad data fails before the model loads; the task is the data's when --task does not name it
     task = args.task or (MULTILABEL if _multilabel_signs(args) else _recorded_task(args) or MULTICLASS)
     dataset = open_validation_data(args.data, task=task, annotations=args.annotations, classes=args.classes,
                                    strict=args.strict, without_labels=args.without_labels,
                                    ground_truth=args.ground_truth)
     model = common.load_model(args, "validate")
+    common.announce_deployment(args, precision, "validate")
     validation = prepare_validation(model, dataset, img_size=args.img_size, batch_size=args.batch_size,
                                     workers=args.workers, device=device, precision=precision,
                                     channels_last=args.channels_last, limit=args.limit, task=args.task,
                                     threshold=args.threshold, class_map=args.class_map,
-                                    real_labels=args.real_labels, crop_pct=args.crop_pct)
+                                    real_labels=args.real_labels, crop_pct=args.crop_pct,
+                                    calibration=args.calibration, calibration_images=args.calibration_images)
     _print_setup(args, model, validation, device, precision)
     with common.warnings_above_progress_bar("validate"):
         report = validation.run()
@@ -129,6 +132,10 @@ def _print_setup(args: argparse.Namespace, model, validation, device, precision:
     from tresnet.tasks import MULTILABEL
 
     dataset = validation.dataset
+    if precision == "int8":
+        precision = f"int8 (calibrated on {validation.settings['calibration_images']} images of {args.calibration})"
+    elif precision == "bf16":
+        precision = "bf16 (folded, bfloat16 weights and activations)"
     options = ", ".join(o for o, on in ((precision, precision != "fp32"), ("channels-last", args.channels_last)) if on)
     task = ", multilabel" if validation.task == MULTILABEL else ""
     print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes{task}, {common.weights_description(model)}")

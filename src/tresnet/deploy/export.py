@@ -317,7 +317,7 @@ def _resolve_precision(precision: str | None, fp16: bool) -> str:
 
 def _calibration_batch(model: nn.Module, calibration, size: tuple[int, int], count: int) -> torch.Tensor:
     """The int8 calibration images: a ready batch, or ``count`` images of a folder at ``size``."""
-    from tresnet.deploy.quantize import calibration_images
+    from tresnet.deploy.quantize import load_calibration_images
 
     if calibration is None:
         raise ConfigError("int8 export needs calibration images: --calibration DIR (a folder of images like the "
@@ -329,7 +329,7 @@ def _calibration_batch(model: nn.Module, calibration, size: tuple[int, int], cou
         return calibration.detach().cpu().float()
     if size[0] != size[1]:
         raise ConfigError(f"calibration from a folder needs a square image size, got {size[0]}x{size[1]}")
-    return calibration_images(calibration, model, img_size=size[0], count=count)
+    return load_calibration_images(calibration, model, img_size=size[0], count=count)
 
 
 def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,

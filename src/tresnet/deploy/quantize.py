@@ -26,7 +26,9 @@ images); their count is :data:`DEFAULT_CALIBRATION_IMAGES` unless told.
 from __future__ import annotations
 
 import copy
+import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -48,8 +50,16 @@ KEEP_FLOAT = ("head", "se")
 def require_torchao() -> ModuleType:
     """The ``torchao`` package (PT2E quantization); :class:`MissingDependencyError` saying how to install it."""
     try:
-        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
-        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
+        # torchao's import registers an Enum with torch's pytree, which logs a deprecation notice meant for
+        # torchao's developers; it is kept off the user's terminal
+        pytree_log = logging.getLogger("torch.utils._pytree")
+        level = pytree_log.level
+        pytree_log.setLevel(logging.ERROR)
+        try:
+            import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+            import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
+        finally:
+            pytree_log.setLevel(level)
     except ImportError as e:
         raise MissingDependencyError(
             f"int8 quantization needs the package torchao, PyTorch's quantization library ({e.name or e} is "
@@ -66,7 +76,7 @@ def _evenly_spaced(items: Sequence, count: int) -> list:
     return [items[(i * len(items)) // count] for i in range(count)]
 
 
-def calibration_images(folder: str | os.PathLike, model: nn.Module, *, img_size: int | None = None,
+def load_calibration_images(folder: str | os.PathLike, model: nn.Module, *, img_size: int | None = None,
                        count: int = DEFAULT_CALIBRATION_IMAGES) -> torch.Tensor:
     """``count`` images of ``folder`` (searched recursively, taken evenly over the sorted files), with the
     model's own eval preprocessing, as one ``(N, 3, H, W)`` fp32 batch.
@@ -133,6 +143,11 @@ class Int8Model(nn.Module):
         self.calibrated_on = calibrated_on
         self.img_size = img_size
 
+    def train(self, mode: bool = True) -> Int8Model:
+        """Only the flag: the quantized graph is inference-only and has no train mode to switch to."""
+        self.training = mode
+        return self
+
     def forward(self, images: torch.Tensor):
         if images.device.type != "cpu":
             raise ConfigError(f"the int8 model runs on the CPU; got images on {images.device}")
@@ -174,22 +189,27 @@ def quantize(model: nn.Module, calibration: torch.Tensor | str | os.PathLike, *,
         if images.dim() != 4 or images.shape[0] < 1:
             raise ConfigError(f"calibration images must be an (N, C, H, W) batch, got shape {tuple(images.shape)}")
     else:
-        images = calibration_images(calibration, model, img_size=img_size, count=calibration_images)
+        images = load_calibration_images(calibration, model, img_size=img_size, count=calibration_images)
     size = (int(images.shape[-2]), int(images.shape[-1]))
     check = getattr(model, "check_input_size", None)
     if check is not None:
         check(*size)
     # BatchNorm folded by our own exact rewrite first (PT2E's folding needs plain BatchNorm parameters)
     base = fuse(copy.deepcopy(model).cpu().float())
-    graph = _export(base, images[:2])
-    prepared = prepare_pt2e(graph, _quantizer(keep_float, base))
-    with torch.no_grad():
-        for batch in images.split(CALIBRATION_BATCH):
-            prepared(batch)
-    converted = convert_pt2e(prepared)
-    compiled = torch.compile(converted) if compile else converted
-    int8 = Int8Model(converted, compiled, calibrated_on=len(images), img_size=size)
-    int8(images[: min(len(images), 2)])  # compiles now rather than at the caller's first batch
+    with warnings.catch_warnings():
+        # notes of torch.export and torchao's converter addressed to their own developers (a tensor built from
+        # a tensor, the exported graph's train/eval mode), not to the user
+        warnings.simplefilter("ignore", UserWarning)
+        graph = _export(base, images[:2])
+        prepared = prepare_pt2e(graph, _quantizer(keep_float, base))
+        with torch.no_grad():
+            for batch in images.split(CALIBRATION_BATCH):
+                prepared(batch)
+        converted = convert_pt2e(prepared)
+        # dynamic: one compilation serves every batch size (measured as fast as a static one at batch 8)
+        compiled = torch.compile(converted, dynamic=True) if compile else converted
+        int8 = Int8Model(converted, compiled, calibrated_on=len(images), img_size=size)
+        int8(images[: min(len(images), 2)])  # compiles now rather than at the caller's first batch
     return int8
 
 
@@ -241,5 +261,5 @@ def quantize_onnx(float_path: str | os.PathLike, output: str | os.PathLike, imag
                         nodes_to_exclude=excluded)
 
 
-__all__ = ["DEFAULT_CALIBRATION_IMAGES", "KEEP_FLOAT", "Int8Model", "calibration_images", "quantize", "quantize_onnx",
+__all__ = ["DEFAULT_CALIBRATION_IMAGES", "KEEP_FLOAT", "Int8Model", "load_calibration_images", "quantize", "quantize_onnx",
            "require_torchao"]

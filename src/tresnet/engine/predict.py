@@ -27,9 +27,10 @@ from tresnet.data import class_labels, create_eval_transform, find_images, load_
 from tresnet.data.class_mapping import read_class_map
 from tresnet.data.class_names import IMAGENET_NUM_CLASSES
 from tresnet.data.imagenet import imagenet_synsets
+from tresnet.deploy.inference import check_inference_options, inference_model
 from tresnet.engine.evaluate import resolve_task
 from tresnet.errors import ConfigError, DataError
-from tresnet.runtime import autocast, check_precision
+from tresnet.runtime import autocast
 from tresnet.tasks import DEFAULT_THRESHOLD, MULTILABEL, check_threshold
 
 
@@ -113,7 +114,9 @@ def _decode(paths: Sequence[Path], transform, task: str) -> tuple[list[str], lis
 def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int = 5, batch_size: int = 32,
             img_size: int | None = None, device: str | torch.device | None = None, precision: str = "fp32",
             class_names: Sequence[str] | None = None, task: str | None = None,
-            threshold: float = DEFAULT_THRESHOLD, class_map: str | os.PathLike | None = None) -> Iterator[Prediction]:
+            threshold: float = DEFAULT_THRESHOLD, class_map: str | os.PathLike | None = None,
+            calibration: str | os.PathLike | torch.Tensor | None = None,
+            calibration_images: int | None = None) -> Iterator[Prediction]:
     """Yield a :class:`Prediction` for every image that ``inputs`` name (files, or folders searched
     recursively: :func:`tresnet.data.find_images`), with the model's own preprocessing.
 
@@ -124,7 +127,9 @@ def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int 
     outputs it lists. An ImageNet-1k model's answers also carry each class's synset. ``task`` None is the model's (``pretrained_cfg["task"]``, else
     multiclass): a multiclass answer gives softmax probabilities; a multilabel one each class's sigmoid
     and ``labels``, the classes whose probability exceeds ``threshold``. ``device`` None keeps the model
-    where it is. The model runs in eval mode; its mode comes back when the iteration ends. Raises
+    where it is. ``precision`` is one of :data:`tresnet.deploy.inference.INFERENCE_PRECISIONS` (``bf16``:
+    the folded bfloat16 model; ``int8``: the model quantized on the ``calibration`` images, on the CPU).
+    The model runs in eval mode; its mode comes back when the iteration ends. Raises
     :class:`ConfigError` for a bad ``topk``, ``batch_size``, precision, task or threshold,
     :class:`DataError` for a class map that cannot be read, and
     :class:`~tresnet.errors.InputSizeError` for a size the model cannot take.
@@ -136,19 +141,21 @@ def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int 
     size = img_size or int(model.pretrained_cfg["input_size"][-1])
     model.check_input_size(size, size)
     device = torch.device(device) if device is not None else _model_device(model)
-    check_precision(precision, device)
+    check_inference_options(precision, device, calibration, calibration_images)
     transform = create_eval_transform(model.pretrained_cfg, size)
     labels, synsets = _labels(model, class_names, task, class_map)
     files, errors = find_images(inputs)
     yield from (_failure(name, message, task) for name, message in errors)
     was_training = model.training
     model.to(device).eval()
+    runner, run_precision = inference_model(model, precision, device, calibration=calibration,
+                                            calibration_images=calibration_images, img_size=size)
     try:
         for start in range(0, len(files), batch_size):
             names, tensors, failed = _decode(files[start:start + batch_size], transform, task)
             yield from failed
             if tensors:
-                probs = _probabilities(model, torch.stack(tensors), task, device, precision)
+                probs = _probabilities(runner, torch.stack(tensors), task, device, run_precision)
                 yield from _answers(names, probs, labels, synsets, topk, threshold if task == MULTILABEL else None)
     finally:
         model.train(was_training)

@@ -38,9 +38,10 @@ from tresnet.data.datasets import GroundTruthDataset, RealLabelled
 from tresnet.data.imagenet import read_real_labels
 from tresnet.data.multilabel import MultiLabelDataset, open_multilabel
 from tresnet.data.transforms import describe_eval_transform
+from tresnet.deploy.inference import check_inference_options, inference_model
 from tresnet.engine.evaluate import evaluate, evaluate_multilabel, resolve_task
 from tresnet.errors import ConfigError, DataError
-from tresnet.runtime import check_precision, resolve_device
+from tresnet.runtime import resolve_device
 from tresnet.tasks import DEFAULT_THRESHOLD, MULTICLASS, MULTILABEL, check_task, check_threshold
 
 ValidationData = ImageFolderDataset | MultiLabelDataset
@@ -173,6 +174,8 @@ class Validation:
     class_mapping: ClassMapping | None = None
     real_labels: str | None = None
     crop_pct: float | None = None
+    runner: nn.Module | None = None  # what runs: the model, or its bf16 / int8 deployment form
+    run_precision: str | None = None  # the autocast it runs under
 
     @property
     def eval_cfg(self) -> dict:
@@ -185,13 +188,15 @@ class Validation:
 
     def run(self, progress: bool = True) -> dict:
         """Evaluate and return the report (see :func:`validate`)."""
+        runner = self.runner if self.runner is not None else self.model
+        precision = self.run_precision or self.precision
         if self.task == MULTILABEL:
-            result = evaluate_multilabel(self.model, self.loader, self.device, precision=self.precision,
+            result = evaluate_multilabel(runner, self.loader, self.device, precision=precision,
                                          channels_last=self.channels_last, progress=progress, desc="validate",
                                          threshold=self.threshold)
             return _multilabel_report(self, result)
         mapping = self.class_mapping
-        result = evaluate(self.model, self.loader, self.device, precision=self.precision,
+        result = evaluate(runner, self.loader, self.device, precision=precision,
                           channels_last=self.channels_last, progress=progress, desc="validate",
                           class_subset=mapping.covered if mapping is not None and mapping.masked else None)
         return _report(self, result)
@@ -206,7 +211,9 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
                        classes: Sequence[str] | str | os.PathLike | None = None,
                        threshold: float = DEFAULT_THRESHOLD, without_labels: str = "skip",
                        ground_truth: str | os.PathLike | None = None, class_map: str | os.PathLike | None = None,
-                       real_labels: str | os.PathLike | None = None, crop_pct: float | None = None) -> Validation:
+                       real_labels: str | os.PathLike | None = None, crop_pct: float | None = None,
+                       calibration: str | os.PathLike | torch.Tensor | None = None,
+                       calibration_images: int | None = None) -> Validation:
     """Check the data against the model and build the loader; :meth:`Validation.run` evaluates.
 
     ``task`` None is the model's (``pretrained_cfg["task"]``, else multiclass). ``data`` is a dataset
@@ -216,14 +223,17 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
     ReaL ``real.json`` of ImageNet val, scored beside the original labels; ``crop_pct`` replaces the
     model's resize and crop with a centre crop of that fraction (to compare with figures measured so,
     such as timm's 448-pixel TResNet rows). ``threshold``: the probability
-    above which a label counts as predicted (multilabel).
+    above which a label counts as predicted (multilabel). ``precision`` is one of
+    :data:`tresnet.deploy.inference.INFERENCE_PRECISIONS`: ``bf16`` validates the folded bfloat16 model
+    and ``int8`` the model quantized on ``calibration`` (a folder of images, ``calibration_images`` of them),
+    what :func:`tresnet.deploy.inference.inference_model` builds.
 
     Raises :class:`DataError` (missing or empty data, classes that do not match the model, data that
     does not fit the task), :class:`ConfigError` (bad device, precision, limit, task or threshold) and
     :class:`~tresnet.errors.InputSizeError` (a size the model cannot take).
     """
     device = resolve_device(device)
-    check_precision(precision, device)
+    check_inference_options(precision, device, calibration, calibration_images)
     task = resolve_task(model, task)
     threshold = check_threshold(threshold)
     eval_cfg = eval_cfg_with_crop(model.pretrained_cfg, crop_pct)
@@ -245,9 +255,15 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    runner, run_precision = inference_model(model, precision, device, calibration=calibration,
+                                            calibration_images=calibration_images, img_size=size)
     settings = dict(batch_size=batch_size, workers=workers, limit=limit, crop_pct=crop_pct)
+    if precision == "int8":
+        settings.update(calibration=None if isinstance(calibration, torch.Tensor) else str(calibration),
+                        calibration_images=runner.calibrated_on)
     return Validation(model, dataset, subset, loader, size, device, precision, channels_last, settings, task,
-                      threshold, mapping, str(real_labels) if real_labels is not None else None, crop_pct)
+                      threshold, mapping, str(real_labels) if real_labels is not None else None, crop_pct,
+                      runner, run_precision)
 
 
 def _path_or_none(path: os.PathLike | None) -> str | None:
