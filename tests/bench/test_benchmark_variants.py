@@ -1,7 +1,9 @@
-"""The deployment variants NAME:fused and NAME:onnx: they run, are inference-only and match the plain model."""
+"""The deployment variants NAME:fused, NAME:bf16, NAME:int8, NAME:onnx and NAME:onnx_int8: they run, are
+inference-only, refuse the devices and precisions they cannot run with, and are compared with the plain model."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import pytest
@@ -9,14 +11,20 @@ import torch
 
 from helpers import requires_onnx, tiny_bench_config
 from tresnet.bench import list_variants, run_benchmark
+from tresnet.bench.ceiling import PEAK_GIVEN
 from tresnet.bench.targets import BuildOptions, check_spec, parse_model_spec
-from tresnet.bench.variants import DEPLOY_PEAK_NOTE
+from tresnet.bench.variants import DEPLOY_PEAK_NOTE, DEPLOYMENT_VARIANTS, NUMBER_FORMATS
 from tresnet.cli.main import main
 from tresnet.errors import ConfigError, MissingDependencyError
 
+requires_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
+                                      reason="needs torchao (pip install 'tresnet[int8]')")
+CUDA = BuildOptions(device=torch.device("cuda"))
+
 
 def test_builtin_variants_are_registered_in_one_place():
-    assert {"bn", "memory_efficient", "fused", "onnx"} <= set(list_variants())
+    assert {"bn", "memory_efficient", "fused", "bf16", "int8", "onnx", "onnx_int8"} <= set(list_variants())
+    assert set(NUMBER_FORMATS) <= set(DEPLOYMENT_VARIANTS) <= set(list_variants())
 
 
 def test_fused_runs_inference_only_and_matches_the_plain_model():
@@ -61,6 +69,65 @@ def test_onnx_without_onnxruntime_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
     with pytest.raises(MissingDependencyError, match=r"pip install 'tresnet\[export\]'"):
         run_benchmark(tiny_bench_config("tresnet_m,tresnet_m:onnx", mode="infer"))
+
+
+def test_bf16_runs_inference_only_and_records_its_difference_and_share_of_the_ceiling():
+    plain, bf16 = run_benchmark(tiny_bench_config("tresnet_m,tresnet_m:bf16", mode="infer", threads=1,
+                                                  peak_gflops="fp32=100,bf16=400"))
+    assert bf16.variant == "bf16" and bf16.infer.img_per_s > 0 and bf16.train.batch_size is None
+    assert 1e-5 < bf16.max_rel_diff < 0.05  # bfloat16 rounding: recorded, and small
+    assert (plain.number_format, bf16.number_format) == ("fp32", "bf16")
+    assert (plain.peak_gflop_per_s, bf16.peak_gflop_per_s, bf16.peak_source) == (100, 400, PEAK_GIVEN)
+    assert bf16.infer_gflop_per_s == pytest.approx(2 * plain.gmacs * bf16.infer.img_per_s)
+    assert bf16.infer_peak_fraction == pytest.approx(bf16.infer_gflop_per_s / 400)
+    assert plain.infer_peak_fraction == pytest.approx(2 * plain.gmacs * plain.infer.img_per_s / 100)
+    assert "infer_peak_fraction" in bf16.to_dict()
+
+
+def test_bf16_sets_its_own_number_format_on_any_device():
+    check_spec(parse_model_spec("tresnet_m:bf16"), CUDA)  # a GPU is fine
+    with pytest.raises(ConfigError, match="tresnet_m:bf16 runs in bf16 .*not amp: use --precision fp32"):
+        run_benchmark(tiny_bench_config("tresnet_m:bf16", mode="infer", precision="amp"))
+
+
+@requires_torchao
+def test_int8_runs_on_the_cpu_in_fp32_only():
+    spec = parse_model_spec("tresnet_m:int8")
+    with pytest.raises(ConfigError, match="tresnet_m:int8 runs PyTorch's int8 kernels on the CPU.*--device cpu"):
+        check_spec(spec, CUDA)
+    with pytest.raises(ConfigError, match="runs in int8 .*not bf16: use --precision fp32"):
+        check_spec(spec, BuildOptions(device=torch.device("cpu"), precision="bf16"))
+
+
+def test_int8_without_torchao_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchao", None)  # as if it were not installed
+    with pytest.raises(MissingDependencyError, match="torchao"):
+        run_benchmark(tiny_bench_config("tresnet_m,tresnet_m:int8", mode="infer"))
+
+
+@requires_onnx
+def test_onnx_int8_runs_on_the_cpu_in_fp32_only():
+    spec = parse_model_spec("tresnet_m:onnx_int8")
+    with pytest.raises(ConfigError, match="ONNX Runtime on the CPU.*use --device cpu"):
+        check_spec(spec, CUDA)
+    with pytest.raises(ConfigError, match="runs in int8 .*use --precision fp32"):
+        check_spec(spec, BuildOptions(device=torch.device("cpu"), precision="fp16"))
+
+
+@pytest.mark.slow
+@requires_torchao
+@requires_onnx
+def test_int8_paths_run_and_stay_near_the_plain_model():
+    # the only test that compiles an int8 model (20-60 s): GENet-light at 64 px, one thread
+    config = tiny_bench_config("genet_light,genet_light:int8,genet_light:onnx_int8", mode="infer", threads=1,
+                               peak_gflops="fp32=100,int8=800")
+    plain, int8, onnx_int8 = run_benchmark(config)
+    for row in (int8, onnx_int8):
+        assert row.infer.img_per_s > 0 and row.train.batch_size is None
+        assert 0 < row.max_rel_diff < 0.1  # int8 rounding, against the plain model on random images
+        assert row.number_format == "int8" and row.peak_gflop_per_s == 800
+        assert row.infer_peak_fraction == pytest.approx(2 * plain.gmacs * row.infer.img_per_s / 800)
+        assert row.gmacs == pytest.approx(plain.gmacs)
 
 
 def test_cli_times_inference_only_variants_in_inference_and_says_so(capsys):

@@ -2,14 +2,18 @@
 
 ``run_benchmark(BenchConfig(models="tresnet_m,timm:tresnet_m,resnet50"))`` returns one
 :class:`BenchRow` per model; :mod:`tresnet.bench.report` turns rows into a table, JSON, CSV and a plot.
-``NAME:fused`` and ``NAME:onnx`` measure the deployment paths (:mod:`tresnet.bench.variants`).
+``NAME:fused``, ``NAME:bf16``, ``NAME:int8``, ``NAME:onnx`` and ``NAME:onnx_int8`` measure the deployment
+paths (:mod:`tresnet.bench.variants`), against the compute ceiling of their number format
+(:mod:`tresnet.bench.ceiling`: a measured GEMM rate per format).
 ``tresnet benchmark`` is the command-line face of the same.
 """
 
 from tresnet.bench.batch_search import BatchSearchResult, largest_batch
+from tresnet.bench.ceiling import estimate_peaks, gemm_gflop_per_s, parse_peak_gflops
 from tresnet.bench.machine import command_line, cpu_flags, cpu_name, describe_device, machine_record
 from tresnet.bench.published import PAPER_PEERS, PEER_RESULTS, PublishedResult, published_top1
 from tresnet.bench.report import (
+    format_ceilings,
     format_ratios,
     format_table,
     markdown_table,
@@ -36,7 +40,8 @@ from tresnet.bench.targets import (
 __all__ = [
     "PAPER_PEERS", "PEER_RESULTS", "BatchSearchResult", "BenchConfig", "BenchRow", "BenchTarget", "BuildOptions",
     "ModeResult", "ModelSpec", "PublishedResult", "Variant", "VariantBuild", "build_base_model", "command_line",
-    "cpu_flags", "cpu_name", "describe_device", "format_ratios", "format_table", "largest_batch", "list_variants",
-    "machine_record", "markdown_table", "parse_model_list", "parse_model_spec", "plot_results", "published_top1", "ratio_rows",
-    "register_variant", "run_benchmark", "write_csv", "write_json",
+    "cpu_flags", "cpu_name", "describe_device", "estimate_peaks", "format_ceilings", "format_ratios", "format_table",
+    "gemm_gflop_per_s", "largest_batch", "list_variants", "machine_record", "markdown_table", "parse_model_list",
+    "parse_model_spec", "parse_peak_gflops", "plot_results", "published_top1", "ratio_rows", "register_variant",
+    "run_benchmark", "write_csv", "write_json",
 ]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tresnet.bench.ceiling import FORMATS, PEAK_GIVEN
 from tresnet.bench.rows import MODES, BenchRow, as_rows
 from tresnet.bench.targets import timm_name_of
 from tresnet.errors import MissingDependencyError
@@ -55,6 +56,17 @@ def _max_batch(row: BenchRow) -> int | None:
     return row.train.max_batch or row.infer.max_batch
 
 
+def _fmt_fraction(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _fmt_of_peak(row: BenchRow) -> str:
+    """``12.3% bf16``: the row's share of its number format's compute ceiling, or ``-``."""
+    if row.infer_peak_fraction is None:
+        return "-"
+    return f"{_fmt_fraction(row.infer_peak_fraction)} {row.number_format}"
+
+
 # column title, function of a row -> text; a column whose cells are all "-" is left out.
 _COLUMNS: list[tuple[str, Callable[[BenchRow], str]]] = [
     ("model", lambda r: r.model),
@@ -72,6 +84,8 @@ _COLUMNS: list[tuple[str, Callable[[BenchRow], str]]] = [
     ("saved MiB/img", lambda r: _fmt(r.saved_mib_per_img)),
     ("peak MiB", lambda r: _fmt(r.train.peak_mem_mib or r.infer.peak_mem_mib, 0)),
     ("max rel diff", lambda r: _fmt_diff(r.max_rel_diff)),
+    ("GFLOP/s", lambda r: _fmt(r.infer_gflop_per_s, 0)),
+    ("of peak", _fmt_of_peak),
     ("top-1", lambda r: _fmt(r.top1, 2)),
 ]
 
@@ -169,19 +183,51 @@ def settings_line(row: BenchRow | Mapping[str, Any]) -> str:
 
 def markdown_table(rows: Rows) -> str:
     """A Markdown table of ``rows`` for the docs (speeds with their spread; a ``max rel diff`` column
-    when a deployment variant is among them)."""
+    when a deployment variant is among them, and the inference GFLOP/s and share of the compute ceiling
+    when measured)."""
     rows = as_rows(rows)
     diffs = any(r.max_rel_diff is not None for r in rows)
+    compute = any(r.number_format is not None for r in rows)
     head = ("| model | impl | px | batch | infer img/s | train img/s | params (M) | GMACs | saved MiB/img "
-            "| peak train MiB |" + (" max rel diff |" if diffs else "") + " top-1 |")
+            "| peak train MiB |" + (" max rel diff |" if diffs else "")
+            + (" infer GFLOP/s | of peak |" if compute else "") + " top-1 |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         batch = r.train.batch_size or r.infer.batch_size
         diff = f" {_fmt_diff(r.max_rel_diff)} |" if diffs else ""
+        gflops = f" {_fmt(r.infer_gflop_per_s, 0)} | {_fmt_of_peak(r)} |" if compute else ""
         lines.append(f"| {r.model} | {r.impl} | {r.img_size} | {_fmt(batch)} | {format_speed(r, 'infer')} | "
                      f"{format_speed(r, 'train')} | {_fmt(r.params_m, 2)} | {_fmt(r.gmacs, 2)} | "
-                     f"{_fmt(r.saved_mib_per_img)} | {_fmt(r.train.peak_mem_mib, 0)} |{diff} {_fmt(r.top1, 2)} |")
+                     f"{_fmt(r.saved_mib_per_img)} | {_fmt(r.train.peak_mem_mib, 0)} |{diff}{gflops} "
+                     f"{_fmt(r.top1, 2)} |")
     return "\n".join(lines)
+
+
+def ceilings_of(rows: Rows) -> dict[str, tuple[float | None, str | None]]:
+    """``number format -> (GFLOP/s, source)``: the compute ceilings ``rows`` were compared with, in the order
+    fp32, bf16, int8 (empty when none was)."""
+    found = {r.number_format: (r.peak_gflop_per_s, r.peak_source) for r in as_rows(rows) if r.number_format}
+    return {fmt: found[fmt] for fmt in FORMATS if fmt in found}
+
+
+def format_ceilings(rows: Rows) -> str:
+    """One line: ``compute ceiling (measured GEMM, 2 threads): fp32 310, bf16 2,150, int8 2,700 GFLOP/s``, or
+    an empty string when ``rows`` were not compared with one."""
+    ceilings = ceilings_of(rows)
+    if not ceilings:
+        return ""
+    given = [fmt for fmt, (_, source) in ceilings.items() if source == PEAK_GIVEN]
+    if not given:
+        how = "measured GEMM"
+    elif len(given) == len(ceilings):
+        how = "given"
+    else:
+        how = f"{', '.join(given)} given, the others measured GEMM"
+    first = as_rows(rows)[0]
+    threads = first.threads if first.device == "cpu" else None
+    on = f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""
+    values = ", ".join(f"{fmt} {_fmt(gflops, 0)}" for fmt, (gflops, _) in ceilings.items())
+    return f"compute ceiling ({how}{on}): {values} GFLOP/s"
 
 
 def write_json(rows: Rows, path: str | os.PathLike) -> Path:

@@ -18,6 +18,8 @@ MODES = ("infer", "train")
 _HEAD = ("model", "name", "impl", "variant", "device", "device_name", "precision", "channels_last", "compiled",
          "img_size", "params_m", "gmacs", "saved_mib_per_img", "top1", "top1_img_size", "top1_source")
 _SETTINGS = ("tresnet_version", "torch_version", "timm_version", "warmup", "repeats", "iters", "threads", "timer")
+# Set in a run that compares speeds with the compute ceiling (tresnet.bench.ceiling); written only then.
+_COMPUTE = ("number_format", "peak_gflop_per_s", "peak_source", "infer_gflop_per_s", "infer_peak_fraction")
 
 
 @dataclass
@@ -89,6 +91,11 @@ class BenchRow:
     max_rel_diff: float | None = None
     cpu_flags: list[str] | None = None
     img_size_from: str | None = None
+    number_format: str | None = None
+    peak_gflop_per_s: float | None = None
+    peak_source: str | None = None
+    infer_gflop_per_s: float | None = None
+    infer_peak_fraction: float | None = None
 
     def mode(self, name: str) -> ModeResult:
         """The :class:`ModeResult` of ``name`` (``"infer"`` or ``"train"``); ValueError for another name."""
@@ -106,7 +113,7 @@ class BenchRow:
 
         ``batch_search_probes`` and ``peak_mem_runtime_mib`` appear only when measured, a mode's spread, ms and
         seconds only when it was timed, as in the files written before rows were dataclasses; ``img_size_from``
-        only when set.
+        and the compute figures only when set.
         """
         out = {key: getattr(self, key) for key in _HEAD}
         for m in MODES:
@@ -125,6 +132,8 @@ class BenchRow:
         out.update(max_rel_diff=self.max_rel_diff, cpu_flags=self.cpu_flags)
         if self.img_size_from is not None:
             out["img_size_from"] = self.img_size_from
+        if self.number_format is not None:
+            out.update({key: getattr(self, key) for key in _COMPUTE})
         return out
 
     @classmethod

@@ -9,7 +9,10 @@ no model always follows the same one (a turn right after a large step runs slowe
 itself, as when its largest batch was searched. Inference-only variants (``NAME:fused``,
 ``NAME:onnx``) are timed in inference only when both modes are asked for. Without ``img_size``, a timm
 model that is the same network as one of ours in the run (``timm:gernet_s`` beside ``genet_light``) is
-measured at our model's side (the row's ``img_size_from`` says so), so that the pair compares.
+measured at our model's side (the row's ``img_size_from`` says so), so that the pair compares. A CPU
+run with a deployment variant (or any run given ``peak_gflops``) also measures the compute ceiling of the
+number formats its rows run in (:mod:`tresnet.bench.ceiling`), after building and before timing, and
+records each row's achieved GFLOP/s and its fraction of that ceiling.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import contextlib
 import math
 import random
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -32,6 +35,15 @@ from tresnet.bench.batch_search import (
     is_out_of_memory,
     largest_batch,
     probe_peak_rss,
+)
+from tresnet.bench.ceiling import (
+    PEAK_GIVEN,
+    PEAK_MEASURED,
+    achieved_gflop_per_s,
+    estimate_peaks,
+    fraction_of_peak,
+    parse_peak_gflops,
+    precision_format,
 )
 from tresnet.bench.machine import cpu_flags, describe_device, versions
 from tresnet.bench.memory import saved_bytes_per_image
@@ -86,7 +98,10 @@ class BenchConfig:
     ``iters`` None: 1 on the CPU, 10 on CUDA (timed iterations per turn). ``device`` may be ``"auto"``.
     ``precision``: fp32, amp, bf16 or fp16 (:mod:`tresnet.runtime`). ``timer``: ``"wall"`` (elapsed
     time) or, on the CPU, ``"cpu"`` (CPU time of the process: robust to other work on a shared
-    machine; use it with ``threads=1``).
+    machine; use it with ``threads=1``). ``peak_gflops``: the compute ceiling per number format, as
+    ``--peak-gflops`` takes it (``"auto"``, one number, ``"fp32=X,bf16=Y,int8=Z"`` or a mapping); when given,
+    every row records its GFLOP/s against it (formats not given are measured); None: measured for a CPU
+    run with a deployment variant only.
     """
 
     models: str | Sequence[str] = "tresnet_m,timm:tresnet_m,resnet50"
@@ -107,6 +122,7 @@ class BenchConfig:
     timer: str = "wall"
     peak_memory: bool = True
     seed: int = 0
+    peak_gflops: str | float | Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,7 @@ class _Plan:
     batch_size: int | None  # None: auto
     iters: int
     budget_bytes: float | None
+    peaks: dict[str, float] | None  # the ceilings given per format ({} for auto); None when not asked
 
 
 def _positive_int(value, what: str, minimum: int = 1) -> int:
@@ -177,7 +194,8 @@ def plan_config(config: BenchConfig) -> _Plan:
     iters = _positive_int(config.iters, "--iters") if config.iters is not None else DEFAULT_ITERS[device.type]
     if config.threads is not None:
         _positive_int(config.threads, "--threads")
-    return _Plan(device=device, modes=RUN_MODES[config.mode], batch_size=batch, iters=iters, budget_bytes=budget)
+    return _Plan(device=device, modes=RUN_MODES[config.mode], batch_size=batch, iters=iters, budget_bytes=budget,
+                 peaks=parse_peak_gflops(config.peak_gflops))
 
 
 def _mib(value: float | None) -> float | None:
@@ -418,7 +436,9 @@ def run_benchmark(config: BenchConfig, *, progress: bool = False,
     A row holds identity and settings, per mode the batch size and median images per second with their
     spread, the largest batch when searched and the peak memory; parameters, GMACs, bytes kept for
     backward per image, published top-1, and for a deployment variant its difference from the plain
-    model. ``peak_measure`` replaces the peak-memory measurement (tests).
+    model; in a CPU run with a deployment variant, or with ``peak_gflops``, each row's GFLOP/s and its
+    fraction of the compute ceiling of its number format. ``peak_measure`` replaces the peak-memory
+    measurement (tests).
 
     Raises :class:`ConfigError` for a bad option or a batch that does not fit,
     :class:`~tresnet.errors.ModelNotFoundError` for an unknown model and
@@ -449,8 +469,54 @@ def run_benchmark(config: BenchConfig, *, progress: bool = False,
             targets.append(target)
             rows.append(row)
             bar.update()
+        ceilings = None
+        if _wants_ceiling([spec for spec, _ in specs], plan):
+            bar.stage("measuring the compute ceiling")
+            ceilings = _ceilings(rows, config, plan)
         _time_round_robin(targets, rows, config, plan, bar, park)
+    if ceilings is not None:
+        _record_compute(rows, ceilings)
     return rows
+
+
+# --- the compute ceiling -------------------------------------------------------------------------------
+
+def _wants_ceiling(specs: Sequence[ModelSpec], plan: _Plan) -> bool:
+    """Whether the run compares speeds with the compute ceiling: asked for, or a CPU deployment variant."""
+    from tresnet.bench.variants import DEPLOYMENT_VARIANTS
+
+    return plan.peaks is not None or (plan.device.type == "cpu" and any(s.variant in DEPLOYMENT_VARIANTS
+                                                                         for s in specs))
+
+
+def _number_format(row: BenchRow, config: BenchConfig, plan: _Plan) -> str | None:
+    """The number format of ``row``'s matrix products: its variant's own, else that of the run's precision."""
+    from tresnet.bench.variants import NUMBER_FORMATS
+
+    return NUMBER_FORMATS.get(row.variant) or precision_format(config.precision, plan.device.type)
+
+
+def _ceilings(rows: list[BenchRow], config: BenchConfig, plan: _Plan) -> dict[str, tuple[float | None, str]]:
+    """Set each row's number format; return ``format -> (GFLOP/s, source)`` for the formats the rows use,
+    given ones as they are, the others measured on the run's threads."""
+    for row in rows:
+        row.number_format = _number_format(row, config, plan)
+    given = plan.peaks or {}
+    used = sorted({row.number_format for row in rows} - {None})
+    ceilings = {fmt: (given[fmt], PEAK_GIVEN) for fmt in used if fmt in given}
+    measured = estimate_peaks([fmt for fmt in used if fmt not in given], device=plan.device)
+    ceilings.update({fmt: (gflops, PEAK_MEASURED) for fmt, gflops in measured.items()})
+    return ceilings
+
+
+def _record_compute(rows: list[BenchRow], ceilings: dict[str, tuple[float | None, str]]) -> None:
+    """Each row's inference GFLOP/s (its plain model's MACs) and its fraction of its format's ceiling."""
+    for row in rows:
+        if row.number_format is None:
+            continue
+        row.peak_gflop_per_s, row.peak_source = ceilings[row.number_format]
+        row.infer_gflop_per_s = achieved_gflop_per_s(row.gmacs, row.infer.img_per_s)
+        row.infer_peak_fraction = fraction_of_peak(row.infer_gflop_per_s, row.peak_gflop_per_s)
 
 
 # --- the clock -------------------------------------------------------------------------------------------

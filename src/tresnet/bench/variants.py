@@ -1,5 +1,6 @@
 """The built-in benchmark variants of our models, in one place: ``NAME:bn``, ``NAME:memory_efficient``,
-``NAME:ml_decoder``, ``NAME:fused`` and ``NAME:onnx``.
+``NAME:ml_decoder`` and the deployment paths ``NAME:fused``, ``NAME:bf16``, ``NAME:int8``, ``NAME:onnx`` and
+``NAME:onnx_int8``.
 
 ``ml_decoder`` is the model with the ML-Decoder head (``create_model(head="ml_decoder")``) instead of
 pooling + fc, for the same 1000 classes (100 queries of 10 classes each), so that beside the plain model
@@ -7,10 +8,23 @@ its row gives the head's cost in parameters, GMACs and images per second, in eve
 
 Importing this module registers them (:mod:`tresnet.bench.targets` does so on first use of the
 registry). The deployment variants are inference-only and import :mod:`tresnet.deploy` when built:
-``fused`` is :func:`tresnet.deploy.fuse` of the eval model; ``onnx`` is the fused model exported to a
-temporary ONNX file (checked against PyTorch by :func:`tresnet.deploy.export_model`) and run by ONNX
-Runtime with as many intra-op threads as PyTorch. Both keep the plain eval model as their reference,
-so the benchmark records how far their logits are from it (``max_rel_diff``).
+
+- ``fused``: :func:`tresnet.deploy.fuse` of the eval model (fp32, channels-last);
+- ``bf16``: ``fuse(model, dtype=torch.bfloat16)``: bfloat16 weights and activations, fp32 images in and
+  logits out (CPU or GPU);
+- ``int8``: :func:`tresnet.deploy.quantize` (PT2E, then ``torch.compile``; CPU only, needs torchao),
+  compiled on its first call, which the benchmark makes at the timed batch;
+- ``onnx``: the fused model exported to a temporary ONNX file (checked against the exact result by
+  :func:`tresnet.deploy.export_model`) and run by ONNX Runtime with as many intra-op threads as PyTorch;
+- ``onnx_int8``: the same file quantized to int8 by ONNX Runtime (``export_model(precision="int8")``).
+
+All keep the plain eval model as their reference, so the benchmark records how far their logits are from
+it (``max_rel_diff``). All but ``fused`` set their own number format (:data:`NUMBER_FORMATS`), so they
+run with ``--precision fp32`` only; that format (for ``fused``, the run's precision) picks the compute
+ceiling a row's speed is compared with (:mod:`tresnet.bench.ceiling`). The int8 paths are calibrated on
+:data:`CALIBRATION_IMAGES` random uniform images at the benchmark's size: the speed of int8 kernels does
+not depend on the values or on the ranges calibrated, only the accuracy does, which
+``benchmarks/deploy_accuracy.py`` measures on real images.
 """
 
 from __future__ import annotations
@@ -38,6 +52,11 @@ INFER_ONLY = frozenset({"infer"})
 # The peak resident memory of a process that builds these holds the plain model and its transformation
 # (and, for ONNX, the exporter), so it would not be the memory of running them.
 DEPLOY_PEAK_NOTE = "not measured: building a deployment variant holds the plain model as well"
+DEPLOYMENT_VARIANTS = ("fused", "bf16", "int8", "onnx", "onnx_int8")
+# The number format of the matrix products of the variants that set their own (the others run in the run's
+# --precision): the compute ceiling each is measured against.
+NUMBER_FORMATS = {"bf16": "bf16", "int8": "int8", "onnx": "fp32", "onnx_int8": "int8"}
+CALIBRATION_IMAGES = 32  # random images calibrating the int8 variants (their speed does not depend on them)
 
 
 def _plain_bn(spec: ModelSpec, options: BuildOptions) -> nn.Module:
@@ -59,6 +78,34 @@ def _fused(spec: ModelSpec, options: BuildOptions) -> VariantBuild:
     return VariantBuild(run=fuse(model), reference=model)
 
 
+def _bf16(spec: ModelSpec, options: BuildOptions) -> VariantBuild:
+    from tresnet.deploy import fuse
+
+    model = build_base_model(spec).eval()
+    return VariantBuild(run=fuse(model, dtype=torch.bfloat16), reference=model)
+
+
+def calibration_batch(img_size: int, count: int = CALIBRATION_IMAGES, seed: int = 0) -> torch.Tensor:
+    """``count`` uniform [0, 1] images of ``img_size`` px, the same for the same ``seed``: calibration for a
+    speed benchmark (the ranges they give change the accuracy, not the speed)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(count, 3, img_size, img_size, generator=generator)
+
+
+def _int8(spec: ModelSpec, options: BuildOptions) -> VariantBuild:
+    from tresnet.deploy import Int8Model, quantize
+
+    model = build_base_model(spec).eval()
+    img_size = options.img_size or native_img_size(spec, model)
+    # quantize(compile=True) compiles at batch 2, and the timed batch would compile a second time (another
+    # minute on two cores); compiled on first use instead, the model compiles once, for the timed batch (the
+    # comparison with the plain model goes first, at that batch when it is at most runner.DIFF_CHUNK).
+    graph = quantize(model, calibration_batch(img_size), compile=False).graph
+    int8 = Int8Model(graph, torch.compile(graph), calibrated_on=CALIBRATION_IMAGES, img_size=(img_size, img_size))
+    # a plain callable: the benchmark neither moves nor converts nor compiles it again
+    return VariantBuild(run=int8.__call__, reference=model)
+
+
 class OnnxRunner:
     """An ONNX Runtime session called like a model: a torch batch in, torch logits out (on the CPU)."""
 
@@ -77,24 +124,49 @@ def _require_onnx() -> None:
     require_onnx()
 
 
-def _check_onnx(spec: ModelSpec, options: BuildOptions) -> None:
-    if options.device.type != "cpu":
-        raise ConfigError(f"{spec.label} runs ONNX Runtime on the CPU, not on {options.device}: use --device cpu")
-    if options.precision != "fp32":
-        raise ConfigError(f"{spec.label} runs in fp32 (ONNX Runtime), not {options.precision}: use --precision fp32")
+def _require_torchao() -> None:
+    from tresnet.deploy import require_torchao
+
+    require_torchao()
 
 
-def _onnx(spec: ModelSpec, options: BuildOptions) -> VariantBuild:
+def _own_format_check(runtime: str, *, cpu_only: bool):
+    """A variant's ``check``: refuse a device other than the CPU (with ``cpu_only``) and any precision but
+    fp32, since the variant sets its own number format (:data:`NUMBER_FORMATS`)."""
+
+    def check(spec: ModelSpec, options: BuildOptions) -> None:
+        if cpu_only and options.device.type != "cpu":
+            raise ConfigError(f"{spec.label} runs {runtime} on the CPU, not on {options.device}: use --device cpu")
+        if options.precision != "fp32":
+            raise ConfigError(f"{spec.label} runs in {NUMBER_FORMATS[spec.variant]} ({runtime}), not "
+                              f"{options.precision}: use --precision fp32 (the variant sets its own number format)")
+
+    return check
+
+
+def _onnx_runner(spec: ModelSpec, options: BuildOptions, *, int8: bool) -> VariantBuild:
+    """The plain model exported by :func:`tresnet.deploy.export_model` to a temporary file (fused, fp32, or
+    with ``int8`` quantized by ONNX Runtime on :func:`calibration_batch`), in an ONNX Runtime session with as
+    many intra-op threads as PyTorch."""
     from tresnet.deploy import export_model
     from tresnet.deploy.export import onnx_session
 
     model = build_base_model(spec).eval()
     img_size = options.img_size or native_img_size(spec, model)
+    quantized = dict(precision="int8", calibration=calibration_batch(img_size)) if int8 else {}
     with tempfile.TemporaryDirectory(prefix="tresnet-bench-") as folder:
         report = export_model(model, Path(folder) / f"{spec.name}.onnx", format="onnx", img_size=img_size,
-                              dynamic_batch=True)
+                              dynamic_batch=True, **quantized)
         session = onnx_session(report.path, threads=torch.get_num_threads())
     return VariantBuild(run=OnnxRunner(session), reference=model)
+
+
+def _onnx(spec: ModelSpec, options: BuildOptions) -> VariantBuild:
+    return _onnx_runner(spec, options, int8=False)
+
+
+def _onnx_int8(spec: ModelSpec, options: BuildOptions) -> VariantBuild:
+    return _onnx_runner(spec, options, int8=True)
 
 
 BUILTIN_VARIANTS = (
@@ -106,10 +178,25 @@ BUILTIN_VARIANTS = (
             description="our model with the ML-Decoder head instead of pooling + fc "
                         "(create_model(head='ml_decoder'), same classes)"),
     Variant(name="fused", build=_fused, modes=INFER_ONLY, impls=OURS, peak_memory_note=DEPLOY_PEAK_NOTE,
-            description="tresnet.deploy.fuse(model): BatchNorm folded, fused activations, channels-last"),
-    Variant(name="onnx", build=_onnx, modes=INFER_ONLY, impls=OURS, requires=_require_onnx, check=_check_onnx,
-            peak_memory_note=DEPLOY_PEAK_NOTE,
-            description="the fused model exported to ONNX, run by ONNX Runtime on the CPU"),
+            description="tresnet.deploy.fuse(model): BatchNorm folded, fused activations, channels-last "
+                        "(inference only)"),
+    Variant(name="bf16", build=_bf16, modes=INFER_ONLY, impls=OURS, peak_memory_note=DEPLOY_PEAK_NOTE,
+            check=_own_format_check("bfloat16 weights and activations", cpu_only=False),
+            description="fuse(model, dtype=torch.bfloat16): the fused model in bfloat16, fp32 images in and "
+                        "logits out (inference only; --precision fp32)"),
+    Variant(name="int8", build=_int8, modes=INFER_ONLY, impls=OURS, requires=_require_torchao,
+            check=_own_format_check("PyTorch's int8 kernels", cpu_only=True), peak_memory_note=DEPLOY_PEAK_NOTE,
+            description="tresnet.deploy.quantize(model): PT2E int8 compiled by torch.compile, calibrated on "
+                        "random images (inference only, on the CPU, --precision fp32; needs torchao: pip "
+                        "install 'tresnet[int8]'; compiling takes about a minute)"),
+    Variant(name="onnx", build=_onnx, modes=INFER_ONLY, impls=OURS, requires=_require_onnx,
+            check=_own_format_check("ONNX Runtime", cpu_only=True), peak_memory_note=DEPLOY_PEAK_NOTE,
+            description="the fused model exported to ONNX, run by ONNX Runtime (inference only, on the CPU, "
+                        "fp32; pip install 'tresnet[export]')"),
+    Variant(name="onnx_int8", build=_onnx_int8, modes=INFER_ONLY, impls=OURS, requires=_require_onnx,
+            check=_own_format_check("ONNX Runtime", cpu_only=True), peak_memory_note=DEPLOY_PEAK_NOTE,
+            description="the ONNX export quantized to int8 by ONNX Runtime, calibrated on random images "
+                        "(inference only, on the CPU, --precision fp32; pip install 'tresnet[export]')"),
 )
 
 for _variant in BUILTIN_VARIANTS:

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from tresnet.cli._common import add_device_argument, add_precision_argument, say
 
-EPILOG = """\
+EPILOG_MODELS = """\
 models: a plain NAME is one of ours (tresnet_m, tresnet_l, ...) else a timm model; timm:NAME forces
 timm's implementation; 'paper' expands to tresnet_m, timm:tresnet_m and the paper's peers (resnet50,
 resnet50d, resnext50_32x4d, efficientnet_b1, seresnext50_32x4d, mixnet_l, gernet_s/m/l). timm models
 need: pip install 'tresnet[bench]'. Variants of our models:
-  NAME:bn                plain BatchNorm instead of In-Place ABN
-  NAME:memory_efficient  the memory-lean Bottleneck tails (create_model(memory_efficient=True))
-  NAME:fused             tresnet.deploy.fuse(model) (inference only)
-  NAME:onnx              the fused model exported to ONNX, run by ONNX Runtime on the CPU in fp32
-                         (inference only; pip install 'tresnet[export]')
+"""
+
+EPILOG_REST = """\
 The deployment variants report max rel diff: their largest difference from the plain model's logits,
-relative to the largest logit. With --mode both they are timed in inference only.
+relative to the largest logit. With --mode both they are timed in inference only. The int8 paths are
+calibrated on random images, which changes their accuracy, not their speed. On the CPU, a run with a
+deployment variant also reports every row's inference GFLOP/s (the plain model's MACs x 2 x images/s) and
+its share of the compute ceiling of the row's number format (fp32, bf16 or int8): the best rate of a large
+matrix product in that format on the run's threads, measured once per run (a GEMM figure, not the
+datasheet's), unless given with --peak-gflops.
 Sizes: each model runs at its own input size, except that a timm model that is the same network as one of
 ours in the run (timm:tresnet_m with tresnet_m, timm:gernet_s with genet_light) runs at ours, so that the
 pair compares at one size; --img-size N sets one size for all.
@@ -28,8 +32,21 @@ examples:
   tresnet benchmark --models paper --device cuda --precision amp --batch-size auto
   tresnet benchmark --models tresnet_m,resnet50 --batch-size auto --memory-budget 8 --mode train
   tresnet benchmark --models tresnet_m,tresnet_m:fused,tresnet_m:onnx --device cpu --mode infer
+  tresnet benchmark --models tresnet_m,tresnet_m:bf16,tresnet_m:int8 --device cpu --peak-gflops fp32=310,bf16=2150
   tresnet benchmark --models genet_light,timm:gernet_s,genet_light:fused,tresnet_m --device cpu
 """
+
+
+def _variants_help(width: int = 104) -> str:
+    """One entry per registered variant, ``NAME:variant`` and its description (the registry's own words),
+    the built-in ones first in their order."""
+    from tresnet.bench.targets import get_variant, list_variants
+    from tresnet.bench.variants import BUILTIN_VARIANTS
+
+    builtin = [variant.name for variant in BUILTIN_VARIANTS]
+    names = builtin + [name for name in list_variants() if name not in builtin]
+    return "".join(textwrap.fill(get_variant(name).description, width, initial_indent=f"  {'NAME:' + name:<22} ",
+                                 subsequent_indent=" " * 25) + "\n" for name in names)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -38,7 +55,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "benchmark", help="measure images/s (inference, training), largest batch and memory",
         description="Measure TResNet and other models the paper's way: synthetic inputs on the device, "
                     "warm-up, timed repetitions taken in turns across models; median images/s and spread.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG_MODELS + _variants_help() + EPILOG_REST, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="tresnet_m,timm:tresnet_m,resnet50",
                    help="comma-separated models (default: %(default)s)")
     p.add_argument("--mode", default="both",
@@ -71,6 +88,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-peak-memory", action="store_true",
                    help="on the CPU, skip the peak-memory measurement (a subprocess per model)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and weights (default: 0)")
+    p.add_argument("--peak-gflops", default=None, metavar="SPEC",
+                   help="the compute ceiling to compare speeds with, in GFLOP/s: fp32=X,bf16=Y,int8=Z (formats "
+                        "left out are measured), one number for all, or auto (measure); default: measured in a "
+                        "CPU run with a deployment variant only")
     p.add_argument("--json", metavar="PATH", help="write the rows as JSON")
     p.add_argument("--csv", metavar="PATH", help="write the rows as CSV")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of top-1 against images/s")
@@ -87,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     line by the dispatcher).
     """
     from tresnet.bench.report import (
+        format_ceilings,
         format_ratios,
         format_table,
         markdown_table,
@@ -101,10 +123,13 @@ def run(args: argparse.Namespace) -> int:
         channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size,
         memory_budget_gib=args.memory_budget, max_batch=args.max_batch, img_size=args.img_size,
         warmup=args.warmup, repeats=args.repeats, iters=args.iters, threads=args.threads, timer=args.timer,
-        peak_memory=not args.no_peak_memory, seed=args.seed)
+        peak_memory=not args.no_peak_memory, seed=args.seed, peak_gflops=args.peak_gflops)
     rows = run_benchmark(config, progress=not args.no_progress)
     print(_heading(rows[0]))
     print(format_table(rows))
+    ceilings = format_ceilings(rows)
+    if ceilings:
+        print(ceilings)
     ratios = format_ratios(rows)
     if ratios:
         print()
