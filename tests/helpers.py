@@ -19,6 +19,7 @@ def _missing(module: str) -> bool:
 requires_timm = pytest.mark.skipif(_missing("timm"), reason="needs timm (pip install 'tresnet[test]')")
 requires_onnx = pytest.mark.skipif(_missing("onnx") or _missing("onnxruntime"),
                                    reason="needs onnx and onnxruntime (pip install 'tresnet[export]')")
+requires_torchao = pytest.mark.skipif(_missing("torchao"), reason="needs torchao (pip install 'tresnet[int8]')")
 requires_matplotlib = pytest.mark.skipif(_missing("matplotlib"), reason="needs matplotlib")
 requires_sklearn = pytest.mark.skipif(_missing("sklearn"), reason="needs scikit-learn")
 

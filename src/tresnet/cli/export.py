@@ -1,27 +1,32 @@
-"""`tresnet export`: write a model as ONNX or TorchScript, checked against PyTorch before it appears."""
+"""`tresnet export`: write a model as ONNX or TorchScript (fp32, fp16, bf16, int8), checked against the exact
+(float64) result before it appears."""
 
 from __future__ import annotations
 
 import argparse
 
-from tresnet.cli._common import add_model_arguments, add_precision_argument, say
-from tresnet.deploy.export import DEFAULT_OPSET, FORMATS, MIN_OPSET
-
-EXPORT_PRECISIONS = ("fp32", "fp16")
+from tresnet.cli._common import add_calibration_arguments, add_model_arguments, add_precision_argument, say
+from tresnet.deploy.exactness import BOUNDS
+from tresnet.deploy.export import DEFAULT_OPSET, EXPORT_PRECISIONS, FORMATS, MIN_OPSET
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="export a model to ONNX or TorchScript, checked against PyTorch",
-        description="Fold BatchNorm into the convs, export, load the file back (ONNX Runtime for ONNX), "
-                    "compare it with the PyTorch model on random images and print the largest difference. "
-                    "The output appears only if the difference is within tolerance (1e-4 of the largest "
-                    "output; 1e-2 with --precision fp16).")
+        "export", help="export a model to ONNX or TorchScript, checked against the exact result",
+        description="Fold BatchNorm into the convs, export, load the file back (ONNX Runtime for ONNX) and run "
+                    "it on check images beside the PyTorch model in fp32 and in float64. The output appears only "
+                    "if the file's largest difference from the float64 result is within the bound of its "
+                    f"precision: {BOUNDS['fp32'].multiple:g} times PyTorch fp32's own error, and at least "
+                    f"{BOUNDS['fp32'].floor:g} of the largest output (fp16 {BOUNDS['fp16'].floor:g}, bf16 "
+                    f"{BOUNDS['bf16'].floor:g}, int8 {BOUNDS['int8'].floor:g}). --precision bf16 writes TorchScript (ONNX Runtime has no "
+                    "bfloat16 convolution); --precision int8 writes ONNX quantized by ONNX Runtime, calibrated "
+                    "on --calibration images.")
     add_model_arguments(p, pretrained=False)
     p.add_argument("--format", required=True, metavar="FORMAT", help=f"one of: {', '.join(FORMATS)}")
     p.add_argument("--output", required=True, help="file to write, e.g. tresnet_m.onnx or tresnet_m.pt")
     p.add_argument("--dynamic-batch", action="store_true", help="leave the batch size free (checked at 1 and 3)")
     add_precision_argument(p, choices=EXPORT_PRECISIONS, legacy_amp=False)
+    add_calibration_arguments(p)
     p.add_argument("--fp16", action="store_true", help=argparse.SUPPRESS)  # deprecated: --precision fp16
     p.add_argument("--no-fuse", action="store_true", help="export the model as it is, BatchNorm not folded")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
@@ -29,28 +34,36 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _half(args: argparse.Namespace) -> bool:
-    """Whether to export in fp16: ``--precision fp16``, or the deprecated ``--fp16``."""
+def _precision(args: argparse.Namespace) -> str:
+    """``--precision``, or fp16 for the deprecated ``--fp16``; and the calibration options checked against it."""
     from tresnet.errors import ConfigError
 
     if args.fp16:
         say("export", "warning", "--fp16 is deprecated: use --precision fp16")
     precision = args.precision or ("fp16" if args.fp16 else "fp32")
     if precision not in EXPORT_PRECISIONS or (args.fp16 and precision != "fp16"):
-        raise ConfigError(f"bad --precision {precision!r} for export: choose fp32 or fp16 (the weights and the "
-                          f"computation of the exported file)")
-    return precision == "fp16"
+        raise ConfigError(f"bad --precision {precision!r} for export: choose one of {', '.join(EXPORT_PRECISIONS)} "
+                          f"(the number format of the exported file)")
+    if precision != "int8" and (args.calibration is not None or args.calibration_images is not None):
+        raise ConfigError(f"--calibration and --calibration-images are for --precision int8, not {precision}")
+    if precision == "int8" and args.calibration is None:
+        raise ConfigError("--precision int8 needs calibration images: --calibration DIR, a folder of images like the "
+                          "ones the model will see (a few hundred training images)")
+    if args.calibration_images is not None and args.calibration_images < 1:
+        raise ConfigError(f"--calibration-images must be at least 1, got {args.calibration_images}")
+    return precision
 
 
 def run(args: argparse.Namespace) -> int:
     from tresnet.cli._common import load_model
     from tresnet.deploy.export import check_export_args, export_model
 
-    fp16 = _half(args)
-    check_export_args(args.format, args.output, args.opset)  # fail before building the model
+    precision = _precision(args)
+    check_export_args(args.format, args.output, args.opset, precision)  # fail before building the model
     model = load_model(args, "export")
     report = export_model(model, args.output, format=args.format, img_size=args.img_size,
-                          dynamic_batch=args.dynamic_batch, fp16=fp16, fused=not args.no_fuse,
-                          opset=args.opset)
+                          dynamic_batch=args.dynamic_batch, precision=precision, fused=not args.no_fuse,
+                          opset=args.opset, calibration=args.calibration,
+                          calibration_images=args.calibration_images)
     print(report.summary())
     return 0

@@ -54,8 +54,8 @@ class Bound:
 BOUNDS = {
     "fp32": Bound("fp32", 10.0, 1e-5),
     "fp16": Bound("fp16", 10.0, 1e-2),
-    "bf16": Bound("bf16", 10.0, 8e-2),
-    "int8": Bound("int8", 10.0, 0.25),
+    "bf16": Bound("bf16", 10.0, 5e-2),
+    "int8": Bound("int8", 10.0, 0.15),
 }
 
 
@@ -112,7 +112,9 @@ def relative_error(got: Outputs, exact: Outputs) -> tuple[float, float]:
             if tuple(out.shape) != tuple(ref.shape):
                 raise ValueError(f"output of shape {tuple(out.shape)} where the model gives {tuple(ref.shape)}")
             ref = ref.double()
-            diff = (out.double() - ref).abs().max().item() if out.numel() else 0.0
+            gap = (out.double() - ref).abs()
+            # a NaN or an infinity anywhere (in the path's output, or the exact one overflowing) is no match
+            diff = (gap.max().item() if torch.isfinite(gap).all() else float("inf")) if gap.numel() else 0.0
             scale = ref.abs().max().item() if ref.numel() else 0.0
             max_abs = max(max_abs, diff)
             max_rel = max(max_rel, diff / scale if scale > 0 else diff)

@@ -142,6 +142,7 @@ class Int8Model(nn.Module):
         self._compiled = compiled
         self.calibrated_on = calibrated_on
         self.img_size = img_size
+        self.train(False)  # inference only
 
     def train(self, mode: bool = True) -> Int8Model:
         """Only the flag: the quantized graph is inference-only and has no train mode to switch to."""
@@ -151,11 +152,7 @@ class Int8Model(nn.Module):
     def forward(self, images: torch.Tensor):
         if images.device.type != "cpu":
             raise ConfigError(f"the int8 model runs on the CPU; got images on {images.device}")
-        from torch._inductor import config as inductor_config
-
-        # freezing: the int8 weights are packed once, as constants (set per call: a global setting of
-        # Inductor's that is read when a new batch size compiles)
-        with torch.no_grad(), inductor_config.patch(freezing=True):
+        with torch.no_grad():
             out = self._compiled(images.float())
         if isinstance(out, (list, tuple)):
             return type(out)(o.float() for o in out)
@@ -209,7 +206,12 @@ def quantize(model: nn.Module, calibration: torch.Tensor | str | os.PathLike, *,
         # dynamic: one compilation serves every batch size (measured as fast as a static one at batch 8)
         compiled = torch.compile(converted, dynamic=True) if compile else converted
         int8 = Int8Model(converted, compiled, calibrated_on=len(images), img_size=size)
-        int8(images[: min(len(images), 2)])  # compiles now rather than at the caller's first batch
+        # compiled now rather than at the caller's first batch, with the weights frozen: packed once for the
+        # int8 kernels, as constants (an Inductor setting read when the graph compiles)
+        from torch._inductor import config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            int8(images[: min(len(images), 2)])
     return int8
 
 
