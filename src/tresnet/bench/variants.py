@@ -12,8 +12,8 @@ registry). The deployment variants are inference-only and import :mod:`tresnet.d
 - ``fused``: :func:`tresnet.deploy.fuse` of the eval model (fp32, channels-last);
 - ``bf16``: ``fuse(model, dtype=torch.bfloat16)``: bfloat16 weights and activations, fp32 images in and
   logits out (CPU or GPU);
-- ``int8``: :func:`tresnet.deploy.quantize` (PT2E, then ``torch.compile``; CPU only, needs torchao),
-  compiled on its first call, which the benchmark makes at the timed batch;
+- ``int8``: :func:`tresnet.deploy.quantize` (PT2E, then ``torch.compile``, which it runs while the
+  variant is built; CPU only, needs torchao);
 - ``onnx``: the fused model exported to a temporary ONNX file (checked against the exact result by
   :func:`tresnet.deploy.export_model`) and run by ONNX Runtime with as many intra-op threads as PyTorch;
 - ``onnx_int8``: the same file quantized to int8 by ONNX Runtime (``export_model(precision="int8")``).
@@ -93,15 +93,11 @@ def calibration_batch(img_size: int, count: int = CALIBRATION_IMAGES, seed: int 
 
 
 def _int8(spec: ModelSpec, options: BuildOptions) -> VariantBuild:
-    from tresnet.deploy import Int8Model, quantize
+    from tresnet.deploy import quantize
 
     model = build_base_model(spec).eval()
     img_size = options.img_size or native_img_size(spec, model)
-    # quantize(compile=True) compiles at batch 2, and the timed batch would compile a second time (another
-    # minute on two cores); compiled on first use instead, the model compiles once, for the timed batch (the
-    # comparison with the plain model goes first, at that batch when it is at most runner.DIFF_CHUNK).
-    graph = quantize(model, calibration_batch(img_size), compile=False).graph
-    int8 = Int8Model(graph, torch.compile(graph), calibrated_on=CALIBRATION_IMAGES, img_size=(img_size, img_size))
+    int8 = quantize(model, calibration_batch(img_size))  # compiled here, once for every batch size
     # a plain callable: the benchmark neither moves nor converts nor compiles it again
     return VariantBuild(run=int8.__call__, reference=model)
 
