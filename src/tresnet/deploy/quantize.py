@@ -112,7 +112,7 @@ def load_calibration_images(folder: str | os.PathLike, model: nn.Module, *, img_
 
 def _export(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """``model`` as a ``torch.export`` graph module with a free batch size."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    batch = torch.export.Dim("batch")
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     return program.module()
 
@@ -152,8 +152,18 @@ class Int8Model(nn.Module):
     def forward(self, images: torch.Tensor):
         if images.device.type != "cpu":
             raise ConfigError(f"the int8 model runs on the CPU; got images on {images.device}")
-        with torch.no_grad():
-            out = self._compiled(images.float())
+        from torch._inductor import config as inductor_config
+
+        # The compiled code is specialised to the kind of tensor it first saw; each call feeds it the same
+        # kind (a fresh contiguous fp32 tensor, outside inference mode: a view, a channels-last batch or an
+        # inference-mode tensor would each compile it again), with a batch size it may not specialise on
+        # (unbacked: otherwise batch 1, and sizes past a conv heuristic's threshold, compile again).
+        # Freezing (the int8 weights packed once, as constants) is an Inductor setting read whenever it
+        # compiles, so it is set around every call.
+        with torch.inference_mode(False), torch.no_grad(), inductor_config.patch(freezing=True):
+            x = images.detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+            torch._dynamo.decorators.mark_unbacked(x, 0)
+            out = self._compiled(x)
         if isinstance(out, (list, tuple)):
             return type(out)(o.float() for o in out)
         return out.float()
@@ -197,7 +207,7 @@ def quantize(model: nn.Module, calibration: torch.Tensor | str | os.PathLike, *,
         # notes of torch.export and torchao's converter addressed to their own developers (a tensor built from
         # a tensor, the exported graph's train/eval mode), not to the user
         warnings.simplefilter("ignore", UserWarning)
-        graph = _export(base, images[:2])
+        graph = _export(base, images[:2].clone())
         prepared = prepare_pt2e(graph, _quantizer(keep_float, base))
         with torch.no_grad():
             for batch in images.split(CALIBRATION_BATCH):
@@ -206,12 +216,7 @@ def quantize(model: nn.Module, calibration: torch.Tensor | str | os.PathLike, *,
         # dynamic: one compilation serves every batch size (measured as fast as a static one at batch 8)
         compiled = torch.compile(converted, dynamic=True) if compile else converted
         int8 = Int8Model(converted, compiled, calibrated_on=len(images), img_size=size)
-        # compiled now rather than at the caller's first batch, with the weights frozen: packed once for the
-        # int8 kernels, as constants (an Inductor setting read when the graph compiles)
-        from torch._inductor import config as inductor_config
-
-        with inductor_config.patch(freezing=True):
-            int8(images[: min(len(images), 2)])
+        int8(images[: min(len(images), 2)])  # compiled now rather than at the caller's first batch
     return int8
 
 
