@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -156,3 +158,23 @@ def test_folding_needs_running_statistics():
     conv = nn.Conv2d(4, 4, 1, bias=False)
     with pytest.raises(ConfigError, match="running statistics"):
         fold_batchnorm(conv, nn.BatchNorm2d(4, track_running_stats=False))
+
+
+def test_a_fused_model_that_has_run_copies_pickles_and_follows_new_weights(tmp_path):
+    # The oneDNN-ordered weights cached by the first call are left behind by a copy or a pickle and made
+    # again, for a new input shape and for a changed weight.
+    model = randomize_norms(tresnet.create_model("tresnet_m", num_classes=5)).eval()
+    fused = fuse(model)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        first = fused(x)
+        copied = copy.deepcopy(fused)(x)
+        torch.save(fused, tmp_path / "fused.pt")
+        loaded = torch.load(tmp_path / "fused.pt", weights_only=False)(x)
+        assert torch.equal(first, copied) and torch.equal(first, loaded)
+        assert max_rel_diff(fused(torch.cat([x, x]))[2:], first) < 1e-6  # another batch size
+        conv = fused.body.layer1[0].conv1.conv
+        conv.weight.mul_(0.5)
+        changed = fused(x)
+        conv.weight.mul_(2.0)
+        assert not torch.allclose(changed, first) and max_rel_diff(fused(x), first) < 1e-6

@@ -9,7 +9,10 @@ ones (:mod:`tresnet.bench.variants`, registered on first use) apply to our model
 - ``NAME:memory_efficient``: the memory-lean Bottleneck tails (``create_model(memory_efficient=True)``);
 - ``NAME:ml_decoder``: the ML-Decoder head instead of pooling + fc (``create_model(head="ml_decoder")``);
 - ``NAME:fused``: :func:`tresnet.deploy.fuse` of the eval model (inference only);
-- ``NAME:onnx``: the fused model exported to ONNX, run by ONNX Runtime on the CPU (inference only).
+- ``NAME:bf16``: ``fuse(model, dtype=torch.bfloat16)`` (inference only);
+- ``NAME:int8``: :func:`tresnet.deploy.quantize` of the eval model, compiled (CPU, inference only);
+- ``NAME:onnx``: the fused model exported to ONNX, run by ONNX Runtime on the CPU (inference only);
+- ``NAME:onnx_int8``: that file quantized to int8 by ONNX Runtime (CPU, inference only).
 
 Each model runs at its own input side (``native_img_size``) unless one is given for all, except that a timm
 model that is the same network as one of ours in the same run (``timm:gernet_s`` beside ``genet_light``,
@@ -99,7 +102,7 @@ _VARIANTS: dict[str, Variant] = {}
 @functools.cache
 def _load_builtin_variants() -> None:
     """Register the built-in variants once, on first use of the registry."""
-    import tresnet.bench.variants  # noqa: F401 - registers bn, memory_efficient, ml_decoder, fused, onnx
+    import tresnet.bench.variants  # noqa: F401 - registers the variants above
 
 
 def register_variant(variant: Variant, *, replace: bool = False) -> None:
