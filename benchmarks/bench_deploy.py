@@ -168,7 +168,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", default="1,2", help="thread counts, one run each (default: %(default)s)")
-    parser.add_argument("--peak-gflops", default=None, metavar="SPEC",
+    parser.add_argument("--peak-gflops", default=None, metavar="GFLOPS",
                         help="the compute ceiling, as tresnet benchmark takes it (default: measured per run)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results (default: %(default)s)")
     return parser.parse_args(argv)

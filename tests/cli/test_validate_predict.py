@@ -208,8 +208,8 @@ def test_export_takes_the_model_from_the_checkpoint(checkpoint, tmp_path, capsys
                  "--img-size", "64"]) == 0
     assert out.is_file() and "wrote" in capsys.readouterr().out
     assert main(["export", "--model", "tresnet_m", "--format", "torchscript", "--output", str(out),
-                 "--precision", "bf16"]) == 1
-    assert "choose fp32 or fp16" in capsys.readouterr().err
+                 "--precision", "amp"]) == 1
+    assert "choose one of fp32, fp16, bf16, int8" in capsys.readouterr().err
 
 
 # --- GENet: the official release's layout, timm's, and ours -------------------------------------------

@@ -88,7 +88,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-peak-memory", action="store_true",
                    help="on the CPU, skip the peak-memory measurement (a subprocess per model)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and weights (default: 0)")
-    p.add_argument("--peak-gflops", default=None, metavar="SPEC",
+    p.add_argument("--peak-gflops", default=None, metavar="GFLOPS",
                    help="the compute ceiling to compare speeds with, in GFLOP/s: fp32=X,bf16=Y,int8=Z (formats "
                         "left out are measured), one number for all, or auto (measure); default: measured in a "
                         "CPU run with a deployment variant only")

@@ -285,6 +285,27 @@ def _write_and_run(prepared: nn.Module, inputs: list[torch.Tensor], tmp: str, *,
         raise ExportError(f"{format} export of {model_name} failed: {summary}") from e
 
 
+def _check_images(model: nn.Module, calibration: torch.Tensor | None, batch_sizes: tuple[int, ...],
+                  size: tuple[int, int], seed: int) -> list[torch.Tensor]:
+    """The images an export is checked on: calibration images for int8, random ones otherwise."""
+    if calibration is not None:
+        return _calibration_check_images(calibration, batch_sizes)
+    return _random_images(batch_sizes, getattr(model, "in_chans", 3), size, seed)
+
+
+def _judge(got, exact, fp32, precision: str, tolerance: float | None, format: str, path: Path) -> Agreement:
+    """The file's :class:`Agreement` with the float64 result (``tolerance``, when given, as its limit);
+    :class:`ExportMismatchError` when its outputs do not fit or it is beyond its limit."""
+    try:
+        found = agreement(got, exact, fp32, precision)
+    except ValueError as e:
+        raise ExportMismatchError(f"the exported {format} model gives an {e}; nothing was written to {path}") from e
+    if tolerance is not None:
+        found = Agreement(**{**found.__dict__, "limit": tolerance})
+    _check_agreement(found, format, path)
+    return found
+
+
 def _check_agreement(found: Agreement, format: str, path: Path) -> None:
     """:class:`ExportMismatchError` when ``found`` is beyond its limit."""
     if not found.ok:
@@ -371,10 +392,7 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
                                                calibration_images or DEFAULT_CALIBRATION_IMAGES)
     prepared = prepare_for_export(model, fused=fused, precision=precision)
     batch_sizes = (TRACE_BATCH, DYNAMIC_CHECK_BATCH) if dynamic_batch else (TRACE_BATCH,)
-    if calibration_batch is not None:
-        images = _calibration_check_images(calibration_batch, batch_sizes)
-    else:
-        images = _random_images(batch_sizes, getattr(model, "in_chans", 3), size, seed)
+    images = _check_images(model, calibration_batch, batch_sizes, size, seed)
     exact = exact_outputs(model, images)
     fp32, listed = fp32_outputs(model, images)
     inputs = [x.to(torch.float16) if precision == "fp16" else x for x in images]
@@ -385,15 +403,7 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
         got = _write_and_run(prepared, inputs, tmp, format=format, opset=opset, dynamic_batch=dynamic_batch,
                              output_names=output_names, listed=listed, model_name=type(model).__name__,
                              calibration=calibration_batch)
-        try:
-            result = agreement(got, exact, fp32, precision)
-        except ValueError as e:
-            raise ExportMismatchError(f"the exported {format} model gives an {e}; nothing was written to "
-                                      f"{path}") from e
-        if tolerance is not None:
-            result = Agreement(**{**result.__dict__, "limit": tolerance})
-        _check_agreement(result, format, path)
-        found.append(result)
+        found.append(_judge(got, exact, fp32, precision, tolerance, format, path))
 
     _write_atomically(path, write_and_check)
     result = found[0]

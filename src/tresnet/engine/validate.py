@@ -257,10 +257,7 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
         model.to(memory_format=torch.channels_last)
     runner, run_precision = inference_model(model, precision, device, calibration=calibration,
                                             calibration_images=calibration_images, img_size=size)
-    settings = dict(batch_size=batch_size, workers=workers, limit=limit, crop_pct=crop_pct)
-    if precision == "int8":
-        settings.update(calibration=None if isinstance(calibration, torch.Tensor) else str(calibration),
-                        calibration_images=runner.calibrated_on)
+    settings = _settings(batch_size, workers, limit, crop_pct, precision, calibration, runner)
     return Validation(model, dataset, subset, loader, size, device, precision, channels_last, settings, task,
                       threshold, mapping, str(real_labels) if real_labels is not None else None, crop_pct,
                       runner, run_precision)
@@ -347,6 +344,16 @@ def _report(run: Validation, result: dict) -> dict:
         channels_last=run.channels_last,
         **run.settings,
     )
+
+
+def _settings(batch_size: int, workers: int, limit: int | None, crop_pct: float | None, precision: str,
+              calibration, runner: nn.Module) -> dict:
+    """The run's settings for the report; int8 adds its calibration folder and image count."""
+    settings = dict(batch_size=batch_size, workers=workers, limit=limit, crop_pct=crop_pct)
+    if precision == "int8":
+        settings.update(calibration=None if isinstance(calibration, torch.Tensor) else str(calibration),
+                        calibration_images=runner.calibrated_on)
+    return settings
 
 
 def validate(model: nn.Module, data: str | os.PathLike | ValidationData, *, progress: bool = True,
