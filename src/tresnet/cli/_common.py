@@ -44,9 +44,10 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") 
 
 
 def add_precision_argument(parser: argparse.ArgumentParser, *, choices: tuple[str, ...] = PRECISIONS,
-                           legacy_amp: bool = True) -> None:
+                           legacy_amp: bool = True, help_text: str | None = None) -> None:
     """--precision (one vocabulary for every subcommand), and the deprecated --amp where it existed."""
-    help_text = PRECISION_HELP if choices == PRECISIONS else f"{', '.join(choices)} (default fp32)"
+    if help_text is None:
+        help_text = PRECISION_HELP if choices == PRECISIONS else f"{', '.join(choices)} (default fp32)"
     parser.add_argument("--precision", default=None, metavar="P", help=help_text)
     if legacy_amp:
         parser.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)
@@ -71,9 +72,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser, *, legacy_amp: bool
 
     add_model_arguments(parser)
     add_device_argument(parser)
-    parser.add_argument("--precision", default=None, metavar="P", help=INFERENCE_PRECISION_HELP)
-    if legacy_amp:
-        parser.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)
+    add_precision_argument(parser, legacy_amp=legacy_amp, help_text=INFERENCE_PRECISION_HELP)
     add_calibration_arguments(parser)
 
 

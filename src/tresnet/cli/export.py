@@ -36,6 +36,7 @@ def add_parser(subparsers) -> None:
 
 def _precision(args: argparse.Namespace) -> str:
     """``--precision``, or fp16 for the deprecated ``--fp16``; and the calibration options checked against it."""
+    from tresnet.deploy.inference import check_calibration_options
     from tresnet.errors import ConfigError
 
     if args.fp16:
@@ -44,13 +45,7 @@ def _precision(args: argparse.Namespace) -> str:
     if precision not in EXPORT_PRECISIONS or (args.fp16 and precision != "fp16"):
         raise ConfigError(f"bad --precision {precision!r} for export: choose one of {', '.join(EXPORT_PRECISIONS)} "
                           f"(the number format of the exported file)")
-    if precision != "int8" and (args.calibration is not None or args.calibration_images is not None):
-        raise ConfigError(f"--calibration and --calibration-images are for --precision int8, not {precision}")
-    if precision == "int8" and args.calibration is None:
-        raise ConfigError("--precision int8 needs calibration images: --calibration DIR, a folder of images like the "
-                          "ones the model will see (a few hundred training images)")
-    if args.calibration_images is not None and args.calibration_images < 1:
-        raise ConfigError(f"--calibration-images must be at least 1, got {args.calibration_images}")
+    check_calibration_options(precision, args.calibration, args.calibration_images)
     return precision
 
 

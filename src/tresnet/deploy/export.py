@@ -338,19 +338,12 @@ def _resolve_precision(precision: str | None, fp16: bool) -> str:
 
 def _calibration_batch(model: nn.Module, calibration, size: tuple[int, int], count: int) -> torch.Tensor:
     """The int8 calibration images: a ready batch, or ``count`` images of a folder at ``size``."""
-    from tresnet.deploy.quantize import load_calibration_images
+    from tresnet.deploy.quantize import resolve_calibration
 
     if calibration is None:
         raise ConfigError("int8 export needs calibration images: --calibration DIR (a folder of images like the "
                           "ones the model will see), or calibration= from Python")
-    if isinstance(calibration, torch.Tensor):
-        if calibration.dim() != 4 or tuple(calibration.shape[-2:]) != size or not len(calibration):
-            raise ConfigError(f"calibration images must be an (N, C, {size[0]}, {size[1]}) batch, got shape "
-                              f"{tuple(calibration.shape)}")
-        return calibration.detach().cpu().float()
-    if size[0] != size[1]:
-        raise ConfigError(f"calibration from a folder needs a square image size, got {size[0]}x{size[1]}")
-    return load_calibration_images(calibration, model, img_size=size[0], count=count)
+    return resolve_calibration(calibration, model, count=count, size=size)
 
 
 def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,

@@ -43,6 +43,13 @@ def check_inference_options(precision: str, device: torch.device | str | None,
     """:class:`ConfigError` for a precision that cannot run on ``device`` or calibration options that do not
     fit it (int8 without calibration images, calibration options with another precision, a count below 1)."""
     check_inference_precision(precision, device)
+    check_calibration_options(precision, calibration, calibration_images)
+
+
+def check_calibration_options(precision: str, calibration: str | os.PathLike | torch.Tensor | None,
+                              calibration_images: int | None) -> None:
+    """:class:`ConfigError` for int8 without calibration images, calibration options with another precision
+    and a count below 1 (the same rule for validate, predict and export)."""
     if precision != "int8" and (calibration is not None or calibration_images is not None):
         raise ConfigError(f"--calibration and --calibration-images are for --precision int8, not {precision}")
     if precision == "int8" and calibration is None:
@@ -80,5 +87,5 @@ def inference_model(model: nn.Module, precision: str, device: torch.device | str
     return model, precision
 
 
-__all__ = ["INFERENCE_PRECISIONS", "INFERENCE_PRECISION_HELP", "check_inference_options", "check_inference_precision",
+__all__ = ["INFERENCE_PRECISIONS", "INFERENCE_PRECISION_HELP", "check_calibration_options", "check_inference_options", "check_inference_precision",
            "inference_model"]

@@ -110,6 +110,27 @@ def load_calibration_images(folder: str | os.PathLike, model: nn.Module, *, img_
     return torch.stack(images)
 
 
+def resolve_calibration(calibration: torch.Tensor | str | os.PathLike, model: nn.Module, *,
+                        count: int = DEFAULT_CALIBRATION_IMAGES, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """The calibration images as one fp32 CPU batch: a ready ``(N, C, H, W)`` batch as it is (at ``size``
+    when given), or ``count`` images of a folder (:func:`load_calibration_images`, at ``size``, which must
+    then be square; default the model's).
+
+    Raises :class:`ConfigError` for a batch of another shape and a non-square size for a folder, and
+    :func:`load_calibration_images`' errors.
+    """
+    if isinstance(calibration, torch.Tensor):
+        images = calibration.detach().cpu().float()
+        if images.dim() != 4 or images.shape[0] < 1 or (size is not None and tuple(images.shape[-2:]) != size):
+            at = f" at {size[0]}x{size[1]}" if size is not None else ""
+            raise ConfigError(f"calibration images must be an (N, C, H, W) batch{at}, got shape "
+                              f"{tuple(images.shape)}")
+        return images
+    if size is not None and size[0] != size[1]:
+        raise ConfigError(f"calibration from a folder needs a square image size, got {size[0]}x{size[1]}")
+    return load_calibration_images(calibration, model, img_size=size[0] if size else None, count=count)
+
+
 def _export(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """``model`` as a ``torch.export`` graph module with a free batch size."""
     batch = torch.export.Dim("batch")
@@ -191,12 +212,8 @@ def quantize(model: nn.Module, calibration: torch.Tensor | str | os.PathLike, *,
     require_torchao()
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    if isinstance(calibration, torch.Tensor):
-        images = calibration.detach().cpu().float()
-        if images.dim() != 4 or images.shape[0] < 1:
-            raise ConfigError(f"calibration images must be an (N, C, H, W) batch, got shape {tuple(images.shape)}")
-    else:
-        images = load_calibration_images(calibration, model, img_size=img_size, count=calibration_images)
+    images = resolve_calibration(calibration, model, count=calibration_images,
+                                 size=(img_size, img_size) if img_size is not None else None)
     size = (int(images.shape[-2]), int(images.shape[-1]))
     check = getattr(model, "check_input_size", None)
     if check is not None:
@@ -269,4 +286,5 @@ def quantize_onnx(float_path: str | os.PathLike, output: str | os.PathLike, imag
 
 
 __all__ = ["DEFAULT_CALIBRATION_IMAGES", "KEEP_FLOAT", "Int8Model", "load_calibration_images", "quantize", "quantize_onnx",
+           "resolve_calibration",
            "require_torchao"]
