@@ -14,7 +14,14 @@ from torch import nn
 import tresnet
 from helpers import randomize_norms, requires_onnx, requires_torchao
 from tresnet.cli.main import main
-from tresnet.deploy import BOUNDS, check_against_exact, export_model, load_calibration_images, quantize
+from tresnet.deploy import (
+    BOUNDS,
+    check_against_exact,
+    export_model,
+    load_calibration_images,
+    onnx_session,
+    quantize,
+)
 from tresnet.errors import ConfigError, DataError, MissingDependencyError
 
 SIZE = 64
@@ -139,6 +146,9 @@ def test_int8_onnx_export_is_checked_and_runs_any_batch(tresnet_m, image_folder,
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"input": torch.rand(5, 3, SIZE, SIZE).numpy()})
     assert out.shape == (5, 10)
+    # the benchmark's session: its threads sleep between runs rather than spin on the cores
+    options = onnx_session(path, threads=1).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_bf16_torchscript_export_takes_and_returns_fp32(tresnet_m, tmp_path):

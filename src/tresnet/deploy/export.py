@@ -408,10 +408,15 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
 
 
 def onnx_session(path: str | os.PathLike, *, threads: int | None = None):
-    """An ONNX Runtime CPU session for ``path`` (all graph optimisations; ``threads`` intra-op threads)."""
+    """An ONNX Runtime CPU session for ``path`` (all graph optimisations; ``threads`` intra-op threads).
+
+    Its threads do not spin-wait between runs (ONNX Runtime's default): spinning threads keep the cores busy
+    after a run and slow whatever runs next, such as the other paths of an interleaved benchmark.
+    """
     _, ort = require_onnx()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
