@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import tiny_bench_config
-from tresnet.bench import run_benchmark
+from tresnet.bench import ceiling, run_benchmark
 from tresnet.bench.ceiling import (
     FORMATS,
     PEAK_GIVEN,
@@ -24,11 +24,41 @@ from tresnet.cli.main import main
 from tresnet.errors import ConfigError
 
 
-def test_the_measured_ceiling_is_a_positive_rate_per_format():
+def test_the_measured_ceiling_is_a_positive_rate_per_format(monkeypatch):
+    monkeypatch.setattr(ceiling, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(ceiling, "cpu_flag_set", lambda: {"avx2", "avx512_vnni"})
     peaks = estimate_peaks(side=128, rounds=1)
     assert list(peaks) == list(FORMATS)
     assert peaks["fp32"] > 0 and peaks["bf16"] > 0
     assert peaks["int8"] is None if not hasattr(torch, "_int_mm") else peaks["int8"] > 0
+
+
+def test_formats_the_cpu_only_emulates_have_no_ceiling(monkeypatch):
+    # an AVX2-only CPU: bf16 and int8 products there ran at 0.3 and 1 GFLOP/s, below the networks' own kernels
+    monkeypatch.setattr(ceiling, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(ceiling, "cpu_flag_set", lambda: {"avx2", "fma"})
+    peaks = estimate_peaks(side=64, rounds=1)
+    assert peaks["fp32"] > 0 and peaks["bf16"] is None and peaks["int8"] is None
+    monkeypatch.setattr(ceiling, "cpu_flag_set", lambda: None)  # no /proc/cpuinfo: measured, not guessed
+    assert hasattr(torch, "_int_mm") is (gemm_gflop_per_s("int8", side=64, rounds=1) is not None)
+
+
+def test_a_slow_product_is_measured_at_the_probe_size(monkeypatch):
+    sides = []
+    real = ceiling._products
+
+    def recording(number_format, side, device):
+        sides.append(side)
+        return real(number_format, side, device)
+
+    monkeypatch.setattr(ceiling, "_products", recording)
+    monkeypatch.setattr(ceiling, "MAX_PRODUCT_S", 0.0)  # every product counts as too slow for the full size
+    assert gemm_gflop_per_s("fp32", side=1024, rounds=1) > 0
+    assert set(sides) == {ceiling.PROBE_SIDE}
+    sides.clear()
+    monkeypatch.setattr(ceiling, "MAX_PRODUCT_S", 1e9)
+    gemm_gflop_per_s("fp32", side=1024, rounds=1)
+    assert set(sides) == {ceiling.PROBE_SIDE, 1024}
 
 
 def test_int8_without_an_int8_matrix_product_has_no_ceiling(monkeypatch):
@@ -93,6 +123,10 @@ def test_reports_show_the_rate_the_share_and_the_ceilings():
     assert "| infer GFLOP/s | of peak |" in markdown_table(rows) and "| 230 | 10.0% int8 |" in markdown_table(rows)
     assert BenchRow.from_dict(rows[1].to_dict()) == rows[1]
     assert format_ceilings([BenchRow.from_dict({**rows[0].to_dict(), "number_format": None})]) == ""
+    no_bf16 = _row("tresnet_m:bf16", "bf16", "bf16", 1.0, PEAK_MEASURED)
+    no_bf16.peak_gflop_per_s = no_bf16.infer_peak_fraction = None
+    assert format_ceilings([rows[0], no_bf16]).endswith("fp32 920, bf16 - (no fast bf16 product on this CPU) GFLOP/s")
+    assert "| 230 | - |" in markdown_table([no_bf16])
 
 
 def test_the_ceiling_is_measured_only_when_a_row_needs_it(monkeypatch):

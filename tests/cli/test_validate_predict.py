@@ -149,17 +149,19 @@ def test_predict_folder_without_images(tmp_path, capsys):
 
 
 @pytest.mark.slow  # a forward pass of tresnet_m (seconds on a CPU)
-def test_a_checkpoint_saved_by_tresnet_names_its_model(folder, checkpoint, tmp_path, capsys):
+def test_a_checkpoint_saved_by_tresnet_names_its_model(folder, checkpoint, tmp_path, capsys, monkeypatch):
     out = tmp_path / "answers.json"
     assert main(["predict", "--checkpoint", str(checkpoint), "--json", str(out), str(folder / "ant" / "a.jpg"),
                  *SMALL]) == 0
     assert "tresnet_m: 3 classes, weights" in capsys.readouterr().err
     assert json.loads(out.read_text())[0]["topk"][0]["label"] in CLASSES
     report = tmp_path / "report.json"
+    monkeypatch.setattr("tresnet.runtime.cpu_has_bf16", lambda: False)  # as on an AVX2-only CPU
     assert main(["validate", "--data", str(folder), "--checkpoint", str(checkpoint), "--workers", "0",
                  "--precision", "bf16", "--json", str(report), *SMALL]) == 0
     result = json.loads(report.read_text())
     assert result["model"] == "tresnet_m" and result["precision"] == "bf16" and result["images"] == 6
+    assert "this CPU has no bfloat16 arithmetic" in capsys.readouterr().err
 
 
 def test_without_model_or_checkpoint_the_error_says_what_to_pass(folder, capsys):

@@ -4,10 +4,15 @@ The ceiling is **measured, not a datasheet figure**: the best rate of one large 
 that format, on the current thread count (``torch.mm`` in fp32 and bfloat16; ``torch._int_mm``, int8 x
 int8 -> int32, for int8), in GFLOP/s (2 x multiply-accumulates per second). It is what the library's GEMM
 kernels reach on these cores (with AMX or AVX-512 VNNI where the CPU has them), so it is the fair yardstick
-of a network whose time is mostly convolutions run as GEMMs; the hardware's theoretical peak is higher. A
-model's achieved rate is its multiply-accumulates per image (counted on the plain model) x 2 x images per
-second; its fraction of the ceiling of its number format says how much of the cores' matrix throughput the
-deployment path turns into images.
+of a network whose time is mostly convolutions run as GEMMs; the hardware's theoretical peak is higher. It is
+a yardstick, not a bound: on a 2-core AMD EPYC (AVX2) TResNet-M's convolutions ran at 1.0-1.3x the fp32
+product's rate.
+
+A CPU without bfloat16 arithmetic (AVX-512 BF16 or AMX) has no bf16 ceiling, and one without int8 dot
+products (VNNI or AMX) no int8 ceiling (None): there those products are emulated or take a generic path, far
+below the fp32 rate and below what the networks' own kernels reach (on that EPYC: bf16 0.3, int8 1 GFLOP/s,
+against 80 for a quantized TResNet-M), so a share of them would mean nothing. A product that would take more
+than ``MAX_PRODUCT_S`` at full size is measured at ``PROBE_SIDE``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
+from tresnet.bench.machine import cpu_flag_set
 from tresnet.errors import ConfigError
+from tresnet.runtime import cpu_has_bf16
 
 FORMATS = ("fp32", "bf16", "int8")
 GEMM_SIDE = 2048  # large enough for the kernels' full rate, small enough to take well under a second
@@ -31,20 +38,38 @@ PEAK_GIVEN = "given (--peak-gflops)"
 PEAK_HINT = "give auto, one number of GFLOP/s for every format (e.g. 900) or fp32=X,bf16=Y,int8=Z"
 
 
-def _operands(number_format: str, side: int, device: torch.device) -> Callable[[], torch.Tensor] | None:
-    """The matrix product of ``number_format`` on two ``side`` x ``side`` matrices, or None where the format
-    has no matrix product here (int8 without ``torch._int_mm``)."""
+PROBE_SIDE = 512  # a first product this size tells how long the full one would take
+MAX_PRODUCT_S = 1.0  # a format slower than this at GEMM_SIDE is measured at PROBE_SIDE
+# CPU flags of int8 dot-product instructions; without one of them, int8 has no fast matrix product.
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def _products(number_format: str, side: int, device: torch.device) -> list[Callable[[], torch.Tensor]]:
+    """The matrix product of ``number_format`` on two ``side`` x ``side`` matrices, in a list (empty where
+    the format has no matrix product here: int8 without ``torch._int_mm``)."""
     generator = torch.Generator().manual_seed(0)
     if number_format == "int8":
         int_mm = getattr(torch, "_int_mm", None)
         if int_mm is None:
-            return None
+            return []
         a, b = (torch.randint(-64, 64, (side, side), dtype=torch.int8, generator=generator).to(device)
                 for _ in range(2))
-        return lambda: int_mm(a, b)
+        return [lambda: int_mm(a, b)]
     dtype = torch.bfloat16 if number_format == "bf16" else torch.float32
     a, b = (torch.randn(side, side, generator=generator).to(device=device, dtype=dtype) for _ in range(2))
-    return lambda: torch.mm(a, b)
+    return [lambda: torch.mm(a, b)]
+
+
+def _lacks_fast_kernels(number_format: str, device: torch.device) -> bool:
+    """Whether ``number_format`` has no fast matrix product on this CPU (see the module's note)."""
+    if device.type != "cpu":
+        return False
+    if number_format == "bf16":
+        return not cpu_has_bf16()
+    if number_format == "int8":
+        flags = cpu_flag_set()
+        return flags is not None and not any(flag in flags for flag in INT8_DOT_FLAGS)
+    return False
 
 
 def _best_seconds(product: Callable[[], torch.Tensor], device: torch.device, rounds: int) -> float:
@@ -74,14 +99,26 @@ def gemm_gflop_per_s(number_format: str, *, side: int = GEMM_SIDE, rounds: int =
     if number_format not in FORMATS:
         raise ConfigError(f"bad number format {number_format!r}: choose one of {', '.join(FORMATS)}")
     device = torch.device(device)
+    if _lacks_fast_kernels(number_format, device):
+        return None
     try:
-        product = _operands(number_format, side, device)
-        if product is None:
-            return None
-        seconds = _best_seconds(product, device, rounds)
+        return max((_rate(number_format, index, side, device, rounds)
+                    for index in range(len(_products(number_format, PROBE_SIDE, device)))), default=None)
     except (RuntimeError, NotImplementedError):  # the kernel is not built for this device or size
         return None
-    return 2 * side ** 3 / seconds / 1e9
+
+
+def _rate(number_format: str, index: int, side: int, device: torch.device, rounds: int) -> float:
+    """GFLOP/s of the ``index``-th product of :func:`_products` on ``side`` x ``side`` operands, or on
+    ``PROBE_SIDE`` ones when the first call of a probe that size says a ``side`` product would take more than
+    ``MAX_PRODUCT_S`` (a slow generic kernel: measuring it at full size could take minutes)."""
+    probe_side = min(side, PROBE_SIDE)
+    probe = _products(number_format, probe_side, device)[index]
+    if _best_seconds(probe, device, 1) * (side / probe_side) ** 3 > MAX_PRODUCT_S:
+        side, product = probe_side, probe
+    else:
+        product = _products(number_format, side, device)[index]
+    return 2 * side ** 3 / _best_seconds(product, device, rounds) / 1e9
 
 
 def estimate_peaks(formats: Iterable[str] = FORMATS, *, side: int = GEMM_SIDE, rounds: int = ROUNDS,

@@ -33,9 +33,15 @@ def cpu_name() -> str:
     return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
+def cpu_flag_set() -> set[str] | None:
+    """Every flag of the CPU (``/proc/cpuinfo``; None where it is absent)."""
+    field = _cpuinfo_field("flags")
+    return None if field is None else set(field.split())
+
+
 def cpu_flags() -> list[str]:
     """Which of :data:`SPEED_FLAGS` the CPU has, in that order (empty where ``/proc/cpuinfo`` is absent)."""
-    present = set((_cpuinfo_field("flags") or "").split())
+    present = cpu_flag_set() or set()
     return [flag for flag in SPEED_FLAGS if flag in present]
 
 

@@ -226,7 +226,8 @@ def format_ceilings(rows: Rows) -> str:
     first = as_rows(rows)[0]
     threads = first.threads if first.device == "cpu" else None
     on = f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""
-    values = ", ".join(f"{fmt} {_fmt(gflops, 0)}" for fmt, (gflops, _) in ceilings.items())
+    values = ", ".join(f"{fmt} {_fmt(gflops, 0)}" if gflops else f"{fmt} - (no fast {fmt} product on this CPU)"
+                       for fmt, (gflops, _) in ceilings.items())
     return f"compute ceiling ({how}{on}): {values} GFLOP/s"
 
 

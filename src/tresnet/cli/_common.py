@@ -141,15 +141,16 @@ def weights_description(model: nn.Module) -> str:
 
 @contextmanager
 def warnings_above_progress_bar(command: str) -> Iterator[None]:
-    """Print unreadable-file warnings as one line each, without breaking a progress bar."""
+    """Print unreadable-file and emulated-bfloat16 warnings as one line each, without breaking a progress bar."""
     from tqdm import tqdm
 
     from tresnet.data.datasets import UnreadableImageWarning
+    from tresnet.runtime import EmulatedBf16Warning
 
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, UnreadableImageWarning):
+        if issubclass(category, (UnreadableImageWarning, EmulatedBf16Warning)):
             tqdm.write(f"tresnet {command}: warning: {message}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)

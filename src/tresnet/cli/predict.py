@@ -73,12 +73,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes{task}, {common.weights_description(model)}",
           file=sys.stderr)
     answers = []
-    for answer in predict(model, args.inputs, topk=args.topk, batch_size=args.batch_size, img_size=args.img_size,
-                          device=device, precision=precision, task=args.task,
-                          threshold=args.threshold, class_map=args.class_map, calibration=args.calibration,
-                          calibration_images=args.calibration_images):
-        _print(answer, args.threshold)
-        answers.append(answer)
+    with common.warnings_above_progress_bar("predict"):
+        for answer in predict(model, args.inputs, topk=args.topk, batch_size=args.batch_size,
+                              img_size=args.img_size, device=device, precision=precision, task=args.task,
+                              threshold=args.threshold, class_map=args.class_map, calibration=args.calibration,
+                              calibration_images=args.calibration_images):
+            _print(answer, args.threshold)
+            answers.append(answer)
     if args.json:
         common.write_json(args.json, [answer.to_dict() for answer in answers])
     failed = sum(1 for answer in answers if answer.error is not None)

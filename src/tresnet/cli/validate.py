@@ -110,14 +110,14 @@ def run(args: argparse.Namespace) -> int:
                                    ground_truth=args.ground_truth)
     model = common.load_model(args, "validate")
     common.announce_deployment(args, precision, "validate")
-    validation = prepare_validation(model, dataset, img_size=args.img_size, batch_size=args.batch_size,
-                                    workers=args.workers, device=device, precision=precision,
-                                    channels_last=args.channels_last, limit=args.limit, task=args.task,
-                                    threshold=args.threshold, class_map=args.class_map,
-                                    real_labels=args.real_labels, crop_pct=args.crop_pct,
-                                    calibration=args.calibration, calibration_images=args.calibration_images)
-    _print_setup(args, model, validation, device, precision)
     with common.warnings_above_progress_bar("validate"):
+        validation = prepare_validation(model, dataset, img_size=args.img_size, batch_size=args.batch_size,
+                                        workers=args.workers, device=device, precision=precision,
+                                        channels_last=args.channels_last, limit=args.limit, task=args.task,
+                                        threshold=args.threshold, class_map=args.class_map,
+                                        real_labels=args.real_labels, crop_pct=args.crop_pct,
+                                        calibration=args.calibration, calibration_images=args.calibration_images)
+        _print_setup(args, model, validation, device, precision)
         report = validation.run()
     if validation.task == MULTILABEL:
         _print_multilabel(report)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from tresnet.errors import ConfigError
-from tresnet.runtime import PRECISIONS, check_precision
+from tresnet.runtime import PRECISIONS, check_precision, warn_if_bf16_is_emulated
 
 INFERENCE_PRECISIONS = (*PRECISIONS, "int8")
 INFERENCE_PRECISION_HELP = ("fp32 (default); amp or fp16: autocast (amp: float16 on CUDA, bfloat16 on the CPU); "
@@ -75,6 +75,7 @@ def inference_model(model: nn.Module, precision: str, device: torch.device | str
     """
     device = torch.device(device)
     check_inference_options(precision, device, calibration, calibration_images)
+    warn_if_bf16_is_emulated(precision, device)
     if precision == "bf16":
         from tresnet.deploy.fusion import fuse
 
