@@ -5,13 +5,13 @@ that format, on the current thread count (``torch.mm`` in fp32 and bfloat16; ``t
 int8 -> int32, for int8), in GFLOP/s (2 x multiply-accumulates per second). It is what the library's GEMM
 kernels reach on these cores (with AMX or AVX-512 VNNI where the CPU has them), so it is the fair yardstick
 of a network whose time is mostly convolutions run as GEMMs; the hardware's theoretical peak is higher. It is
-a yardstick, not a bound: on a 2-core AMD EPYC (AVX2) TResNet-M's convolutions ran at 1.0-1.3x the fp32
+a yardstick, not a bound: on a 2-core AMD EPYC (AVX2) TResNet-M's convolutions ran at 1.1-1.4x the fp32
 product's rate.
 
 A CPU without bfloat16 arithmetic (AVX-512 BF16 or AMX) has no bf16 ceiling, and one without int8 dot
 products (VNNI or AMX) no int8 ceiling (None): there those products are emulated or take a generic path, far
-below the fp32 rate and below what the networks' own kernels reach (on that EPYC: bf16 0.3, int8 1 GFLOP/s,
-against 80 for a quantized TResNet-M), so a share of them would mean nothing. A product that would take more
+below the fp32 rate and below what the networks' own kernels reach (on that EPYC: bf16 1.2, int8 1.3 GFLOP/s,
+against 83 for a quantized TResNet-M), so a share of them would mean nothing. A product that would take more
 than ``MAX_PRODUCT_S`` at full size is measured at ``PROBE_SIDE``.
 """
 

@@ -52,7 +52,7 @@ from tresnet.engine.distributed import DistInfo, SeededSamples, ShardedEpochSamp
 from tresnet.engine.losses import default_loss
 from tresnet.errors import ConfigError, TResNetError
 from tresnet.files import atomic_write, write_text
-from tresnet.runtime import autocast, check_precision, needs_grad_scaler
+from tresnet.runtime import autocast, check_precision, needs_grad_scaler, warn_if_bf16_is_emulated
 from tresnet.tasks import MULTILABEL
 
 RESUME_FILE = "resume.pt"
@@ -246,6 +246,7 @@ class _Trainer:
         cfg = self.cfg
         self.output, resume_state = _prepare_output(cfg, self.info)
         check_precision(cfg.precision, self.device)
+        warn_if_bf16_is_emulated(cfg.precision, self.device)
         pretrained_cfg = tresnet.get_pretrained_cfg(cfg.model)
         self.img_size = cfg.img_size or int(pretrained_cfg["input_size"][-1])
         self.inputs = describe_normalisation(pretrained_cfg)
