@@ -45,13 +45,13 @@ def test_formats_the_cpu_only_emulates_have_no_ceiling(monkeypatch):
 
 def test_a_slow_product_is_measured_at_the_probe_size(monkeypatch):
     sides = []
-    real = ceiling._products
+    real = ceiling._operands
 
     def recording(number_format, side, device):
         sides.append(side)
         return real(number_format, side, device)
 
-    monkeypatch.setattr(ceiling, "_products", recording)
+    monkeypatch.setattr(ceiling, "_operands", recording)
     monkeypatch.setattr(ceiling, "MAX_PRODUCT_S", 0.0)  # every product counts as too slow for the full size
     assert gemm_gflop_per_s("fp32", side=1024, rounds=1) > 0
     assert set(sides) == {ceiling.PROBE_SIDE}

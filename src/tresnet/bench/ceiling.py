@@ -44,20 +44,20 @@ MAX_PRODUCT_S = 1.0  # a format slower than this at GEMM_SIDE is measured at PRO
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
-def _products(number_format: str, side: int, device: torch.device) -> list[Callable[[], torch.Tensor]]:
-    """The matrix product of ``number_format`` on two ``side`` x ``side`` matrices, in a list (empty where
-    the format has no matrix product here: int8 without ``torch._int_mm``)."""
+def _operands(number_format: str, side: int, device: torch.device) -> Callable[[], torch.Tensor] | None:
+    """The matrix product of ``number_format`` on two ``side`` x ``side`` matrices, or None where the format
+    has no matrix product here (int8 without ``torch._int_mm``)."""
     generator = torch.Generator().manual_seed(0)
     if number_format == "int8":
         int_mm = getattr(torch, "_int_mm", None)
         if int_mm is None:
-            return []
+            return None
         a, b = (torch.randint(-64, 64, (side, side), dtype=torch.int8, generator=generator).to(device)
                 for _ in range(2))
-        return [lambda: int_mm(a, b)]
+        return lambda: int_mm(a, b)
     dtype = torch.bfloat16 if number_format == "bf16" else torch.float32
     a, b = (torch.randn(side, side, generator=generator).to(device=device, dtype=dtype) for _ in range(2))
-    return [lambda: torch.mm(a, b)]
+    return lambda: torch.mm(a, b)
 
 
 def _lacks_fast_kernels(number_format: str, device: torch.device) -> bool:
@@ -102,23 +102,19 @@ def gemm_gflop_per_s(number_format: str, *, side: int = GEMM_SIDE, rounds: int =
     if _lacks_fast_kernels(number_format, device):
         return None
     try:
-        return max((_rate(number_format, index, side, device, rounds)
-                    for index in range(len(_products(number_format, PROBE_SIDE, device)))), default=None)
+        probe_side = min(side, PROBE_SIDE)
+        probe = _operands(number_format, probe_side, device)
+        if probe is None:
+            return None
+        # a slow generic kernel would take minutes at full size: measure it at the probe's
+        if _best_seconds(probe, device, 1) * (side / probe_side) ** 3 > MAX_PRODUCT_S:
+            side, product = probe_side, probe
+        else:
+            product = _operands(number_format, side, device)
+        seconds = _best_seconds(product, device, rounds)
     except (RuntimeError, NotImplementedError):  # the kernel is not built for this device or size
         return None
-
-
-def _rate(number_format: str, index: int, side: int, device: torch.device, rounds: int) -> float:
-    """GFLOP/s of the ``index``-th product of :func:`_products` on ``side`` x ``side`` operands, or on
-    ``PROBE_SIDE`` ones when the first call of a probe that size says a ``side`` product would take more than
-    ``MAX_PRODUCT_S`` (a slow generic kernel: measuring it at full size could take minutes)."""
-    probe_side = min(side, PROBE_SIDE)
-    probe = _products(number_format, probe_side, device)[index]
-    if _best_seconds(probe, device, 1) * (side / probe_side) ** 3 > MAX_PRODUCT_S:
-        side, product = probe_side, probe
-    else:
-        product = _products(number_format, side, device)[index]
-    return 2 * side ** 3 / _best_seconds(product, device, rounds) / 1e9
+    return 2 * side ** 3 / seconds / 1e9
 
 
 def estimate_peaks(formats: Iterable[str] = FORMATS, *, side: int = GEMM_SIDE, rounds: int = ROUNDS,
