@@ -104,7 +104,8 @@ def cpu_has_bf16() -> bool:
 def warn_if_bf16_is_emulated(precision: str, device: torch.device | str) -> None:
     """A warning when ``precision`` computes in bfloat16 on a CPU without bfloat16 arithmetic, where it is
     emulated and several times slower than fp32 (9x for TResNet-M on an AVX2-only AMD EPYC)."""
-    if torch.device(device).type != "cpu" or precision not in ("bf16", "amp") or cpu_has_bf16():
+    if (torch.device(device).type != "cpu" or precision not in PRECISIONS
+            or autocast_dtype(precision, device) != torch.bfloat16 or cpu_has_bf16()):
         return
     warnings.warn(f"--precision {precision} computes in bfloat16, but this CPU has no bfloat16 arithmetic "
                   f"(AVX-512 BF16 or AMX): it is emulated, several times slower than fp32 here; use "
@@ -132,6 +133,6 @@ def legacy_precision(amp: bool, amp_dtype: str | None = None, *, stacklevel: int
     return precision
 
 
-__all__ = ["DEVICE_HELP", "EmulatedBf16Warning", "PRECISIONS", "PRECISION_HELP", "autocast", "autocast_dtype", "check_precision",
-           "cpu_has_bf16", "legacy_precision", "needs_grad_scaler", "precision_name", "resolve_device",
-           "warn_if_bf16_is_emulated"]
+__all__ = ["DEVICE_HELP", "EmulatedBf16Warning", "PRECISIONS", "PRECISION_HELP", "autocast", "autocast_dtype",
+           "check_precision", "cpu_has_bf16", "legacy_precision", "needs_grad_scaler", "precision_name",
+           "resolve_device", "warn_if_bf16_is_emulated"]

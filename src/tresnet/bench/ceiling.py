@@ -92,7 +92,8 @@ def _best_seconds(product: Callable[[], torch.Tensor], device: torch.device, rou
 def gemm_gflop_per_s(number_format: str, *, side: int = GEMM_SIDE, rounds: int = ROUNDS,
                      device: torch.device | str = "cpu") -> float | None:
     """The measured GEMM ceiling of ``number_format`` (fp32, bf16 or int8) on the current thread count, in
-    GFLOP/s; None where this torch has no matrix product in that format on ``device``.
+    GFLOP/s; None where this torch has no matrix product in that format on ``device``, or the CPU only
+    emulates it (see the module's note).
 
     Raises :class:`ConfigError` for another format.
     """

@@ -67,7 +67,7 @@ def inference_model(model: nn.Module, precision: str, device: torch.device | str
     ``bf16``: a folded bfloat16 copy (fp32 images in, fp32 outputs out), run without autocast; ``int8``: a
     quantized copy calibrated on ``calibration`` (a folder of images, ``calibration_images`` of them, at
     ``img_size``), on the CPU; any other precision: ``model`` itself, under that autocast. ``model`` is
-    never changed.
+    never changed. bfloat16 on a CPU that only emulates it warns (:class:`tresnet.runtime.EmulatedBf16Warning`).
 
     Raises :class:`ConfigError` for an unknown precision, int8 off the CPU or without calibration images,
     and calibration options given with another precision; :func:`tresnet.deploy.quantize`'s errors for
