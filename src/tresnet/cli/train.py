@@ -19,6 +19,7 @@ _GROUP_TITLES = {
     "optimizer": "optimiser, schedule and regularisation",
     "model": "model and precision",
     "data": "data and augmentation",
+    "distill": "distillation (kd, th-kd, sh-kd)",
 }
 _METAVARS = {int: "N", float: "F", str: "NAME", tuple: "F"}
 
@@ -51,7 +52,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         elif base is tuple:
             group.add_argument(flag, dest=name, nargs=2, metavar=("LOW", "HIGH"), help=help_text)
         else:
-            metavar = {"data": "DIR|digits", "output": "DIR", "init_checkpoint": "PATH"}.get(name, _METAVARS[base])
+            metavar = {"data": "DIR|digits", "output": "DIR", "init_checkpoint": "PATH", "teacher_checkpoint": "PATH",
+                       "frozen_head_from": "PATH"}.get(name, _METAVARS[base])
             group.add_argument(flag, dest=name, metavar=metavar, help=help_text)
     # deprecated spellings of --precision, hidden from the help
     groups["model"].add_argument("--amp", dest="amp", action=argparse.BooleanOptionalAction, help=argparse.SUPPRESS)

@@ -51,6 +51,7 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 AUTO_AUGMENTS = ("autoaugment", "randaugment")
 ERASE_MODES = ("pixel", "const")
 TRAIN_CROP_MODES = ("random", "squash")
+DISTILL_METHODS = ("kd", "th-kd")
 # The norms a run may choose; distributed runs switch in-place ABN to its synchronised form themselves.
 NORMS = tuple(norm for norm in LAYER_NORMS if norm != "inplace_abn_sync")
 LEGACY_PRECISION_KEYS = ("amp", "amp_dtype")  # deprecated: mapped to ``precision``
@@ -182,6 +183,26 @@ class TrainConfig:
     crop_pct: float | None = _opt("validation: centre-crop fraction (default: the model's)", group="data")
     crop_mode: str | None = _opt("validation: 'center' crop or 'squash' the whole image (default: the model's)",
                                  choices=CROP_MODES, group="data")
+    # --- distillation (Ben-Baruch et al., "It's All in the Head", arXiv 2201.06945; docs/distill.md)
+    distill: str | None = _opt("distil from --teacher: kd (softened logits) or th-kd (kd plus the teacher's "
+                               "classifier, frozen, on the student's features)", choices=DISTILL_METHODS,
+                               group="distill")
+    teacher: str | None = _opt("teacher model name (default: the model --teacher-checkpoint names)",
+                               group="distill")
+    teacher_checkpoint: str | None = _opt("teacher weights (official, timm or tresnet file; default: --teacher's "
+                                          "file in the local cache)", group="distill")
+    distill_weight: float = _opt("weight of the KL term between the teacher's and the student's softened "
+                                 "logits (the cross-entropy's weight is 1)", 1.0, group="distill")
+    distill_temperature: float = _opt("temperature T of the softened logits (the KL terms are scaled by T^2)",
+                                      4.0, group="distill")
+    teacher_head_weight: float = _opt("th-kd: weight of the KL term between the teacher's logits and those of "
+                                      "its frozen classifier on the student's features", 1.0, group="distill")
+    teacher_head_blend: float = _opt("th-kd: weight w of the teacher-head prediction in the blend "
+                                     "(1 - w) p_student + w p_teacher_head, reported beside the student's own "
+                                     "score at each validation (0: not reported)", 0.0, group="distill")
+    frozen_head_from: str | None = _opt("sh-kd step 2: train this model with the classifier of this student "
+                                        "checkpoint copied in and frozen (a learned projection when widths "
+                                        "differ)", group="distill")
     # deprecated spellings of ``precision``: init-only, never stored
     amp: InitVar[bool | None] = None
     amp_dtype: InitVar[str | None] = None
@@ -200,6 +221,7 @@ class TrainConfig:
         _check_signs(self)
         _check_intervals(self)
         _check_augmentation_and_schedule(self)
+        _check_distillation(self)
         return self
 
     def to_dict(self) -> dict:
@@ -321,6 +343,30 @@ def _check_augmentation_and_schedule(cfg: TrainConfig) -> None:
     if cfg.schedule_epochs is not None and cfg.schedule_epochs < cfg.epochs:
         raise ConfigError(f"schedule_epochs ({cfg.schedule_epochs}) is the schedule's length: it must be at least "
                           f"epochs ({cfg.epochs})")
+
+
+def _check_distillation(cfg: TrainConfig) -> None:
+    """The distillation options go together: a method with a teacher, th-kd's options with th-kd, a frozen
+    head without a teacher (sh-kd trains the teacher on the labels)."""
+    has_teacher = cfg.teacher is not None or cfg.teacher_checkpoint is not None
+    if cfg.distill is not None and not has_teacher:
+        raise ConfigError(f"--distill {cfg.distill} needs a teacher: pass --teacher-checkpoint FILE (and --teacher "
+                          f"NAME when the file does not name its model)")
+    if has_teacher and cfg.distill is None:
+        raise ConfigError("a teacher is given but no method: pass --distill kd or --distill th-kd")
+    if cfg.frozen_head_from is not None and cfg.distill is not None:
+        raise ConfigError("--frozen-head-from trains a teacher for sh-kd on the labels: drop --distill and the "
+                          "teacher options, then distil the student from that teacher in a second run")
+    if not cfg.distill_temperature > 0:
+        raise ConfigError(f"distill_temperature must be positive, got {cfg.distill_temperature}")
+    for name in ("distill_weight", "teacher_head_weight"):
+        if not getattr(cfg, name) >= 0:
+            raise ConfigError(f"{name} must be 0 or more, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.teacher_head_blend <= 1.0:
+        raise ConfigError(f"teacher_head_blend must lie in [0, 1], got {cfg.teacher_head_blend}")
+    if cfg.teacher_head_blend > 0 and cfg.distill != "th-kd":
+        raise ConfigError("teacher_head_blend blends in the teacher head of th-kd: pass --distill th-kd, or "
+                          "leave it at 0")
 
 
 # --- fields: names, types, coercion ----------------------------------------------------------------
@@ -571,7 +617,7 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     write_text(path, text + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-__all__ = ["CONFIG_FILE", "DEMO_RECIPES", "DIGITS", "DIGITS_MULTILABEL", "EMBEDDED_DATA", "FIELDS", "HEADS", "LEGACY_PRECISION_KEYS", "NORMS", "RESUME_FREE", "TrainConfig",
+__all__ = ["CONFIG_FILE", "DEMO_RECIPES", "DIGITS", "DISTILL_METHODS", "DIGITS_MULTILABEL", "EMBEDDED_DATA", "FIELDS", "HEADS", "LEGACY_PRECISION_KEYS", "NORMS", "RESUME_FREE", "TrainConfig",
            "build_config", "check_resume", "coerce_value", "coerce_values", "field_type", "list_recipes",
            "load_recipe", "recipe_for_model", "recipe_path", "run_recipe", "save_config", "saved_config",
            "with_model_defaults"]

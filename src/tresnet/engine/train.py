@@ -48,6 +48,15 @@ from tresnet.engine.config import (
     saved_config,
     with_model_defaults,
 )
+from tresnet.engine.distill import (
+    BlendedStudent,
+    create_distiller,
+    frozen_head_source,
+    install_frozen_head,
+    install_saved_frozen_head,
+    ordinary_model,
+    saved_frozen_head_kind,
+)
 from tresnet.engine.distributed import DistInfo, SeededSamples, ShardedEpochSampler, derive_seed
 from tresnet.engine.losses import default_loss
 from tresnet.errors import ConfigError, TResNetError
@@ -63,7 +72,7 @@ PLOT_FILE = "metrics.png"
 SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tensorboard"
 METRIC_COLUMNS = ("epoch", "train_loss", "lr", "val_loss", "val_top1", "val_top5", "ema_top1", "ema_top5",
-                  "val_map", "ema_map", "val_cf1", "val_of1", "train_img_per_s", "epoch_seconds")
+                  "val_map", "ema_map", "val_cf1", "val_of1", "val_blend", "train_img_per_s", "epoch_seconds")
 METRIC_TITLES = {"top1": "top-1", "map": "mAP"}  # the score that picks the best weights, per task
 
 Callback = Callable[[str, dict], None]
@@ -251,13 +260,14 @@ class _Trainer:
         self.img_size = cfg.img_size or int(pretrained_cfg["input_size"][-1])
         self.inputs = describe_normalisation(pretrained_cfg)
         self.data = build_train_data(cfg, pretrained_cfg, self.img_size)
-        self._build_model(cfg.init_checkpoint if resume_state is None else None)
+        self._build_model(cfg.init_checkpoint if resume_state is None else None, resume_state)
         self._build_loaders()
         self._build_optimisation()
         self.start_epoch, self.step, self.history = 0, 0, []
         self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.metric = "map" if cfg.task == MULTILABEL else "top1"
         self.best = {"score": -1.0, "epoch": 0, "weights": "model"}
+        self.teacher_score = None
         if resume_state is not None:
             self._load_resume_state(resume_state)
 
@@ -276,32 +286,58 @@ class _Trainer:
     def _norm_description(self) -> str:
         return f"{self.norm} (synchronised)" if self.sync_plain_bn else str(self.norm)
 
-    def _build_model(self, init: str | None) -> None:
-        """The model (``init`` weights, a head for the data's classes) on the device, and its DDP wrapper."""
+    def _build_model(self, init: str | None, resume_state: dict | None) -> None:
+        """The model (``init`` weights, a head for the data's classes, sh-kd's frozen head) on the device, the
+        distillation's teacher, and the DDP wrapper of what trains (the model, or th-kd's model and head)."""
         import tresnet
 
         cfg, info = self.cfg, self.info
         self._choose_norms()
         seed_everything(derive_seed(cfg.seed, 0))
+        head_source, head = self._frozen_head_source(resume_state)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model = tresnet.create_model(cfg.model, checkpoint_path=init, num_classes=len(self.data.class_names),
                                          drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path, norm=self.norm,
-                                         head=cfg.head, task=cfg.task)
+                                         head=head, task=cfg.task)
         for w in caught:
             _say(info, f"note: {w.message}")
         model.check_input_size(self.img_size, self.img_size)
         if self.sync_plain_bn:
             distributed.sync_batch_norm(model)
+        if head_source is not None:
+            install_frozen_head(model, head_source)
+        elif resume_state is not None:
+            install_saved_frozen_head(model, resume_state["model"])
         model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
+        self.distiller = None
+        if cfg.distill is not None:
+            self.distiller = create_distiller(cfg, self.data.class_names, model, self._base_criterion(),
+                                              self.img_size, self.device, (resume_state or {}).get("distill"))
+        self.net_module = self.distiller.student_net(model) if self.distiller is not None else model
         self.ddp = None
         if info.distributed:
             self.ddp = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                self.net_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=not (self.norm == "inplace_abn_sync" or self.sync_plain_bn))
+
+    def _frozen_head_source(self, resume_state: dict | None) -> tuple[nn.Module | None, str | None]:
+        """sh-kd (``frozen_head_from``): the student whose classifier is copied in (None when resuming: the
+        saved model holds the copy), and the head kind to build; otherwise ``(None, cfg.head)``."""
+        cfg = self.cfg
+        if cfg.frozen_head_from is None:
+            return None, cfg.head
+        if resume_state is not None:
+            return None, cfg.head or saved_frozen_head_kind(resume_state["model"])
+        source = frozen_head_source(cfg.frozen_head_from, self.data.class_names)
+        kind = source.pretrained_cfg.get("head", "fc")
+        if cfg.head is not None and cfg.head != kind:
+            raise ConfigError(f"the student checkpoint {cfg.frozen_head_from} has an {kind!r} head, and --head is "
+                              f"{cfg.head!r}: the frozen head is the student's, so leave --head out")
+        return source, kind
 
     def _build_loaders(self) -> None:
         """Sharded, seeded training and validation loaders, and the number of steps of an epoch."""
@@ -325,11 +361,10 @@ class _Trainer:
         """Optimiser, schedule, loss scaler, EMA, loss and batch mixing."""
         from tresnet.data.train_transforms import create_batch_mix
         from tresnet.engine.ema import ModelEma
-        from tresnet.engine.losses import create_loss
         from tresnet.engine.optim import create_optimizer, create_scheduler
 
         cfg = self.cfg
-        self.optimizer = create_optimizer(self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        self.optimizer = create_optimizer(self.net_module, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
         self.scheduler = create_scheduler(
             self.optimizer, cfg.schedule, (cfg.schedule_epochs or cfg.epochs) * self.steps_per_epoch,
             warmup_steps=round(cfg.warmup_epochs * self.steps_per_epoch),
@@ -338,10 +373,17 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=needs_grad_scaler(cfg.precision, self.device))
         self.ema = ModelEma(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
-        self.criterion = create_loss(cfg.loss, task=cfg.task, label_smoothing=cfg.label_smoothing,
-                                     gamma_neg=cfg.asl_gamma_neg, gamma_pos=cfg.asl_gamma_pos, clip=cfg.asl_clip,
-                                     focal_gamma=cfg.focal_gamma, reduction=cfg.loss_reduction)
+        self.criterion = self.distiller.criterion if self.distiller is not None else self._base_criterion()
         self.batch_mix = create_batch_mix(len(self.data.class_names), cfg.mixup, cfg.cutmix, cfg.mix_prob)
+
+    def _base_criterion(self) -> nn.Module:
+        """The task's loss on the labels (what distillation adds its terms to)."""
+        from tresnet.engine.losses import create_loss
+
+        cfg = self.cfg
+        return create_loss(cfg.loss, task=cfg.task, label_smoothing=cfg.label_smoothing, gamma_neg=cfg.asl_gamma_neg,
+                           gamma_pos=cfg.asl_gamma_pos, clip=cfg.asl_clip, focal_gamma=cfg.focal_gamma,
+                           reduction=cfg.loss_reduction)
 
     def _load_resume_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -354,6 +396,7 @@ class _Trainer:
         self.start_epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history = [dict(row) for row in state["history"]]
         self.best = dict(state["best"])
+        self.teacher_score = state.get("teacher_score")
         if "score" not in self.best:  # a run saved by an earlier version, which kept the top-1 only
             self.best["score"] = self.best.pop("top1")
         _say(self.info, f"resuming {self.output} after epoch {self.start_epoch} (step {self.step})")
@@ -370,6 +413,8 @@ class _Trainer:
             "step": self.step,
             "history": self.history,
             "best": self.best,
+            "distill": self.distiller.state_dict() if self.distiller is not None else None,
+            "teacher_score": self.teacher_score,
         }
 
     # one epoch ---------------------------------------------------------------------------------------
@@ -377,7 +422,7 @@ class _Trainer:
     def train_one_epoch(self, epoch: int) -> dict:
         """The optimiser steps of epoch ``epoch`` (from 0): mean loss over the processes, images, seconds."""
         cfg, info = self.cfg, self.info
-        net = self.ddp or self.model
+        net = self.ddp or self.net_module
         net.train()
         self.train_sampler.set_epoch(epoch)
         seed_everything(derive_seed(cfg.seed, epoch, 3, info.rank))
@@ -419,12 +464,15 @@ class _Trainer:
         if cfg.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(cfg.precision, self.device):
-            loss = self.criterion(net(inputs), targets)
+            if self.distiller is not None:  # the teacher's forward is part of the step, and of its img/s
+                loss = self.distiller.loss(net, inputs, targets)
+            else:
+                loss = self.criterion(net(inputs), targets)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.clip_grad:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            nn.utils.clip_grad_norm_(self.net_module.parameters(), cfg.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.last_lr = self.optimizer.param_groups[0]["lr"]
@@ -498,17 +546,17 @@ class _Trainer:
     def save_epoch(self, epoch: int, row: dict, tensorboard) -> None:
         """Rank 0: weights, metrics and the resume state of a finished epoch (resume state last)."""
         names = self.data.class_names
-        save_checkpoint(self.model, self.output / LAST_FILE, class_names=names,
+        save_checkpoint(ordinary_model(self.model), self.output / LAST_FILE, class_names=names,
                         metadata=self._weights_metadata(epoch, row[f"val_{self.metric}"], "model"))
         if self.best["epoch"] == epoch:
             best_model = self.ema.module if self.best["weights"] == "ema" else self.model
-            save_checkpoint(best_model, self.output / BEST_FILE, class_names=names,
+            save_checkpoint(ordinary_model(best_model), self.output / BEST_FILE, class_names=names,
                             metadata=self._weights_metadata(epoch, self.best["score"], self.best["weights"]))
         _write_metrics_csv(self.output / METRICS_FILE, self.history)
         _write_plot(self.output / PLOT_FILE, self.history, self.metric)
         if tensorboard is not None:
             for key in ("train_loss", "val_loss", "val_top1", "val_top5", "ema_top1", "ema_top5", "val_map",
-                        "ema_map", "lr", "train_img_per_s"):
+                        "ema_map", "val_blend", "lr", "train_img_per_s"):
                 if row.get(key) is not None:
                     tensorboard.add_scalar(key.replace("_", "/", 1), row[key], epoch)
             tensorboard.flush()
@@ -538,7 +586,15 @@ class _Trainer:
             "precision": self.cfg.precision,
             "world_size": self.info.world_size,
             "device": str(self.device),
+            **self._distill_summary(),
         }
+
+    def _distill_summary(self) -> dict:
+        cfg = self.cfg
+        if self.distiller is None:
+            return {"frozen_head_from": cfg.frozen_head_from} if cfg.frozen_head_from else {}
+        return {"distill": cfg.distill, "teacher": self.distiller.teacher_name,
+                f"teacher_{self.metric}": self.teacher_score}
 
     # run ---------------------------------------------------------------------------------------------
 
@@ -549,6 +605,10 @@ class _Trainer:
         if self.info.is_main:
             save_config(self.cfg, self.output / CONFIG_FILE)
             self._announce()
+        if self.distiller is not None and self.teacher_score is None:
+            self.teacher_score = self.evaluate(self.distiller.teacher, "val teacher")["score"]
+            _say(self.info, f"teacher {self.distiller.teacher_name}: val {METRIC_TITLES[self.metric]} "
+                            f"{100 * self.teacher_score:.2f}%")
         tensorboard = _tensorboard(self.output, self.start_epoch + 1 if self.start_epoch else None) \
             if self.info.is_main else None
         try:
@@ -577,6 +637,13 @@ class _Trainer:
                    f"{f' x {info.world_size} processes' if info.distributed else ''}, {cfg.optimizer} "
                    f"{cfg.schedule} lr {cfg.lr:g}{precision}, norm {self._norm_description()}, inputs {self.inputs}, device {self.device}; writing to "
                    f"{self.output}")
+        if self.distiller is not None:
+            weights = f"weight {cfg.distill_weight:g}" + (f", teacher-head weight {cfg.teacher_head_weight:g}"
+                                                          if cfg.distill == "th-kd" else "")
+            _say(info, f"distilling ({cfg.distill}, T {cfg.distill_temperature:g}, {weights}) from "
+                       f"{self.distiller.teacher_name}")
+        if cfg.frozen_head_from:
+            _say(info, f"classifier copied from {cfg.frozen_head_from} and frozen (sh-kd)")
 
     def _task_columns(self, val: dict, ema_val: dict | None) -> dict:
         """The metrics row's validation columns of the run's task (the other task's stay empty)."""
@@ -586,18 +653,28 @@ class _Trainer:
         return {"val_top1": val["top1"], "val_top5": val["top5"], "ema_top1": ema_val["top1"] if ema_val else None,
                 "ema_top5": ema_val["top5"] if ema_val else None}
 
+    def _evaluate_blend(self) -> float | None:
+        """th-kd with ``teacher_head_blend``: the score of the paper's blend of the student and teacher-head
+        predictions (the student's checkpoint alone scores ``val``); None otherwise."""
+        if self.distiller is None or not self.distiller.blend:
+            return None
+        blended = BlendedStudent(self.net_module, self.distiller.blend, self.cfg.task)
+        return self.evaluate(blended, "val blend")["score"]
+
     def run_epoch(self, epoch: int, tensorboard) -> dict:
         """Train and evaluate epoch ``epoch`` (from 0), keep the best weights, save, report; its metrics row."""
         epoch_start = time.perf_counter()
         stats = self.train_one_epoch(epoch)
         val = self.evaluate(self.model, "val")
         ema_val = self.evaluate(self.ema.module, "val EMA") if self.ema is not None else None
+        blend = self._evaluate_blend()
         row = {
             "epoch": epoch + 1,
             "train_loss": stats["train_loss"],
             "lr": self.last_lr,
             "val_loss": val["loss"],
             **self._task_columns(val, ema_val),
+            "val_blend": blend,
             "train_img_per_s": stats["train_images"] / max(stats["train_seconds"], 1e-9),
             "train_images": stats["train_images"],
             "train_seconds": stats["train_seconds"],
@@ -612,6 +689,7 @@ class _Trainer:
         distributed.barrier(self.info)
         title, metric = METRIC_TITLES[self.metric], self.metric
         ema_text = f"  EMA {title} {100 * row[f'ema_{metric}']:.2f}%" if ema_val else ""
+        ema_text += f"  blend {title} {100 * blend:.2f}%" if blend is not None else ""
         _say(self.info, f"epoch {epoch + 1}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  val {title} "
                         f"{100 * row[f'val_{metric}']:.2f}%{ema_text}  lr {row['lr']:.3g}  "
                         f"{row['train_img_per_s']:.0f} img/s  {row['epoch_seconds']:.1f} s")
