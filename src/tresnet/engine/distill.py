@@ -311,7 +311,7 @@ class FrozenTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         if self.renormalises:
-            x = x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
+            x = x * self.scale.to(x) + self.shift.to(x)  # x's device and type: the buffers stay where built
         return self.model(x)
 
 
