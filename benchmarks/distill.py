@@ -11,7 +11,9 @@ Runs, each with ``tresnet.engine.train.train`` (the code path of ``tresnet train
 
 1. the teacher (``--teacher-epochs``, seed 0);
 2. students without distillation, seeds ``--seeds`` (``none``);
-3. students with ``--distill kd`` and ``--distill th-kd`` from that teacher, same seeds;
+3. students with ``--distill kd`` and ``--distill th-kd`` from that teacher, same seeds; th-kd once for each
+   teacher-head weight of ``--teacher-head-weights`` (0.02, the default, is the TH-KD example of the paper's
+   code, Alibaba-MIIL/HeadSharingKD's README; 1 weighs the term like the kd term);
 4. sh-kd: a second TResNet-M trained like the teacher but with the seed-0 ``none`` student's classifier
    copied in and frozen (``--frozen-head-from``; GENet-light's 1,920 features differ from TResNet-M's
    2,048, so a learned projection sits in front), then students distilled from it with ``kd``, same seeds.
@@ -42,12 +44,13 @@ from PIL import Image
 from tresnet.bench import command_line, machine_record
 from tresnet.data.digits import load_digits_images
 from tresnet.data.splits import stratified_split
-from tresnet.engine.config import build_config
+from tresnet.engine.config import FIELDS, build_config
 from tresnet.engine.train import BEST_FILE, SUMMARY_FILE, train
 from tresnet.files import write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("none", "kd", "th-kd", "sh-kd")
+DEFAULT_HEAD_WEIGHT = FIELDS["teacher_head_weight"].default  # the th-kd row the verdict reads
 VAL_FRACTION, SPLIT_SEED = 0.2, 0  # the digits demo's split (digits-demo recipe)
 IMG_SIZE = 32
 
@@ -110,11 +113,14 @@ def train_teachers(args: argparse.Namespace, full: Path, runs: Path, students: d
     return out
 
 
-def student_options(args: argparse.Namespace, small: Path, seed: int, method: str, runs: Path) -> dict:
+def student_options(args: argparse.Namespace, small: Path, seed: int, method: str, runs: Path,
+                    head_weight: float | None = None) -> dict:
     options = {**_common(args), "model": args.student, "data": str(small), "epochs": args.student_epochs,
                "batch_size": args.batch_size, "seed": seed}
     if method in ("kd", "th-kd"):
         options.update(distill=method, teacher_checkpoint=str(runs / "teacher" / BEST_FILE))
+    if method == "th-kd":
+        options.update(teacher_head_weight=head_weight)
     elif method == "sh-kd":
         options.update(distill="kd", teacher_checkpoint=str(runs / "sh-teacher" / BEST_FILE))
     return options
@@ -125,31 +131,44 @@ def measure(args: argparse.Namespace) -> dict:
     full, small = write_digits_folders(runs / "data", args.train_per_class)
     small_images = 10 * args.train_per_class
     steps = small_images // args.batch_size  # the loader drops the last partial batch
-    results: dict = {"students": {m: {} for m in METHODS}}
+    variants = [("none", None), ("kd", None), *[("th-kd", w) for w in args.teacher_head_weights], ("sh-kd", None)]
+    results: dict = {"students": {_label(m, w): {} for m, w in variants}}
     for seed in args.seeds:
         results["students"]["none"][seed] = run(runs / f"none-seed{seed}",
                                                 student_options(args, small, seed, "none", runs))
     results["teachers"] = train_teachers(args, full, runs, results["students"])
-    for method in METHODS[1:]:
+    for method, weight in variants[1:]:
         for seed in args.seeds:
-            options = student_options(args, small, seed, method, runs)
-            results["students"][method][seed] = run(runs / f"{method}-seed{seed}", options)
+            options = student_options(args, small, seed, method, runs, weight)
+            label = _label(method, weight)
+            results["students"][label][seed] = run(runs / _folder(label, seed), options)
     rows = []
-    for method in METHODS:
-        summaries = [results["students"][method][seed] for seed in args.seeds]
-        rows.append({"method": method, "top1": spread([100 * s["best_top1"] for s in summaries]),
+    for method, weight in variants:
+        summaries = [results["students"][_label(method, weight)][seed] for seed in args.seeds]
+        rows.append({"method": _label(method, weight), "top1": spread([100 * s["best_top1"] for s in summaries]),
                      "seconds_per_epoch": statistics.fmean(seconds_per_epoch(s, steps * args.batch_size)
                                                            for s in summaries),
                      "img_per_s": statistics.fmean(s["images_per_s"] for s in summaries)})
     teachers = {name: {"model": s["model"], "top1": 100 * s["best_top1"], "img_per_s": s["images_per_s"]}
                 for name, s in results["teachers"].items()}
-    return {"rows": rows, "teachers": teachers, "verdict": verdict(rows)}
+    every_run = [*results["teachers"].values(), *(s for by_seed in results["students"].values() for s in by_seed.values())]
+    return {"rows": rows, "teachers": teachers, "verdict": verdict(rows),
+            "runs_seconds": sum(s["session_seconds"] for s in every_run), "runs": len(every_run)}
+
+
+def _label(method: str, head_weight: float | None) -> str:
+    return f"{method}, beta {head_weight:g}" if head_weight is not None else method
+
+
+def _folder(label: str, seed: int) -> str:
+    return f"{label.replace(', beta ', '-beta')}-seed{seed}"
 
 
 def verdict(rows: list[dict]) -> dict:
     """Whether the paper's ordering th-kd >= kd > none holds on the means, and whether each step is larger
     than the spread of the seeds (the larger of the two standard deviations)."""
     by = {row["method"]: row["top1"] for row in rows}
+    by["th-kd"] = by[_label("th-kd", DEFAULT_HEAD_WEIGHT)]
 
     def step(a: str, b: str) -> dict:
         gap = by[a]["mean"] - by[b]["mean"]
@@ -163,8 +182,8 @@ def verdict(rows: list[dict]) -> dict:
 def markdown(result: dict, args: argparse.Namespace, record: dict) -> str:
     flags = ", ".join(record["cpu_flags"]) or "none of AVX-512, BF16, VNNI, AMX"
     lines = [f"Measured on {record['cpu']} ({record['cpu_count']} cores; ISA flags: {flags}), torch "
-             f"{torch.__version__}, {record['date'][:10]}, {args.threads} math thread(s) per run, in "
-             f"{record['total_seconds'] / 60:.0f} min: `{record['command']}`.", "",
+             f"{torch.__version__}, {record['date'][:10]}, {args.threads} math thread(s) per run; "
+             f"{result['runs']} training runs, {result['runs_seconds'] / 60:.0f} min in all: `{record['command']}`.", "",
              f"Students: {args.student}, {10 * args.train_per_class} training digits, {args.student_epochs} epochs, "
              f"seeds {', '.join(map(str, args.seeds))}; val: 359 digits (one image = 0.28 points).", "",
              "| method | val top-1 mean | min..max | std | per seed | train s/epoch | img/s |",
@@ -178,7 +197,8 @@ def markdown(result: dict, args: argparse.Namespace, record: dict) -> str:
     for name, teacher in result["teachers"].items():
         lines.append(f"| {name} | {teacher['model']} | {teacher['top1']:.2f} | {teacher['img_per_s']:.0f} |")
     v = result["verdict"]
-    lines += ["", f"th-kd >= kd > none on the means: {'holds' if v['ordering_holds'] else 'does not hold'} "
+    lines += ["", f"th-kd (beta {DEFAULT_HEAD_WEIGHT:g}, the default) >= kd > none on the means: "
+                  f"{'holds' if v['ordering_holds'] else 'does not hold'} "
                   f"(kd - none {v['kd_minus_none']['gap_points']:+.2f} points, th-kd - kd "
                   f"{v['th_kd_minus_kd']['gap_points']:+.2f}, sh-kd - kd {v['sh_kd_minus_kd']['gap_points']:+.2f})."]
     return "\n".join(lines) + "\n"
@@ -194,12 +214,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--student-epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--teacher-head-weights", type=float, nargs="+", default=[DEFAULT_HEAD_WEIGHT, 1.0],
+                        help="th-kd's teacher-head weights (beta) to measure, one row each; the verdict reads "
+                             f"the default, {DEFAULT_HEAD_WEIGHT:g}")
     parser.add_argument("--threads", type=int, default=1, help="math threads of each run")
     parser.add_argument("--json", default=str(RESULTS / "distill.json"))
     parser.add_argument("--markdown", default=str(RESULTS / "distill.md"))
     args = parser.parse_args(argv)
     if len(args.seeds) < 2:
         parser.error("give at least two --seeds: the spread needs them")
+    if DEFAULT_HEAD_WEIGHT not in args.teacher_head_weights:
+        parser.error(f"--teacher-head-weights must include the default, {DEFAULT_HEAD_WEIGHT:g}: the verdict reads it")
     return args
 
 

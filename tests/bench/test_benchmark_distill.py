@@ -40,7 +40,11 @@ def test_the_students_see_a_fixed_subset_and_everyone_the_demo_val_split(bench, 
 
 
 def _rows(means: dict[str, list[float]]) -> list[dict]:
-    return [{"method": m, "top1": spread} for m, spread in ((m, _spread(v)) for m, v in means.items())]
+    """Rows of the table; ``th-kd`` is the run at the default teacher-head weight, which the verdict reads."""
+    def label(method):
+        return "th-kd, beta 0.02" if method == "th-kd" else method
+
+    return [{"method": label(m), "top1": _spread(v)} for m, v in means.items()]
 
 
 def _spread(values):
@@ -65,6 +69,9 @@ def test_the_verdict_reads_the_means_and_compares_the_gaps_with_the_spread(bench
     assert not no_gain["ordering_holds"]
 
 
-def test_a_single_seed_is_refused(bench):
-    with pytest.raises(SystemExit):
-        bench.parse_args(["--seeds", "0"])
+def test_a_single_seed_and_a_run_without_the_default_head_weight_are_refused(bench):
+    assert bench.DEFAULT_HEAD_WEIGHT == 0.02
+    assert bench.parse_args([]).teacher_head_weights == [0.02, 1.0]
+    for argv in (["--seeds", "0"], ["--teacher-head-weights", "1"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)

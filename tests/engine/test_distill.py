@@ -151,7 +151,8 @@ def test_distillation_loss_adds_the_kd_terms_to_the_criterion():
                 + 0.3 * _kd_multiclass(HEAD, TEACHER, 2.0))
     assert th_kd((s, head), t, _t(soft)).item() == pytest.approx(expected, rel=1e-5)
     only_head = DistillationLoss(nn.CrossEntropyLoss(), task="multiclass", temperature=2.0, weight=0.0)
-    assert only_head((s, head), t, labels).item() == pytest.approx(ce + _kd_multiclass(HEAD, TEACHER, 2.0), rel=1e-5)
+    expected = ce + 0.02 * _kd_multiclass(HEAD, TEACHER, 2.0)  # the default head weight: the release's example
+    assert only_head((s, head), t, labels).item() == pytest.approx(expected, rel=1e-5)
     no_head = DistillationLoss(nn.CrossEntropyLoss(), task="multiclass", weight=0.0, head_weight=0.0)
     assert no_head((s, head), t, labels).item() == pytest.approx(ce, rel=1e-6)
     # multilabel: binary KL terms beside a multilabel criterion
@@ -347,7 +348,7 @@ def test_the_run_s_teacher_takes_the_student_s_inputs_on_the_run_s_device(tmp_pa
     out = distiller.teacher(torch.zeros(2, 3, 32, 32, device="meta"))
     assert out.device.type == "meta" and out.shape == (2, 3)
     assert distiller.teacher_head.projection.weight.device.type == "meta"
-    assert distiller.criterion.head_weight == 1.0 and distiller.criterion.temperature == 4.0
+    assert distiller.criterion.head_weight == 0.02 and distiller.criterion.temperature == 4.0
 
 
 def test_check_classes_wants_the_same_classes_in_the_same_order():

@@ -325,7 +325,7 @@ def test_distillation_options_that_do_not_go_together_are_refused():
     for options, match in refused:
         _one_line(ConfigError, match, lambda options=options: build_config(None, {**base, **options}))
     cfg = build_config(None, {**base, "distill": "th-kd", "teacher_checkpoint": "t.pt", "teacher_head_blend": 1.0})
-    assert (cfg.distill_weight, cfg.distill_temperature, cfg.teacher_head_weight) == (1.0, 4.0, 1.0)
+    assert (cfg.distill_weight, cfg.distill_temperature, cfg.teacher_head_weight) == (1.0, 4.0, 0.02)
 
 
 def test_the_command_line_distils_and_refuses_a_method_without_a_teacher(folder, teachers, tmp_path, capsys,

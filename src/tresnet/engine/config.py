@@ -196,7 +196,8 @@ class TrainConfig:
     distill_temperature: float = _opt("temperature T of the softened logits (the KL terms are scaled by T^2)",
                                       4.0, group="distill")
     teacher_head_weight: float = _opt("th-kd: weight of the KL term between the teacher's logits and those of "
-                                      "its frozen classifier on the student's features", 1.0, group="distill")
+                                      "its frozen classifier on the student's features (0.02: the TH-KD example "
+                                      "of the paper's code)", 0.02, group="distill")
     teacher_head_blend: float = _opt("th-kd: weight w of the teacher-head prediction in the blend "
                                      "(1 - w) p_student + w p_teacher_head, reported beside the student's own "
                                      "score at each validation (0: not reported)", 0.0, group="distill")

@@ -69,7 +69,7 @@ class DistillationLoss(nn.Module):
     """
 
     def __init__(self, criterion: nn.Module, *, task: str, temperature: float = 4.0, weight: float = 1.0,
-                 head_weight: float = 1.0) -> None:
+                 head_weight: float = 0.02) -> None:
         super().__init__()
         self.criterion = criterion
         self.task = check_task(task)
