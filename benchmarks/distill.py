@@ -172,7 +172,9 @@ def verdict(rows: list[dict]) -> dict:
 
     def step(a: str, b: str) -> dict:
         gap = by[a]["mean"] - by[b]["mean"]
-        return {"gap_points": gap, "beyond_spread": abs(gap) > max(by[a]["std"], by[b]["std"])}
+        wins = sum(x > y for x, y in zip(by[a]["values"], by[b]["values"], strict=True))  # same seed: same start
+        return {"gap_points": gap, "beyond_spread": abs(gap) > max(by[a]["std"], by[b]["std"]), "seed_wins": wins,
+                "seeds": len(by[a]["values"])}
     kd_over_none, th_over_kd = step("kd", "none"), step("th-kd", "kd")
     holds = kd_over_none["gap_points"] > 0 and th_over_kd["gap_points"] >= 0
     return {"ordering_holds": holds, "kd_minus_none": kd_over_none, "th_kd_minus_kd": th_over_kd,
@@ -197,10 +199,14 @@ def markdown(result: dict, args: argparse.Namespace, record: dict) -> str:
     for name, teacher in result["teachers"].items():
         lines.append(f"| {name} | {teacher['model']} | {teacher['top1']:.2f} | {teacher['img_per_s']:.0f} |")
     v = result["verdict"]
+    def gap(name: str, text: str) -> str:
+        g = v[name]
+        return (f"{text} {g['gap_points']:+.2f} points ({'beyond' if g['beyond_spread'] else 'within'} the seeds' "
+                f"spread; higher with {g['seed_wins']} of {g['seeds']} seeds)")
+
     lines += ["", f"th-kd (beta {DEFAULT_HEAD_WEIGHT:g}, the default) >= kd > none on the means: "
-                  f"{'holds' if v['ordering_holds'] else 'does not hold'} "
-                  f"(kd - none {v['kd_minus_none']['gap_points']:+.2f} points, th-kd - kd "
-                  f"{v['th_kd_minus_kd']['gap_points']:+.2f}, sh-kd - kd {v['sh_kd_minus_kd']['gap_points']:+.2f})."]
+                  f"{'holds' if v['ordering_holds'] else 'does not hold'}: {gap('kd_minus_none', 'kd - none')}, "
+                  f"{gap('th_kd_minus_kd', 'th-kd - kd')}, {gap('sh_kd_minus_kd', 'sh-kd - kd')}."]
     return "\n".join(lines) + "\n"
 
 

@@ -60,6 +60,7 @@ def test_the_verdict_reads_the_means_and_compares_the_gaps_with_the_spread(bench
     assert holds["ordering_holds"]
     assert holds["kd_minus_none"]["gap_points"] == pytest.approx(5) and holds["kd_minus_none"]["beyond_spread"]
     assert not holds["th_kd_minus_kd"]["beyond_spread"]
+    assert (holds["kd_minus_none"]["seed_wins"], holds["th_kd_minus_kd"]["seed_wins"]) == (3, 1)  # paired by seed
     assert holds["sh_kd_minus_kd"]["gap_points"] == pytest.approx(-1)
     worse = bench.verdict(_rows({"none": [80, 81, 82], "kd": [85, 86, 87], "th-kd": [84, 85, 86],
                                  "sh-kd": [84, 85, 86]}))
