@@ -6,7 +6,8 @@
 - ``last.safetensors`` / ``best.safetensors``: weights in our format with the class names and the task
   (best is the model or its EMA, whichever scored higher: top-1 for multiclass, mAP for multilabel);
 - ``resume.pt``: everything ``--resume`` needs (model, optimiser, scheduler, scaler, EMA, RNG states,
-  epoch, step, metrics so far);
+  epoch, step, metrics so far; when distilling, the teacher, its copied head and the projection, which
+  never reach the weights files: :mod:`tresnet.engine.distill`);
 - ``metrics.csv``, ``tensorboard/`` (if installed), ``metrics.png`` (if matplotlib is installed);
 - ``summary.json`` at the end.
 
@@ -731,7 +732,8 @@ def train(cfg: TrainConfig, *, callback: Callback | None = None) -> dict:
 
     Raises :class:`ConfigError` (bad settings, a precision the device lacks, an output folder holding
     another run, a resumed run whose configuration differs from the saved one), :class:`DataError`
-    (missing folders, no classes), :class:`CheckpointError` (an init checkpoint of another model),
+    (missing folders, no classes), :class:`CheckpointError` (an init, teacher or frozen-head checkpoint that is
+    missing or of another model; a teacher of other classes is a :class:`ConfigError`),
     :class:`TrainingDivergedError` (a NaN loss).
     """
     cfg = with_model_defaults(cfg.validate())
