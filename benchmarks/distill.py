@@ -103,7 +103,7 @@ def _common(args: argparse.Namespace) -> dict:
     return {"threads": args.threads, "progress": False, "workers": 0, "img_size": IMG_SIZE}
 
 
-def train_teachers(args: argparse.Namespace, full: Path, runs: Path, students: dict) -> dict:
+def train_teachers(args: argparse.Namespace, full: Path, runs: Path) -> dict:
     """The teacher, and sh-kd's teacher (the seed-0 plain student's classifier frozen in)."""
     teacher = {**_common(args), "model": args.teacher, "data": str(full), "epochs": args.teacher_epochs,
                "batch_size": args.batch_size, "seed": 0}
@@ -136,7 +136,7 @@ def measure(args: argparse.Namespace) -> dict:
     for seed in args.seeds:
         results["students"]["none"][seed] = run(runs / f"none-seed{seed}",
                                                 student_options(args, small, seed, "none", runs))
-    results["teachers"] = train_teachers(args, full, runs, results["students"])
+    results["teachers"] = train_teachers(args, full, runs)
     for method, weight in variants[1:]:
         for seed in args.seeds:
             options = student_options(args, small, seed, method, runs, weight)

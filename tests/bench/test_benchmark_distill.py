@@ -39,33 +39,26 @@ def test_the_students_see_a_fixed_subset_and_everyone_the_demo_val_split(bench, 
     assert _files(again / "train") == small_train  # the subset is fixed, not drawn anew
 
 
-def _rows(means: dict[str, list[float]]) -> list[dict]:
+def _rows(bench, means: dict[str, list[float]]) -> list[dict]:
     """Rows of the table; ``th-kd`` is the run at the default teacher-head weight, which the verdict reads."""
     def label(method):
         return "th-kd, beta 0.02" if method == "th-kd" else method
 
-    return [{"method": label(m), "top1": _spread(v)} for m, v in means.items()]
-
-
-def _spread(values):
-    import statistics
-
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values), "min": min(values),
-            "max": max(values), "values": values}
+    return [{"method": label(m), "top1": bench.spread(v)} for m, v in means.items()]
 
 
 def test_the_verdict_reads_the_means_and_compares_the_gaps_with_the_spread(bench):
-    holds = bench.verdict(_rows({"none": [80, 81, 82], "kd": [85, 86, 87], "th-kd": [85, 86, 87.3],
+    holds = bench.verdict(_rows(bench, {"none": [80, 81, 82], "kd": [85, 86, 87], "th-kd": [85, 86, 87.3],
                                  "sh-kd": [84, 85, 86]}))
     assert holds["ordering_holds"]
     assert holds["kd_minus_none"]["gap_points"] == pytest.approx(5) and holds["kd_minus_none"]["beyond_spread"]
     assert not holds["th_kd_minus_kd"]["beyond_spread"]
     assert (holds["kd_minus_none"]["seed_wins"], holds["th_kd_minus_kd"]["seed_wins"]) == (3, 1)  # paired by seed
     assert holds["sh_kd_minus_kd"]["gap_points"] == pytest.approx(-1)
-    worse = bench.verdict(_rows({"none": [80, 81, 82], "kd": [85, 86, 87], "th-kd": [84, 85, 86],
+    worse = bench.verdict(_rows(bench, {"none": [80, 81, 82], "kd": [85, 86, 87], "th-kd": [84, 85, 86],
                                  "sh-kd": [84, 85, 86]}))
     assert not worse["ordering_holds"]
-    no_gain = bench.verdict(_rows({"none": [80, 81, 82], "kd": [79, 81, 83], "th-kd": [85, 86, 87],
+    no_gain = bench.verdict(_rows(bench, {"none": [80, 81, 82], "kd": [79, 81, 83], "th-kd": [85, 86, 87],
                                    "sh-kd": [84, 85, 86]}))
     assert not no_gain["ordering_holds"]
 

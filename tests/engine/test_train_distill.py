@@ -8,21 +8,24 @@ import csv
 import itertools
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from safetensors.torch import load_file
 
 import tresnet
-from engine.train_testdata import FAST, Killed, kill_mid_second_epoch, make_train_val
+from engine.train_testdata import (
+    FAST,
+    Killed,
+    kill_mid_second_epoch,
+    make_colour_mosaics,
+    make_train_val,
+    torchrun_train,
+    weight_distance,
+)
 from helpers import randomize_norms, requires_sklearn
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.cli.main import main
@@ -384,28 +387,10 @@ def test_th_kd_with_channels_last_mixup_cutmix_and_ema(folder, teachers, tmp_pat
     assert load_file(str(run / "best.safetensors")).keys() == state["ema"]["module"].keys()
 
 
-def _mosaics(root, count=16):
-    """A labels CSV of images with 1-2 coloured squares, labelled with the colours they show."""
-    rng = np.random.default_rng(0)
-    colours = {"red": (230, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 230)}
-    (root / "img").mkdir(parents=True)
-    rows = [("file", "labels")]
-    for i in range(count):
-        present = sorted(rng.choice(list(colours), size=1 + i % 2, replace=False).tolist())
-        pixels = np.zeros((40, 40, 3), dtype=np.uint8)
-        for j, name in enumerate(present):
-            pixels[5:20, 5 + 18 * j:20 + 18 * j] = colours[name]
-        Image.fromarray(pixels).save(root / "img" / f"{i}.png")
-        rows.append((f"img/{i}.png", " ".join(present)))
-    with (root / "labels.csv").open("w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    return root / "labels.csv"
-
-
 def test_a_multilabel_th_kd_run_reports_the_blend(tmp_path, monkeypatch):
     seen = {}
     _spy(monkeypatch, seen)
-    labels = _mosaics(tmp_path / "data")
+    labels = make_colour_mosaics(tmp_path / "data", count=16) / "labels.csv"
     teacher = _teacher_file(tmp_path / "teacher.safetensors", "genet_light", sorted(["red", "green", "blue"]),
                             task="multilabel")
     run = tmp_path / "run"
@@ -449,10 +434,6 @@ def test_each_recipe_distils_for_a_few_steps(recipe, folder, teachers, digits_te
 # --- DDP -------------------------------------------------------------------------------------------------
 
 
-def _distance(a: dict, b: dict, keys: list[str]) -> float:
-    return sum(((a[k].double() - b[k].double()) ** 2).sum() for k in keys).sqrt().item()
-
-
 @pytest.mark.slow
 def test_th_kd_under_torchrun_equals_one_process(folder, teachers, tmp_path, monkeypatch):
     init = tmp_path / "init.safetensors"
@@ -467,14 +448,7 @@ def test_th_kd_under_torchrun_equals_one_process(folder, teachers, tmp_path, mon
         one = train(build_config(None, {**options, "batch_size": 8, "output": str(tmp_path / "one"), "threads": 1}))
     finally:
         torch.set_num_threads(threads)
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-            "tresnet", "train", "--batch-size", "4", "--output", str(tmp_path / "two")]
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        argv += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = torchrun_train({**options, "batch_size": 4, "output": str(tmp_path / "two")})
     assert "x 2 processes" in done.stdout and done.stdout.count("distilling (th-kd") == 1  # said by rank 0
     start = load_file(str(init))
     a, b = load_file(str(tmp_path / "one" / "last.safetensors")), load_file(str(tmp_path / "two" / "last.safetensors"))
@@ -482,11 +456,11 @@ def test_th_kd_under_torchrun_equals_one_process(folder, teachers, tmp_path, mon
     params = [k for k in a if a[k].is_floating_point() and not k.endswith(("running_mean", "running_var"))]
     # equal up to rounding, relative to the update: measured 6e-5 for the student (the teacher's logits on
     # batches of 4 and 8 round differently) and 2e-6 for the projection; without DDP's averaging it is 1.6
-    assert _distance(a, b, params) < 1e-3 * _distance(a, start, params)
+    assert weight_distance(a, b, params) < 1e-3 * weight_distance(a, start, params)
     head_a = _resume_state(tmp_path / "one")["distill"]["teacher_head"]
     head_b = _resume_state(tmp_path / "two")["distill"]["teacher_head"]
     projection = ["projection.weight", "projection.bias"]
-    assert _distance(head_a, head_b, projection) < 1e-4 * _distance(head_a, seen["initial_head"], projection)
+    assert weight_distance(head_a, head_b, projection) < 1e-4 * weight_distance(head_a, seen["initial_head"], projection)
     assert torch.equal(head_a["classifier.weight"], head_b["classifier.weight"])
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert two["world_size"] == 2 and two["teacher_top1"] == one["teacher_top1"]

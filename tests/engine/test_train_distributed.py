@@ -3,23 +3,15 @@ synchronised with its activation kept; a GENet under torchrun."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import tresnet
-from engine.train_testdata import make_train_val
+from engine.train_testdata import make_train_val, torchrun_train, weight_distance
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.engine.config import build_config
 from tresnet.engine.train import train
-
-
-def _distance(a: dict, b: dict, keys: list[str]) -> float:
-    return sum(((a[k].double() - b[k].double()) ** 2).sum() for k in keys).sqrt().item()
 
 
 @pytest.mark.slow
@@ -38,14 +30,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     finally:
         torch.set_num_threads(threads)
 
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-            "tresnet", "train", "--batch-size", "4", "--output", str(tmp_path / "two")]
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        argv += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = torchrun_train({**options, "batch_size": 4, "output": str(tmp_path / "two")})
     assert "x 2 processes" in done.stdout and "inplace_abn_sync" in done.stdout
 
     start = load_file(str(init))
@@ -55,7 +40,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     params = [k for k in a if a[k].is_floating_point() and not k.endswith(("running_mean", "running_var"))]
     # Equal up to rounding (the synced norm sums in another order): measured 6e-6 of the update;
     # without the synced norm (--no-sync-bn) it is 0.9.
-    assert _distance(a, b, params) < 1e-4 * _distance(a, start, params)
+    assert weight_distance(a, b, params) < 1e-4 * weight_distance(a, start, params)
     for key in a:
         if key.endswith(("running_mean", "running_var")):
             torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-4, msg=key)
@@ -101,13 +86,9 @@ def test_sync_batch_norm_keeps_the_activation_the_names_and_the_outputs():
 @pytest.mark.slow
 def test_a_genet_trains_under_torchrun_with_per_process_bn_on_the_cpu(tmp_path):
     data = make_train_val(tmp_path / "data", classes=2, train_per_class=8, val_per_class=3)
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-            "tresnet", "train", "--model", "genet_light", "--data", str(data), "--output", str(tmp_path / "two"),
-            "--img-size", "32", "--batch-size", "4", "--epochs", "1", "--max-steps-per-epoch", "2",
-            "--ema-decay", "0.9", "--no-progress", "--workers", "0", "--deterministic"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = torchrun_train(dict(model="genet_light", data=str(data), output=str(tmp_path / "two"), img_size=32,
+                               batch_size=4, epochs=1, max_steps_per_epoch=2, ema_decay=0.9, progress=False, workers=0,
+                               deterministic=True))
     assert "x 2 processes" in done.stdout and "norm bn," in done.stdout
     assert done.stdout.count("BN statistics stay per process on the CPU") == 1  # said by rank 0 only
     assert '"world_size": 2' in (tmp_path / "two" / "summary.json").read_text()
@@ -124,13 +105,9 @@ def test_multilabel_training_under_torchrun_scores_the_map_of_the_whole_val_set(
     from tresnet.engine.data import build_train_data
     from tresnet.engine.evaluate import evaluate_multilabel
 
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-            "tresnet", "train", "--task", "multilabel", "--data", "digits-multilabel", "--output",
-            str(tmp_path / "two"), "--batch-size", "4", "--epochs", "1", "--max-steps-per-epoch", "2",
-            "--max-val-images", "40", "--ema-decay", "0", "--no-progress", "--deterministic"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun_train(dict(task="multilabel", data="digits-multilabel", output=str(tmp_path / "two"), batch_size=4,
+                        epochs=1, max_steps_per_epoch=2, max_val_images=40, ema_decay=0, progress=False,
+                        deterministic=True))
     (row,) = csv.DictReader((tmp_path / "two" / "metrics.csv").open())
     # the same 40 images (each process evaluated every other one) in one process, with the saved weights
     model = tresnet.create_model(checkpoint_path=tmp_path / "two" / "last.safetensors")

@@ -4,7 +4,6 @@ runs on the digit mosaics, a labels CSV and a COCO file (mAP chosen as the best 
 from __future__ import annotations
 
 import csv
-import json
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import tresnet
-from engine.train_testdata import FAST, Killed, kill_mid_second_epoch
+from engine.train_testdata import FAST, Killed, kill_mid_second_epoch, make_colour_mosaics
 from helpers import requires_sklearn
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.data.train_transforms import BatchMix, Cutout, create_train_transform
@@ -131,32 +130,8 @@ def test_a_run_on_the_digit_mosaics_scores_map_and_resumes_exactly(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
-def _mosaic_files(root, count: int = 12):
-    """Images with 1-2 coloured squares; labels name the colours present (a CSV and a COCO json of them)."""
-    rng = np.random.default_rng(0)
-    colours = {"red": (230, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 230)}
-    rows, images, annotations = [], [], []
-    (root / "img").mkdir(parents=True)
-    for i in range(count):
-        present = sorted(rng.choice(list(colours), size=1 + i % 2, replace=False).tolist())
-        pixels = np.zeros((40, 40, 3), dtype=np.uint8)
-        for j, name in enumerate(present):
-            pixels[5:20, 5 + 18 * j:20 + 18 * j] = colours[name]
-        Image.fromarray(pixels).save(root / "img" / f"{i}.png")
-        rows.append((f"img/{i}.png", " ".join(present)))
-        images.append({"id": 100 + i, "file_name": f"{i}.png"})
-        annotations += [{"id": len(annotations), "image_id": 100 + i, "category_id": 7 + list(colours).index(n)}
-                        for n in present]
-    with (root / "labels.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([("file", "labels"), *rows])
-    categories = [{"id": 7 + i, "name": name} for i, name in enumerate(colours)]
-    (root / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations,
-                                                     "categories": categories}))
-    return root
-
-
 def test_runs_on_a_labels_csv_and_a_coco_file_carve_a_val_split(tmp_path):
-    root = _mosaic_files(tmp_path / "data")
+    root = make_colour_mosaics(tmp_path / "data")
     by_csv = train(build_config(None, {**MULTILABEL_FAST, "data": str(root / "labels.csv"),
                                        "output": str(tmp_path / "csv"), "loss": "focal", "val_split": 0.25}))
     by_coco = train(build_config(None, {**MULTILABEL_FAST, "data": str(root / "img"),

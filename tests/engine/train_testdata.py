@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +46,46 @@ def kill_mid_second_epoch(event: str, data: dict) -> None:
     """A ``train`` callback that stops the run at the first step of its second epoch."""
     if event == "step" and data["epoch"] == 1 and data["index"] == 0:
         raise Killed
+
+
+def make_colour_mosaics(root: Path, count: int = 12) -> Path:
+    """Multilabel data in ``root``: ``img/<i>.png`` with 1-2 coloured squares, labelled with the colours they
+    show, as a labels CSV (``labels.csv``) and a COCO json (``instances.json``)."""
+    rng = np.random.default_rng(0)
+    colours = {"red": (230, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 230)}
+    rows, images, annotations = [], [], []
+    (root / "img").mkdir(parents=True)
+    for i in range(count):
+        present = sorted(rng.choice(list(colours), size=1 + i % 2, replace=False).tolist())
+        pixels = np.zeros((40, 40, 3), dtype=np.uint8)
+        for j, name in enumerate(present):
+            pixels[5:20, 5 + 18 * j:20 + 18 * j] = colours[name]
+        Image.fromarray(pixels).save(root / "img" / f"{i}.png")
+        rows.append((f"img/{i}.png", " ".join(present)))
+        images.append({"id": 100 + i, "file_name": f"{i}.png"})
+        annotations += [{"id": len(annotations), "image_id": 100 + i, "category_id": 7 + list(colours).index(n)}
+                        for n in present]
+    with (root / "labels.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([("file", "labels"), *rows])
+    categories = [{"id": 7 + i, "name": name} for i, name in enumerate(colours)]
+    (root / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                     "categories": categories}))
+    return root
+
+
+def torchrun_train(options: dict, processes: int = 2) -> subprocess.CompletedProcess:
+    """``tresnet train`` under ``torchrun --standalone`` with ``options`` as flags (True: ``--x``, False:
+    ``--no-x``), one math thread per process; the finished process, after asserting that it succeeded."""
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+            "-m", "tresnet", "train"]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def weight_distance(a: dict, b: dict, keys: list[str]) -> float:
+    """The Euclidean distance between the tensors ``keys`` of two state dicts, taken as one vector."""
+    return sum(((a[k].double() - b[k].double()) ** 2).sum() for k in keys).sqrt().item()

@@ -111,11 +111,6 @@ def classifier_of(model: nn.Module) -> nn.Module:
     raise ConfigError(f"{type(model).__name__} has no classifier to share (features_only, or no classes)")
 
 
-def classifier_width(classifier: nn.Module) -> int:
-    """The feature width a shared classifier takes."""
-    return classifier.in_features
-
-
 class ProjectedClassifier(nn.Module):
     """A frozen copy of a classifier (``nn.Linear`` or :class:`~tresnet.layers.MLDecoderHead`) behind a
     learned linear projection from ``in_features`` (an identity when the widths agree).
@@ -128,7 +123,7 @@ class ProjectedClassifier(nn.Module):
     def __init__(self, classifier: nn.Module, in_features: int) -> None:
         super().__init__()
         self.classifier = _frozen_copy(classifier)
-        width = classifier_width(classifier)
+        width = classifier.in_features  # nn.Linear and MLDecoderHead both name it so
         self.projection = nn.Linear(in_features, width) if in_features != width else nn.Identity()
         self.in_features = in_features
         param = next(self.classifier.parameters())
@@ -246,11 +241,11 @@ def frozen_head_source(path: str | Path, class_names: list[str]) -> nn.Module:
     classify ``class_names``. Raises :class:`CheckpointError` for a missing or unreadable file and
     :class:`ConfigError` for other classes or a file that names no model."""
     import tresnet
-    from tresnet.checkpoint import read_checkpoint_metadata
 
     path = check_teacher_file(path, "student checkpoint (--frozen-head-from)")
-    check_classes(read_checkpoint_metadata(path), class_names, path, "student checkpoint")
-    return tresnet.create_model(checkpoint_path=path)
+    student = tresnet.create_model(checkpoint_path=path)
+    check_loaded_classes(student, class_names, "student checkpoint")
+    return student
 
 
 class StudentWithTeacherHead(nn.Module):
@@ -299,9 +294,13 @@ class FrozenTeacher(nn.Module):
         super().__init__()
         self.model = teacher.eval().requires_grad_(False)
         scale, shift = _renormalisation(student_norm, teacher_norm)
-        self.renormalises = scale is not None
         self.register_buffer("scale", scale, persistent=False)
         self.register_buffer("shift", shift, persistent=False)
+
+    @property
+    def renormalises(self) -> bool:
+        """Whether the teacher's normalisation differs from the student's."""
+        return self.scale is not None
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         super().train(mode)
@@ -354,6 +353,13 @@ def check_classes(metadata: dict, class_names: list[str], path: str | Path, role
                           f"same order")
 
 
+def check_loaded_classes(model: nn.Module, class_names: list[str], role: str) -> None:
+    """:func:`check_classes` for a model just loaded by ``create_model`` (the file read once): the classes it
+    was built with, and the names its checkpoint records."""
+    info = model.checkpoint_info
+    check_classes({**info.metadata, "num_classes": model.num_classes}, class_names, info.path, role)
+
+
 def load_teacher(name: str | None, checkpoint: str | None, class_names: list[str]) -> nn.Module:
     """The teacher model ``name`` with the weights of ``checkpoint`` (any format; None: ``name``'s file
     in the local cache), checked to classify ``class_names``.
@@ -362,7 +368,6 @@ def load_teacher(name: str | None, checkpoint: str | None, class_names: list[str
     :class:`ConfigError` (another class count or order, no name where the file names no model).
     """
     import tresnet
-    from tresnet.checkpoint import read_checkpoint_metadata
     from tresnet.factory import cache_dir, find_pretrained, pretrained_file_names
 
     if checkpoint is not None:
@@ -377,11 +382,8 @@ def load_teacher(name: str | None, checkpoint: str | None, class_names: list[str
             raise CheckpointError(f"no --teacher-checkpoint, and no weights for {name} in {cache_dir()} (this package "
                                   f"never downloads): pass --teacher-checkpoint FILE, or put the file there as one "
                                   f"of: {', '.join(pretrained_file_names(name))}") from None
-    check_classes(read_checkpoint_metadata(path), class_names, path, "teacher checkpoint")
     teacher = tresnet.create_model(name, checkpoint_path=path)
-    if teacher.num_classes != len(class_names):
-        raise ConfigError(f"teacher checkpoint {path} has {teacher.num_classes} classes, the training data "
-                          f"{len(class_names)}: the teacher must be trained on the same classes")
+    check_loaded_classes(teacher, class_names, "teacher checkpoint")
     return teacher
 
 
@@ -448,7 +450,8 @@ def create_distiller(cfg, class_names: list[str], student: nn.Module, criterion:
     teacher.to(device)
     if cfg.channels_last:
         teacher.to(memory_format=torch.channels_last)
-    frozen = FrozenTeacher(teacher, normalisation(student.pretrained_cfg), normalisation(teacher.pretrained_cfg))
+    frozen = FrozenTeacher(teacher, normalisation(student.pretrained_cfg),
+                           normalisation(teacher.pretrained_cfg)).to(device)  # its constants beside its weights
     head = None
     if cfg.distill == "th-kd":
         head = ProjectedClassifier(classifier_of(teacher), student.num_features).to(device)
@@ -460,6 +463,6 @@ def create_distiller(cfg, class_names: list[str], student: nn.Module, criterion:
 
 
 __all__ = ["BlendedStudent", "DistillationLoss", "Distiller", "create_distiller", "FrozenTeacher", "ProjectedClassifier", "StudentWithTeacherHead",
-           "check_classes", "check_teacher_file", "classifier_of", "folded", "frozen_head_source",
+           "check_classes", "check_loaded_classes", "check_teacher_file", "classifier_of", "folded", "frozen_head_source",
            "install_frozen_head", "install_saved_frozen_head", "kd_loss", "load_teacher", "ordinary_model",
            "projected_classifier_like", "saved_frozen_head_kind", "teacher_from_state"]
