@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import warnings
 from collections.abc import Mapping, Sequence
@@ -35,7 +36,7 @@ from tresnet.files import atomic_write  # re-exported: code written before tresn
 from tresnet.layers.ml_decoder import MARKER as ML_DECODER_MARKER
 from tresnet.layers.ml_decoder import ml_decoder_options
 from tresnet.models.family import CheckpointFormat, Family
-from tresnet.models.registry import FAMILIES, MODEL_CONFIGS, family_of_arch
+from tresnet.models.registry import FAMILIES, MODEL_CONFIGS, PREPROCESSING_KEYS, family_of_arch
 
 # TResNet's conversions, re-exported: code written before the registry of families imports them from here.
 from tresnet.models.tresnet_formats import (  # noqa: F401
@@ -98,18 +99,53 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
+# A PyTorch file is a zip archive (torch.save) or, from older versions and pickle.dump, a pickle (protocol 2+).
+_PYTORCH_STARTS = (b"PK\x03\x04", b"\x80")
+_ACCEPTED_FILES = "a .safetensors file, or a PyTorch .pth/.pt/.bin file of a TResNet or GENet (ours, timm's, official)"
+
+
 def _check_file(path: Path) -> None:
+    """A one-line :class:`CheckpointError` unless ``path`` is a file that starts as a checkpoint does."""
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}: check the path")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {(e.strerror or str(e)).lower()}; check its "
+                              f"permissions") from e
+    if not head:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty; pass {_ACCEPTED_FILES}")
+    if (len(head) == 9 and head[8:9] == b"{") or head.startswith(_PYTORCH_STARTS):
+        return
+    raise CheckpointError(f"cannot read checkpoint {path}: it is not a checkpoint (neither a safetensors file nor a "
+                          f"PyTorch file; it starts with {head[:8]!r}); pass {_ACCEPTED_FILES}")
+
+
+def _first_sentence(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return re.split(r"\.\s+(?=[A-Z])", line)[0].rstrip(".")[:200]
+
+
+def _weights_only_refusal(text: str) -> str:
+    """What torch's paragraph on a failed ``torch.load(weights_only=True)`` says the file holds."""
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it holds objects other than weights ({found.group(1)})"
+    after = text.split("WeightsUnpickler error:", 1)[-1]
+    return f"it is a pickle that the weights-only reader refuses ({_first_sentence(after) or 'no reason given'})"
 
 
 def _unreadable(path: Path, error: Exception) -> CheckpointError:
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    hint = ("; if you trust this file, load it with weights_only=False"
-            if "weights_only" in str(error).lower() or "weights only" in str(error).lower() else "")
-    return CheckpointError(f"cannot read checkpoint {path}: {first_line[:200]}{hint}")
+    """The one line for a checkpoint that its reader (safetensors, torch.load) refused."""
+    text = str(error)
+    if "weights only load failed" in text.lower():
+        return CheckpointError(f"cannot read checkpoint {path} safely: {_weights_only_refusal(text)}; if "
+                               f"you trust this file, load it with weights_only=False, or pick a weights file")
+    return CheckpointError(f"cannot read checkpoint {path}: {_first_sentence(text) or type(error).__name__}; the file "
+                           f"is damaged or incomplete: copy or save it again, or pick another file")
 
 
 def _read_file(path: Path, weights_only: bool) -> tuple[dict, dict]:
@@ -198,12 +234,22 @@ def detect_format(state_dict: dict, metadata: dict | None = None) -> str:
     return identify(state_dict, metadata)[1].name
 
 
+def _json_value(text: str, key: str):
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise CheckpointError(f"the checkpoint's {key!r} metadata is not JSON ({e}): was the file edited?") from e
+
+
 def _describe_metadata(raw: Mapping[str, str], shapes: Mapping[str, Sequence[int]], fmt: str,
                        family: Family | None) -> dict:
     """Typed metadata from a file's string metadata and its tensor shapes (in our names)."""
     meta = {_LEGACY_METADATA_KEYS.get(k, k): v for k, v in raw.items()}
-    if "class_names" in meta:
-        meta["class_names"] = json.loads(meta["class_names"])
+    for key in ("class_names", "preprocessing"):
+        if key in meta:
+            meta[key] = _json_value(meta[key], key)
+    if "threshold" in meta:
+        meta["threshold"] = float(meta["threshold"])
     for key in ("num_classes", "in_chans"):
         if key in meta and str(meta[key]).isdigit():
             meta[key] = int(meta[key])
@@ -422,10 +468,23 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
 # --- writing --------------------------------------------------------------------------------------
 
 
+def _recorded_preprocessing(cfg: Mapping) -> dict[str, str]:
+    """The evaluation preprocessing of a model's configuration (and a multi-label decision threshold), as
+    string metadata: what :func:`tresnet.create_model` puts back into ``pretrained_cfg``."""
+    keys = [key for key in PREPROCESSING_KEYS if key in cfg]
+    out = {"preprocessing": json.dumps({key: list(cfg[key]) if isinstance(cfg[key], tuple) else cfg[key]
+                                        for key in keys})} if keys else {}
+    if cfg.get("threshold") is not None:
+        out["threshold"] = str(float(cfg["threshold"]))
+    return out
+
+
 def checkpoint_metadata(model: nn.Module, class_names: Sequence[str] | None = None,
                         extra: Mapping | None = None) -> dict[str, str]:
     """The string metadata :func:`save_checkpoint` writes: format, version, ``family``, ``model``, ``arch``,
-    classes, ``task`` and ``head`` (empty when the model does not say, e.g. a features-only model's head)."""
+    classes, ``task`` and ``head`` (empty when the model does not say, e.g. a features-only model's head),
+    and the model's evaluation preprocessing (``preprocessing``: input size, crop, interpolation,
+    mean/std) with a multi-label ``threshold`` when the configuration has one; ``extra`` overrides."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     meta = {
         "format": FORMAT_OURS,
@@ -438,6 +497,7 @@ def checkpoint_metadata(model: nn.Module, class_names: Sequence[str] | None = No
         "norm": str(getattr(model, "norm", "")),
         "task": str(cfg.get("task") or ""),
         "head": str(cfg.get("head") or ""),
+        **_recorded_preprocessing(cfg),
     }
     if class_names is not None:
         meta["class_names"] = json.dumps(list(class_names))

@@ -11,7 +11,13 @@ from tresnet.checkpoint import Checkpoint, load_state, open_checkpoint, read_che
 from tresnet.errors import CheckpointError, ConfigError
 from tresnet.layers.ml_decoder import ml_decoder_options
 from tresnet.models.common import check_head
-from tresnet.models.registry import build_model, get_pretrained_cfg, list_models, models_of_arch
+from tresnet.models.registry import (
+    PREPROCESSING_KEYS,
+    build_model,
+    get_pretrained_cfg,
+    list_models,
+    models_of_arch,
+)
 from tresnet.tasks import DEFAULT_TASK, check_task
 
 # File names looked for in the cache, per model name: ours, the official release's, timm's hub layout.
@@ -98,6 +104,27 @@ def _head_options(head: str, ckpt: Checkpoint | None, num_classes: int, given: d
     return {**options, **(given or {})}
 
 
+def recorded_preprocessing(metadata: dict, in_chans: int = 3) -> dict:
+    """The ``pretrained_cfg`` entries a checkpoint of ours records about its evaluation: its preprocessing
+    (input size, crop, interpolation, mean/std: what its training run validated with) and a multi-label
+    decision ``threshold``; files of tresnet 0.1.0 recorded the input side only (``img_size``)."""
+    recorded = {k: v for k, v in (metadata.get("preprocessing") or {}).items() if k in PREPROCESSING_KEYS}
+    if "input_size" not in recorded and str(metadata.get("img_size", "")).isdigit():
+        recorded["input_size"] = [in_chans, int(metadata["img_size"]), int(metadata["img_size"])]
+    if "input_size" in recorded:
+        size = recorded["input_size"]
+        if not (isinstance(size, list | tuple) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size)):
+            raise CheckpointError(f"the checkpoint records an input size of {size!r}, not [channels, height, "
+                                  f"width]: was the file edited?")
+        recorded["input_size"] = (in_chans, *size[1:])
+    recorded = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
+    if recorded:
+        recorded["preprocessing_source"] = "checkpoint"
+    if metadata.get("threshold") is not None:
+        recorded["threshold"] = float(metadata["threshold"])
+    return recorded
+
+
 def create_model(name: str | None = None, *, pretrained: bool = False,
                  checkpoint_path: str | os.PathLike | None = None, num_classes: int | None = None,
                  in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
@@ -129,6 +156,12 @@ def create_model(name: str | None = None, *, pretrained: bool = False,
     name is given, an unknown head or task, or an option the family does not take (``memory_efficient``
     or in-place ABN for a GENet), and :class:`~tresnet.errors.CheckpointError` for a missing or
     mismatched checkpoint, or a ``head`` that contradicts it without a new ``num_classes``.
+
+    A checkpoint saved by ``tresnet train`` records the preprocessing its run validated with (input size,
+    squash or centre crop, crop fraction, interpolation, mean/std) and, for a multi-label run, its
+    decision threshold: they replace the registered model's in ``model.pretrained_cfg`` (with
+    ``preprocessing_source="checkpoint"``), so that every command evaluates the weights as they were
+    trained to be evaluated.
     """
     if name is None and checkpoint_path is None:
         raise ConfigError("create_model needs a model name, or a checkpoint_path whose file names its model")
@@ -152,4 +185,5 @@ def create_model(name: str | None = None, *, pretrained: bool = False,
     if ckpt is not None:
         load_state(model, ckpt, allow_head_mismatch=num_classes is not None)
         model.checkpoint_info = ckpt.info
+        model.pretrained_cfg.update(recorded_preprocessing(ckpt.metadata, in_chans))
     return model

@@ -39,6 +39,30 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, pretrained: bool = T
                         help="square input side (default: the model's: 224 or 448 for TResNet, 192 or 256 for GENet)")
 
 
+def add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
+    """--crop-pct, --crop-mode and --interpolation: overrides of the model's preprocessing (with --img-size)."""
+    from tresnet.data.transforms import CROP_MODES, INTERPOLATIONS
+
+    parser.add_argument("--crop-pct", type=float, metavar="F",
+                        help="centre-crop this fraction instead of the model's preprocessing (resize the short side "
+                             "to size / F); e.g. 0.875 to compare with timm's 448-pixel TResNet figures")
+    parser.add_argument("--crop-mode", choices=CROP_MODES,
+                        help="center: resize the short side, then crop the centre; squash: resize the whole image "
+                             "to the square (default: the model's, or what its checkpoint recorded)")
+    parser.add_argument("--interpolation", choices=tuple(INTERPOLATIONS),
+                        help="resize interpolation (default: the model's)")
+
+
+def resolve_preprocessing(args: argparse.Namespace, model: nn.Module):
+    """The model's preprocessing (what its checkpoint recorded, else the registered model's) with the
+    options given on the command line."""
+    from tresnet.data.transforms import Preprocessing
+
+    return Preprocessing.of(model, img_size=args.img_size, crop_pct=getattr(args, "crop_pct", None),
+                            crop_mode=getattr(args, "crop_mode", None),
+                            interpolation=getattr(args, "interpolation", None))
+
+
 def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     parser.add_argument("--device", default=default, help=DEVICE_HELP)
 
@@ -71,9 +95,11 @@ def add_inference_arguments(parser: argparse.ArgumentParser, *, legacy_amp: bool
     from tresnet.deploy.inference import INFERENCE_PRECISION_HELP
 
     add_model_arguments(parser)
+    add_preprocessing_arguments(parser)
     add_device_argument(parser)
     add_precision_argument(parser, legacy_amp=legacy_amp, help_text=INFERENCE_PRECISION_HELP)
     add_calibration_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,9 +136,9 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=TASKS, default=None,
                         help="multiclass (one class per image: softmax, top-k) or multilabel (any set of classes: "
                              "a sigmoid per class); default: the checkpoint's task, else multiclass")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="T",
-                        help=f"multilabel: a label is predicted when its probability exceeds T "
-                             f"(default {DEFAULT_THRESHOLD})")
+    parser.add_argument("--threshold", type=float, default=None, metavar="T",
+                        help=f"multilabel: a label is predicted when its probability exceeds T (default: the "
+                             f"checkpoint's, else {DEFAULT_THRESHOLD})")
 
 
 def load_model(args: argparse.Namespace, command: str) -> nn.Module:

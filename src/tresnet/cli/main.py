@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from tresnet.errors import TResNetError
@@ -21,6 +22,7 @@ SUBCOMMANDS = {
     "train": "tresnet.cli.train",
     "benchmark": "tresnet.cli.benchmark",
     "export": "tresnet.cli.export",
+    "data": "tresnet.cli.data",
 }
 
 
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"tresnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`tresnet predict ... | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's advice: no error at exit
+        return 141
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ def add_parser(subparsers) -> None:
                     "image files inside them (recursively, sorted). A file that cannot be read is reported "
                     "on stderr and the others are still answered; the exit code is then 1.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
+    parser.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files or folders of images")
+    parser.add_argument("--data", metavar="NAME",
+                        help="also classify the validation images of a bundled set, digits or digits-multilabel "
+                             "(the split the checkpoint's run validated on; answers named NAME:val/INDEX)")
     common.add_inference_arguments(parser, legacy_amp=False)
     common.add_task_arguments(parser)
     parser.add_argument("--class-map", metavar="FILE",
@@ -27,9 +30,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes shown per image (default 5)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
     parser.add_argument("--json", metavar="PATH",
-                        help='also write [{"file", "topk": [{"index", "label", "prob"}]}] as JSON (ImageNet-1k models: '
-                             'with "synset"; multilabel: with "labels", the classes above the threshold, in '
-                             'the same form)')
+                        help='also write {"model", "checkpoint", "task", "threshold", "preprocessing", "predictions": '
+                             '[{"file", "topk": [{"index", "label", "prob"}]}]} as JSON (ImageNet-1k models: with '
+                             '"synset"; multilabel: with "labels", the classes above the threshold, in the same form)')
     parser.set_defaults(func=run)
 
 
@@ -55,7 +58,8 @@ def _print(answer, threshold: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tresnet.engine.evaluate import resolve_task
+    from tresnet.data.bundled import BUNDLED_SETS, bundled_set
+    from tresnet.engine.evaluate import model_threshold, resolve_task
     from tresnet.engine.predict import predict
     from tresnet.errors import ConfigError
     from tresnet.runtime import resolve_device
@@ -64,26 +68,43 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--topk must be at least 1, got {args.topk}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.data is not None and bundled_set(args.data) is None:
+        raise ConfigError(f"--data names a bundled set ({', '.join(BUNDLED_SETS)}), not {args.data!r}: give image "
+                          f"files and folders as arguments")
+    if not args.inputs and args.data is None:
+        raise ConfigError("nothing to classify: give image files or folders, or --data digits")
     device = resolve_device(args.device)
     precision = args.precision or "fp32"
     common.check_inference_options(args, precision, device)
     model = common.load_model(args, "predict")
+    preprocessing = common.resolve_preprocessing(args, model)
+    task = resolve_task(model, args.task)
+    threshold = model_threshold(model) if args.threshold is None else args.threshold
     common.announce_deployment(args, precision, "predict")
-    task = ", multilabel" if resolve_task(model, args.task) == "multilabel" else ""
-    print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes{task}, {common.weights_description(model)}",
-          file=sys.stderr)
+    print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes{', multilabel' if task == 'multilabel' else ''}, "
+          f"{common.weights_description(model)}", file=sys.stderr)
+    print(f"preprocessing: {preprocessing.describe()}", file=sys.stderr)
     answers = []
     with common.warnings_above_progress_bar("predict"):
         for answer in predict(model, args.inputs, topk=args.topk, batch_size=args.batch_size,
-                              img_size=args.img_size, device=device, precision=precision, task=args.task,
-                              threshold=args.threshold, class_map=args.class_map, calibration=args.calibration,
-                              calibration_images=args.calibration_images):
-            _print(answer, args.threshold)
+                              preprocessing=preprocessing, device=device, precision=precision, task=args.task,
+                              threshold=threshold, class_map=args.class_map, calibration=args.calibration,
+                              calibration_images=args.calibration_images, data=args.data,
+                              int8_backend=getattr(args, "int8_backend", None)):
+            _print(answer, threshold)
             answers.append(answer)
     if args.json:
-        common.write_json(args.json, [answer.to_dict() for answer in answers])
+        common.write_json(args.json, _report(model, task, threshold, preprocessing, answers))
     failed = sum(1 for answer in answers if answer.error is not None)
     if failed:
         print(f"tresnet predict: {failed} of {len(answers)} inputs failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _report(model, task: str, threshold: float, preprocessing, answers: list) -> dict:
+    """What ``--json`` writes: the model, its weights, task and preprocessing, then the answers."""
+    info = getattr(model, "checkpoint_info", None)
+    return {"model": model.pretrained_cfg["model"], "checkpoint": str(info.path) if info is not None else None,
+            "task": task, "threshold": threshold if task == "multilabel" else None,
+            "preprocessing": preprocessing.to_dict(), "predictions": [answer.to_dict() for answer in answers]}

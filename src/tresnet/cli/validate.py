@@ -27,7 +27,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="folder of class sub-folders, e.g. imagenet/val; multilabel: the images folder of "
                              "--annotations, or a CSV with columns file,labels (labels: class names separated "
-                             "by spaces)")
+                             "by spaces); or a bundled set, digits or digits-multilabel (the validation split "
+                             "of its training run)")
     common.add_inference_arguments(parser)
     common.add_task_arguments(parser)
     parser.add_argument("--ground-truth", metavar="FILE",
@@ -39,9 +40,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--real-labels", metavar="FILE",
                         help="ImageNet-ReaL labels (real.json): also report ReaL top-1 / top-5 over the images "
                              "that have a ReaL label")
-    parser.add_argument("--crop-pct", type=float, metavar="F",
-                        help="centre-crop this fraction instead of the model's preprocessing (resize the short side "
-                             "to size / F); e.g. 0.875 to compare with timm's 448-pixel TResNet figures")
     parser.add_argument("--annotations", metavar="FILE",
                         help="multilabel: COCO instances JSON (e.g. instances_val2014.json) of the --data images")
     parser.add_argument("--classes", metavar="FILE",
@@ -96,6 +94,7 @@ def _recorded_task(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tresnet.data.bundled import bundled_set
     from tresnet.engine.validate import open_validation_data, prepare_validation
     from tresnet.runtime import resolve_device
     from tresnet.tasks import MULTICLASS, MULTILABEL
@@ -104,21 +103,25 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     common.check_inference_options(args, precision, device)
     # bad data fails before the model loads; the task is the data's when --task does not name it
-    task = args.task or (MULTILABEL if _multilabel_signs(args) else _recorded_task(args) or MULTICLASS)
+    bundled = bundled_set(args.data)
+    task = args.task or (bundled.task if bundled is not None else None) or (
+        MULTILABEL if _multilabel_signs(args) else _recorded_task(args) or MULTICLASS)
     dataset = open_validation_data(args.data, task=task, annotations=args.annotations, classes=args.classes,
                                    strict=args.strict, without_labels=args.without_labels,
                                    ground_truth=args.ground_truth)
     model = common.load_model(args, "validate")
+    preprocessing = common.resolve_preprocessing(args, model)
     common.announce_deployment(args, precision, "validate")
     with common.warnings_above_progress_bar("validate"):
-        validation = prepare_validation(model, dataset, img_size=args.img_size, batch_size=args.batch_size,
+        validation = prepare_validation(model, dataset, preprocessing=preprocessing, batch_size=args.batch_size,
                                         workers=args.workers, device=device, precision=precision,
                                         channels_last=args.channels_last, limit=args.limit, task=args.task,
                                         threshold=args.threshold, class_map=args.class_map,
-                                        real_labels=args.real_labels, crop_pct=args.crop_pct,
-                                        calibration=args.calibration, calibration_images=args.calibration_images)
+                                        real_labels=args.real_labels, calibration=args.calibration,
+                                        calibration_images=args.calibration_images,
+                                        int8_backend=getattr(args, "int8_backend", None))
         _print_setup(args, model, validation, device, precision)
-        report = validation.run()
+        report = validation.run(progress=not args.no_progress)
     if validation.task == MULTILABEL:
         _print_multilabel(report)
     else:
@@ -139,7 +142,7 @@ def _print_setup(args: argparse.Namespace, model, validation, device, precision:
     options = ", ".join(o for o, on in ((precision, precision != "fp32"), ("channels-last", args.channels_last)) if on)
     task = ", multilabel" if validation.task == MULTILABEL else ""
     print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes{task}, {common.weights_description(model)}")
-    print(f"preprocessing: {validation.preprocessing}")
+    print(f"preprocessing: {validation.preprocessing.describe()}")
     print(f"data: {args.data}, {len(validation.subset)} of {len(dataset)} images in {len(dataset.classes)} classes; "
           f"device {device}, batch {args.batch_size}, {args.workers} workers" + (f", {options}" if options else ""))
     if validation.class_mapping is not None:

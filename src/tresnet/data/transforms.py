@@ -12,10 +12,12 @@ the one rule that training (:mod:`tresnet.data.train_transforms`) follows too.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, replace
 
+import torch
 from PIL import Image
 from torchvision import transforms as T
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, v2
 
 from tresnet.data.images import to_rgb
 from tresnet.errors import ConfigError
@@ -81,13 +83,7 @@ def resolve_eval_config(pretrained_cfg: dict, img_size: int | None = None) -> di
 
 def describe_eval_transform(pretrained_cfg: dict, img_size: int | None = None) -> str:
     """One line for logs, e.g. ``resize 256 bilinear, centre crop 224x224, RGB in [0, 1]``."""
-    cfg = resolve_eval_config(pretrained_cfg, img_size)
-    height, width = cfg["img_size"]
-    if cfg["crop_mode"] == "squash":
-        text = f"squash to {height}x{width} {cfg['interpolation']}"
-    else:
-        text = f"resize {cfg['resize_size']} {cfg['interpolation']}, centre crop {height}x{width}"
-    return f"{text}, {describe_normalisation(cfg)}"
+    return Preprocessing.of(pretrained_cfg, img_size=img_size).describe()
 
 
 def _is_identity_normalisation(mean: tuple[float, ...], std: tuple[float, ...]) -> bool:
@@ -117,20 +113,104 @@ def create_eval_transform(pretrained_cfg: dict, img_size: int | None = None) -> 
     image to ``img_size x img_size``. Then RGB in [0, 1], normalised only when mean/std are not 0/1.
     ``img_size`` defaults to the configuration's input size.
     """
-    cfg = resolve_eval_config(pretrained_cfg, img_size)
-    interpolation = INTERPOLATIONS[cfg["interpolation"]]
-    steps: list = [ToRGB()]
-    if cfg["crop_mode"] == "squash":
-        steps.append(T.Resize(cfg["img_size"], interpolation=interpolation, antialias=True))
-    else:
-        steps += [T.Resize(cfg["resize_size"], interpolation=interpolation, antialias=True),
-                  T.CenterCrop(cfg["img_size"])]
-    steps.append(T.ToTensor())
-    norm = normalisation(cfg)
-    if norm is not None:
-        steps.append(T.Normalize(*norm))
-    return T.Compose(steps)
+    return Preprocessing.of(pretrained_cfg, img_size=img_size).transform()
 
 
-__all__ = ["CROP_MODES", "INTERPOLATIONS", "ToRGB", "create_eval_transform", "describe_eval_transform",
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are prepared for a model at evaluation: what ``validate``, ``predict``, ``export`` and the
+    benchmark apply, resolved once from the model's configuration (``model.pretrained_cfg``: the
+    published one, or the one its checkpoint recorded) and the caller's overrides.
+
+    ``crop_mode="center"`` resizes the short side to ``resize_size`` then centre-crops ``img_size``;
+    ``"squash"`` resizes the whole image to ``img_size``. ``source`` says where the configuration came
+    from (``"model"``: the registered model's, ``"checkpoint"``: recorded by ``tresnet train``).
+    """
+
+    img_size: tuple[int, int]
+    crop_mode: str = "center"
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    resize_rounding: str = "floor"
+    source: str = "model"
+
+    @classmethod
+    def of(cls, model_or_cfg, *, img_size: int | None = None, crop_pct: float | None = None,
+           crop_mode: str | None = None, interpolation: str | None = None) -> Preprocessing:
+        """The preprocessing of a model (or of its ``pretrained_cfg``), with the overrides given.
+
+        ``crop_pct`` alone means a centre crop of that fraction (timm's ``--crop-pct``). Raises
+        :class:`ConfigError` for a size under 1, a crop fraction outside (0, 1], ``crop_pct`` with
+        ``crop_mode="squash"``, or an unknown crop mode or interpolation.
+        """
+        cfg = dict(getattr(model_or_cfg, "pretrained_cfg", model_or_cfg) or {})
+        if crop_pct is not None:
+            if not 0.0 < crop_pct <= 1.0:
+                raise ConfigError(f"--crop-pct must be in (0, 1], got {crop_pct}")
+            if crop_mode == "squash":
+                raise ConfigError("--crop-pct is the fraction of a centre crop: it does not apply with "
+                                  "--crop-mode squash (drop one of them)")
+            cfg.update(crop_pct=float(crop_pct), crop_mode="center")
+        for key, value in (("crop_mode", crop_mode), ("interpolation", interpolation)):
+            if value is not None:
+                cfg[key] = value
+        resolved = resolve_eval_config(cfg, img_size)
+        return cls(img_size=resolved["img_size"], crop_mode=resolved["crop_mode"],
+                   crop_pct=1.0 if resolved["crop_mode"] == "squash" else float(cfg.get("crop_pct", 0.875)),
+                   interpolation=resolved["interpolation"], mean=resolved["mean"], std=resolved["std"],
+                   resize_rounding=cfg.get("resize_rounding", "floor"),
+                   source=cfg.get("preprocessing_source", "model"))
+
+    @property
+    def resize_size(self) -> int | tuple[int, int]:
+        """The short side before the centre crop (an int), or the squashed ``(height, width)``."""
+        return resolve_eval_config(self.to_config())["resize_size"]
+
+    def with_img_size(self, img_size: int) -> Preprocessing:
+        """The same preprocessing at another square side (the crop fraction kept)."""
+        return replace(self, img_size=(img_size, img_size))
+
+    def to_config(self) -> dict:
+        """The ``pretrained_cfg`` keys it stands for (``tresnet.models.registry.PREPROCESSING_KEYS``), JSON-ready."""
+        return {"input_size": [3, *self.img_size], "crop_mode": self.crop_mode, "crop_pct": self.crop_pct,
+                "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std),
+                "resize_rounding": self.resize_rounding}
+
+    def to_dict(self) -> dict:
+        """Every field, the resize side and the one-line description, JSON-ready (for reports)."""
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        resize = self.resize_size
+        return {**out, "resize_size": list(resize) if isinstance(resize, tuple) else resize,
+                "description": self.describe()}
+
+    def describe(self) -> str:
+        """One line for logs, e.g. ``resize 256 bilinear, centre crop 224x224, RGB in [0, 1]``."""
+        height, width = self.img_size
+        if self.crop_mode == "squash":
+            text = f"squash to {height}x{width} {self.interpolation}"
+        else:
+            text = f"resize {self.resize_size} {self.interpolation}, centre crop {height}x{width}"
+        text = f"{text}, {describe_normalisation(self.to_config())}"
+        return text + (" (recorded in the checkpoint)" if self.source == "checkpoint" else "")
+
+    def transform(self) -> T.Compose:
+        """PIL image (any mode) -> float tensor ``(3, H, W)``: resize (and crop), RGB in [0, 1] (converted as
+        the training transform converts, so a file and the same pixels in memory give equal tensors),
+        normalised only when mean/std are not 0/1."""
+        mode = INTERPOLATIONS[self.interpolation]
+        steps: list = [ToRGB()]
+        if self.crop_mode == "squash":
+            steps.append(T.Resize(self.img_size, interpolation=mode, antialias=True))
+        else:
+            steps += [T.Resize(self.resize_size, interpolation=mode, antialias=True), T.CenterCrop(self.img_size)]
+        steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+        norm = normalisation(self.to_config())
+        if norm is not None:
+            steps.append(v2.Normalize(list(norm[0]), list(norm[1])))
+        return T.Compose([*steps, v2.ToPureTensor()])
+
+
+__all__ = ["CROP_MODES", "INTERPOLATIONS", "Preprocessing", "ToRGB", "create_eval_transform", "describe_eval_transform",
            "describe_normalisation", "normalisation", "resolve_eval_config"]

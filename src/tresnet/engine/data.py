@@ -18,8 +18,8 @@ from torch.utils.data import Dataset, Subset
 
 from tresnet.data.datasets import ImageFolderDataset
 from tresnet.data.splits import stratified_split
-from tresnet.data.transforms import normalisation
-from tresnet.engine.config import DIGITS, DIGITS_MULTILABEL, TrainConfig
+from tresnet.data.transforms import Preprocessing, normalisation
+from tresnet.engine.config import DIGITS, DIGITS_MULTILABEL, EMBEDDED_DATA, TrainConfig
 from tresnet.errors import DataError
 
 TRAIN_FOLDERS = ("train",)
@@ -28,10 +28,23 @@ VAL_FOLDERS = ("val", "validation")
 
 @dataclass
 class TrainData:
+    """The two sets of a run, its classes, a line for the log, and the preprocessing of its validation
+    (what the run's checkpoints record, so that every command evaluates them the same way)."""
+
     train: Dataset
     val: Dataset
     class_names: list[str]
     description: str
+    preprocessing: Preprocessing | None = None
+
+
+def run_preprocessing(cfg: TrainConfig, pretrained_cfg: dict, img_size: int) -> Preprocessing:
+    """The evaluation preprocessing of a run: the bundled sets are drawn at ``img_size`` and evaluated whole
+    (a squash to ``img_size``, which leaves an image of that size as it is); other data get the model's
+    preprocessing at ``img_size`` with the run's ``crop_pct`` / ``crop_mode``."""
+    if cfg.data in EMBEDDED_DATA:
+        return Preprocessing.of(pretrained_cfg, img_size=img_size, crop_mode="squash")
+    return Preprocessing.of(eval_config(pretrained_cfg, cfg), img_size=img_size)
 
 
 def eval_config(pretrained_cfg: dict, cfg: TrainConfig) -> dict:
@@ -182,12 +195,15 @@ def build_train_data(cfg: TrainConfig, pretrained_cfg: dict, img_size: int) -> T
     """
     train_tf = _train_transform(cfg, pretrained_cfg, img_size)
     if cfg.data == DIGITS:
-        return _digits_data(cfg, pretrained_cfg, train_tf, img_size)
-    if cfg.data == DIGITS_MULTILABEL:
-        return _digits_mosaic_data(cfg, pretrained_cfg, train_tf, img_size)
-    if cfg.task == "multilabel":
-        return _multilabel_files(cfg, pretrained_cfg, train_tf, img_size)
-    return _folder_data(cfg, pretrained_cfg, train_tf, img_size)
+        data = _digits_data(cfg, pretrained_cfg, train_tf, img_size)
+    elif cfg.data == DIGITS_MULTILABEL:
+        data = _digits_mosaic_data(cfg, pretrained_cfg, train_tf, img_size)
+    elif cfg.task == "multilabel":
+        data = _multilabel_files(cfg, pretrained_cfg, train_tf, img_size)
+    else:
+        data = _folder_data(cfg, pretrained_cfg, train_tf, img_size)
+    data.preprocessing = run_preprocessing(cfg, pretrained_cfg, img_size)
+    return data
 
 
-__all__ = ["TrainData", "build_train_data", "carve_split", "eval_config", "random_split"]
+__all__ = ["TrainData", "build_train_data", "carve_split", "eval_config", "random_split", "run_preprocessing"]

@@ -39,11 +39,25 @@ def _precision_of(precision: str, amp: bool | None) -> str:
 
 
 def resolve_task(model: nn.Module, task: str | None = None) -> str:
-    """``task``, else the model's (``pretrained_cfg["task"]``, from its checkpoint), else ``multiclass``;
-    :class:`ConfigError` for a name not in :data:`tresnet.tasks.TASKS`."""
+    """``task``, else the model's (``pretrained_cfg["task"]``, from its checkpoint), else ``multiclass``.
+
+    Raises :class:`ConfigError` for a name not in :data:`tresnet.tasks.TASKS`, and for a ``task`` other than
+    the one the model's checkpoint records (a softmax classifier read as sigmoids, or the reverse, gives
+    numbers that mean nothing).
+    """
+    info = getattr(model, "checkpoint_info", None)
+    recorded = info.metadata.get("task") if info is not None else None
     if task is None:
         task = getattr(model, "pretrained_cfg", {}).get("task") or DEFAULT_TASK
+    elif recorded and check_task(task) != recorded:
+        raise ConfigError(f"checkpoint {info.path} holds a {recorded} model, and --task is {task}: leave --task "
+                          f"out (or use a {task} checkpoint)")
     return check_task(task)
+
+
+def model_threshold(model: nn.Module) -> float:
+    """The decision threshold a multi-label model's checkpoint records, else :data:`~tresnet.tasks.DEFAULT_THRESHOLD`."""
+    return float((getattr(model, "pretrained_cfg", None) or {}).get("threshold") or DEFAULT_THRESHOLD)
 
 
 class _Tally:

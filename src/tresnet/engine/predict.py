@@ -16,22 +16,25 @@ for a multi-label model also every label whose probability exceeds a threshold.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from tresnet.data import class_labels, create_eval_transform, find_images, load_image
+from tresnet.data import class_labels, find_images, load_image
+from tresnet.data.bundled import BundledValidationSet
 from tresnet.data.class_mapping import read_class_map
 from tresnet.data.class_names import IMAGENET_NUM_CLASSES
 from tresnet.data.imagenet import imagenet_synsets
+from tresnet.data.transforms import Preprocessing
 from tresnet.deploy.inference import check_inference_options, inference_model
-from tresnet.engine.evaluate import resolve_task
+from tresnet.engine.bundled import bundled_split
+from tresnet.engine.evaluate import model_threshold, resolve_task
 from tresnet.errors import ConfigError, DataError
 from tresnet.runtime import autocast
-from tresnet.tasks import DEFAULT_THRESHOLD, MULTILABEL, check_threshold
+from tresnet.tasks import MULTILABEL, check_threshold
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,10 @@ class Prediction:
         return out
 
 
+def _TMP_BACKEND(b):  # TMPWIRE
+    return {'int8_backend': b} if b else {}
+
+
 def _labels(model: nn.Module, class_names: Sequence[str] | None, task: str,
             class_map: str | os.PathLike | None) -> tuple[list[str], Sequence[str] | None]:
     """A label per output and, for an ImageNet-1k model labelled by ImageNet's names, the synsets."""
@@ -99,60 +106,81 @@ def _failure(name: str, message: str, task: str) -> Prediction:
     return Prediction(name, error=message, labels=[] if task == MULTILABEL else None)
 
 
-def _decode(paths: Sequence[Path], transform, task: str) -> tuple[list[str], list[torch.Tensor], list[Prediction]]:
-    """Decoded images of ``paths`` (upright by their EXIF orientation) and an error for each unreadable one."""
+def _decode(items: Sequence[tuple[str, Callable[[], torch.Tensor]]],
+            task: str) -> tuple[list[str], list[torch.Tensor], list[Prediction]]:
+    """The tensors of ``items`` (name, reader) and an error for each that cannot be read."""
     names, tensors, failed = [], [], []
-    for path in paths:
+    for name, read in items:
         try:
-            tensors.append(transform(load_image(path, exif_transpose=True)))  # phones store rotation in EXIF
-            names.append(str(path))
+            tensors.append(read())
+            names.append(name)
         except DataError as e:
-            failed.append(_failure(str(path), str(e), task))
+            failed.append(_failure(name, str(e), task))
     return names, tensors, failed
 
 
+def _file_reader(path: Path, transform) -> Callable[[], torch.Tensor]:
+    return lambda: transform(load_image(path, exif_transpose=True))  # phones store rotation in EXIF
+
+
+def _bundled_items(model: nn.Module, name: str, preprocessing: Preprocessing) -> list:
+    """The validation images of bundled set ``name`` (the split the model's run validated on), named
+    ``NAME:val/INDEX`` as :func:`tresnet.data.bundled.write_bundled` numbers their files."""
+    dataset = BundledValidationSet(name)
+    val_split, split_seed = bundled_split(model, name)
+    dataset.prepare(preprocessing, val_split=val_split, split_seed=split_seed)
+    return [(f"{name}:val/{index:05d}", lambda index=index: dataset[index][0]) for index in range(len(dataset))]
+
+
 def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int = 5, batch_size: int = 32,
-            img_size: int | None = None, device: str | torch.device | None = None, precision: str = "fp32",
-            class_names: Sequence[str] | None = None, task: str | None = None,
-            threshold: float = DEFAULT_THRESHOLD, class_map: str | os.PathLike | None = None,
-            calibration: str | os.PathLike | torch.Tensor | None = None,
-            calibration_images: int | None = None) -> Iterator[Prediction]:
+            preprocessing: Preprocessing | None = None, device: str | torch.device | None = None,
+            precision: str = "fp32", class_names: Sequence[str] | None = None, task: str | None = None,
+            threshold: float | None = None, class_map: str | os.PathLike | None = None,
+            calibration: str | os.PathLike | torch.Tensor | None = None, calibration_images: int | None = None,
+            int8_backend: str | None = None, data: str | None = None) -> Iterator[Prediction]:
     """Yield a :class:`Prediction` for every image that ``inputs`` name (files, or folders searched
-    recursively: :func:`tresnet.data.find_images`), with the model's own preprocessing.
+    recursively: :func:`tresnet.data.find_images`), then for each validation image of the bundled set
+    ``data`` (``"digits"``, ``"digits-multilabel"``: the split the model's run validated on), with the
+    model's own preprocessing (``preprocessing`` None: :meth:`Preprocessing.of` the model, i.e. what its
+    checkpoint recorded, else the registered model's).
 
     Inputs that name no image come first, as errors; then the images in order, batch by batch, an
     unreadable file giving an error rather than stopping the others. Labels are ``class_names``, else
     the checkpoint's (``model.checkpoint_info``), else ImageNet's for 1000 classes (COCO's for 80 with a
     multilabel task), else indices; a ``class_map`` file (as ``tresnet validate --class-map``) renames the
-    outputs it lists. An ImageNet-1k model's answers also carry each class's synset. ``task`` None is the model's (``pretrained_cfg["task"]``, else
-    multiclass): a multiclass answer gives softmax probabilities; a multilabel one each class's sigmoid
-    and ``labels``, the classes whose probability exceeds ``threshold``. ``device`` None keeps the model
-    where it is. ``precision`` is one of :data:`tresnet.deploy.inference.INFERENCE_PRECISIONS` (``bf16``:
-    the folded bfloat16 model; ``int8``: the model quantized on the ``calibration`` images, on the CPU).
-    The model runs in eval mode; its mode comes back when the iteration ends. Raises
-    :class:`ConfigError` for a bad ``topk``, ``batch_size``, precision, task or threshold,
-    :class:`DataError` for a class map that cannot be read, and
-    :class:`~tresnet.errors.InputSizeError` for a size the model cannot take.
+    outputs it lists. An ImageNet-1k model's answers also carry each class's synset. ``task`` None is the
+    model's (``pretrained_cfg["task"]``, else multiclass): a multiclass answer gives softmax probabilities;
+    a multilabel one each class's sigmoid and ``labels``, the classes whose probability exceeds
+    ``threshold`` (None: the checkpoint's, else 0.5). ``device`` None keeps the model where it is.
+    ``precision`` is one of :data:`tresnet.deploy.inference.INFERENCE_PRECISIONS` (``bf16``: the folded
+    bfloat16 model; ``int8``: the model quantized on the ``calibration`` images, on the CPU, by
+    ``int8_backend``). The model runs in eval mode; its mode comes back when the iteration ends. Raises
+    :class:`ConfigError` for a bad ``topk``, ``batch_size``, precision, task (or one other than the
+    checkpoint's) or threshold, :class:`DataError` for a class map that cannot be read or an unknown
+    bundled set, and :class:`~tresnet.errors.InputSizeError` for a size the model cannot take.
     """
     if topk < 1 or batch_size < 1:
         raise ConfigError(f"topk and batch size must be at least 1, got {topk} and {batch_size}")
     task = resolve_task(model, task)
-    threshold = check_threshold(threshold)
-    size = img_size or int(model.pretrained_cfg["input_size"][-1])
-    model.check_input_size(size, size)
+    threshold = check_threshold(model_threshold(model) if threshold is None else threshold)
+    preprocessing = preprocessing or Preprocessing.of(model)
+    model.check_input_size(*preprocessing.img_size)
     device = torch.device(device) if device is not None else _model_device(model)
     check_inference_options(precision, device, calibration, calibration_images)
-    transform = create_eval_transform(model.pretrained_cfg, size)
     labels, synsets = _labels(model, class_names, task, class_map)
     files, errors = find_images(inputs)
+    transform = preprocessing.transform()
+    items = [(str(path), _file_reader(path, transform)) for path in files]
+    items += _bundled_items(model, data, preprocessing) if data is not None else []
     yield from (_failure(name, message, task) for name, message in errors)
     was_training = model.training
     model.to(device).eval()
     runner, run_precision = inference_model(model, precision, device, calibration=calibration,
-                                            calibration_images=calibration_images, img_size=size)
+                                            calibration_images=calibration_images,
+                                            img_size=preprocessing.img_size[0], **_TMP_BACKEND(int8_backend))
     try:
-        for start in range(0, len(files), batch_size):
-            names, tensors, failed = _decode(files[start:start + batch_size], transform, task)
+        for start in range(0, len(items), batch_size):
+            names, tensors, failed = _decode(items[start:start + batch_size], task)
             yield from failed
             if tensors:
                 probs = _probabilities(runner, torch.stack(tensors), task, device, run_precision)

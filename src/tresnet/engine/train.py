@@ -60,7 +60,7 @@ from tresnet.engine.distill import (
 )
 from tresnet.engine.distributed import DistInfo, SeededSamples, ShardedEpochSampler, derive_seed
 from tresnet.engine.losses import default_loss
-from tresnet.errors import ConfigError, TResNetError
+from tresnet.errors import ConfigError, FileWriteError, TResNetError
 from tresnet.files import atomic_write, write_text
 from tresnet.runtime import autocast, check_precision, needs_grad_scaler, warn_if_bf16_is_emulated
 from tresnet.tasks import MULTILABEL
@@ -203,6 +203,25 @@ def _write_plot(path: Path, history: list[dict], metric: str = "top1") -> bool:
     return True
 
 
+def _write_failure(error: BaseException) -> FileWriteError | None:
+    """The failed write behind ``error``: itself, or the one a :class:`CheckpointError` of ``save_checkpoint`` wraps."""
+    return next((e for e in (error, error.__cause__) if isinstance(e, FileWriteError) and e.reason), None)
+
+
+def _kept_files(output: Path, epoch: int, previous: int | None, failure: FileWriteError) -> str:
+    """What remains of a run whose files of ``epoch`` failed to be written (``previous``: the epoch before, whose
+    resume state is whole), and what to do: files are written last first, ``resume.pt`` last."""
+    weights_epoch = previous if Path(failure.path).name == LAST_FILE else epoch
+    space = any(word in failure.reason for word in ("space", "quota", "part-way"))
+    fix = "free some space" if space else f"make {output} writable"
+    if previous is None:
+        kept = (f"{output / LAST_FILE} of epoch {epoch} is intact, but no resume state was saved yet" if weights_epoch
+                else "no epoch was saved yet")
+        return f"{kept}: {fix} and run the command again"
+    return (f"{output / LAST_FILE} of epoch {weights_epoch} and {RESUME_FILE} of epoch {previous} are intact: {fix} "
+            f"and run again with --resume (it continues after epoch {previous})")
+
+
 def _tensorboard(output: Path, purge_step: int | None):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -333,7 +352,7 @@ class _Trainer:
             return None, cfg.head
         if resume_state is not None:
             return None, cfg.head or saved_frozen_head_kind(resume_state["model"])
-        source = frozen_head_source(cfg.frozen_head_from, self.data.class_names)
+        source = frozen_head_source(cfg.frozen_head_from, self.data.class_names, cfg.task)
         kind = source.pretrained_cfg.get("head", "fc")
         if cfg.head is not None and cfg.head != kind:
             raise ConfigError(f"the student checkpoint {cfg.frozen_head_from} has an {kind!r} head, and --head is "
@@ -540,12 +559,36 @@ class _Trainer:
     # saving ------------------------------------------------------------------------------------------
 
     def _weights_metadata(self, epoch: int, score: float, weights: str) -> dict:
-        # model, arch, norm, task, head and the classes are written by save_checkpoint itself
-        return {"epoch": epoch, self.metric: score, "weights": weights, "img_size": self.img_size,
-                "precision": self.cfg.precision, "trained_on": str(self.cfg.data)}
+        # model, arch, norm, task, head and the classes are written by save_checkpoint itself; the
+        # preprocessing and threshold of this run's validation, and the split of a bundled set, are the run's
+        cfg = self.cfg
+        meta = {"epoch": epoch, self.metric: score, "weights": weights, "img_size": self.img_size,
+                "precision": cfg.precision, "trained_on": str(cfg.data),
+                "preprocessing": self.data.preprocessing.to_config()}
+        if cfg.task == MULTILABEL:
+            meta["threshold"] = str(float(cfg.threshold))
+        if cfg.data in EMBEDDED_DATA:
+            meta.update(val_split=str(cfg.val_split), split_seed=str(cfg.split_seed))
+        return meta
 
     def save_epoch(self, epoch: int, row: dict, tensorboard) -> None:
-        """Rank 0: weights, metrics and the resume state of a finished epoch (resume state last)."""
+        """Rank 0: weights, metrics and the resume state of a finished epoch (resume state last).
+
+        Raises :class:`~tresnet.errors.FileWriteError` when a file cannot be written (no space, no permission),
+        naming the file, the cause and the files of earlier epochs that remain whole.
+        """
+        try:
+            self._write_epoch_files(epoch, row, tensorboard)
+        except TResNetError as e:
+            failure = _write_failure(e)
+            if failure is None:
+                raise
+            previous = self.history[-2]["epoch"] if len(self.history) > 1 else None
+            raise FileWriteError(f"cannot write {failure.path}: {failure.reason}; "
+                                 f"{_kept_files(self.output, epoch, previous, failure)}",
+                                 path=failure.path, reason=failure.reason) from e
+
+    def _write_epoch_files(self, epoch: int, row: dict, tensorboard) -> None:
         names = self.data.class_names
         save_checkpoint(ordinary_model(self.model), self.output / LAST_FILE, class_names=names,
                         metadata=self._weights_metadata(epoch, row[f"val_{self.metric}"], "model"))

@@ -31,22 +31,28 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from tresnet.data import ImageFolderDataset, create_eval_transform, create_loader
+from tresnet.data import ImageFolderDataset, create_loader
+from tresnet.data.bundled import BundledValidationSet, bundled_set
 from tresnet.data.class_mapping import ClassMapping, name_mismatch, read_class_map, resolve_class_mapping
 from tresnet.data.class_names import IMAGENET_NUM_CLASSES
 from tresnet.data.datasets import GroundTruthDataset, RealLabelled
 from tresnet.data.imagenet import read_real_labels
 from tresnet.data.multilabel import MultiLabelDataset, open_multilabel
-from tresnet.data.transforms import describe_eval_transform
+from tresnet.data.transforms import Preprocessing
 from tresnet.deploy.inference import check_inference_options, inference_model
-from tresnet.engine.evaluate import evaluate, evaluate_multilabel, resolve_task
+from tresnet.engine.bundled import bundled_split
+from tresnet.engine.evaluate import evaluate, evaluate_multilabel, model_threshold, resolve_task
 from tresnet.errors import ConfigError, DataError
 from tresnet.runtime import resolve_device
 from tresnet.tasks import DEFAULT_THRESHOLD, MULTICLASS, MULTILABEL, check_task, check_threshold
 
-ValidationData = ImageFolderDataset | MultiLabelDataset
+ValidationData = ImageFolderDataset | MultiLabelDataset | BundledValidationSet
 
 _MULTILABEL_DATA = "pass --annotations FILE (COCO json, with --data the images folder) or --data labels.csv"
+
+
+def _TMP_BACKEND(b):  # TMPWIRE
+    return {'int8_backend': b} if b else {}
 
 
 def open_validation_data(data: str | os.PathLike, *, task: str = MULTICLASS,
@@ -54,14 +60,22 @@ def open_validation_data(data: str | os.PathLike, *, task: str = MULTICLASS,
                          classes: Sequence[str] | str | os.PathLike | None = None, strict: bool = False,
                          without_labels: str = "skip",
                          ground_truth: str | os.PathLike | None = None) -> ValidationData:
-    """The set to validate a ``task`` model on: a folder of class sub-folders (multiclass), or with
-    ``ground_truth`` the images of ``data`` labelled by that file (:class:`GroundTruthDataset`), else
-    :func:`~tresnet.data.multilabel.open_multilabel`'s ``data`` with ``annotations`` / ``classes``.
+    """The set to validate a ``task`` model on: a bundled set by name (``digits``, ``digits-multilabel``:
+    :class:`~tresnet.data.bundled.BundledValidationSet`, the validation split its training used), a folder
+    of class sub-folders (multiclass), or with ``ground_truth`` the images of ``data`` labelled by that file
+    (:class:`GroundTruthDataset`), else :func:`~tresnet.data.multilabel.open_multilabel`'s ``data`` with
+    ``annotations`` / ``classes``.
 
     Raises :class:`ConfigError` for ``annotations`` or ``classes`` with a multiclass task (``ground_truth``
     with a multilabel one), and :class:`DataError` for data that cannot be read (see the readers).
     """
-    if check_task(task) == MULTICLASS:
+    check_task(task)
+    if bundled_set(data) is not None:
+        if annotations is not None or classes is not None or ground_truth is not None:
+            raise ConfigError(f"{data} is a bundled data set with its own labels: drop --annotations, --classes "
+                              f"and --ground-truth")
+        return BundledValidationSet(str(data))
+    if task == MULTICLASS:
         if annotations is not None or classes is not None:
             raise ConfigError("--annotations and --classes describe multi-label data, but the task is multiclass: "
                               "pass --task multilabel")
@@ -75,11 +89,16 @@ def open_validation_data(data: str | os.PathLike, *, task: str = MULTICLASS,
                            without_labels=without_labels)
 
 
+def _data_task(dataset: ValidationData) -> str:
+    """The task a validation set's targets serve."""
+    return getattr(dataset, "task", MULTILABEL if isinstance(dataset, MultiLabelDataset) else MULTICLASS)
+
+
 def _check_data_fits_task(dataset: ValidationData, task: str) -> None:
-    if task == MULTILABEL and not isinstance(dataset, MultiLabelDataset):
+    if task == MULTILABEL and _data_task(dataset) != MULTILABEL:
         raise DataError(f"a multilabel validation needs multi-label targets, not the class folders of "
                         f"{dataset.root}: {_MULTILABEL_DATA} (or --task multiclass)")
-    if task == MULTICLASS and isinstance(dataset, MultiLabelDataset):
+    if task == MULTICLASS and _data_task(dataset) == MULTILABEL:
         raise DataError(f"{dataset.source} holds multi-label targets but the task is multiclass: "
                         f"pass --task multilabel")
 
@@ -109,7 +128,7 @@ def check_classes(dataset: ValidationData, model: nn.Module, *,
     as the checkpoint names them (None is returned). Raises :class:`DataError` when they do not fit.
     """
     names = _checkpoint_class_names(model)
-    if isinstance(dataset, MultiLabelDataset):
+    if _data_task(dataset) == MULTILABEL:
         if class_map is not None:
             raise ConfigError("--class-map maps class folders; multi-label classes come from --classes FILE")
         _check_class_list(dataset.classes, names, model, count_text=f"{dataset.source} names",
@@ -118,6 +137,8 @@ def check_classes(dataset: ValidationData, model: nn.Module, *,
         return None
     if isinstance(dataset, GroundTruthDataset):
         data = f"ground truth {dataset.ground_truth}"
+    elif isinstance(dataset, BundledValidationSet):
+        data = f"bundled set {dataset.root}"
     else:
         data = f"folder {dataset.root}"
     mapping = resolve_class_mapping(
@@ -137,16 +158,6 @@ def with_real_labels(dataset: ImageFolderDataset, model: nn.Module, real_labels:
     return RealLabelled(dataset, read_real_labels(real_labels), source=str(real_labels))
 
 
-def eval_cfg_with_crop(pretrained_cfg: dict, crop_pct: float | None) -> dict:
-    """``pretrained_cfg``, or with ``crop_pct`` a centre crop of that fraction (timm's ``--crop-pct``: the
-    short side resized to ``size / crop_pct``). Raises :class:`ConfigError` outside (0, 1]."""
-    if crop_pct is None:
-        return pretrained_cfg
-    if not 0.0 < crop_pct <= 1.0:
-        raise ConfigError(f"--crop-pct must be in (0, 1], got {crop_pct}")
-    return {**pretrained_cfg, "crop_pct": float(crop_pct), "crop_mode": "center"}
-
-
 def evenly_spaced(dataset: Dataset, limit: int) -> Dataset:
     """``limit`` samples taken evenly over ``dataset`` (so every class of a sorted folder is seen)."""
     if limit < 1:
@@ -164,7 +175,7 @@ class Validation:
     dataset: ValidationData
     subset: Dataset
     loader: torch.utils.data.DataLoader
-    img_size: int
+    preprocessing: Preprocessing
     device: torch.device
     precision: str
     channels_last: bool
@@ -173,18 +184,13 @@ class Validation:
     threshold: float = DEFAULT_THRESHOLD
     class_mapping: ClassMapping | None = None
     real_labels: str | None = None
-    crop_pct: float | None = None
     runner: nn.Module | None = None  # what runs: the model, or its bf16 / int8 deployment form
     run_precision: str | None = None  # the autocast it runs under
 
     @property
-    def eval_cfg(self) -> dict:
-        """The model's preprocessing configuration, with the ``crop_pct`` override (a centre crop)."""
-        return eval_cfg_with_crop(self.model.pretrained_cfg, self.crop_pct)
-
-    @property
-    def preprocessing(self) -> str:
-        return describe_eval_transform(self.eval_cfg, self.img_size)
+    def img_size(self) -> int:
+        """The side of the (square) input images."""
+        return self.preprocessing.img_size[0]
 
     def run(self, progress: bool = True) -> dict:
         """Evaluate and return the report (see :func:`validate`)."""
@@ -203,41 +209,43 @@ class Validation:
 
 
 def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationData, *,
-                       img_size: int | None = None, batch_size: int = 64, workers: int = 0,
+                       preprocessing: Preprocessing | None = None, batch_size: int = 64, workers: int = 0,
                        device: str | torch.device = "auto", precision: str = "fp32",
                        channels_last: bool = False, limit: int | None = None,
                        strict: bool = False, task: str | None = None,
                        annotations: str | os.PathLike | None = None,
                        classes: Sequence[str] | str | os.PathLike | None = None,
-                       threshold: float = DEFAULT_THRESHOLD, without_labels: str = "skip",
+                       threshold: float | None = None, without_labels: str = "skip",
                        ground_truth: str | os.PathLike | None = None, class_map: str | os.PathLike | None = None,
-                       real_labels: str | os.PathLike | None = None, crop_pct: float | None = None,
+                       real_labels: str | os.PathLike | None = None,
                        calibration: str | os.PathLike | torch.Tensor | None = None,
-                       calibration_images: int | None = None) -> Validation:
+                       calibration_images: int | None = None, int8_backend: str | None = None) -> Validation:
     """Check the data against the model and build the loader; :meth:`Validation.run` evaluates.
 
     ``task`` None is the model's (``pretrained_cfg["task"]``, else multiclass). ``data`` is a dataset
-    already open, or a path read by :func:`open_validation_data` (with ``annotations``, ``classes``,
-    ``without_labels`` for a multilabel task, ``ground_truth`` for a flat folder). Classes are matched to
-    the model's outputs by :func:`check_classes` (``class_map``: a class-map file); ``real_labels``: the
-    ReaL ``real.json`` of ImageNet val, scored beside the original labels; ``crop_pct`` replaces the
-    model's resize and crop with a centre crop of that fraction (to compare with figures measured so,
-    such as timm's 448-pixel TResNet rows). ``threshold``: the probability
-    above which a label counts as predicted (multilabel). ``precision`` is one of
-    :data:`tresnet.deploy.inference.INFERENCE_PRECISIONS`: ``bf16`` validates the folded bfloat16 model
-    and ``int8`` the model quantized on ``calibration`` (a folder of images, ``calibration_images`` of them),
-    what :func:`tresnet.deploy.inference.inference_model` builds.
+    already open, or a path (or a bundled set's name) read by :func:`open_validation_data` (with
+    ``annotations``, ``classes``, ``without_labels`` for a multilabel task, ``ground_truth`` for a flat
+    folder). Classes are matched to the model's outputs by :func:`check_classes` (``class_map``: a
+    class-map file); ``real_labels``: the ReaL ``real.json`` of ImageNet val, scored beside the original
+    labels. ``preprocessing`` None is the model's (:meth:`Preprocessing.of`: the one its checkpoint
+    recorded, else the registered model's); pass ``Preprocessing.of(model, img_size=..., crop_pct=...)``
+    to override (e.g. a centre crop of 0.875 to compare with timm's 448-pixel TResNet rows).
+    ``threshold``: the probability above which a label counts as predicted (multilabel; None: the
+    checkpoint's, else 0.5). ``precision`` is one of :data:`tresnet.deploy.inference.INFERENCE_PRECISIONS`:
+    ``bf16`` validates the folded bfloat16 model and ``int8`` the model quantized on ``calibration`` (a
+    folder of images, ``calibration_images`` of them; ``int8_backend`` as
+    :func:`tresnet.deploy.inference.inference_model` takes it), what that function builds.
 
     Raises :class:`DataError` (missing or empty data, classes that do not match the model, data that
-    does not fit the task), :class:`ConfigError` (bad device, precision, limit, task or threshold) and
-    :class:`~tresnet.errors.InputSizeError` (a size the model cannot take).
+    does not fit the task), :class:`ConfigError` (bad device, precision, limit, task or threshold, a task
+    other than the checkpoint's) and :class:`~tresnet.errors.InputSizeError` (a size the model cannot take).
     """
     device = resolve_device(device)
     check_inference_options(precision, device, calibration, calibration_images)
     task = resolve_task(model, task)
-    threshold = check_threshold(threshold)
-    eval_cfg = eval_cfg_with_crop(model.pretrained_cfg, crop_pct)
-    if isinstance(data, ImageFolderDataset | MultiLabelDataset):
+    threshold = check_threshold(model_threshold(model) if threshold is None else threshold)
+    preprocessing = preprocessing or Preprocessing.of(model)
+    if isinstance(data, ImageFolderDataset | MultiLabelDataset | BundledValidationSet):
         dataset = data
     else:
         dataset = open_validation_data(data, task=task, annotations=annotations, classes=classes, strict=strict,
@@ -245,10 +253,9 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
     _check_data_fits_task(dataset, task)
     if real_labels is not None and task == MULTILABEL:
         raise ConfigError("--real-labels are ImageNet's single-label validation labels: not for a multilabel task")
-    size = img_size or int(model.pretrained_cfg["input_size"][-1])
-    model.check_input_size(size, size)
+    model.check_input_size(*preprocessing.img_size)
     mapping = check_classes(dataset, model, class_map=class_map)
-    dataset.transform = create_eval_transform(eval_cfg, size)
+    _apply_preprocessing(dataset, model, preprocessing)
     scored = with_real_labels(dataset, model, real_labels) if real_labels is not None else dataset
     subset = evenly_spaced(scored, limit) if limit is not None else scored
     loader = create_loader(subset, batch_size, workers, device)
@@ -256,11 +263,21 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
     if channels_last:
         model.to(memory_format=torch.channels_last)
     runner, run_precision = inference_model(model, precision, device, calibration=calibration,
-                                            calibration_images=calibration_images, img_size=size)
-    settings = _settings(batch_size, workers, limit, crop_pct, precision, calibration, runner)
-    return Validation(model, dataset, subset, loader, size, device, precision, channels_last, settings, task,
-                      threshold, mapping, str(real_labels) if real_labels is not None else None, crop_pct,
+                                            calibration_images=calibration_images,
+                                            img_size=preprocessing.img_size[0], **_TMP_BACKEND(int8_backend))
+    settings = _settings(batch_size, workers, limit, precision, calibration, runner)
+    return Validation(model, dataset, subset, loader, preprocessing, device, precision, channels_last, settings,
+                      task, threshold, mapping, str(real_labels) if real_labels is not None else None,
                       runner, run_precision)
+
+
+def _apply_preprocessing(dataset: ValidationData, model: nn.Module, preprocessing: Preprocessing) -> None:
+    """Give the data the preprocessing: a file set its transform, a bundled set is drawn at its size."""
+    if isinstance(dataset, BundledValidationSet):
+        val_split, split_seed = bundled_split(model, dataset.root)
+        dataset.prepare(preprocessing, val_split=val_split, split_seed=split_seed)
+    else:
+        dataset.transform = preprocessing.transform()
 
 
 def _path_or_none(path: os.PathLike | None) -> str | None:
@@ -284,7 +301,7 @@ def _multilabel_report(run: Validation, result: dict) -> dict:
         num_classes=run.model.num_classes,
         classes=list(dataset.classes),
         img_size=run.img_size,
-        preprocessing=run.preprocessing,
+        preprocessing=run.preprocessing.to_dict(),
         map=_percent(result["map"]),
         ap_per_class=[_percent(ap) for ap in result["ap_per_class"]],
         **{key: _percent(result[key]) for key in ("cp", "cr", "cf1", "op", "or", "of1")},
@@ -328,7 +345,7 @@ def _report(run: Validation, result: dict) -> dict:
         num_classes=run.model.num_classes,
         class_mapping=run.class_mapping.to_dict() if run.class_mapping is not None else None,
         img_size=run.img_size,
-        preprocessing=run.preprocessing,
+        preprocessing=run.preprocessing.to_dict(),
         top1=100.0 * result["top1"],
         top5=100.0 * result["top5"],
         **_subset_and_real_figures(run, result),
@@ -346,10 +363,10 @@ def _report(run: Validation, result: dict) -> dict:
     )
 
 
-def _settings(batch_size: int, workers: int, limit: int | None, crop_pct: float | None, precision: str,
-              calibration, runner: nn.Module) -> dict:
+def _settings(batch_size: int, workers: int, limit: int | None, precision: str, calibration,
+              runner: nn.Module) -> dict:
     """The run's settings for the report; int8 adds its calibration folder and image count."""
-    settings = dict(batch_size=batch_size, workers=workers, limit=limit, crop_pct=crop_pct)
+    settings = dict(batch_size=batch_size, workers=workers, limit=limit)
     if precision == "int8":
         settings.update(calibration=None if isinstance(calibration, torch.Tensor) else str(calibration),
                         calibration_images=runner.calibrated_on)
@@ -373,5 +390,5 @@ def validate(model: nn.Module, data: str | os.PathLike | ValidationData, *, prog
     return prepare_validation(model, data, **options).run(progress)
 
 
-__all__ = ["Validation", "ValidationData", "check_classes", "eval_cfg_with_crop", "evenly_spaced", "open_validation_data",
-           "prepare_validation", "validate", "with_real_labels"]
+__all__ = ["Validation", "ValidationData", "check_classes", "evenly_spaced",
+           "open_validation_data", "prepare_validation", "validate", "with_real_labels"]

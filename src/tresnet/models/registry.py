@@ -29,6 +29,10 @@ MODEL_CONFIGS: dict[str, dict] = {
     name: dict(cfg, family=family.name) for family in FAMILIES.values() for name, cfg in family.models.items()
 }
 
+# The configuration keys of evaluation preprocessing: what our checkpoints record and create_model restores
+# (tresnet.data.transforms.Preprocessing reads and writes the same keys).
+PREPROCESSING_KEYS = ("input_size", "crop_mode", "crop_pct", "interpolation", "mean", "std", "resize_rounding")
+
 
 class PretrainedCfg(dict):
     """A model's configuration (a plain dict) that still answers the deprecated key ``architecture``."""

@@ -1,0 +1,166 @@
+"""The bundled data sets (``digits``, ``digits-multilabel``: scikit-learn's handwritten digits, no download) as
+validation and prediction data, and written to disk as image files.
+
+A bundled set has no native image size: it is drawn at the size the model is evaluated at. So that
+``tresnet validate --data digits --checkpoint runs/digits/best.safetensors`` reproduces the run's own score,
+:class:`BundledValidationSet` draws the validation split that training drew (the same ``val_split`` and
+``split_seed``) at the preprocessing's size and converts it exactly as training's evaluation did.
+:func:`write_bundled` writes a split as PNG files (lossless: reading them back gives the same pixels) in the
+layouts ``validate`` reads: one folder per class, or images with a ``labels.csv`` for the multi-label set.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from tresnet.data.digits import DIGITS_CLASSES, DigitsDataset
+from tresnet.data.digits_mosaic import DigitsMosaicDataset
+from tresnet.data.transforms import Preprocessing, normalisation
+from tresnet.errors import ConfigError, DataError
+from tresnet.files import atomic_write, write_text
+from tresnet.tasks import MULTICLASS, MULTILABEL
+
+LABELS_CSV = "labels.csv"
+
+
+@dataclass(frozen=True)
+class BundledSet:
+    """A bundled data set: its name, task, classes and how to draw one split at a size."""
+
+    name: str
+    task: str
+    title: str
+    draw: Callable[..., Dataset]  # (split, img_size, transform, val_fraction, split_seed) -> dataset
+
+
+def _draw_digits(split: str, img_size: int, transform, val_fraction: float, split_seed: int) -> Dataset:
+    return DigitsDataset(split, img_size, transform, val_fraction, split_seed)
+
+
+def _draw_mosaics(split: str, img_size: int, transform, val_fraction: float, split_seed: int) -> Dataset:
+    return DigitsMosaicDataset(split, img_size, transform, val_fraction=val_fraction, split_seed=split_seed)
+
+
+BUNDLED_SETS = {
+    "digits": BundledSet("digits", MULTICLASS, "scikit-learn's handwritten digits", _draw_digits),
+    "digits-multilabel": BundledSet("digits-multilabel", MULTILABEL,
+                                    "mosaics of scikit-learn's handwritten digits (multilabel)", _draw_mosaics),
+}
+
+
+def bundled_set(name: str | os.PathLike) -> BundledSet | None:
+    """The bundled set called ``name``, or None for any other name (a path)."""
+    return BUNDLED_SETS.get(str(name))
+
+
+def _tensor_transform(preprocessing: Preprocessing) -> v2.Compose:
+    """What training's evaluation applies to a bundled image drawn at its final size (RGB in [0, 1], the
+    model's normalisation); a centre crop first when the preprocessing crops."""
+    steps: list = [v2.ToImage()]
+    if preprocessing.crop_mode == "center":
+        steps.append(v2.CenterCrop(list(preprocessing.img_size)))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    norm = normalisation(preprocessing.to_config())
+    if norm is not None:
+        steps.append(v2.Normalize(list(norm[0]), list(norm[1])))
+    return v2.Compose([*steps, v2.ToPureTensor()])
+
+
+def _draw_size(preprocessing: Preprocessing) -> int:
+    height, width = preprocessing.img_size
+    if height != width:
+        raise ConfigError(f"the bundled sets are drawn square: {height}x{width} is not (give a square --img-size)")
+    return height if preprocessing.crop_mode == "squash" else int(preprocessing.resize_size)
+
+
+class BundledValidationSet(Dataset):
+    """The validation split of a bundled set, as ``validate`` scores it: drawn by :meth:`prepare` at the
+    preprocessing's size (squash: the size itself; centre crop: the resize side, then the crop).
+
+    It has the surface of the other validation sets: ``root`` (the set's name), ``classes``, ``task``,
+    ``skipped`` (always 0) and ``skipped_files``; :meth:`map_classes` renumbers a multiclass set's targets
+    to the model's outputs.
+    """
+
+    def __init__(self, name: str) -> None:
+        spec = bundled_set(name)
+        if spec is None:
+            raise DataError(f"no bundled data set called {name!r}: use one of {', '.join(BUNDLED_SETS)}")
+        self.spec, self.root, self.task = spec, spec.name, spec.task
+        self.classes = list(DIGITS_CLASSES)
+        self.source = spec.name
+        self.skipped, self.skipped_files = 0, set()
+        self._indices = list(range(len(self.classes)))
+        self._split: Dataset | None = None
+
+    def prepare(self, preprocessing: Preprocessing, *, val_split: float, split_seed: int = 0) -> None:
+        """Draw the validation split of ``val_split`` and ``split_seed`` (those of the training run) at
+        ``preprocessing``'s size, converted as training's evaluation converts it."""
+        self._split = self.spec.draw("val", _draw_size(preprocessing), _tensor_transform(preprocessing),
+                                     float(val_split), int(split_seed))
+        self.source = f"{self.spec.name} (validation split {float(val_split):g}, seed {int(split_seed)})"
+
+    def map_classes(self, indices: dict[str, int]) -> None:
+        """Give each class the model output ``indices[name]`` (a multiclass set's targets follow)."""
+        self._indices = [indices[name] for name in self.classes]
+
+    def __len__(self) -> int:
+        if self._split is None:
+            raise DataError(f"{self.root}: call prepare(preprocessing) before reading the images")
+        return len(self._split)
+
+    def __getitem__(self, index: int):
+        if self._split is None:
+            raise DataError(f"{self.root}: call prepare(preprocessing) before reading the images")
+        image, target = self._split[index]
+        return image, (self._indices[target] if self.task == MULTICLASS else target)
+
+
+def _png_bytes(image: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_bundled(name: str, output: str | os.PathLike, *, split: str = "val", img_size: int = 32,
+                  val_split: float = 0.2, split_seed: int = 0) -> list[Path]:
+    """Write one split of bundled set ``name`` under ``output`` as PNG files, each atomically; return them.
+
+    ``digits``: ``output/<class>/<index>.png`` (a folder per class, as ``validate --data`` reads);
+    ``digits-multilabel``: ``output/<index>.png`` with ``output/labels.csv`` (``file,labels``, the labels
+    separated by spaces). Raises :class:`DataError` for an unknown name and :class:`ConfigError` for a
+    bad split or size.
+    """
+    spec = bundled_set(name)
+    if spec is None:
+        raise DataError(f"no bundled data set called {name!r}: use one of {', '.join(BUNDLED_SETS)}")
+    data = spec.draw(split, img_size, None, val_split, split_seed)
+    root = Path(output).expanduser()
+    written, rows = [], []
+    for index in range(len(data)):
+        image = (data[index][0] * 255).round().to(torch.uint8)
+        if spec.task == MULTICLASS:
+            path = root / DIGITS_CLASSES[data.targets[index]] / f"{index:05d}.png"
+        else:
+            path = root / f"{index:05d}.png"
+            rows.append((path.name, " ".join(c for c, on in zip(DIGITS_CLASSES, data.targets[index].tolist(), strict=True) if on)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written.append(atomic_write(path, lambda tmp, image=image: Path(tmp).write_bytes(_png_bytes(image))))
+    if rows:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows([("file", "labels"), *rows])
+        written.append(write_text(root / LABELS_CSV, buffer.getvalue()))
+    return written
+
+
+__all__ = ["BUNDLED_SETS", "LABELS_CSV", "BundledSet", "BundledValidationSet", "bundled_set", "write_bundled"]
