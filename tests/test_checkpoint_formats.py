@@ -161,6 +161,45 @@ def test_unusable_files_give_clear_errors(tmp_path, content, match):
         tresnet.create_model("tresnet_m", checkpoint_path=path)
 
 
+ACCEPTED = r"pass a \.safetensors file, or a PyTorch \.pth/\.pt/\.bin file of a TResNet or GENet"
+
+
+def _bytes_of(kind, tmp_path):
+    import argparse
+
+    if kind == "text":
+        return b"notes about the run\n"
+    if kind == "random":
+        return b"\x9c" + torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                        dtype=torch.uint8).numpy().tobytes()
+    if kind == "empty":
+        return b""
+    torch.save({"model": {"w": torch.zeros(2)}, "args": argparse.Namespace(lr=0.1)}, tmp_path / "ns.pth")
+    whole = (tmp_path / "ns.pth").read_bytes()
+    return whole[: len(whole) // 2] if kind == "truncated" else whole
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("text", r"cannot read checkpoint .*notes\.txt: it is not a checkpoint \(neither a safetensors file nor a PyTorch "
+             r"file; it starts with b'notes ab'\); " + ACCEPTED),
+    ("random", r"cannot read checkpoint .*notes\.txt: it is not a checkpoint \(neither a safetensors file nor a "
+               r"PyTorch file; .*\); " + ACCEPTED),
+    ("empty", r"cannot read checkpoint .*notes\.txt: the file is empty; " + ACCEPTED),
+    ("truncated", r"cannot read checkpoint .*notes\.txt: PytorchStreamReader failed reading zip archive: failed "
+                  r"finding central directory; the file is damaged or incomplete: copy or save it again"),
+    ("namespace", r"cannot read checkpoint .*notes\.txt safely: it holds objects other than weights "
+                  r"\(argparse\.Namespace\); if you trust this file, load it with weights_only=False"),
+])
+def test_a_file_that_is_no_checkpoint_says_what_it_is_and_what_is_accepted(tmp_path, kind, message):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(_bytes_of(kind, tmp_path))
+    for read in (lambda: tresnet.create_model("tresnet_m", checkpoint_path=path),
+                 lambda: read_checkpoint_metadata(path)):
+        with pytest.raises(CheckpointError, match=message) as info:
+            read()
+        assert "\n" not in str(info.value) and "weights_only` argument" not in str(info.value)
+
+
 def test_pretrained_looks_in_the_local_cache_only(tmp_path, monkeypatch):
     monkeypatch.setenv("TRESNET_HOME", str(tmp_path))
     with pytest.raises(CheckpointError, match=r"no pretrained weights for tresnet_m in .*never downloads.*tresnet_m\.pth"):

@@ -33,4 +33,12 @@ class MissingDependencyError(TResNetError, ImportError):
 
 
 class FileWriteError(TResNetError, OSError):
-    """An output file (checkpoint, report, export) that cannot be written where asked."""
+    """An output file (checkpoint, report, export) that cannot be written where asked.
+
+    ``path`` is the file and ``reason`` the cause in words (``"no space left on device"``), when known.
+    """
+
+    def __init__(self, message: str, *, path=None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason

@@ -307,6 +307,25 @@ def test_bad_teachers_fail_with_one_line_errors(folder, teachers, tmp_path, monk
     assert not any((tmp_path / name / "resume.pt").exists() for name in "abcdefghi")
 
 
+def test_a_teacher_or_student_of_the_other_task_is_a_one_line_error(folder, teachers, tmp_path):
+    multilabel = _teacher_file(tmp_path / "ml.safetensors", "genet_light", CLASSES, task="multilabel")
+    for distill in ("kd", "th-kd"):
+        _one_line(ConfigError, r"teacher checkpoint .*ml\.safetensors is a multilabel model and this run's task is "
+                  r"multiclass: the teacher must be trained for the same task \(with --task multiclass\)$",
+                  lambda distill=distill: train(_config(data=str(folder), output=str(tmp_path / distill),
+                                                        distill=distill, teacher_checkpoint=str(multilabel))))
+    _one_line(ConfigError, r"student checkpoint .*ml\.safetensors is a multilabel model and this run's task is "
+              r"multiclass: the student must be trained for the same task",
+              lambda: train(_config(data=str(folder), output=str(tmp_path / "sh"), frozen_head_from=str(multilabel))))
+    labels = make_colour_mosaics(tmp_path / "mosaics", count=8) / "labels.csv"
+    multiclass = _teacher_file(tmp_path / "mc.safetensors", "genet_light", ["blue", "green", "red"])
+    _one_line(ConfigError, r"teacher checkpoint .*mc\.safetensors is a multiclass model and this run's task is "
+              r"multilabel: the teacher must be trained for the same task \(with --task multilabel\)$",
+              lambda: train(_config(task="multilabel", data=str(labels), val_split=0.25, output=str(tmp_path / "ml"),
+                                    distill="kd", teacher_checkpoint=str(multiclass))))
+    assert not any(p.name == "resume.pt" for p in tmp_path.rglob("*"))
+
+
 def test_distillation_options_that_do_not_go_together_are_refused():
     base = {"data": "d", "output": "o"}
     refused = [

@@ -120,6 +120,8 @@ def test_a_run_on_the_digit_mosaics_scores_map_and_resumes_exactly(tmp_path):
     assert meta["task"] == "multilabel" and meta["head"] == "ml_decoder" and meta["class_names"] == list("0123456789")
     model = tresnet.create_model(checkpoint_path=tmp_path / "straight" / "best.safetensors")
     assert model.pretrained_cfg["task"] == "multilabel" and model.pretrained_cfg["head"] == "ml_decoder"
+    plot = tmp_path / "straight" / "metrics.png"  # three panels: the training ASL and the val BCE apart, then mAP
+    assert not plot.exists() or Image.open(plot).size == (1400, 400)
 
     with pytest.raises(Killed):
         train(build_config(None, {**options, "output": str(tmp_path / "resumed")}), callback=kill_mid_second_epoch)

@@ -77,19 +77,32 @@ class ClassMapping:
                     masked=self.masked, indices=dict(self.indices))
 
 
+def _class_map_text(path: Path) -> str:
+    """The text of a class-map file (a pipe or device reads too: ``<(cut -f1 ...)``); :class:`DataError` if none."""
+    if not path.exists():
+        raise DataError(f"class map {path} does not exist: {_CLASS_MAP_HINT}")
+    if path.is_dir():
+        raise DataError(f"class map {path} is a folder, not a file: {_CLASS_MAP_HINT}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"class map {path} is not UTF-8 text (byte {e.start}): {_CLASS_MAP_HINT}") from e
+    except OSError as e:
+        raise DataError(f"cannot read class map {path}: {(e.strerror or str(e)).lower()}: {_CLASS_MAP_HINT}") from e
+
+
 def read_class_map(path: str | os.PathLike, num_classes: int) -> dict[str, int]:
     """A class-map file: a class name per line (line order = model index), or ``name,index`` lines.
 
-    Raises :class:`DataError` for a missing file, a mix of both forms, a repeated name, or an index that
-    is not a whole number between 0 and ``num_classes - 1``.
+    Raises :class:`DataError` for a missing, unreadable, empty or non-text file, a mix of both forms, a
+    repeated name, or an index that is not a whole number between 0 and ``num_classes - 1``.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"class map {path} does not exist: {_CLASS_MAP_HINT}")
-    lines = [(n, line.strip()) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
+    lines = [(n, line.strip()) for n, line in enumerate(_class_map_text(path).splitlines(), 1)]
     lines = [(n, line) for n, line in lines if line]
     if not lines:
-        raise DataError(f"class map {path} is empty: {_CLASS_MAP_HINT}")
+        kind = "" if path.is_file() else " (a device or a pipe, not a regular file)"
+        raise DataError(f"class map {path} is empty{kind}: {_CLASS_MAP_HINT}")
     forms = {"," in line for _, line in lines}
     if len(forms) > 1:
         raise DataError(f"class map {path} mixes plain names and name,index lines: use one form")

@@ -237,7 +237,17 @@ def _plain(value: Any) -> Any:
 # --- validation steps --------------------------------------------------------------------------------
 
 
+def _nothing_to_resume(output: str) -> ConfigError:
+    """``--resume`` without ``--data`` where no run was saved: nothing to continue, nothing to start."""
+    folder = Path(output).expanduser()
+    found = f"no {CONFIG_FILE}, no resume.pt" if folder.exists() else "the folder does not exist"
+    return ConfigError(f"--resume: nothing to resume in {folder} ({found}): point --output at the folder of the "
+                       f"run to continue, or drop --resume and pass --data DIR to start a new run")
+
+
 def _check_required(cfg: TrainConfig) -> None:
+    if not cfg.data and cfg.resume and cfg.output:
+        raise _nothing_to_resume(cfg.output)
     if not cfg.data:
         raise ConfigError("no training data: pass --data DIR (ImageNet-style folders), --data digits, or for "
                           "--task multilabel --data digits-multilabel, an images folder with --annotations FILE "

@@ -236,14 +236,17 @@ def install_saved_frozen_head(model: nn.Module, state: dict) -> ProjectedClassif
     return model.head
 
 
-def frozen_head_source(path: str | Path, class_names: list[str]) -> nn.Module:
+def frozen_head_source(path: str | Path, class_names: list[str], task: str | None = None) -> nn.Module:
     """sh-kd: the student model of checkpoint ``path`` whose classifier a teacher is trained with, checked to
-    classify ``class_names``. Raises :class:`CheckpointError` for a missing or unreadable file and
-    :class:`ConfigError` for other classes or a file that names no model."""
+    classify ``class_names`` (and, given ``task``, to be trained for it). Raises :class:`CheckpointError` for a
+    missing or unreadable file and :class:`ConfigError` for another task, other classes or a file that names
+    no model."""
     import tresnet
 
     path = check_teacher_file(path, "student checkpoint (--frozen-head-from)")
     student = tresnet.create_model(checkpoint_path=path)
+    if task is not None:
+        check_loaded_task(student, task, "student checkpoint")
     check_loaded_classes(student, class_names, "student checkpoint")
     return student
 
@@ -353,6 +356,17 @@ def check_classes(metadata: dict, class_names: list[str], path: str | Path, role
                           f"same order")
 
 
+def check_loaded_task(model: nn.Module, task: str, role: str) -> None:
+    """A one-line :class:`ConfigError` when the checkpoint ``model`` was just loaded from records another task
+    than the run's ``task`` (a multi-label teacher for a multiclass student, or the reverse). A file that
+    records no task (timm's, an official release) is taken as it is."""
+    info = model.checkpoint_info
+    held = info.metadata.get("task") if info is not None else None
+    if held and held != task:
+        raise ConfigError(f"{role} {info.path} is a {held} model and this run's task is {task}: the "
+                          f"{role.split()[0]} must be trained for the same task (with --task {task})")
+
+
 def check_loaded_classes(model: nn.Module, class_names: list[str], role: str) -> None:
     """:func:`check_classes` for a model just loaded by ``create_model`` (the file read once): the classes it
     was built with, and the names its checkpoint records."""
@@ -360,12 +374,13 @@ def check_loaded_classes(model: nn.Module, class_names: list[str], role: str) ->
     check_classes({**info.metadata, "num_classes": model.num_classes}, class_names, info.path, role)
 
 
-def load_teacher(name: str | None, checkpoint: str | None, class_names: list[str]) -> nn.Module:
+def load_teacher(name: str | None, checkpoint: str | None, class_names: list[str],
+                 task: str | None = None) -> nn.Module:
     """The teacher model ``name`` with the weights of ``checkpoint`` (any format; None: ``name``'s file
-    in the local cache), checked to classify ``class_names``.
+    in the local cache), checked to classify ``class_names`` (and, given ``task``, to be trained for it).
 
     Raises :class:`CheckpointError` (a missing file, weights of another architecture) and
-    :class:`ConfigError` (another class count or order, no name where the file names no model).
+    :class:`ConfigError` (another task, another class count or order, no name where the file names no model).
     """
     import tresnet
     from tresnet.factory import cache_dir, find_pretrained, pretrained_file_names
@@ -383,6 +398,8 @@ def load_teacher(name: str | None, checkpoint: str | None, class_names: list[str
                                   f"never downloads): pass --teacher-checkpoint FILE, or put the file there as one "
                                   f"of: {', '.join(pretrained_file_names(name))}") from None
     teacher = tresnet.create_model(name, checkpoint_path=path)
+    if task is not None:
+        check_loaded_task(teacher, task, "teacher checkpoint")
     check_loaded_classes(teacher, class_names, "teacher checkpoint")
     return teacher
 
@@ -444,7 +461,7 @@ def create_distiller(cfg, class_names: list[str], student: nn.Module, criterion:
     if saved is not None:
         name, teacher = saved["teacher_model"], teacher_from_state(saved["teacher_model"], saved["teacher"])
     else:
-        teacher = load_teacher(cfg.teacher, cfg.teacher_checkpoint, class_names)
+        teacher = load_teacher(cfg.teacher, cfg.teacher_checkpoint, class_names, cfg.task)
         name = teacher.pretrained_cfg["model"]
     teacher.check_input_size(img_size, img_size)
     teacher.to(device)
@@ -463,6 +480,6 @@ def create_distiller(cfg, class_names: list[str], student: nn.Module, criterion:
 
 
 __all__ = ["BlendedStudent", "DistillationLoss", "Distiller", "create_distiller", "FrozenTeacher", "ProjectedClassifier", "StudentWithTeacherHead",
-           "check_classes", "check_loaded_classes", "check_teacher_file", "classifier_of", "folded", "frozen_head_source",
+           "check_classes", "check_loaded_classes", "check_loaded_task", "check_teacher_file", "classifier_of", "folded", "frozen_head_source",
            "install_frozen_head", "install_saved_frozen_head", "kd_loss", "load_teacher", "ordinary_model",
            "projected_classifier_like", "saved_frozen_head_kind", "teacher_from_state"]

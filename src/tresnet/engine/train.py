@@ -12,9 +12,9 @@
 - ``summary.json`` at the end.
 
 Every file is replaced atomically after each epoch; ``resume.pt`` last, so a run killed at any moment
-restarts from a consistent epoch. Reproducibility: the data order and each sample's augmentation
-derive from (seed, epoch, sample); the global RNGs (dropout, drop path, mixup) are re-seeded from
-(seed, epoch, rank) at each epoch start. A resumed run thus ends with the same weights as an
+(or stopped by a full disk) restarts from a consistent epoch. Reproducibility: the data order and each
+sample's augmentation derive from (seed, epoch, sample); the global RNGs (dropout, drop path, mixup) are
+re-seeded from (seed, epoch, rank) at each epoch start. A resumed run thus ends with the same weights as an
 uninterrupted one (bit for bit on CPU with ``deterministic``).
 """
 
@@ -172,35 +172,60 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
     write_text(path, buffer.getvalue())
 
 
-def _write_plot(path: Path, history: list[dict], metric: str = "top1") -> bool:
-    try:
-        import matplotlib
+def metrics_figure(history: list[dict], metric: str = "top1", train_loss: str | None = None):
+    """The matplotlib figure of ``metrics.png``: the losses and the validation score (``metric``: ``top1`` or
+    ``map``) of each row of ``history`` (the rows of ``metrics.csv``), on whole-epoch ticks. ``train_loss`` names
+    the training loss when it is not the validation's (ASL against BCE, a distillation loss): the two then get
+    a panel each, as their scales differ. Needs matplotlib (ImportError without it)."""
+    import matplotlib
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    val_loss = "BCE" if metric == "map" else "cross-entropy"
+    fig, axes = plt.subplots(1, 3 if train_loss else 2, figsize=(14 if train_loss else 10, 4))
+    if train_loss:
+        _plot_curves(axes[0], epochs, {"train": [row["train_loss"] for row in history]}, f"training loss ({train_loss})")
+        _plot_curves(axes[1], epochs, {"val": [row["val_loss"] for row in history]}, f"validation loss ({val_loss})")
+    else:
+        _plot_curves(axes[0], epochs, {"train (with label smoothing)": [row["train_loss"] for row in history],
+                                       "val": [row["val_loss"] for row in history]}, val_loss)
+    title = METRIC_TITLES[metric]
+    scores = {f"val {title}": [100 * row[f"val_{metric}"] for row in history]}
+    if any(row.get(f"ema_{metric}") is not None for row in history):
+        scores[f"EMA {title}"] = [100 * (row.get(f"ema_{metric}") or float("nan")) for row in history]
+    _plot_curves(axes[-1], epochs, scores, f"{title} (%)" if metric == "map" else "accuracy (%)")
+    fig.tight_layout()
+    return fig
+
+
+def _write_plot(path: Path, history: list[dict], metric: str = "top1", train_loss: str | None = None) -> bool:
+    """Write :func:`metrics_figure` to ``path``; False when matplotlib is not installed."""
+    try:
+        fig = metrics_figure(history, metric, train_loss)
     except ImportError:
         return False
-    epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    multilabel = metric == "map"
-    ax_loss.plot(epochs, [row["train_loss"] for row in history],
-                 label="train" if multilabel else "train (with label smoothing)")
-    ax_loss.plot(epochs, [row["val_loss"] for row in history], label="val (BCE)" if multilabel else "val")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("training loss, val BCE" if multilabel else "cross-entropy")
-    ax_loss.legend()
-    title = METRIC_TITLES[metric]
-    ax_acc.plot(epochs, [100 * row[f"val_{metric}"] for row in history], label=f"val {title}")
-    if any(row.get(f"ema_{metric}") is not None for row in history):
-        ax_acc.plot(epochs, [100 * (row.get(f"ema_{metric}") or float("nan")) for row in history],
-                    label=f"EMA {title}")
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("mAP (%)" if multilabel else "accuracy (%)")
-    ax_acc.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    import matplotlib.pyplot as plt
+
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
     return True
+
+
+def _plot_curves(ax, epochs: list[int], curves: dict[str, list[float]], ylabel: str) -> None:
+    """One panel of ``metrics.png``: ``curves`` (label -> a value per epoch) against whole epochs."""
+    from matplotlib.ticker import MaxNLocator
+
+    for label, values in curves.items():
+        ax.plot(epochs, values, marker="o" if len(epochs) < 30 else None, markersize=3, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    if len(curves) > 1:
+        ax.legend()
 
 
 def _write_failure(error: BaseException) -> FileWriteError | None:
@@ -588,6 +613,15 @@ class _Trainer:
                                  f"{_kept_files(self.output, epoch, previous, failure)}",
                                  path=failure.path, reason=failure.reason) from e
 
+    def _training_loss_title(self) -> str | None:
+        """The training loss's name for the plot when it is not the validation loss (multiclass cross-entropy
+        without distillation is): ``"ASL"``, ``"CE + th-kd"``..."""
+        cfg = self.cfg
+        loss = (cfg.loss or default_loss(cfg.task)).upper()
+        if cfg.distill is not None:
+            return f"{loss} + {cfg.distill}"
+        return loss if cfg.task == MULTILABEL else None
+
     def _write_epoch_files(self, epoch: int, row: dict, tensorboard) -> None:
         names = self.data.class_names
         save_checkpoint(ordinary_model(self.model), self.output / LAST_FILE, class_names=names,
@@ -597,7 +631,7 @@ class _Trainer:
             save_checkpoint(ordinary_model(best_model), self.output / BEST_FILE, class_names=names,
                             metadata=self._weights_metadata(epoch, self.best["score"], self.best["weights"]))
         _write_metrics_csv(self.output / METRICS_FILE, self.history)
-        _write_plot(self.output / PLOT_FILE, self.history, self.metric)
+        _write_plot(self.output / PLOT_FILE, self.history, self.metric, self._training_loss_title())
         if tensorboard is not None:
             for key in ("train_loss", "val_loss", "val_top1", "val_top5", "ema_top1", "ema_top5", "val_map",
                         "ema_map", "val_blend", "lr", "train_img_per_s"):
@@ -774,10 +808,12 @@ def train(cfg: TrainConfig, *, callback: Callback | None = None) -> dict:
     described in the training guide (docs/train.md).
 
     Raises :class:`ConfigError` (bad settings, a precision the device lacks, an output folder holding
-    another run, a resumed run whose configuration differs from the saved one), :class:`DataError`
-    (missing folders, no classes), :class:`CheckpointError` (an init, teacher or frozen-head checkpoint that is
-    missing or of another model; a teacher of other classes is a :class:`ConfigError`),
-    :class:`TrainingDivergedError` (a NaN loss).
+    another run, ``resume`` where there is nothing to resume, a resumed run whose configuration differs from
+    the saved one), :class:`DataError` (missing folders, no classes), :class:`CheckpointError` (an init, teacher
+    or frozen-head checkpoint that is missing or of another model; a teacher of other classes or of the other
+    task is a :class:`ConfigError`), :class:`TrainingDivergedError` (a NaN loss), and
+    :class:`~tresnet.errors.FileWriteError` (a file that cannot be written, for want of space or permission:
+    the message names the file, the cause and the checkpoints that remain intact).
     """
     cfg = with_model_defaults(cfg.validate())
     info = distributed.setup(cfg.device)
@@ -788,4 +824,4 @@ def train(cfg: TrainConfig, *, callback: Callback | None = None) -> dict:
         distributed.cleanup(info)
 
 
-__all__ = ["TrainingDivergedError", "train"]
+__all__ = ["TrainingDivergedError", "metrics_figure", "train"]
