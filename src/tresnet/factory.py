@@ -157,11 +157,9 @@ def create_model(name: str | None = None, *, pretrained: bool = False,
     or in-place ABN for a GENet), and :class:`~tresnet.errors.CheckpointError` for a missing or
     mismatched checkpoint, or a ``head`` that contradicts it without a new ``num_classes``.
 
-    A checkpoint saved by ``tresnet train`` records the preprocessing its run validated with (input size,
-    squash or centre crop, crop fraction, interpolation, mean/std) and, for a multi-label run, its
-    decision threshold: they replace the registered model's in ``model.pretrained_cfg`` (with
-    ``preprocessing_source="checkpoint"``), so that every command evaluates the weights as they were
-    trained to be evaluated.
+    The preprocessing (and multi-label threshold) a checkpoint of ours records replaces the registered
+    model's in ``model.pretrained_cfg`` (:func:`recorded_preprocessing`), so the weights are evaluated
+    as their training run validated them.
     """
     if name is None and checkpoint_path is None:
         raise ConfigError("create_model needs a model name, or a checkpoint_path whose file names its model")

@@ -20,6 +20,7 @@ from helpers import StandInClassifier
 from tresnet.cli import _common
 from tresnet.cli.main import main
 from tresnet.data.imagenet import devkit_synsets, imagenet_synset_index, imagenet_synsets
+from tresnet.data.transforms import Preprocessing
 from tresnet.engine.evaluate import evaluate
 from tresnet.engine.validate import validate
 
@@ -88,8 +89,8 @@ def _fails(argv, capsys, message: str, command: str = "validate") -> str:
     err = capsys.readouterr().err
     assert message in err, err
     lines = err.strip().splitlines()
-    if command == "predict":  # predict names the model on stderr first
-        lines = [line for line in lines if not line.startswith("tresnet_m: ")]
+    if command == "predict":  # predict names the model and its preprocessing on stderr first
+        lines = [line for line in lines if not line.startswith(("tresnet_m: ", "preprocessing: "))]
     assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith(f"tresnet {command}: error: "), err
     return err
 
@@ -442,13 +443,13 @@ def test_validate_from_python_takes_the_same_options(tmp_path):
     real = tmp_path / "real.json"
     real.write_text(json.dumps([[65, 3], [3]]))
     model = CodeModel({140: {65: 5.0}, 141: {3: 5.0, 0: 4.0}})
-    report = validate(model, data, ground_truth=gt, real_labels=real, device="cpu", img_size=64, progress=False)
+    report = validate(model, data, ground_truth=gt, real_labels=real, device="cpu", preprocessing=Preprocessing.of(model, img_size=64), progress=False)
     assert report["top1"] == _percent(2, 2) and report["top1_all_classes"] == _percent(1, 2)
     # ReaL is scored on the prediction over the 2 classes: image 2's ReaL label 3 is not one of them
     assert report["real_top1"] == _percent(1, 2) and report["real_images"] == 2
     class_map = tmp_path / "map.txt"
     class_map.write_text(f"{SEA_SNAKE},3\n{imagenet_synsets()[0]},65\n")
-    report = validate(model, data, ground_truth=gt, class_map=class_map, device="cpu", img_size=64, progress=False)
+    report = validate(model, data, ground_truth=gt, class_map=class_map, device="cpu", preprocessing=Preprocessing.of(model, img_size=64), progress=False)
     assert report["class_mapping"]["rule"] == "class-map" and report["top1"] == _percent(0, 2)
 
 
@@ -473,7 +474,7 @@ def test_predict_names_imagenet_synsets_and_takes_a_class_map(stand_in, tmp_path
     stand_in({150: {65: 5.0, 0: 4.0, 999: 3.0}})
     out = tmp_path / "answers.json"
     assert main(["predict", str(image), "--topk", "3", "--json", str(out), *SMALL[:4]]) == 0
-    (answer,) = json.loads(out.read_text())
+    (answer,) = json.loads(out.read_text())["predictions"]
     assert [s["index"] for s in answer["topk"]] == [65, 0, 999]
     assert [s["synset"] for s in answer["topk"]] == [imagenet_synsets()[i] for i in (65, 0, 999)]
     assert answer["topk"][0]["synset"] == SEA_SNAKE and answer["topk"][0]["label"] == "sea snake"
@@ -482,7 +483,7 @@ def test_predict_names_imagenet_synsets_and_takes_a_class_map(stand_in, tmp_path
     class_map.write_text("my snake,65\nmy fish,0\n")
     assert main(["predict", str(image), "--topk", "3", "--class-map", str(class_map), "--json", str(out),
                  *SMALL[:4]]) == 0
-    (answer,) = json.loads(out.read_text())
+    (answer,) = json.loads(out.read_text())["predictions"]
     assert [s["label"] for s in answer["topk"]][:2] == ["my snake", "my fish"]
     assert answer["topk"][0]["synset"] == SEA_SNAKE  # the outputs are still ImageNet's
     assert "my snake (65, n01751748)" in capsys.readouterr().out
@@ -496,7 +497,7 @@ def test_predict_of_a_model_with_its_own_classes_has_no_synsets(stand_in, tmp_pa
     stand_in({150: {2: 5.0}}, num_classes=5, class_names=["ant", "bee", "cat", "cow", "dog"])
     out = tmp_path / "answers.json"
     assert main(["predict", str(image), "--topk", "2", "--json", str(out), *SMALL[:4]]) == 0
-    (answer,) = json.loads(out.read_text())
+    (answer,) = json.loads(out.read_text())["predictions"]
     assert set(answer["topk"][0]) == {"index", "label", "prob"}
     assert (answer["topk"][0]["index"], answer["topk"][0]["label"]) == (2, "cat")
     assert all("synset" not in s for s in answer["topk"])
@@ -509,5 +510,5 @@ def test_predict_of_a_checkpoint_that_records_the_synsets_shows_names_and_synset
     stand_in({150: {65: 5.0}}, class_names=list(imagenet_synsets()))  # trained on ImageNet's synset folders
     out = tmp_path / "answers.json"
     assert main(["predict", str(image), "--topk", "1", "--json", str(out), *SMALL[:4]]) == 0
-    (answer,) = json.loads(out.read_text())
+    (answer,) = json.loads(out.read_text())["predictions"]
     assert answer["topk"][0] | {"prob": None} == {"index": 65, "label": "sea snake", "synset": SEA_SNAKE, "prob": None}

@@ -18,6 +18,7 @@ import tresnet
 from helpers import StandInClassifier
 from tresnet.cli import _common
 from tresnet.cli.main import main
+from tresnet.data.transforms import Preprocessing
 from tresnet.engine.predict import predict
 from tresnet.engine.validate import validate
 from tresnet.errors import ConfigError
@@ -143,7 +144,7 @@ def test_images_without_annotations_kept_as_negatives(data, stand_in, tmp_path):
 @pytest.mark.filterwarnings("ignore::tresnet.data.UnreadableImageWarning")
 def test_validate_from_python_with_the_checkpoints_class_names(data):
     model = CodeModel(class_names=CLASSES)
-    report = validate(model, data.images, annotations=data.annotations, device="cpu", img_size=64, progress=False,
+    report = validate(model, data.images, annotations=data.annotations, device="cpu", preprocessing=Preprocessing.of(model, img_size=64), progress=False,
                       limit=3)
     assert report["images"] + report["skipped"] == 3  # taken evenly over the 6 listed: 99.png among them
     assert report["checkpoint"] == "stand-in.safetensors" and report["limit"] == 3
@@ -180,7 +181,8 @@ def test_the_single_label_report_names_its_task(data, tmp_path):
     for name, code in (("ant", 20), ("bee", 30), ("cat", 60)):  # sorted folders: classes 0, 1, 2
         (folder / name).mkdir(parents=True)
         Image.new("RGB", (8, 8), (code, 0, 0)).save(folder / name / "a.png")
-    report = validate(CodeModel(task="multiclass"), folder, device="cpu", img_size=64, progress=False)
+    model = CodeModel(task="multiclass")
+    report = validate(model, folder, device="cpu", preprocessing=Preprocessing.of(model, img_size=64), progress=False)
     assert report["task"] == "multiclass" and report["top1"] == pytest.approx(100.0)  # argmax 0, 1, 2
     assert "map" not in report
 
@@ -196,7 +198,7 @@ def test_predict_lists_the_labels_above_the_threshold_then_the_topk(data, stand_
     start = lines.index(files[0])
     assert lines[start:start + 6] == [files[0], "  labels (probability > 0.5):", "     88.08%  cat (0)",
                                       "     73.11%  ant (1)", "  top-2:", "     88.08%  cat (0)"]
-    answers = {a["file"]: a for a in json.loads(out.read_text())}
+    answers = {a["file"]: a for a in json.loads(out.read_text())["predictions"]}
     assert [s["label"] for s in answers[files[0]]["labels"]] == ["cat", "ant"]
     assert [s["label"] for s in answers[files[1]]["labels"]] == ["ant", "bee"]  # sigmoid 0.62 and 0.55
     assert answers[files[1]]["labels"][0]["prob"] == pytest.approx(1 / (1 + np.exp(-0.5)), rel=1e-6)
@@ -231,7 +233,7 @@ def _probs(model: nn.Module, task: str | None) -> list[float]:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "20.png"
         Image.new("RGB", (50, 40), (20, 0, 0)).save(path)
-        (answer,) = predict(model, [path], img_size=64, task=task)
+        (answer,) = predict(model, [path], preprocessing=Preprocessing.of(model, img_size=64), task=task)
     probs = {score.index: score.prob for score in answer.topk}
     if answer.labels is None:
         assert "labels" not in answer.to_dict()
@@ -243,7 +245,7 @@ def _probs(model: nn.Module, task: str | None) -> list[float]:
 
 def test_eighty_multilabel_classes_without_names_are_cocos(data):
     model = CodeModel(num_classes=80)
-    (answer,) = predict(model, [data.images / "20.png"], img_size=64, topk=1)
+    (answer,) = predict(model, [data.images / "20.png"], preprocessing=Preprocessing.of(model, img_size=64), topk=1)
     assert answer.topk[0].label == "person" and [s.label for s in answer.labels] == ["person", "bicycle"]
 
 

@@ -14,6 +14,7 @@ import tresnet
 from tresnet.cli.main import main
 from tresnet.data import imagenet_class_names
 from tresnet.data.imagenet import imagenet_synsets
+from tresnet.data.transforms import Preprocessing
 
 CLASSES = ["ant", "bee", "cow"]
 SMALL = ["--img-size", "64", "--device", "cpu"]
@@ -117,7 +118,7 @@ def test_predict_answers_good_files_and_fails_for_bad_ones(folder, checkpoint, t
     for name in good:
         assert name in captured.out
     assert "c.jpg: not an image" in captured.err and "missing.jpg: no such file" in captured.err
-    results = {r["file"]: r for r in json.loads(out.read_text())}
+    results = {r["file"]: r for r in json.loads(out.read_text())["predictions"]}
     assert set(results) == {*good, str(folder / "bee" / "c.jpg"), str(tmp_path / "missing.jpg")}
     for name in good:
         answers = results[name]["topk"]
@@ -154,7 +155,7 @@ def test_a_checkpoint_saved_by_tresnet_names_its_model(folder, checkpoint, tmp_p
     assert main(["predict", "--checkpoint", str(checkpoint), "--json", str(out), str(folder / "ant" / "a.jpg"),
                  *SMALL]) == 0
     assert "tresnet_m: 3 classes, weights" in capsys.readouterr().err
-    assert json.loads(out.read_text())[0]["topk"][0]["label"] in CLASSES
+    assert json.loads(out.read_text())["predictions"][0]["topk"][0]["label"] in CLASSES
     report = tmp_path / "report.json"
     monkeypatch.setattr("tresnet.runtime.cpu_has_bf16", lambda: False)  # as on an AVX2-only CPU
     assert main(["validate", "--data", str(folder), "--checkpoint", str(checkpoint), "--workers", "0",
@@ -187,8 +188,8 @@ def test_predict_from_python_gives_the_same_answers_as_the_command(folder, check
     out = tmp_path / "cli.json"
     main(["predict", "--checkpoint", str(checkpoint), "--batch-size", "3", "--json", str(out), str(folder), *SMALL])
     model = tresnet.create_model(checkpoint_path=checkpoint)
-    answers = [a.to_dict() for a in predict(model, [folder], img_size=64, batch_size=3)]
-    assert answers == json.loads(out.read_text())
+    answers = [a.to_dict() for a in predict(model, [folder], preprocessing=Preprocessing.of(model, img_size=64), batch_size=3)]
+    assert answers == json.loads(out.read_text())["predictions"]
     assert model.training  # its mode is given back
     assert [a["file"] for a in answers if "error" in a] == [str(folder / "bee" / "c.jpg")]
 
@@ -199,7 +200,7 @@ def test_validate_from_python_reports_what_the_json_holds(folder, checkpoint):
 
     model = tresnet.create_model(checkpoint_path=checkpoint)
     with pytest.warns(UnreadableImageWarning, match="c.jpg"):
-        report = validate(model, folder, img_size=64, batch_size=4, device="cpu", progress=False)
+        report = validate(model, folder, preprocessing=Preprocessing.of(model, img_size=64), batch_size=4, device="cpu", progress=False)
     assert report["images"] == 6 and report["skipped"] == 1 and report["precision"] == "fp32"
     assert report["checkpoint"] == str(checkpoint) and report["checkpoint_format"] == "tresnet"
 
@@ -269,7 +270,7 @@ def test_predict_with_a_genet_release_file_gives_imagenet_labels(genet_files, fo
         assert main(["predict", "--model", "genet_light", "--checkpoint", str(genet_files[fmt]), "--topk", "2",
                      "--device", "cpu", "--json", str(out), str(folder / "cow")]) == 0
         assert f"({fmt} format)" in capsys.readouterr().err
-        answers[fmt] = json.loads(out.read_text())
+        answers[fmt] = json.loads(out.read_text())["predictions"]
     names = set(imagenet_class_names())
     assert len(answers["official"]) == 2 and all(a["topk"][0]["label"] in names for a in answers["official"])
     for ours, theirs in zip(answers["official"], answers["timm"], strict=True):
@@ -294,4 +295,4 @@ def test_a_genet_checkpoint_of_ours_needs_no_model_name(folder, tmp_path, capsys
     assert main(["predict", "--checkpoint", str(path), "--json", str(answers), str(folder / "ant" / "a.jpg"),
                  *SMALL]) == 0
     assert "genet_light: 3 classes, weights" in capsys.readouterr().err
-    assert json.loads(answers.read_text())[0]["topk"][0]["label"] in CLASSES
+    assert json.loads(answers.read_text())["predictions"][0]["topk"][0]["label"] in CLASSES

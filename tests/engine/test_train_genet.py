@@ -15,6 +15,7 @@ import tresnet
 from engine.train_testdata import FAST, Killed, kill_mid_second_epoch, make_train_val
 from helpers import requires_sklearn
 from tresnet.checkpoint import read_checkpoint_metadata
+from tresnet.data.transforms import Preprocessing
 from tresnet.engine.config import build_config, load_recipe
 from tresnet.engine.train import train
 from tresnet.engine.validate import validate
@@ -81,7 +82,7 @@ def test_validation_during_training_agrees_with_validate_afterwards(folder, tmp_
     meta = read_checkpoint_metadata(checkpoint)
     assert meta["model"] == "genet_light" and meta["family"] == "genet" and meta["norm"] == "bn"
     model = tresnet.create_model(checkpoint_path=checkpoint)  # no model name needed
-    report = validate(model, folder / "val", img_size=32, device="cpu", progress=False)
+    report = validate(model, folder / "val", preprocessing=Preprocessing.of(model, img_size=32), device="cpu", progress=False)
     row = _metrics_row(tmp_path / "run")
     assert report["images"] == 6 and report["top1"] / 100 == pytest.approx(float(row["val_top1"]))
     assert report["loss"] == pytest.approx(float(row["val_loss"]), rel=1e-5)

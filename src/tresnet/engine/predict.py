@@ -76,10 +76,6 @@ class Prediction:
         return out
 
 
-def _TMP_BACKEND(b):  # TMPWIRE
-    return {'int8_backend': b} if b else {}
-
-
 def _labels(model: nn.Module, class_names: Sequence[str] | None, task: str,
             class_map: str | os.PathLike | None) -> tuple[list[str], Sequence[str] | None]:
     """A label per output and, for an ImageNet-1k model labelled by ImageNet's names, the synsets."""
@@ -166,7 +162,7 @@ def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int 
     preprocessing = preprocessing or Preprocessing.of(model)
     model.check_input_size(*preprocessing.img_size)
     device = torch.device(device) if device is not None else _model_device(model)
-    check_inference_options(precision, device, calibration, calibration_images)
+    check_inference_options(precision, device, calibration, calibration_images, int8_backend)
     labels, synsets = _labels(model, class_names, task, class_map)
     files, errors = find_images(inputs)
     transform = preprocessing.transform()
@@ -177,7 +173,7 @@ def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int 
     model.to(device).eval()
     runner, run_precision = inference_model(model, precision, device, calibration=calibration,
                                             calibration_images=calibration_images,
-                                            img_size=preprocessing.img_size[0], **_TMP_BACKEND(int8_backend))
+                                            img_size=preprocessing.img_size[0], int8_backend=int8_backend)
     try:
         for start in range(0, len(items), batch_size):
             names, tensors, failed = _decode(items[start:start + batch_size], task)

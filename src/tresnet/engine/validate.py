@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from tresnet.data import ImageFolderDataset, create_loader
-from tresnet.data.bundled import BundledValidationSet, bundled_set
+from tresnet.data.bundled import BUNDLED_SETS, BundledValidationSet, bundled_set
 from tresnet.data.class_mapping import ClassMapping, name_mismatch, read_class_map, resolve_class_mapping
 from tresnet.data.class_names import IMAGENET_NUM_CLASSES
 from tresnet.data.datasets import GroundTruthDataset, RealLabelled
@@ -49,10 +49,6 @@ from tresnet.tasks import DEFAULT_THRESHOLD, MULTICLASS, MULTILABEL, check_task,
 ValidationData = ImageFolderDataset | MultiLabelDataset | BundledValidationSet
 
 _MULTILABEL_DATA = "pass --annotations FILE (COCO json, with --data the images folder) or --data labels.csv"
-
-
-def _TMP_BACKEND(b):  # TMPWIRE
-    return {'int8_backend': b} if b else {}
 
 
 def open_validation_data(data: str | os.PathLike, *, task: str = MULTICLASS,
@@ -95,6 +91,9 @@ def _data_task(dataset: ValidationData) -> str:
 
 
 def _check_data_fits_task(dataset: ValidationData, task: str) -> None:
+    if isinstance(dataset, BundledValidationSet) and task != dataset.task:
+        other = next(name for name, spec in BUNDLED_SETS.items() if spec.task == task)
+        raise DataError(f"{dataset.root} is a {dataset.task} set and the model is {task}: use --data {other}")
     if task == MULTILABEL and _data_task(dataset) != MULTILABEL:
         raise DataError(f"a multilabel validation needs multi-label targets, not the class folders of "
                         f"{dataset.root}: {_MULTILABEL_DATA} (or --task multiclass)")
@@ -241,7 +240,7 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
     other than the checkpoint's) and :class:`~tresnet.errors.InputSizeError` (a size the model cannot take).
     """
     device = resolve_device(device)
-    check_inference_options(precision, device, calibration, calibration_images)
+    check_inference_options(precision, device, calibration, calibration_images, int8_backend)
     task = resolve_task(model, task)
     threshold = check_threshold(model_threshold(model) if threshold is None else threshold)
     preprocessing = preprocessing or Preprocessing.of(model)
@@ -259,16 +258,23 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
     scored = with_real_labels(dataset, model, real_labels) if real_labels is not None else dataset
     subset = evenly_spaced(scored, limit) if limit is not None else scored
     loader = create_loader(subset, batch_size, workers, device)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    runner, run_precision = inference_model(model, precision, device, calibration=calibration,
-                                            calibration_images=calibration_images,
-                                            img_size=preprocessing.img_size[0], **_TMP_BACKEND(int8_backend))
+    runner, run_precision = _runner(model, device, precision, channels_last, preprocessing,
+                                    dict(calibration=calibration, calibration_images=calibration_images,
+                                         int8_backend=int8_backend))
     settings = _settings(batch_size, workers, limit, precision, calibration, runner)
     return Validation(model, dataset, subset, loader, preprocessing, device, precision, channels_last, settings,
                       task, threshold, mapping, str(real_labels) if real_labels is not None else None,
                       runner, run_precision)
+
+
+def _runner(model: nn.Module, device: torch.device, precision: str, channels_last: bool,
+            preprocessing: Preprocessing, deployment: dict) -> tuple[nn.Module, str]:
+    """The model on its device (channels-last if asked) and what runs for ``precision`` (its deployment
+    form for bf16 and int8: :func:`~tresnet.deploy.inference.inference_model` with ``deployment``)."""
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return inference_model(model, precision, device, img_size=preprocessing.img_size[0], **deployment)
 
 
 def _apply_preprocessing(dataset: ValidationData, model: nn.Module, preprocessing: Preprocessing) -> None:
