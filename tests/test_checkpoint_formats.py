@@ -278,3 +278,38 @@ def test_pretrained_cfg_answers_the_deprecated_key_with_a_warning():
     assert cfg["model"] == "tresnet_m_448" and cfg["arch"] == "tresnet_m"
     with pytest.warns(DeprecationWarning, match="use pretrained_cfg\\['model'\\]"):
         assert cfg["architecture"] == "tresnet_m_448"
+
+
+def test_our_checkpoints_carry_their_preprocessing_and_threshold(tmp_path):
+    from tresnet.data.transforms import Preprocessing
+
+    model = tresnet.create_model("genet_light", num_classes=3, task="multilabel")
+    model.pretrained_cfg.update(Preprocessing.of(model, img_size=64, crop_mode="squash").to_config(), threshold=0.7)
+    path = tresnet.save_checkpoint(model, tmp_path / "m.safetensors", class_names=["a", "b", "c"])
+    loaded = tresnet.create_model(checkpoint_path=path)
+    cfg = loaded.pretrained_cfg
+    assert (cfg["input_size"], cfg["crop_mode"], cfg["crop_pct"], cfg["threshold"]) == ((3, 64, 64), "squash", 1.0, 0.7)
+    assert cfg["mean"] == tuple(model.pretrained_cfg["mean"]) and cfg["preprocessing_source"] == "checkpoint"
+    assert Preprocessing.of(loaded).describe().startswith("squash to 64x64 bilinear, normalised")
+    # the registered model's configuration is left as it was
+    assert tresnet.get_pretrained_cfg("genet_light")["input_size"] == (3, 192, 192)
+
+
+def test_files_that_record_only_their_training_size_are_evaluated_at_it(tmp_path):
+    model = tresnet.create_model("genet_light", num_classes=3)
+    model.pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k != "input_size"}
+    path = tresnet.save_checkpoint(model, tmp_path / "m.safetensors", metadata={"img_size": 48})
+    assert tresnet.create_model(checkpoint_path=path).pretrained_cfg["input_size"] == (3, 48, 48)
+
+
+def test_an_edited_preprocessing_record_is_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    model = tresnet.create_model("genet_light", num_classes=3)
+    path = tresnet.save_checkpoint(model, tmp_path / "m.safetensors")
+    from tresnet.checkpoint import checkpoint_metadata
+
+    meta = checkpoint_metadata(model, extra={"preprocessing": {"input_size": [3, "big", 3]}})
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="records an input size of"):
+        tresnet.create_model(checkpoint_path=path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import transforms as T
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, v2
 
 from tresnet import get_pretrained_cfg
 from tresnet.data.transforms import create_eval_transform, describe_eval_transform, resolve_eval_config
@@ -23,7 +23,12 @@ def _image(width: int, height: int) -> Image.Image:
 
 def _reference_224(resize: int, crop: int) -> T.Compose:
     return T.Compose([T.Resize(resize, interpolation=InterpolationMode.BILINEAR, antialias=True),
-                      T.CenterCrop(crop), T.ToTensor()])
+                      T.CenterCrop(crop), *_TO_FLOAT])
+
+
+# To float as the training transform converts (x * (1 / 255); ToTensor's x / 255 differs in the last bit), so
+# that an image file and the same pixels in memory give equal tensors.
+_TO_FLOAT = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
 
 
 @pytest.mark.parametrize("size", [(500, 375), (375, 500), (256, 256), (190, 140)])
@@ -47,7 +52,7 @@ def test_448_models_squash_without_crop(size):
     img = _image(*size)
     ours = create_eval_transform(get_pretrained_cfg("tresnet_m_448"))(img)
     expected = T.Compose([T.Resize((448, 448), interpolation=InterpolationMode.BILINEAR, antialias=True),
-                          T.ToTensor()])(img)
+                          *_TO_FLOAT])(img)
     assert ours.shape == (3, 448, 448) and torch.equal(ours, expected)
 
 
@@ -135,3 +140,43 @@ def test_training_transforms_normalise_when_given_mean_and_std():
         assert not erase or (b[~kept] == 0).all()
     with pytest.raises(ConfigError, match="both mean and std"):
         create_train_transform(32, mean=mean)
+
+
+def test_preprocessing_resolves_overrides_once():
+    from tresnet.data.transforms import Preprocessing
+    from tresnet.models.registry import PREPROCESSING_KEYS
+
+    cfg = get_pretrained_cfg("tresnet_m")
+    plain = Preprocessing.of(cfg)
+    assert (plain.img_size, plain.crop_mode, plain.resize_size, plain.source) == ((224, 224), "center", 256, "model")
+    assert set(plain.to_config()) == set(PREPROCESSING_KEYS)
+    squash = Preprocessing.of(cfg, img_size=32, crop_mode="squash")
+    assert squash.describe() == "squash to 32x32 bilinear, RGB in [0, 1]" and squash.crop_pct == 1.0
+    cropped = Preprocessing.of(get_pretrained_cfg("tresnet_m_448"), crop_pct=0.875)  # a crop fraction means a crop
+    assert (cropped.crop_mode, cropped.resize_size) == ("center", 512)
+    assert Preprocessing.of(cfg, interpolation="bicubic").describe().startswith("resize 256 bicubic")
+    recorded = Preprocessing.of({**squash.to_config(), "preprocessing_source": "checkpoint"})
+    assert recorded.describe().endswith("(recorded in the checkpoint)") and recorded.img_size == (32, 32)
+    assert squash.to_dict()["resize_size"] == [32, 32] and squash.to_dict()["description"] == squash.describe()
+    with pytest.raises(ConfigError, match="does not apply with --crop-mode squash"):
+        Preprocessing.of(cfg, crop_pct=0.9, crop_mode="squash")
+    with pytest.raises(ConfigError, match=r"--crop-pct must be in \(0, 1\]"):
+        Preprocessing.of(cfg, crop_pct=1.5)
+    with pytest.raises(ConfigError, match="unknown interpolation"):
+        Preprocessing.of(cfg, interpolation="cubic")
+
+
+def test_a_file_and_the_same_pixels_in_memory_give_equal_tensors(tmp_path):
+    from torchvision.transforms import v2
+
+    from tresnet.data.transforms import Preprocessing
+
+    pixels = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp_path / "a.png")
+    for cfg in (get_pretrained_cfg("tresnet_m"), get_pretrained_cfg("genet_light")):
+        preprocessing = Preprocessing.of(cfg, img_size=32, crop_mode="squash")
+        from_file = preprocessing.transform()(Image.open(tmp_path / "a.png"))
+        steps = [v2.ToDtype(torch.float32, scale=True)]
+        if cfg["family"] == "genet":
+            steps.append(v2.Normalize(list(cfg["mean"]), list(cfg["std"])))
+        assert torch.equal(from_file, v2.Compose(steps)(pixels))  # what training's evaluation of digits does
