@@ -93,6 +93,24 @@ def test_native_sizes():
     assert native_img_size(parse_model_spec("gernet_l")) == 256
 
 
+def test_a_checkpoint_of_ours_is_measured_at_its_recorded_size_with_its_head(tmp_path):
+    import tresnet
+    from tresnet.data.transforms import Preprocessing
+
+    model = tresnet.create_model("genet_light", num_classes=10)
+    model.pretrained_cfg.update(Preprocessing.of(model, img_size=32, crop_mode="squash").to_config())
+    path = tresnet.save_checkpoint(model, tmp_path / "best.safetensors")
+    spec = parse_model_spec(str(path))
+    assert (spec.name, spec.impl, spec.checkpoint) == ("genet_light", "tresnet", str(path))
+    assert native_img_size(spec) == 32
+    target = build_target(spec, BuildOptions(device=torch.device("cpu")))
+    assert target.img_size == 32 and target.module.num_classes == 10
+    fused = build_target(parse_model_spec(f"{path}:fused"), BuildOptions(device=torch.device("cpu")))
+    assert fused.img_size == 32
+    with pytest.raises(TResNetError, match="no checkpoint at"):
+        parse_model_spec(str(tmp_path / "missing.safetensors"))
+
+
 def test_our_model_rejects_a_bad_size_and_counts_macs():
     options = BuildOptions(device=torch.device("cpu"), img_size=30)
     with pytest.raises(InputSizeError):

@@ -1,7 +1,9 @@
 """What a benchmark measures: model names parsed into specs, built into targets, with their static costs.
 
 A model is written ``[timm:]NAME[:VARIANT]``. A plain ``NAME`` is one of ours
-(:func:`tresnet.list_models`), else a timm model; ``timm:NAME`` forces timm's implementation.
+(:func:`tresnet.list_models`), else a timm model; ``timm:NAME`` forces timm's implementation. ``NAME`` may
+also be the path of a checkpoint saved by ``tresnet train`` (``runs/digits/best.safetensors``): its model is
+measured with its classes and head, at the input size its run validated at.
 ``VARIANT`` picks a registered transformation of the model (:func:`register_variant`). The built-in
 ones (:mod:`tresnet.bench.variants`, registered on first use) apply to our models:
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +50,7 @@ class ModelSpec:
     name: str
     impl: str
     variant: str | None = None
+    checkpoint: str | None = None  # a checkpoint of ours: its model, classes, head and recorded input size
 
 
 @dataclass(frozen=True)
@@ -155,11 +159,28 @@ def parse_model_spec(text: str) -> ModelSpec:
     if not name or ":" in variant or (rest.endswith(":")):
         raise ConfigError(f"bad model {text!r}: write NAME, timm:NAME or NAME:VARIANT (e.g. tresnet_m, "
                           f"timm:tresnet_m, tresnet_m:bn)")
+    if impl is None and _is_checkpoint_path(name):
+        return ModelSpec(label=label, name=_checkpoint_model(name), impl="tresnet", variant=variant or None,
+                         checkpoint=name)
     if impl is None:
         from tresnet.models import list_models
 
         impl = "tresnet" if name in list_models() else "timm"
     return ModelSpec(label=label, name=name, impl=impl, variant=variant or None)
+
+
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".tar")
+
+
+def _is_checkpoint_path(name: str) -> bool:
+    return name.endswith(_CHECKPOINT_SUFFIXES) or "/" in name or Path(name).expanduser().is_file()
+
+
+def _checkpoint_model(path: str) -> str:
+    """The registered model a checkpoint holds (it must name it: ours do)."""
+    from tresnet.factory import model_name_from_checkpoint
+
+    return model_name_from_checkpoint(Path(path).expanduser())
 
 
 def parse_model_list(models: str | Sequence[str]) -> list[ModelSpec]:
@@ -230,13 +251,19 @@ def build_base_model(spec: ModelSpec, **kwargs) -> nn.Module:
     if spec.impl == "tresnet":
         from tresnet import create_model
 
-        return create_model(spec.name, **kwargs)
+        return create_model(spec.name, checkpoint_path=spec.checkpoint, **kwargs)
     return _timm().create_model(spec.name, pretrained=False, **kwargs)
 
 
 def native_img_size(spec: ModelSpec, module: nn.Module | None = None) -> int:
     """The input side ``spec``'s model was trained at (224 for most; 240 for EfficientNet-B1)."""
     cfg = getattr(module, "pretrained_cfg", None) if module is not None else None
+    if not cfg and spec.checkpoint is not None:
+        from tresnet.checkpoint import read_checkpoint_metadata
+        from tresnet.factory import recorded_preprocessing
+
+        recorded = recorded_preprocessing(read_checkpoint_metadata(Path(spec.checkpoint).expanduser()))
+        cfg = recorded if "input_size" in recorded else None
     if not cfg and spec.impl == "tresnet":
         from tresnet.models import get_pretrained_cfg
 
