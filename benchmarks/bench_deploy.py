@@ -13,7 +13,8 @@ Runtime) and ``:onnx_int8`` (that file quantized to int8 by ONNX Runtime). For e
         --json benchmarks/results/deploy_cpu_1t.json --markdown
 
 The run also measures the compute ceiling of each number format on its threads (the best rate of a large
-matrix product in fp32, bf16 and int8, :mod:`tresnet.bench.ceiling`; ``--peak-gflops`` gives it instead),
+matrix product or convolution in fp32, bf16 and int8, or the fastest path's where that is higher,
+:mod:`tresnet.bench.ceiling`; ``--peak-gflops`` gives it instead),
 and each row records its GFLOP/s (the plain model's MACs x 2 x images/s) and its share of the ceiling of
 its format. The int8 paths are calibrated on random images: their speed does not depend on them, their
 accuracy does (``benchmarks/deploy_accuracy.py`` measures it on real images). The issue's targets are
@@ -45,6 +46,7 @@ from tresnet.bench import (
     run_benchmark,
     write_json,
 )
+from tresnet.bench.machine import load_average
 from tresnet.bench.report import ceilings_of, format_ceilings, format_speed, format_table, speed_ratio
 from tresnet.errors import TResNetError
 from tresnet.files import write_text
@@ -61,7 +63,7 @@ def config_for(args: argparse.Namespace, threads: int) -> BenchConfig:
               for path in ("", *args.paths.split(","))]
     return BenchConfig(models=",".join(models), mode="infer", device="cpu", batch_size=args.batch_size,
                        img_size=args.img_size, warmup=args.warmup, repeats=args.repeats, threads=threads,
-                       peak_memory=False, peak_gflops=args.peak_gflops)
+                       timer=args.timer, peak_memory=False, peak_gflops=args.peak_gflops)
 
 
 def command_for(config: BenchConfig, json_path: Path) -> str:
@@ -69,8 +71,9 @@ def command_for(config: BenchConfig, json_path: Path) -> str:
     size = f" --img-size {config.img_size}" if config.img_size else ""
     peaks = f" --peak-gflops {config.peak_gflops}" if config.peak_gflops else ""
     return (f"python3 -m tresnet benchmark --models {config.models} --device cpu --mode infer "
-            f"--batch-size {config.batch_size}{size} --threads {config.threads} --warmup {config.warmup} "
-            f"--repeats {config.repeats} --no-peak-memory{peaks} --json {json_path} --markdown")
+            f"--batch-size {config.batch_size}{size} --threads {config.threads} --timer {config.timer} "
+            f"--warmup {config.warmup} --repeats {config.repeats} --no-peak-memory{peaks} --json {json_path} "
+            f"--markdown")
 
 
 def targets_of(rows: list[BenchRow], threads: int) -> list[dict]:
@@ -96,13 +99,6 @@ def format_targets(targets: list[dict]) -> list[str]:
     return lines
 
 
-def _load() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
-
-
 def _fmt_load(load: float | None) -> str:
     return "-" if load is None else f"{load:.2f}"
 
@@ -121,15 +117,17 @@ def markdown(runs: list[dict], rows_by_threads: dict[int, list[BenchRow]], targe
     """The docs table: per path and thread count img/s, the ratio to the plain model, the largest difference
     from it, GFLOP/s and the share of the ceiling; the ceilings; the targets met or not."""
     first = rows_by_threads[runs[0]["threads"]][0]
+    clock = "CPU time of the process" if first.timer == "cpu" else "wall-clock time"
     sizes = ", ".join(dict.fromkeys(f"`{r.name}` at {r.img_size} px" for r in rows_by_threads[runs[0]["threads"]]))
     lines = [f"CPU: {cpu_name()}; speed-relevant ISA flags: {', '.join(first.cpu_flags or []) or 'none'}; {versions}.",
              f"{sizes}; batch {first.infer.batch_size}, fp32 images, fresh weights, int8 calibrated on random "
-             f"images (speed only); one run per thread count: wall-clock time, median of {first.repeats} timed "
+             f"images (speed only); one run per thread count: {clock}, median of {first.repeats} timed "
              f"turns after {first.warmup} warm-up turns, all paths measured in turns; ±% = interquartile range. "
              f"\"max rel diff\": the largest difference from the plain model's logits on the timed batch, relative "
              f"to their largest magnitude. GFLOP/s: the plain model's MACs x 2 x img/s; \"of ceiling\": its share "
-             f"of the compute ceiling of the path's number format, the best rate of a large matrix product in "
-             f"that format on the run's threads (a measured GEMM figure, not the datasheet's).",
+             f"of the compute ceiling of the path's number format: the best rate of a large matrix product or "
+             f"convolution in that format on the run's threads, or the fastest path's rate where that is higher "
+             f"(measured, not the datasheet's).",
              ""]
     lines += [f"- {format_ceilings(rows_by_threads[run['threads']])}" for run in runs]
     lines += ["", "| threads | path | px | ms / batch | img/s | vs plain | max rel diff | GFLOP/s | of ceiling |",
@@ -168,6 +166,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", default="1,2", help="thread counts, one run each (default: %(default)s)")
+    parser.add_argument("--timer", default="wall",
+                        help="wall (default) or cpu: CPU time of the process, for a shared machine (with --threads 1)")
     parser.add_argument("--peak-gflops", default=None, metavar="GFLOPS",
                         help="the compute ceiling, as tresnet benchmark takes it (default: measured per run)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results (default: %(default)s)")
@@ -180,10 +180,10 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> None:
     for threads in (int(t) for t in args.threads.split(",")):
         config = config_for(args, threads)
         json_path = args.out / f"deploy_cpu_{threads}t.json"
-        before = _load()
+        before = load_average()
         rows = run_benchmark(config, progress=sys.stderr.isatty())
         ceilings = {fmt: gflops for fmt, (gflops, _) in ceilings_of(rows).items()}
-        runs.append(dict(threads=threads, load_avg_1min_before=before, load_avg_1min_after=_load(),
+        runs.append(dict(threads=threads, load_avg_1min_before=before, load_avg_1min_after=load_average(),
                          command=command_for(config, Path(os.path.relpath(json_path))), peak_gflop_per_s=ceilings,
                          rows=[row.to_dict() for row in rows]))
         rows_by_threads[threads] = rows

@@ -10,7 +10,8 @@ the checkpoint's ``trained_on`` names), so the fp32 figure is the one the traini
 - ``fused fp32``: :func:`tresnet.deploy.fuse` (BatchNorm folded);
 - ``bf16``: ``fuse(model, dtype=torch.bfloat16)``;
 - ``int8 PT2E``: :func:`tresnet.deploy.quantize` (torchao's PT2E flow under ``torch.compile``);
-- ``int8 ONNX``: ``export_model(..., format="onnx", precision="int8")`` run by ONNX Runtime.
+- ``int8 ONNX``: ``onnx_model(..., precision="int8")``: ``export_model(..., format="onnx", precision="int8")``
+  run by ONNX Runtime.
 
 Both int8 paths are calibrated on ``--calibration-images`` images taken evenly over the TRAINING split
 (never val), with the model's eval preprocessing. Each path is scored by its difference to fp32 in points
@@ -56,11 +57,16 @@ import torch
 
 import tresnet
 from tresnet.bench import command_line, machine_record
-from tresnet.bench.variants import OnnxRunner
 from tresnet.checkpoint import read_checkpoint_metadata
-from tresnet.deploy import BOUNDS, DEFAULT_CALIBRATION_IMAGES, ExportError, export_model, fuse, quantize
+from tresnet.deploy import (
+    BOUNDS,
+    DEFAULT_CALIBRATION_IMAGES,
+    ExportError,
+    fuse,
+    onnx_model,
+    quantize,
+)
 from tresnet.deploy.exactness import exact_outputs, relative_error, run_outputs
-from tresnet.deploy.export import onnx_session
 from tresnet.engine.config import CONFIG_FILE, TrainConfig, build_config, saved_config
 from tresnet.engine.data import build_train_data
 from tresnet.engine.metrics import mean_average_precision
@@ -174,14 +180,7 @@ def load_eval_set(name: str, checkpoint: Path, calibration_count: int) -> EvalSe
 # --- the paths -----------------------------------------------------------------------------------------
 
 
-def onnx_int8(model: torch.nn.Module, calibration: torch.Tensor, img_size: int, folder: Path, threads: int) -> Run:
-    """The int8 ONNX file of ``model`` (ONNX Runtime's static quantization), as a session called like a model."""
-    report = export_model(model, folder / "int8.onnx", format="onnx", precision="int8", calibration=calibration,
-                          img_size=img_size, dynamic_batch=True)
-    return OnnxRunner(onnx_session(report.path, threads=threads))
-
-
-def path_builders(evalset: EvalSet, folder: Path, threads: int) -> dict[str, tuple[str, Callable[[], Run]]]:
+def path_builders(evalset: EvalSet, threads: int) -> dict[str, tuple[str, Callable[[], Run]]]:
     """Path name -> (its precision, a function that builds it); each built when its turn comes."""
     model, calibration = evalset.model, evalset.calibration
     return {
@@ -189,7 +188,8 @@ def path_builders(evalset: EvalSet, folder: Path, threads: int) -> dict[str, tup
         "fused fp32": ("fp32", lambda: fuse(model)),
         "bf16": ("bf16", lambda: fuse(model, dtype=torch.bfloat16)),
         "int8 PT2E": ("int8", lambda: quantize(model, calibration)),
-        "int8 ONNX": ("int8", lambda: onnx_int8(model, calibration, evalset.img_size, folder, threads)),
+        "int8 ONNX": ("int8", lambda: onnx_model(model, precision="int8", calibration=calibration,
+                                                 img_size=evalset.img_size, threads=threads)),
     }
 
 
@@ -219,13 +219,12 @@ def measure(evalset: EvalSet, threads: int) -> list[PathResult]:
     """Every path of ``evalset``'s model, each compared with the first (fp32)."""
     exact = exact_outputs(evalset.model, [evalset.images[: evalset.batch_size]])
     results = []
-    with tempfile.TemporaryDirectory(prefix="tresnet-deploy-accuracy-") as folder:
-        for name, (precision, build) in path_builders(evalset, Path(folder), threads).items():
-            print(f"{evalset.name}: {name}...", file=sys.stderr)
-            try:
-                results.append(measure_path(evalset, name, precision, build, exact))
-            except ExportError as e:  # an export refused by its own check: reported, not hidden
-                results.append(PathResult(path=name, precision=precision, metric=None, notes=[f"refused: {e}"]))
+    for name, (precision, build) in path_builders(evalset, threads).items():
+        print(f"{evalset.name}: {name}...", file=sys.stderr)
+        try:
+            results.append(measure_path(evalset, name, precision, build, exact))
+        except ExportError as e:  # an export refused by its own check: reported, not hidden
+            results.append(PathResult(path=name, precision=precision, metric=None, notes=[f"refused: {e}"]))
     fp32 = results[0]
     for result in results:
         result.error_bound = BOUNDS[result.precision].limit(fp32.error_vs_float64)

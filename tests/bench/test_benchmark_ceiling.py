@@ -1,4 +1,5 @@
-"""The compute ceiling: the measured GEMM rate per number format, --peak-gflops, and a row's share of it."""
+"""The compute ceiling: the measured rate of the probes per number format (raised to a path that outruns them),
+--peak-gflops, and a row's share of it."""
 
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ from helpers import tiny_bench_config
 from tresnet.bench import ceiling, run_benchmark
 from tresnet.bench.ceiling import (
     FORMATS,
+    PEAK_FASTEST,
     PEAK_GIVEN,
     PEAK_MEASURED,
     achieved_gflop_per_s,
+    ceiling_gflop_per_s,
+    conv_gflop_per_s,
     estimate_peaks,
     fraction_of_peak,
     gemm_gflop_per_s,
     parse_peak_gflops,
     precision_format,
+    raise_to_fastest,
+    record_compute,
 )
 from tresnet.bench.report import format_ceilings, format_table, markdown_table
 from tresnet.bench.rows import BenchRow, ModeResult
@@ -66,9 +72,37 @@ def test_int8_without_an_int8_matrix_product_has_no_ceiling(monkeypatch):
     assert gemm_gflop_per_s("int8", side=64, rounds=1) is None
 
 
-def test_an_unknown_format_is_refused():
+def test_an_unknown_format_or_timer_is_refused():
     with pytest.raises(ConfigError, match="bad number format 'fp64'"):
         gemm_gflop_per_s("fp64")
+    with pytest.raises(ConfigError, match="bad timer 'sundial'"):
+        conv_gflop_per_s("fp32", timer="sundial")
+
+
+def test_the_ceiling_is_the_better_probe_by_the_runs_clock():
+    # a convolution probe beside the matrix product: the networks' convolutions run on oneDNN's kernels, which
+    # outran torch.mm's on an AMD EPYC; the CPU clock, as a --timer cpu run times its paths
+    assert conv_gflop_per_s("fp32", rounds=1, timer="cpu") > 0 and conv_gflop_per_s("int8", rounds=1) is None
+    assert gemm_gflop_per_s("fp32", side=128, rounds=1, timer="cpu") > 0
+    assert ceiling_gflop_per_s("fp32", side=128, rounds=1, timer="cpu") > 0
+
+
+def test_a_path_faster_than_the_probes_sets_the_ceiling():
+    assert raise_to_fastest(50.0, [30.0, 60.0, None]) == 60.0
+    assert raise_to_fastest(50.0, [30.0]) == 50.0 and raise_to_fastest(None, [30.0]) is None
+    assert raise_to_fastest(50.0, [None]) == 50.0
+    fused, plain, int8 = (_row(m, v, f, 1.0, PEAK_MEASURED) for m, v, f in
+                          [("tresnet_m:fused", "fused", "fp32"), ("tresnet_m", None, "fp32"),
+                           ("tresnet_m:int8", "int8", "int8")])
+    fused.infer.img_per_s, plain.infer.img_per_s = 6.0, 3.0  # 69 and 34.5 GFLOP/s at 5.75 GMACs
+    record_compute([fused, plain, int8], {"fp32": (50.0, PEAK_MEASURED), "int8": (2000.0, PEAK_GIVEN)})
+    assert fused.peak_gflop_per_s == plain.peak_gflop_per_s == pytest.approx(69.0)
+    assert (fused.peak_source, fused.probe_gflop_per_s) == (PEAK_FASTEST, 50.0)
+    assert fused.infer_peak_fraction == pytest.approx(1.0) and plain.infer_peak_fraction == pytest.approx(0.5)
+    assert (int8.peak_gflop_per_s, int8.peak_source, int8.probe_gflop_per_s) == (2000.0, PEAK_GIVEN, None)
+    assert format_ceilings([fused, int8]) == ("compute ceiling (int8 given, the others measured, 2 threads): fp32 69 "
+                                              "(a path's rate, above the probes' 50), int8 2,000 GFLOP/s")
+    assert BenchRow.from_dict(fused.to_dict()) == fused
 
 
 @pytest.mark.parametrize(("given", "peaks"), [
@@ -117,10 +151,10 @@ def _row(model: str, variant: str | None, number_format: str, peak: float, sourc
 def test_reports_show_the_rate_the_share_and_the_ceilings():
     rows = [_row("tresnet_m", None, "fp32", 920.0, PEAK_GIVEN), _row("tresnet_m:int8", "int8", "int8", 2300.0,
                                                                      PEAK_MEASURED)]
-    assert format_ceilings(rows) == ("compute ceiling (fp32 given, the others measured GEMM, 2 threads): "
+    assert format_ceilings(rows) == ("compute ceiling (fp32 given, the others measured, 2 threads): "
                                      "fp32 920, int8 2,300 GFLOP/s")
     assert "25.0% fp32" in format_table(rows) and "10.0% int8" in format_table(rows)
-    assert "| infer GFLOP/s | of peak |" in markdown_table(rows) and "| 230 | 10.0% int8 |" in markdown_table(rows)
+    assert "| infer GFLOP/s | of ceiling |" in markdown_table(rows) and "| 230 | 10.0% int8 |" in markdown_table(rows)
     assert BenchRow.from_dict(rows[1].to_dict()) == rows[1]
     assert format_ceilings([BenchRow.from_dict({**rows[0].to_dict(), "number_format": None})]) == ""
     no_bf16 = _row("tresnet_m:bf16", "bf16", "bf16", 1.0, PEAK_MEASURED)
@@ -132,15 +166,15 @@ def test_reports_show_the_rate_the_share_and_the_ceilings():
 def test_the_ceiling_is_measured_only_when_a_row_needs_it(monkeypatch):
     asked = []
 
-    def fake_peaks(formats, **kwargs):
+    def fake_peaks(formats, **kwargs):  # before the timed turns and after: the better of the two is kept
         asked.append(list(formats))
-        return dict.fromkeys(asked[-1], 50.0)
+        return dict.fromkeys(asked[-1], 5000.0 if len(asked) % 2 else 9000.0)
 
     monkeypatch.setattr("tresnet.bench.runner.estimate_peaks", fake_peaks)
     (plain,) = run_benchmark(tiny_bench_config("genet_light", mode="infer", threads=1))
     assert asked == [] and plain.number_format is None and "number_format" not in plain.to_dict()
     (plain,) = run_benchmark(tiny_bench_config("genet_light", mode="infer", threads=1, peak_gflops="auto"))
-    assert asked == [["fp32"]] and plain.peak_gflop_per_s == 50.0 and plain.peak_source == PEAK_MEASURED
+    assert asked == [["fp32"], ["fp32"]] and plain.peak_gflop_per_s == 9000.0 and plain.peak_source == PEAK_MEASURED
     (plain,) = run_benchmark(tiny_bench_config("genet_light", mode="infer", threads=1, precision="bf16",
                                                 peak_gflops="fp32=1"))
     assert asked[-1] == ["bf16"] and plain.number_format == "bf16"  # bf16 autocast: the bf16 ceiling, measured

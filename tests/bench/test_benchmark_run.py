@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -187,3 +188,32 @@ def test_subprocess_peak_is_its_own_not_the_parents():
                                              check=True).stdout.split())
     del ballast
     assert own < inherited - 500 * 2**20  # getrusage carries the parent's peak over fork + exec; VmHWM does not
+
+
+@pytest.mark.parametrize(("load", "cores", "threads", "warns"), [
+    (3.0, 2, 2, True),     # the busy machine of the issue: 2 threads on 2 cores under a load of 3
+    (0.3, 2, 2, False),    # a quiet machine: the benchmark's own start and the daemons
+    (1.0, 2, 1, False),    # one other job on one core leaves the run's one thread a core
+    (1.6, 2, 1, True),
+    (None, 2, 1, False),   # no load average on this system
+])
+def test_the_busy_machine_message(load, cores, threads, warns):
+    from tresnet.bench.machine import busy_machine_message
+
+    message = busy_machine_message(load, cores, threads)
+    assert (message is not None) is warns
+    if warns:
+        assert f"load average is {load:.1f} on {cores} cores" in message and "--threads 1 --timer cpu" in message
+        assert "\n" not in message
+
+
+def test_a_wall_clock_run_on_a_busy_machine_warns_once_before_it_starts():
+    from tresnet.bench.runner import BusyMachineWarning
+
+    with pytest.warns(BusyMachineWarning, match="load average is 9.0") as caught:
+        run_benchmark(tiny(mode="infer", threads=1, repeats=1), load=lambda: 9.0)
+    assert len([w for w in caught if w.category is BusyMachineWarning]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BusyMachineWarning)
+        run_benchmark(tiny(mode="infer", threads=1, repeats=1, timer="cpu"), load=lambda: 9.0)  # CPU time: robust
+        run_benchmark(tiny(mode="infer", threads=1, repeats=1), load=lambda: 0.0)

@@ -208,3 +208,25 @@ def test_validate_in_int8_calibrates_on_the_folder_and_reports_it(tresnet_m, ima
     assert "calibrating on up to 6 images" in captured.err
     written = json.loads(report.read_text())
     assert written["precision"] == "int8" and written["calibration_images"] == 6 and written["images"] == 12
+
+
+LEAK_CHECK = """
+import torch, tresnet
+from tresnet.deploy import quantize
+quantize(tresnet.create_model("genet_light", num_classes=4).eval(), torch.rand(2, 3, 32, 32))
+print("compiled")
+"""
+
+
+@requires_torchao
+@pytest.mark.slow
+def test_compiling_int8_says_nothing_about_cuda(tmp_path):
+    # Inductor's first compilation imports torch.utils.cpp_extension, whose logger reports on import where it found
+    # a CUDA toolkit when no GPU is there: a line for torch's developers that leaked out of validate --precision int8
+    import os
+    import subprocess
+
+    env = {**os.environ, "CUDA_HOME": str(tmp_path)}  # a toolkit "found", as on a machine with one and no GPU
+    done = subprocess.run([sys.executable, "-c", LEAK_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr
+    assert "CUDA" not in done.stderr, done.stderr

@@ -4,7 +4,7 @@
 :class:`BenchRow` per model; :mod:`tresnet.bench.report` turns rows into a table, JSON, CSV and a plot.
 ``NAME:fused``, ``NAME:bf16``, ``NAME:int8``, ``NAME:onnx`` and ``NAME:onnx_int8`` measure the deployment
 paths (:mod:`tresnet.bench.variants`), against the compute ceiling of their number format
-(:mod:`tresnet.bench.ceiling`: a measured GEMM rate per format).
+(:mod:`tresnet.bench.ceiling`: the measured rate of a matrix product and a convolution per format).
 ``tresnet benchmark`` is the command-line face of the same.
 """
 

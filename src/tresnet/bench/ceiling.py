@@ -1,12 +1,19 @@
 """The compute ceiling of the cores a benchmark runs on, per number format, and a model's share of it.
 
-The ceiling is **measured, not a datasheet figure**: the best rate of one large square matrix product in
-that format, on the current thread count (``torch.mm`` in fp32 and bfloat16; ``torch._int_mm``, int8 x
-int8 -> int32, for int8), in GFLOP/s (2 x multiply-accumulates per second). It is what the library's GEMM
-kernels reach on these cores (with AMX or AVX-512 VNNI where the CPU has them), so it is the fair yardstick
-of a network whose time is mostly convolutions run as GEMMs; the hardware's theoretical peak is higher. It is
-a yardstick, not a bound: on a 2-core AMD EPYC (AVX2) TResNet-M's convolutions ran at 1.1-1.4x the fp32
-product's rate.
+The ceiling is **measured, not a datasheet figure**: the best rate, on the current thread count and by the run's
+clock, of the probes in that format, in GFLOP/s (2 x multiply-accumulates per second). The probes are one large
+square matrix product (``torch.mm`` in fp32 and bfloat16; ``torch._int_mm``, int8 x int8 -> int32, for int8) and,
+in fp32 and bfloat16, one channels-last 3x3 convolution (oneDNN's kernels, which the networks' convolutions run
+on; ``torch.mm`` may take another library's, slower on some CPUs: on a 2-core AMD EPYC with AVX2 the convolution
+ran 10-40% faster than the matrix product). The datasheet peak (cores x clock x FMA width) is no ceiling on a
+machine that runs above the clock it reports, as virtual machines do (that EPYC's convolution probe reached 1.3x
+the peak at its reported clock), so it is not used. The probes are measured before and after the benchmark's
+timed turns, and the better rate is kept.
+
+A path that still runs faster than the probes (the benchmark compares every row's rate, :func:`raise_to_fastest`)
+sets the ceiling of its format itself, and the row says so (``peak_source``: :data:`PEAK_FASTEST`, with the
+probes' rate beside it): the ceiling is then the fastest rate measured on these cores, and no path reads above
+100%.
 
 A CPU without bfloat16 arithmetic (AVX-512 BF16 or AMX) has no bf16 ceiling, and one without int8 dot
 products (VNNI or AMX) no int8 ceiling (None): there those products are emulated or take a generic path, far
@@ -18,14 +25,18 @@ than ``MAX_PRODUCT_S`` at full size is measured at ``PROBE_SIDE``.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
 from tresnet.bench.machine import cpu_flag_set
+from tresnet.bench.timing import TIMERS, time_iterations
 from tresnet.errors import ConfigError
 from tresnet.runtime import cpu_has_bf16
+
+if TYPE_CHECKING:
+    from tresnet.bench.rows import BenchRow
 
 FORMATS = ("fp32", "bf16", "int8")
 GEMM_SIDE = 2048  # large enough for the kernels' full rate, small enough to take well under a second
@@ -33,8 +44,12 @@ ROUNDS = 5
 MIN_ROUND_S = 0.05  # each timed round repeats the product for at least this long
 AUTO = "auto"
 # Where a row's ceiling came from (its ``peak_source``).
-PEAK_MEASURED = "measured: best rate of a large matrix product in the format on the run's threads"
+PEAK_MEASURED = ("measured: best rate of a large matrix product or convolution in the format on the run's "
+                 "threads")
+PEAK_FASTEST = "measured: the fastest path of the run in the format, faster than the probes"
 PEAK_GIVEN = "given (--peak-gflops)"
+# The convolution probe: batch, channels in and out, side; 3x3, channels-last (oneDNN's layout for the networks).
+CONV_PROBE = (4, 128, 56)
 PEAK_HINT = "give auto, one number of GFLOP/s for every format (e.g. 900) or fp32=X,bf16=Y,int8=Z"
 
 
@@ -72,33 +87,50 @@ def _lacks_fast_kernels(number_format: str, device: torch.device) -> bool:
     return False
 
 
-def _best_seconds(product: Callable[[], torch.Tensor], device: torch.device, rounds: int) -> float:
-    """The fastest time of one ``product`` call: best of ``rounds`` rounds, each repeated for ``MIN_ROUND_S``."""
-    def timed(calls: int) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        for _ in range(calls):
-            product()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - start) / calls
+def _conv_probe(number_format: str, device: torch.device) -> tuple[Callable[[], torch.Tensor], float] | None:
+    """The convolution probe of ``number_format`` (a 3x3 conv, channels-last, :data:`CONV_PROBE`) and its FLOPs;
+    None for int8 (no plain int8 convolution op)."""
+    if number_format == "int8":
+        return None
+    batch, channels, side = CONV_PROBE
+    dtype = torch.bfloat16 if number_format == "bf16" else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(channels, channels, 3, 3, generator=generator).to(device=device, dtype=dtype)
+    images = torch.randn(batch, channels, side, side, generator=generator).to(device=device, dtype=dtype)
+    weight, images = (t.contiguous(memory_format=torch.channels_last) for t in (weight, images))
 
-    first = timed(1)  # also the warm-up: kernel choice, packing buffers
+    def conv() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.nn.functional.conv2d(images, weight, padding=1)
+
+    return conv, 2.0 * batch * channels * channels * 9 * side * side
+
+
+def _best_seconds(product: Callable[[], torch.Tensor], device: torch.device, rounds: int,
+                  timer: str = "wall") -> float:
+    """The fastest time of one ``product`` call by ``timer`` (wall or cpu, as the benchmark's turns are timed):
+    best of ``rounds`` rounds, each repeated for ``MIN_ROUND_S``."""
+    first = time_iterations(product, 1, device, timer)  # also the warm-up: kernel choice, packing buffers
     calls = max(1, math.ceil(MIN_ROUND_S / max(first, 1e-9)))
-    return min(timed(calls) for _ in range(rounds))
+    return min(time_iterations(product, calls, device, timer) for _ in range(rounds))
+
+
+def _check_format(number_format: str, timer: str) -> None:
+    if number_format not in FORMATS:
+        raise ConfigError(f"bad number format {number_format!r}: choose one of {', '.join(FORMATS)}")
+    if timer not in TIMERS:
+        raise ConfigError(f"bad timer {timer!r}: choose one of {', '.join(TIMERS)}")
 
 
 def gemm_gflop_per_s(number_format: str, *, side: int = GEMM_SIDE, rounds: int = ROUNDS,
-                     device: torch.device | str = "cpu") -> float | None:
-    """The measured GEMM ceiling of ``number_format`` (fp32, bf16 or int8) on the current thread count, in
-    GFLOP/s; None where this torch has no matrix product in that format on ``device``, or the CPU only
-    emulates it (see the module's note).
+                     device: torch.device | str = "cpu", timer: str = "wall") -> float | None:
+    """The measured GEMM rate of ``number_format`` (fp32, bf16 or int8) on the current thread count, by ``timer``
+    (``wall`` or ``cpu``, as the benchmark's), in GFLOP/s; None where this torch has no matrix product in that
+    format on ``device``, or the CPU only emulates it (see the module's note).
 
-    Raises :class:`ConfigError` for another format.
+    Raises :class:`ConfigError` for another format or timer.
     """
-    if number_format not in FORMATS:
-        raise ConfigError(f"bad number format {number_format!r}: choose one of {', '.join(FORMATS)}")
+    _check_format(number_format, timer)
     device = torch.device(device)
     if _lacks_fast_kernels(number_format, device):
         return None
@@ -108,20 +140,49 @@ def gemm_gflop_per_s(number_format: str, *, side: int = GEMM_SIDE, rounds: int =
         if probe is None:
             return None
         # a slow generic kernel would take minutes at full size: measure it at the probe's
-        if _best_seconds(probe, device, 1) * (side / probe_side) ** 3 > MAX_PRODUCT_S:
+        if _best_seconds(probe, device, 1, timer) * (side / probe_side) ** 3 > MAX_PRODUCT_S:
             side, product = probe_side, probe
         else:
             product = _operands(number_format, side, device)
-        seconds = _best_seconds(product, device, rounds)
+        seconds = _best_seconds(product, device, rounds, timer)
     except (RuntimeError, NotImplementedError):  # the kernel is not built for this device or size
         return None
     return 2 * side ** 3 / seconds / 1e9
 
 
+def conv_gflop_per_s(number_format: str, *, rounds: int = ROUNDS, device: torch.device | str = "cpu",
+                     timer: str = "wall") -> float | None:
+    """The measured rate of the convolution probe (:data:`CONV_PROBE`) in ``number_format`` on the current
+    thread count, by ``timer``, in GFLOP/s; None for int8 and where the format is emulated or not built.
+
+    Raises :class:`ConfigError` for another format or timer.
+    """
+    _check_format(number_format, timer)
+    device = torch.device(device)
+    probe = None if _lacks_fast_kernels(number_format, device) else _conv_probe(number_format, device)
+    if probe is None:
+        return None
+    conv, flop = probe
+    try:
+        return flop / _best_seconds(conv, device, rounds, timer) / 1e9
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def ceiling_gflop_per_s(number_format: str, *, side: int = GEMM_SIDE, rounds: int = ROUNDS,
+                        device: torch.device | str = "cpu", timer: str = "wall") -> float | None:
+    """The compute ceiling of ``number_format``: the better of :func:`gemm_gflop_per_s` and
+    :func:`conv_gflop_per_s` (None when neither runs). Raises :class:`ConfigError` for another format or timer."""
+    rates = [rate(number_format, rounds=rounds, device=device, timer=timer, **extra)
+             for rate, extra in ((gemm_gflop_per_s, {"side": side}), (conv_gflop_per_s, {}))]
+    found = [r for r in rates if r is not None]
+    return max(found) if found else None
+
+
 def estimate_peaks(formats: Iterable[str] = FORMATS, *, side: int = GEMM_SIDE, rounds: int = ROUNDS,
-                   device: torch.device | str = "cpu") -> dict[str, float | None]:
-    """:func:`gemm_gflop_per_s` of each of ``formats``: ``{"fp32": ..., "bf16": ..., "int8": ...}``."""
-    return {fmt: gemm_gflop_per_s(fmt, side=side, rounds=rounds, device=device) for fmt in formats}
+                   device: torch.device | str = "cpu", timer: str = "wall") -> dict[str, float | None]:
+    """:func:`ceiling_gflop_per_s` of each of ``formats``: ``{"fp32": ..., "bf16": ..., "int8": ...}``."""
+    return {fmt: ceiling_gflop_per_s(fmt, side=side, rounds=rounds, device=device, timer=timer) for fmt in formats}
 
 
 def _positive(number, given) -> float:
@@ -192,5 +253,36 @@ def fraction_of_peak(achieved: float | None, peak: float | None) -> float | None
     return achieved / peak
 
 
-__all__ = ["FORMATS", "PEAK_GIVEN", "PEAK_MEASURED", "achieved_gflop_per_s", "estimate_peaks", "fraction_of_peak", "gemm_gflop_per_s",
-           "parse_peak_gflops", "precision_format"]
+def raise_to_fastest(ceiling: float | None, rates: Iterable[float | None]) -> float | None:
+    """The ceiling a run reports for a measured ``ceiling`` and its rows' ``rates`` in that format: the faster of
+    the probes and the fastest row (None when the format has no ceiling here), so that no row reads above 100%."""
+    fastest = max((r for r in rates if r is not None), default=None)
+    if ceiling is None or fastest is None:
+        return ceiling
+    return max(ceiling, fastest)
+
+
+def record_compute(rows: Iterable[BenchRow], ceilings: Mapping[str, tuple[float | None, str]]) -> None:
+    """Set each row's inference GFLOP/s (its plain model's MACs x 2 x images/s) and its fraction of the ceiling of
+    its number format, from ``ceilings`` (``format -> (GFLOP/s, source)``). A measured ceiling that a row outran
+    becomes the fastest row's rate (:func:`raise_to_fastest`, source :data:`PEAK_FASTEST`), the probes' rate kept
+    in ``probe_gflop_per_s``; a given one (:data:`PEAK_GIVEN`) is kept as it is."""
+    rows = list(rows)
+    for row in rows:
+        if row.number_format is not None:
+            row.infer_gflop_per_s = achieved_gflop_per_s(row.gmacs, row.infer.img_per_s)
+    for fmt, (probes, source) in ceilings.items():
+        own = [row for row in rows if row.number_format == fmt]
+        ceiling = probes
+        if source != PEAK_GIVEN:
+            ceiling = raise_to_fastest(probes, [row.infer_gflop_per_s for row in own])
+            source = PEAK_FASTEST if ceiling != probes else source
+        for row in own:
+            row.peak_gflop_per_s, row.peak_source = ceiling, source
+            row.probe_gflop_per_s = None if source == PEAK_GIVEN else probes
+            row.infer_peak_fraction = fraction_of_peak(row.infer_gflop_per_s, ceiling)
+
+
+__all__ = ["FORMATS", "PEAK_FASTEST", "PEAK_GIVEN", "PEAK_MEASURED", "achieved_gflop_per_s", "ceiling_gflop_per_s",
+           "conv_gflop_per_s", "estimate_peaks", "fraction_of_peak", "gemm_gflop_per_s", "parse_peak_gflops",
+           "precision_format", "raise_to_fastest", "record_compute"]

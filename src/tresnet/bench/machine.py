@@ -1,4 +1,5 @@
-"""What a measurement ran on: the device's name, the CPU's model and speed-relevant ISA flags, the versions."""
+"""What a measurement ran on: the device's name, the CPU's model and speed-relevant ISA flags, its load, the
+versions."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import torch
 CPUINFO = "/proc/cpuinfo"
 # ISA extensions that change CPU inference speed: wide vectors, int8/bf16 dot products, AMX tiles.
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+# Load the 1-minute average may carry beyond the free cores without a warning: the benchmark's own start, daemons.
+LOAD_TOLERANCE = 0.5
 
 
 def _cpuinfo_field(name: str) -> str | None:
@@ -43,6 +46,28 @@ def cpu_flags() -> list[str]:
     """Which of :data:`SPEED_FLAGS` the CPU has, in that order (empty where ``/proc/cpuinfo`` is absent)."""
     present = cpu_flag_set() or set()
     return [flag for flag in SPEED_FLAGS if flag in present]
+
+
+def load_average() -> float | None:
+    """The 1-minute load average of the machine (None where the system does not report one)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_machine_message(load: float | None, cpu_count: int | None, threads: int) -> str | None:
+    """What to say before a wall-clock run of ``threads`` threads when the 1-minute ``load`` average exceeds
+    the cores those threads leave free (``cpu_count - threads``) by more than :data:`LOAD_TOLERANCE`; None
+    when it does not, or when either figure is unknown."""
+    if load is None or not cpu_count:
+        return None
+    free = max(cpu_count - threads, 0)
+    if load <= free + LOAD_TOLERANCE:
+        return None
+    return (f"the load average is {load:.1f} on {cpu_count} cores, more than the {free} that {threads} "
+            f"thread{'s leave' if threads != 1 else ' leaves'} free: other work will skew the wall-clock speeds and their "
+            f"ratios; run on a quiet machine, or time with --threads 1 --timer cpu")
 
 
 def command_line(script: str, argv: Sequence[str] | None = None) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tresnet.bench.ceiling import FORMATS, PEAK_GIVEN
+from tresnet.bench.ceiling import FORMATS, PEAK_FASTEST, PEAK_GIVEN
 from tresnet.bench.rows import MODES, BenchRow, as_rows
 from tresnet.bench.targets import timm_name_of
 from tresnet.errors import MissingDependencyError
@@ -85,7 +85,7 @@ _COLUMNS: list[tuple[str, Callable[[BenchRow], str]]] = [
     ("peak MiB", lambda r: _fmt(r.train.peak_mem_mib or r.infer.peak_mem_mib, 0)),
     ("max rel diff", lambda r: _fmt_diff(r.max_rel_diff)),
     ("GFLOP/s", lambda r: _fmt(r.infer_gflop_per_s, 0)),
-    ("of peak", _fmt_of_peak),
+    ("of ceiling", _fmt_of_peak),
     ("top-1", lambda r: _fmt(r.top1, 2)),
 ]
 
@@ -190,7 +190,7 @@ def markdown_table(rows: Rows) -> str:
     compute = any(r.number_format is not None for r in rows)
     head = ("| model | impl | px | batch | infer img/s | train img/s | params (M) | GMACs | saved MiB/img "
             "| peak train MiB |" + (" max rel diff |" if diffs else "")
-            + (" infer GFLOP/s | of peak |" if compute else "") + " top-1 |")
+            + (" infer GFLOP/s | of ceiling |" if compute else "") + " top-1 |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         batch = r.train.batch_size or r.infer.batch_size
@@ -210,24 +210,34 @@ def ceilings_of(rows: Rows) -> dict[str, tuple[float | None, str | None]]:
     return {fmt: found[fmt] for fmt in FORMATS if fmt in found}
 
 
+def _fmt_ceiling(fmt: str, gflops: float | None, source: str | None, probes: float | None) -> str:
+    """``fp32 310``; ``fp32 109 (a path's rate, above the probes' 98)``; or the format without a ceiling."""
+    if not gflops:
+        return f"{fmt} - (no fast {fmt} product on this CPU)"
+    if source == PEAK_FASTEST:
+        return f"{fmt} {_fmt(gflops, 0)} (a path's rate, above the probes' {_fmt(probes, 0)})"
+    return f"{fmt} {_fmt(gflops, 0)}"
+
+
 def format_ceilings(rows: Rows) -> str:
-    """One line: ``compute ceiling (measured GEMM, 2 threads): fp32 310, bf16 2,150, int8 2,700 GFLOP/s``, or
-    an empty string when ``rows`` were not compared with one."""
+    """One line: ``compute ceiling (measured, 2 threads): fp32 310, bf16 2,150, int8 2,700 GFLOP/s``, or an empty
+    string when ``rows`` were not compared with one. A ceiling set by a path faster than the probes says so."""
     ceilings = ceilings_of(rows)
     if not ceilings:
         return ""
     given = [fmt for fmt, (_, source) in ceilings.items() if source == PEAK_GIVEN]
     if not given:
-        how = "measured GEMM"
+        how = "measured"
     elif len(given) == len(ceilings):
         how = "given"
     else:
-        how = f"{', '.join(given)} given, the others measured GEMM"
-    first = as_rows(rows)[0]
-    threads = first.threads if first.device == "cpu" else None
+        how = f"{', '.join(given)} given, the others measured"
+    rows = as_rows(rows)
+    threads = rows[0].threads if rows[0].device == "cpu" else None
     on = f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""
-    values = ", ".join(f"{fmt} {_fmt(gflops, 0)}" if gflops else f"{fmt} - (no fast {fmt} product on this CPU)"
-                       for fmt, (gflops, _) in ceilings.items())
+    probes = {r.number_format: r.probe_gflop_per_s for r in rows if r.number_format}
+    values = ", ".join(_fmt_ceiling(fmt, gflops, source, probes.get(fmt))
+                       for fmt, (gflops, source) in ceilings.items())
     return f"compute ceiling ({how}{on}): {values} GFLOP/s"
 
 

@@ -19,7 +19,8 @@ _HEAD = ("model", "name", "impl", "variant", "device", "device_name", "precision
          "img_size", "params_m", "gmacs", "saved_mib_per_img", "top1", "top1_img_size", "top1_source")
 _SETTINGS = ("tresnet_version", "torch_version", "timm_version", "warmup", "repeats", "iters", "threads", "timer")
 # Set in a run that compares speeds with the compute ceiling (tresnet.bench.ceiling); written only then.
-_COMPUTE = ("number_format", "peak_gflop_per_s", "peak_source", "infer_gflop_per_s", "infer_peak_fraction")
+_COMPUTE = ("number_format", "peak_gflop_per_s", "peak_source", "probe_gflop_per_s", "infer_gflop_per_s",
+            "infer_peak_fraction")
 
 
 @dataclass
@@ -56,6 +57,9 @@ class BenchRow:
     relative to the plain logits' largest magnitude. ``cpu_flags``: the CPU's speed-relevant ISA flags.
     ``img_size_from``: the model of the run whose input side this row was measured at instead of its own (a
     timm model that is the same network as one of ours is measured at ours', so that the pair compares).
+    Compute (:mod:`tresnet.bench.ceiling`): ``number_format``, ``peak_gflop_per_s`` (the ceiling) and
+    ``peak_source``, ``probe_gflop_per_s`` (the probes' rate, when measured), ``infer_gflop_per_s`` and
+    ``infer_peak_fraction``.
     """
 
     model: str
@@ -94,6 +98,7 @@ class BenchRow:
     number_format: str | None = None
     peak_gflop_per_s: float | None = None
     peak_source: str | None = None
+    probe_gflop_per_s: float | None = None
     infer_gflop_per_s: float | None = None
     infer_peak_fraction: float | None = None
 

@@ -11,14 +11,15 @@ itself, as when its largest batch was searched. Inference-only variants (``NAME:
 model that is the same network as one of ours in the run (``timm:gernet_s`` beside ``genet_light``) is
 measured at our model's side (the row's ``img_size_from`` says so), so that the pair compares. A CPU
 run with a deployment variant (or any run given ``peak_gflops``) also measures the compute ceiling of the
-number formats its rows run in (:mod:`tresnet.bench.ceiling`), after building and before timing, and
-records each row's achieved GFLOP/s and its fraction of that ceiling.
+number formats its rows run in (:mod:`tresnet.bench.ceiling`), before and after timing (the better of the two),
+and records each row's achieved GFLOP/s and its fraction of that ceiling.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -39,13 +40,12 @@ from tresnet.bench.batch_search import (
 from tresnet.bench.ceiling import (
     PEAK_GIVEN,
     PEAK_MEASURED,
-    achieved_gflop_per_s,
     estimate_peaks,
-    fraction_of_peak,
     parse_peak_gflops,
     precision_format,
+    record_compute,
 )
-from tresnet.bench.machine import cpu_flags, describe_device, versions
+from tresnet.bench.machine import busy_machine_message, cpu_flags, describe_device, load_average, versions
 from tresnet.bench.memory import saved_bytes_per_image
 from tresnet.bench.published import published_top1
 from tresnet.bench.rows import BenchRow, ModeResult
@@ -85,7 +85,12 @@ CUDA_PEAK_METHOD = "torch.cuda.max_memory_allocated during the timed steps"
 # (target, mode, batch) -> peak bytes; replaces the real measurement (tests use a fake allocator).
 PeakMeasure = Callable[[BenchTarget, str, int], float]
 
-__all__ = ["BenchConfig", "BenchRow", "describe_device", "plan_config", "run_benchmark"]
+__all__ = ["BenchConfig", "BenchRow", "BusyMachineWarning", "describe_device", "plan_config", "run_benchmark"]
+
+
+class BusyMachineWarning(UserWarning):
+    """A wall-clock CPU run started while other work held the cores its threads need
+    (:func:`~tresnet.bench.machine.busy_machine_message`)."""
 
 
 @dataclass
@@ -275,7 +280,7 @@ def _torch_settings(config: BenchConfig, device: torch.device) -> Iterator[None]
 def _new_row(target: BenchTarget, config: BenchConfig, plan: _Plan) -> BenchRow:
     """The row of ``target``: identity, settings, versions and published top-1; nothing measured yet."""
     spec = target.spec
-    published = published_top1(spec.name)
+    published = published_top1(spec.name) if spec.checkpoint is None else None  # a run of ours: not the paper's
     return BenchRow(
         model=spec.label, name=spec.name, impl=spec.impl, variant=spec.variant, device=str(plan.device),
         device_name=describe_device(plan.device), precision=config.precision,
@@ -428,8 +433,18 @@ def _prepare(spec: ModelSpec, modes: tuple[str, ...], options: BuildOptions, con
     return target, row
 
 
-def run_benchmark(config: BenchConfig, *, progress: bool = False,
-                  peak_measure: PeakMeasure | None = None) -> list[BenchRow]:
+def warn_if_busy(config: BenchConfig, plan: _Plan, load: float | None) -> None:
+    """A :class:`BusyMachineWarning` before a wall-clock CPU run when the 1-minute ``load`` average exceeds the
+    cores its threads leave free."""
+    if plan.device.type != "cpu" or config.timer != "wall":
+        return
+    message = busy_machine_message(load, os.cpu_count(), int(config.threads or torch.get_num_threads()))
+    if message is not None:
+        warnings.warn(message, BusyMachineWarning, stacklevel=3)
+
+
+def run_benchmark(config: BenchConfig, *, progress: bool = False, peak_measure: PeakMeasure | None = None,
+                  load: Callable[[], float | None] = load_average) -> list[BenchRow]:
     """Measure every model of ``config`` and return one :class:`~tresnet.bench.rows.BenchRow` per model,
     in the order given.
 
@@ -438,7 +453,8 @@ def run_benchmark(config: BenchConfig, *, progress: bool = False,
     backward per image, published top-1, and for a deployment variant its difference from the plain
     model; in a CPU run with a deployment variant, or with ``peak_gflops``, each row's GFLOP/s and its
     fraction of the compute ceiling of its number format. ``peak_measure`` replaces the peak-memory
-    measurement (tests).
+    measurement (tests). A wall-clock CPU run first reads the machine's ``load`` (the 1-minute load average) and
+    warns (:class:`BusyMachineWarning`) when it exceeds the cores the run's threads leave free.
 
     Raises :class:`ConfigError` for a bad option or a batch that does not fit,
     :class:`~tresnet.errors.ModelNotFoundError` for an unknown model and
@@ -449,6 +465,7 @@ def run_benchmark(config: BenchConfig, *, progress: bool = False,
     options = BuildOptions(device=plan.device, img_size=config.img_size, precision=config.precision,
                            channels_last=config.channels_last)
     specs = _checked_specs(config, plan, options)
+    warn_if_busy(config, plan, load())
     # A timm model that is one of ours runs at our model's side when no side is given for all.
     followed = {} if config.img_size else same_network_sizes([spec for spec, _ in specs])
     park = plan.device.type == "cuda" and len(specs) > 1
@@ -474,8 +491,11 @@ def run_benchmark(config: BenchConfig, *, progress: bool = False,
             bar.stage("measuring the compute ceiling")
             ceilings = _ceilings(rows, config, plan)
         _time_round_robin(targets, rows, config, plan, bar, park)
+        if ceilings is not None:
+            bar.stage("measuring the compute ceiling again")
+            ceilings = _ceilings(rows, config, plan, before=ceilings)
     if ceilings is not None:
-        _record_compute(rows, ceilings)
+        record_compute(rows, ceilings)
     return rows
 
 
@@ -496,27 +516,22 @@ def _number_format(row: BenchRow, config: BenchConfig, plan: _Plan) -> str | Non
     return NUMBER_FORMATS.get(row.variant) or precision_format(config.precision, plan.device.type)
 
 
-def _ceilings(rows: list[BenchRow], config: BenchConfig, plan: _Plan) -> dict[str, tuple[float | None, str]]:
+def _ceilings(rows: list[BenchRow], config: BenchConfig, plan: _Plan,
+              before: dict[str, tuple[float | None, str]] | None = None) -> dict[str, tuple[float | None, str]]:
     """Set each row's number format; return ``format -> (GFLOP/s, source)`` for the formats the rows use,
-    given ones as they are, the others measured on the run's threads."""
+    given ones as they are, the others measured on the run's threads (the better of this and ``before``, a
+    measurement at another moment of the run: other work on the machine comes and goes)."""
     for row in rows:
         row.number_format = _number_format(row, config, plan)
     given = plan.peaks or {}
     used = sorted({row.number_format for row in rows} - {None})
     ceilings = {fmt: (given[fmt], PEAK_GIVEN) for fmt in used if fmt in given}
-    measured = estimate_peaks([fmt for fmt in used if fmt not in given], device=plan.device)
-    ceilings.update({fmt: (gflops, PEAK_MEASURED) for fmt, gflops in measured.items()})
+    measured = estimate_peaks([fmt for fmt in used if fmt not in given], device=plan.device, timer=config.timer)
+    for fmt, gflops in measured.items():
+        earlier = (before or {}).get(fmt, (None, None))[0]
+        found = [g for g in (gflops, earlier) if g is not None]
+        ceilings[fmt] = (max(found) if found else None, PEAK_MEASURED)
     return ceilings
-
-
-def _record_compute(rows: list[BenchRow], ceilings: dict[str, tuple[float | None, str]]) -> None:
-    """Each row's inference GFLOP/s (its plain model's MACs) and its fraction of its format's ceiling."""
-    for row in rows:
-        if row.number_format is None:
-            continue
-        row.peak_gflop_per_s, row.peak_source = ceilings[row.number_format]
-        row.infer_gflop_per_s = achieved_gflop_per_s(row.gmacs, row.infer.img_per_s)
-        row.infer_peak_fraction = fraction_of_peak(row.infer_gflop_per_s, row.peak_gflop_per_s)
 
 
 # --- the clock -------------------------------------------------------------------------------------------

@@ -14,9 +14,13 @@ registry). The deployment variants are inference-only and import :mod:`tresnet.d
   logits out (CPU or GPU);
 - ``int8``: :func:`tresnet.deploy.quantize` (PT2E, then ``torch.compile``, which it runs while the
   variant is built; CPU only, needs torchao);
-- ``onnx``: the fused model exported to a temporary ONNX file (checked against the exact result by
-  :func:`tresnet.deploy.export_model`) and run by ONNX Runtime with as many intra-op threads as PyTorch;
-- ``onnx_int8``: the same file quantized to int8 by ONNX Runtime (``export_model(precision="int8")``).
+- ``onnx``: :func:`tresnet.deploy.onnx_model`: the fused model exported to a temporary ONNX file (checked
+  against the exact result by :func:`tresnet.deploy.export_model`) and run by ONNX Runtime with as many
+  intra-op threads as PyTorch;
+- ``onnx_int8``: the same file quantized to int8 by ONNX Runtime (``onnx_model(precision="int8")``).
+
+``int8`` and ``onnx_int8`` measure the two int8 backends of ``validate`` and ``predict`` (``--int8-backend
+pt2e`` and ``onnx``: :data:`INT8_BACKEND_VARIANTS`).
 
 All keep the plain eval model as their reference, so the benchmark records how far their logits are from
 it (``max_rel_diff``). All but ``fused`` set their own number format (:data:`NUMBER_FORMATS`), so they
@@ -28,9 +32,6 @@ not depend on the values or on the ranges calibrated, only the accuracy does, wh
 """
 
 from __future__ import annotations
-
-import tempfile
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -57,6 +58,8 @@ DEPLOYMENT_VARIANTS = ("fused", "bf16", "int8", "onnx", "onnx_int8")
 # --precision): the compute ceiling each is measured against.
 NUMBER_FORMATS = {"bf16": "bf16", "int8": "int8", "onnx": "fp32", "onnx_int8": "int8"}
 CALIBRATION_IMAGES = 32  # random images calibrating the int8 variants (their speed does not depend on them)
+# The variant that measures each int8 backend of tresnet.deploy.inference (INT8_BACKENDS).
+INT8_BACKEND_VARIANTS = {"pt2e": "int8", "onnx": "onnx_int8"}
 
 
 def _plain_bn(spec: ModelSpec, options: BuildOptions) -> nn.Module:
@@ -102,18 +105,6 @@ def _int8(spec: ModelSpec, options: BuildOptions) -> VariantBuild:
     return VariantBuild(run=int8.__call__, reference=model)
 
 
-class OnnxRunner:
-    """An ONNX Runtime session called like a model: a torch batch in, torch logits out (on the CPU)."""
-
-    def __init__(self, session) -> None:
-        self.session = session
-        self.input_name = session.get_inputs()[0].name
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        array = images.detach().cpu().contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
-
-
 def _require_onnx() -> None:
     from tresnet.deploy.export import require_onnx
 
@@ -141,20 +132,17 @@ def _own_format_check(runtime: str, *, cpu_only: bool):
 
 
 def _onnx_runner(spec: ModelSpec, options: BuildOptions, *, int8: bool) -> VariantBuild:
-    """The plain model exported by :func:`tresnet.deploy.export_model` to a temporary file (fused, fp32, or
-    with ``int8`` quantized by ONNX Runtime on :func:`calibration_batch`), in an ONNX Runtime session with as
-    many intra-op threads as PyTorch."""
-    from tresnet.deploy import export_model
-    from tresnet.deploy.export import onnx_session
+    """The plain model in ONNX Runtime, as :func:`tresnet.deploy.onnx_model` builds it (the fused model exported
+    to a temporary file and checked, fp32, or with ``int8`` quantized by ONNX Runtime on
+    :func:`calibration_batch`), with as many intra-op threads as PyTorch."""
+    from tresnet.deploy import onnx_model
 
     model = build_base_model(spec).eval()
     img_size = options.img_size or native_img_size(spec, model)
     quantized = dict(precision="int8", calibration=calibration_batch(img_size)) if int8 else {}
-    with tempfile.TemporaryDirectory(prefix="tresnet-bench-") as folder:
-        report = export_model(model, Path(folder) / f"{spec.name}.onnx", format="onnx", img_size=img_size,
-                              dynamic_batch=True, **quantized)
-        session = onnx_session(report.path, threads=torch.get_num_threads())
-    return VariantBuild(run=OnnxRunner(session), reference=model)
+    runner = onnx_model(model, img_size=img_size, **quantized)
+    # a plain callable: the benchmark neither moves nor converts nor counts the parameters of a session
+    return VariantBuild(run=runner.__call__, reference=model)
 
 
 def _onnx(spec: ModelSpec, options: BuildOptions) -> VariantBuild:
@@ -182,8 +170,8 @@ BUILTIN_VARIANTS = (
                         "logits out (inference only; --precision fp32)"),
     Variant(name="int8", build=_int8, modes=INFER_ONLY, impls=OURS, requires=_require_torchao,
             check=_own_format_check("PyTorch's int8 kernels", cpu_only=True), peak_memory_note=DEPLOY_PEAK_NOTE,
-            description="tresnet.deploy.quantize(model): PT2E int8 compiled by torch.compile, calibrated on "
-                        "random images (inference only, on the CPU, --precision fp32; needs torchao: pip "
+            description="tresnet.deploy.quantize(model): PT2E int8 compiled by torch.compile (--int8-backend "
+                        "pt2e), calibrated on random images (inference only, on the CPU, --precision fp32; needs torchao: pip "
                         "install 'tresnet[int8]'; compiling takes about a minute)"),
     Variant(name="onnx", build=_onnx, modes=INFER_ONLY, impls=OURS, requires=_require_onnx,
             check=_own_format_check("ONNX Runtime", cpu_only=True), peak_memory_note=DEPLOY_PEAK_NOTE,
@@ -191,8 +179,8 @@ BUILTIN_VARIANTS = (
                         "fp32; pip install 'tresnet[export]')"),
     Variant(name="onnx_int8", build=_onnx_int8, modes=INFER_ONLY, impls=OURS, requires=_require_onnx,
             check=_own_format_check("ONNX Runtime", cpu_only=True), peak_memory_note=DEPLOY_PEAK_NOTE,
-            description="the ONNX export quantized to int8 by ONNX Runtime, calibrated on random images "
-                        "(inference only, on the CPU, --precision fp32; pip install 'tresnet[export]')"),
+            description="the ONNX export quantized to int8 by ONNX Runtime (--int8-backend onnx), calibrated "
+                        "on random images (inference only, on the CPU, --precision fp32; pip install 'tresnet[export]')"),
 )
 
 for _variant in BUILTIN_VARIANTS:

@@ -103,7 +103,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser, *, legacy_amp: bool
 
 
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
-    """--calibration and --calibration-images, for int8."""
+    """--calibration, --calibration-images and --int8-backend, for int8."""
+    from tresnet.deploy.inference import INT8_BACKENDS
     from tresnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES
 
     parser.add_argument("--calibration", metavar="DIR",
@@ -112,23 +113,35 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-images", type=int, metavar="N",
                         help=f"int8: how many images of --calibration to use, evenly spaced over its sorted files "
                              f"(default {DEFAULT_CALIBRATION_IMAGES})")
+    parser.add_argument("--int8-backend", metavar="BACKEND",
+                        help=f"int8: {', '.join(INT8_BACKENDS)} (default auto: the faster on this CPU, pt2e where it "
+                             f"has AMX, onnx elsewhere; see docs/deploy.md). pt2e: PyTorch's quantization compiled by "
+                             f"torch.compile (pip install 'tresnet[int8]'); onnx: ONNX Runtime's (pip install "
+                             f"'tresnet[export]')")
 
 
 def check_inference_options(args: argparse.Namespace, precision: str, device) -> None:
     """Fail before any work for a precision that cannot run on ``device`` or calibration options that do not fit."""
     from tresnet.deploy.inference import check_inference_options as check
 
-    check(precision, device, args.calibration, args.calibration_images)
+    check(precision, device, args.calibration, args.calibration_images, getattr(args, "int8_backend", None))
 
 
 def announce_deployment(args: argparse.Namespace, precision: str, command: str) -> None:
-    """Say on stderr that int8 calibrates and compiles first (a minute or more), so a pause is expected."""
+    """Say on stderr which int8 backend runs and that it calibrates and compiles (or exports) first, so a pause
+    is expected."""
     if precision == "int8":
+        from tresnet.deploy.inference import resolve_int8_backend
         from tresnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES
 
         count = args.calibration_images or DEFAULT_CALIBRATION_IMAGES
-        say(command, "note", f"int8: calibrating on up to {count} images of {args.calibration} and compiling the "
-                             f"quantized model (a minute or more)")
+        given = getattr(args, "int8_backend", None)
+        backend = resolve_int8_backend(given)
+        how = ("compiling the quantized model (a minute or more)" if backend == "pt2e" else
+               "exporting the model to ONNX and quantizing it (half a minute or more)")
+        chosen = "--int8-backend" if given not in (None, "auto") else "the faster on this CPU, --int8-backend auto"
+        say(command, "note", f"int8 by {backend} ({chosen}): calibrating on up to {count} images of "
+                             f"{args.calibration} and {how}")
 
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tresnet.cli._common import add_device_argument, add_precision_argument, say
 
@@ -21,8 +24,12 @@ relative to the largest logit. With --mode both they are timed in inference only
 calibrated on random images, which changes their accuracy, not their speed. On the CPU, a run with a
 deployment variant also reports every row's inference GFLOP/s (the plain model's MACs x 2 x images/s) and
 its share of the compute ceiling of the row's number format (fp32, bf16 or int8): the best rate of a large
-matrix product in that format on the run's threads, measured once per run (a GEMM figure, not the
-datasheet's), unless given with --peak-gflops.
+matrix product or convolution in that format on the run's threads, measured before and after the timing by the run's clock,
+or the fastest row's rate where that is higher, so that no row reads above 100% (unless given with
+--peak-gflops). NAME:int8 is the pt2e int8 backend of validate and predict, NAME:onnx_int8 the onnx one; a
+note says which --int8-backend auto takes on this CPU.
+A wall-clock CPU run warns when the load average exceeds the cores its threads leave free: other work then
+skews the speeds and their ratios; use --threads 1 --timer cpu on a shared machine.
 Sizes: each model runs at its own input size, except that a timm model that is the same network as one of
 ours in the run (timm:tresnet_m with tresnet_m, timm:gernet_s with genet_light) runs at ours, so that the
 pair compares at one size; --img-size N sets one size for all.
@@ -124,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
         memory_budget_gib=args.memory_budget, max_batch=args.max_batch, img_size=args.img_size,
         warmup=args.warmup, repeats=args.repeats, iters=args.iters, threads=args.threads, timer=args.timer,
         peak_memory=not args.no_peak_memory, seed=args.seed, peak_gflops=args.peak_gflops)
-    rows = run_benchmark(config, progress=not args.no_progress)
+    with _warnings_as_lines():
+        rows = run_benchmark(config, progress=not args.no_progress)
     print(_heading(rows[0]))
     print(format_table(rows))
     ceilings = format_ceilings(rows)
@@ -144,10 +152,43 @@ def run(args: argparse.Namespace) -> int:
     untrained = [r.model for r in rows if "train" in RUN_MODES[config.mode] and r.train.batch_size is None]
     if untrained:
         say("benchmark", "note", f"{', '.join(untrained)}: inference-only, timed in inference only")
+    _note_int8_backend(rows)
     for path, write in ((args.json, write_json), (args.csv, write_csv), (args.plot, plot_results)):
         if path:
             print(f"wrote {write(rows, path)}", file=sys.stderr)
     return 0
+
+
+@contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """The benchmark's busy-machine warning as one ``tresnet benchmark: warning: ...`` line on stderr."""
+    from tresnet.bench.runner import BusyMachineWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, BusyMachineWarning):
+            say("benchmark", "warning", str(message))
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def _note_int8_backend(rows) -> None:
+    """With an int8 path in the table: which int8 backend validate and predict take here by default."""
+    from tresnet.bench.variants import INT8_BACKEND_VARIANTS
+    from tresnet.deploy.inference import choose_int8_backend, cpu_has_amx, installed_int8_backends
+
+    if not any(r.variant in INT8_BACKEND_VARIANTS.values() for r in rows):
+        return
+    auto = choose_int8_backend(amx=cpu_has_amx(), installed=installed_int8_backends())
+    say("benchmark", "note", f"int8 backends: NAME:{INT8_BACKEND_VARIANTS['pt2e']} is pt2e, "
+                             f"NAME:{INT8_BACKEND_VARIANTS['onnx']} is onnx; on this CPU "
+                             f"({'AMX' if cpu_has_amx() else 'no AMX'}) --precision int8 takes {auto} "
+                             f"(--int8-backend auto)")
 
 
 def _heading(first) -> str:

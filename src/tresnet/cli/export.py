@@ -19,8 +19,8 @@ def add_parser(subparsers) -> None:
                     f"precision: {BOUNDS['fp32'].multiple:g} times PyTorch fp32's own error, and at least "
                     f"{BOUNDS['fp32'].floor:g} of the largest output (fp16 {BOUNDS['fp16'].floor:g}, bf16 "
                     f"{BOUNDS['bf16'].floor:g}, int8 {BOUNDS['int8'].floor:g}). --precision bf16 writes TorchScript (ONNX Runtime has no "
-                    "bfloat16 convolution); --precision int8 writes ONNX quantized by ONNX Runtime, calibrated "
-                    "on --calibration images.")
+                    "bfloat16 convolution); --precision int8 writes ONNX quantized by ONNX Runtime (the onnx "
+                    "int8 backend; pt2e has no file form), calibrated on --calibration images.")
     add_model_arguments(p, pretrained=False)
     p.add_argument("--format", required=True, metavar="FORMAT", help=f"one of: {', '.join(FORMATS)}")
     p.add_argument("--output", required=True, help="file to write, e.g. tresnet_m.onnx or tresnet_m.pt")
@@ -46,7 +46,20 @@ def _precision(args: argparse.Namespace) -> str:
         raise ConfigError(f"bad --precision {precision!r} for export: choose one of {', '.join(EXPORT_PRECISIONS)} "
                           f"(the number format of the exported file)")
     check_calibration_options(precision, args.calibration, args.calibration_images)
+    _check_int8_backend(precision, args.int8_backend)
     return precision
+
+
+def _check_int8_backend(precision: str, backend: str | None) -> None:
+    """An int8 file is ONNX quantized by ONNX Runtime: ``--int8-backend`` may be left out, auto or onnx."""
+    from tresnet.deploy.inference import check_int8_backend
+    from tresnet.errors import ConfigError
+
+    if precision == "int8" and backend == "pt2e":
+        raise ConfigError("--int8-backend pt2e has no file form: export writes int8 as ONNX quantized by ONNX "
+                          "Runtime (--int8-backend onnx, the default here); from Python, tresnet.deploy.quantize "
+                          "gives the PT2E model")
+    check_int8_backend(precision, "onnx" if backend == "auto" else backend)
 
 
 def run(args: argparse.Namespace) -> int:

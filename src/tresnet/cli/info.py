@@ -1,4 +1,5 @@
-"""`tresnet info`: build every model (or the ones named), round-trip a checkpoint, print a table grouped by family."""
+"""`tresnet info`: list every model (or the ones named) with its parameters, GMACs, input size and published top-1,
+grouped by family; with --check, also round-trip each one's weights through our checkpoint format."""
 
 from __future__ import annotations
 
@@ -10,17 +11,20 @@ from pathlib import Path
 import torch
 
 import tresnet
-from tresnet.bench.targets import count_gmacs
 from tresnet.errors import TResNetError
 from tresnet.models.registry import FAMILIES, MODEL_CONFIGS
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("info", help="list the models: parameters, GMACs, input size; check checkpoints",
-                              description="Build each model, save and reload its weights in our checkpoint "
-                                          "format (checking the outputs match), and print a table.")
+    p = subparsers.add_parser("info", help="list the models: parameters, GMACs, input size, published top-1",
+                              description="Print a table of the models: parameters and GMACs (counted once, then "
+                                          "cached in $TRESNET_HOME/model_costs.json until the code changes), input "
+                                          "size and published top-1. With --check, also build each model, save and "
+                                          "reload its weights in our checkpoint format and check that the outputs "
+                                          "match (seconds per model).")
     p.add_argument("--models", default="*", help="comma-separated names or shell patterns (default: all)")
-    p.add_argument("--no-roundtrip", action="store_true", help="skip the checkpoint round trip")
+    p.add_argument("--check", action="store_true",
+                   help="round-trip each model's weights through our checkpoint format and compare the outputs")
     p.set_defaults(func=run)
 
 
@@ -51,30 +55,32 @@ def _top1(top1: float | None, size: int | None, decimals: int) -> str:
     return f"{top1:.{decimals}f} @{size}" if top1 is not None and size is not None else "-"
 
 
+def _check(name: str) -> str:
+    """``ok (1.2 s)`` when the round trip of a fresh ``name`` keeps its outputs; :class:`TResNetError` otherwise."""
+    start = time.perf_counter()
+    model = tresnet.create_model(name).eval()
+    diff = roundtrip_max_diff(model, tuple(model.pretrained_cfg["input_size"]))
+    if diff != 0.0:
+        raise TResNetError(f"checkpoint round trip of {name} changed the outputs by {diff:.3g}")
+    return f"ok ({time.perf_counter() - start:.1f} s)"
+
+
 def run(args: argparse.Namespace) -> int:
+    from tresnet.bench.costs import model_costs
+
     names = _ordered_names(args.models)
     header = (f"{'model':<16}{'family':<9}{'params (M)':>11}{'GMACs':>8}{'input':>9}{'top-1 (published)':>19}"
-              f"{'top-1 (timm)':>14}{'round trip':>12}")
+              f"{'top-1 (timm)':>14}" + (f"{'round trip':>14}" if args.check else ""))
     print(header)
-    print("-" * len(header))
-    for name in names:
-        start = time.perf_counter()
-        model = tresnet.create_model(name).eval()
-        cfg = model.pretrained_cfg
+    print("-" * len(header), flush=True)
+    for name, costs in model_costs(names):
+        cfg = tresnet.get_pretrained_cfg(name)
         size = tuple(cfg["input_size"])
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        gmacs = count_gmacs(model, size[1])
-        check = "skipped"
-        if not args.no_roundtrip:
-            diff = roundtrip_max_diff(model, size)
-            check = "ok" if diff == 0.0 else f"DIFF {diff:.1e}"
-            if diff != 0.0:
-                raise TResNetError(f"checkpoint round trip of {name} changed the outputs by {diff:.3g}")
         timm_eval = cfg.get("timm_eval") or {}
-        print(f"{name:<16}{FAMILIES[cfg['family']].title:<9}{params:>11.2f}{gmacs:>8.2f}"
+        check = f"{_check(name):>14}" if args.check else ""
+        print(f"{name:<16}{FAMILIES[cfg['family']].title:<9}{costs.params_m:>11.2f}{costs.gmacs:>8.2f}"
               f"{'x'.join(map(str, size[1:])):>9}{_top1(cfg.get('top1'), size[1], 1):>19}"
-              f"{_top1(timm_eval.get('top1'), timm_eval.get('img_size'), 3):>14}{check:>12}"
-              f"   ({time.perf_counter() - start:.1f} s)")
+              f"{_top1(timm_eval.get('top1'), timm_eval.get('img_size'), 3):>14}{check}", flush=True)
     print("top-1: ImageNet top-1 (%) @ the input side it was measured at; published: the paper (or the "
           "official release), timm: timm's evaluation of the same weights")
     return 0

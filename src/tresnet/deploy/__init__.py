@@ -1,5 +1,6 @@
 """Deployment: BatchNorm folded into convs (:func:`fuse`, fp32 or bfloat16), int8 quantization calibrated on
-images (:func:`quantize`), and ONNX / TorchScript export checked against the float64 result."""
+images (:func:`quantize`, PT2E; or :func:`onnx_model`, ONNX Runtime), and ONNX / TorchScript export checked
+against the float64 result."""
 
 from tresnet.deploy.exactness import BOUNDS, Agreement, check_against_exact
 from tresnet.deploy.export import (
@@ -14,6 +15,7 @@ from tresnet.deploy.export import (
     require_onnx,
 )
 from tresnet.deploy.fusion import fold_batchnorm, fuse
+from tresnet.deploy.onnx_model import OnnxModel, onnx_model
 from tresnet.deploy.quantize import (
     DEFAULT_CALIBRATION_IMAGES,
     KEEP_FLOAT,
@@ -35,11 +37,13 @@ __all__ = [
     "ExportMismatchError",
     "ExportReport",
     "Int8Model",
+    "OnnxModel",
     "load_calibration_images",
     "check_against_exact",
     "export_model",
     "fold_batchnorm",
     "fuse",
+    "onnx_model",
     "onnx_session",
     "prepare_for_export",
     "quantize",

@@ -6,20 +6,33 @@ its deployment form, so that the accuracy they report is the accuracy of what ge
 - ``bf16``: :func:`tresnet.deploy.fuse` with ``dtype=torch.bfloat16`` (BatchNorm folded, weights and
   activations bfloat16, channels-last); on a CPU with AVX-512 BF16 or AMX this is several times faster
   than bfloat16 autocast of the unfolded model, which keeps BatchNorm and the residual adds in fp32;
-- ``int8``: :func:`tresnet.deploy.quantize`, calibrated on a folder of images (CPU only).
+- ``int8``: the model quantized on the CPU, calibrated on a folder of images, by one of two backends
+  (:data:`INT8_BACKENDS`): ``pt2e``, :func:`tresnet.deploy.quantize` (PyTorch's PT2E, compiled by
+  ``torch.compile``), or ``onnx``, :func:`tresnet.deploy.onnx_model` (ONNX Runtime's static quantization of
+  the ONNX export, run by ONNX Runtime).
+
+Which int8 backend is faster depends on the CPU (``docs/deploy.md`` has the measurements). ``auto``, the default,
+follows :func:`choose_int8_backend`: PT2E where the CPU has AMX (its oneDNN int8 kernels use the tiles: 1.6x
+ONNX Runtime on a Sapphire Rapids Xeon), ONNX Runtime elsewhere (1.7x PT2E on an AMD EPYC with AVX-512 VNNI;
+as fast on an AVX2-only one, and ready in a third of the time), each only where its packages are installed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Collection
 
 import torch
 from torch import nn
 
-from tresnet.errors import ConfigError
+from tresnet.errors import ConfigError, MissingDependencyError
 from tresnet.runtime import PRECISIONS, check_precision, warn_if_bf16_is_emulated
 
 INFERENCE_PRECISIONS = (*PRECISIONS, "int8")
+INT8_BACKENDS = ("auto", "pt2e", "onnx")
+# The packages each int8 backend needs, and the extra that installs them.
+INT8_BACKEND_PACKAGES = {"pt2e": (("torchao",), "int8"), "onnx": (("onnx", "onnxruntime"), "export")}
 INFERENCE_PRECISION_HELP = ("fp32 (default); amp or fp16: autocast (amp: float16 on CUDA, bfloat16 on the CPU); "
                             "bf16: the model folded and cast to bfloat16 (tresnet.deploy.fuse); int8: the model "
                             "quantized on the CPU, calibrated on --calibration images")
@@ -39,11 +52,62 @@ def check_inference_precision(precision: str, device: torch.device | str | None 
 
 def check_inference_options(precision: str, device: torch.device | str | None,
                             calibration: str | os.PathLike | torch.Tensor | None,
-                            calibration_images: int | None) -> None:
+                            calibration_images: int | None, int8_backend: str | None = None) -> None:
     """:class:`ConfigError` for a precision that cannot run on ``device`` or calibration options that do not
-    fit it (int8 without calibration images, calibration options with another precision, a count below 1)."""
+    fit it (int8 without calibration images, calibration options with another precision, a count below 1),
+    and :func:`check_int8_backend`'s errors."""
     check_inference_precision(precision, device)
     check_calibration_options(precision, calibration, calibration_images)
+    check_int8_backend(precision, int8_backend)
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (as PyTorch's CPU detection reports them); False where torch cannot tell."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def installed_int8_backends() -> list[str]:
+    """The int8 backends whose packages are installed (:data:`INT8_BACKEND_PACKAGES`), without importing them."""
+    return [backend for backend, (packages, _) in INT8_BACKEND_PACKAGES.items()
+            if all(importlib.util.find_spec(package) is not None for package in packages)]
+
+
+def choose_int8_backend(*, amx: bool, installed: Collection[str]) -> str:
+    """The int8 backend ``auto`` means: ``pt2e`` on a CPU with AMX, ``onnx`` on any other (the rule measured in
+    ``docs/deploy.md``); the other backend when only its packages are ``installed``."""
+    preferred, other = ("pt2e", "onnx") if amx else ("onnx", "pt2e")
+    return other if preferred not in installed and other in installed else preferred
+
+
+def resolve_int8_backend(backend: str | None = None) -> str:
+    """``pt2e`` or ``onnx``: ``backend`` itself, or for None and ``auto`` :func:`choose_int8_backend` on this CPU.
+
+    Raises :class:`ConfigError` for another name and :class:`~tresnet.errors.MissingDependencyError` when the
+    backend's packages (:data:`INT8_BACKEND_PACKAGES`) are not installed.
+    """
+    if backend not in (None, *INT8_BACKENDS):
+        raise ConfigError(f"bad --int8-backend {backend!r}: choose one of {', '.join(INT8_BACKENDS)}")
+    if backend in (None, "auto"):
+        backend = choose_int8_backend(amx=cpu_has_amx(), installed=installed_int8_backends())
+    packages, extra = INT8_BACKEND_PACKAGES[backend]
+    missing = [package for package in packages if importlib.util.find_spec(package) is None]
+    if missing:
+        raise MissingDependencyError(f"the {backend} int8 backend needs {' and '.join(packages)} ({missing[0]} is "
+                                     f"missing): pip install 'tresnet[{extra}]'")
+    return backend
+
+
+def check_int8_backend(precision: str, int8_backend: str | None) -> None:
+    """:class:`ConfigError` for an int8 backend given with another precision or not one of :data:`INT8_BACKENDS`,
+    and :class:`~tresnet.errors.MissingDependencyError` for int8 on a backend whose packages are missing."""
+    if precision != "int8":
+        if int8_backend is not None:
+            raise ConfigError(f"--int8-backend is for --precision int8, not {precision}")
+        return
+    resolve_int8_backend(int8_backend)
 
 
 def check_calibration_options(precision: str, calibration: str | os.PathLike | torch.Tensor | None,
@@ -61,32 +125,49 @@ def check_calibration_options(precision: str, calibration: str | os.PathLike | t
 
 def inference_model(model: nn.Module, precision: str, device: torch.device | str, *,
                     calibration: str | os.PathLike | torch.Tensor | None = None,
-                    calibration_images: int | None = None, img_size: int | None = None) -> tuple[nn.Module, str]:
+                    calibration_images: int | None = None, img_size: int | None = None,
+                    int8_backend: str | None = None) -> tuple[nn.Module, str]:
     """What to run for ``precision`` on ``device``, and the autocast precision to run it under.
 
     ``bf16``: a folded bfloat16 copy (fp32 images in, fp32 outputs out), run without autocast; ``int8``: a
     quantized copy calibrated on ``calibration`` (a folder of images, ``calibration_images`` of them, at
-    ``img_size``), on the CPU; any other precision: ``model`` itself, under that autocast. ``model`` is
-    never changed. bfloat16 on a CPU that only emulates it warns (:class:`tresnet.runtime.EmulatedBf16Warning`).
+    ``img_size``), on the CPU, by ``int8_backend`` (``pt2e``, ``onnx``, or None / ``auto``: the faster one on
+    this CPU, :func:`resolve_int8_backend`); it takes fp32 images and returns fp32 outputs, and its ``backend``
+    and ``backend_name`` say which ran, its ``calibrated_on`` on how many images. Any other precision:
+    ``model`` itself, under that autocast. ``model`` is never changed. bfloat16 on a CPU that only emulates it
+    warns (:class:`tresnet.runtime.EmulatedBf16Warning`).
 
-    Raises :class:`ConfigError` for an unknown precision, int8 off the CPU or without calibration images,
-    and calibration options given with another precision; :func:`tresnet.deploy.quantize`'s errors for
-    calibration images that cannot be read.
+    Raises :class:`ConfigError` for an unknown precision or int8 backend, int8 off the CPU or without
+    calibration images, and calibration options or an int8 backend given with another precision;
+    :class:`~tresnet.errors.MissingDependencyError` for a backend whose packages are missing; the backend's
+    errors for calibration images that cannot be read.
     """
     device = torch.device(device)
-    check_inference_options(precision, device, calibration, calibration_images)
+    check_inference_options(precision, device, calibration, calibration_images, int8_backend)
     warn_if_bf16_is_emulated(precision, device)
     if precision == "bf16":
         from tresnet.deploy.fusion import fuse
 
         return fuse(model, dtype=torch.bfloat16).to(device), "fp32"
     if precision == "int8":
-        from tresnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, quantize
-
-        return quantize(model, calibration, img_size=img_size,
-                        calibration_images=calibration_images or DEFAULT_CALIBRATION_IMAGES), "fp32"
+        return _int8_model(model, calibration, calibration_images, img_size, resolve_int8_backend(int8_backend)), "fp32"
     return model, precision
 
 
-__all__ = ["INFERENCE_PRECISIONS", "INFERENCE_PRECISION_HELP", "check_calibration_options", "check_inference_options", "check_inference_precision",
-           "inference_model"]
+def _int8_model(model: nn.Module, calibration, calibration_images: int | None, img_size: int | None,
+                backend: str) -> nn.Module:
+    """The int8 copy of ``model`` by ``backend`` (``pt2e`` or ``onnx``), calibrated on ``calibration``."""
+    from tresnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, quantize
+
+    count = calibration_images or DEFAULT_CALIBRATION_IMAGES
+    if backend == "onnx":
+        from tresnet.deploy.onnx_model import onnx_model
+
+        return onnx_model(model, precision="int8", img_size=img_size, calibration=calibration,
+                          calibration_images=count)
+    return quantize(model, calibration, img_size=img_size, calibration_images=count)
+
+
+__all__ = ["INFERENCE_PRECISIONS", "INFERENCE_PRECISION_HELP", "INT8_BACKENDS", "INT8_BACKEND_PACKAGES",
+           "check_calibration_options", "check_inference_options", "check_inference_precision", "check_int8_backend",
+           "choose_int8_backend", "cpu_has_amx", "inference_model", "installed_int8_backends", "resolve_int8_backend"]

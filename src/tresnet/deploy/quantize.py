@@ -3,10 +3,13 @@
 :func:`quantize` uses PyTorch's own quantization flow, PT2E (``torch.export`` -> ``prepare_pt2e`` ->
 calibration -> ``convert_pt2e``, from the ``torchao`` package) with its x86 quantizer, and compiles the
 result with ``torch.compile`` (Inductor, weights frozen), which runs the quantized convs as oneDNN int8
-kernels (VNNI / AMX where the CPU has them). On the 2-core Sapphire Rapids machine of
-``docs/deploy.md`` it ran TResNet-M 1.5x faster than ONNX Runtime's static quantization of the same
-model; the ONNX route is what ``tresnet export --precision int8 --format onnx`` writes
-(:func:`quantize_onnx`), since a compiled PyTorch model is not a file another runtime can load.
+kernels (VNNI / AMX where the CPU has them). It is the ``pt2e`` int8 backend of ``validate`` and
+``predict``; the ``onnx`` one is ONNX Runtime's static quantization (:func:`quantize_onnx`, run by
+:func:`tresnet.deploy.onnx_model`), which is also what ``tresnet export --precision int8 --format onnx``
+writes, since a compiled PyTorch model is not a file another runtime can load. Which is faster depends on
+the CPU (:func:`tresnet.deploy.inference.choose_int8_backend`): on the 2-core Sapphire Rapids machine of
+``docs/deploy.md`` (AMX) PT2E ran TResNet-M 1.6x as fast as ONNX Runtime, on AMD EPYCs without AMX ONNX
+Runtime was the faster.
 
 What is quantized: the weights per output channel (symmetric int8), the activations per tensor (uint8,
 ranges from a histogram of the calibration images' activations), every conv and linear layer except
@@ -29,7 +32,8 @@ import copy
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -45,6 +49,21 @@ DEFAULT_CALIBRATION_IMAGES = 128
 CALIBRATION_BATCH = 16
 # Modules kept in float: the classifier and the squeeze-and-excitation units (module docstring).
 KEEP_FLOAT = ("head", "se")
+# Logs, on import, where it found CUDA; Inductor imports it while compiling (see quantize).
+CPP_EXTENSION_LOGGER = "torch.utils.cpp_extension"
+
+
+@contextmanager
+def quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Within the block, the logger ``name`` passes only records of ``level`` and above; its level is restored
+    after."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def require_torchao() -> ModuleType:
@@ -52,14 +71,9 @@ def require_torchao() -> ModuleType:
     try:
         # torchao's import registers an Enum with torch's pytree, which logs a deprecation notice meant for
         # torchao's developers; it is kept off the user's terminal
-        pytree_log = logging.getLogger("torch.utils._pytree")
-        level = pytree_log.level
-        pytree_log.setLevel(logging.ERROR)
-        try:
+        with quiet_logger("torch.utils._pytree"):
             import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
             import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
-        finally:
-            pytree_log.setLevel(level)
     except ImportError as e:
         raise MissingDependencyError(
             f"int8 quantization needs the package torchao, PyTorch's quantization library ({e.name or e} is "
@@ -154,8 +168,12 @@ class Int8Model(nn.Module):
 
     ``graph`` is the converted PT2E graph (quantize / dequantize around int8 ops); ``compiled`` is it under
     ``torch.compile`` (the int8 kernels), or ``graph`` itself when compiling was turned off (a reference
-    run: the same numbers as float ops on dequantized values, slowly).
+    run: the same numbers as float ops on dequantized values, slowly). ``backend`` (``pt2e``) and
+    ``backend_name`` say what runs it, as :class:`~tresnet.deploy.OnnxModel`'s do for ONNX Runtime.
     """
+
+    backend = "pt2e"
+    backend_name = "PT2E (torch.compile)"
 
     def __init__(self, graph: nn.Module, compiled, *, calibrated_on: int, img_size: tuple[int, int]) -> None:
         super().__init__()
@@ -220,9 +238,10 @@ def quantize(model: nn.Module, calibration: torch.Tensor | str | os.PathLike, *,
         check(*size)
     # BatchNorm folded by our own exact rewrite first (PT2E's folding needs plain BatchNorm parameters)
     base = fuse(copy.deepcopy(model).cpu().float())
-    with warnings.catch_warnings():
-        # notes of torch.export and torchao's converter addressed to their own developers (a tensor built from
-        # a tensor, the exported graph's train/eval mode), not to the user
+    # torch.export's and torchao's notes to their own developers (a tensor built from a tensor, the exported
+    # graph's train/eval mode), and the C++ extension loader's "No CUDA runtime is found, using CUDA_HOME=..."
+    # when Inductor compiles on a machine with a CUDA toolkit and no GPU: none is addressed to the user
+    with warnings.catch_warnings(), quiet_logger(CPP_EXTENSION_LOGGER):
         warnings.simplefilter("ignore", UserWarning)
         graph = _export(base, images[:2].clone())
         prepared = prepare_pt2e(graph, _quantizer(keep_float, base))
@@ -286,5 +305,4 @@ def quantize_onnx(float_path: str | os.PathLike, output: str | os.PathLike, imag
 
 
 __all__ = ["DEFAULT_CALIBRATION_IMAGES", "KEEP_FLOAT", "Int8Model", "load_calibration_images", "quantize", "quantize_onnx",
-           "resolve_calibration",
-           "require_torchao"]
+           "quiet_logger", "resolve_calibration", "require_torchao"]

@@ -1,0 +1,90 @@
+"""An ONNX export run by ONNX Runtime in this process, called like the model it came from.
+
+:func:`onnx_model` writes the model with :func:`tresnet.deploy.export_model` (folded, any batch size, fp32 or
+int8 quantized by ONNX Runtime, checked against the float64 result before it is used) to a temporary file and
+opens it in an ONNX Runtime CPU session (:func:`tresnet.deploy.onnx_session`). The :class:`OnnxModel` it returns
+takes fp32 NCHW images of any batch size and returns fp32 outputs, so that the inference commands and the
+benchmark run it as they run a PyTorch model. It is the ``onnx`` int8 backend of
+:func:`tresnet.deploy.inference.inference_model`, and the benchmark's ``NAME:onnx`` and ``NAME:onnx_int8``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tresnet.errors import ConfigError
+
+
+class OnnxModel(nn.Module):
+    """An ONNX Runtime session called like a model: fp32 images in, fp32 outputs out (a tensor, or a list for a
+    file with several outputs), on the CPU, any batch size.
+
+    ``precision`` is the file's (``fp32`` or ``int8``); ``calibrated_on`` the number of calibration images of an
+    int8 file; ``img_size`` the image size it was exported and checked at. ``backend`` says what runs it.
+    """
+
+    backend = "onnx"
+    backend_name = "ONNX Runtime"
+
+    def __init__(self, session, *, precision: str, img_size: tuple[int, int],
+                 calibrated_on: int | None = None) -> None:
+        super().__init__()
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.precision = precision
+        self.img_size = img_size
+        self.calibrated_on = calibrated_on
+        self.train(False)  # inference only
+
+    def train(self, mode: bool = True) -> OnnxModel:
+        """Only the flag: the session is inference-only and has no train mode to switch to."""
+        self.training = mode
+        return self
+
+    def forward(self, images: torch.Tensor):
+        if images.device.type != "cpu":
+            raise ConfigError(f"the ONNX Runtime model runs on the CPU; got images on {images.device}")
+        array = images.detach().to(torch.float32, memory_format=torch.contiguous_format).numpy()
+        outputs = [torch.from_numpy(out).float() for out in self.session.run(None, {self.input_name: array})]
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def extra_repr(self) -> str:
+        calibrated = f", calibrated on {self.calibrated_on} images" if self.calibrated_on else ""
+        return f"{self.precision} in {self.backend_name}{calibrated} at {self.img_size[0]}x{self.img_size[1]}"
+
+
+def onnx_model(model: nn.Module, *, precision: str = "fp32", img_size: int | tuple[int, int] | None = None,
+               calibration: torch.Tensor | str | os.PathLike | None = None, calibration_images: int | None = None,
+               threads: int | None = None) -> OnnxModel:
+    """``model`` exported to ONNX and opened in ONNX Runtime: an :class:`OnnxModel`; ``model`` is untouched.
+
+    ``precision`` ``fp32`` or ``int8`` (quantized by ONNX Runtime, calibrated on ``calibration``: a folder of
+    images, ``calibration_images`` of them, or a preprocessed batch), at ``img_size`` (default: the batch's
+    size, else the model's), as :func:`tresnet.deploy.export_model` writes and checks it; ``threads`` intra-op threads (default: as many
+    as PyTorch uses). The file lives only while the session is opened.
+
+    Raises what :func:`tresnet.deploy.export_model` raises: :class:`~tresnet.errors.MissingDependencyError`
+    without onnx and onnxruntime, :class:`ConfigError` and :class:`~tresnet.errors.DataError` for bad
+    calibration, :class:`~tresnet.deploy.ExportMismatchError` for a file beyond its bound.
+    """
+    from tresnet.deploy.export import export_model, onnx_session
+
+    quantized = {}
+    if precision == "int8":
+        quantized = dict(calibration=calibration, calibration_images=calibration_images)
+        if img_size is None and isinstance(calibration, torch.Tensor):
+            img_size = tuple(calibration.shape[-2:])  # a ready batch sets the size, as for quantize
+    with tempfile.TemporaryDirectory(prefix="tresnet-onnx-") as folder:
+        report = export_model(model, Path(folder) / "model.onnx", format="onnx", img_size=img_size,
+                              dynamic_batch=True, precision=precision, **quantized)
+        session = onnx_session(report.path, threads=threads or torch.get_num_threads())
+    return OnnxModel(session, precision=precision, img_size=report.img_size,
+                     calibrated_on=report.calibration_images)
+
+
+__all__ = ["OnnxModel", "onnx_model"]
