@@ -164,3 +164,25 @@ def test_a_runtime_refusal_is_one_export_error(monkeypatch, tmp_path):
     with pytest.raises(ExportError, match="torchscript export of Sequential failed: .*NOT_IMPLEMENTED"):
         export_model(_tiny(), tmp_path / "m.pt", format="torchscript", img_size=16)
     assert list(tmp_path.iterdir()) == []
+
+
+@requires_onnx
+def test_the_exported_file_records_the_preprocessing_of_its_inputs(tmp_path):
+    import json
+
+    import onnx
+
+    from tresnet.data.transforms import Preprocessing
+
+    model = tresnet.create_model("genet_light", num_classes=10).eval()
+    model.pretrained_cfg.update(Preprocessing.of(model, img_size=32, crop_mode="squash").to_config())
+    path = tresnet.save_checkpoint(model, tmp_path / "digits.safetensors")
+    loaded = tresnet.create_model(checkpoint_path=path)
+    report = export_model(loaded, tmp_path / "d.onnx", format="onnx")  # the size the checkpoint records
+    assert report.img_size == (32, 32) and report.preprocessing["crop_mode"] == "squash"
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "d.onnx")).metadata_props}
+    assert json.loads(props["tresnet_preprocessing"]) == report.preprocessing
+    report = export_model(loaded, tmp_path / "d.pt", format="torchscript", img_size=64)
+    extra = {"tresnet_preprocessing.json": ""}
+    torch.jit.load(str(tmp_path / "d.pt"), _extra_files=extra)
+    assert json.loads(extra["tresnet_preprocessing.json"])["img_size"] == [64, 64] == report.preprocessing["img_size"]

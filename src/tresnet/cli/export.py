@@ -74,4 +74,8 @@ def run(args: argparse.Namespace) -> int:
                           opset=args.opset, calibration=args.calibration,
                           calibration_images=args.calibration_images)
     print(report.summary())
+    if report.preprocessing is not None:
+        where = ("its metadata_props 'tresnet_preprocessing'" if report.format == "onnx" else
+                 "its extra file 'tresnet_preprocessing.json'")
+        print(f"preprocessing: {report.preprocessing['description']}; the file records it in {where}")
     return 0

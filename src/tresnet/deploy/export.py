@@ -18,17 +18,19 @@ bfloat16 convolution on the CPU.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
 import torch
 from torch import nn
 
+from tresnet.data.transforms import Preprocessing
 from tresnet.deploy.exactness import Agreement, agreement, as_list, exact_outputs, fp32_outputs
 from tresnet.deploy.fusion import cast_for_inference, fuse
 from tresnet.errors import ConfigError, FileWriteError, MissingDependencyError, TResNetError
@@ -84,6 +86,7 @@ class ExportReport:
     fp32_error: float
     limit: float
     calibration_images: int | None = None
+    preprocessing: dict | None = None  # what the file's inputs must be (Preprocessing.to_dict), also in the file
 
     @property
     def fp16(self) -> bool:
@@ -259,6 +262,37 @@ def _onnx_int8(prepared: nn.Module, example: torch.Tensor, path: str, calibratio
         quantize_onnx(float_path, path, calibration)
 
 
+PREPROCESSING_METADATA = "tresnet_preprocessing"  # the key (ONNX metadata_props) or extra file (TorchScript, .json)
+
+
+def export_preprocessing(model: nn.Module, size: tuple[int, int]) -> dict | None:
+    """How the inputs of ``model``'s exported file are prepared (:class:`~tresnet.data.transforms.Preprocessing`
+    at the export size, as a dict), or None for a model without a configuration."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if not cfg:
+        return None
+    return replace(Preprocessing.of(model), img_size=tuple(size)).to_dict()
+
+
+def _record_preprocessing(path: str, format: str, preprocessing: dict | None) -> None:
+    """Write ``preprocessing`` into the exported file: ONNX ``metadata_props`` or a TorchScript extra file."""
+    if preprocessing is None:
+        return
+    text = json.dumps(preprocessing)
+    if format == "onnx":
+        onnx, _ = require_onnx()
+        proto = onnx.load(path)
+        entry = next((p for p in proto.metadata_props if p.key == PREPROCESSING_METADATA), None)
+        entry = entry or proto.metadata_props.add(key=PREPROCESSING_METADATA)
+        entry.value = text
+        onnx.save(proto, path)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.load(path, map_location="cpu"), path,
+                       _extra_files={f"{PREPROCESSING_METADATA}.json": text})
+
+
 def _write_and_run(prepared: nn.Module, inputs: list[torch.Tensor], tmp: str, *, format: str, opset: int,
                    dynamic_batch: bool, output_names: list[str], listed: bool, model_name: str,
                    calibration: torch.Tensor | None) -> list[list[torch.Tensor]]:
@@ -360,12 +394,10 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
     images, of which ``calibration_images`` are used (default
     :data:`~tresnet.deploy.quantize.DEFAULT_CALIBRATION_IMAGES`), or a preprocessed batch).
 
-    The check runs the written file and ``model`` in fp32 and in float64 (eval mode, CPU) on random
-    images in [0, 1] (int8: on calibration images) and requires the file's largest difference from the
-    float64 outputs, as a fraction of their largest magnitude, to be within
-    :data:`~tresnet.deploy.exactness.BOUNDS` of ``precision`` (``tolerance``, when given, replaces that
-    limit). The file is written under a temporary name and renamed to ``output`` only when the check
-    passes, so ``output`` never holds a wrong or partial file.
+    The check runs the file and ``model`` in fp32 and float64 (eval, CPU) on random images in [0, 1] (int8:
+    calibration images): the file's largest difference from float64, as a fraction of the largest output,
+    must be within :data:`~tresnet.deploy.exactness.BOUNDS` of ``precision`` (or ``tolerance``). The file is
+    renamed to ``output`` only when it passes, and records its inputs' preprocessing (:data:`PREPROCESSING_METADATA`).
 
     Raises :class:`~tresnet.errors.ConfigError` (unknown format or precision, a precision the format
     cannot hold, int8 without calibration, bad size argument), :class:`~tresnet.errors.InputSizeError`
@@ -397,14 +429,17 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
                              output_names=output_names, listed=listed, model_name=type(model).__name__,
                              calibration=calibration_batch)
         found.append(_judge(got, exact, fp32, precision, tolerance, format, path))
+        _record_preprocessing(tmp, format, preprocessing)  # metadata only: the checked graph is unchanged
 
+    preprocessing = export_preprocessing(model, size)
     _write_atomically(path, write_and_check)
     result = found[0]
     return ExportReport(path=path, format=format, img_size=size, fused=fused, precision=precision,
                         dynamic_batch=dynamic_batch, opset=opset if format == "onnx" else None,
                         batch_sizes=batch_sizes, max_abs_diff=result.abs_error, max_rel_diff=result.error,
                         fp32_error=result.fp32_error, limit=result.limit,
-                        calibration_images=len(calibration_batch) if calibration_batch is not None else None)
+                        calibration_images=len(calibration_batch) if calibration_batch is not None else None,
+                        preprocessing=preprocessing)
 
 
 def onnx_session(path: str | os.PathLike, *, threads: int | None = None):
