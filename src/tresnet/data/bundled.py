@@ -154,7 +154,6 @@ def write_bundled(name: str, output: str | os.PathLike, *, split: str = "val", i
         else:
             path = root / f"{index:05d}.png"
             rows.append((path.name, " ".join(c for c, on in zip(DIGITS_CLASSES, data.targets[index].tolist(), strict=True) if on)))
-        path.parent.mkdir(parents=True, exist_ok=True)
         written.append(atomic_write(path, lambda tmp, image=image: Path(tmp).write_bytes(_png_bytes(image))))
     if rows:
         buffer = io.StringIO()
