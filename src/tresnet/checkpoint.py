@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tresnet.errors import CheckpointError, FileWriteError
+from tresnet.errors import CheckpointError, CheckpointWriteError, FileWriteError
 from tresnet.files import atomic_write  # re-exported: code written before tresnet.files imports it from here
 from tresnet.layers.ml_decoder import MARKER as ML_DECODER_MARKER
 from tresnet.layers.ml_decoder import ml_decoder_options
@@ -522,7 +522,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, class_names: l
     try:
         return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     except FileWriteError as e:
-        raise CheckpointError(str(e)) from e
+        raise CheckpointWriteError(str(e), path=e.path, reason=e.reason) from e
 
 
 __all__ = ["FORMAT_OFFICIAL", "FORMAT_OURS", "FORMAT_TIMM", "Checkpoint", "CheckpointInfo", "atomic_write",

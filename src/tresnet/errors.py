@@ -42,3 +42,8 @@ class FileWriteError(TResNetError, OSError):
         super().__init__(message)
         self.path = path
         self.reason = reason
+
+
+class CheckpointWriteError(CheckpointError, FileWriteError):
+    """A checkpoint that cannot be written: a :class:`CheckpointError` that keeps the failed write's ``path`` and
+    ``reason``, so a caller that handles any failed write (the trainer) handles this one too."""

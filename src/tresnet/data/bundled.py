@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 
 from tresnet.data.digits import DIGITS_CLASSES, DigitsDataset
 from tresnet.data.digits_mosaic import DigitsMosaicDataset
-from tresnet.data.transforms import Preprocessing, normalisation
+from tresnet.data.transforms import Preprocessing, normalisation, to_float_steps
 from tresnet.errors import ConfigError, DataError
 from tresnet.files import atomic_write, write_text
 from tresnet.tasks import MULTICLASS, MULTILABEL
@@ -64,16 +64,11 @@ def bundled_set(name: str | os.PathLike) -> BundledSet | None:
 
 
 def _tensor_transform(preprocessing: Preprocessing) -> v2.Compose:
-    """What training's evaluation applies to a bundled image drawn at its final size (RGB in [0, 1], the
-    model's normalisation); a centre crop first when the preprocessing crops."""
-    steps: list = [v2.ToImage()]
-    if preprocessing.crop_mode == "center":
-        steps.append(v2.CenterCrop(list(preprocessing.img_size)))
-    steps.append(v2.ToDtype(torch.float32, scale=True))
+    """What training's evaluation applies to a bundled image drawn at its final size (the shared conversion to
+    float, with the model's normalisation); a centre crop first when the preprocessing crops."""
+    crop = [v2.CenterCrop(list(preprocessing.img_size))] if preprocessing.crop_mode == "center" else []
     norm = normalisation(preprocessing.to_config())
-    if norm is not None:
-        steps.append(v2.Normalize(list(norm[0]), list(norm[1])))
-    return v2.Compose([*steps, v2.ToPureTensor()])
+    return v2.Compose([*crop, *to_float_steps(*(norm or (None, None))), v2.ToPureTensor()])
 
 
 def _draw_size(preprocessing: Preprocessing) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from tresnet.data.transforms import INTERPOLATIONS
+from tresnet.data.transforms import INTERPOLATIONS, to_float_steps
 from tresnet.errors import ConfigError
 
 # The evaluation interpolations but lanczos, which torchvision's augmentations of tensors cannot use.
@@ -91,7 +91,7 @@ def create_train_transform(img_size: int, *, scale: tuple[float, float] = (0.08,
                                     interpolation=augment_mode))
     elif auto_augment is not None:
         raise ConfigError(f"unknown auto_augment {auto_augment!r}; use autoaugment, randaugment or none")
-    steps += _to_float(mean, std)
+    steps += to_float_steps(mean, std)
     if random_erase > 0:
         if random_erase_mode not in ("pixel", "const"):
             raise ConfigError(f"unknown random_erase_mode {random_erase_mode!r}; use pixel or const")
@@ -99,21 +99,11 @@ def create_train_transform(img_size: int, *, scale: tuple[float, float] = (0.08,
     return v2.Compose(steps)
 
 
-def _to_float(mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> list:
-    """To float in [0, 1], then normalised when ``mean`` and ``std`` are given."""
-    if (mean is None) != (std is None):
-        raise ConfigError("give both mean and std, or neither")
-    steps: list = [v2.ToDtype(torch.float32, scale=True)]
-    if mean is not None:
-        steps.append(v2.Normalize(list(mean), list(std)))
-    return steps
-
-
 def create_tensor_eval_transform(mean: tuple[float, ...] | None = None,
                                  std: tuple[float, ...] | None = None) -> v2.Compose:
     """For images already at their final size as ``uint8`` tensors (the digits): to float in [0, 1],
     then normalised when ``mean`` and ``std`` are given (as :func:`create_train_transform`)."""
-    return v2.Compose([v2.ToImage(), *_to_float(mean, std)])
+    return v2.Compose(to_float_steps(mean, std))
 
 
 def _mix_multi_hot(images: torch.Tensor, targets: torch.Tensor, alpha: float,

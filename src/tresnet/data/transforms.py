@@ -12,7 +12,7 @@ the one rule that training (:mod:`tresnet.data.train_transforms`) follows too.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from PIL import Image
@@ -44,41 +44,26 @@ class ToRGB:
 
 
 def resolve_eval_config(pretrained_cfg: dict, img_size: int | None = None) -> dict:
-    """The evaluation preprocessing of a model: ``img_size``, ``resize_size``, ``crop_mode``,
-    ``interpolation``, ``mean``, ``std``.
+    """The evaluation preprocessing of a model as a dict: ``img_size``, ``resize_size``, ``crop_mode``,
+    ``interpolation``, ``mean``, ``std`` (:meth:`Preprocessing.of`, which raises for bad values).
 
     ``img_size`` (a square side) overrides the configuration's ``input_size``; the resize keeps the
-    configuration's ``crop_pct`` and ``resize_rounding`` (``"floor"``, the default, or ``"ceil"``). Raises :class:`ConfigError` for an unknown crop mode or interpolation.
+    configuration's ``crop_pct`` and ``resize_rounding`` (``"floor"``, the default, or ``"ceil"``).
     """
-    height, width = pretrained_cfg.get("input_size", (3, 224, 224))[-2:]
-    size = (img_size, img_size) if img_size is not None else (int(height), int(width))
-    if min(size) <= 0:
-        raise ConfigError(f"image size must be positive, got {img_size}")
-    crop_mode = pretrained_cfg.get("crop_mode", "center")
-    if crop_mode not in CROP_MODES:
-        raise ConfigError(f"unknown crop_mode {crop_mode!r} in the model configuration; use one of {CROP_MODES}")
-    interpolation = pretrained_cfg.get("interpolation", "bilinear")
-    if interpolation not in INTERPOLATIONS:
-        raise ConfigError(f"unknown interpolation {interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
-    crop_pct = float(pretrained_cfg.get("crop_pct", 0.875 if crop_mode == "center" else 1.0))
-    rounding = pretrained_cfg.get("resize_rounding", "floor")
-    if rounding not in RESIZE_ROUNDINGS:
-        raise ConfigError(f"unknown resize_rounding {rounding!r}; use one of {', '.join(RESIZE_ROUNDINGS)}")
-    if crop_mode == "squash":
-        resize_size = size
-    else:
-        # The short side goes to crop / crop_pct, rounded down as TResNet's and timm's evaluation do
-        # (224 -> 256), or up as GENet's official evaluation does (192 -> 220).
-        round_ = RESIZE_ROUNDINGS[rounding]
-        resize_size = round_(size[0] / crop_pct) if size[0] == size[1] else tuple(round_(s / crop_pct) for s in size)
-    return dict(
-        img_size=size,
-        resize_size=resize_size,
-        crop_mode=crop_mode,
-        interpolation=interpolation,
-        mean=tuple(float(m) for m in pretrained_cfg.get("mean", (0.0, 0.0, 0.0))),
-        std=tuple(float(s) for s in pretrained_cfg.get("std", (1.0, 1.0, 1.0))),
-    )
+    p = Preprocessing.of(pretrained_cfg, img_size=img_size)
+    return dict(img_size=p.img_size, resize_size=p.resize_size, crop_mode=p.crop_mode,
+                interpolation=p.interpolation, mean=p.mean, std=p.std)
+
+
+def to_float_steps(mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> list:
+    """An ``uint8`` image (tensor or PIL) to float in [0, 1], then ``(x - mean) / std`` when given: the one
+    conversion training, evaluation and the bundled sets share, so the same pixels give the same tensor."""
+    if (mean is None) != (std is None):
+        raise ConfigError("give both mean and std, or neither")
+    steps: list = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if mean is not None:
+        steps.append(v2.Normalize(list(mean), list(std)))
+    return steps
 
 
 def describe_eval_transform(pretrained_cfg: dict, img_size: int | None = None) -> str:
@@ -156,21 +141,32 @@ class Preprocessing:
         for key, value in (("crop_mode", crop_mode), ("interpolation", interpolation)):
             if value is not None:
                 cfg[key] = value
-        resolved = resolve_eval_config(cfg, img_size)
-        return cls(img_size=resolved["img_size"], crop_mode=resolved["crop_mode"],
-                   crop_pct=1.0 if resolved["crop_mode"] == "squash" else float(cfg.get("crop_pct", 0.875)),
-                   interpolation=resolved["interpolation"], mean=resolved["mean"], std=resolved["std"],
-                   resize_rounding=cfg.get("resize_rounding", "floor"),
+        height, width = cfg.get("input_size", (3, 224, 224))[-2:]
+        size = (img_size, img_size) if img_size is not None else (int(height), int(width))
+        if min(size) <= 0:
+            raise ConfigError(f"image size must be positive, got {img_size}")
+        mode, interp = cfg.get("crop_mode", "center"), cfg.get("interpolation", "bilinear")
+        rounding = cfg.get("resize_rounding", "floor")
+        for value, choices, what in ((mode, CROP_MODES, "crop_mode"), (interp, INTERPOLATIONS, "interpolation"),
+                                     (rounding, RESIZE_ROUNDINGS, "resize_rounding")):
+            if value not in choices:
+                raise ConfigError(f"unknown {what} {value!r}; use one of {', '.join(choices)}")
+        return cls(img_size=size, crop_mode=mode,
+                   crop_pct=1.0 if mode == "squash" else float(cfg.get("crop_pct", 0.875)), interpolation=interp,
+                   mean=tuple(float(m) for m in cfg.get("mean", (0.0, 0.0, 0.0))),
+                   std=tuple(float(v) for v in cfg.get("std", (1.0, 1.0, 1.0))), resize_rounding=rounding,
                    source=cfg.get("preprocessing_source", "model"))
 
     @property
     def resize_size(self) -> int | tuple[int, int]:
-        """The short side before the centre crop (an int), or the squashed ``(height, width)``."""
-        return resolve_eval_config(self.to_config())["resize_size"]
-
-    def with_img_size(self, img_size: int) -> Preprocessing:
-        """The same preprocessing at another square side (the crop fraction kept)."""
-        return replace(self, img_size=(img_size, img_size))
+        """The short side before the centre crop (an int; a pair for a non-square crop), or the squashed
+        ``(height, width)``: crop / crop_pct, rounded down as TResNet's and timm's evaluation do (224 -> 256)
+        or up as GENet's official evaluation does (192 -> 220)."""
+        if self.crop_mode == "squash":
+            return self.img_size
+        round_ = RESIZE_ROUNDINGS[self.resize_rounding]
+        sides = tuple(round_(side / self.crop_pct) for side in self.img_size)
+        return sides[0] if self.img_size[0] == self.img_size[1] else sides
 
     def to_config(self) -> dict:
         """The ``pretrained_cfg`` keys it stands for (``tresnet.models.registry.PREPROCESSING_KEYS``), JSON-ready."""
@@ -205,12 +201,10 @@ class Preprocessing:
             steps.append(T.Resize(self.img_size, interpolation=mode, antialias=True))
         else:
             steps += [T.Resize(self.resize_size, interpolation=mode, antialias=True), T.CenterCrop(self.img_size)]
-        steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
         norm = normalisation(self.to_config())
-        if norm is not None:
-            steps.append(v2.Normalize(list(norm[0]), list(norm[1])))
+        steps += to_float_steps(*(norm or (None, None)))
         return T.Compose([*steps, v2.ToPureTensor()])
 
 
 __all__ = ["CROP_MODES", "INTERPOLATIONS", "Preprocessing", "ToRGB", "create_eval_transform", "describe_eval_transform",
-           "describe_normalisation", "normalisation", "resolve_eval_config"]
+           "describe_normalisation", "normalisation", "resolve_eval_config", "to_float_steps"]

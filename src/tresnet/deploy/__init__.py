@@ -2,6 +2,7 @@
 images (:func:`quantize`, PT2E; or :func:`onnx_model`, ONNX Runtime), and ONNX / TorchScript export checked
 against the float64 result."""
 
+from tresnet.deploy.deployed import DeployedModel
 from tresnet.deploy.exactness import BOUNDS, Agreement, check_against_exact
 from tresnet.deploy.export import (
     EXPORT_PRECISIONS,
@@ -34,6 +35,7 @@ __all__ = [
     "KEEP_FLOAT",
     "Agreement",
     "ExportError",
+    "DeployedModel",
     "ExportMismatchError",
     "ExportReport",
     "Int8Model",

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tresnet.errors import ConfigError
+from tresnet.deploy.deployed import DeployedModel
 
 
-class OnnxModel(nn.Module):
+class OnnxModel(DeployedModel):
     """An ONNX Runtime session called like a model: fp32 images in, fp32 outputs out (a tensor, or a list for a
     file with several outputs), on the CPU, any batch size.
 
@@ -30,25 +30,17 @@ class OnnxModel(nn.Module):
 
     backend = "onnx"
     backend_name = "ONNX Runtime"
+    runs_as = "ONNX Runtime model"
 
     def __init__(self, session, *, precision: str, img_size: tuple[int, int],
                  calibrated_on: int | None = None) -> None:
-        super().__init__()
+        super().__init__(img_size=img_size, calibrated_on=calibrated_on)
         self.session = session
         self.input_name = session.get_inputs()[0].name
         self.precision = precision
-        self.img_size = img_size
-        self.calibrated_on = calibrated_on
-        self.train(False)  # inference only
-
-    def train(self, mode: bool = True) -> OnnxModel:
-        """Only the flag: the session is inference-only and has no train mode to switch to."""
-        self.training = mode
-        return self
 
     def forward(self, images: torch.Tensor):
-        if images.device.type != "cpu":
-            raise ConfigError(f"the ONNX Runtime model runs on the CPU; got images on {images.device}")
+        self.check_images(images)
         array = images.detach().to(torch.float32, memory_format=torch.contiguous_format).numpy()
         outputs = [torch.from_numpy(out).float() for out in self.session.run(None, {self.input_name: array})]
         return outputs[0] if len(outputs) == 1 else outputs

@@ -42,6 +42,7 @@ from torch import nn
 
 from tresnet.data.images import find_images, load_image
 from tresnet.data.transforms import create_eval_transform
+from tresnet.deploy.deployed import DeployedModel
 from tresnet.deploy.fusion import fuse
 from tresnet.errors import ConfigError, DataError, MissingDependencyError
 
@@ -163,7 +164,7 @@ def _quantizer(keep_float: Sequence[str], model: nn.Module):
     return quantizer
 
 
-class Int8Model(nn.Module):
+class Int8Model(DeployedModel):
     """A quantized model ready to run: fp32 images in, fp32 outputs out, on the CPU, any batch size.
 
     ``graph`` is the converted PT2E graph (quantize / dequantize around int8 ops); ``compiled`` is it under
@@ -174,23 +175,15 @@ class Int8Model(nn.Module):
 
     backend = "pt2e"
     backend_name = "PT2E (torch.compile)"
+    runs_as = "int8 model"
 
     def __init__(self, graph: nn.Module, compiled, *, calibrated_on: int, img_size: tuple[int, int]) -> None:
-        super().__init__()
+        super().__init__(img_size=img_size, calibrated_on=calibrated_on)
         self.graph = graph
         self._compiled = compiled
-        self.calibrated_on = calibrated_on
-        self.img_size = img_size
-        self.train(False)  # inference only
-
-    def train(self, mode: bool = True) -> Int8Model:
-        """Only the flag: the quantized graph is inference-only and has no train mode to switch to."""
-        self.training = mode
-        return self
 
     def forward(self, images: torch.Tensor):
-        if images.device.type != "cpu":
-            raise ConfigError(f"the int8 model runs on the CPU; got images on {images.device}")
+        self.check_images(images)
         from torch._inductor import config as inductor_config
 
         # The compiled code is specialised to the kind of tensor it first saw; each call feeds it the same

@@ -228,11 +228,6 @@ def _plot_curves(ax, epochs: list[int], curves: dict[str, list[float]], ylabel: 
         ax.legend()
 
 
-def _write_failure(error: BaseException) -> FileWriteError | None:
-    """The failed write behind ``error``: itself, or the one a :class:`CheckpointError` of ``save_checkpoint`` wraps."""
-    return next((e for e in (error, error.__cause__) if isinstance(e, FileWriteError) and e.reason), None)
-
-
 def _kept_files(output: Path, epoch: int, previous: int | None, failure: FileWriteError) -> str:
     """What remains of a run whose files of ``epoch`` failed to be written (``previous``: the epoch before, whose
     resume state is whole), and what to do: files are written last first, ``resume.pt`` last."""
@@ -604,14 +599,13 @@ class _Trainer:
         """
         try:
             self._write_epoch_files(epoch, row, tensorboard)
-        except TResNetError as e:
-            failure = _write_failure(e)
-            if failure is None:
+        except FileWriteError as failure:  # a checkpoint's too (CheckpointWriteError)
+            if not failure.reason:
                 raise
             previous = self.history[-2]["epoch"] if len(self.history) > 1 else None
             raise FileWriteError(f"cannot write {failure.path}: {failure.reason}; "
                                  f"{_kept_files(self.output, epoch, previous, failure)}",
-                                 path=failure.path, reason=failure.reason) from e
+                                 path=failure.path, reason=failure.reason) from failure
 
     def _training_loss_title(self) -> str | None:
         """The training loss's name for the plot when it is not the validation loss (multiclass cross-entropy
