@@ -106,7 +106,7 @@ def _int8(spec: ModelSpec, options: BuildOptions) -> VariantBuild:
 
 
 def _require_onnx() -> None:
-    from tresnet.deploy.export import require_onnx
+    from tresnet.deploy.onnx_runtime import require_onnx
 
     require_onnx()
 

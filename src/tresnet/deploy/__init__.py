@@ -11,12 +11,11 @@ from tresnet.deploy.export import (
     ExportMismatchError,
     ExportReport,
     export_model,
-    onnx_session,
     prepare_for_export,
-    require_onnx,
 )
 from tresnet.deploy.fusion import fold_batchnorm, fuse
 from tresnet.deploy.onnx_model import OnnxModel, onnx_model
+from tresnet.deploy.onnx_runtime import onnx_session, require_onnx
 from tresnet.deploy.quantize import (
     DEFAULT_CALIBRATION_IMAGES,
     KEEP_FLOAT,

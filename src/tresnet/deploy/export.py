@@ -25,7 +25,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import ModuleType
 
 import torch
 from torch import nn
@@ -33,7 +32,9 @@ from torch import nn
 from tresnet.data.transforms import Preprocessing
 from tresnet.deploy.exactness import Agreement, agreement, as_list, exact_outputs, fp32_outputs
 from tresnet.deploy.fusion import cast_for_inference, fuse
-from tresnet.errors import ConfigError, FileWriteError, MissingDependencyError, TResNetError
+from tresnet.deploy.onnx_runtime import require_onnx
+from tresnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_onnx, resolve_calibration
+from tresnet.errors import ConfigError, FileWriteError, TResNetError
 from tresnet.files import atomic_write
 
 FORMATS = ("onnx", "torchscript")
@@ -109,19 +110,6 @@ class ExportReport:
         return (f"wrote {self.path} ({', '.join(details)}); at batch {batches} its outputs are "
                 f"{self.max_rel_diff:.2g} of the largest output from the float64 result (PyTorch fp32: "
                 f"{self.fp32_error:.2g}; limit {self.limit:.2g})")
-
-
-def require_onnx() -> tuple[ModuleType, ModuleType]:
-    """``(onnx, onnxruntime)``; :class:`~tresnet.errors.MissingDependencyError` saying how to install them."""
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"ONNX export needs the packages onnx and onnxruntime ({e.name or e} is missing): "
-            f"pip install 'tresnet[export]'"
-        ) from e
-    return onnx, onnxruntime
 
 
 def check_export_args(format: str, output: str | os.PathLike, opset: int = DEFAULT_OPSET,
@@ -253,8 +241,6 @@ def _calibration_check_images(images: torch.Tensor, batch_sizes: tuple[int, ...]
 
 def _onnx_int8(prepared: nn.Module, example: torch.Tensor, path: str, calibration: torch.Tensor, *, opset: int,
                dynamic_batch: bool, output_names: list[str]) -> None:
-    from tresnet.deploy.quantize import quantize_onnx
-
     with tempfile.TemporaryDirectory(prefix="tresnet-export-", dir=Path(path).parent) as folder:
         float_path = str(Path(folder) / "fp32.onnx")
         _write_onnx(prepared, example, float_path, opset=opset, dynamic_batch=dynamic_batch,
@@ -372,8 +358,6 @@ def _resolve_precision(precision: str | None, fp16: bool) -> str:
 
 def _calibration_batch(model: nn.Module, calibration, size: tuple[int, int], count: int) -> torch.Tensor:
     """The int8 calibration images: a ready batch, or ``count`` images of a folder at ``size``."""
-    from tresnet.deploy.quantize import resolve_calibration
-
     if calibration is None:
         raise ConfigError("int8 export needs calibration images: --calibration DIR (a folder of images like the "
                           "ones the model will see), or calibration= from Python")
@@ -406,8 +390,6 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
     :class:`ExportError` (an output that cannot be written, or a file the exporter, the quantizer or the
     runtime refuses) and :class:`ExportMismatchError`.
     """
-    from tresnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES
-
     precision = _resolve_precision(precision, fp16)
     path = check_export_args(format, output, opset, precision)
     size = _img_size(model, img_size)
@@ -442,22 +424,6 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
                         preprocessing=preprocessing)
 
 
-def onnx_session(path: str | os.PathLike, *, threads: int | None = None):
-    """An ONNX Runtime CPU session for ``path`` (all graph optimisations; ``threads`` intra-op threads).
-
-    Its threads do not spin-wait between runs (ONNX Runtime's default): spinning threads keep the cores busy
-    after a run and slow whatever runs next, such as the other paths of an interleaved benchmark.
-    """
-    _, ort = require_onnx()
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 __all__ = ["DEFAULT_OPSET", "EXPORT_PRECISIONS", "FORMATS", "MIN_OPSET", "ExportError", "ExportMismatchError",
-           "ExportReport", "check_export_args", "export_model", "max_opset", "onnx_session", "prepare_for_export",
-           "require_onnx"]
+           "ExportReport", "PREPROCESSING_METADATA", "check_export_args", "export_model", "export_preprocessing",
+           "max_opset", "prepare_for_export"]

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from tresnet.deploy.deployed import DeployedModel
+from tresnet.deploy.export import export_model
+from tresnet.deploy.onnx_runtime import onnx_session
 
 
 class OnnxModel(DeployedModel):
@@ -64,8 +66,6 @@ def onnx_model(model: nn.Module, *, precision: str = "fp32", img_size: int | tup
     without onnx and onnxruntime, :class:`ConfigError` and :class:`~tresnet.errors.DataError` for bad
     calibration, :class:`~tresnet.deploy.ExportMismatchError` for a file beyond its bound.
     """
-    from tresnet.deploy.export import export_model, onnx_session
-
     quantized = {}
     if precision == "int8":
         quantized = dict(calibration=calibration, calibration_images=calibration_images)

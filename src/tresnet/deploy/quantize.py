@@ -44,6 +44,7 @@ from tresnet.data.images import find_images, load_image
 from tresnet.data.transforms import create_eval_transform
 from tresnet.deploy.deployed import DeployedModel
 from tresnet.deploy.fusion import fuse
+from tresnet.deploy.onnx_runtime import require_onnx
 from tresnet.errors import ConfigError, DataError, MissingDependencyError
 
 DEFAULT_CALIBRATION_IMAGES = 128
@@ -267,8 +268,6 @@ def quantize_onnx(float_path: str | os.PathLike, output: str | os.PathLike, imag
     name and rename); the shape-inferred copy it makes on the way is deleted.
     """
     import tempfile
-
-    from tresnet.deploy.export import require_onnx
 
     onnx, _ = require_onnx()
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
