@@ -42,7 +42,6 @@ from tresnet.models.registry import FAMILIES, MODEL_CONFIGS, PREPROCESSING_KEYS,
 from tresnet.models.tresnet_formats import (  # noqa: F401
     INPLACE_ABN_EPS,
     convert_official,
-    infer_architecture,
     official_key,
     to_official,
 )
@@ -526,6 +525,6 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, class_names: l
 
 
 __all__ = ["FORMAT_OFFICIAL", "FORMAT_OURS", "FORMAT_TIMM", "Checkpoint", "CheckpointInfo", "atomic_write",
-           "checkpoint_metadata", "convert_official", "detect_format", "head_of", "infer_architecture", "load_checkpoint",
+           "checkpoint_metadata", "convert_official", "detect_format", "head_of", "load_checkpoint",
            "load_state", "official_key", "open_checkpoint", "read_checkpoint", "read_checkpoint_metadata",
            "save_checkpoint", "to_official"]

@@ -8,6 +8,7 @@ the paper's architecture table); module and parameter names follow timm's ``byob
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -273,7 +274,7 @@ FAMILY = Family(
         CheckpointFormat("official", genet_formats.OFFICIAL_MARKER, genet_formats.convert_official,
                          genet_formats.official_key),
     ),
-    infer_arch=genet_formats.infer_architecture,
+    infer_arch=functools.partial(genet_formats.infer_architecture, variants=VARIANTS),
     norms=("bn",),
     first_conv="stem.conv",
 )

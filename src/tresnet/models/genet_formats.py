@@ -58,19 +58,16 @@ def _stage_depths(names) -> tuple[int, ...]:
     return tuple(depths)
 
 
-def infer_architecture(state_dict: Mapping) -> str | None:
-    """The GENet variant (``arch``) whose shapes match ``state_dict`` (in our names), or None.
-
-    The values may be tensors or shapes.
+def infer_architecture(state_dict: Mapping, variants: Mapping) -> str | None:
+    """The GENet variant (``arch``, a name of ``variants``: the family's variants) whose shapes match
+    ``state_dict`` (in our names), or None. The values may be tensors or shapes.
     """
-    from tresnet.models.genet import VARIANTS
-
     stem = state_dict.get("stem.conv.weight")
     final = state_dict.get("final_conv.conv.weight")
     if stem is None or final is None:
         return None
     depths = _stage_depths(state_dict)
-    for name, arch in VARIANTS.items():
+    for name, arch in variants.items():
         if (_shape(stem)[0] == arch.stem_width and _shape(final)[0] == arch.num_features
                 and depths == tuple(s.depth for s in arch.stages)):
             return name

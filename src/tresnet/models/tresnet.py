@@ -6,6 +6,7 @@ Module and parameter names follow timm's ``tresnet.py``, so timm checkpoints loa
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -315,7 +316,7 @@ FAMILY = Family(
         CheckpointFormat("official", tresnet_formats.OFFICIAL_MARKER, tresnet_formats.convert_official,
                          tresnet_formats.official_key),
     ),
-    infer_arch=tresnet_formats.infer_architecture,
+    infer_arch=functools.partial(tresnet_formats.infer_architecture, variants=VARIANTS),
     norms=NORMS,
     first_conv="body.conv1.conv",
     options={"memory_efficient": False},

@@ -78,20 +78,17 @@ def _num_blocks(names, stage: int) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def infer_architecture(state_dict: Mapping) -> str | None:
-    """The TResNet variant (``arch``) whose shapes match ``state_dict`` (in our names), or None.
-
-    The values may be tensors or shapes.
+def infer_architecture(state_dict: Mapping, variants: Mapping) -> str | None:
+    """The TResNet variant (``arch``, a name of ``variants``: the family's variants) whose shapes match
+    ``state_dict`` (in our names), or None. The values may be tensors or shapes.
     """
-    from tresnet.models.tresnet import VARIANTS
-
     conv1 = state_dict.get("body.conv1.conv.weight")
     if conv1 is None:
         return None
     blocks = tuple(_num_blocks(state_dict, stage) for stage in range(1, 5))
     planes = conv1.shape[0] if isinstance(conv1, torch.Tensor) else conv1[0]
     v2 = "body.layer1.0.conv3.conv.weight" in state_dict
-    for name, arch in VARIANTS.items():
+    for name, arch in variants.items():
         arch_planes = int(64 * arch.width_factor) // (8 if arch.v2 else 1) * (8 if arch.v2 else 1)
         if blocks == arch.layers and arch_planes == planes and arch.v2 == v2:
             return name
