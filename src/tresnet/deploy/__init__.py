@@ -14,9 +14,7 @@ from tresnet.deploy.export import (
     prepare_for_export,
 )
 from tresnet.deploy.fusion import fold_batchnorm, fuse
-from tresnet.deploy.onnx_model import OnnxModel, onnx_model
-from tresnet.deploy.onnx_runtime import onnx_session, require_onnx
-from tresnet.deploy.quantize import (
+from tresnet.deploy.int8 import (
     DEFAULT_CALIBRATION_IMAGES,
     KEEP_FLOAT,
     Int8Model,
@@ -25,6 +23,8 @@ from tresnet.deploy.quantize import (
     quantize_onnx,
     require_torchao,
 )
+from tresnet.deploy.onnx_model import OnnxModel, onnx_model
+from tresnet.deploy.onnx_runtime import onnx_session, require_onnx
 
 __all__ = [
     "BOUNDS",

@@ -32,8 +32,8 @@ from torch import nn
 from tresnet.data.transforms import Preprocessing
 from tresnet.deploy.exactness import Agreement, agreement, as_list, exact_outputs, fp32_outputs
 from tresnet.deploy.fusion import cast_for_inference, fuse
+from tresnet.deploy.int8 import DEFAULT_CALIBRATION_IMAGES, quantize_onnx, resolve_calibration
 from tresnet.deploy.onnx_runtime import require_onnx
-from tresnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_onnx, resolve_calibration
 from tresnet.errors import ConfigError, FileWriteError, TResNetError
 from tresnet.files import atomic_write
 
@@ -376,7 +376,7 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
     ``precision``: ``fp32`` (default), ``fp16``, ``bf16`` (TorchScript only: fp32 in and out, bfloat16
     inside) or ``int8`` (ONNX only, quantized by ONNX Runtime, calibrated on ``calibration``: a folder of
     images, of which ``calibration_images`` are used (default
-    :data:`~tresnet.deploy.quantize.DEFAULT_CALIBRATION_IMAGES`), or a preprocessed batch).
+    :data:`~tresnet.deploy.int8.DEFAULT_CALIBRATION_IMAGES`), or a preprocessed batch).
 
     The check runs the file and ``model`` in fp32 and float64 (eval, CPU) on random images in [0, 1] (int8:
     calibration images): the file's largest difference from float64, as a fraction of the largest output,

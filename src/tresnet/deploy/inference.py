@@ -26,6 +26,9 @@ from collections.abc import Collection
 import torch
 from torch import nn
 
+from tresnet.deploy.fusion import fuse
+from tresnet.deploy.int8 import DEFAULT_CALIBRATION_IMAGES, quantize
+from tresnet.deploy.onnx_model import onnx_model
 from tresnet.errors import ConfigError, MissingDependencyError
 from tresnet.runtime import PRECISIONS, check_precision, warn_if_bf16_is_emulated
 
@@ -146,8 +149,6 @@ def inference_model(model: nn.Module, precision: str, device: torch.device | str
     check_inference_options(precision, device, calibration, calibration_images, int8_backend)
     warn_if_bf16_is_emulated(precision, device)
     if precision == "bf16":
-        from tresnet.deploy.fusion import fuse
-
         return fuse(model, dtype=torch.bfloat16).to(device), "fp32"
     if precision == "int8":
         return _int8_model(model, calibration, calibration_images, img_size, resolve_int8_backend(int8_backend)), "fp32"
@@ -157,12 +158,8 @@ def inference_model(model: nn.Module, precision: str, device: torch.device | str
 def _int8_model(model: nn.Module, calibration, calibration_images: int | None, img_size: int | None,
                 backend: str) -> nn.Module:
     """The int8 copy of ``model`` by ``backend`` (``pt2e`` or ``onnx``), calibrated on ``calibration``."""
-    from tresnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, quantize
-
     count = calibration_images or DEFAULT_CALIBRATION_IMAGES
     if backend == "onnx":
-        from tresnet.deploy.onnx_model import onnx_model
-
         return onnx_model(model, precision="int8", img_size=img_size, calibration=calibration,
                           calibration_images=count)
     return quantize(model, calibration, img_size=img_size, calibration_images=count)
