@@ -12,7 +12,7 @@ import tresnet
 from helpers import randomize_norms, requires_onnx
 from tresnet.deploy import BOUNDS, ExportMismatchError, check_against_exact, export_model, fuse
 from tresnet.deploy.exactness import agreement, exact_outputs, relative_error
-from tresnet.deploy.folding import FusedConvAct
+from tresnet.layers.fused import FusedConvAct
 
 SIZE = 64
 

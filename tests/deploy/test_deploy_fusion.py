@@ -11,11 +11,11 @@ from torch import nn
 import tresnet
 from helpers import max_rel_diff, randomize_norms
 from tresnet.deploy import fold_batchnorm, fuse
-from tresnet.deploy.fusion import FusedStem
 from tresnet.errors import ConfigError
 from tresnet.layers import AntiAliasDownsample, ConvNormAct, InPlaceABN, SpaceToDepth
 from tresnet.layers.inplace_abn import inplace_abn
 from tresnet.models.tresnet import BasicBlock, Bottleneck
+from tresnet.models.tresnet_fusion import FusedStem
 
 SIZES = (64, 96)
 

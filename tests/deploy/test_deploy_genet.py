@@ -10,10 +10,10 @@ import tresnet
 from helpers import max_rel_diff, randomize_norms, requires_onnx
 from tresnet.cli.main import main
 from tresnet.deploy import export_model, fuse
-from tresnet.deploy.folding import FusedConvAct
-from tresnet.deploy.genet_fusion import FusedGENetBlock
 from tresnet.layers import ConvNormAct
+from tresnet.layers.fused import FusedConvAct
 from tresnet.models.genet import BottleneckBlock, XXBlock
+from tresnet.models.genet_fusion import FusedGENetBlock
 
 SIZE = 64  # GENet halves the side five times: 64 px is a 2x2 final map, enough to exercise every block
 

@@ -13,7 +13,7 @@ from tresnet.deploy.export import (
     export_model,
     prepare_for_export,
 )
-from tresnet.deploy.fusion import fold_batchnorm, fuse
+from tresnet.deploy.fusion import fuse
 from tresnet.deploy.int8 import (
     DEFAULT_CALIBRATION_IMAGES,
     KEEP_FLOAT,
@@ -25,6 +25,7 @@ from tresnet.deploy.int8 import (
 )
 from tresnet.deploy.onnx_model import OnnxModel, onnx_model
 from tresnet.deploy.onnx_runtime import onnx_session, require_onnx
+from tresnet.layers.fused import fold_batchnorm
 
 __all__ = [
     "BOUNDS",

@@ -1,16 +1,19 @@
 """Inference-time fusion: every BatchNorm folded into the conv before it, plus other exact rewrites.
 
-:func:`fuse` returns a deep copy of a TResNet or a GENet (or any module built from tresnet's layers and
-blocks) in which
+:func:`fuse` returns a deep copy of a model of any registered family (or any module built from tresnet's layers
+and blocks) in which each module is rewritten by the first fusion rule that knows it: the shared layers' rule
+(:func:`tresnet.layers.fused.fuse_layer`), then the rules each family declares
+(:attr:`tresnet.models.family.Family.fusion_rules`); a module no rule knows keeps its type and has its
+children rewritten. For TResNet and GENet:
 
 - every ``ConvNormAct`` (conv -> BN + activation -> blur) is a
-  :class:`~tresnet.deploy.folding.FusedConvAct`: one conv with bias (the BN folded in) -> the same
+  :class:`~tresnet.layers.fused.FusedConvAct`: one conv with bias (the BN folded in) -> the same
   activation -> the same blur, when there is one (a copy of the
   :class:`~tresnet.layers.AntiAliasDownsample` with ``export_friendly`` on, so that an ONNX export has no
   ``Pad`` node); depthwise and grouped convs included;
 - each residual block ends in one step, ``relu(branch + shortcut)``
-  (:mod:`tresnet.deploy.tresnet_fusion` for TResNet's stem, SE and blocks,
-  :mod:`tresnet.deploy.genet_fusion` for GENet's XX, BL and DW blocks);
+  (:mod:`tresnet.models.tresnet_fusion` for TResNet's stem and blocks,
+  :mod:`tresnet.models.genet_fusion` for GENet's stem and XX, BL and DW blocks);
 - weights and activations are channels-last (a memory layout: the values are the same);
 - a classifier head is kept as it is: ``head.fc``, or an ML-Decoder head
   (:class:`~tresnet.layers.MLDecoderHead`, whose linear layers and LayerNorms have nothing to fold).
@@ -30,49 +33,36 @@ import functools
 import torch
 from torch import nn
 
-from tresnet.deploy import genet_fusion, tresnet_fusion
-from tresnet.deploy.folding import FusedConvAct, fold_batchnorm
-from tresnet.deploy.genet_fusion import FusedGENetBlock
-from tresnet.deploy.tresnet_fusion import FusedBlock, FusedSqueezeExcite, FusedStem
 from tresnet.errors import ConfigError
-from tresnet.layers import ConvNormAct, SqueezeExcite
+from tresnet.layers.fused import FusionRule, fuse_layer
+from tresnet.models.registry import FAMILIES
 
 
-def _fuse_block(module: nn.Module) -> nn.Module | None:
-    """The fused form of a residual block of either family, or None for anything else."""
-    if isinstance(module, tresnet_fusion.BLOCKS):
-        return FusedBlock(module, _fuse_children)
-    if isinstance(module, genet_fusion.BLOCKS):
-        return FusedGENetBlock(module)
-    return None
+class _FusionWalk:
+    """One walk over a model: each module is rewritten by the first rule that knows it, else its children are
+    (see :class:`~tresnet.layers.fused.FusionWalk`)."""
+
+    def __init__(self, rules: tuple[FusionRule, ...], channels_last: bool) -> None:
+        self.rules = rules
+        self.channels_last = channels_last
+
+    def fuse(self, module: nn.Module) -> nn.Module:
+        for rule in self.rules:
+            fused = rule(module, self)
+            if fused is not None:
+                return fused
+        return self.fuse_children(module)
+
+    def fuse_children(self, module: nn.Module) -> nn.Module:
+        for name, child in list(module._modules.items()):
+            if child is not None:
+                module._modules[name] = self.fuse(child)
+        return module
 
 
-def _fuse_children(module: nn.Module, channels_last: bool = True) -> nn.Module:
-    """``module`` with every fusable part replaced (containers are changed in place)."""
-    block = _fuse_block(module)
-    if block is not None:
-        return block
-    if isinstance(module, ConvNormAct):
-        return FusedConvAct(module)
-    if isinstance(module, SqueezeExcite):
-        return FusedSqueezeExcite(module)
-    genet_fusion.fuse_genet_stem(module, channels_last)
-    names = list(module._modules)
-    for i, name in enumerate(names):
-        child = module._modules[name]
-        if child is None or isinstance(child, (nn.Identity, FusedConvAct)):
-            continue
-        following = module._modules[names[i + 1]] if i + 1 < len(names) else None
-        stem = tresnet_fusion.fuse_stem_pair(child, following, channels_last) \
-            if isinstance(module, nn.Sequential) else None
-        if stem is not None:
-            # SpaceToDepth and conv1 become one conv; conv1's slot becomes an identity, so
-            # ``body.conv1(body.s2d(x))`` still means the stem's output.
-            module._modules[name] = stem
-            module._modules[names[i + 1]] = nn.Identity()
-            continue
-        module._modules[name] = _fuse_children(child, channels_last)
-    return module
+def fusion_rules() -> tuple[FusionRule, ...]:
+    """The rules :func:`fuse` applies, in order: the shared layers', then each registered family's."""
+    return (fuse_layer, *(rule for family in FAMILIES.values() for rule in family.fusion_rules))
 
 
 LOW_PRECISION_DTYPES = (torch.bfloat16, torch.float16)
@@ -91,8 +81,8 @@ def _outputs_to_float(module: nn.Module, args: tuple, output):
 def fuse(model: nn.Module, *, channels_last: bool = True, dtype: torch.dtype = torch.float32) -> nn.Module:
     """An eval-mode inference copy of ``model`` with every BatchNorm folded into the conv before it.
 
-    ``model`` (a TResNet or a GENet, features-only or not, or any module built from tresnet's layers and
-    blocks) is left untouched. The copy computes what ``model.eval()`` computes, up to fp32 rounding,
+    ``model`` (a model of a registered family, features-only or not, or any module built from tresnet's layers
+    and blocks) is left untouched. The copy computes what ``model.eval()`` computes, up to fp32 rounding,
     with the other exact rewrites listed in :mod:`tresnet.deploy.fusion`; its parameters do not require
     gradients. With ``channels_last`` (the default; fastest on CPU) its weights are channels-last and the
     stem converts its input, so feature maps (and ``features_only`` outputs) are channels-last tensors
@@ -110,7 +100,7 @@ def fuse(model: nn.Module, *, channels_last: bool = True, dtype: torch.dtype = t
     """
     if dtype != torch.float32 and dtype not in LOW_PRECISION_DTYPES:
         raise ConfigError(f"fuse(dtype={dtype}): choose torch.float32, torch.bfloat16 or torch.float16")
-    fused = _fuse_children(copy.deepcopy(model), channels_last)
+    fused = _FusionWalk(fusion_rules(), channels_last).fuse(copy.deepcopy(model))
     fused.eval()
     fused.requires_grad_(False)
     if channels_last:
@@ -129,5 +119,4 @@ def cast_for_inference(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     return module
 
 
-__all__ = ["LOW_PRECISION_DTYPES", "FusedBlock", "cast_for_inference", "FusedConvAct", "FusedGENetBlock", "FusedSqueezeExcite", "FusedStem", "fold_batchnorm",
-           "fuse"]
+__all__ = ["LOW_PRECISION_DTYPES", "cast_for_inference", "fuse", "fusion_rules"]

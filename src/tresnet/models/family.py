@@ -1,7 +1,8 @@
 """A model family: what the registry needs to know of one kind of network.
 
 A family brings its builder, its variants (as data), the models registered on them (preprocessing and
-published accuracy), the checkpoint layouts it reads besides our own, and its preprocessing. The registry
+published accuracy), the checkpoint layouts it reads besides our own, its preprocessing, and the fusion rules
+of its blocks (how :func:`tresnet.deploy.fuse` rewrites them for inference). The registry
 (:mod:`tresnet.models.registry`) holds the families; nothing outside a family's files knows its layers.
 """
 
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
+
+from tresnet.layers.fused import FusionRule
 
 
 def _same_key(key: str) -> str:
@@ -44,6 +47,8 @@ class Family:
     ``norms`` lists the norm layers it can use, the default first; ``options`` the keyword arguments of
     :func:`tresnet.create_model` only this family accepts (e.g. ``memory_efficient``), with their
     neutral values. ``infer_arch`` names the variant whose shapes (in our names) a state dict has.
+    ``fusion_rules`` rewrite the family's own modules (blocks, stem) into their inference forms
+    (:data:`~tresnet.layers.fused.FusionRule`; the shared layers have theirs in :mod:`tresnet.layers.fused`).
     """
 
     name: str
@@ -58,6 +63,7 @@ class Family:
     classifier: str = "head.fc"
     options: Mapping[str, Any] = field(default_factory=dict)
     paper: str = ""
+    fusion_rules: tuple[FusionRule, ...] = ()
 
     def format_of(self, keys) -> CheckpointFormat | None:
         """The published layout whose marker is among ``keys``, or None."""

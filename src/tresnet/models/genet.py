@@ -18,7 +18,7 @@ from torchvision.ops import StochasticDepth
 from tresnet.errors import InputSizeError
 from tresnet.layers import ConvNormAct
 from tresnet.layers.ml_decoder import MLDecoderHead
-from tresnet.models import genet_formats
+from tresnet.models import genet_formats, genet_fusion
 from tresnet.models.common import (
     ClassifierSurface,
     checkpointed,
@@ -90,6 +90,8 @@ class _GENetBlock(nn.Module):
 class XXBlock(_GENetBlock):
     """Two full 3x3 convs (the first strided), BN after each, ReLU between."""
 
+    branch_units = ("conv1_kxk", "conv2_kxk")  # the branch's units in forward order (fusion reads them)
+
     def __init__(self, in_chs: int, out_chs: int, stride: int, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chs, out_chs, stride, drop_path_rate)
         self.conv1_kxk = ConvNormAct(in_chs, out_chs, 3, stride, "relu", 0.0, "bn")
@@ -104,6 +106,8 @@ class XXBlock(_GENetBlock):
 
 class BottleneckBlock(_GENetBlock):
     """1x1 to the middle width, a strided 3x3 (depthwise for DW blocks), 1x1 to the output width."""
+
+    branch_units = ("conv1_1x1", "conv2_kxk", "conv3_1x1")  # the branch's units in forward order
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, drop_path_rate: float = 0.0, *,
                  bottle_ratio: float, depthwise: bool) -> None:
@@ -277,6 +281,7 @@ FAMILY = Family(
     infer_arch=functools.partial(genet_formats.infer_architecture, variants=VARIANTS),
     norms=("bn",),
     first_conv="stem.conv",
+    fusion_rules=genet_fusion.fusion_rules(GENet, (XXBlock, BottleneckBlock)),
 )
 
 __all__ = ["FAMILY", "MODEL_CONFIGS", "VARIANTS", "BottleneckBlock", "GENet", "GENetArch", "GENetStage",

@@ -18,7 +18,7 @@ from tresnet.errors import InputSizeError
 from tresnet.layers import NORMS, ConvNormAct, SpaceToDepth, SqueezeExcite
 from tresnet.layers.ml_decoder import MLDecoderHead
 from tresnet.layers.residual_tail import lean_tail, lean_tail_applies
-from tresnet.models import tresnet_formats
+from tresnet.models import tresnet_formats, tresnet_fusion
 from tresnet.models.common import (
     ClassifierSurface,
     checkpointed,
@@ -320,6 +320,7 @@ FAMILY = Family(
     norms=NORMS,
     first_conv="body.conv1.conv",
     options={"memory_efficient": False},
+    fusion_rules=tresnet_fusion.fusion_rules((BasicBlock, Bottleneck)),
 )
 
 __all__ = ["FAMILY", "MODEL_CONFIGS", "VARIANTS", "BasicBlock", "Bottleneck", "TResNet", "TResNetArch"]

@@ -1,25 +1,41 @@
-"""TResNet's fused parts: the SpaceToDepth stem as one conv, SE on vectors, the residual blocks in one step.
+"""TResNet's fusion rules: the SpaceToDepth stem as one conv, the residual blocks in one step.
 
 - the SpaceToDepth stem and ``conv1`` are one :class:`FusedStem`: a 12x12 conv with stride 4 on the
   image, which sums exactly the products that ``conv1`` (3x3 on the 4x4-folded image) sums;
-- squeeze-and-excitation is a :class:`FusedSqueezeExcite` (``linear`` on the pooled vector instead of
-  1x1 convs on a 1x1 map);
 - each residual block (:class:`FusedBlock`) ends in one step: ``relu(branch + shortcut)``, with the SE
-  multiply (Basic block) or the last conv (Bottleneck) folded into it.
+  multiply (Basic block) or the last conv (Bottleneck) folded into it; its squeeze-and-excitation is a
+  :class:`~tresnet.layers.fused.FusedSqueezeExcite` (``linear`` on the pooled vector).
+
+:func:`fusion_rules` gives them to the family (:data:`tresnet.models.tresnet.FAMILY`), which passes its
+block classes in (this module does not import the network's: that one imports this).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tresnet.deploy.folding import FusedConvAct, conv_act, conv_add_relu, fold_batchnorm, fused_tail
 from tresnet.errors import ConfigError
-from tresnet.layers import ConvNormAct, SpaceToDepth, SqueezeExcite
-from tresnet.models.tresnet import BasicBlock, Bottleneck
+from tresnet.layers.conv_norm_act import ConvNormAct
+from tresnet.layers.fused import (
+    FusedConvAct,
+    FusedSqueezeExcite,
+    FusionRule,
+    FusionWalk,
+    conv_act,
+    conv_add_relu,
+    fold_batchnorm,
+    fused_tail,
+)
+from tresnet.layers.stem import SpaceToDepth
+
+if TYPE_CHECKING:
+    from tresnet.models.tresnet import BasicBlock, Bottleneck
 
 
 class FusedStem(nn.Module):
@@ -59,50 +75,20 @@ class FusedStem(nn.Module):
         return conv_act(x, self.conv, self.activation, self.activation_param)
 
 
-class FusedSqueezeExcite(nn.Module):
-    """Squeeze-and-excitation with the 1x1 convs as ``linear`` on the pooled ``(N, C)`` vector.
-
-    :meth:`gate` gives ``sigmoid(fc2(relu(fc1(mean(x)))))`` shaped ``(N, C, 1, 1)``; ``forward``
-    multiplies it in.
-    """
-
-    def __init__(self, se: SqueezeExcite) -> None:
-        super().__init__()
-        self.fc1 = _conv1x1_to_linear(se.fc1)
-        self.fc2 = _conv1x1_to_linear(se.fc2)
-
-    def gate(self, x: torch.Tensor) -> torch.Tensor:
-        s = F.relu_(self.fc1(x.mean((2, 3))))
-        return torch.sigmoid(self.fc2(s))[:, :, None, None]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(x)
-
-
-def _conv1x1_to_linear(conv: nn.Conv2d) -> nn.Linear:
-    linear = nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None,
-                       device=conv.weight.device, dtype=conv.weight.dtype)
-    with torch.no_grad():
-        linear.weight.copy_(conv.weight.detach().flatten(1))
-        if conv.bias is not None:
-            linear.bias.copy_(conv.bias.detach())
-    return linear
-
-
 class FusedBlock(nn.Module):
     """A folded :class:`BasicBlock` or :class:`Bottleneck` (drop-path is the identity in eval).
 
     Basic: ``relu(shortcut + conv2(conv1(x)) * gate)``; Bottleneck:
     ``relu(conv3(se(conv2(conv1(x)))) + shortcut)``, the last step one fused conv where possible.
-    The block's input is never written to (a features-only model returns it). ``fuse_module`` folds
-    the downsample path (the walker of :mod:`tresnet.deploy.fusion`).
+    A block with a ``conv3`` is a Bottleneck. The block's input is never written to (a features-only model
+    returns it). ``fuse_module`` folds the downsample path (:meth:`~tresnet.layers.fused.FusionWalk.fuse`).
     """
 
     def __init__(self, block: BasicBlock | Bottleneck, fuse_module: Callable[[nn.Module], nn.Module]) -> None:
         super().__init__()
         self.conv1 = FusedConvAct(block.conv1)
         self.conv2 = FusedConvAct(block.conv2)
-        self.conv3 = fused_tail(block.conv3, "Bottleneck") if isinstance(block, Bottleneck) else None
+        self.conv3 = fused_tail(block.conv3, "Bottleneck") if hasattr(block, "conv3") else None
         self.se = FusedSqueezeExcite(block.se) if block.se is not None else None
         self.downsample = fuse_module(block.downsample) if block.downsample is not None else None
 
@@ -121,13 +107,34 @@ class FusedBlock(nn.Module):
         return F.relu_(torch.addcmul(shortcut, out, self.se.gate(out)))
 
 
-def fuse_stem_pair(child: nn.Module, following: nn.Module | None, channels_last: bool) -> FusedStem | None:
-    """The :class:`FusedStem` of a SpaceToDepth followed (in a Sequential) by a blur-free ``ConvNormAct``, else None."""
-    if isinstance(child, SpaceToDepth) and isinstance(following, ConvNormAct) and following.aa is None:
-        return FusedStem(child, following, channels_last)
-    return None
+def fuse_stem(module: nn.Module, walk: FusionWalk) -> nn.Module | None:
+    """Rule: a Sequential holding a SpaceToDepth followed by a blur-free ``ConvNormAct`` (TResNet's body), with
+    each such pair as one :class:`FusedStem` and its other children fused; None for any other module.
+
+    The conv's slot becomes an identity, so ``body.conv1(body.s2d(x))`` still means the stem's output.
+    """
+    if not isinstance(module, nn.Sequential):
+        return None
+    names = list(module._modules)
+    pairs = [(first, second) for first, second in zip(names, names[1:], strict=False)
+             if isinstance(module._modules[first], SpaceToDepth)
+             and isinstance(module._modules[second], ConvNormAct) and module._modules[second].aa is None]
+    if not pairs:
+        return None
+    for first, second in pairs:
+        module._modules[first] = FusedStem(module._modules[first], module._modules[second], walk.channels_last)
+        module._modules[second] = nn.Identity()
+    return walk.fuse_children(module)
 
 
-BLOCKS = (BasicBlock, Bottleneck)
+def _fuse_block(module: nn.Module, walk: FusionWalk, *, blocks: tuple[type[nn.Module], ...]) -> FusedBlock | None:
+    return FusedBlock(module, walk.fuse) if isinstance(module, blocks) else None
 
-__all__ = ["BLOCKS", "FusedBlock", "FusedSqueezeExcite", "FusedStem", "fuse_stem_pair"]
+
+def fusion_rules(blocks: tuple[type[nn.Module], ...]) -> tuple[FusionRule, ...]:
+    """TResNet's rules: its residual ``blocks`` (BasicBlock, Bottleneck) as :class:`FusedBlock`, its stem as
+    :class:`FusedStem`."""
+    return (functools.partial(_fuse_block, blocks=blocks), fuse_stem)
+
+
+__all__ = ["FusedBlock", "FusedStem", "fuse_stem", "fusion_rules"]

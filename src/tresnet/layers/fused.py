@@ -1,23 +1,31 @@
-"""What every family's fused model is built from: BatchNorm folded into a conv, and the fused conv kernels.
+"""The inference forms of the layers (BatchNorm folded, fused conv kernels) and what a fusion rule is.
 
 :func:`fold_batchnorm` gives the conv with bias that computes ``bn(conv(x))``; :class:`FusedConvAct` is a
-folded ``ConvNormAct``. On CPU, in fp32 and without autograd, :func:`conv_act` and :func:`conv_add_relu`
-run one oneDNN convolution with the activation (ReLU, leaky ReLU) or the residual add and ReLU applied to
-the accumulator as a post-op, which gives the same bits as the conv followed by the separate op.
-Elsewhere (GPU, other dtypes, tracing for TorchScript, ONNX or ``torch.export``) they run plain PyTorch ops.
+folded ``ConvNormAct``, :class:`FusedSqueezeExcite` a ``SqueezeExcite`` on vectors. On CPU, in fp32 and
+without autograd, :func:`conv_act` and :func:`conv_add_relu` run one oneDNN convolution with the activation
+(ReLU, leaky ReLU) or the residual add and ReLU applied to the accumulator as a post-op, which gives the same
+bits as the conv followed by the separate op. Elsewhere (GPU, other dtypes, tracing for TorchScript, ONNX or
+``torch.export``) they run plain PyTorch ops.
+
+A fusion rule (:data:`FusionRule`) turns a module it knows into its fused form; :func:`fuse_layer` is the
+rule of these layers, and each model family declares the rules of its own blocks
+(:attr:`tresnet.models.family.Family.fusion_rules`). :func:`tresnet.deploy.fuse` walks a model and asks them.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tresnet.errors import ConfigError
-from tresnet.layers import ConvNormAct
+from tresnet.layers.conv_norm_act import ConvNormAct
 from tresnet.layers.inplace_abn import InPlaceABN, activate_, invertible_scale
+from tresnet.layers.squeeze_excite import SqueezeExcite
 
 # Activations that oneDNN applies to the conv accumulator (post-op), by our name -> oneDNN's.
 _POST_OPS = {"leaky_relu": "leaky_relu", "relu": "relu", "identity": "none"}
@@ -163,4 +171,61 @@ def fused_tail(unit: ConvNormAct, block_name: str) -> FusedConvAct:
     return fused
 
 
-__all__ = ["FusedConvAct", "activate", "conv_act", "conv_add_relu", "fold_batchnorm", "fused_tail", "use_onednn"]
+class FusedSqueezeExcite(nn.Module):
+    """Squeeze-and-excitation with the 1x1 convs as ``linear`` on the pooled ``(N, C)`` vector.
+
+    :meth:`gate` gives ``sigmoid(fc2(relu(fc1(mean(x)))))`` shaped ``(N, C, 1, 1)``; ``forward``
+    multiplies it in.
+    """
+
+    def __init__(self, se: SqueezeExcite) -> None:
+        super().__init__()
+        self.fc1 = _conv1x1_to_linear(se.fc1)
+        self.fc2 = _conv1x1_to_linear(se.fc2)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.relu_(self.fc1(x.mean((2, 3))))
+        return torch.sigmoid(self.fc2(s))[:, :, None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+def _conv1x1_to_linear(conv: nn.Conv2d) -> nn.Linear:
+    linear = nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None,
+                       device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.detach().flatten(1))
+        if conv.bias is not None:
+            linear.bias.copy_(conv.bias.detach())
+    return linear
+
+
+class FusionWalk(Protocol):
+    """What :func:`tresnet.deploy.fuse` offers a fusion rule while it walks a model (a deep copy)."""
+
+    channels_last: bool  # the fused model is channels-last: its first conv converts the image
+
+    def fuse(self, module: nn.Module) -> nn.Module:
+        """The fused form of ``module``: a rule's, else ``module`` with its children fused."""
+
+    def fuse_children(self, module: nn.Module) -> nn.Module:
+        """``module`` with each child replaced by its fused form (in place), returned."""
+
+
+# A rule returns the fused form of a module it knows (asking the walk to fuse the module's other parts), or
+# None for a module it does not know. A fused module matches no rule, so walking it again changes nothing.
+FusionRule = Callable[[nn.Module, FusionWalk], "nn.Module | None"]
+
+
+def fuse_layer(module: nn.Module, walk: FusionWalk) -> nn.Module | None:
+    """The fusion rule of the shared layers: ``ConvNormAct`` and ``SqueezeExcite`` become their fused forms."""
+    if isinstance(module, ConvNormAct):
+        return FusedConvAct(module)
+    if isinstance(module, SqueezeExcite):
+        return FusedSqueezeExcite(module)
+    return None
+
+
+__all__ = ["FusedConvAct", "FusedSqueezeExcite", "FusionRule", "FusionWalk", "activate", "conv_act",
+           "conv_add_relu", "fold_batchnorm", "fuse_layer", "fused_tail", "use_onednn"]
