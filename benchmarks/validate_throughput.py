@@ -101,17 +101,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", default="0,2", help="comma-separated worker counts to try (default 0,2)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-    parser.add_argument("--precision", default=None, help=PRECISION_HELP)
-    parser.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)  # deprecated: --precision amp
+    parser.add_argument("--precision", default="fp32", help=PRECISION_HELP)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--batches", type=int, default=5, help="timed batches per measurement (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches first (default 1)")
     parser.add_argument("--json", metavar="PATH", help="write the measurements as JSON")
-    args = parser.parse_args(argv)
-    if args.amp:
-        print("validate_throughput.py: warning: --amp is deprecated: use --precision amp", file=sys.stderr)
-    args.precision = args.precision or ("amp" if args.amp else "fp32")
-    return args
+    return parser.parse_args(argv)
 
 
 def measure(args: argparse.Namespace, device: torch.device, dataset, img_size: int) -> dict:

@@ -9,8 +9,9 @@ import torch
 
 import tresnet
 from helpers import max_rel_diff, randomize_norms, requires_timm
-from tresnet.checkpoint import read_checkpoint_metadata, to_official
+from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.errors import CheckpointError, ConfigError
+from tresnet.models.tresnet_formats import to_official
 
 NETWORKS = ["tresnet_m", "tresnet_l", "tresnet_xl", "tresnet_v2_l"]
 # timm runs v2 with the v1 slopes (1e-2 stem, 1e-3 blocks); the official v2 code uses 1e-6 everywhere.
@@ -273,11 +274,9 @@ def test_files_of_the_first_release_name_their_network_arch(tmp_path):
     assert meta["arch"] == "tresnet_m" and "architecture" not in meta
 
 
-def test_pretrained_cfg_answers_the_deprecated_key_with_a_warning():
+def test_pretrained_cfg_names_the_model_and_its_arch():
     cfg = tresnet.get_pretrained_cfg("tresnet_m_448")
-    assert cfg["model"] == "tresnet_m_448" and cfg["arch"] == "tresnet_m"
-    with pytest.warns(DeprecationWarning, match="use pretrained_cfg\\['model'\\]"):
-        assert cfg["architecture"] == "tresnet_m_448"
+    assert cfg["model"] == "tresnet_m_448" and cfg["arch"] == "tresnet_m" and "architecture" not in cfg
 
 
 def test_our_checkpoints_carry_their_preprocessing_and_threshold(tmp_path):

@@ -32,19 +32,11 @@ import torch
 from torch import nn
 
 from tresnet.errors import CheckpointError, CheckpointWriteError, FileWriteError
-from tresnet.files import atomic_write  # re-exported: code written before tresnet.files imports it from here
+from tresnet.files import atomic_write
 from tresnet.layers.ml_decoder import MARKER as ML_DECODER_MARKER
 from tresnet.layers.ml_decoder import ml_decoder_options
 from tresnet.models.family import CheckpointFormat, Family
 from tresnet.models.registry import FAMILIES, MODEL_CONFIGS, PREPROCESSING_KEYS, family_of_arch
-
-# TResNet's conversions, re-exported: code written before the registry of families imports them from here.
-from tresnet.models.tresnet_formats import (  # noqa: F401
-    INPLACE_ABN_EPS,
-    convert_official,
-    official_key,
-    to_official,
-)
 from tresnet.tasks import MULTILABEL
 from tresnet.version import __version__
 
@@ -524,7 +516,6 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, class_names: l
         raise CheckpointWriteError(str(e), path=e.path, reason=e.reason) from e
 
 
-__all__ = ["FORMAT_OFFICIAL", "FORMAT_OURS", "FORMAT_TIMM", "Checkpoint", "CheckpointInfo", "atomic_write",
-           "checkpoint_metadata", "convert_official", "detect_format", "head_of", "load_checkpoint",
-           "load_state", "official_key", "open_checkpoint", "read_checkpoint", "read_checkpoint_metadata",
-           "save_checkpoint", "to_official"]
+__all__ = ["FORMAT_OFFICIAL", "FORMAT_OURS", "FORMAT_TIMM", "Checkpoint", "CheckpointInfo", "checkpoint_metadata",
+           "detect_format", "head_of", "load_checkpoint", "load_state", "open_checkpoint", "read_checkpoint",
+           "read_checkpoint_metadata", "save_checkpoint"]

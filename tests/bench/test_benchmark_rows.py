@@ -50,14 +50,6 @@ def test_per_mode_access():
         row.mode("fly")
 
 
-def test_dict_style_access_still_works_with_a_warning():
-    row = make_row()
-    with pytest.warns(DeprecationWarning, match="use attributes"):
-        assert row["infer_img_per_s"] == 20.0
-    with pytest.warns(DeprecationWarning):
-        assert row.get("no_such_key", 1) == 1
-
-
 def test_reports_take_rows_or_the_dicts_of_a_result_file(tmp_path):
     path = write_json([make_row()], tmp_path / "rows.json")
     (loaded,) = json.loads(path.read_text())

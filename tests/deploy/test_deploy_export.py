@@ -92,8 +92,8 @@ def test_fp16_onnx_is_within_the_fp16_tolerance(tresnet_m, tmp_path):
     import onnx
 
     path = tmp_path / "half.onnx"
-    report = export_model(tresnet_m, path, format="onnx", img_size=SIZE, fp16=True)
-    assert report.tolerance == 1e-2 and report.max_rel_diff <= 1e-2
+    report = export_model(tresnet_m, path, format="onnx", img_size=SIZE, precision="fp16")
+    assert report.limit == 1e-2 and report.max_rel_diff <= 1e-2
     graph = onnx.load(str(path)).graph
     half = onnx.TensorProto.FLOAT16
     assert graph.input[0].type.tensor_type.elem_type == graph.output[0].type.tensor_type.elem_type == half

@@ -109,13 +109,6 @@ def test_backward_strategy_is_validated_and_restored():
     assert get_backward_strategy() == "auto"
 
 
-def test_old_strategy_constant_reads_with_a_deprecation_warning():
-    import tresnet.layers.residual_tail as residual_tail
-
-    with pytest.warns(DeprecationWarning, match="set_backward_strategy"):
-        assert residual_tail.BACKWARD_STRATEGY == "auto"
-
-
 def test_lean_tail_applies_only_when_asked_in_training_with_inplace_abn():
     unit = ConvNormAct(8, 16, 1, 1, "identity", 0.0)
     assert isinstance(unit.bn, InPlaceABN) and not lean_tail_applies(unit, unit.bn)  # not asked

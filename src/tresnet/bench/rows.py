@@ -8,7 +8,6 @@ reads it back, so files written before rows were dataclasses still load.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -148,18 +147,6 @@ class BenchRow:
                  for m in MODES}
         own = {f.name: flat.get(f.name) for f in fields(cls) if f.name not in MODES}
         return cls(**own, **modes)
-
-    def __getitem__(self, key: str) -> Any:
-        """Deprecated dict-style access (``row["infer_img_per_s"]``): use attributes or :meth:`to_dict`."""
-        warnings.warn(f"row[{key!r}] is deprecated: use attributes (row.model, row.mode('infer').img_per_s) "
-                      f"or row.to_dict()", DeprecationWarning, stacklevel=2)
-        return self.to_dict()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """Deprecated dict-style access (``row.get("top1")``): use attributes or :meth:`to_dict`."""
-        warnings.warn(f"row.get({key!r}) is deprecated: use attributes or row.to_dict()", DeprecationWarning,
-                      stacklevel=2)
-        return self.to_dict().get(key, default)
 
 
 def _flat_key(mode: str, name: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from tresnet.cli._common import add_calibration_arguments, add_model_arguments, add_precision_argument, say
+from tresnet.cli._common import add_calibration_arguments, add_model_arguments, add_precision_argument
 from tresnet.deploy.exactness import BOUNDS
 from tresnet.deploy.export import DEFAULT_OPSET, EXPORT_PRECISIONS, FORMATS, MIN_OPSET
 
@@ -27,7 +27,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dynamic-batch", action="store_true", help="leave the batch size free (checked at 1 and 3)")
     add_precision_argument(p, choices=EXPORT_PRECISIONS, legacy_amp=False)
     add_calibration_arguments(p)
-    p.add_argument("--fp16", action="store_true", help=argparse.SUPPRESS)  # deprecated: --precision fp16
     p.add_argument("--no-fuse", action="store_true", help="export the model as it is, BatchNorm not folded")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"ONNX opset (default {DEFAULT_OPSET}; from {MIN_OPSET} to the newest torch writes)")
@@ -35,14 +34,12 @@ def add_parser(subparsers) -> None:
 
 
 def _precision(args: argparse.Namespace) -> str:
-    """``--precision``, or fp16 for the deprecated ``--fp16``; and the calibration options checked against it."""
+    """``--precision`` (fp32 by default), with the calibration options checked against it."""
     from tresnet.deploy.inference import check_calibration_options
     from tresnet.errors import ConfigError
 
-    if args.fp16:
-        say("export", "warning", "--fp16 is deprecated: use --precision fp16")
-    precision = args.precision or ("fp16" if args.fp16 else "fp32")
-    if precision not in EXPORT_PRECISIONS or (args.fp16 and precision != "fp16"):
+    precision = args.precision or "fp32"
+    if precision not in EXPORT_PRECISIONS:
         raise ConfigError(f"bad --precision {precision!r} for export: choose one of {', '.join(EXPORT_PRECISIONS)} "
                           f"(the number format of the exported file)")
     check_calibration_options(precision, args.calibration, args.calibration_images)

@@ -5,7 +5,6 @@ RGB image data set at any size, with a fixed-seed stratified train/val split
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -36,14 +35,6 @@ def load_digits_images(img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     images = F.interpolate(images, size=(img_size, img_size), mode="bilinear", align_corners=False)
     images = (images.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
     return images, torch.from_numpy(bunch.target.astype(np.int64))
-
-
-def digits_split(labels: torch.Tensor, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
-    """Deprecated: use :func:`tresnet.data.splits.stratified_split` (the same split wherever each class keeps
-    an image on both sides)."""
-    warnings.warn("tresnet.data.digits.digits_split is deprecated: use tresnet.data.splits.stratified_split",
-                  DeprecationWarning, stacklevel=2)
-    return stratified_split(labels, val_fraction, seed)
 
 
 class DigitsDataset(Dataset):
@@ -78,4 +69,4 @@ class DigitsDataset(Dataset):
         return image, self.targets[index]
 
 
-__all__ = ["DIGITS_CLASSES", "DigitsDataset", "digits_split", "load_digits_images"]
+__all__ = ["DIGITS_CLASSES", "DigitsDataset", "load_digits_images"]

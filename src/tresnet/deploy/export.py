@@ -89,15 +89,6 @@ class ExportReport:
     calibration_images: int | None = None
     preprocessing: dict | None = None  # what the file's inputs must be (Preprocessing.to_dict), also in the file
 
-    @property
-    def fp16(self) -> bool:
-        return self.precision == "fp16"
-
-    @property
-    def tolerance(self) -> float:
-        """The limit (the name of earlier releases)."""
-        return self.limit
-
     def summary(self) -> str:
         """One line for the command line."""
         details = [self.format + (f" (opset {self.opset})" if self.opset else ""),
@@ -165,16 +156,14 @@ def _output_names(count: int, listed: bool) -> list[str]:
     return [f"features_{i}" for i in range(count)] if listed else ["logits"]
 
 
-def prepare_for_export(model: nn.Module, *, fused: bool = True, fp16: bool = False,
-                       precision: str | None = None) -> nn.Module:
+def prepare_for_export(model: nn.Module, *, fused: bool = True, precision: str = "fp32") -> nn.Module:
     """The CPU eval-mode copy of ``model`` that gets exported: folded (:func:`fuse`) unless ``fused=False``.
 
-    ``precision`` (default fp32; ``fp16=True`` is fp16): fp32 and int8 give an fp32 copy (int8 is quantized
+    ``precision``: fp32 and int8 give an fp32 copy (int8 is quantized
     from the exported fp32 file); fp16 an fp16 copy taking fp16 images (an unfolded model's BatchNorms stay
     fp32); bf16 a bfloat16 copy that takes and returns fp32 (:func:`fuse` with ``dtype``). ``model`` is
     left untouched.
     """
-    precision = precision or ("fp16" if fp16 else "fp32")
     prepared = fuse(model) if fused else copy.deepcopy(model).eval().requires_grad_(False)
     prepared = prepared.to("cpu")
     if precision == "bf16":
@@ -346,16 +335,6 @@ def _write_atomically(path: Path, write_and_check: Callable[[str], None]) -> Non
                           f"folder with free space") from e
 
 
-def _resolve_precision(precision: str | None, fp16: bool) -> str:
-    if fp16:
-        warnings.warn("export_model(fp16=True) is deprecated: use precision='fp16'", DeprecationWarning,
-                      stacklevel=3)
-        if precision not in (None, "fp16"):
-            raise ConfigError(f"export_model(fp16=True, precision={precision!r}) disagree: give precision only")
-        return "fp16"
-    return precision or "fp32"
-
-
 def _calibration_batch(model: nn.Module, calibration, size: tuple[int, int], count: int) -> torch.Tensor:
     """The int8 calibration images: a ready batch, or ``count`` images of a folder at ``size``."""
     if calibration is None:
@@ -366,7 +345,7 @@ def _calibration_batch(model: nn.Module, calibration, size: tuple[int, int], cou
 
 def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
                  img_size: int | tuple[int, int] | None = None, dynamic_batch: bool = False,
-                 precision: str | None = None, fp16: bool = False, fused: bool = True, opset: int = DEFAULT_OPSET,
+                 precision: str = "fp32", fused: bool = True, opset: int = DEFAULT_OPSET,
                  calibration: torch.Tensor | str | os.PathLike | None = None, calibration_images: int | None = None,
                  tolerance: float | None = None, seed: int = 0) -> ExportReport:
     """Export ``model`` to ``output`` as ONNX or TorchScript, checked against the float64 result; return the report.
@@ -390,7 +369,6 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
     :class:`ExportError` (an output that cannot be written, or a file the exporter, the quantizer or the
     runtime refuses) and :class:`ExportMismatchError`.
     """
-    precision = _resolve_precision(precision, fp16)
     path = check_export_args(format, output, opset, precision)
     size = _img_size(model, img_size)
     calibration_batch = None

@@ -18,7 +18,6 @@ No activation is inverted; the BN scale follows In-Place ABN's convention (``|sc
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -67,14 +66,6 @@ def backward_strategy(name: str) -> Iterator[None]:
         yield
     finally:
         set_backward_strategy(previous)
-
-
-def __getattr__(name: str) -> str:
-    if name == "BACKWARD_STRATEGY":  # the old module constant, read-only now
-        warnings.warn("tresnet.layers.residual_tail.BACKWARD_STRATEGY is deprecated: use get_backward_strategy() "
-                      "and set_backward_strategy(name)", DeprecationWarning, stacklevel=2)
-        return _backward_strategy
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _weight_grad(grad: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, need_input: bool):

@@ -5,7 +5,6 @@ from tresnet.models.genet import GENet, GENetArch, GENetStage
 from tresnet.models.registry import (
     FAMILIES,
     MODEL_CONFIGS,
-    PretrainedCfg,
     build_model,
     family_of,
     family_of_arch,
@@ -28,7 +27,6 @@ __all__ = [
     "GENet",
     "GENetArch",
     "GENetStage",
-    "PretrainedCfg",
     "TResNet",
     "TResNetArch",
     "build_model",

@@ -8,7 +8,6 @@ models and its checkpoint layouts; this module only gathers them. Two words name
 from __future__ import annotations
 
 import fnmatch
-import warnings
 from copy import deepcopy
 from dataclasses import replace
 
@@ -32,23 +31,6 @@ MODEL_CONFIGS: dict[str, dict] = {
 # The configuration keys of evaluation preprocessing: what our checkpoints record and create_model restores
 # (tresnet.data.transforms.Preprocessing reads and writes the same keys).
 PREPROCESSING_KEYS = ("input_size", "crop_mode", "crop_pct", "interpolation", "mean", "std", "resize_rounding")
-
-
-class PretrainedCfg(dict):
-    """A model's configuration (a plain dict) that still answers the deprecated key ``architecture``."""
-
-    _DEPRECATED = {"architecture": "model"}
-
-    def __missing__(self, key):
-        if key in self._DEPRECATED:
-            new = self._DEPRECATED[key]
-            warnings.warn(f"pretrained_cfg[{key!r}] is deprecated: use pretrained_cfg[{new!r}]",
-                          DeprecationWarning, stacklevel=2)
-            return self[new]
-        raise KeyError(key)
-
-    def get(self, key, default=None):
-        return self[key] if key in self or key in self._DEPRECATED else default
 
 
 def list_models(pattern: str = "*", *, family: str | None = None) -> list[str]:
@@ -85,7 +67,7 @@ def get_pretrained_cfg(name: str) -> dict:
     if name not in MODEL_CONFIGS:
         raise ModelNotFoundError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     family = FAMILIES[MODEL_CONFIGS[name]["family"]]
-    cfg = PretrainedCfg(model=name, **deepcopy(MODEL_CONFIGS[name]))
+    cfg = dict(model=name, **deepcopy(MODEL_CONFIGS[name]))
     cfg["classifier"] = family.classifier
     cfg["first_conv"] = family.first_conv
     return cfg
