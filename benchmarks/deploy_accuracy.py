@@ -2,7 +2,7 @@
 validation split it was trained against.
 
 Two models: the digits demo's TResNet-M (top-1 on the 359 val digits) and the multi-label digits demo's
-(mAP on the 1,000 val mosaics, by :mod:`tresnet.engine.metrics`, the trainer's own). The val split is
+(mAP on the 1,000 val mosaics, by :mod:`tresnet.tasks.multilabel_metrics`, the trainer's own). The val split is
 rebuilt exactly as training built it (the run's ``config.yaml`` beside the checkpoint, else the demo recipe
 the checkpoint's ``trained_on`` names), so the fp32 figure is the one the training log reported. Paths:
 
@@ -68,10 +68,10 @@ from tresnet.deploy import (
 )
 from tresnet.deploy.exactness import exact_outputs, relative_error, run_outputs
 from tresnet.engine.config import CONFIG_FILE, TrainConfig, build_config, saved_config
-from tresnet.engine.data import build_train_data
-from tresnet.engine.metrics import mean_average_precision
+from tresnet.engine.train_data import build_train_data
 from tresnet.engine.validate import evenly_spaced
 from tresnet.files import write_text
+from tresnet.tasks.multilabel_metrics import mean_average_precision
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MAX_POINTS = 0.5  # the limit on a path's distance to fp32

@@ -34,6 +34,7 @@ from tresnet.data import ImageFolderDataset, create_eval_transform, create_loade
 from tresnet.engine.evaluate import evaluate
 from tresnet.files import write_text
 from tresnet.runtime import DEVICE_HELP, PRECISION_HELP, autocast, check_precision, resolve_device
+from tresnet.tasks import get_task
 
 
 def generate_folder(root: Path, images: int, classes: int = 10, size: tuple[int, int] = (500, 375)) -> Path:
@@ -126,12 +127,12 @@ def measure(args: argparse.Namespace, device: torch.device, dataset, img_size: i
     print(f"model alone:                {model_rate:9.1f} img/s", flush=True)
     workers = max(workers_list)
     limit = min(len(dataset), args.batch_size * (args.batches + args.warmup))
-    both = evaluate(model, create_loader(dataset, args.batch_size, workers, device), device,
+    both = evaluate(model, create_loader(dataset, args.batch_size, workers, device), get_task("multiclass").tally(device),
                     precision=args.precision, channels_last=args.channels_last, limit=limit, progress=False)
-    print(f"both (validate), {workers:2d} workers: {both['img_per_s']:9.1f} img/s "
-          f"({both['images']} images, start-up included)")
+    print(f"both (validate), {workers:2d} workers: {both.img_per_s:9.1f} img/s "
+          f"({both.images} images, start-up included)")
     return dict(loader=loader_rows, model_img_per_s=model_rate,
-                validate={"workers": workers, "images": both["images"], "img_per_s": both["img_per_s"]})
+                validate={"workers": workers, "images": both.images, "img_per_s": both.img_per_s})
 
 
 def main(argv: list[str] | None = None) -> int:

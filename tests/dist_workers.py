@@ -49,15 +49,16 @@ def sync_step(rank: int, world: int, init_file: str, inputs: torch.Tensor, targe
 def gather_multilabel(rank: int, world: int, init_file: str, logits: torch.Tensor, targets: torch.Tensor,
                       out_file: str):
     """Evaluate this rank's shard (every world-th row, as ShardedEpochSampler(shuffle=False)) through a
-    MultiLabelTally in batches of 3; rank 0 saves the gathered rows and their metrics."""
-    from tresnet.engine.distributed import DistInfo, ShardedEpochSampler, all_gather_rows
-    from tresnet.engine.metrics import MultiLabelTally, multilabel_metrics
+    MultiLabelRows in batches of 3; rank 0 saves the gathered rows and their metrics."""
+    from tresnet.collectives import DistInfo, all_gather_rows
+    from tresnet.engine.distributed import ShardedEpochSampler
+    from tresnet.tasks.multilabel_metrics import MultiLabelRows, multilabel_metrics
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         info = DistInfo(rank=rank, world_size=world)
         shard = list(ShardedEpochSampler(len(logits), rank=rank, world_size=world, shuffle=False))
-        tally = MultiLabelTally()
+        tally = MultiLabelRows()
         for start in range(0, len(shard), 3):
             rows = shard[start:start + 3]
             tally.add(logits[rows].to(torch.bfloat16), targets[rows])

@@ -13,13 +13,14 @@ PACKAGE = ROOT / "src" / "tresnet"
 MAX_FUNCTION_LINES = 60
 # What each package may import from tresnet: data flows cli -> engine/bench/deploy -> models -> layers.
 # The base modules (errors, files, runtime) may be imported by anyone; deploy reads images (int8 calibration).
-BASE = {"errors", "files", "runtime", "tasks", "version"}
+BASE = {"errors", "files", "runtime", "collectives", "version"}
 MAY_IMPORT = {
     "layers": BASE | {"layers"},
     "models": BASE | {"layers", "models"},
     "data": BASE | {"data"},
-    "checkpoint": BASE | {"models", "layers"},
-    "factory": BASE | {"checkpoint", "models", "layers"},
+    "tasks": BASE | {"data", "tasks"},
+    "checkpoint": BASE | {"models", "layers", "tasks"},
+    "factory": BASE | {"checkpoint", "models", "layers", "tasks"},
     "deploy": BASE | {"layers", "models", "checkpoint", "data", "deploy"},
 }
 UNCITED = ("SP" + "EC", "docs/" + "sections")  # written split, so that this file does not match itself
@@ -69,6 +70,32 @@ def test_imports_flow_one_way():
         if allowed is not None and not imported <= allowed:
             wrong.append(f"{path.relative_to(ROOT)} imports {sorted(imported - allowed)}")
     assert not wrong, "\n".join(wrong)
+
+
+def _names_a_task(node: ast.AST, tasks: set[str]) -> bool:
+    if isinstance(node, ast.Constant):
+        return node.value in tasks
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return any(_names_a_task(element, tasks) for element in node.elts)
+    name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+    return name in {task.upper() for task in tasks}  # a task module's constant (MULTILABEL)
+
+
+def test_no_code_outside_a_task_compares_a_task_name():
+    """The loops ask the task (tresnet.tasks) rather than branch on its name: no comparison with a registered
+    task's name, or a task module's name constant, outside the tasks' own modules."""
+    from tresnet.tasks import list_tasks
+
+    tasks = set(list_tasks())
+    found = []
+    for path, tree in _modules():
+        if path.relative_to(PACKAGE).parts[0] == "tasks":
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare) and any(_names_a_task(side, tasks)
+                                                     for side in (node.left, *node.comparators)):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not found, "ask the task instead of comparing its name:\n" + "\n".join(found)
 
 
 def test_no_citation_of_documents_outside_the_repository():

@@ -37,7 +37,7 @@ from tresnet.layers.ml_decoder import MARKER as ML_DECODER_MARKER
 from tresnet.layers.ml_decoder import ml_decoder_options
 from tresnet.models.family import CheckpointFormat, Family
 from tresnet.models.registry import FAMILIES, MODEL_CONFIGS, PREPROCESSING_KEYS, family_of_arch
-from tresnet.tasks import MULTILABEL
+from tresnet.tasks.multilabel import MULTILABEL
 from tresnet.version import __version__
 
 FORMAT_OURS = "tresnet"

@@ -18,7 +18,7 @@ from tresnet.models.registry import (
     list_models,
     models_of_arch,
 )
-from tresnet.tasks import DEFAULT_TASK, check_task
+from tresnet.tasks import DEFAULT_TASK, get_task
 
 # File names looked for in the cache, per model name: ours, the official release's, timm's hub layout.
 _CACHE_PATTERNS = ("{name}.safetensors", "{name}.pth", "{name}.pth.tar", "{name}.bin",
@@ -166,7 +166,7 @@ def create_model(name: str | None = None, *, pretrained: bool = False,
     if name is not None:
         get_pretrained_cfg(name)  # unknown names fail before any file is touched
     if task is not None:
-        check_task(task)
+        get_task(task)  # an unknown task fails before any file is touched
     path = Path(checkpoint_path).expanduser() if checkpoint_path is not None else None
     if path is None and pretrained:
         path = find_pretrained(name)

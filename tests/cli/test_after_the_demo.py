@@ -142,8 +142,8 @@ def test_a_task_other_than_the_checkpoints_is_a_one_line_error(digits_run, mosai
             assert err[-1].startswith(f"tresnet {command[0]}: error: checkpoint ") and "leave --task out" in err[-1]
     out, _ = digits_run
     assert main(["validate", "--data", "digits-multilabel", "--checkpoint", str(out / "best.safetensors")]) == 1
-    assert "digits-multilabel is a multilabel set and the model is multiclass: use --data digits" in \
-        capsys.readouterr().err
+    assert ("digits-multilabel is multilabel data and the model is multiclass: use data of the model's task "
+            "(--data digits or ") in capsys.readouterr().err
 
 
 @pytest.mark.slow  # a short run on an image folder (seconds)

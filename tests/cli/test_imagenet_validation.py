@@ -23,6 +23,7 @@ from tresnet.data.imagenet import devkit_synsets, imagenet_synset_index, imagene
 from tresnet.data.transforms import Preprocessing
 from tresnet.engine.evaluate import evaluate
 from tresnet.engine.validate import validate
+from tresnet.tasks import get_task
 
 SMALL = ["--img-size", "64", "--device", "cpu", "--workers", "0", "--batch-size", "4"]
 SEA_SNAKE = "n01751748"  # devkit ILSVRC2012_ID 490, ImageNet class index 65
@@ -253,8 +254,11 @@ def test_flat_val_ground_truth_errors(stand_in, tmp_path, capsys):
     _fails(["--data", str(other), "--ground-truth", str(bad_txt)], capsys,
            f"{bad_txt} line 3: expected an ILSVRC2012_ID between 1 and 1000")
     _fails(["--data", str(other), "--ground-truth", str(tmp_path / "missing.txt")], capsys, "does not exist")
+    _fails(["--data", str(tmp_path / "labels.csv"), "--ground-truth", str(csv_file), "--task", "multilabel"], capsys,
+           "--ground-truth labels ImageNet validation images, one class each: it does not apply to a multilabel task")
+    # a plain folder is no multilabel data at all: that is said first
     _fails(["--data", str(other), "--ground-truth", str(csv_file), "--task", "multilabel"], capsys,
-           "--ground-truth labels ImageNet validation images")
+           f"multilabel data {other} needs its labels: ")
 
 
 def _real_setup(tmp_path):
@@ -444,13 +448,18 @@ def test_validate_from_python_takes_the_same_options(tmp_path):
     real.write_text(json.dumps([[65, 3], [3]]))
     model = CodeModel({140: {65: 5.0}, 141: {3: 5.0, 0: 4.0}})
     report = validate(model, data, ground_truth=gt, real_labels=real, device="cpu", preprocessing=Preprocessing.of(model, img_size=64), progress=False)
-    assert report["top1"] == _percent(2, 2) and report["top1_all_classes"] == _percent(1, 2)
+    assert report.top1 == _percent(2, 2) and report.subset["top1_all_classes"] == _percent(1, 2)
+    assert report.masked_classes == 2 and report.ground_truth == str(gt)
     # ReaL is scored on the prediction over the 2 classes: image 2's ReaL label 3 is not one of them
-    assert report["real_top1"] == _percent(1, 2) and report["real_images"] == 2
+    assert report.real["real_top1"] == _percent(1, 2) and report.real["real_images"] == 2
+    figures = report.to_dict()  # what --json writes
+    assert figures["top1_all_classes"] == _percent(1, 2) and figures["real_top1"] == _percent(1, 2)
+    assert figures["real_labels"] == str(real)
     class_map = tmp_path / "map.txt"
     class_map.write_text(f"{SEA_SNAKE},3\n{imagenet_synsets()[0]},65\n")
     report = validate(model, data, ground_truth=gt, class_map=class_map, device="cpu", preprocessing=Preprocessing.of(model, img_size=64), progress=False)
-    assert report["class_mapping"]["rule"] == "class-map" and report["top1"] == _percent(0, 2)
+    assert report.class_mapping["rule"] == "class-map" and report.top1 == _percent(0, 2)
+    assert report.to_dict()["class_mapping"] == report.class_mapping and not report.real
 
 
 def test_evaluate_masks_the_logits_outside_the_subset():
@@ -459,13 +468,15 @@ def test_evaluate_masks_the_logits_outside_the_subset():
     model = nn.Linear(1, 1)  # the loader hands the logits as inputs: an identity stands in for the network
     model.forward = lambda x: x
     loader = [(logits, targets)]
-    result = evaluate(model, loader, "cpu", class_subset=[0, 2, 3], progress=False)
+    result = evaluate(model, loader, get_task("multiclass").tally("cpu", class_subset=[0, 2, 3]), progress=False)
     # over 0 2 3: row 0 -> 2 (right), row 1 -> 0 (wrong), row 2 -> 3 (wrong); top-3 of 3 always right
-    assert result["correct_top1"] == 1 and result["correct_top5"] == 3 and result["class_subset"] == 3
+    assert result.correct_top1 == 1 and result.correct_top5 == 3 and result.subset["class_subset"] == 3
     # over all: row 0 -> 1, row 1 -> 0, row 2 -> 3: none right
-    assert result["top1_all_classes"] == 0.0 and result["top5_all_classes"] == 1.0
+    assert result.subset["top1_all_classes"] == 0.0 and result.subset["top5_all_classes"] == 1.0
     # ReaL: row 0 [1] (1 is masked out: no hit), row 1 none, row 2 [0, 3] -> 3 hit
-    assert result["real_images"] == 2 and result["real_correct_top1"] == 1 and result["real_top5"] == 0.5
+    assert result.real["real_images"] == 2 and result.real["real_correct_top1"] == 1 and result.real["real_top5"] == 0.5
+    figures = result.to_dict()  # the old keys, flat
+    assert figures["class_subset"] == 3 and figures["top1_all_classes"] == 0.0 and figures["real_top5"] == 0.5
 
 
 def test_predict_names_imagenet_synsets_and_takes_a_class_map(stand_in, tmp_path, capsys):

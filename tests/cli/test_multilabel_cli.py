@@ -22,6 +22,7 @@ from tresnet.data.transforms import Preprocessing
 from tresnet.engine.predict import predict
 from tresnet.engine.validate import validate
 from tresnet.errors import ConfigError
+from tresnet.tasks.multilabel import MultiLabelReport
 
 CLASSES = ["cat", "ant", "bee"]  # the COCO file's category order (ids 7, 3, 5): not sorted, not by id
 CATEGORY_IDS = [7, 3, 5]
@@ -146,14 +147,20 @@ def test_validate_from_python_with_the_checkpoints_class_names(data):
     model = CodeModel(class_names=CLASSES)
     report = validate(model, data.images, annotations=data.annotations, device="cpu", preprocessing=Preprocessing.of(model, img_size=64), progress=False,
                       limit=3)
-    assert report["images"] + report["skipped"] == 3  # taken evenly over the 6 listed: 99.png among them
-    assert report["checkpoint"] == "stand-in.safetensors" and report["limit"] == 3
+    assert isinstance(report, MultiLabelReport) and report.classes == CLASSES
+    assert report.facts.images + report.facts.skipped == 3  # taken evenly over the 6 listed: 99.png among them
+    assert report.facts.checkpoint == "stand-in.safetensors" and report.facts.settings["limit"] == 3
+    figures = report.to_dict()  # what --json writes
+    assert figures["images"] + figures["skipped"] == 3 and figures["limit"] == 3 and figures["task"] == "multilabel"
+    assert figures["map"] == report.map and figures["or"] == report.threshold_metrics["or"]
 
 
 @pytest.mark.parametrize("options, extra, message", [
     (dict(num_classes=4), [], "names 3 classes but the model has 4"),
     (dict(class_names=["dog", "ant", "bee"]), [], "index 0 is 'cat' in the annotations, 'dog' in the checkpoint"),
-    (dict(task="multiclass"), [], "holds multi-label targets but the task is multiclass: pass --task multilabel"),
+    (dict(task="multiclass"), [], "images is multilabel data and the model is multiclass: use data of the model's "
+                                  "task (--data digits or --data a folder of class sub-folders (ImageNet-style)), "
+                                  "or another checkpoint"),
     (dict(), ["--task", "multiclass"], "the task is multiclass: pass --task multilabel"),
     (dict(), ["--threshold", "1.5"], "must lie in (0, 1), got 1.5"),
 ])
@@ -168,12 +175,16 @@ def test_validate_bad_setups_are_one_line_errors(data, stand_in, capsys, options
 def test_validate_multilabel_without_labels_says_what_to_pass(data, stand_in, capsys):
     stand_in()
     assert main(["validate", "--data", str(data.images), "--task", "multilabel", *SMALL]) == 1
-    assert "needs its labels: pass --annotations FILE" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "multilabel data " in err and " needs its labels: " in err and "--annotations FILE" in err
+    assert "--data labels.csv" in err
     class_folders = data.root / "folders"
     (class_folders / "cat").mkdir(parents=True)
     Image.new("RGB", (8, 8), (20, 0, 0)).save(class_folders / "cat" / "a.png")
     assert main(["validate", "--data", str(class_folders), *SMALL]) == 1  # the model's task: multilabel
-    assert "needs multi-label targets, not the class folders" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "folders is multiclass data and the model is multilabel: use data of the model's task (" in err
+    assert "--annotations FILE" in err and "or another checkpoint" in err
 
 
 def test_the_single_label_report_names_its_task(data, tmp_path):
@@ -183,8 +194,8 @@ def test_the_single_label_report_names_its_task(data, tmp_path):
         Image.new("RGB", (8, 8), (code, 0, 0)).save(folder / name / "a.png")
     model = CodeModel(task="multiclass")
     report = validate(model, folder, device="cpu", preprocessing=Preprocessing.of(model, img_size=64), progress=False)
-    assert report["task"] == "multiclass" and report["top1"] == pytest.approx(100.0)  # argmax 0, 1, 2
-    assert "map" not in report
+    assert report.facts.task == "multiclass" and report.top1 == pytest.approx(100.0)  # argmax 0, 1, 2
+    assert report.to_dict()["task"] == "multiclass" and "map" not in report.to_dict()
 
 
 def test_predict_lists_the_labels_above_the_threshold_then_the_topk(data, stand_in, tmp_path, capsys):
@@ -266,4 +277,5 @@ def test_a_multilabel_checkpoint_saved_by_tresnet_sets_the_task(data, tmp_path, 
     assert "labels (probability > 0.5):" in capsys.readouterr().out
     # the checkpoint records its task: an images folder without labels is told to bring them
     assert main(["validate", "--data", str(data.images), "--checkpoint", str(path), *SMALL]) == 1
-    assert "pass --annotations FILE" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "needs its labels: " in err and "--annotations FILE" in err

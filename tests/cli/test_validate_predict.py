@@ -197,12 +197,18 @@ def test_predict_from_python_gives_the_same_answers_as_the_command(folder, check
 def test_validate_from_python_reports_what_the_json_holds(folder, checkpoint):
     from tresnet.data import UnreadableImageWarning
     from tresnet.engine.validate import validate
+    from tresnet.tasks.classification import ClassificationReport
 
     model = tresnet.create_model(checkpoint_path=checkpoint)
     with pytest.warns(UnreadableImageWarning, match="c.jpg"):
         report = validate(model, folder, preprocessing=Preprocessing.of(model, img_size=64), batch_size=4, device="cpu", progress=False)
-    assert report["images"] == 6 and report["skipped"] == 1 and report["precision"] == "fp32"
-    assert report["checkpoint"] == str(checkpoint) and report["checkpoint_format"] == "tresnet"
+    assert isinstance(report, ClassificationReport) and report.facts.task == "multiclass"
+    assert report.facts.images == 6 and report.facts.skipped == 1 and report.facts.precision == "fp32"
+    assert report.facts.checkpoint == str(checkpoint) and report.facts.checkpoint_format == "tresnet"
+    figures = report.to_dict()  # what --json writes
+    assert figures["images"] == 6 and figures["skipped"] == 1 and figures["precision"] == "fp32"
+    assert figures["checkpoint"] == str(checkpoint) and figures["checkpoint_format"] == "tresnet"
+    assert figures["top1"] == report.top1 and figures["top5"] == report.top5 and figures["accuracy_unit"] == "percent"
 
 
 def test_export_takes_the_model_from_the_checkpoint(checkpoint, tmp_path, capsys):

@@ -11,8 +11,10 @@ from PIL import Image
 
 from helpers import requires_sklearn
 from tresnet.cli.main import main
-from tresnet.data.bundled import BundledValidationSet, write_bundled
+from tresnet.data.bundled import BUNDLED_SETS, BundledValidationSet, write_bundled
+from tresnet.data.datasets import ImageFolderDataset
 from tresnet.data.digits import DigitsDataset
+from tresnet.data.multilabel import MultiLabelDataset
 from tresnet.data.transforms import Preprocessing
 from tresnet.errors import DataError
 from tresnet.models.registry import get_pretrained_cfg
@@ -52,6 +54,15 @@ def test_the_validation_set_is_drawn_at_the_preprocessing_size():
     assert data[0][1] == 9 - DigitsDataset("val", 32, None, 0.2, 0).targets[0]
     with pytest.raises(DataError, match="no bundled data set called 'cifar'"):
         BundledValidationSet("cifar")
+
+
+def test_each_kind_of_data_declares_the_tasks_its_targets_serve():
+    digits, mosaics = BUNDLED_SETS["digits"], BUNDLED_SETS["digits-multilabel"]
+    assert (digits.task, digits.one_class_per_image) == ("multiclass", True)
+    assert (mosaics.task, mosaics.one_class_per_image) == ("multilabel", False)
+    assert BundledValidationSet("digits").tasks == ("multiclass",)
+    assert BundledValidationSet("digits-multilabel").tasks == ("multilabel",)
+    assert ImageFolderDataset.tasks == ("multiclass",) and MultiLabelDataset.tasks == ("multilabel",)
 
 
 @requires_sklearn

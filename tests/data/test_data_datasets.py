@@ -16,6 +16,7 @@ from tresnet.data import ImageFolderDataset, UnreadableImageWarning, class_label
 from tresnet.data.class_names import imagenet_class_names
 from tresnet.data.datasets import ImageBatch, UnreadableImage
 from tresnet.errors import ConfigError, DataError
+from tresnet.tasks import get_task
 
 RNG = np.random.default_rng(0)
 
@@ -162,7 +163,12 @@ def test_pinned_memory_on_cuda(tmp_path):
 def test_class_labels():
     names = imagenet_class_names()
     assert len(names) == 1000 and names[0] == "tench" and names[999] == "toilet tissue"
-    assert class_labels(1000)[1] == "goldfish"
+    defaults, synsets = get_task("multiclass").default_labels(1000)  # the task gives an ImageNet model's names
+    assert class_labels(1000, defaults=defaults)[1] == "goldfish" and synsets[1] == "n01443537"
+    assert class_labels(1000)[1] == "1"  # no defaults: indices
     assert class_labels(3, ["a", "b", "c"]) == ["a", "b", "c"]
+    assert class_labels(3, ["a", "b", "c"], defaults=["x", "y", "z"]) == ["a", "b", "c"]  # the names come first
     assert class_labels(3) == ["0", "1", "2"]
     assert class_labels(3, ["a", "b"]) == ["0", "1", "2"]  # names that do not fit are not used
+    assert class_labels(3, ["a", "b"], defaults=["x", "y", "z"]) == ["x", "y", "z"]
+    assert class_labels(3, defaults=defaults) == ["0", "1", "2"]  # defaults that do not fit neither

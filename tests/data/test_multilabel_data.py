@@ -21,6 +21,7 @@ from tresnet.data import (
     read_csv,
 )
 from tresnet.errors import ConfigError, DataError
+from tresnet.tasks import get_task
 
 RNG = np.random.default_rng(0)
 
@@ -234,10 +235,13 @@ def test_coco_class_names_and_labels():
     names = coco_class_names()
     assert len(names) == 80 and names[:3] == ("person", "bicycle", "car") and names[-1] == "toothbrush"
     assert "N/A" not in names and "__background__" not in names
-    assert class_labels(80, task="multilabel") == list(names)
-    assert class_labels(80) == [str(i) for i in range(80)]  # single-label: no guess
-    assert class_labels(80, task="multiclass") == [str(i) for i in range(80)]
-    assert class_labels(3, ["a", "b", "c"], task="multilabel") == ["a", "b", "c"]
-    assert class_labels(1000, task="multilabel")[0] == class_labels(1000)[0]
+    multilabel, multiclass = get_task("multilabel"), get_task("multiclass")
+    assert multilabel.default_labels(80) == (list(names), None)
+    assert class_labels(80, defaults=multilabel.default_labels(80)[0]) == list(names)
+    assert multiclass.default_labels(80) == (None, None)  # single-label: no guess
+    assert class_labels(80, defaults=multiclass.default_labels(80)[0]) == [str(i) for i in range(80)]
+    assert class_labels(3, ["a", "b", "c"], defaults=multilabel.default_labels(3)[0]) == ["a", "b", "c"]
+    ml_names, ml_synsets = multilabel.default_labels(1000)
+    assert ml_names == multiclass.default_labels(1000)[0] and ml_names[0] == "tench" and ml_synsets is None
     with pytest.raises(ConfigError, match="unknown task"):
-        class_labels(80, task="detection")
+        get_task("detection")

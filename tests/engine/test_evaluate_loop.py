@@ -1,4 +1,5 @@
-"""tresnet.engine.evaluate: top-1 / top-5 arithmetic on inputs whose answers are known."""
+"""tresnet.engine.evaluate with the multiclass task's tally: top-1 / top-5 arithmetic on inputs whose answers are
+known, in the task's typed scores."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from tresnet import get_pretrained_cfg
 from tresnet.data import ImageFolderDataset, UnreadableImageWarning, create_eval_transform, create_loader
 from tresnet.engine.evaluate import evaluate
 from tresnet.errors import ConfigError, DataError
+from tresnet.tasks import get_task
+from tresnet.tasks.classification import ClassificationScores, ClassificationTally
 
 
 def _logits_ranking(target: int, rank: int, num_classes: int) -> torch.Tensor:
@@ -42,6 +45,10 @@ TOP1 = sum(rank == 0 for _, rank in CASES) / len(CASES)  # 5 / 12
 TOP5 = sum(rank < 5 for _, rank in CASES) / len(CASES)  # 10 / 12
 
 
+def _tally() -> ClassificationTally:
+    return get_task("multiclass").tally("cpu")
+
+
 def test_top1_top5_on_a_folder_with_known_answers(tmp_path):
     table = {}
     for index, (target, rank) in enumerate(CASES):
@@ -54,10 +61,16 @@ def test_top1_top5_on_a_folder_with_known_answers(tmp_path):
     dataset = ImageFolderDataset(tmp_path, create_eval_transform(get_pretrained_cfg("tresnet_m"), 32))
     loader = create_loader(dataset, batch_size=5, workers=0, device="cpu")
     with pytest.warns(UnreadableImageWarning, match="broken.jpg"):
-        result = evaluate(CodeLookupModel(table), loader, "cpu", progress=False)
-    assert (result["top1"], result["top5"]) == (TOP1, TOP5)
-    assert (result["correct_top1"], result["correct_top5"], result["images"], result["skipped"]) == (5, 10, 12, 1)
-    assert result["seconds"] > 0 and result["img_per_s"] == pytest.approx(12 / result["seconds"])
+        result = evaluate(CodeLookupModel(table), loader, _tally(), progress=False)
+    assert isinstance(result, ClassificationScores)
+    assert (result.top1, result.top5, result.score) == (TOP1, TOP5, TOP1)
+    assert (result.correct_top1, result.correct_top5, result.images, result.skipped) == (5, 10, 12, 1)
+    assert result.seconds > 0 and result.img_per_s == pytest.approx(12 / result.seconds)
+    assert result.subset == {} and result.real == {}
+    figures = result.to_dict()
+    assert list(figures) == ["top1", "top5", "correct_top1", "correct_top5", "loss", "images", "skipped", "seconds",
+                             "img_per_s"]
+    assert (figures["top1"], figures["correct_top5"], figures["skipped"]) == (TOP1, 10, 1)
 
 
 def _tensor_loader(cases, num_classes, batch_size=4):
@@ -70,55 +83,51 @@ def _tensor_loader(cases, num_classes, batch_size=4):
 
 def test_limit_cuts_inside_a_batch():
     model, loader = _tensor_loader(CASES, 6, batch_size=4)
-    result = evaluate(model, loader, "cpu", limit=6, progress=False)  # first 6 cases: ranks 0,3,0,5,1,0
-    assert result["images"] == 6 and result["top1"] == 3 / 6 and result["top5"] == 5 / 6
+    result = evaluate(model, loader, _tally(), limit=6, progress=False)  # first 6 cases: ranks 0,3,0,5,1,0
+    assert result.images == 6 and result.top1 == 3 / 6 and result.top5 == 5 / 6
 
 
 def test_fewer_than_five_classes_and_cross_entropy():
     cases = [(0, 0), (1, 2), (2, 1)]
     model, loader = _tensor_loader(cases, 3)
-    result = evaluate(model, loader, "cpu", progress=False)
-    assert result["top1"] == 1 / 3 and result["top5"] == 1.0  # top-5 of 3 classes: every answer is in it
+    result = evaluate(model, loader, _tally(), progress=False)
+    assert result.top1 == 1 / 3 and result.top5 == 1.0  # top-5 of 3 classes: every answer is in it
     logits = torch.stack([_logits_ranking(t, r, 3) for t, r in cases])
     expected = nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2])).item()
-    assert result["loss"] == pytest.approx(expected)
+    assert result.loss == pytest.approx(expected)
 
 
 def test_mode_restored_and_amp_channels_last_run():
     model, loader = _tensor_loader(CASES, 6)
     model.train()
-    result = evaluate(model, loader, "cpu", precision="amp", channels_last=True, progress=False)
-    assert model.training and result["top1"] == TOP1
+    result = evaluate(model, loader, _tally(), precision="amp", channels_last=True, progress=False)
+    assert model.training and result.top1 == TOP1
     model.eval()
-    evaluate(model, loader, "cpu", progress=False)
+    evaluate(model, loader, _tally(), progress=False)
     assert not model.training
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_every_precision_runs(precision):
     model, loader = _tensor_loader(CASES, 6)
-    assert evaluate(model, loader, "cpu", precision=precision, progress=False)["top1"] == TOP1
+    assert evaluate(model, loader, _tally(), precision=precision, progress=False).top1 == TOP1
 
 
-def test_deprecated_amp_flag_still_works():
+def test_an_unknown_precision_is_a_config_error():
     model, loader = _tensor_loader(CASES, 6)
-    with pytest.warns(DeprecationWarning, match="precision='amp'"):
-        assert evaluate(model, loader, "cpu", amp=True, progress=False)["top1"] == TOP1
-    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="disagree"):
-        evaluate(model, loader, "cpu", amp=True, precision="bf16", progress=False)
     with pytest.raises(ConfigError, match="precision 'half'"):
-        evaluate(model, loader, "cpu", precision="half", progress=False)
+        evaluate(model, loader, _tally(), precision="half", progress=False)
 
 
 def test_nothing_to_evaluate_is_a_data_error():
     empty = DataLoader(TensorDataset(torch.zeros(0, 3, 2, 2), torch.zeros(0, dtype=torch.long)), batch_size=2)
     with pytest.raises(DataError, match="nothing was evaluated"):
-        evaluate(CodeLookupModel({}), empty, "cpu", progress=False)
+        evaluate(CodeLookupModel({}), empty, _tally(), progress=False)
     with pytest.raises(ValueError, match="limit"):
-        evaluate(CodeLookupModel({}), empty, "cpu", limit=0)
+        evaluate(CodeLookupModel({}), empty, _tally(), limit=0)
 
 
 def test_progress_bar_shows_images_per_second(capsys):
     model, loader = _tensor_loader(CASES, 6)
-    evaluate(model, loader, "cpu", progress=True, desc="check")
+    evaluate(model, loader, _tally(), progress=True, desc="check")
     assert "img/s" in capsys.readouterr().err

@@ -1,5 +1,6 @@
-"""tresnet.engine.evaluate.evaluate_multilabel: mAP, the thresholded precision / recall and the loss of a
-multi-label model whose logits are known, checked against scikit-learn and torch; exact under DDP."""
+"""tresnet.engine.evaluate with the multilabel task's tally: mAP, the thresholded precision / recall and the loss
+of a multi-label model whose logits are known, checked against scikit-learn and torch; exact under DDP; and
+resolve_task."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tresnet.data.datasets import ImageBatch, UnreadableImage
-from tresnet.engine.evaluate import evaluate_multilabel, resolve_task
+from tresnet.engine.evaluate import evaluate, resolve_task
 from tresnet.errors import ConfigError, DataError
+from tresnet.tasks import Task, get_task
+from tresnet.tasks.multilabel import MultiLabelScores, MultiLabelTally
 
 
 class RowLookupModel(nn.Module):
@@ -51,6 +54,10 @@ def _loader(logits: torch.Tensor, targets: torch.Tensor, batch_size: int = 4, ta
     return RowLookupModel(logits, task), loader
 
 
+def _tally(threshold: float = 0.5) -> MultiLabelTally:
+    return get_task("multilabel").tally("cpu", threshold=threshold)
+
+
 def _expected(logits: torch.Tensor, targets: torch.Tensor, threshold: float) -> dict:
     """The published definitions, from scikit-learn (AP, macro / micro precision and recall)."""
     y, scores = targets.numpy().astype(int), logits.double().numpy()
@@ -66,33 +73,38 @@ def _expected(logits: torch.Tensor, targets: torch.Tensor, threshold: float) -> 
                 or_=o_r, of1=2 * op * o_r / (op + o_r), loss=loss)
 
 
-def _assert_matches(result: dict, logits: torch.Tensor, targets: torch.Tensor, threshold: float) -> None:
+def _assert_matches(result: MultiLabelScores, logits: torch.Tensor, targets: torch.Tensor,
+                    threshold: float) -> None:
+    assert isinstance(result, MultiLabelScores)
     expected = _expected(logits, targets, threshold)
-    assert result["map"] == pytest.approx(expected["map"], abs=1e-9)
-    for c, value in enumerate(result["ap_per_class"]):
+    assert result.map == result.score == pytest.approx(expected["map"], abs=1e-9)
+    for c, value in enumerate(result.ap_per_class):
         assert value is None if c not in expected["ap"] else value == pytest.approx(expected["ap"][c], abs=1e-9)
-    for key in ("cp", "cr", "cf1", "op", "of1"):
-        assert result[key] == pytest.approx(expected[key], abs=1e-9), key
-    assert result["or"] == pytest.approx(expected["or_"], abs=1e-9)
-    assert result["loss"] == pytest.approx(expected["loss"], rel=1e-6)
-    assert result["images"] == len(logits) and result["num_classes"] == logits.shape[1]
-    assert result["classes_with_positives"] == len(expected["ap"]) and result["threshold"] == threshold
+    for key in ("cp", "cr", "cf1", "op", "or_", "of1"):
+        assert getattr(result, key) == pytest.approx(expected[key], abs=1e-9), key
+    assert result.loss == pytest.approx(expected["loss"], rel=1e-6)
+    assert result.images == len(logits) and result.num_classes == logits.shape[1]
+    assert result.classes_with_positives == len(expected["ap"]) and result.threshold == threshold
+    figures = result.to_dict()  # the old keys: "or", not "or_"
+    assert "or_" not in figures and figures["or"] == result.or_ and figures["map"] == result.map
+    assert set(figures) == {"map", "ap_per_class", "cp", "cr", "cf1", "op", "or", "of1", "threshold", "num_classes",
+                            "classes_with_positives", "loss", "images", "skipped", "seconds", "img_per_s"}
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.62])
 def test_metrics_and_loss_match_scikit_learn_and_torch(threshold):
     logits, targets = _case()
     model, loader = _loader(logits, targets)
-    result = evaluate_multilabel(model, loader, "cpu", threshold=threshold, progress=False)
+    result = evaluate(model, loader, _tally(threshold), progress=False)
     _assert_matches(result, logits, targets, threshold)
-    assert result["ap_per_class"][3] is None and result["skipped"] == 0
-    assert result["seconds"] > 0 and result["img_per_s"] == pytest.approx(23 / result["seconds"])
+    assert result.ap_per_class[3] is None and result.skipped == 0
+    assert result.seconds > 0 and result.img_per_s == pytest.approx(23 / result.seconds)
 
 
 def test_limit_cuts_inside_a_batch():
     logits, targets = _case()
     model, loader = _loader(logits, targets, batch_size=4)
-    result = evaluate_multilabel(model, loader, "cpu", limit=6, progress=False)
+    result = evaluate(model, loader, _tally(), limit=6, progress=False)
     _assert_matches(result, logits[:6], targets[:6], 0.5)
 
 
@@ -103,8 +115,8 @@ def test_unreadable_files_are_counted_not_evaluated():
     batches = [ImageBatch(images[:4], targets[:4], broken[:1]),
                ImageBatch(torch.empty(0), torch.empty(0, 0), broken[1:]),  # a batch of only unreadable files
                ImageBatch(images[4:], targets[4:])]
-    result = evaluate_multilabel(RowLookupModel(logits), batches, "cpu", progress=False)
-    assert result["skipped"] == 3
+    result = evaluate(RowLookupModel(logits), batches, _tally(), progress=False)
+    assert result.skipped == 3
     _assert_matches(result, logits, targets, 0.5)
 
 
@@ -112,14 +124,14 @@ def test_mode_restored_and_low_precision_channels_last_run():
     logits, targets = _case()
     model, loader = _loader(logits, targets)
     model.train()
-    result = evaluate_multilabel(model, loader, "cpu", precision="bf16", channels_last=True, progress=False)
-    assert model.training and result["map"] == pytest.approx(_expected(logits, targets, 0.5)["map"])
+    result = evaluate(model, loader, _tally(), precision="bf16", channels_last=True, progress=False)
+    assert model.training and result.map == pytest.approx(_expected(logits, targets, 0.5)["map"])
 
 
 def test_progress_bar_shows_the_running_loss(capsys):
     logits, targets = _case()
     model, loader = _loader(logits, targets)
-    evaluate_multilabel(model, loader, "cpu", progress=True, desc="check")
+    evaluate(model, loader, _tally(), progress=True, desc="check")
     err = capsys.readouterr().err
     assert "check" in err and "loss=" in err and "img/s" in err
 
@@ -129,26 +141,28 @@ def test_bad_inputs_are_one_line_errors():
     model, loader = _loader(logits, targets)
     for threshold in (0.0, 1.0, 1.5):
         with pytest.raises(ConfigError, match="threshold"):
-            evaluate_multilabel(model, loader, "cpu", threshold=threshold, progress=False)
+            evaluate(model, loader, _tally(threshold), progress=False)
     with pytest.raises(ConfigError, match="precision 'half'"):
-        evaluate_multilabel(model, loader, "cpu", precision="half", progress=False)
+        evaluate(model, loader, _tally(), precision="half", progress=False)
     with pytest.raises(ValueError, match="limit"):
-        evaluate_multilabel(model, loader, "cpu", limit=0, progress=False)
+        evaluate(model, loader, _tally(), limit=0, progress=False)
     empty = DataLoader(TensorDataset(torch.zeros(0, 3, 2, 2), torch.zeros(0, 5)), batch_size=2)
     with pytest.raises(DataError, match="nothing was evaluated"):
-        evaluate_multilabel(model, empty, "cpu", progress=False)
+        evaluate(model, empty, _tally(), progress=False)
     _, negatives = _loader(logits, torch.zeros_like(targets))
     with pytest.raises(DataError, match="no class has a positive"):
-        evaluate_multilabel(model, negatives, "cpu", progress=False)
+        evaluate(model, negatives, _tally(), progress=False)
     _, fewer = _loader(logits, targets[:, :4])
     with pytest.raises(DataError, match="class count"):
-        evaluate_multilabel(model, fewer, "cpu", progress=False)
+        evaluate(model, fewer, _tally(), progress=False)
 
 
 def test_the_task_is_the_given_one_else_the_models_else_multiclass():
-    assert resolve_task(RowLookupModel(torch.zeros(1, 2))) == "multiclass"
-    assert resolve_task(RowLookupModel(torch.zeros(1, 2), "multilabel")) == "multilabel"
-    assert resolve_task(RowLookupModel(torch.zeros(1, 2), "multilabel"), "multiclass") == "multiclass"
+    assert resolve_task(RowLookupModel(torch.zeros(1, 2))).name == "multiclass"
+    assert resolve_task(RowLookupModel(torch.zeros(1, 2), "multilabel")).name == "multilabel"
+    chosen = resolve_task(RowLookupModel(torch.zeros(1, 2), "multilabel"), "multiclass")
+    assert isinstance(chosen, Task) and chosen is get_task("multiclass")
+    assert resolve_task(RowLookupModel(torch.zeros(1, 2)), get_task("multilabel")) is get_task("multilabel")
     with pytest.raises(ConfigError, match="unknown task 'multi'"):
         resolve_task(RowLookupModel(torch.zeros(1, 2)), "multi")
 
@@ -158,7 +172,8 @@ import json, sys
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 from tresnet.engine import distributed
-from tresnet.engine.evaluate import evaluate_multilabel
+from tresnet.engine.evaluate import evaluate
+from tresnet.tasks import get_task
 
 logits, targets = torch.load(sys.argv[1])
 images = torch.arange(len(logits), dtype=torch.float32)[:, None, None, None].expand(-1, 3, 2, 2).contiguous()
@@ -174,8 +189,8 @@ info = distributed.setup("cpu")
 try:
     sampler = distributed.ShardedEpochSampler(len(logits), rank=info.rank, world_size=info.world_size, shuffle=False)
     loader = DataLoader(TensorDataset(images, targets), batch_size=3, sampler=sampler)
-    result = evaluate_multilabel(RowLookupModel(), loader, "cpu", progress=False, info=info)
-    result["shard"] = len(sampler)
+    result = evaluate(RowLookupModel(), loader, get_task("multilabel").tally("cpu"), progress=False, info=info)
+    result = {**result.to_dict(), "shard": len(sampler)}
     with open(f"{sys.argv[2]}/rank{info.rank}.json", "w") as f:
         json.dump(result, f)
 finally:
@@ -194,7 +209,7 @@ def test_two_gloo_processes_with_uneven_shards_give_the_single_process_figures(t
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     model, loader = _loader(logits, targets)
-    single = evaluate_multilabel(model, loader, "cpu", progress=False)
+    single = evaluate(model, loader, _tally(), progress=False).to_dict()
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["shard"] for r in ranks] == [12, 11]  # uneven shards
     for result in ranks:  # every rank gets the whole set's figures

@@ -102,8 +102,9 @@ def test_multilabel_training_under_torchrun_scores_the_map_of_the_whole_val_set(
     from torch.utils.data import Subset
 
     from tresnet.data import create_loader
-    from tresnet.engine.data import build_train_data
-    from tresnet.engine.evaluate import evaluate_multilabel
+    from tresnet.engine.evaluate import evaluate
+    from tresnet.engine.train_data import build_train_data
+    from tresnet.tasks import get_task
 
     torchrun_train(dict(task="multilabel", data="digits-multilabel", output=str(tmp_path / "two"), batch_size=4,
                         epochs=1, max_steps_per_epoch=2, max_val_images=40, ema_decay=0, progress=False,
@@ -113,5 +114,6 @@ def test_multilabel_training_under_torchrun_scores_the_map_of_the_whole_val_set(
     model = tresnet.create_model(checkpoint_path=tmp_path / "two" / "last.safetensors")
     cfg = build_config(None, {"data": "digits-multilabel", "output": str(tmp_path / "one")})
     val = build_train_data(cfg, model.pretrained_cfg, 32).val
-    result = evaluate_multilabel(model, create_loader(Subset(val, range(40)), 8, 0, "cpu"), "cpu", progress=False)
-    assert float(row["val_map"]) == pytest.approx(result["map"], abs=1e-6)
+    result = evaluate(model, create_loader(Subset(val, range(40)), 8, 0, "cpu"), get_task("multilabel").tally("cpu"),
+                      progress=False)
+    assert float(row["val_map"]) == pytest.approx(result.map, abs=1e-6)

@@ -84,16 +84,17 @@ def test_validation_during_training_agrees_with_validate_afterwards(folder, tmp_
     model = tresnet.create_model(checkpoint_path=checkpoint)  # no model name needed
     report = validate(model, folder / "val", preprocessing=Preprocessing.of(model, img_size=32), device="cpu", progress=False)
     row = _metrics_row(tmp_path / "run")
-    assert report["images"] == 6 and report["top1"] / 100 == pytest.approx(float(row["val_top1"]))
-    assert report["loss"] == pytest.approx(float(row["val_loss"]), rel=1e-5)
+    assert report.facts.images == 6 and report.top1 / 100 == pytest.approx(float(row["val_top1"]))
+    assert report.facts.loss == pytest.approx(float(row["val_loss"]), rel=1e-5)
+    assert report.to_dict()["top1"] == report.top1 and report.to_dict()["images"] == 6
     assert summary["best_weights"] in ("model", "ema")
 
 
 @requires_sklearn
 def test_digits_are_normalised_for_genet_and_left_in_0_1_for_tresnet():
     from tresnet.data.digits import DigitsDataset
-    from tresnet.engine.data import build_train_data
     from tresnet.engine.distributed import SeededSamples
+    from tresnet.engine.train_data import build_train_data
 
     data = {}
     for model in ("genet_light", "tresnet_m"):

@@ -15,8 +15,9 @@ from engine.train_testdata import FAST, Killed, kill_mid_second_epoch, make_imag
 from helpers import requires_sklearn
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.engine.config import build_config, load_recipe
-from tresnet.engine.train import TrainingDivergedError, train
+from tresnet.engine.train import TrainingDivergedError, metric_columns, train
 from tresnet.errors import CheckpointError, ConfigError, DataError
+from tresnet.tasks import get_task
 
 RECIPES = ["imagenet-paper", "imagenet-timm", "finetune", "highres-448",
            pytest.param("digits-demo", marks=requires_sklearn)]
@@ -58,6 +59,8 @@ def test_each_recipe_runs_a_few_steps(recipe, folder, tmp_path):
     assert meta["precision"] == precision and saved["precision"] == precision
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert len(rows) == 1 and math.isfinite(float(rows[0]["train_loss"]))
+    assert list(rows[0]) == list(metric_columns(get_task("multiclass")))  # no empty multilabel columns
+    assert rows[0]["val_top1"] and "val_map" not in rows[0]
 
 
 def test_resume_after_a_kill_ends_with_the_same_weights(folder, tmp_path):

@@ -15,11 +15,12 @@ import tresnet
 from engine.train_testdata import FAST, Killed, kill_mid_second_epoch, make_colour_mosaics
 from helpers import requires_sklearn
 from tresnet.checkpoint import read_checkpoint_metadata
+from tresnet.data.sources import random_split
 from tresnet.data.train_transforms import BatchMix, Cutout, create_train_transform
 from tresnet.engine.config import build_config, run_recipe
-from tresnet.engine.data import random_split
-from tresnet.engine.train import train
+from tresnet.engine.train import metric_columns, train
 from tresnet.errors import ConfigError, DataError
+from tresnet.tasks import get_task
 
 MULTILABEL_FAST = {**FAST, "task": "multilabel"}
 
@@ -32,19 +33,28 @@ pytestmark = pytest.mark.usefixtures("one_math_thread")
 
 def test_the_task_decides_the_loss_and_the_data_it_takes():
     base = {"data": "d", "output": "o"}
-    assert build_config(None, {**base, "task": "multilabel"}).loss is None  # the task's default: asl
-    with pytest.raises(ConfigError, match="loss 'ce' does not fit --task multilabel: use bce, focal or asl"):
-        build_config(None, {**base, "task": "multilabel", "loss": "ce"})
-    with pytest.raises(ConfigError, match="loss 'asl' does not fit --task multiclass: use ce"):
+    labels = {**base, "data": "labels.csv", "task": "multilabel"}  # a multilabel source: the labels CSV
+    assert build_config(None, labels).loss is None  # the task's default: asl
+    coco = build_config(None, {**base, "task": "multilabel", "annotations": "instances.json"})
+    assert coco.loss is None and coco.annotations == "instances.json"
+    with pytest.raises(DataError, match="multilabel data d needs its labels: .*--annotations FILE"):
+        build_config(None, {**base, "task": "multilabel"})  # a plain folder names no labels
+    with pytest.raises(ConfigError, match="loss 'ce' does not fit task 'multilabel': use one of asl, bce, focal"):
+        build_config(None, {**labels, "loss": "ce"})
+    with pytest.raises(ConfigError, match="loss 'asl' does not fit task 'multiclass': use one of ce"):
         build_config(None, {**base, "loss": "asl"})
-    with pytest.raises(ConfigError, match="annotations describe multilabel data: pass --task multilabel"):
+    with pytest.raises(ConfigError, match=r"--data d is multilabel data \(coco\), but the task is multiclass: "
+                                          r"pass --task multilabel"):
         build_config(None, {**base, "annotations": "instances.json"})
-    with pytest.raises(ConfigError, match="digits-multilabel is a multilabel data set.*--task multilabel"):
+    for name in ("classes", "val_annotations"):
+        with pytest.raises(ConfigError, match=f"{name} describe multilabel data: pass --task multilabel"):
+            build_config(None, {**base, name: "x.txt"})
+    with pytest.raises(ConfigError, match="digits-multilabel is multilabel data.*pass --task multilabel"):
         build_config("digits-demo", {**base, "data": "digits-multilabel"})
-    with pytest.raises(ConfigError, match="digits is a multiclass data set"):
+    with pytest.raises(ConfigError, match="digits is multiclass data .* the task is multilabel: pass --task multiclass"):
         build_config(None, {**base, "data": "digits", "task": "multilabel"})
     with pytest.raises(ConfigError, match="val-annotations describes --val-data"):
-        build_config(None, {**base, "task": "multilabel", "val_annotations": "v.json"})
+        build_config(None, {**labels, "val_annotations": "v.json"})
     with pytest.raises(ConfigError, match="schedule_epochs .* at least epochs"):
         build_config(None, {**base, "epochs": 10, "schedule_epochs": 5})
     for bad in (0.0, 1.0):
@@ -63,7 +73,7 @@ def test_the_embedded_mosaics_pick_their_demo_recipe_and_the_coco_recipes_load()
         assert cfg.task == "multilabel" and cfg.loss == "asl" and cfg.asl_gamma_neg == 4 and cfg.asl_gamma_pos == 0
         assert cfg.img_size == 448 and cfg.train_crop_mode == "squash" and cfg.crop_mode == "squash"
         assert cfg.optimizer == "adam" and cfg.lr == 1e-4 and cfg.ema_decay == 0.9997 and cfg.cutout == 0.5
-    assert build_config("coco-ml-decoder", {"data": "d", "output": "o"}).head == "ml_decoder"
+    assert build_config("coco-ml-decoder", {"data": "d", "annotations": "a.json", "output": "o"}).head == "ml_decoder"
 
 
 # --- augmentation ------------------------------------------------------------------------------------
@@ -114,8 +124,11 @@ def test_a_run_on_the_digit_mosaics_scores_map_and_resumes_exactly(tmp_path):
                "mixup": 0.2, "lr": 1e-3}
     straight = train(build_config(None, {**options, "output": str(tmp_path / "straight")}))
     assert 0.0 <= straight["best_map"] <= 1.0 and straight["task"] == "multilabel" and "best_top1" not in straight
-    rows = list(csv.DictReader((tmp_path / "straight" / "metrics.csv").open()))
-    assert len(rows) == 2 and all(row["val_map"] and row["ema_map"] and not row["val_top1"] for row in rows)
+    reader = csv.DictReader((tmp_path / "straight" / "metrics.csv").open())
+    rows = list(reader)
+    assert len(rows) == 2 and all(row["val_map"] and row["ema_map"] and row["val_cf1"] for row in rows)
+    assert reader.fieldnames == list(metric_columns(get_task("multilabel")))  # the run's task's columns only
+    assert "val_top1" not in reader.fieldnames and "ema_top5" not in reader.fieldnames
     meta = read_checkpoint_metadata(tmp_path / "straight" / "best.safetensors")
     assert meta["task"] == "multilabel" and meta["head"] == "ml_decoder" and meta["class_names"] == list("0123456789")
     model = tresnet.create_model(checkpoint_path=tmp_path / "straight" / "best.safetensors")

@@ -18,6 +18,7 @@ from tresnet.engine.config import TrainConfig, build_config
 from tresnet.engine.train import metrics_figure, train
 from tresnet.errors import ConfigError, FileWriteError
 from tresnet.files import intercept_writes
+from tresnet.tasks import get_task
 
 GENET = {**FAST, "model": "genet_light"}
 TORCH_WRITER_ERROR = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"
@@ -127,13 +128,13 @@ def _whole_epoch_ticks(ax) -> bool:
 def test_the_plot_has_whole_epoch_ticks_and_a_panel_per_kind_of_loss(epochs):
     import matplotlib.pyplot as plt
 
-    multilabel = metrics_figure(_history("map", epochs), "map", "ASL")
-    classification = metrics_figure(_history("top1", epochs), "top1")
+    multilabel = metrics_figure(_history("map", epochs), get_task("multilabel"), "ASL")
+    classification = metrics_figure(_history("top1", epochs), "multiclass")  # a task's name does too
     try:
         labels = [ax.get_ylabel() for ax in multilabel.axes]
         assert labels == ["training loss (ASL)", "validation loss (BCE)", "mAP (%)"]
         assert [len(ax.get_lines()) for ax in multilabel.axes] == [1, 1, 2]
-        assert [ax.get_ylabel() for ax in classification.axes] == ["cross-entropy", "accuracy (%)"]
+        assert [ax.get_ylabel() for ax in classification.axes] == ["cross-entropy", "top-1 (%)"]
         assert [len(ax.get_lines()) for ax in classification.axes] == [2, 2]  # train and val cross-entropy together
         assert all(_whole_epoch_ticks(ax) for ax in (*multilabel.axes, *classification.axes))
     finally:

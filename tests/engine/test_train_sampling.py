@@ -13,7 +13,6 @@ from tresnet.data.digits import DigitsDataset, digits_split, load_digits_images
 from tresnet.data.splits import stratified_split
 from tresnet.data.train_transforms import TRAIN_INTERPOLATIONS, create_batch_mix, create_train_transform
 from tresnet.data.transforms import INTERPOLATIONS
-from tresnet.engine.data import carve_split
 from tresnet.engine.distributed import SeededSamples, ShardedEpochSampler
 from tresnet.errors import ConfigError
 
@@ -96,10 +95,8 @@ def test_stratified_split_keeps_an_image_of_each_class_on_both_sides():
     assert stratified_split(torch.tensor(targets), 0.2, seed=0) == (train, val)
 
 
-def test_old_split_names_are_deprecated_aliases():
+def test_old_split_name_is_a_deprecated_alias():
     targets = [0] * 10 + [1] * 5
-    with pytest.warns(DeprecationWarning, match="stratified_split"):
-        assert carve_split(targets, 0.2, 3) == stratified_split(targets, 0.2, 3)
     with pytest.warns(DeprecationWarning, match="stratified_split"):
         assert digits_split(torch.tensor(targets), 0.2, 3) == stratified_split(targets, 0.2, 3)
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from tresnet.files import write_text
 from tresnet.runtime import DEVICE_HELP, PRECISION_HELP, PRECISIONS
-from tresnet.tasks import DEFAULT_THRESHOLD, TASKS
+from tresnet.tasks import DEFAULT_THRESHOLD, list_tasks
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
@@ -105,7 +105,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser, *, legacy_amp: bool
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     """--calibration, --calibration-images and --int8-backend, for int8."""
     from tresnet.deploy.inference import INT8_BACKENDS
-    from tresnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES
+    from tresnet.deploy.int8 import DEFAULT_CALIBRATION_IMAGES
 
     parser.add_argument("--calibration", metavar="DIR",
                         help="int8: a folder of images like the ones the model will see (searched recursively; a "
@@ -132,7 +132,7 @@ def announce_deployment(args: argparse.Namespace, precision: str, command: str) 
     is expected."""
     if precision == "int8":
         from tresnet.deploy.inference import resolve_int8_backend
-        from tresnet.deploy.quantize import DEFAULT_CALIBRATION_IMAGES
+        from tresnet.deploy.int8 import DEFAULT_CALIBRATION_IMAGES
 
         count = args.calibration_images or DEFAULT_CALIBRATION_IMAGES
         given = getattr(args, "int8_backend", None)
@@ -146,7 +146,7 @@ def announce_deployment(args: argparse.Namespace, precision: str, command: str) 
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     """--task (default: the checkpoint's) and --threshold, for the commands that read a model's answers."""
-    parser.add_argument("--task", choices=TASKS, default=None,
+    parser.add_argument("--task", choices=list_tasks(), default=None,
                         help="multiclass (one class per image: softmax, top-k) or multilabel (any set of classes: "
                              "a sigmoid per class); default: the checkpoint's task, else multiclass")
     parser.add_argument("--threshold", type=float, default=None, metavar="T",

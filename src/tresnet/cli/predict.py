@@ -36,24 +36,11 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _name(score) -> str:
-    return f"{score.label} ({score.index}" + (f", {score.synset})" if score.synset else ")")
-
-
-def _print(answer, threshold: float) -> None:
+def _print(answer) -> None:
     if answer.error is not None:
         common.say("predict", "error", answer.error)
         return
-    print(answer.file)
-    indent = "  "
-    if answer.labels is not None:  # multilabel: the answer, then the top-k for context
-        print(f"  labels (probability > {threshold:g}):" + ("" if answer.labels else " none"))
-        for score in answer.labels:
-            print(f"    {100.0 * score.prob:6.2f}%  {_name(score)}")
-        print(f"  top-{len(answer.topk)}:")
-        indent = "    "
-    for score in answer.topk:
-        print(f"{indent}{100.0 * score.prob:6.2f}%  {_name(score)}")
+    print("\n".join(answer.lines()))
     sys.stdout.flush()
 
 
@@ -81,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     task = resolve_task(model, args.task)
     threshold = model_threshold(model) if args.threshold is None else args.threshold
     common.announce_deployment(args, precision, "predict")
-    print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes{', multilabel' if task == 'multilabel' else ''}, "
+    print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes{'' if task.maps_classes else f', {task.name}'}, "
           f"{common.weights_description(model)}", file=sys.stderr)
     print(f"preprocessing: {preprocessing.describe()}", file=sys.stderr)
     answers = []
@@ -91,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                               threshold=threshold, class_map=args.class_map, calibration=args.calibration,
                               calibration_images=args.calibration_images, data=args.data,
                               int8_backend=getattr(args, "int8_backend", None)):
-            _print(answer, threshold)
+            _print(answer)
             answers.append(answer)
     if args.json:
         common.write_json(args.json, _report(model, task, threshold, preprocessing, answers))
@@ -102,9 +89,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(model, task: str, threshold: float, preprocessing, answers: list) -> dict:
+def _report(model, task, threshold: float, preprocessing, answers: list) -> dict:
     """What ``--json`` writes: the model, its weights, task and preprocessing, then the answers."""
     info = getattr(model, "checkpoint_info", None)
     return {"model": model.pretrained_cfg["model"], "checkpoint": str(info.path) if info is not None else None,
-            "task": task, "threshold": threshold if task == "multilabel" else None,
+            "task": task.name, "threshold": task.threshold_of(threshold),
             "preprocessing": preprocessing.to_dict(), "predictions": [answer.to_dict() for answer in answers]}

@@ -73,10 +73,6 @@ def _published(cfg: dict) -> str | None:
             f"{timm_eval['img_size']} px (timm's)")
 
 
-def _multilabel_signs(args: argparse.Namespace) -> bool:
-    return args.annotations is not None or args.classes is not None or str(args.data).lower().endswith(".csv")
-
-
 def _recorded_task(args: argparse.Namespace) -> str | None:
     """The task a safetensors ``--checkpoint`` records (its header only: cheap); None for other files."""
     from pathlib import Path
@@ -94,18 +90,17 @@ def _recorded_task(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tresnet.data.bundled import bundled_set
+    from tresnet.data.sources import claimed_source
     from tresnet.engine.validate import open_validation_data, prepare_validation
     from tresnet.runtime import resolve_device
-    from tresnet.tasks import MULTICLASS, MULTILABEL
+    from tresnet.tasks import DEFAULT_TASK
 
     precision = common.resolve_precision(args, "validate")
     device = resolve_device(args.device)
     common.check_inference_options(args, precision, device)
     # bad data fails before the model loads; the task is the data's when --task does not name it
-    bundled = bundled_set(args.data)
-    task = args.task or (bundled.task if bundled is not None else None) or (
-        MULTILABEL if _multilabel_signs(args) else _recorded_task(args) or MULTICLASS)
+    claimed = claimed_source(args.data, args.annotations)  # a bundled set, COCO annotations, a CSV
+    task = args.task or (claimed.tasks[0] if claimed is not None else None) or _recorded_task(args) or DEFAULT_TASK
     dataset = open_validation_data(args.data, task=task, annotations=args.annotations, classes=args.classes,
                                    strict=args.strict, without_labels=args.without_labels,
                                    ground_truth=args.ground_truth)
@@ -122,25 +117,21 @@ def run(args: argparse.Namespace) -> int:
                                         int8_backend=getattr(args, "int8_backend", None))
         _print_setup(args, model, validation, device, precision)
         report = validation.run(progress=not args.no_progress)
-    if validation.task == MULTILABEL:
-        _print_multilabel(report)
-    else:
-        _print_multiclass(report, model, validation.class_mapping)
+    for line in report.lines(published=_published(model.pretrained_cfg)):
+        print(line)
     if args.json:
-        common.write_json(args.json, report)
+        common.write_json(args.json, report.to_dict())
     return 0
 
 
 def _print_setup(args: argparse.Namespace, model, validation, device, precision: str) -> None:
-    from tresnet.tasks import MULTILABEL
-
     dataset = validation.dataset
     if precision == "int8":
         precision = f"int8 (calibrated on {validation.settings['calibration_images']} images of {args.calibration})"
     elif precision == "bf16":
         precision = "bf16 (folded, bfloat16 weights and activations)"
     options = ", ".join(o for o, on in ((precision, precision != "fp32"), ("channels-last", args.channels_last)) if on)
-    task = ", multilabel" if validation.task == MULTILABEL else ""
+    task = "" if validation.task.maps_classes else f", {validation.task.name}"
     print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes{task}, {common.weights_description(model)}")
     print(f"preprocessing: {validation.preprocessing.describe()}")
     print(f"data: {args.data}, {len(validation.subset)} of {len(dataset)} images in {len(dataset.classes)} classes; "
@@ -150,27 +141,3 @@ def _print_setup(args: argparse.Namespace, model, validation, device, precision:
     if validation.real_labels is not None:
         print(f"ReaL labels: {validation.real_labels}")
     sys.stdout.flush()
-
-
-def _print_multiclass(report: dict, model, mapping) -> None:
-    over = f" over the {len(mapping.covered)} classes of the data" if mapping.masked else ""
-    print(f"top-1 {report['top1']:.3f}%  top-5 {report['top5']:.3f}%{over}  ({report['images']} images, "
-          f"{report['skipped']} skipped, {report['seconds']:.1f} s, {report['img_per_s']:.1f} img/s)")
-    if mapping.masked:
-        print(f"over all {report['num_classes']} classes: top-1 {report['top1_all_classes']:.3f}%  "
-              f"top-5 {report['top5_all_classes']:.3f}%")
-    if "real_top1" in report:
-        real = ("no image has a ReaL label" if report["real_top1"] is None else
-                f"top-1 {report['real_top1']:.3f}%  top-5 {report['real_top5']:.3f}%")
-        print(f"ReaL {real}  ({report['real_images']} images with a ReaL label)")
-    published = _published(model.pretrained_cfg)
-    if published is not None and model.checkpoint_info is not None and model.num_classes == 1000:
-        print(f"published top-1 of {model.pretrained_cfg['model']}: {published}")
-
-
-def _print_multilabel(report: dict) -> None:
-    print(f"mAP {report['map']:.3f}% over the {report['classes_with_positives']} of {report['num_classes']} classes "
-          f"with a positive  ({report['images']} images, {report['skipped']} skipped, {report['seconds']:.1f} s, "
-          f"{report['img_per_s']:.1f} img/s)")
-    print(f"at threshold {report['threshold']:g}:  " + "  ".join(
-        f"{key.upper()} {report[key]:.3f}%" for key in ("cp", "cr", "cf1", "op", "or", "of1")))

@@ -28,19 +28,20 @@ from tresnet.data.digits_mosaic import DigitsMosaicDataset
 from tresnet.data.transforms import Preprocessing, normalisation, to_float_steps
 from tresnet.errors import ConfigError, DataError
 from tresnet.files import atomic_write, write_text
-from tresnet.tasks import MULTICLASS, MULTILABEL
 
 LABELS_CSV = "labels.csv"
 
 
 @dataclass(frozen=True)
 class BundledSet:
-    """A bundled data set: its name, task, classes and how to draw one split at a size."""
+    """A bundled data set: its name, the task it serves, how to draw one split at a size, and whether an image
+    holds one class (a class index as target; written as a folder per class) or a set (a multi-hot target)."""
 
     name: str
     task: str
     title: str
     draw: Callable[..., Dataset]  # (split, img_size, transform, val_fraction, split_seed) -> dataset
+    one_class_per_image: bool
 
 
 def _draw_digits(split: str, img_size: int, transform, val_fraction: float, split_seed: int) -> Dataset:
@@ -52,9 +53,10 @@ def _draw_mosaics(split: str, img_size: int, transform, val_fraction: float, spl
 
 
 BUNDLED_SETS = {
-    "digits": BundledSet("digits", MULTICLASS, "scikit-learn's handwritten digits", _draw_digits),
-    "digits-multilabel": BundledSet("digits-multilabel", MULTILABEL,
-                                    "mosaics of scikit-learn's handwritten digits (multilabel)", _draw_mosaics),
+    "digits": BundledSet("digits", "multiclass", "scikit-learn's handwritten digits", _draw_digits, True),
+    "digits-multilabel": BundledSet("digits-multilabel", "multilabel",
+                                    "mosaics of scikit-learn's handwritten digits (multilabel)", _draw_mosaics,
+                                    False),
 }
 
 
@@ -91,7 +93,7 @@ class BundledValidationSet(Dataset):
         spec = bundled_set(name)
         if spec is None:
             raise DataError(f"no bundled data set called {name!r}: use one of {', '.join(BUNDLED_SETS)}")
-        self.spec, self.root, self.task = spec, spec.name, spec.task
+        self.spec, self.root, self.task, self.tasks = spec, spec.name, spec.task, (spec.task,)
         self.classes = list(DIGITS_CLASSES)
         self.source = spec.name
         self.skipped, self.skipped_files = 0, set()
@@ -118,7 +120,7 @@ class BundledValidationSet(Dataset):
         if self._split is None:
             raise DataError(f"{self.root}: call prepare(preprocessing) before reading the images")
         image, target = self._split[index]
-        return image, (self._indices[target] if self.task == MULTICLASS else target)
+        return image, (self._indices[target] if self.spec.one_class_per_image else target)
 
 
 def _png_bytes(image: torch.Tensor) -> bytes:
@@ -144,7 +146,7 @@ def write_bundled(name: str, output: str | os.PathLike, *, split: str = "val", i
     written, rows = [], []
     for index in range(len(data)):
         image = (data[index][0] * 255).round().to(torch.uint8)
-        if spec.task == MULTICLASS:
+        if spec.one_class_per_image:
             path = root / DIGITS_CLASSES[data.targets[index]] / f"{index:05d}.png"
         else:
             path = root / f"{index:05d}.png"

@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache
 
-from tresnet.tasks import MULTILABEL, check_task
-
 IMAGENET_NUM_CLASSES = 1000
 COCO_NUM_CLASSES = 80
 
@@ -32,15 +30,12 @@ def coco_class_names() -> tuple[str, ...]:
 
 
 def class_labels(num_classes: int, class_names: Sequence[str] | None = None, *,
-                 task: str | None = None) -> list[str]:
-    """A label per class index: ``class_names`` when they fit, ImageNet's for 1000 classes, COCO's for 80
-    classes of a ``multilabel`` task, else indices. Raises :class:`ConfigError` for an unknown task."""
-    if class_names is not None and len(class_names) == num_classes:
-        return [str(name) for name in class_names]
-    if task is not None and check_task(task) == MULTILABEL and num_classes == COCO_NUM_CLASSES:
-        return list(coco_class_names())
-    if num_classes == IMAGENET_NUM_CLASSES:
-        return list(imagenet_class_names())
+                 defaults: Sequence[str] | None = None) -> list[str]:
+    """A label per class index: ``class_names`` when they fit, else ``defaults`` (the task's labels for a known
+    class count, e.g. ImageNet's or COCO's names) when they fit, else the indices."""
+    for names in (class_names, defaults):
+        if names is not None and len(names) == num_classes:
+            return [str(name) for name in names]
     return [str(index) for index in range(num_classes)]
 
 

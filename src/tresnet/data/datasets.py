@@ -90,6 +90,8 @@ class ImageFolderDataset(DatasetFolder):
     sub-folders, and class folders without any image file.
     """
 
+    tasks = ("multiclass",)  # what its targets (one class index per image) serve
+
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None, strict: bool = False):
         root = Path(root).expanduser()
         if not root.exists():

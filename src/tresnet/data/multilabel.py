@@ -38,6 +38,8 @@ class MultiLabelDataset(Dataset):
     index outside the class list.
     """
 
+    tasks = ("multilabel",)  # what its targets (a multi-hot vector per image) serve
+
     def __init__(self, samples: Sequence[Sample], classes: Sequence[str], *, root: str | os.PathLike,
                  source: str | os.PathLike, transform: Callable | None = None, strict: bool = False) -> None:
         self.root, self.source = Path(root), Path(source)

@@ -29,22 +29,20 @@ from typing import Any
 
 import yaml
 
+from tresnet.data.sources import find_source
 from tresnet.data.transforms import CROP_MODES
-from tresnet.engine.losses import LOSSES, REDUCTIONS, default_loss
 from tresnet.errors import ConfigError
 from tresnet.files import write_text
 from tresnet.layers import NORMS as LAYER_NORMS
 from tresnet.models.registry import HEADS, family_of, resolve_norm
 from tresnet.runtime import PRECISIONS, legacy_precision
-from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD, MULTICLASS, MULTILABEL, TASKS
+from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD, get_task
+from tresnet.tasks.losses import REDUCTIONS
 
 CONFIG_FILE = "config.yaml"  # the effective configuration, saved in the output folder
-DIGITS = "digits"  # the data set bundled with scikit-learn
-DIGITS_MULTILABEL = "digits-multilabel"  # mosaics of those digits, one label per digit present
 DIGITS_RECIPE = "digits-demo"
-# The recipe a run on an embedded data set uses when none is named.
-DEMO_RECIPES = {DIGITS: DIGITS_RECIPE, DIGITS_MULTILABEL: "digits-multilabel-demo"}
-EMBEDDED_DATA = tuple(DEMO_RECIPES)
+# The recipe a run on a bundled data set uses when none is named.
+DEMO_RECIPES = {"digits": DIGITS_RECIPE, "digits-multilabel": "digits-multilabel-demo"}
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -75,8 +73,8 @@ class TrainConfig:
 
     # --- run
     model: str = _opt("model name, e.g. tresnet_m, tresnet_l, tresnet_xl, tresnet_v2_l", "tresnet_m", group="run")
-    task: str = _opt("multiclass (one class per image) or multilabel (any set of classes per image)", DEFAULT_TASK,
-                     choices=TASKS, group="run")
+    task: str = _opt("a registered task: multiclass (one class per image) or multilabel (any set of classes per "
+                     "image)", DEFAULT_TASK, group="run")
     data: str | None = _opt("ImageNet-style folder (train/ and val/, or class folders), 'digits' or "
                             "'digits-multilabel'; multilabel: an images folder with --annotations, or a labels CSV",
                             group="run")
@@ -127,7 +125,7 @@ class TrainConfig:
     div_factor: float = _opt("one-cycle: the first lr is lr / this", 25.0, group="optimizer")
     final_div_factor: float = _opt("one-cycle: the last lr is lr / div_factor / this", 1e4, group="optimizer")
     clip_grad: float | None = _opt("clip the gradient norm to this (none by default)", group="optimizer")
-    loss: str | None = _opt("loss (default: ce for multiclass, asl for multilabel)", choices=LOSSES,
+    loss: str | None = _opt("loss: the task's (multiclass: ce; multilabel: asl (default), bce or focal)",
                             group="optimizer")
     loss_reduction: str = _opt("multilabel losses: mean over every (image, class) pair, or the sum (the "
                                "official ASL's)", "mean", choices=REDUCTIONS, group="optimizer")
@@ -274,21 +272,12 @@ def _check_model_and_norm(cfg: TrainConfig) -> None:
 
 
 def _check_task(cfg: TrainConfig) -> None:
-    """The data, the loss and the multilabel-only options fit the task (:class:`ConfigError` otherwise)."""
-    embedded_task = {DIGITS: MULTICLASS, DIGITS_MULTILABEL: MULTILABEL}.get(cfg.data)
-    if embedded_task is not None and embedded_task != cfg.task:
-        raise ConfigError(f"--data {cfg.data} is a {embedded_task} data set, but the task is {cfg.task}: "
-                          f"pass --task {embedded_task}")
-    loss = cfg.loss or default_loss(cfg.task)
-    if loss != default_loss(cfg.task) and (loss == "ce") != (cfg.task == MULTICLASS):
-        fits = "ce" if cfg.task == MULTICLASS else "bce, focal or asl"
-        raise ConfigError(f"loss {loss!r} does not fit --task {cfg.task}: use {fits}")
-    if cfg.task == MULTICLASS:
-        given = [name for name in ("annotations", "val_annotations", "classes") if getattr(cfg, name)]
-        if given:
-            raise ConfigError(f"{', '.join(given)} describe multilabel data: pass --task multilabel, or drop them")
-    if embedded_task is not None and (cfg.annotations or cfg.val_data):
-        raise ConfigError(f"--data {cfg.data} is embedded: it takes no --annotations or --val-data")
+    """The data and the loss fit the task, and the data source reads the options given (:class:`ConfigError`
+    otherwise)."""
+    task = get_task(cfg.task)
+    if cfg.data is not None:
+        find_source(cfg.data, task.name, cfg.annotations).check(cfg)
+    task.check_loss(cfg.loss)
     if cfg.val_annotations and not cfg.val_data:
         raise ConfigError("--val-annotations describes --val-data: pass the validation images folder too")
 
@@ -628,7 +617,7 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     write_text(path, text + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-__all__ = ["CONFIG_FILE", "DEMO_RECIPES", "DIGITS", "DISTILL_METHODS", "DIGITS_MULTILABEL", "EMBEDDED_DATA", "FIELDS", "HEADS", "LEGACY_PRECISION_KEYS", "NORMS", "RESUME_FREE", "TrainConfig",
+__all__ = ["CONFIG_FILE", "DEMO_RECIPES", "DISTILL_METHODS", "FIELDS", "HEADS", "LEGACY_PRECISION_KEYS", "NORMS", "RESUME_FREE", "TrainConfig",
            "build_config", "check_resume", "coerce_value", "coerce_values", "field_type", "list_recipes",
            "load_recipe", "recipe_for_model", "recipe_path", "run_recipe", "save_config", "saved_config",
            "with_model_defaults"]

@@ -25,14 +25,13 @@ import copy
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tresnet.errors import CheckpointError, ConfigError
 from tresnet.layers import MLDecoderHead
 from tresnet.layers.ml_decoder import ml_decoder_options
 from tresnet.models.common import ClassifierHead
-from tresnet.tasks import MULTICLASS, MULTILABEL, check_task
+from tresnet.tasks import Task, get_task
 
 Normalisation = tuple[tuple[float, ...], tuple[float, ...]] | None  # (mean, std), None: RGB in [0, 1]
 
@@ -40,24 +39,18 @@ Normalisation = tuple[tuple[float, ...], tuple[float, ...]] | None  # (mean, std
 # --- losses ------------------------------------------------------------------------------------------
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float, task: str = MULTICLASS) -> Tensor:
-    """``T^2`` times the KL divergence from the teacher's softened prediction to the student's (float32).
-
-    Multiclass: ``KL(softmax(t / T) || softmax(s / T))`` summed over the classes, averaged over the images.
-    Multilabel: the binary KL of each (image, class) pair, ``sigmoid(t / T)`` against ``sigmoid(s / T)``,
-    averaged over the pairs. Gradients flow to the student only.
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float,
+            task: str | Task = "multiclass") -> Tensor:
+    """``T^2`` times the divergence from the teacher's softened prediction to the student's (float32), as the
+    ``task`` defines it (:meth:`tresnet.tasks.Task.divergence`). Multiclass:
+    ``KL(softmax(t / T) || softmax(s / T))`` summed over the classes, averaged over the images. Multilabel:
+    the binary KL of each (image, class) pair, ``sigmoid(t / T)`` against ``sigmoid(s / T)``, averaged over the
+    pairs. Gradients flow to the student only.
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} must have one shape")
-    s = student_logits.float() / temperature
-    t = teacher_logits.detach().float() / temperature
-    if check_task(task) == MULTILABEL:
-        p_t = torch.sigmoid(t)
-        kl = p_t * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p_t) * (F.logsigmoid(-t) - F.logsigmoid(-s))
-        return kl.mean() * temperature ** 2
-    kl = F.kl_div(F.log_softmax(s, dim=1), F.log_softmax(t, dim=1), reduction="batchmean", log_target=True)
-    return kl * temperature ** 2
+    return get_task(task).divergence(student_logits, teacher_logits, temperature)
 
 
 class DistillationLoss(nn.Module):
@@ -68,11 +61,11 @@ class DistillationLoss(nn.Module):
     reach ``criterion`` only; the KL terms compare with the teacher, who saw the same mixed images.
     """
 
-    def __init__(self, criterion: nn.Module, *, task: str, temperature: float = 4.0, weight: float = 1.0,
+    def __init__(self, criterion: nn.Module, *, task: str | Task, temperature: float = 4.0, weight: float = 1.0,
                  head_weight: float = 0.02) -> None:
         super().__init__()
         self.criterion = criterion
-        self.task = check_task(task)
+        self.task = get_task(task)
         self.temperature = float(temperature)
         self.weight = float(weight)
         self.head_weight = float(head_weight)
@@ -271,19 +264,17 @@ class BlendedStudent(nn.Module):
     """The paper's inference blend ``p = (1 - w) p_student + w p_teacher_head`` as logits that evaluation
     reads: ``log p`` (multiclass; softmax probabilities) or ``logit(p)`` (multilabel; sigmoids)."""
 
-    def __init__(self, student: StudentWithTeacherHead, weight: float, task: str) -> None:
+    def __init__(self, student: StudentWithTeacherHead, weight: float, task: str | Task) -> None:
         super().__init__()
         self.net = student
         self.weight = float(weight)
-        self.task = check_task(task)
+        self.task = get_task(task)
 
     def forward(self, x: Tensor) -> Tensor:
         logits, head_logits = self.net(x)
-        if self.task == MULTILABEL:
-            p = (1 - self.weight) * torch.sigmoid(logits.float()) + self.weight * torch.sigmoid(head_logits.float())
-            return torch.logit(p, eps=1e-7)
-        p = (1 - self.weight) * logits.float().softmax(1) + self.weight * head_logits.float().softmax(1)
-        return p.clamp_min(1e-30).log()
+        task = self.task
+        p = (1 - self.weight) * task.probabilities(logits) + self.weight * task.probabilities(head_logits)
+        return task.logits_of(p)
 
 
 # --- the teacher -------------------------------------------------------------------------------------

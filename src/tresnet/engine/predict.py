@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,71 +25,34 @@ from torch import nn
 from tresnet.data import class_labels, find_images, load_image
 from tresnet.data.bundled import BundledValidationSet
 from tresnet.data.class_mapping import read_class_map
-from tresnet.data.class_names import IMAGENET_NUM_CLASSES
-from tresnet.data.imagenet import imagenet_synsets
 from tresnet.data.transforms import Preprocessing
 from tresnet.deploy.inference import check_inference_options, inference_model
 from tresnet.engine.bundled import bundled_split
 from tresnet.engine.evaluate import model_threshold, resolve_task
 from tresnet.errors import ConfigError, DataError
 from tresnet.runtime import autocast
-from tresnet.tasks import MULTILABEL, check_threshold
+from tresnet.tasks import Task, check_threshold
+from tresnet.tasks.outputs import Prediction
 
 
-@dataclass(frozen=True)
-class ClassScore:
-    """One of an image's classes: its index, label and probability (softmax for a multiclass model,
-    the class's own sigmoid for a multilabel one); for an ImageNet-1k model also its synset."""
-
-    index: int
-    label: str
-    prob: float
-    synset: str | None = None
-
-    def to_dict(self) -> dict:
-        """``{"index", "label", "prob"}``, with ``"synset"`` when there is one."""
-        return {key: value for key, value in vars(self).items() if key != "synset" or value is not None}
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The answer for one input: its top-k classes, best first, or the error that stopped it. A
-    multilabel model also gives ``labels``: every class whose probability exceeds the threshold, best
-    first (None for a multiclass model)."""
-
-    file: str
-    topk: list[ClassScore] = field(default_factory=list)
-    error: str | None = None
-    labels: list[ClassScore] | None = None
-
-    def to_dict(self) -> dict:
-        """``{"file", "topk": [{"index", "label", "prob"}]}`` (ImageNet-1k models: with ``"synset"``),
-        with ``"labels"`` (same form) before ``"topk"`` for a multilabel model, plus ``"error"`` for a
-        failed input."""
-        out: dict = {"file": self.file}
-        if self.labels is not None:
-            out["labels"] = [score.to_dict() for score in self.labels]
-        out["topk"] = [score.to_dict() for score in self.topk]
-        if self.error is not None:
-            out["error"] = self.error
-        return out
-
-
-def _labels(model: nn.Module, class_names: Sequence[str] | None, task: str,
+def _labels(model: nn.Module, class_names: Sequence[str] | None, task: Task,
             class_map: str | os.PathLike | None) -> tuple[list[str], Sequence[str] | None]:
-    """A label per output and, for an ImageNet-1k model labelled by ImageNet's names, the synsets."""
+    """A label per output and, for a model labelled by the task's default names that have synsets (ImageNet's),
+    the synsets."""
     info = getattr(model, "checkpoint_info", None)
     if class_names is None and info is not None:
         class_names = info.metadata.get("class_names")
-    imagenet = task != MULTILABEL and model.num_classes == IMAGENET_NUM_CLASSES and (
-        class_names is None or len(class_names) != model.num_classes or list(class_names) == list(imagenet_synsets()))
-    if imagenet:  # a checkpoint trained on ImageNet's synset folders records synsets: show the names too
+    defaults, synsets = task.default_labels(model.num_classes)
+    fits = class_names is not None and len(class_names) == model.num_classes
+    if fits and not (synsets is not None and list(class_names) == list(synsets)):
+        synsets = None  # the checkpoint's own names; one trained on synset folders records synsets: show names
+    elif synsets is not None:
         class_names = None
-    labels = class_labels(model.num_classes, class_names, task=task)
+    labels = class_labels(model.num_classes, class_names, defaults=defaults)
     if class_map is not None:
         for name, index in read_class_map(class_map, model.num_classes).items():
             labels[index] = name
-    return labels, imagenet_synsets() if imagenet else None
+    return labels, synsets
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -98,12 +60,8 @@ def _model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _failure(name: str, message: str, task: str) -> Prediction:
-    return Prediction(name, error=message, labels=[] if task == MULTILABEL else None)
-
-
 def _decode(items: Sequence[tuple[str, Callable[[], torch.Tensor]]],
-            task: str) -> tuple[list[str], list[torch.Tensor], list[Prediction]]:
+            task: Task) -> tuple[list[str], list[torch.Tensor], list[Prediction]]:
     """The tensors of ``items`` (name, reader) and an error for each that cannot be read."""
     names, tensors, failed = [], [], []
     for name, read in items:
@@ -111,7 +69,7 @@ def _decode(items: Sequence[tuple[str, Callable[[], torch.Tensor]]],
             tensors.append(read())
             names.append(name)
         except DataError as e:
-            failed.append(_failure(name, str(e), task))
+            failed.append(task.failure(name, str(e)))
     return names, tensors, failed
 
 
@@ -168,7 +126,7 @@ def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int 
     transform = preprocessing.transform()
     items = [(str(path), _file_reader(path, transform)) for path in files]
     items += _bundled_items(model, data, preprocessing) if data is not None else []
-    yield from (_failure(name, message, task) for name, message in errors)
+    yield from (task.failure(name, message) for name, message in errors)
     was_training = model.training
     model.to(device).eval()
     runner, run_precision = inference_model(model, precision, device, calibration=calibration,
@@ -179,36 +137,11 @@ def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int 
             names, tensors, failed = _decode(items[start:start + batch_size], task)
             yield from failed
             if tensors:
-                probs = _probabilities(runner, torch.stack(tensors), task, device, run_precision)
-                yield from _answers(names, probs, labels, synsets, topk, threshold if task == MULTILABEL else None)
+                with torch.no_grad(), autocast(run_precision, device):
+                    logits = runner(torch.stack(tensors).to(device)).float()
+                yield from task.answers(names, logits, labels, synsets, topk=topk, threshold=threshold)
     finally:
         model.train(was_training)
 
 
-def _probabilities(model: nn.Module, images: torch.Tensor, task: str, device: torch.device,
-                   precision: str) -> torch.Tensor:
-    with torch.no_grad(), autocast(precision, device):
-        logits = model(images.to(device)).float()
-    return logits.sigmoid() if task == MULTILABEL else logits.softmax(dim=1)
-
-
-def _answers(names: list[str], probs: torch.Tensor, labels: list[str], synsets: Sequence[str] | None, topk: int,
-             threshold: float | None) -> list[Prediction]:
-    """Top-k of each row of ``probs``; with a ``threshold`` also every class above it, best first."""
-    def score(index: int, prob: float) -> ClassScore:
-        return ClassScore(index, labels[index], prob, synsets[index] if synsets is not None else None)
-
-    top_probs, top_indices = probs.topk(min(topk, probs.shape[1]), dim=1)
-    answers = []
-    for row, name, p_row, i_row in zip(probs, names, top_probs.tolist(), top_indices.tolist(), strict=True):
-        top = [score(i, p) for p, i in zip(p_row, i_row, strict=True)]
-        above = None
-        if threshold is not None:
-            kept = (row > threshold).nonzero().flatten()
-            order = kept[row[kept].argsort(descending=True, stable=True)].tolist()
-            above = [score(i, float(row[i])) for i in order]
-        answers.append(Prediction(name, top, labels=above))
-    return answers
-
-
-__all__ = ["ClassScore", "Prediction", "predict"]
+__all__ = ["predict"]

@@ -37,12 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from tresnet import collectives
 from tresnet.checkpoint import save_checkpoint
+from tresnet.collectives import DistInfo
 from tresnet.data.transforms import describe_normalisation
 from tresnet.engine import distributed
 from tresnet.engine.config import (
     CONFIG_FILE,
-    EMBEDDED_DATA,
     TrainConfig,
     check_resume,
     save_config,
@@ -58,12 +59,13 @@ from tresnet.engine.distill import (
     ordinary_model,
     saved_frozen_head_kind,
 )
-from tresnet.engine.distributed import DistInfo, SeededSamples, ShardedEpochSampler, derive_seed
-from tresnet.engine.losses import default_loss
+from tresnet.engine.distributed import SeededSamples, ShardedEpochSampler, derive_seed
+from tresnet.engine.evaluate import evaluate
+from tresnet.engine.train_data import build_train_data, train_source
 from tresnet.errors import ConfigError, FileWriteError, TResNetError
 from tresnet.files import atomic_write, write_text
 from tresnet.runtime import autocast, check_precision, needs_grad_scaler, warn_if_bf16_is_emulated
-from tresnet.tasks import MULTILABEL
+from tresnet.tasks import LossOptions, Scores, Task, get_task
 
 RESUME_FILE = "resume.pt"
 LAST_FILE = "last.safetensors"
@@ -72,9 +74,12 @@ METRICS_FILE = "metrics.csv"
 PLOT_FILE = "metrics.png"
 SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tensorboard"
-METRIC_COLUMNS = ("epoch", "train_loss", "lr", "val_loss", "val_top1", "val_top5", "ema_top1", "ema_top5",
-                  "val_map", "ema_map", "val_cf1", "val_of1", "val_blend", "train_img_per_s", "epoch_seconds")
-METRIC_TITLES = {"top1": "top-1", "map": "mAP"}  # the score that picks the best weights, per task
+
+
+def metric_columns(task: Task) -> tuple[str, ...]:
+    """The columns of ``metrics.csv`` for a run of ``task``: the epoch, the losses and lr, the task's own, the
+    distillation blend's score and the speed."""
+    return ("epoch", "train_loss", "lr", "val_loss", *task.columns, "val_blend", "train_img_per_s", "epoch_seconds")
 
 Callback = Callable[[str, dict], None]
 
@@ -122,7 +127,7 @@ def set_rng_states(states: dict) -> None:
 def _default_workers(cfg: TrainConfig, info: DistInfo) -> int:
     if cfg.workers is not None:
         return cfg.workers
-    if cfg.data in EMBEDDED_DATA:  # in-memory tensors: worker processes cost more than they save
+    if train_source(cfg).embedded:  # in-memory tensors: worker processes cost more than they save
         return 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(0, min(8, cpus // info.world_size - 1))
@@ -163,27 +168,29 @@ def _prepare_output(cfg: TrainConfig, info: DistInfo) -> tuple[Path, dict | None
 # --- output files ------------------------------------------------------------------------------------
 
 
-def _write_metrics_csv(path: Path, history: list[dict]) -> None:
+def _write_metrics_csv(path: Path, history: list[dict], task: Task) -> None:
+    columns = metric_columns(task)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
     write_text(path, buffer.getvalue())
 
 
-def metrics_figure(history: list[dict], metric: str = "top1", train_loss: str | None = None):
-    """The matplotlib figure of ``metrics.png``: the losses and the validation score (``metric``: ``top1`` or
-    ``map``) of each row of ``history`` (the rows of ``metrics.csv``), on whole-epoch ticks. ``train_loss`` names
-    the training loss when it is not the validation's (ASL against BCE, a distillation loss): the two then get
-    a panel each, as their scales differ. Needs matplotlib (ImportError without it)."""
+def metrics_figure(history: list[dict], task: str | Task = "multiclass", train_loss: str | None = None):
+    """The matplotlib figure of ``metrics.png``: the losses and the validation score (the ``task``'s metric) of
+    each row of ``history`` (the rows of ``metrics.csv``), on whole-epoch ticks. ``train_loss`` names the
+    training loss when it is not the validation's (ASL against BCE, a distillation loss): the two then get a
+    panel each, as their scales differ. Needs matplotlib (ImportError without it)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    task = get_task(task)
+    metric, val_loss = task.metric, task.validation_loss
     epochs = [row["epoch"] for row in history]
-    val_loss = "BCE" if metric == "map" else "cross-entropy"
     fig, axes = plt.subplots(1, 3 if train_loss else 2, figsize=(14 if train_loss else 10, 4))
     if train_loss:
         _plot_curves(axes[0], epochs, {"train": [row["train_loss"] for row in history]}, f"training loss ({train_loss})")
@@ -191,19 +198,19 @@ def metrics_figure(history: list[dict], metric: str = "top1", train_loss: str | 
     else:
         _plot_curves(axes[0], epochs, {"train (with label smoothing)": [row["train_loss"] for row in history],
                                        "val": [row["val_loss"] for row in history]}, val_loss)
-    title = METRIC_TITLES[metric]
+    title = task.metric_title
     scores = {f"val {title}": [100 * row[f"val_{metric}"] for row in history]}
     if any(row.get(f"ema_{metric}") is not None for row in history):
         scores[f"EMA {title}"] = [100 * (row.get(f"ema_{metric}") or float("nan")) for row in history]
-    _plot_curves(axes[-1], epochs, scores, f"{title} (%)" if metric == "map" else "accuracy (%)")
+    _plot_curves(axes[-1], epochs, scores, f"{title} (%)")
     fig.tight_layout()
     return fig
 
 
-def _write_plot(path: Path, history: list[dict], metric: str = "top1", train_loss: str | None = None) -> bool:
+def _write_plot(path: Path, history: list[dict], task: Task, train_loss: str | None = None) -> bool:
     """Write :func:`metrics_figure` to ``path``; False when matplotlib is not installed."""
     try:
-        fig = metrics_figure(history, metric, train_loss)
+        fig = metrics_figure(history, task, train_loss)
     except ImportError:
         return False
     import matplotlib.pyplot as plt
@@ -290,9 +297,9 @@ class _Trainer:
     def build(self) -> None:
         """Everything a run needs, in an order that keeps the random streams of earlier versions."""
         import tresnet
-        from tresnet.engine.data import build_train_data
 
         cfg = self.cfg
+        self.task = get_task(cfg.task)
         self.output, resume_state = _prepare_output(cfg, self.info)
         check_precision(cfg.precision, self.device)
         warn_if_bf16_is_emulated(cfg.precision, self.device)
@@ -305,7 +312,7 @@ class _Trainer:
         self._build_optimisation()
         self.start_epoch, self.step, self.history = 0, 0, []
         self.last_lr = self.optimizer.param_groups[0]["lr"]
-        self.metric = "map" if cfg.task == MULTILABEL else "top1"
+        self.metric = self.task.metric
         self.best = {"score": -1.0, "epoch": 0, "weights": "model"}
         self.teacher_score = None
         if resume_state is not None:
@@ -418,12 +425,10 @@ class _Trainer:
 
     def _base_criterion(self) -> nn.Module:
         """The task's loss on the labels (what distillation adds its terms to)."""
-        from tresnet.engine.losses import create_loss
-
         cfg = self.cfg
-        return create_loss(cfg.loss, task=cfg.task, label_smoothing=cfg.label_smoothing, gamma_neg=cfg.asl_gamma_neg,
-                           gamma_pos=cfg.asl_gamma_pos, clip=cfg.asl_clip, focal_gamma=cfg.focal_gamma,
-                           reduction=cfg.loss_reduction)
+        return self.task.create_loss(cfg.loss, LossOptions(
+            label_smoothing=cfg.label_smoothing, gamma_neg=cfg.asl_gamma_neg, gamma_pos=cfg.asl_gamma_pos,
+            clip=cfg.asl_clip, focal_gamma=cfg.focal_gamma, reduction=cfg.loss_reduction))
 
     def _load_resume_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -481,7 +486,7 @@ class _Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        total_loss, total_steps = distributed.all_reduce_sum([meter.total.item(), float(meter.steps)], info)
+        total_loss, total_steps = collectives.all_reduce_sum([meter.total.item(), float(meter.steps)], info)
         return {"train_loss": total_loss / max(total_steps, 1), "train_images": meter.images * info.world_size,
                 "train_seconds": seconds}
 
@@ -532,7 +537,7 @@ class _Trainer:
                         img_s=f"{meter.images * self.info.world_size / max(elapsed, 1e-9):.0f}")
 
     def _check_loss(self, pending: torch.Tensor, steps: int, epoch: int) -> float:
-        total, count = distributed.all_reduce_sum([pending.item(), float(steps)], self.info)
+        total, count = collectives.all_reduce_sum([pending.item(), float(steps)], self.info)
         mean = total / count
         if not math.isfinite(mean):
             last = self.history[-1]["epoch"] if self.history else None
@@ -543,32 +548,13 @@ class _Trainer:
                 f"{kept}. Lower --lr, set --clip-grad, or use --precision fp32, and start a new run")
         return mean
 
-    def evaluate(self, model: nn.Module, desc: str) -> dict:
-        """The validation metrics of ``model`` over every process's share: ``score`` (top-1 or mAP, a
-        fraction), ``loss``, ``images`` and the task's own (``top1``/``top5``; ``map``/``cf1``/``of1``)."""
-        if self.cfg.task == MULTILABEL:
-            return self._evaluate_multilabel(model, desc)
-        from tresnet.engine.evaluate import evaluate
-
-        result = evaluate(model, self.val_loader, self.device, precision=self.cfg.precision,
-                          channels_last=self.cfg.channels_last, limit=self._val_limit(),
-                          progress=self.cfg.progress and self.info.is_main, desc=desc)
-        sums = distributed.all_reduce_sum(
-            [result["correct_top1"], result["correct_top5"], result["loss"] * result["images"], result["images"]],
-            self.info)
-        top1, top5, loss, images = sums
-        return {"score": top1 / images, "top1": top1 / images, "top5": top5 / images, "loss": loss / images,
-                "images": int(images)}
-
-    def _evaluate_multilabel(self, model: nn.Module, desc: str) -> dict:
-        from tresnet.engine.evaluate import evaluate_multilabel
-
-        result = evaluate_multilabel(model, self.val_loader, self.device, precision=self.cfg.precision,
-                                     channels_last=self.cfg.channels_last, limit=self._val_limit(),
-                                     progress=self.cfg.progress and self.info.is_main, desc=desc,
-                                     threshold=self.cfg.threshold, info=self.info)
-        return {"score": result["map"], "map": result["map"], "cf1": result["cf1"], "of1": result["of1"],
-                "loss": result["loss"], "images": result["images"]}
+    def evaluate(self, model: nn.Module, desc: str) -> Scores:
+        """The task's scores of ``model`` over every process's share of the validation set (``score``: top-1,
+        mAP...: a fraction; ``loss``; ``images``; the task's own figures)."""
+        tally = self.task.tally(self.device, threshold=self.cfg.threshold)
+        return evaluate(model, self.val_loader, tally, precision=self.cfg.precision,
+                        channels_last=self.cfg.channels_last, limit=self._val_limit(),
+                        progress=self.cfg.progress and self.info.is_main, desc=desc, info=self.info)
 
     def _val_limit(self) -> int | None:
         if self.cfg.max_val_images is None:
@@ -584,10 +570,9 @@ class _Trainer:
         cfg = self.cfg
         meta = {"epoch": epoch, self.metric: score, "weights": weights, "img_size": self.img_size,
                 "precision": cfg.precision, "trained_on": str(cfg.data),
-                "preprocessing": self.data.preprocessing.to_config()}
-        if cfg.task == MULTILABEL:
-            meta["threshold"] = str(float(cfg.threshold))
-        if cfg.data in EMBEDDED_DATA:
+                "preprocessing": self.data.preprocessing.to_config(),
+                **self.task.checkpoint_record(threshold=cfg.threshold)}
+        if train_source(cfg).embedded:
             meta.update(val_split=str(cfg.val_split), split_seed=str(cfg.split_seed))
         return meta
 
@@ -611,10 +596,10 @@ class _Trainer:
         """The training loss's name for the plot when it is not the validation loss (multiclass cross-entropy
         without distillation is): ``"ASL"``, ``"CE + th-kd"``..."""
         cfg = self.cfg
-        loss = (cfg.loss or default_loss(cfg.task)).upper()
+        loss = cfg.loss or self.task.default_loss
         if cfg.distill is not None:
-            return f"{loss} + {cfg.distill}"
-        return loss if cfg.task == MULTILABEL else None
+            return f"{loss.upper()} + {cfg.distill}"
+        return self.task.training_loss_title(loss)
 
     def _write_epoch_files(self, epoch: int, row: dict, tensorboard) -> None:
         names = self.data.class_names
@@ -624,11 +609,10 @@ class _Trainer:
             best_model = self.ema.module if self.best["weights"] == "ema" else self.model
             save_checkpoint(ordinary_model(best_model), self.output / BEST_FILE, class_names=names,
                             metadata=self._weights_metadata(epoch, self.best["score"], self.best["weights"]))
-        _write_metrics_csv(self.output / METRICS_FILE, self.history)
-        _write_plot(self.output / PLOT_FILE, self.history, self.metric, self._training_loss_title())
+        _write_metrics_csv(self.output / METRICS_FILE, self.history, self.task)
+        _write_plot(self.output / PLOT_FILE, self.history, self.task, self._training_loss_title())
         if tensorboard is not None:
-            for key in ("train_loss", "val_loss", "val_top1", "val_top5", "ema_top1", "ema_top5", "val_map",
-                        "ema_map", "val_blend", "lr", "train_img_per_s"):
+            for key in ("train_loss", "val_loss", *self.task.columns, "val_blend", "lr", "train_img_per_s"):
                 if row.get(key) is not None:
                     tensorboard.add_scalar(key.replace("_", "/", 1), row[key], epoch)
             tensorboard.flush()
@@ -678,8 +662,8 @@ class _Trainer:
             save_config(self.cfg, self.output / CONFIG_FILE)
             self._announce()
         if self.distiller is not None and self.teacher_score is None:
-            self.teacher_score = self.evaluate(self.distiller.teacher, "val teacher")["score"]
-            _say(self.info, f"teacher {self.distiller.teacher_name}: val {METRIC_TITLES[self.metric]} "
+            self.teacher_score = self.evaluate(self.distiller.teacher, "val teacher").score
+            _say(self.info, f"teacher {self.distiller.teacher_name}: val {self.task.metric_title} "
                             f"{100 * self.teacher_score:.2f}%")
         tensorboard = _tensorboard(self.output, self.start_epoch + 1 if self.start_epoch else None) \
             if self.info.is_main else None
@@ -692,7 +676,7 @@ class _Trainer:
         summary = self.summary(time.perf_counter() - session_start)
         if self.info.is_main:
             write_text(self.output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-            _say(self.info, f"best val {METRIC_TITLES[self.metric]} {100 * summary[f'best_{self.metric}']:.2f}% "
+            _say(self.info, f"best val {self.task.metric_title} {100 * summary[f'best_{self.metric}']:.2f}% "
                             f"({summary['best_weights']} weights, "
                             f"epoch {summary['best_epoch']}) after {summary['epochs']} epochs, "
                             f"{summary['seconds'] / 60:.1f} min; weights in {self.output / BEST_FILE}")
@@ -702,7 +686,7 @@ class _Trainer:
         cfg, info = self.cfg, self.info
         n_params = sum(p.numel() for p in self.model.parameters())
         precision = f", precision {cfg.precision}" if cfg.precision != "fp32" else ""
-        task = f"multilabel ({cfg.loss or default_loss(cfg.task)} loss), " if cfg.task == MULTILABEL else ""
+        task = self.task.describe(cfg.loss or self.task.default_loss)
         head = ", ML-Decoder head" if self.model.pretrained_cfg.get("head") == "ml_decoder" else ""
         _say(info, f"training {cfg.model} ({n_params / 1e6:.1f}M parameters{head}) on {task}{self.data.description}; "
                    f"{cfg.epochs} epochs x {self.steps_per_epoch} steps of {cfg.batch_size}"
@@ -717,21 +701,13 @@ class _Trainer:
         if cfg.frozen_head_from:
             _say(info, f"classifier copied from {cfg.frozen_head_from} and frozen (sh-kd)")
 
-    def _task_columns(self, val: dict, ema_val: dict | None) -> dict:
-        """The metrics row's validation columns of the run's task (the other task's stay empty)."""
-        if self.metric == "map":
-            return {"val_map": val["map"], "ema_map": ema_val["map"] if ema_val else None, "val_cf1": val["cf1"],
-                    "val_of1": val["of1"]}
-        return {"val_top1": val["top1"], "val_top5": val["top5"], "ema_top1": ema_val["top1"] if ema_val else None,
-                "ema_top5": ema_val["top5"] if ema_val else None}
-
     def _evaluate_blend(self) -> float | None:
         """th-kd with ``teacher_head_blend``: the score of the paper's blend of the student and teacher-head
         predictions (the student's checkpoint alone scores ``val``); None otherwise."""
         if self.distiller is None or not self.distiller.blend:
             return None
-        blended = BlendedStudent(self.net_module, self.distiller.blend, self.cfg.task)
-        return self.evaluate(blended, "val blend")["score"]
+        blended = BlendedStudent(self.net_module, self.distiller.blend, self.task)
+        return self.evaluate(blended, "val blend").score
 
     def run_epoch(self, epoch: int, tensorboard) -> dict:
         """Train and evaluate epoch ``epoch`` (from 0), keep the best weights, save, report; its metrics row."""
@@ -744,22 +720,22 @@ class _Trainer:
             "epoch": epoch + 1,
             "train_loss": stats["train_loss"],
             "lr": self.last_lr,
-            "val_loss": val["loss"],
-            **self._task_columns(val, ema_val),
+            "val_loss": val.loss,
+            **self.task.row(val, ema_val),
             "val_blend": blend,
             "train_img_per_s": stats["train_images"] / max(stats["train_seconds"], 1e-9),
             "train_images": stats["train_images"],
             "train_seconds": stats["train_seconds"],
         }
-        for score, weights in ((val["score"], "model"), (ema_val["score"] if ema_val else -1.0, "ema")):
+        for score, weights in ((val.score, "model"), (ema_val.score if ema_val else -1.0, "ema")):
             if score > self.best["score"]:
                 self.best = {"score": score, "epoch": epoch + 1, "weights": weights}
         row["epoch_seconds"] = time.perf_counter() - epoch_start
         self.history.append(row)
         if self.info.is_main:
             self.save_epoch(epoch + 1, row, tensorboard)
-        distributed.barrier(self.info)
-        title, metric = METRIC_TITLES[self.metric], self.metric
+        collectives.barrier(self.info)
+        title, metric = self.task.metric_title, self.metric
         ema_text = f"  EMA {title} {100 * row[f'ema_{metric}']:.2f}%" if ema_val else ""
         ema_text += f"  blend {title} {100 * blend:.2f}%" if blend is not None else ""
         _say(self.info, f"epoch {epoch + 1}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  val {title} "

@@ -10,14 +10,14 @@ thresholded precision / recall.
 
     model = tresnet.create_model("tresnet_m", checkpoint_path="tresnet_m.pth")
     report = validate(model, "imagenet/val", batch_size=128, workers=8, precision="amp")
-    print(report["top1"], report["top5"])
+    print(report.top1, report.top5)
 
     report = validate(model, "imagenet/val_flat", ground_truth="LOC_val_solution.csv", real_labels="real.json")
-    print(report["top1"], report["real_top1"])
+    print(report.top1, report.real["real_top1"])
 
     model = tresnet.create_model(checkpoint_path="tresnet_l_448_coco.pth")  # a multi-label checkpoint
     report = validate(model, "coco/val2014", annotations="coco/annotations/instances_val2014.json")
-    print(report["map"], report["cf1"], report["of1"])
+    print(report.map, report.threshold_metrics["cf1"])
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,74 +33,49 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from tresnet.data import ImageFolderDataset, create_loader
-from tresnet.data.bundled import BUNDLED_SETS, BundledValidationSet, bundled_set
+from tresnet.data.bundled import BundledValidationSet
 from tresnet.data.class_mapping import ClassMapping, name_mismatch, read_class_map, resolve_class_mapping
 from tresnet.data.class_names import IMAGENET_NUM_CLASSES
 from tresnet.data.datasets import GroundTruthDataset, RealLabelled
 from tresnet.data.imagenet import read_real_labels
-from tresnet.data.multilabel import MultiLabelDataset, open_multilabel
+from tresnet.data.multilabel import MultiLabelDataset
+from tresnet.data.sources import ValidationOptions, find_source, usages
 from tresnet.data.transforms import Preprocessing
 from tresnet.deploy.inference import check_inference_options, inference_model
 from tresnet.engine.bundled import bundled_split
-from tresnet.engine.evaluate import evaluate, evaluate_multilabel, model_threshold, resolve_task
+from tresnet.engine.evaluate import evaluate, model_threshold, resolve_task
 from tresnet.errors import ConfigError, DataError
 from tresnet.runtime import resolve_device
-from tresnet.tasks import DEFAULT_THRESHOLD, MULTICLASS, MULTILABEL, check_task, check_threshold
+from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD, Task, check_threshold, get_task
 
 ValidationData = ImageFolderDataset | MultiLabelDataset | BundledValidationSet
 
-_MULTILABEL_DATA = "pass --annotations FILE (COCO json, with --data the images folder) or --data labels.csv"
-
-
-def open_validation_data(data: str | os.PathLike, *, task: str = MULTICLASS,
+def open_validation_data(data: str | os.PathLike, *, task: str | Task = DEFAULT_TASK,
                          annotations: str | os.PathLike | None = None,
                          classes: Sequence[str] | str | os.PathLike | None = None, strict: bool = False,
                          without_labels: str = "skip",
                          ground_truth: str | os.PathLike | None = None) -> ValidationData:
-    """The set to validate a ``task`` model on: a bundled set by name (``digits``, ``digits-multilabel``:
-    :class:`~tresnet.data.bundled.BundledValidationSet`, the validation split its training used), a folder
-    of class sub-folders (multiclass), or with ``ground_truth`` the images of ``data`` labelled by that file
-    (:class:`GroundTruthDataset`), else :func:`~tresnet.data.multilabel.open_multilabel`'s ``data`` with
-    ``annotations`` / ``classes``.
+    """The set to validate a ``task`` model on, opened by the data source that reads ``data`` for that task
+    (:func:`tresnet.data.sources.find_source`): a bundled set by name (``digits``, ``digits-multilabel``:
+    :class:`~tresnet.data.bundled.BundledValidationSet`, the validation split its training used), a folder of
+    class sub-folders or, with ``ground_truth``, a flat folder labelled by that file (multiclass), COCO
+    ``annotations`` of an images folder or a labels CSV with its ``classes`` (multilabel).
 
-    Raises :class:`ConfigError` for ``annotations`` or ``classes`` with a multiclass task (``ground_truth``
-    with a multilabel one), and :class:`DataError` for data that cannot be read (see the readers).
+    Raises :class:`ConfigError` for data of another task and options the source does not read, and
+    :class:`DataError` for data that cannot be read (see the readers).
     """
-    check_task(task)
-    if bundled_set(data) is not None:
-        if annotations is not None or classes is not None or ground_truth is not None:
-            raise ConfigError(f"{data} is a bundled data set with its own labels: drop --annotations, --classes "
-                              f"and --ground-truth")
-        return BundledValidationSet(str(data))
-    if task == MULTICLASS:
-        if annotations is not None or classes is not None:
-            raise ConfigError("--annotations and --classes describe multi-label data, but the task is multiclass: "
-                              "pass --task multilabel")
-        if ground_truth is not None:
-            return GroundTruthDataset(data, ground_truth, strict=strict)
-        return ImageFolderDataset(data, strict=strict)
-    if ground_truth is not None:
-        raise ConfigError("--ground-truth labels ImageNet validation images, one class each: it does not apply to "
-                          "a multilabel task")
-    return open_multilabel(data, annotations=annotations, classes=classes, strict=strict,
-                           without_labels=without_labels)
+    task = get_task(task)
+    source = find_source(data, task.name, annotations)
+    return source.validation_data(data, ValidationOptions(annotations=annotations, classes=classes,
+                                                          ground_truth=ground_truth, strict=strict,
+                                                          without_labels=without_labels))
 
 
-def _data_task(dataset: ValidationData) -> str:
-    """The task a validation set's targets serve."""
-    return getattr(dataset, "task", MULTILABEL if isinstance(dataset, MultiLabelDataset) else MULTICLASS)
-
-
-def _check_data_fits_task(dataset: ValidationData, task: str) -> None:
-    if isinstance(dataset, BundledValidationSet) and task != dataset.task:
-        other = next(name for name, spec in BUNDLED_SETS.items() if spec.task == task)
-        raise DataError(f"{dataset.root} is a {dataset.task} set and the model is {task}: use --data {other}")
-    if task == MULTILABEL and _data_task(dataset) != MULTILABEL:
-        raise DataError(f"a multilabel validation needs multi-label targets, not the class folders of "
-                        f"{dataset.root}: {_MULTILABEL_DATA} (or --task multiclass)")
-    if task == MULTICLASS and _data_task(dataset) == MULTILABEL:
-        raise DataError(f"{dataset.source} holds multi-label targets but the task is multiclass: "
-                        f"pass --task multilabel")
+def _check_data_fits_task(dataset: ValidationData, task: Task) -> None:
+    tasks = dataset.tasks  # the tasks its targets serve, as each kind of data declares them
+    if task.name not in tasks:
+        raise DataError(f"{dataset.root} is {tasks[0]} data and the model is {task.name}: use data of the model's "
+                        f"task ({' or '.join(usages(task.name))}), or another checkpoint")
 
 
 def _check_class_list(classes: Sequence[str], names: Sequence[str] | None, model: nn.Module, *,
@@ -118,16 +94,17 @@ def _checkpoint_class_names(model: nn.Module) -> list[str] | None:
     return info.metadata.get("class_names") if info is not None else None
 
 
-def check_classes(dataset: ValidationData, model: nn.Module, *,
+def check_classes(dataset: ValidationData, model: nn.Module, task: Task, *,
                   class_map: str | os.PathLike | None = None) -> ClassMapping | None:
     """Match the data's classes to the model's outputs: for a folder (or ground-truth file) the
     :class:`~tresnet.data.class_mapping.ClassMapping` of
     :func:`~tresnet.data.class_mapping.resolve_class_mapping` (``class_map``: a class-map file), applied
-    to the dataset's targets; for multi-label annotations a check that they name one class per output,
-    as the checkpoint names them (None is returned). Raises :class:`DataError` when they do not fit.
+    to the dataset's targets (a task of one class per image: :attr:`Task.maps_classes`); otherwise a check that
+    the data names one class per output, as the checkpoint names them (None is returned). Raises
+    :class:`DataError` when they do not fit.
     """
     names = _checkpoint_class_names(model)
-    if _data_task(dataset) == MULTILABEL:
+    if not task.maps_classes:
         if class_map is not None:
             raise ConfigError("--class-map maps class folders; multi-label classes come from --classes FILE")
         _check_class_list(dataset.classes, names, model, count_text=f"{dataset.source} names",
@@ -179,7 +156,7 @@ class Validation:
     precision: str
     channels_last: bool
     settings: dict
-    task: str = MULTICLASS
+    task: Task = get_task(DEFAULT_TASK)
     threshold: float = DEFAULT_THRESHOLD
     class_mapping: ClassMapping | None = None
     real_labels: str | None = None
@@ -191,20 +168,15 @@ class Validation:
         """The side of the (square) input images."""
         return self.preprocessing.img_size[0]
 
-    def run(self, progress: bool = True) -> dict:
-        """Evaluate and return the report (see :func:`validate`)."""
+    def run(self, progress: bool = True) -> Any:
+        """Evaluate and return the task's report (see :func:`validate`)."""
         runner = self.runner if self.runner is not None else self.model
-        precision = self.run_precision or self.precision
-        if self.task == MULTILABEL:
-            result = evaluate_multilabel(runner, self.loader, self.device, precision=precision,
-                                         channels_last=self.channels_last, progress=progress, desc="validate",
-                                         threshold=self.threshold)
-            return _multilabel_report(self, result)
         mapping = self.class_mapping
-        result = evaluate(runner, self.loader, self.device, precision=precision,
-                          channels_last=self.channels_last, progress=progress, desc="validate",
-                          class_subset=mapping.covered if mapping is not None and mapping.masked else None)
-        return _report(self, result)
+        tally = self.task.tally(self.device, threshold=self.threshold,
+                                class_subset=mapping.covered if mapping is not None and mapping.masked else None)
+        scores = evaluate(runner, self.loader, tally, precision=self.run_precision or self.precision,
+                          channels_last=self.channels_last, progress=progress, desc="validate")
+        return self.task.report(self, scores)
 
 
 def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationData, *,
@@ -250,10 +222,10 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
         dataset = open_validation_data(data, task=task, annotations=annotations, classes=classes, strict=strict,
                                        without_labels=without_labels, ground_truth=ground_truth)
     _check_data_fits_task(dataset, task)
-    if real_labels is not None and task == MULTILABEL:
-        raise ConfigError("--real-labels are ImageNet's single-label validation labels: not for a multilabel task")
+    if real_labels is not None and not task.maps_classes:
+        raise ConfigError(f"--real-labels are ImageNet's single-label validation labels: not for a {task.name} task")
     model.check_input_size(*preprocessing.img_size)
-    mapping = check_classes(dataset, model, class_map=class_map)
+    mapping = check_classes(dataset, model, task, class_map=class_map)
     _apply_preprocessing(dataset, model, preprocessing)
     scored = with_real_labels(dataset, model, real_labels) if real_labels is not None else dataset
     subset = evenly_spaced(scored, limit) if limit is not None else scored
@@ -284,89 +256,6 @@ def _apply_preprocessing(dataset: ValidationData, model: nn.Module, preprocessin
         dataset.prepare(preprocessing, val_split=val_split, split_seed=split_seed)
     else:
         dataset.transform = preprocessing.transform()
-
-
-def _path_or_none(path: os.PathLike | None) -> str | None:
-    return None if path is None else str(path)
-
-
-def _percent(fraction: float | None) -> float | None:
-    return None if fraction is None else 100.0 * fraction
-
-
-def _multilabel_report(run: Validation, result: dict) -> dict:
-    info = getattr(run.model, "checkpoint_info", None)
-    dataset = run.dataset
-    return dict(
-        model=run.model.pretrained_cfg["model"],
-        checkpoint=str(info.path) if info is not None else None,
-        checkpoint_format=info.format if info is not None else None,
-        task=MULTILABEL,
-        data=str(dataset.root),
-        annotations=str(dataset.source),
-        num_classes=run.model.num_classes,
-        classes=list(dataset.classes),
-        img_size=run.img_size,
-        preprocessing=run.preprocessing.to_dict(),
-        map=_percent(result["map"]),
-        ap_per_class=[_percent(ap) for ap in result["ap_per_class"]],
-        **{key: _percent(result[key]) for key in ("cp", "cr", "cf1", "op", "or", "of1")},
-        metric_unit="percent",
-        threshold=result["threshold"],
-        classes_with_positives=result["classes_with_positives"],
-        loss=result["loss"],
-        images=result["images"],
-        skipped=dataset.skipped,
-        skipped_files=sorted(dataset.skipped_files),
-        seconds=result["seconds"],
-        img_per_s=result["img_per_s"],
-        device=str(run.device),
-        precision=run.precision,
-        channels_last=run.channels_last,
-        **run.settings,
-    )
-
-
-def _subset_and_real_figures(run: Validation, result: dict) -> dict:
-    """The prediction over all classes when a subset was masked, and the ReaL figures, in percent."""
-    figures = {}
-    if "top1_all_classes" in result:
-        figures.update(top1_all_classes=100.0 * result["top1_all_classes"],
-                       top5_all_classes=100.0 * result["top5_all_classes"])
-    if run.real_labels is not None:
-        figures.update(real_labels=run.real_labels, real_top1=_percent(result["real_top1"]),
-                       real_top5=_percent(result["real_top5"]), real_images=result["real_images"])
-    return figures
-
-
-def _report(run: Validation, result: dict) -> dict:
-    info = getattr(run.model, "checkpoint_info", None)
-    return dict(
-        model=run.model.pretrained_cfg["model"],
-        checkpoint=str(info.path) if info is not None else None,
-        checkpoint_format=info.format if info is not None else None,
-        task=MULTICLASS,
-        data=str(run.dataset.root),
-        ground_truth=_path_or_none(getattr(run.dataset, "ground_truth", None)),
-        num_classes=run.model.num_classes,
-        class_mapping=run.class_mapping.to_dict() if run.class_mapping is not None else None,
-        img_size=run.img_size,
-        preprocessing=run.preprocessing.to_dict(),
-        top1=100.0 * result["top1"],
-        top5=100.0 * result["top5"],
-        **_subset_and_real_figures(run, result),
-        accuracy_unit="percent",
-        loss=result["loss"],
-        images=result["images"],
-        skipped=run.dataset.skipped,
-        skipped_files=sorted(run.dataset.skipped_files),
-        seconds=result["seconds"],
-        img_per_s=result["img_per_s"],
-        device=str(run.device),
-        precision=run.precision,
-        channels_last=run.channels_last,
-        **run.settings,
-    )
 
 
 def _settings(batch_size: int, workers: int, limit: int | None, precision: str, calibration,

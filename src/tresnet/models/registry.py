@@ -19,7 +19,6 @@ from tresnet.models import genet, tresnet
 from tresnet.models.common import HEADS as HEADS  # re-exported: the heads build_model takes
 from tresnet.models.common import check_head
 from tresnet.models.family import Family
-from tresnet.tasks import DEFAULT_TASK, check_task
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (tresnet.FAMILY, genet.FAMILY)}
 
@@ -113,18 +112,17 @@ def _head_arguments(head: str | None, head_options: dict | None) -> dict:
 def build_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0,
                 drop_path_rate: float = 0.0, norm: str | None = None, features_only: bool = False,
                 out_indices: tuple[int, ...] = (1, 2, 3, 4), memory_efficient: bool = False, head: str = "fc",
-                task: str = DEFAULT_TASK, head_options: dict | None = None, **arch_overrides) -> nn.Module:
+                task: str = "multiclass", head_options: dict | None = None, **arch_overrides) -> nn.Module:
     """A freshly initialised model ``name`` (no weights loaded). See :func:`tresnet.create_model`.
 
-    ``head`` is one of :data:`HEADS` (ignored with ``features_only``); ``task`` (one of
-    :data:`tresnet.tasks.TASKS`) is only recorded, in ``pretrained_cfg["task"]``, with the head kind in
-    ``pretrained_cfg["head"]`` (None without a head).
+    ``head`` is one of :data:`HEADS` (ignored with ``features_only``); ``task`` (a registered task's name,
+    checked by :func:`tresnet.create_model`) is only recorded, in ``pretrained_cfg["task"]``, with the head kind
+    in ``pretrained_cfg["head"]`` (None without a head).
     """
     cfg = get_pretrained_cfg(name)
     family = FAMILIES[cfg["family"]]
     norm = resolve_norm(family, norm)
     check_head(head)
-    check_task(task)
     if features_only:
         head, head_options = None, None
     options = _family_options(family, {"memory_efficient": memory_efficient})

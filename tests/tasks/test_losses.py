@@ -1,6 +1,6 @@
-"""Losses: ASL value and gradient against the published formula written out here, its focusing weight a
-constant for autograd, focal against its formula and torchvision, BCE against torch, create_loss's choices
-and one-line errors."""
+"""tresnet.tasks.losses: ASL value and gradient against the published formula written out here, its focusing
+weight a constant for autograd, focal against its formula and torchvision, BCE against torch; the tasks' losses
+(Task.create_loss, default_loss, losses, check_loss) and their one-line errors."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from tresnet.engine.losses import (
-    LOSSES,
+from tresnet.errors import ConfigError
+from tresnet.tasks import LossOptions, get_task
+from tresnet.tasks.losses import (
+    REDUCTIONS,
     AsymmetricLoss,
+    BinaryCrossEntropy,
     FocalLoss,
-    create_loss,
-    default_loss,
     focused_binary_loss,
 )
-from tresnet.errors import ConfigError
 
 
 def published_asl(x: torch.Tensor, y: torch.Tensor, gamma_neg: float, gamma_pos: float, clip: float,
@@ -106,28 +106,33 @@ def test_focal_matches_its_formula_and_torchvision():
 def test_bce_is_torchs_in_both_reductions():
     logits, targets = _inputs(True)
     for reduction in ("mean", "sum"):
-        loss = create_loss("bce", task="multilabel", reduction=reduction)(logits.half(), targets)
+        loss = get_task("multilabel").create_loss("bce", LossOptions(reduction=reduction))(logits.half(), targets)
         expected = nn.functional.binary_cross_entropy_with_logits(logits.half().float(), targets,
                                                                    reduction=reduction)
         torch.testing.assert_close(loss, expected)
 
 
 def test_create_loss_defaults_and_kinds():
-    assert default_loss("multiclass") == "ce" and default_loss("multilabel") == "asl"
-    ce = create_loss(None, task="multiclass", label_smoothing=0.1)
+    multiclass, multilabel = get_task("multiclass"), get_task("multilabel")
+    assert multiclass.default_loss == "ce" and multilabel.default_loss == "asl"
+    assert multiclass.check_loss(None) == "ce" and multilabel.check_loss(None) == "asl"
+    ce = multiclass.create_loss(None, LossOptions(label_smoothing=0.1))
     assert isinstance(ce, nn.CrossEntropyLoss) and ce.label_smoothing == 0.1
-    asl = create_loss(None, task="multilabel", gamma_neg=2, gamma_pos=1, clip=0.0, reduction="sum")
+    asl = multilabel.create_loss(None, LossOptions(gamma_neg=2, gamma_pos=1, clip=0.0, reduction="sum"))
     assert isinstance(asl, AsymmetricLoss)
     assert (asl.gamma_neg, asl.gamma_pos, asl.clip, asl.reduction) == (2, 1, 0.0, "sum")
-    focal = create_loss("focal", task="multilabel", focal_gamma=1.5)
+    focal = multilabel.create_loss("focal", LossOptions(focal_gamma=1.5))
     assert isinstance(focal, FocalLoss) and focal.gamma == 1.5
-    assert set(LOSSES) == {"ce", "bce", "focal", "asl"}
+    assert isinstance(multilabel.create_loss("bce", LossOptions()), BinaryCrossEntropy)
+    assert multiclass.losses == ("ce",) and set(multilabel.losses) == {"bce", "focal", "asl"}
+    assert REDUCTIONS == ("mean", "sum")
 
 
 @pytest.mark.parametrize("kwargs,words", [
-    (dict(name="ce", task="multilabel"), ["'ce'", "multilabel", "bce, focal, asl"]),
+    (dict(name="ce", task="multilabel"), ["'ce'", "multilabel", "asl, bce, focal"]),
     (dict(name="asl", task="multiclass"), ["'asl'", "multiclass", "use one of ce"]),
-    (dict(name="hinge", task="multilabel"), ["'hinge'", "ce, bce, focal, asl"]),
+    (dict(name="hinge", task="multilabel"), ["'hinge'", "asl, bce, focal"]),
+    (dict(name="hinge", task="multiclass"), ["'hinge'", "use one of ce"]),
     (dict(name="asl", task="multilabel", reduction="none"), ["'none'", "mean, sum"]),
     (dict(name="asl", task="multilabel", gamma_neg=-1), ["gamma_neg", "-1"]),
     (dict(name="asl", task="multilabel", gamma_pos=float("nan")), ["gamma_pos", "nan"]),
@@ -137,9 +142,9 @@ def test_create_loss_defaults_and_kinds():
     (dict(name=None, task="detection"), ["'detection'", "multiclass, multilabel"]),
 ])
 def test_create_loss_errors_are_one_line(kwargs, words):
-    name = kwargs.pop("name")
+    name, task = kwargs.pop("name"), kwargs.pop("task")
     with pytest.raises(ConfigError) as error:
-        create_loss(name, **kwargs)
+        get_task(task).create_loss(name, LossOptions(**kwargs))
     message = str(error.value)
     assert "\n" not in message
     for word in words:

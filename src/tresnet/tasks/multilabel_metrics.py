@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tresnet.engine.distributed import DistInfo, all_gather_rows
+from tresnet.collectives import DistInfo, all_gather_rows
 from tresnet.errors import DataError
-from tresnet.tasks import DEFAULT_THRESHOLD, check_threshold
+from tresnet.tasks.base import DEFAULT_THRESHOLD, check_threshold
 
 THRESHOLD_METRICS = ("cp", "cr", "cf1", "op", "or", "of1")
 
@@ -119,7 +119,7 @@ def multilabel_metrics(logits: Tensor, targets: Tensor, threshold: float = DEFAU
     return result
 
 
-class MultiLabelTally:
+class MultiLabelRows:
     """Collects an evaluation loop's logits and targets for the metrics above.
 
     :meth:`add` keeps float32 copies on the logits' device (no synchronisation); :meth:`gather` returns
@@ -156,5 +156,5 @@ class MultiLabelTally:
         return logits.cpu(), targets.cpu()
 
 
-__all__ = ["THRESHOLD_METRICS", "MultiLabelTally", "average_precision", "mean_average_precision",
+__all__ = ["THRESHOLD_METRICS", "MultiLabelRows", "average_precision", "mean_average_precision",
            "multilabel_metrics", "threshold_metrics"]

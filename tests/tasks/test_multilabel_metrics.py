@@ -1,4 +1,4 @@
-"""Multi-label metrics against scikit-learn: AP / mAP (random scores, heavy ties, classes without positives,
+"""tresnet.tasks.multilabel_metrics against scikit-learn: AP / mAP (random scores, heavy ties, classes without positives,
 all-positive classes), the threshold metrics (macro / micro, ties at the threshold), and exact mAP over two
 gloo processes with uneven shards."""
 
@@ -11,15 +11,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tresnet.engine.distributed import DistInfo, all_gather_rows
-from tresnet.engine.metrics import (
-    MultiLabelTally,
+from tresnet.collectives import DistInfo, all_gather_rows
+from tresnet.errors import ConfigError, DataError
+from tresnet.tasks.multilabel_metrics import (
+    THRESHOLD_METRICS,
+    MultiLabelRows,
     average_precision,
     mean_average_precision,
     multilabel_metrics,
     threshold_metrics,
 )
-from tresnet.errors import ConfigError, DataError
 
 metrics = pytest.importorskip("sklearn.metrics")
 
@@ -110,7 +111,7 @@ def test_threshold_metrics_match_sklearn_including_ties_at_the_threshold(thresho
     probs[:, 1] = 0.0  # a class never predicted: precision 0 counts in CP
     ours = threshold_metrics(probs, targets, threshold)
     expected = _sklearn_threshold_metrics(probs, targets, threshold)
-    assert ours.keys() == expected.keys()
+    assert ours.keys() == expected.keys() == set(THRESHOLD_METRICS)
     for key in ours:
         assert ours[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-15), key
 
@@ -138,8 +139,8 @@ def test_multilabel_metrics_report():
     assert multilabel_metrics(saturated, torch.tensor([[0.0], [0.0], [1.0]]))["map"] == 1.0
 
 
-def test_tally_keeps_float32_copies_and_gathers_in_one_process():
-    tally = MultiLabelTally()
+def test_rows_keep_float32_copies_and_gather_in_one_process():
+    tally = MultiLabelRows()
     assert tally.gather()[0].shape == (0, 0)
     first = torch.randn(3, 4, dtype=torch.bfloat16)
     tally.add(first, torch.ones(3, 4, dtype=torch.uint8))

@@ -1,5 +1,5 @@
-"""Training losses for both tasks: cross-entropy (multiclass) and, for multi-label targets, binary
-cross-entropy, binary focal loss and the asymmetric loss (ASL).
+"""The multi-label training losses: binary cross-entropy, binary focal loss and the asymmetric loss (ASL)
+(the multiclass task trains with torch's cross-entropy).
 
 ASL (Ridnik et al., "Asymmetric Loss For Multi-Label Classification", ICCV 2021; Alibaba-MIIL/ASL,
 ``src/loss_functions/losses.py``): with ``p = sigmoid(logit)``, ``y`` the target and the shifted
@@ -22,14 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from tresnet.errors import ConfigError
-from tresnet.tasks import MULTICLASS, MULTILABEL, check_task
 
-LOSSES = ("ce", "bce", "focal", "asl")
 REDUCTIONS = ("mean", "sum")
-_TASK_OF_LOSS = {"ce": MULTICLASS, "bce": MULTILABEL, "focal": MULTILABEL, "asl": MULTILABEL}
 
 
-def _check_reduction(reduction: str) -> str:
+def check_reduction(reduction: str) -> str:
+    """``reduction`` if it is one of :data:`REDUCTIONS`; :class:`ConfigError` otherwise."""
     if reduction not in REDUCTIONS:
         raise ConfigError(f"unknown loss reduction {reduction!r}: use one of {', '.join(REDUCTIONS)}")
     return reduction
@@ -86,7 +84,7 @@ class AsymmetricLoss(nn.Module):
             raise ConfigError(f"the ASL clip (probability margin) must lie in [0, 1), got {clip}")
         self.clip = float(clip)
         self.eps = float(eps)
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         return focused_binary_loss(logits, targets, gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg,
@@ -107,7 +105,7 @@ class FocalLoss(nn.Module):
         super().__init__()
         self.gamma = _check_gamma("the focal gamma", gamma)
         self.eps = float(eps)
-        self.reduction = _check_reduction(reduction)
+        self.reduction = check_reduction(reduction)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         return focused_binary_loss(logits, targets, gamma_pos=self.gamma, gamma_neg=self.gamma, clip=0.0,
@@ -125,38 +123,5 @@ class BinaryCrossEntropy(nn.BCEWithLogitsLoss):
         return super().forward(logits.float(), targets.float())
 
 
-def default_loss(task: str) -> str:
-    """The loss a task trains with unless told otherwise: ``"ce"`` for multiclass, ``"asl"`` for multilabel.
-    Raises :class:`ConfigError` for an unknown task."""
-    return "ce" if check_task(task) == MULTICLASS else "asl"
-
-
-def create_loss(name: str | None, *, task: str, label_smoothing: float = 0.0, gamma_neg: float = 4.0,
-                gamma_pos: float = 0.0, clip: float = 0.05, focal_gamma: float = 2.0,
-                reduction: str = "mean") -> nn.Module:
-    """The loss module ``name`` (one of :data:`LOSSES`; ``None``: :func:`default_loss` of ``task``).
-
-    ``"ce"``: ``nn.CrossEntropyLoss(label_smoothing=...)``, multiclass only (its reduction is always the
-    mean over images). ``"bce"``, ``"focal"``, ``"asl"``: multilabel only, with ``reduction``;
-    ``label_smoothing`` applies to ``"ce"`` only. Raises :class:`ConfigError` for an unknown name, task or
-    reduction, a loss that does not fit the task, negative gammas or ``clip`` outside [0, 1).
-    """
-    check_task(task)
-    name = default_loss(task) if name is None else name
-    if name not in LOSSES:
-        raise ConfigError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
-    if _TASK_OF_LOSS[name] != task:
-        fitting = ", ".join(n for n in LOSSES if _TASK_OF_LOSS[n] == task)
-        raise ConfigError(f"loss {name!r} does not fit task {task!r}: use one of {fitting}")
-    _check_reduction(reduction)
-    if name == "ce":
-        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    if name == "bce":
-        return BinaryCrossEntropy(reduction=reduction)
-    if name == "focal":
-        return FocalLoss(gamma=focal_gamma, reduction=reduction)
-    return AsymmetricLoss(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, reduction=reduction)
-
-
-__all__ = ["LOSSES", "REDUCTIONS", "AsymmetricLoss", "BinaryCrossEntropy", "FocalLoss", "create_loss",
-           "default_loss", "focused_binary_loss"]
+__all__ = ["REDUCTIONS", "AsymmetricLoss", "BinaryCrossEntropy", "FocalLoss", "check_reduction",
+           "focused_binary_loss"]

@@ -1,0 +1,91 @@
+"""The contract every registered task keeps, checked for each task of the registry (a new task gets these checks
+by registering itself): losses, probabilities, distillation, evaluation and its scores, the metrics row, the
+checkpoint record, and the predictions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tresnet.data.sources import list_sources
+from tresnet.tasks import LossOptions, get_task, list_tasks
+
+BATCH, OUTPUTS = 6, 5
+
+
+@pytest.fixture(params=list_tasks())
+def task(request):
+    return get_task(request.param)
+
+
+def _batch(task, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(BATCH, OUTPUTS, generator=generator)
+    targets = task.random_targets(BATCH, OUTPUTS, generator)
+    if targets.ndim == 2 and targets.float().sum() == 0:  # a multi-hot batch needs a positive to be scored
+        targets[0, 0] = 1
+    return logits, targets
+
+
+def test_names_and_columns_are_those_the_loops_read(task):
+    assert get_task(task.name) is task
+    assert task.losses and task.default_loss == task.losses[0] == task.check_loss(None)
+    assert f"val_{task.metric}" in task.columns and f"ema_{task.metric}" in task.columns
+    assert task.metric_title and task.validation_loss
+
+
+def test_every_loss_gives_a_finite_scalar_that_trains(task):
+    logits, targets = _batch(task)
+    for name in task.losses:
+        leaf = logits.detach().clone().requires_grad_(True)
+        loss = task.create_loss(name, LossOptions())(leaf, targets)
+        loss.backward()
+        assert loss.ndim == 0 and torch.isfinite(loss) and leaf.grad is not None
+
+
+def test_a_loss_of_another_task_is_refused(task):
+    others = {name for other in list_tasks() for name in get_task(other).losses} - set(task.losses)
+    for name in others:
+        with pytest.raises(Exception, match=f"does not fit task '{task.name}'"):
+            task.check_loss(name)
+
+
+def test_probabilities_round_trip_and_distillation_vanishes_on_agreement(task):
+    logits, _ = _batch(task)
+    probs = task.probabilities(logits)
+    torch.testing.assert_close(task.probabilities(task.logits_of(probs)), probs, atol=1e-5, rtol=1e-4)
+    assert float(task.divergence(logits, logits.clone(), 4.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(task.divergence(logits, -logits, 4.0)) > 0.0
+
+
+def test_a_tally_gives_scores_with_the_headline_score_and_its_row(task):
+    tally = task.tally(torch.device("cpu"))
+    for seed in (0, 1):
+        tally.add(*_batch(task, seed))
+    scores = tally.result(1.0)
+    assert scores.images == 2 * BATCH and 0.0 <= scores.score <= 1.0 and scores.loss >= 0.0
+    assert isinstance(scores.to_dict(), dict)
+    row = task.row(scores, None)
+    assert set(row) == set(task.columns) and row[f"val_{task.metric}"] == scores.score
+    assert row[f"ema_{task.metric}"] is None
+
+
+def test_what_a_checkpoint_records_is_text(task):
+    record = task.checkpoint_record(threshold=0.5)
+    assert all(isinstance(key, str) and isinstance(value, str) for key, value in record.items())
+
+
+def test_predictions_come_one_per_image_and_failures_carry_their_error(task):
+    logits, _ = _batch(task)
+    names = [f"image{i}.png" for i in range(BATCH)]
+    labels = [f"class {i}" for i in range(OUTPUTS)]
+    answers = task.answers(names, logits, labels, None, topk=3, threshold=0.5)
+    assert [answer.file for answer in answers] == names
+    assert all(answer.error is None and len(answer.topk) == 3 for answer in answers)
+    assert all(isinstance(answer.to_dict(), dict) and answer.lines()[0] == answer.file for answer in answers)
+    failed = task.failure("broken.png", "cannot read broken.png")
+    assert failed.error == "cannot read broken.png" and failed.to_dict()["error"] == failed.error
+
+
+def test_every_task_is_served_by_a_data_source(task):
+    assert any(task.name in source.tasks for source in list_sources())
