@@ -67,11 +67,11 @@ from tresnet.deploy import (
     quantize,
 )
 from tresnet.deploy.exactness import exact_outputs, relative_error, run_outputs
-from tresnet.engine.config import CONFIG_FILE, TrainConfig, build_config, saved_config
-from tresnet.engine.train_data import build_train_data
-from tresnet.engine.validate import evenly_spaced
 from tresnet.files import write_text
+from tresnet.inference.validate import evenly_spaced
 from tresnet.tasks.multilabel_metrics import mean_average_precision
+from tresnet.training.config import CONFIG_FILE, TrainConfig, build_config, saved_config
+from tresnet.training.run_data import build_train_data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MAX_POINTS = 0.5  # the limit on a path's distance to fp32

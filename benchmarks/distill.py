@@ -7,7 +7,7 @@ split (1,438 images); each student, GENet-light, sees only ``--train-per-class``
 where distillation has something to give: a small network with little labelled data, and a larger one
 trained on more. Both train from scratch with the digits-demo recipe (AdamW, cosine, EMA, label smoothing).
 
-Runs, each with ``tresnet.engine.train.train`` (the code path of ``tresnet train``):
+Runs, each with ``tresnet.training.trainer.train`` (the code path of ``tresnet train``):
 
 1. the teacher (``--teacher-epochs``, seed 0);
 2. students without distillation, seeds ``--seeds`` (``none``);
@@ -44,9 +44,9 @@ from PIL import Image
 from tresnet.bench import command_line, machine_record
 from tresnet.data.digits import load_digits_images
 from tresnet.data.splits import stratified_split
-from tresnet.engine.config import FIELDS, build_config
-from tresnet.engine.train import BEST_FILE, SUMMARY_FILE, train
 from tresnet.files import write_text
+from tresnet.training.config import FIELDS, build_config
+from tresnet.training.trainer import BEST_FILE, SUMMARY_FILE, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("none", "kd", "th-kd", "sh-kd")

@@ -31,8 +31,8 @@ from PIL import Image
 import tresnet
 from tresnet.bench.machine import cpu_name
 from tresnet.data import ImageFolderDataset, create_eval_transform, create_loader
-from tresnet.engine.evaluate import evaluate
 from tresnet.files import write_text
+from tresnet.inference.evaluate import evaluate
 from tresnet.runtime import DEVICE_HELP, PRECISION_HELP, autocast, check_precision, resolve_device
 from tresnet.tasks import get_task
 

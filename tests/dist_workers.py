@@ -51,8 +51,8 @@ def gather_multilabel(rank: int, world: int, init_file: str, logits: torch.Tenso
     """Evaluate this rank's shard (every world-th row, as ShardedEpochSampler(shuffle=False)) through a
     MultiLabelRows in batches of 3; rank 0 saves the gathered rows and their metrics."""
     from tresnet.collectives import DistInfo, all_gather_rows
-    from tresnet.engine.distributed import ShardedEpochSampler
     from tresnet.tasks.multilabel_metrics import MultiLabelRows, multilabel_metrics
+    from tresnet.training.distributed import ShardedEpochSampler
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:

@@ -1,5 +1,5 @@
 """benchmarks/distill.py: the data it writes, the spread and the verdict it prints (the training runs are the
-trainer's, tested in tests/engine)."""
+trainer's, tested in tests/training)."""
 
 from __future__ import annotations
 

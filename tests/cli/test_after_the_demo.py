@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import tresnet
-from engine.train_testdata import make_train_val
 from helpers import requires_onnx, requires_sklearn
+from training.train_testdata import make_train_val
 from tresnet.cli.main import main
 
 # One short epoch that learns (about 60% top-1 on digits): a score that a wrong preprocessing would not reproduce.

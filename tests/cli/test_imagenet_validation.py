@@ -21,8 +21,8 @@ from tresnet.cli import _common
 from tresnet.cli.main import main
 from tresnet.data.imagenet import devkit_synsets, imagenet_synset_index, imagenet_synsets
 from tresnet.data.transforms import Preprocessing
-from tresnet.engine.evaluate import evaluate
-from tresnet.engine.validate import validate
+from tresnet.inference.evaluate import evaluate
+from tresnet.inference.validate import validate
 from tresnet.tasks import get_task
 
 SMALL = ["--img-size", "64", "--device", "cpu", "--workers", "0", "--batch-size", "4"]

@@ -19,9 +19,9 @@ from helpers import StandInClassifier
 from tresnet.cli import _common
 from tresnet.cli.main import main
 from tresnet.data.transforms import Preprocessing
-from tresnet.engine.predict import predict
-from tresnet.engine.validate import validate
 from tresnet.errors import ConfigError
+from tresnet.inference.predict import predict
+from tresnet.inference.validate import validate
 from tresnet.tasks.multilabel import MultiLabelReport
 
 CLASSES = ["cat", "ant", "bee"]  # the COCO file's category order (ids 7, 3, 5): not sorted, not by id

@@ -183,7 +183,7 @@ def test_the_deprecated_amp_flag_still_works_and_says_so(folder, checkpoint, cap
 
 @pytest.mark.slow  # a forward pass of tresnet_m (seconds on a CPU)
 def test_predict_from_python_gives_the_same_answers_as_the_command(folder, checkpoint, tmp_path):
-    from tresnet.engine.predict import predict
+    from tresnet.inference.predict import predict
 
     out = tmp_path / "cli.json"
     main(["predict", "--checkpoint", str(checkpoint), "--batch-size", "3", "--json", str(out), str(folder), *SMALL])
@@ -196,7 +196,7 @@ def test_predict_from_python_gives_the_same_answers_as_the_command(folder, check
 
 def test_validate_from_python_reports_what_the_json_holds(folder, checkpoint):
     from tresnet.data import UnreadableImageWarning
-    from tresnet.engine.validate import validate
+    from tresnet.inference.validate import validate
     from tresnet.tasks.classification import ClassificationReport
 
     model = tresnet.create_model(checkpoint_path=checkpoint)

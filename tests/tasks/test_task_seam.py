@@ -19,11 +19,11 @@ import tresnet
 from tresnet.data.digits_mosaic import DigitsMosaicDataset
 from tresnet.data.sources import DataSource, TrainData, ValidationOptions, register_source, unregister_source
 from tresnet.data.transforms import Preprocessing
-from tresnet.engine.config import TrainConfig
-from tresnet.engine.evaluate import evaluate
-from tresnet.engine.train import train
-from tresnet.engine.validate import validate
+from tresnet.inference.evaluate import evaluate
+from tresnet.inference.validate import validate
 from tresnet.tasks import LossOptions, Task, get_task, register_task, unregister_task
+from tresnet.training.config import TrainConfig
+from tresnet.training.trainer import train
 
 NAME = "digit-count"
 IMAGES = 96  # mosaics drawn: enough for an epoch of a few steps

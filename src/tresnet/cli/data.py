@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tresnet.engine.bundled import write_bundled_set
+    from tresnet.inference.bundled import write_bundled_set
 
     written = write_bundled_set(args.name, args.output, split=args.split, checkpoint=args.checkpoint,
                                 img_size=args.img_size)

@@ -46,9 +46,9 @@ def _print(answer) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tresnet.data.bundled import BUNDLED_SETS, bundled_set
-    from tresnet.engine.evaluate import model_threshold, resolve_task
-    from tresnet.engine.predict import predict
     from tresnet.errors import ConfigError
+    from tresnet.inference.evaluate import model_threshold, resolve_task
+    from tresnet.inference.predict import predict
     from tresnet.runtime import resolve_device
 
     if args.topk < 1:

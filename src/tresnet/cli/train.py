@@ -1,7 +1,7 @@
 """`tresnet train`: train or fine-tune a TResNet or a GENet on an ImageNet-style folder or the bundled digits.
 
 Every option is also a recipe key (``--batch-size`` is ``batch_size``); see
-:mod:`tresnet.engine.config` for the precedence of defaults, recipes and options.
+:mod:`tresnet.training.config` for the precedence of defaults, recipes and options.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tresnet.engine.config import TrainConfig
+    from tresnet.training.config import TrainConfig
 
 _GROUP_TITLES = {
     "run": "run",
@@ -25,8 +25,9 @@ _METAVARS = {int: "N", float: "F", str: "NAME", tuple: "F"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``train``: one option per :class:`~tresnet.engine.config.TrainConfig` field, plus ``--config``."""
-    from tresnet.engine.config import FIELDS, field_type, list_recipes
+    """Register ``train``: one option per :class:`~tresnet.training.config.TrainConfig` field, plus ``--config``."""
+    from tresnet.recipes import list_recipes
+    from tresnet.training.config import FIELDS, field_type
 
     parser = subparsers.add_parser(
         "train", help="train or fine-tune a model (recipes, transfer, 448 px, resume, torchrun)",
@@ -84,7 +85,7 @@ def _build_config(args: argparse.Namespace, said: set[str | None]) -> TrainConfi
     """The run's configuration; the deprecations met on the way (recipe keys) become warning lines,
     but for those already ``said``."""
     from tresnet.cli._common import say
-    from tresnet.engine.config import FIELDS, LEGACY_PRECISION_KEYS, build_config
+    from tresnet.training.config import FIELDS, LEGACY_PRECISION_KEYS, build_config
 
     overrides = {name: getattr(args, name) for name in (*FIELDS, *LEGACY_PRECISION_KEYS) if hasattr(args, name)}
     with warnings.catch_warnings(record=True) as caught:
@@ -102,7 +103,7 @@ def _build_config(args: argparse.Namespace, said: set[str | None]) -> TrainConfi
 def _note_family_recipe(asked: str | None, overrides: dict) -> None:
     """Say so when the recipe asked for is replaced by its form for the model's family (``finetune-genet``)."""
     from tresnet.cli._common import say
-    from tresnet.engine.config import run_recipe
+    from tresnet.training.config import run_recipe
 
     used = run_recipe(asked, overrides)
     if asked is not None and used is not None and str(used) != str(asked):
@@ -111,7 +112,7 @@ def _note_family_recipe(asked: str | None, overrides: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the configuration from ``args`` and train; errors of ours reach the dispatcher as one line."""
-    from tresnet.engine.train import train
+    from tresnet.training.trainer import train
 
     cfg = _build_config(args, {_deprecated_flags_warning(args)})
     train(cfg)

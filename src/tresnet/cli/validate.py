@@ -91,7 +91,7 @@ def _recorded_task(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from tresnet.data.sources import claimed_source
-    from tresnet.engine.validate import open_validation_data, prepare_validation
+    from tresnet.inference.validate import open_validation_data, prepare_validation
     from tresnet.runtime import resolve_device
     from tresnet.tasks import DEFAULT_TASK
 

@@ -42,6 +42,7 @@ class BundledSet:
     title: str
     draw: Callable[..., Dataset]  # (split, img_size, transform, val_fraction, split_seed) -> dataset
     one_class_per_image: bool
+    recipe: str  # the shipped demo recipe a run on it uses when none is named (its split and size by default)
 
 
 def _draw_digits(split: str, img_size: int, transform, val_fraction: float, split_seed: int) -> Dataset:
@@ -53,10 +54,11 @@ def _draw_mosaics(split: str, img_size: int, transform, val_fraction: float, spl
 
 
 BUNDLED_SETS = {
-    "digits": BundledSet("digits", "multiclass", "scikit-learn's handwritten digits", _draw_digits, True),
+    "digits": BundledSet("digits", "multiclass", "scikit-learn's handwritten digits", _draw_digits, True,
+                         "digits-demo"),
     "digits-multilabel": BundledSet("digits-multilabel", "multilabel",
                                     "mosaics of scikit-learn's handwritten digits (multilabel)", _draw_mosaics,
-                                    False),
+                                    False, "digits-multilabel-demo"),
 }
 
 

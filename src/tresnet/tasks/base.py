@@ -165,7 +165,7 @@ class Task:
         return None, None
 
     def report(self, run: Any, scores: Scores) -> Any:
-        """The typed validation report of ``run`` (a :class:`tresnet.engine.validate.Validation`)."""
+        """The typed validation report of ``run`` (a :class:`tresnet.inference.validate.Validation`)."""
         raise NotImplementedError
 
     def answers(self, names: list[str], logits: Tensor, labels: list[str], synsets: Sequence[str] | None, *,

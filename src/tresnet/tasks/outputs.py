@@ -38,7 +38,7 @@ class RunFacts:
 
     @classmethod
     def of(cls, run: Any, scores: Any) -> RunFacts:
-        """The facts of ``run`` (a :class:`tresnet.engine.validate.Validation`) and its ``scores``."""
+        """The facts of ``run`` (a :class:`tresnet.inference.validate.Validation`) and its ``scores``."""
         info = getattr(run.model, "checkpoint_info", None)
         return cls(model=run.model.pretrained_cfg["model"], checkpoint=str(info.path) if info is not None else None,
                    checkpoint_format=info.format if info is not None else None, task=run.task.name,

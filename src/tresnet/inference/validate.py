@@ -6,7 +6,7 @@ model on COCO-style annotations or a labels CSV (:func:`tresnet.data.multilabel.
 thresholded precision / recall.
 
     import tresnet
-    from tresnet.engine.validate import validate
+    from tresnet.inference.validate import validate
 
     model = tresnet.create_model("tresnet_m", checkpoint_path="tresnet_m.pth")
     report = validate(model, "imagenet/val", batch_size=128, workers=8, precision="amp")
@@ -42,9 +42,9 @@ from tresnet.data.multilabel import MultiLabelDataset
 from tresnet.data.sources import ValidationOptions, find_source, usages
 from tresnet.data.transforms import Preprocessing
 from tresnet.deploy.inference import check_inference_options, inference_model
-from tresnet.engine.bundled import bundled_split
-from tresnet.engine.evaluate import evaluate, model_threshold, resolve_task
 from tresnet.errors import ConfigError, DataError
+from tresnet.inference.bundled import bundled_split
+from tresnet.inference.evaluate import evaluate, model_threshold, resolve_task
 from tresnet.runtime import resolve_device
 from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD, Task, check_threshold, get_task
 

@@ -440,7 +440,7 @@ class Distiller:
 
 def create_distiller(cfg, class_names: list[str], student: nn.Module, criterion: nn.Module, img_size: int,
                      device: torch.device, saved: dict | None = None) -> Distiller:
-    """The :class:`Distiller` of the run configured by ``cfg`` (a :class:`~tresnet.engine.config.TrainConfig`
+    """The :class:`Distiller` of the run configured by ``cfg`` (a :class:`~tresnet.training.config.TrainConfig`
     with ``distill`` set) for ``student`` on ``device``: the teacher from its checkpoint, or from the
     ``saved`` state of a resumed run. ``criterion`` is the run's own loss (cross-entropy, ASL...).
 

@@ -23,26 +23,24 @@ import typing
 import warnings
 from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tresnet.data.bundled import bundled_set
 from tresnet.data.sources import find_source
 from tresnet.data.transforms import CROP_MODES
 from tresnet.errors import ConfigError
 from tresnet.files import write_text
 from tresnet.layers import NORMS as LAYER_NORMS
 from tresnet.models.registry import HEADS, family_of, resolve_norm
+from tresnet.recipes import list_recipes, read_recipe, recipe_path
 from tresnet.runtime import PRECISIONS, legacy_precision
 from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD, get_task
 from tresnet.tasks.losses import REDUCTIONS
 
 CONFIG_FILE = "config.yaml"  # the effective configuration, saved in the output folder
-DIGITS_RECIPE = "digits-demo"
-# The recipe a run on a bundled data set uses when none is named.
-DEMO_RECIPES = {"digits": DIGITS_RECIPE, "digits-multilabel": "digits-multilabel-demo"}
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -500,29 +498,6 @@ def coerce_values(raw: Mapping[str, Any], where: str = "the configuration") -> d
 # --- recipes -----------------------------------------------------------------------------------------
 
 
-def _recipes_dir():
-    return resources.files("tresnet") / "configs"
-
-
-def list_recipes() -> list[str]:
-    """Names of the recipes shipped with the package (``imagenet-paper``, ``finetune``, ...)."""
-    return sorted(p.name[: -len(".yaml")] for p in _recipes_dir().iterdir() if p.name.endswith(".yaml"))
-
-
-def recipe_path(name_or_path: str | Path) -> Path:
-    """The file of a recipe: a path to a YAML file, or the name of a shipped recipe."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    name = str(name_or_path)
-    name = name[: -len(".yaml")] if name.endswith(".yaml") else name
-    shipped = _recipes_dir() / f"{name}.yaml"
-    if "/" not in name and shipped.is_file():
-        return Path(str(shipped))
-    raise ConfigError(f"no recipe {str(name_or_path)!r}: not a YAML file, nor a shipped recipe "
-                      f"({', '.join(list_recipes())})")
-
-
 def recipe_for_model(name_or_path: str | Path, model: str) -> str | Path:
     """The recipe a run of ``model`` uses when ``name_or_path`` is asked for: the family form
     ``NAME-FAMILY`` of a shipped recipe ``NAME`` when it is shipped (``finetune`` -> ``finetune-genet``
@@ -537,19 +512,10 @@ def recipe_for_model(name_or_path: str | Path, model: str) -> str | Path:
 
 
 def load_recipe(name_or_path: str | Path) -> dict:
-    """The checked values of a recipe (keys may use ``-`` or ``_``); :class:`ConfigError` for an
-    unknown key, a bad value or a file that is not a YAML mapping."""
-    path = recipe_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"recipe {path} is not valid YAML: {first}") from e
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"recipe {path} must be a mapping of keys to values, got a {type(raw).__name__}")
-    return coerce_values(raw, f"recipe {path}")
+    """The checked values of a recipe (keys may use ``-`` or ``_``): :func:`tresnet.recipes.read_recipe`
+    coerced to the configuration's types; :class:`ConfigError` for an unknown key, a bad value or a file that is
+    not a YAML mapping."""
+    return coerce_values(read_recipe(name_or_path), f"recipe {recipe_path(name_or_path)}")
 
 
 # --- resuming ----------------------------------------------------------------------------------------
@@ -583,8 +549,9 @@ def run_recipe(recipe: str | Path | None, overrides: Mapping[str, Any]) -> str |
     """The recipe a run given ``recipe`` and the options ``overrides`` uses: the demo recipe of an embedded
     data set without one (``digits-demo``, ``digits-multilabel-demo``), and the family form of a shipped recipe (:func:`recipe_for_model`)
     for the model of the options (else of the recipe, else the default ``tresnet_m``)."""
-    if recipe is None and overrides.get("data") in DEMO_RECIPES:
-        recipe = DEMO_RECIPES[overrides["data"]]
+    bundled = bundled_set(overrides.get("data") or "")
+    if recipe is None and bundled is not None:  # a run on a bundled set uses its demo recipe when none is named
+        recipe = bundled.recipe
     if recipe is None:
         return None
     model = overrides.get("model") or load_recipe(recipe).get("model") or FIELDS["model"].default
@@ -617,7 +584,7 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     write_text(path, text + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-__all__ = ["CONFIG_FILE", "DEMO_RECIPES", "DISTILL_METHODS", "FIELDS", "HEADS", "LEGACY_PRECISION_KEYS", "NORMS", "RESUME_FREE", "TrainConfig",
-           "build_config", "check_resume", "coerce_value", "coerce_values", "field_type", "list_recipes",
-           "load_recipe", "recipe_for_model", "recipe_path", "run_recipe", "save_config", "saved_config",
+__all__ = ["CONFIG_FILE", "DISTILL_METHODS", "FIELDS", "LEGACY_PRECISION_KEYS", "NORMS", "RESUME_FREE", "TrainConfig",
+           "build_config", "check_resume", "coerce_value", "coerce_values", "field_type",
+           "load_recipe", "recipe_for_model", "run_recipe", "save_config", "saved_config",
            "with_model_defaults"]

@@ -17,7 +17,8 @@ import yaml
 from safetensors.torch import load_file
 
 import tresnet
-from engine.train_testdata import (
+from helpers import randomize_norms, requires_sklearn
+from training.train_testdata import (
     FAST,
     Killed,
     kill_mid_second_epoch,
@@ -26,14 +27,13 @@ from engine.train_testdata import (
     torchrun_train,
     weight_distance,
 )
-from helpers import randomize_norms, requires_sklearn
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.cli.main import main
-from tresnet.engine.config import build_config, load_recipe
-from tresnet.engine.distill import install_saved_frozen_head
-from tresnet.engine.train import train
 from tresnet.errors import CheckpointError, ConfigError
 from tresnet.tasks import get_task
+from tresnet.training.config import build_config, load_recipe
+from tresnet.training.distill import install_saved_frozen_head
+from tresnet.training.trainer import train
 
 GENET = {**FAST, "model": "genet_light"}
 CLASSES = ["class_0", "class_1", "class_2"]
@@ -93,8 +93,8 @@ def teachers(tmp_path_factory):
 
 def _spy(monkeypatch, seen: dict) -> None:
     """Catch the run's Distiller (its teacher head as built, the modes its frozen parts run in) and optimiser."""
-    import tresnet.engine.optim as optim
-    import tresnet.engine.train as train_module
+    import tresnet.training.optim as optim
+    import tresnet.training.trainer as train_module
 
     make_distiller, make_optimizer = train_module.create_distiller, optim.create_optimizer
     seen["modes"] = []

@@ -1,4 +1,4 @@
-"""tresnet.engine.evaluate with the multilabel task's tally: mAP, the thresholded precision / recall and the loss
+"""tresnet.inference.evaluate with the multilabel task's tally: mAP, the thresholded precision / recall and the loss
 of a multi-label model whose logits are known, checked against scikit-learn and torch; exact under DDP; and
 resolve_task."""
 
@@ -18,8 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tresnet.data.datasets import ImageBatch, UnreadableImage
-from tresnet.engine.evaluate import evaluate, resolve_task
 from tresnet.errors import ConfigError, DataError
+from tresnet.inference.evaluate import evaluate, resolve_task
 from tresnet.tasks import Task, get_task
 from tresnet.tasks.multilabel import MultiLabelScores, MultiLabelTally
 
@@ -171,8 +171,8 @@ _WORKER = """
 import json, sys
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from tresnet.engine import distributed
-from tresnet.engine.evaluate import evaluate
+from tresnet.training import distributed
+from tresnet.inference.evaluate import evaluate
 from tresnet.tasks import get_task
 
 logits, targets = torch.load(sys.argv[1])

@@ -10,15 +10,15 @@ import os
 import pytest
 import torch
 
-from engine.train_testdata import FAST, make_train_val
 from helpers import requires_matplotlib
+from training.train_testdata import FAST, make_train_val
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.cli.main import main
-from tresnet.engine.config import TrainConfig, build_config
-from tresnet.engine.train import metrics_figure, train
 from tresnet.errors import ConfigError, FileWriteError
 from tresnet.files import intercept_writes
 from tresnet.tasks import get_task
+from tresnet.training.config import TrainConfig, build_config
+from tresnet.training.trainer import metrics_figure, train
 
 GENET = {**FAST, "model": "genet_light"}
 TORCH_WRITER_ERROR = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"

@@ -7,22 +7,21 @@ import warnings
 import pytest
 
 from tresnet.data.transforms import CROP_MODES
-from tresnet.engine.config import (
+from tresnet.errors import ConfigError, ModelNotFoundError
+from tresnet.layers import NORMS as LAYER_NORMS
+from tresnet.recipes import list_recipes, recipe_path
+from tresnet.runtime import PRECISIONS
+from tresnet.training.config import (
     FIELDS,
     NORMS,
     TrainConfig,
     build_config,
-    list_recipes,
     load_recipe,
     recipe_for_model,
-    recipe_path,
     run_recipe,
     save_config,
     with_model_defaults,
 )
-from tresnet.errors import ConfigError, ModelNotFoundError
-from tresnet.layers import NORMS as LAYER_NORMS
-from tresnet.runtime import PRECISIONS
 
 BASE = {"data": "digits", "output": "out"}
 

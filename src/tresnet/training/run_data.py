@@ -7,7 +7,7 @@ from __future__ import annotations
 from tresnet.data.sources import DataSource, TrainData, find_source
 from tresnet.data.train_transforms import create_train_transform
 from tresnet.data.transforms import normalisation
-from tresnet.engine.config import TrainConfig
+from tresnet.training.config import TrainConfig
 
 
 def train_source(cfg: TrainConfig) -> DataSource:

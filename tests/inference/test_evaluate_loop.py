@@ -1,4 +1,4 @@
-"""tresnet.engine.evaluate with the multiclass task's tally: top-1 / top-5 arithmetic on inputs whose answers are
+"""tresnet.inference.evaluate with the multiclass task's tally: top-1 / top-5 arithmetic on inputs whose answers are
 known, in the task's typed scores."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tresnet import get_pretrained_cfg
 from tresnet.data import ImageFolderDataset, UnreadableImageWarning, create_eval_transform, create_loader
-from tresnet.engine.evaluate import evaluate
 from tresnet.errors import ConfigError, DataError
+from tresnet.inference.evaluate import evaluate
 from tresnet.tasks import get_task
 from tresnet.tasks.classification import ClassificationScores, ClassificationTally
 

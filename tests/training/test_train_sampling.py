@@ -13,8 +13,8 @@ from tresnet.data.digits import DigitsDataset, digits_split, load_digits_images
 from tresnet.data.splits import stratified_split
 from tresnet.data.train_transforms import TRAIN_INTERPOLATIONS, create_batch_mix, create_train_transform
 from tresnet.data.transforms import INTERPOLATIONS
-from tresnet.engine.distributed import SeededSamples, ShardedEpochSampler
 from tresnet.errors import ConfigError
+from tresnet.training.distributed import SeededSamples, ShardedEpochSampler
 
 
 def test_two_shards_make_the_one_process_batches():

@@ -12,13 +12,13 @@ import yaml
 from safetensors.torch import load_file
 
 import tresnet
-from engine.train_testdata import FAST, Killed, kill_mid_second_epoch, make_train_val
 from helpers import requires_sklearn
+from training.train_testdata import FAST, Killed, kill_mid_second_epoch, make_train_val
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.data.transforms import Preprocessing
-from tresnet.engine.config import build_config, load_recipe
-from tresnet.engine.train import train
-from tresnet.engine.validate import validate
+from tresnet.inference.validate import validate
+from tresnet.training.config import build_config, load_recipe
+from tresnet.training.trainer import train
 
 GENET = {**FAST, "model": "genet_light"}
 IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406))[:, None, None]
@@ -93,8 +93,8 @@ def test_validation_during_training_agrees_with_validate_afterwards(folder, tmp_
 @requires_sklearn
 def test_digits_are_normalised_for_genet_and_left_in_0_1_for_tresnet():
     from tresnet.data.digits import DigitsDataset
-    from tresnet.engine.distributed import SeededSamples
-    from tresnet.engine.train_data import build_train_data
+    from tresnet.training.distributed import SeededSamples
+    from tresnet.training.run_data import build_train_data
 
     data = {}
     for model in ("genet_light", "tresnet_m"):

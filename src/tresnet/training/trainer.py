@@ -1,13 +1,13 @@
 """The training loop: recipes, transfer and high-resolution fine-tuning, exact resume, DDP.
 
-:func:`train` runs a :class:`~tresnet.engine.config.TrainConfig` and writes into ``cfg.output``:
+:func:`train` runs a :class:`~tresnet.training.config.TrainConfig` and writes into ``cfg.output``:
 
 - ``config.yaml``: the effective configuration (reusable with ``--config``);
 - ``last.safetensors`` / ``best.safetensors``: weights in our format with the class names and the task
   (best is the model or its EMA, whichever scored higher: top-1 for multiclass, mAP for multilabel);
 - ``resume.pt``: everything ``--resume`` needs (model, optimiser, scheduler, scaler, EMA, RNG states,
   epoch, step, metrics so far; when distilling, the teacher, its copied head and the projection, which
-  never reach the weights files: :mod:`tresnet.engine.distill`);
+  never reach the weights files: :mod:`tresnet.training.distill`);
 - ``metrics.csv``, ``tensorboard/`` (if installed), ``metrics.png`` (if matplotlib is installed);
 - ``summary.json`` at the end.
 
@@ -41,8 +41,13 @@ from tresnet import collectives
 from tresnet.checkpoint import save_checkpoint
 from tresnet.collectives import DistInfo
 from tresnet.data.transforms import describe_normalisation
-from tresnet.engine import distributed
-from tresnet.engine.config import (
+from tresnet.errors import ConfigError, FileWriteError, TResNetError
+from tresnet.files import atomic_write, write_text
+from tresnet.inference.evaluate import evaluate
+from tresnet.runtime import autocast, check_precision, needs_grad_scaler, warn_if_bf16_is_emulated
+from tresnet.tasks import LossOptions, Scores, Task, get_task
+from tresnet.training import distributed
+from tresnet.training.config import (
     CONFIG_FILE,
     TrainConfig,
     check_resume,
@@ -50,7 +55,7 @@ from tresnet.engine.config import (
     saved_config,
     with_model_defaults,
 )
-from tresnet.engine.distill import (
+from tresnet.training.distill import (
     BlendedStudent,
     create_distiller,
     frozen_head_source,
@@ -59,13 +64,8 @@ from tresnet.engine.distill import (
     ordinary_model,
     saved_frozen_head_kind,
 )
-from tresnet.engine.distributed import SeededSamples, ShardedEpochSampler, derive_seed
-from tresnet.engine.evaluate import evaluate
-from tresnet.engine.train_data import build_train_data, train_source
-from tresnet.errors import ConfigError, FileWriteError, TResNetError
-from tresnet.files import atomic_write, write_text
-from tresnet.runtime import autocast, check_precision, needs_grad_scaler, warn_if_bf16_is_emulated
-from tresnet.tasks import LossOptions, Scores, Task, get_task
+from tresnet.training.distributed import SeededSamples, ShardedEpochSampler, derive_seed
+from tresnet.training.run_data import build_train_data, train_source
 
 RESUME_FILE = "resume.pt"
 LAST_FILE = "last.safetensors"
@@ -407,8 +407,8 @@ class _Trainer:
     def _build_optimisation(self) -> None:
         """Optimiser, schedule, loss scaler, EMA, loss and batch mixing."""
         from tresnet.data.train_transforms import create_batch_mix
-        from tresnet.engine.ema import ModelEma
-        from tresnet.engine.optim import create_optimizer, create_scheduler
+        from tresnet.training.ema import ModelEma
+        from tresnet.training.optim import create_optimizer, create_scheduler
 
         cfg = self.cfg
         self.optimizer = create_optimizer(self.net_module, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import tresnet
-from tresnet.engine.ema import ModelEma
-from tresnet.engine.optim import WarmupCosine, create_optimizer, create_scheduler, param_groups
+from tresnet.training.ema import ModelEma
+from tresnet.training.optim import WarmupCosine, create_optimizer, create_scheduler, param_groups
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,15 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import tresnet
-from engine.train_testdata import FAST, Killed, kill_mid_second_epoch, make_colour_mosaics
 from helpers import requires_sklearn
+from training.train_testdata import FAST, Killed, kill_mid_second_epoch, make_colour_mosaics
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.data.sources import random_split
 from tresnet.data.train_transforms import BatchMix, Cutout, create_train_transform
-from tresnet.engine.config import build_config, run_recipe
-from tresnet.engine.train import metric_columns, train
 from tresnet.errors import ConfigError, DataError
 from tresnet.tasks import get_task
+from tresnet.training.config import build_config, run_recipe
+from tresnet.training.trainer import metric_columns, train
 
 MULTILABEL_FAST = {**FAST, "task": "multilabel"}
 

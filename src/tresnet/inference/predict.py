@@ -2,7 +2,7 @@
 for a multi-label model also every label whose probability exceeds a threshold.
 
     import tresnet
-    from tresnet.engine.predict import predict
+    from tresnet.inference.predict import predict
 
     model = tresnet.create_model(checkpoint_path="runs/digits/best.safetensors")
     for answer in predict(model, ["photos/"], topk=3):
@@ -27,9 +27,9 @@ from tresnet.data.bundled import BundledValidationSet
 from tresnet.data.class_mapping import read_class_map
 from tresnet.data.transforms import Preprocessing
 from tresnet.deploy.inference import check_inference_options, inference_model
-from tresnet.engine.bundled import bundled_split
-from tresnet.engine.evaluate import model_threshold, resolve_task
 from tresnet.errors import ConfigError, DataError
+from tresnet.inference.bundled import bundled_split
+from tresnet.inference.evaluate import model_threshold, resolve_task
 from tresnet.runtime import autocast
 from tresnet.tasks import Task, check_threshold
 from tresnet.tasks.outputs import Prediction

@@ -8,10 +8,10 @@ import torch
 from safetensors.torch import load_file
 
 import tresnet
-from engine.train_testdata import make_train_val, torchrun_train, weight_distance
+from training.train_testdata import make_train_val, torchrun_train, weight_distance
 from tresnet.checkpoint import read_checkpoint_metadata
-from tresnet.engine.config import build_config
-from tresnet.engine.train import train
+from tresnet.training.config import build_config
+from tresnet.training.trainer import train
 
 
 @pytest.mark.slow
@@ -52,8 +52,8 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
 
 
 def test_sync_batch_norm_keeps_the_activation_the_names_and_the_outputs():
-    from tresnet.engine.distributed import SyncBatchNormAct2d, sync_batch_norm
     from tresnet.layers import BatchNormAct2d
+    from tresnet.training.distributed import SyncBatchNormAct2d, sync_batch_norm
 
     torch.manual_seed(0)
     model = tresnet.create_model("genet_light", num_classes=4)
@@ -102,9 +102,9 @@ def test_multilabel_training_under_torchrun_scores_the_map_of_the_whole_val_set(
     from torch.utils.data import Subset
 
     from tresnet.data import create_loader
-    from tresnet.engine.evaluate import evaluate
-    from tresnet.engine.train_data import build_train_data
+    from tresnet.inference.evaluate import evaluate
     from tresnet.tasks import get_task
+    from tresnet.training.run_data import build_train_data
 
     torchrun_train(dict(task="multilabel", data="digits-multilabel", output=str(tmp_path / "two"), batch_size=4,
                         epochs=1, max_steps_per_epoch=2, max_val_images=40, ema_decay=0, progress=False,

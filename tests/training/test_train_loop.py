@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import load_file
 
 import tresnet
-from engine.train_testdata import FAST, Killed, kill_mid_second_epoch, make_image_folder, make_train_val
 from helpers import requires_sklearn
+from training.train_testdata import FAST, Killed, kill_mid_second_epoch, make_image_folder, make_train_val
 from tresnet.checkpoint import read_checkpoint_metadata
-from tresnet.engine.config import build_config, load_recipe
-from tresnet.engine.train import TrainingDivergedError, metric_columns, train
 from tresnet.errors import CheckpointError, ConfigError, DataError
 from tresnet.tasks import get_task
+from tresnet.training.config import build_config, load_recipe
+from tresnet.training.trainer import TrainingDivergedError, metric_columns, train
 
 RECIPES = ["imagenet-paper", "imagenet-timm", "finetune", "highres-448",
            pytest.param("digits-demo", marks=requires_sklearn)]

@@ -13,8 +13,9 @@ from torch import nn
 import tresnet
 from helpers import randomize_norms
 from tresnet.data.transforms import normalisation
-from tresnet.engine.config import build_config
-from tresnet.engine.distill import (
+from tresnet.errors import ConfigError
+from tresnet.training.config import build_config
+from tresnet.training.distill import (
     BlendedStudent,
     DistillationLoss,
     FrozenTeacher,
@@ -29,8 +30,7 @@ from tresnet.engine.distill import (
     kd_loss,
     ordinary_model,
 )
-from tresnet.engine.optim import create_optimizer
-from tresnet.errors import ConfigError
+from tresnet.training.optim import create_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_math_thread")
 

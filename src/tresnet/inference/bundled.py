@@ -1,7 +1,7 @@
 """The bundled data sets as a training run used them: the validation split (``val_split``, ``split_seed``) and
 image size that a checkpoint of ours records, else those of the set's demo recipe; and writing a split to disk.
 
-    from tresnet.engine.bundled import write_bundled_set
+    from tresnet.inference.bundled import write_bundled_set
 
     written = write_bundled_set("digits", "digits_val", checkpoint="runs/digits/best.safetensors")
     print(written.summary())   # then: tresnet validate --data digits_val --checkpoint runs/digits/best.safetensors
@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.data.bundled import BUNDLED_SETS, bundled_set, write_bundled
-from tresnet.engine.config import DEMO_RECIPES, TrainConfig, load_recipe
 from tresnet.errors import DataError
+from tresnet.recipes import read_recipe
 
 
 def _demo_value(name: str, key: str):
-    """``key`` of bundled set ``name``'s demo recipe, else the configuration's default."""
-    recipe = load_recipe(DEMO_RECIPES[name])
-    return recipe[key] if key in recipe else {f.name: f.default for f in fields(TrainConfig)}[key]
+    """``key`` (``val_split``, ``split_seed``, ``img_size``) of bundled set ``name``'s demo recipe, which states
+    each of them."""
+    return read_recipe(bundled_set(name).recipe)[key]
 
 
 def _metadata(model_or_metadata: nn.Module | Mapping) -> Mapping:

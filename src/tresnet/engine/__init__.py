@@ -1,1 +1,0 @@
-"""Engine: the loops that run models over data (evaluation, training)."""
