@@ -1,4 +1,5 @@
-"""The GENet family: parameter counts, parity with timm's gernet_s/m/l, the uniform surface, configs, errors."""
+"""The GENet family: parameter counts, parity with timm's gernet_s/m/l, configs, errors (the surface every family
+shares: tests/models/test_model_contract.py)."""
 
 from __future__ import annotations
 
@@ -84,58 +85,6 @@ def test_features_only_matches_timm(out_indices):
     assert len(mine) == len(theirs) == len(out_indices)
     for a, b in zip(mine, theirs, strict=True):
         assert a.shape == b.shape and max_rel_diff(a, b) <= 1e-5
-
-
-def test_features_only_default_and_bad_indices():
-    model = tresnet.create_model("genet_large", features_only=True)
-    assert model.out_indices == (1, 2, 3, 4) and model.head is None
-    assert model.feature_info.channels() == [128, 192, 640, 2560]
-    assert model.feature_info.reduction() == [4, 8, 16, 32]
-    with torch.no_grad():
-        maps = model.eval()(torch.rand(1, 3, 64, 96))
-    assert [tuple(m.shape[1:]) for m in maps] == [(128, 16, 24), (192, 8, 12), (640, 4, 6), (2560, 2, 3)]
-    with pytest.raises(ValueError, match="out_indices"):
-        tresnet.create_model("genet_light", features_only=True, out_indices=(5,))
-
-
-def test_forward_features_head_and_pre_logits():
-    model = tresnet.create_model("genet_light", num_classes=7).eval()
-    x = torch.rand(2, 3, 64, 96)
-    with torch.no_grad():
-        feats = model.forward_features(x)
-        assert feats.shape == (2, 1920, 2, 3)
-        assert model.forward_head(feats, pre_logits=True).shape == (2, 1920)
-        assert torch.equal(model.forward_head(feats), model(x))
-    assert model(x).shape == (2, 7)
-
-
-def test_reset_classifier():
-    model = tresnet.create_model("genet_light")
-    model.reset_classifier(10)
-    assert model.head.fc.out_features == 10 and model.num_classes == 10 and model.pretrained_cfg["num_classes"] == 10
-    assert model.get_classifier() is model.head.fc
-    model.reset_classifier(0)
-    assert model.pretrained_cfg["num_classes"] == 0
-    with torch.no_grad():
-        assert model.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 1920)
-
-
-def test_grad_checkpointing_gives_the_same_loss_gradients_and_statistics():
-    a = randomize_norms(tresnet.create_model("genet_light"))
-    b = tresnet.create_model("genet_light")
-    b.load_state_dict(a.state_dict())
-    b.set_grad_checkpointing(True)
-    x = torch.rand(2, 3, 64, 64)
-    loss_a, loss_b = a(x).square().sum(), b(x).square().sum()
-    loss_a.backward()
-    loss_b.backward()
-    assert max_rel_diff(loss_b, loss_a) < 1e-6
-    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
-        assert max_rel_diff(q.grad, p.grad) < 1e-4, name
-    # the recomputation in backward must not update the running statistics a second time
-    for (name, p), q in zip(a.named_buffers(), b.buffers(), strict=True):
-        assert torch.allclose(q.float(), p.float(), rtol=1e-5, atol=1e-6), name
-    assert all(m.num_batches_tracked.item() == 1 for m in b.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
 def test_list_models_shows_both_families():

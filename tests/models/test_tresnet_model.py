@@ -1,4 +1,5 @@
-"""The TResNet family: structure, parameter counts, API surface, input sizes, compile and trace."""
+"""The TResNet family: structure, parameter counts, input sizes, compile and trace (the surface every family
+shares: tests/models/test_model_contract.py)."""
 
 from __future__ import annotations
 
@@ -86,54 +87,11 @@ def test_norm_choice(norm, cls):
     assert norms and all(type(m) is cls for m in norms)
 
 
-def test_forward_features_head_and_pre_logits():
-    model = tresnet.create_model("tresnet_m", num_classes=7).eval()
-    x = torch.rand(2, 3, 64, 64)
-    with torch.no_grad():
-        feats = model.forward_features(x)
-        assert feats.shape == (2, 2048, 2, 2)
-        assert model.forward_head(feats, pre_logits=True).shape == (2, 2048)
-        assert torch.equal(model.forward_head(feats), model(x))
-    assert model(x).shape == (2, 7)
-
-
-def test_reset_classifier():
-    model = tresnet.create_model("tresnet_m")
-    model.reset_classifier(10)
-    assert model.head.fc.out_features == 10 and model.num_classes == 10 and model.pretrained_cfg["num_classes"] == 10
-    model.reset_classifier(0)
-    with torch.no_grad():
-        assert model.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 2048)
-
-
-def test_features_only_shapes_and_info():
-    model = tresnet.create_model("tresnet_m", features_only=True).eval()
-    with torch.no_grad():
-        feats = model(torch.rand(1, 3, 96, 128))
-    assert [f.shape[1] for f in feats] == model.feature_info.channels() == [64, 128, 1024, 2048]
-    assert model.feature_info.reduction() == [4, 8, 16, 32]
-    assert [tuple(f.shape[2:]) for f in feats] == [(24, 32), (12, 16), (6, 8), (3, 4)]
+def test_feature_widths_and_the_stem_as_a_feature():
+    # the maps against their feature_info, for every family: tests/models/test_model_contract.py
+    assert tresnet.create_model("tresnet_m", features_only=True).feature_info.channels() == [64, 128, 1024, 2048]
     stem = tresnet.create_model("tresnet_v2_l", features_only=True, out_indices=(0, 2))
     assert stem.feature_info.channels() == [64, 512]
-    with pytest.raises(ValueError, match="out_indices"):
-        tresnet.create_model("tresnet_m", features_only=True, out_indices=(5,))
-
-
-@pytest.mark.parametrize("norm", ["bn", "inplace_abn"])
-def test_grad_checkpointing_gives_the_same_gradients_and_statistics(norm):
-    torch.manual_seed(0)
-    a = randomize_norms(tresnet.create_model("tresnet_m", norm=norm))
-    b = tresnet.create_model("tresnet_m", norm=norm)
-    b.load_state_dict(a.state_dict())
-    b.set_grad_checkpointing(True)
-    x = torch.rand(2, 3, 64, 64)
-    a(x).square().sum().backward()
-    b(x).square().sum().backward()
-    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
-        assert max_rel_diff(q.grad, p.grad) < 1e-4, name
-    # the recomputation in backward must not update the running statistics a second time
-    for (name, p), q in zip(a.named_buffers(), b.buffers(), strict=True):
-        assert torch.allclose(q.float(), p.float(), rtol=1e-5, atol=1e-6), name
 
 
 @pytest.mark.parametrize("size", [(20, 20), (64, 36), (100, 60)])
