@@ -1,7 +1,7 @@
 """CPU inference speed of the deployment paths against the plain eval model and the compute ceiling, at 1 and
 2 threads.
 
-The paths are benchmark variants of the same model: the plain eval model, ``:fused``
+The paths are benchmark forms of the same model: the plain eval model, ``:fused``
 (:func:`tresnet.deploy.fuse`), ``:bf16`` (``fuse(dtype=torch.bfloat16)``), ``:int8``
 (:func:`tresnet.deploy.quantize`, PT2E compiled by ``torch.compile``), ``:onnx`` (the fused model in ONNX
 Runtime) and ``:onnx_int8`` (that file quantized to int8 by ONNX Runtime). For each thread count, one run of
@@ -80,11 +80,11 @@ def targets_of(rows: list[BenchRow], threads: int) -> list[dict]:
     """Each target of :data:`TARGETS` whose path was measured: model, path, ratio to plain, target, met."""
     found = []
     for row in rows:
-        target = TARGETS.get(row.variant)
+        target = TARGETS.get(row.form)
         if target is None:
             continue
         ratio = speed_ratio(rows, row.model, row.name, "infer")
-        found.append(dict(threads=threads, model=row.name, path=row.variant, ratio=ratio, target=target,
+        found.append(dict(threads=threads, model=row.name, path=row.form, ratio=ratio, target=target,
                           met=ratio is not None and ratio >= target))
     return found
 
@@ -160,7 +160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="tresnet_m,genet_normal", help="our models (default: %(default)s)")
     parser.add_argument("--paths", default=",".join(PATHS),
-                        help="deployment variants timed beside each plain model (default: %(default)s)")
+                        help="deployment forms timed beside each plain model (default: %(default)s)")
     parser.add_argument("--img-size", type=int, default=None, help="default: each model's own (224, 192)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)

@@ -39,7 +39,7 @@ from tresnet.bench import (
     write_json,
 )
 from tresnet.bench.report import format_speed, format_table, speed_ratio
-from tresnet.bench.targets import timm_name_of
+from tresnet.bench.specs import timm_name_of
 from tresnet.files import write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -96,7 +96,7 @@ def target_checks(rows: list[BenchRow]) -> list[dict]:
     """Each target of the issue: the pair, the mode, the measured ratio, the bounds and whether it is met."""
     labels = {r.model for r in rows}
     checks = []
-    for name in (r.name for r in rows if r.impl == "tresnet" and r.variant is None and r.name != BASELINE):
+    for name in (r.name for r in rows if r.impl == "tresnet" and r.form is None and r.name != BASELINE):
         pairs = [(name, f"timm:{timm_name_of(name)}", mode, SAME_NETWORK) for mode in ("infer", "train")]
         pairs.append((f"{name}:fused", name, "infer", FUSED))
         for numerator, denominator, mode, bounds in pairs:

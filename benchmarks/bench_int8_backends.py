@@ -28,9 +28,9 @@ import sys
 from pathlib import Path
 
 from tresnet.bench import BenchConfig, BenchRow, command_line, cpu_flags, machine_record, run_benchmark
+from tresnet.bench.forms import INT8_BACKEND_FORMS
 from tresnet.bench.machine import load_average
 from tresnet.bench.report import format_speed, format_table, speed_ratio
-from tresnet.bench.variants import INT8_BACKEND_VARIANTS
 from tresnet.deploy.inference import INT8_BACKENDS, resolve_int8_backend
 from tresnet.errors import TResNetError
 from tresnet.files import write_text
@@ -49,8 +49,8 @@ def isa_class(flags: list[str]) -> str:
 
 def config_for(args: argparse.Namespace) -> BenchConfig:
     """The benchmark of fp32 and both int8 backends of every model."""
-    models = [f"{model}{':' + variant if variant else ''}" for model in args.models.split(",")
-              for variant in ("", *INT8_BACKEND_VARIANTS.values())]
+    models = [f"{model}{':' + form if form else ''}" for model in args.models.split(",")
+              for form in ("", *INT8_BACKEND_FORMS.values())]
     return BenchConfig(models=",".join(models), mode="infer", device="cpu", batch_size=args.batch_size,
                        img_size=args.img_size, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
                        timer=args.timer, peak_memory=False)
@@ -67,10 +67,10 @@ def command_for(config: BenchConfig) -> str:
 def compare(rows: list[BenchRow], auto: str) -> list[dict]:
     """Per model: each backend's img/s and ratio to fp32, ONNX Runtime over PT2E, the faster and ``auto``'s."""
     found = []
-    for plain in (row for row in rows if row.variant is None):
-        label = {backend: f"{plain.name}:{variant}" for backend, variant in INT8_BACKEND_VARIANTS.items()}
-        speed = {backend: next(r.infer.img_per_s for r in rows if r.model == label[backend]) for backend in INT8_BACKEND_VARIANTS}
-        vs_fp32 = {backend: speed_ratio(rows, label[backend], plain.model, "infer") for backend in INT8_BACKEND_VARIANTS}
+    for plain in (row for row in rows if row.form is None):
+        label = {backend: f"{plain.name}:{form}" for backend, form in INT8_BACKEND_FORMS.items()}
+        speed = {backend: next(r.infer.img_per_s for r in rows if r.model == label[backend]) for backend in INT8_BACKEND_FORMS}
+        vs_fp32 = {backend: speed_ratio(rows, label[backend], plain.model, "infer") for backend in INT8_BACKEND_FORMS}
         onnx_over_pt2e = speed_ratio(rows, label["onnx"], label["pt2e"], "infer")
         spread_pct = max(r.infer.img_per_s_spread_pct or 0.0 for r in rows if r.model in label.values())
         found.append(dict(model=plain.name, img_size=plain.img_size, fp32_img_per_s=plain.infer.img_per_s,
@@ -102,7 +102,7 @@ def markdown(record: dict, rows: list[BenchRow]) -> str:
     by_label = {row.model: row for row in rows}
     for c in record["comparisons"]:
         speeds = [format_speed(by_label[f"{c['model']}{':' + v if v else ''}"], "infer")
-                  for v in ("", *INT8_BACKEND_VARIANTS.values())]
+                  for v in ("", *INT8_BACKEND_FORMS.values())]
         lines.append(f"| {c['model']} | {c['img_size']} | {' | '.join(speeds)} | {c['vs_fp32']['pt2e']:.2f}x | "
                      f"{c['vs_fp32']['onnx']:.2f}x | {c['onnx_over_pt2e']:.2f}x | {_winner(c)} | {c['auto']} |")
     lines += ["", f"Reproduce: `{record['command']}`, which runs", "", f"    {record['benchmark_command']}"]

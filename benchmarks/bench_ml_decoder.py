@@ -47,7 +47,7 @@ def head_costs(rows: list[BenchRow]) -> list[dict]:
     costs = []
     for row in rows:
         decoder = by_label.get(f"{row.model}:ml_decoder")
-        if row.variant is not None or decoder is None:
+        if row.form is not None or decoder is None:
             continue
         costs.append(dict(model=row.model, extra_params_m=decoder.params_m - row.params_m,
                           extra_gmacs=decoder.gmacs - row.gmacs,

@@ -140,8 +140,8 @@ def test_the_number_format_of_a_precision():
     assert precision_format("amp", "cuda") is None and precision_format("fp16", "cpu") is None
 
 
-def _row(model: str, variant: str | None, number_format: str, peak: float, source: str) -> BenchRow:
-    return BenchRow(model=model, name="tresnet_m", impl="tresnet", variant=variant, device="cpu",
+def _row(model: str, form: str | None, number_format: str, peak: float, source: str) -> BenchRow:
+    return BenchRow(model=model, name="tresnet_m", impl="tresnet", form=form, device="cpu",
                     device_name="a CPU (2 threads)", precision="fp32", channels_last=False, compiled=False,
                     img_size=224, gmacs=5.75, infer=ModeResult(batch_size=8, img_per_s=20.0), threads=2,
                     number_format=number_format, peak_gflop_per_s=peak, peak_source=source,

@@ -1,4 +1,4 @@
-"""GENet in the benchmark: ours against timm's gernet at one size, the deployment variants, published top-1."""
+"""GENet in the benchmark: ours against timm's gernet at one size, the deployment forms, published top-1."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tresnet.bench import BenchConfig, run_benchmark
 from tresnet.bench.published import PEER_RESULTS, published_top1
 from tresnet.bench.report import comparisons, format_ratios
 from tresnet.bench.rows import BenchRow, ModeResult
-from tresnet.bench.targets import parse_model_list, same_network_sizes, timm_name_of
+from tresnet.bench.specs import parse_model_list, same_network_sizes, timm_name_of
 from tresnet.cli.main import main
 
 GENETS = ("genet_light", "genet_normal", "genet_large")
@@ -43,8 +43,8 @@ def test_a_timm_model_that_is_one_of_ours_takes_our_size():
     assert same_network_sizes(parse_model_list("timm:gernet_s")) == {}  # alone, timm's own size
 
 
-def _row(model: str, name: str, impl: str, variant: str | None = None, img_per_s: float = 10.0) -> BenchRow:
-    return BenchRow(model=model, name=name, impl=impl, variant=variant, device="cpu", device_name="cpu",
+def _row(model: str, name: str, impl: str, form: str | None = None, img_per_s: float = 10.0) -> BenchRow:
+    return BenchRow(model=model, name=name, impl=impl, form=form, device="cpu", device_name="cpu",
                     precision="fp32", channels_last=False, compiled=False, img_size=192,
                     infer=ModeResult(batch_size=8, img_per_s=img_per_s))
 
@@ -93,8 +93,8 @@ def test_one_img_size_for_all_overrides_the_pairing():
 
 
 @requires_onnx
-def test_genet_onnx_variant_matches_the_plain_model():
+def test_genet_onnx_form_matches_the_plain_model():
     plain, onnx = run_benchmark(BenchConfig(models="genet_light,genet_light:onnx", device="cpu", img_size=64,
                                             batch_size=2, warmup=0, repeats=1, mode="infer", peak_memory=False))
-    assert onnx.variant == "onnx" and onnx.infer.img_per_s > 0 and plain.infer.img_per_s > 0
+    assert onnx.form == "onnx" and onnx.infer.img_per_s > 0 and plain.infer.img_per_s > 0
     assert onnx.max_rel_diff < 1e-4

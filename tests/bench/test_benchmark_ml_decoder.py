@@ -1,4 +1,4 @@
-"""The benchmark variant NAME:ml_decoder: our model with the ML-Decoder head, in every mode, beside the plain one."""
+"""The benchmark form NAME:ml_decoder: our model with the ML-Decoder head, in every mode, beside the plain one."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from helpers import tiny_bench_config
-from tresnet.bench import list_variants, run_benchmark
-from tresnet.bench.targets import get_variant
+from tresnet.bench import list_forms, run_benchmark
+from tresnet.bench.forms import get_form
 from tresnet.layers import MLDecoderHead
 
 
-def test_ml_decoder_is_a_builtin_variant_for_every_mode():
-    assert "ml_decoder" in list_variants()
-    variant = get_variant("ml_decoder")
-    assert set(variant.modes) == {"infer", "train"} and variant.impls == frozenset({"tresnet"})
+def test_ml_decoder_is_a_builtin_form_for_every_mode():
+    assert "ml_decoder" in list_forms()
+    form = get_form("ml_decoder")
+    assert set(form.modes) == {"infer", "train"} and form.impls == frozenset({"tresnet"})
 
 
 def _head_macs(in_features: int, tokens: int, head: MLDecoderHead) -> int:
@@ -28,7 +28,7 @@ def _head_macs(in_features: int, tokens: int, head: MLDecoderHead) -> int:
 @pytest.mark.slow
 def test_ml_decoder_rows_give_the_heads_cost_in_both_modes():
     plain, decoder = run_benchmark(tiny_bench_config("genet_light,genet_light:ml_decoder", mode="both"))
-    assert decoder.variant == "ml_decoder" and decoder.max_rel_diff is None
+    assert decoder.form == "ml_decoder" and decoder.max_rel_diff is None
     assert decoder.infer.img_per_s > 0 and decoder.train.img_per_s > 0 and plain.train.img_per_s > 0
     head = MLDecoderHead(1920, 1000)
     fc_params = 1920 * 1000 + 1000

@@ -13,7 +13,7 @@ from tresnet.bench.rows import BenchRow, ModeResult, as_rows
 # The flat keys of a CPU run in inference only at a fixed batch, peak memory measured: as written before
 # rows were dataclasses, then the two added since (max_rel_diff, cpu_flags).
 FLAT_KEYS = [
-    "model", "name", "impl", "variant", "device", "device_name", "precision", "channels_last", "compiled",
+    "model", "name", "impl", "form", "device", "device_name", "precision", "channels_last", "compiled",
     "img_size", "params_m", "gmacs", "saved_mib_per_img", "top1", "top1_img_size", "top1_source",
     "infer_batch_size", "infer_img_per_s", "train_batch_size", "train_img_per_s", "max_train_batch",
     "max_infer_batch", "infer_peak_mem_mib", "train_peak_mem_mib", "peak_mem_method", "memory_budget_gib",
@@ -25,7 +25,7 @@ FLAT_KEYS = [
 
 def make_row() -> BenchRow:
     return BenchRow(
-        model="tresnet_m:fused", name="tresnet_m", impl="tresnet", variant="fused", device="cpu",
+        model="tresnet_m:fused", name="tresnet_m", impl="tresnet", form="fused", device="cpu",
         device_name="a CPU (1 thread)", precision="fp32", channels_last=False, compiled=False, img_size=224,
         infer=ModeResult(batch_size=8, img_per_s=20.0, img_per_s_spread_pct=1.5, ms_per_batch=400.0,
                          seconds_per_batch=[0.4, 0.41], peak_mem_mib=700.0),

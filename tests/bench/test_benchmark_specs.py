@@ -1,4 +1,4 @@
-"""Model names: ours vs timm, variants, the paper alias, published top-1, and clear errors."""
+"""Model names: ours vs timm, forms, the paper alias, published top-1, and clear errors."""
 
 from __future__ import annotations
 
@@ -8,20 +8,10 @@ import pytest
 import torch
 
 from helpers import requires_timm
+from tresnet.bench.forms import Form, get_form, register_form
 from tresnet.bench.published import PAPER_PEERS, PEER_RESULTS, published_top1
-from tresnet.bench.targets import (
-    BuildOptions,
-    ModelSpec,
-    Variant,
-    build_target,
-    check_spec,
-    count_gmacs,
-    get_variant,
-    native_img_size,
-    parse_model_list,
-    parse_model_spec,
-    register_variant,
-)
+from tresnet.bench.specs import BuildOptions, ModelSpec, native_img_size, parse_model_list, parse_model_spec
+from tresnet.bench.targets import build_target, check_spec, count_gmacs
 from tresnet.errors import (
     ConfigError,
     InputSizeError,
@@ -61,7 +51,7 @@ def test_unknown_models_fail_clearly():
     assert "\n" not in str(info.value)
     with pytest.raises(ModelNotFoundError, match="unknown model 'timm:no_such_net'"):
         check_spec(parse_model_spec("timm:no_such_net"))
-    with pytest.raises(ConfigError, match="unknown model variant 'fast'"):
+    with pytest.raises(ConfigError, match="unknown model form 'fast'"):
         check_spec(parse_model_spec("tresnet_m:fast"))
     with pytest.raises(ConfigError, match="applies to tresnet models"):
         check_spec(parse_model_spec("timm:resnet50:bn"))
@@ -121,20 +111,20 @@ def test_our_model_rejects_a_bad_size_and_counts_macs():
     assert count_gmacs(target.module, 224) == pytest.approx(5.75, rel=0.02)
 
 
-def test_variants_register_and_build():
-    assert get_variant("bn").impls == {"tresnet"}
+def test_forms_register_and_build():
+    assert get_form("bn").impls == {"tresnet"}
     target = build_target(parse_model_spec("tresnet_m:bn"), BuildOptions(device=torch.device("cpu"), img_size=64))
     assert target.module.norm == "bn"
 
     def build(spec, options):
         return lambda images: torch.zeros(images.shape[0], 1000)
 
-    register_variant(Variant(name="zeros_for_test", build=build), replace=True)
+    register_form(Form(name="zeros_for_test", build=build), replace=True)
     target = build_target(parse_model_spec("tresnet_m:zeros_for_test"),
                           BuildOptions(device=torch.device("cpu"), img_size=64))
     assert target.module is None and target.modes == {"infer"} and target.img_size == 64
     with pytest.raises(ConfigError, match="already registered"):
-        register_variant(Variant(name="zeros_for_test", build=build))
+        register_form(Form(name="zeros_for_test", build=build))
     with pytest.raises(ConfigError, match="modes"):
-        register_variant(Variant(name="bad_modes_for_test", build=build, modes=frozenset({"fly"})))
+        register_form(Form(name="bad_modes_for_test", build=build, modes=frozenset({"fly"})))
     assert issubclass(ConfigError, TResNetError)

@@ -26,17 +26,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
 
 import torch
 
 from tresnet.bench.machine import cpu_flag_set
+from tresnet.bench.rows import BenchRow
 from tresnet.bench.timing import TIMERS, time_iterations
 from tresnet.errors import ConfigError
 from tresnet.runtime import cpu_has_bf16
-
-if TYPE_CHECKING:
-    from tresnet.bench.rows import BenchRow
 
 FORMATS = ("fp32", "bf16", "int8")
 GEMM_SIDE = 2048  # large enough for the kernels' full rate, small enough to take well under a second

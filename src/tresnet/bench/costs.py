@@ -20,8 +20,11 @@ from pathlib import Path
 
 import torch
 
+from tresnet.bench.targets import count_gmacs, count_params_m
 from tresnet.errors import TResNetError
+from tresnet.factory import cache_dir, create_model
 from tresnet.files import write_text
+from tresnet.version import __version__
 
 CACHE_FILE = "model_costs.json"
 _PACKAGE = Path(__file__).resolve().parent.parent
@@ -41,15 +44,11 @@ class ModelCosts:
 
 def default_cache_path() -> Path:
     """``model_costs.json`` in the pretrained-weights cache (``$TRESNET_HOME``, else ``~/.cache/tresnet``)."""
-    from tresnet.factory import cache_dir
-
     return cache_dir() / CACHE_FILE
 
 
 def code_fingerprint() -> str:
     """A digest of the tresnet and torch versions and of the source files the counts depend on."""
-    from tresnet.version import __version__
-
     digest = hashlib.sha256(f"{__version__} {torch.__version__}".encode())
     for source in _SOURCES:
         path = _PACKAGE / source
@@ -62,9 +61,6 @@ def code_fingerprint() -> str:
 def count_model_costs(name: str) -> ModelCosts:
     """Build the registered model ``name`` with fresh weights and count its parameters and GMACs at its own input
     size (the GMACs on the meta device). Raises :class:`~tresnet.errors.ModelNotFoundError` for an unknown name."""
-    from tresnet import create_model
-    from tresnet.bench.targets import count_gmacs, count_params_m
-
     model = create_model(name)
     img_size = int(model.pretrained_cfg["input_size"][-1])
     params_m = count_params_m(model)

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 
 import torch
 
+from tresnet.version import __version__
+
 CPUINFO = "/proc/cpuinfo"
 # ISA extensions that change CPU inference speed: wide vectors, int8/bf16 dot products, AMX tiles.
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
@@ -92,8 +94,6 @@ def describe_device(device: torch.device) -> str:
 
 def versions() -> dict[str, str | None]:
     """``tresnet_version``, ``torch_version`` and ``timm_version`` (None without timm)."""
-    from tresnet.version import __version__
-
     found = {"tresnet_version": __version__, "torch_version": torch.__version__, "timm_version": None}
     try:
         import timm

@@ -3,8 +3,8 @@
 ``python -m tresnet.bench.probe '<json request>'`` builds one model on the CPU, runs a few batches of
 inference and/or training and prints one JSON line with the process's peak resident memory after each.
 A fresh process is needed because the peak resident size of a process never goes down. The runner
-skips variants whose build holds more than what runs (``NAME:fused``, ``NAME:onnx``: see
-:class:`~tresnet.bench.targets.Variant`'s ``peak_memory_note``).
+skips forms whose build holds more than what runs (``NAME:fused``, ``NAME:onnx``: see
+:class:`~tresnet.bench.targets.Form`'s ``peak_memory_note``).
 """
 
 from __future__ import annotations
@@ -12,15 +12,17 @@ from __future__ import annotations
 import json
 import sys
 
+import torch
+
+from tresnet.bench.memory import image_peak_rss_bytes
+from tresnet.bench.specs import BuildOptions, parse_model_spec
+from tresnet.bench.targets import build_target, check_spec
+from tresnet.bench.timing import make_step
+from tresnet.errors import TResNetError
+
 
 def run_probe(request: dict) -> dict:
     """Run the request (see :func:`~tresnet.bench.batch_search.probe_peak_rss`); return the peaks in bytes."""
-    import torch
-
-    from tresnet.bench.memory import image_peak_rss_bytes
-    from tresnet.bench.targets import BuildOptions, build_target, check_spec, parse_model_spec
-    from tresnet.bench.timing import make_step
-
     if request.get("threads"):
         torch.set_num_threads(int(request["threads"]))
     device = torch.device("cpu")
@@ -45,8 +47,6 @@ def run_probe(request: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tresnet.errors import TResNetError
-
     argv = sys.argv[1:] if argv is None else argv
     try:
         reply = run_probe(json.loads(argv[0]))

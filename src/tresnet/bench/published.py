@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tresnet.errors import ModelNotFoundError
-from tresnet.models.registry import MODEL_CONFIGS
+from tresnet.models.registry import MODEL_CONFIGS, get_pretrained_cfg
 
 PAPER = "TResNet paper (arXiv 2003.13630), Table 1 (V100 speed comparison)"
 TIMM_RESULTS = ("timm results/results-imagenet.csv (huggingface/pytorch-image-models), idstcv_in1k weights, "
@@ -63,8 +63,6 @@ def published_top1(name: str) -> PublishedResult | None:
     ``name`` is a bare architecture name: ``tresnet_m`` (also for timm's implementation of it) or a
     timm name such as ``resnet50``. Never raises for an unknown name.
     """
-    from tresnet.models import get_pretrained_cfg
-
     try:
         cfg = get_pretrained_cfg(name)
     except ModelNotFoundError:

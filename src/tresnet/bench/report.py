@@ -16,7 +16,7 @@ from typing import Any
 
 from tresnet.bench.ceiling import FORMATS, PEAK_FASTEST, PEAK_GIVEN
 from tresnet.bench.rows import MODES, BenchRow, as_rows
-from tresnet.bench.targets import timm_name_of
+from tresnet.bench.specs import timm_name_of
 from tresnet.errors import MissingDependencyError
 from tresnet.files import atomic_write, write_text
 
@@ -117,7 +117,7 @@ def speed_ratio(rows: Rows, numerator: str, denominator: str, mode: str) -> floa
 
 
 def comparisons(rows: Rows) -> list[tuple[str, str]]:
-    """The pairs worth a ratio: each of our models against its plain model (for a variant), against
+    """The pairs worth a ratio: each of our models against its plain model (for a form), against
     timm's implementation of the same network (``timm:tresnet_m``; ``gernet_s`` for ``genet_light``) and
     against ResNet50."""
     rows = as_rows(rows)
@@ -126,7 +126,7 @@ def comparisons(rows: Rows) -> list[tuple[str, str]]:
     for row in rows:
         if row.impl != "tresnet":
             continue
-        plain = [row.name] if row.variant else []
+        plain = [row.name] if row.form else []
         timm_name = timm_name_of(row.name) or row.name
         timm_peers = [r.model for r in rows if r.impl == "timm" and r.name == timm_name]
         for other in (*plain, *timm_peers, BASELINE):
@@ -183,7 +183,7 @@ def settings_line(row: BenchRow | Mapping[str, Any]) -> str:
 
 def markdown_table(rows: Rows) -> str:
     """A Markdown table of ``rows`` for the docs (speeds with their spread; a ``max rel diff`` column
-    when a deployment variant is among them, and the inference GFLOP/s and share of the compute ceiling
+    when a deployment form is among them, and the inference GFLOP/s and share of the compute ceiling
     when measured)."""
     rows = as_rows(rows)
     diffs = any(r.max_rel_diff is not None for r in rows)

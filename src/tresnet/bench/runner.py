@@ -2,15 +2,15 @@
 
 Order of work: check every argument and model name before anything is built; build each model and
 measure what does not depend on the clock (parameters, GMACs, bytes kept for backward, the largest
-batch, peak memory, a variant's difference from the plain model); then, one mode after the other
+batch, peak memory, a form's difference from the plain model); then, one mode after the other
 (inference, then training), warm up and time the models round-robin, one turn each per repetition, so
 that a shared machine's drift hits every model alike, in a new (seeded) order each repetition, so that
 no model always follows the same one (a turn right after a large step runs slower). On CUDA, models not in their turn wait in host memory, so each runs with the device to
-itself, as when its largest batch was searched. Inference-only variants (``NAME:fused``,
+itself, as when its largest batch was searched. Inference-only forms (``NAME:fused``,
 ``NAME:onnx``) are timed in inference only when both modes are asked for. Without ``img_size``, a timm
 model that is the same network as one of ours in the run (``timm:gernet_s`` beside ``genet_light``) is
 measured at our model's side (the row's ``img_size_from`` says so), so that the pair compares. A CPU
-run with a deployment variant (or any run given ``peak_gflops``) also measures the compute ceiling of the
+run with a deployment form (or any run given ``peak_gflops``) also measures the compute ceiling of the
 number formats its rows run in (:mod:`tresnet.bench.ceiling`), before and after timing (the better of the two),
 and records each row's achieved GFLOP/s and its fraction of that ceiling.
 """
@@ -45,23 +45,13 @@ from tresnet.bench.ceiling import (
     precision_format,
     record_compute,
 )
+from tresnet.bench.forms import DEPLOYMENT_FORMS, NUMBER_FORMATS, get_form
 from tresnet.bench.machine import busy_machine_message, cpu_flags, describe_device, load_average, versions
 from tresnet.bench.memory import saved_bytes_per_image
 from tresnet.bench.published import published_top1
 from tresnet.bench.rows import BenchRow, ModeResult
-from tresnet.bench.targets import (
-    MODES,
-    BenchTarget,
-    BuildOptions,
-    ModelSpec,
-    build_target,
-    check_spec,
-    count_gmacs,
-    count_params_m,
-    get_variant,
-    parse_model_list,
-    same_network_sizes,
-)
+from tresnet.bench.specs import MODES, BuildOptions, ModelSpec, parse_model_list, same_network_sizes
+from tresnet.bench.targets import BenchTarget, build_target, check_spec, count_gmacs, count_params_m
 from tresnet.bench.timing import (
     check_timer,
     logits_of,
@@ -78,7 +68,7 @@ RUN_MODES = {"infer": ("infer",), "train": ("train",), "both": ("infer", "train"
 DEFAULT_BATCH = {"cpu": 8, "cuda": 128}
 DEFAULT_ITERS = {"cpu": 1, "cuda": 10}
 AUTO = "auto"
-DIFF_CHUNK = 32  # images per forward when comparing a variant with its plain model
+DIFF_CHUNK = 32  # images per forward when comparing a form with its plain model
 CPU_PEAK_METHOD = "peak resident memory of a process running the model (CPU)"
 CUDA_PEAK_METHOD = "torch.cuda.max_memory_allocated during the timed steps"
 
@@ -106,7 +96,7 @@ class BenchConfig:
     machine; use it with ``threads=1``). ``peak_gflops``: the compute ceiling per number format, as
     ``--peak-gflops`` takes it (``"auto"``, one number, ``"fp32=X,bf16=Y,int8=Z"`` or a mapping); when given,
     every row records its GFLOP/s against it (formats not given are measured); None: measured for a CPU
-    run with a deployment variant only.
+    run with a deployment form only.
     """
 
     models: str | Sequence[str] = "tresnet_m,timm:tresnet_m,resnet50"
@@ -242,11 +232,11 @@ def _move_target(target: BenchTarget, steps: list, device: torch.device) -> None
 # --- before anything is built -------------------------------------------------------------------------
 
 def _modes_of(spec: ModelSpec, plan: _Plan) -> tuple[str, ...]:
-    """The asked modes ``spec`` can run: an inference-only variant is timed in inference only."""
-    able = MODES if spec.variant is None else tuple(get_variant(spec.variant).modes)
+    """The asked modes ``spec`` can run: an inference-only form is timed in inference only."""
+    able = MODES if spec.form is None else tuple(get_form(spec.form).modes)
     modes = tuple(m for m in plan.modes if m in able)
     if not modes:
-        raise ConfigError(f"{spec.label} cannot run {'/'.join(plan.modes)} (an inference-only variant); "
+        raise ConfigError(f"{spec.label} cannot run {'/'.join(plan.modes)} (an inference-only form); "
                           f"use --mode infer or both")
     return modes
 
@@ -282,7 +272,7 @@ def _new_row(target: BenchTarget, config: BenchConfig, plan: _Plan) -> BenchRow:
     spec = target.spec
     published = published_top1(spec.name) if spec.checkpoint is None else None  # a run of ours: not the paper's
     return BenchRow(
-        model=spec.label, name=spec.name, impl=spec.impl, variant=spec.variant, device=str(plan.device),
+        model=spec.label, name=spec.name, impl=spec.impl, form=spec.form, device=str(plan.device),
         device_name=describe_device(plan.device), precision=config.precision,
         channels_last=bool(config.channels_last), compiled=target.compiled, img_size=target.img_size,
         top1=published.top1 if published else None, top1_img_size=published.img_size if published else None,
@@ -294,7 +284,7 @@ def _new_row(target: BenchTarget, config: BenchConfig, plan: _Plan) -> BenchRow:
 def _count_costs(target: BenchTarget, row: BenchRow, config: BenchConfig, plan: _Plan) -> None:
     """Parameters, GMACs and (for trainable models) bytes kept for backward per image.
 
-    A derived variant's GMACs are its plain model's: it computes the same function, and fused kernels
+    A derived form's GMACs are its plain model's: it computes the same function, and fused kernels
     escape the counter.
     """
     module = target.module
@@ -399,8 +389,8 @@ def _record_cpu_peaks(target: BenchTarget, row: BenchRow, modes: tuple[str, ...]
 
 def _record_max_rel_diff(target: BenchTarget, row: BenchRow, batch: int, config: BenchConfig,
                          device: torch.device) -> None:
-    """A derived variant's largest logit difference from its plain eval model on the timed inference batch
-    (the variant as timed, in the run's precision; the plain model in fp32), relative to the plain
+    """A derived form's largest logit difference from its plain eval model on the timed inference batch
+    (the form as timed, in the run's precision; the plain model in fp32), relative to the plain
     logits' largest magnitude. The plain model is dropped afterwards."""
     if target.reference is None:
         return
@@ -450,15 +440,15 @@ def run_benchmark(config: BenchConfig, *, progress: bool = False, peak_measure: 
 
     A row holds identity and settings, per mode the batch size and median images per second with their
     spread, the largest batch when searched and the peak memory; parameters, GMACs, bytes kept for
-    backward per image, published top-1, and for a deployment variant its difference from the plain
-    model; in a CPU run with a deployment variant, or with ``peak_gflops``, each row's GFLOP/s and its
+    backward per image, published top-1, and for a deployment form its difference from the plain
+    model; in a CPU run with a deployment form, or with ``peak_gflops``, each row's GFLOP/s and its
     fraction of the compute ceiling of its number format. ``peak_measure`` replaces the peak-memory
     measurement (tests). A wall-clock CPU run first reads the machine's ``load`` (the 1-minute load average) and
     warns (:class:`BusyMachineWarning`) when it exceeds the cores the run's threads leave free.
 
     Raises :class:`ConfigError` for a bad option or a batch that does not fit,
     :class:`~tresnet.errors.ModelNotFoundError` for an unknown model and
-    :class:`~tresnet.errors.MissingDependencyError` for a timm model without timm (or an ONNX variant
+    :class:`~tresnet.errors.MissingDependencyError` for a timm model without timm (or an ONNX form
     without ONNX Runtime); all before any timing starts where they can be known in advance.
     """
     plan = plan_config(config)
@@ -502,18 +492,14 @@ def run_benchmark(config: BenchConfig, *, progress: bool = False, peak_measure: 
 # --- the compute ceiling -------------------------------------------------------------------------------
 
 def _wants_ceiling(specs: Sequence[ModelSpec], plan: _Plan) -> bool:
-    """Whether the run compares speeds with the compute ceiling: asked for, or a CPU deployment variant."""
-    from tresnet.bench.variants import DEPLOYMENT_VARIANTS
-
-    return plan.peaks is not None or (plan.device.type == "cpu" and any(s.variant in DEPLOYMENT_VARIANTS
+    """Whether the run compares speeds with the compute ceiling: asked for, or a CPU deployment form."""
+    return plan.peaks is not None or (plan.device.type == "cpu" and any(s.form in DEPLOYMENT_FORMS
                                                                          for s in specs))
 
 
 def _number_format(row: BenchRow, config: BenchConfig, plan: _Plan) -> str | None:
-    """The number format of ``row``'s matrix products: its variant's own, else that of the run's precision."""
-    from tresnet.bench.variants import NUMBER_FORMATS
-
-    return NUMBER_FORMATS.get(row.variant) or precision_format(config.precision, plan.device.type)
+    """The number format of ``row``'s matrix products: its form's own, else that of the run's precision."""
+    return NUMBER_FORMATS.get(row.form) or precision_format(config.precision, plan.device.type)
 
 
 def _ceilings(rows: list[BenchRow], config: BenchConfig, plan: _Plan,

@@ -72,7 +72,7 @@ class TrainStep(_BenchStep):
     def __init__(self, target: BenchTarget, batch_size: int, *, device: torch.device, precision: str = "fp32",
                  channels_last: bool = False, seed: int = 0, lr: float = 1e-4) -> None:
         if target.module is None or "train" not in target.modes:
-            raise ConfigError(f"{target.label} cannot be trained (inference-only variant); use --mode infer")
+            raise ConfigError(f"{target.label} cannot be trained (inference-only form); use --mode infer")
         super().__init__(target, batch_size, device=device, precision=precision, channels_last=channels_last,
                          seed=seed)
         generator = torch.Generator().manual_seed(seed + 1)

@@ -15,14 +15,14 @@ EPILOG_MODELS = """\
 models: a plain NAME is one of ours (tresnet_m, tresnet_l, ...) else a timm model; timm:NAME forces
 timm's implementation; 'paper' expands to tresnet_m, timm:tresnet_m and the paper's peers (resnet50,
 resnet50d, resnext50_32x4d, efficientnet_b1, seresnext50_32x4d, mixnet_l, gernet_s/m/l). timm models
-need: pip install 'tresnet[bench]'. Variants of our models:
+need: pip install 'tresnet[bench]'. Forms of our models:
 """
 
 EPILOG_REST = """\
-The deployment variants report max rel diff: their largest difference from the plain model's logits,
+The deployment forms report max rel diff: their largest difference from the plain model's logits,
 relative to the largest logit. With --mode both they are timed in inference only. The int8 paths are
 calibrated on random images, which changes their accuracy, not their speed. On the CPU, a run with a
-deployment variant also reports every row's inference GFLOP/s (the plain model's MACs x 2 x images/s) and
+deployment form also reports every row's inference GFLOP/s (the plain model's MACs x 2 x images/s) and
 its share of the compute ceiling of the row's number format (fp32, bf16 or int8): the best rate of a large
 matrix product or convolution in that format on the run's threads, measured before and after the timing by the run's clock,
 or the fastest row's rate where that is higher, so that no row reads above 100% (unless given with
@@ -44,15 +44,14 @@ examples:
 """
 
 
-def _variants_help(width: int = 104) -> str:
-    """One entry per registered variant, ``NAME:variant`` and its description (the registry's own words),
+def _forms_help(width: int = 104) -> str:
+    """One entry per registered form, ``NAME:form`` and its description (the registry's own words),
     the built-in ones first in their order."""
-    from tresnet.bench.targets import get_variant, list_variants
-    from tresnet.bench.variants import BUILTIN_VARIANTS
+    from tresnet.bench.forms import BUILTIN_FORMS, get_form, list_forms
 
-    builtin = [variant.name for variant in BUILTIN_VARIANTS]
-    names = builtin + [name for name in list_variants() if name not in builtin]
-    return "".join(textwrap.fill(get_variant(name).description, width, initial_indent=f"  {'NAME:' + name:<22} ",
+    builtin = [form.name for form in BUILTIN_FORMS]
+    names = builtin + [name for name in list_forms() if name not in builtin]
+    return "".join(textwrap.fill(get_form(name).description, width, initial_indent=f"  {'NAME:' + name:<22} ",
                                  subsequent_indent=" " * 25) + "\n" for name in names)
 
 
@@ -62,11 +61,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "benchmark", help="measure images/s (inference, training), largest batch and memory",
         description="Measure TResNet and other models the paper's way: synthetic inputs on the device, "
                     "warm-up, timed repetitions taken in turns across models; median images/s and spread.",
-        epilog=EPILOG_MODELS + _variants_help() + EPILOG_REST, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG_MODELS + _forms_help() + EPILOG_REST, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="tresnet_m,timm:tresnet_m,resnet50",
                    help="comma-separated models (default: %(default)s)")
     p.add_argument("--mode", default="both",
-                   help="infer, train or both (default: %(default)s; inference-only variants such as NAME:fused "
+                   help="infer, train or both (default: %(default)s; inference-only forms such as NAME:fused "
                         "and NAME:onnx are then timed in inference only)")
     add_device_argument(p)
     add_precision_argument(p, legacy_amp=False)
@@ -98,7 +97,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--peak-gflops", default=None, metavar="GFLOPS",
                    help="the compute ceiling to compare speeds with, in GFLOP/s: fp32=X,bf16=Y,int8=Z (formats "
                         "left out are measured), one number for all, or auto (measure); default: measured in a "
-                        "CPU run with a deployment variant only")
+                        "CPU run with a deployment form only")
     p.add_argument("--json", metavar="PATH", help="write the rows as JSON")
     p.add_argument("--csv", metavar="PATH", help="write the rows as CSV")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of top-1 against images/s")
@@ -179,14 +178,14 @@ def _warnings_as_lines() -> Iterator[None]:
 
 def _note_int8_backend(rows) -> None:
     """With an int8 path in the table: which int8 backend validate and predict take here by default."""
-    from tresnet.bench.variants import INT8_BACKEND_VARIANTS
+    from tresnet.bench.forms import INT8_BACKEND_FORMS
     from tresnet.deploy.inference import choose_int8_backend, cpu_has_amx, installed_int8_backends
 
-    if not any(r.variant in INT8_BACKEND_VARIANTS.values() for r in rows):
+    if not any(r.form in INT8_BACKEND_FORMS.values() for r in rows):
         return
     auto = choose_int8_backend(amx=cpu_has_amx(), installed=installed_int8_backends())
-    say("benchmark", "note", f"int8 backends: NAME:{INT8_BACKEND_VARIANTS['pt2e']} is pt2e, "
-                             f"NAME:{INT8_BACKEND_VARIANTS['onnx']} is onnx; on this CPU "
+    say("benchmark", "note", f"int8 backends: NAME:{INT8_BACKEND_FORMS['pt2e']} is pt2e, "
+                             f"NAME:{INT8_BACKEND_FORMS['onnx']} is onnx; on this CPU "
                              f"({'AMX' if cpu_has_amx() else 'no AMX'}) --precision int8 takes {auto} "
                              f"(--int8-backend auto)")
 

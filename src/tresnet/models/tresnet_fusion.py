@@ -34,7 +34,7 @@ from tresnet.layers.fused import (
 )
 from tresnet.layers.stem import SpaceToDepth
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for the annotations only: tresnet.py imports this module to declare its fusion rules
     from tresnet.models.tresnet import BasicBlock, Bottleneck
 
 

@@ -1,26 +1,29 @@
-"""The built-in benchmark variants of our models, in one place: ``NAME:bn``, ``NAME:memory_efficient``,
-``NAME:ml_decoder`` and the deployment paths ``NAME:fused``, ``NAME:bf16``, ``NAME:int8``, ``NAME:onnx`` and
-``NAME:onnx_int8``.
+"""The forms a benchmark runs a model in (``NAME:FORM`` in a model list), their registry, and the built-in ones
+of our models, in one place: ``NAME:bn``, ``NAME:memory_efficient``, ``NAME:ml_decoder`` and the deployment
+paths ``NAME:fused``, ``NAME:bf16``, ``NAME:int8``, ``NAME:onnx`` and ``NAME:onnx_int8``.
+
+A form (:class:`Form`) is a named way of turning a model's spec into what gets timed; :func:`register_form` adds
+one. "Form" is the benchmark's word: a model's *variant* is its network shape (``arch``), and a run's
+*precision* is its autocast; a deployment form sets its own *number format* (:data:`NUMBER_FORMATS`).
 
 ``ml_decoder`` is the model with the ML-Decoder head (``create_model(head="ml_decoder")``) instead of
 pooling + fc, for the same 1000 classes (100 queries of 10 classes each), so that beside the plain model
 its row gives the head's cost in parameters, GMACs and images per second, in every mode.
 
-Importing this module registers them (:mod:`tresnet.bench.targets` does so on first use of the
-registry). The deployment variants are inference-only and import :mod:`tresnet.deploy` when built:
+The built-in forms are registered when this module is imported. The deployment forms are inference-only:
 
 - ``fused``: :func:`tresnet.deploy.fuse` of the eval model (fp32, channels-last);
 - ``bf16``: ``fuse(model, dtype=torch.bfloat16)``: bfloat16 weights and activations, fp32 images in and
   logits out (CPU or GPU);
 - ``int8``: :func:`tresnet.deploy.quantize` (PT2E, then ``torch.compile``, which it runs while the
-  variant is built; CPU only, needs torchao);
+  form is built; CPU only, needs torchao);
 - ``onnx``: :func:`tresnet.deploy.onnx_model`: the fused model exported to a temporary ONNX file (checked
   against the exact result by :func:`tresnet.deploy.export_model`) and run by ONNX Runtime with as many
   intra-op threads as PyTorch;
 - ``onnx_int8``: the same file quantized to int8 by ONNX Runtime (``onnx_model(precision="int8")``).
 
 ``int8`` and ``onnx_int8`` measure the two int8 backends of ``validate`` and ``predict`` (``--int8-backend
-pt2e`` and ``onnx``: :data:`INT8_BACKEND_VARIANTS`).
+pt2e`` and ``onnx``: :data:`INT8_BACKEND_FORMS`).
 
 All keep the plain eval model as their reference, so the benchmark records how far their logits are from
 it (``max_rel_diff``). All but ``fused`` set their own number format (:data:`NUMBER_FORMATS`), so they
@@ -33,33 +36,93 @@ not depend on the values or on the ranges calibrated, only the accuracy does, wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
-from tresnet.bench.targets import (
-    MODES,
-    BuildOptions,
-    ModelSpec,
-    Variant,
-    VariantBuild,
-    build_base_model,
-    native_img_size,
-    register_variant,
-)
+from tresnet.bench.specs import MODES, BuildOptions, ModelSpec, build_base_model, native_img_size
+from tresnet.deploy import fuse, onnx_model, quantize, require_onnx, require_torchao
 from tresnet.errors import ConfigError
 
 OURS = frozenset({"tresnet"})
 INFER_ONLY = frozenset({"infer"})
 # The peak resident memory of a process that builds these holds the plain model and its transformation
 # (and, for ONNX, the exporter), so it would not be the memory of running them.
-DEPLOY_PEAK_NOTE = "not measured: building a deployment variant holds the plain model as well"
-DEPLOYMENT_VARIANTS = ("fused", "bf16", "int8", "onnx", "onnx_int8")
-# The number format of the matrix products of the variants that set their own (the others run in the run's
+DEPLOY_PEAK_NOTE = "not measured: building a deployment form holds the plain model as well"
+DEPLOYMENT_FORMS = ("fused", "bf16", "int8", "onnx", "onnx_int8")
+# The number format of the matrix products of the forms that set their own (the others run in the run's
 # --precision): the compute ceiling each is measured against.
 NUMBER_FORMATS = {"bf16": "bf16", "int8": "int8", "onnx": "fp32", "onnx_int8": "int8"}
-CALIBRATION_IMAGES = 32  # random images calibrating the int8 variants (their speed does not depend on them)
-# The variant that measures each int8 backend of tresnet.deploy.inference (INT8_BACKENDS).
-INT8_BACKEND_VARIANTS = {"pt2e": "int8", "onnx": "onnx_int8"}
+CALIBRATION_IMAGES = 32  # random images calibrating the int8 forms (their speed does not depend on them)
+# The form that measures each int8 backend of tresnet.deploy.inference (INT8_BACKENDS).
+INT8_BACKEND_FORMS = {"pt2e": "int8", "onnx": "onnx_int8"}
+
+
+@dataclass(frozen=True)
+class Form:
+    """A named way of turning a spec into something to run.
+
+    ``build(spec, options)`` returns an ``nn.Module`` (moved to the device by the runner; trainable
+    when ``"train"`` is in ``modes``), a plain callable ``f(images) -> logits`` that handles its
+    own device (inference only, no parameter or GMAC count), or a :class:`FormBuild` of either with
+    the plain model it was derived from. ``impls`` limits which implementations it applies to (None:
+    any). ``requires()``, when given, raises :class:`~tresnet.errors.MissingDependencyError` where a
+    package it needs is absent; ``check(spec, options)`` raises :class:`ConfigError` for options it
+    cannot run with (a device, a precision). With ``peak_memory_note`` the CPU peak-memory probe is
+    skipped and the note recorded instead.
+    """
+
+    name: str
+    build: Callable[[ModelSpec, BuildOptions], Any]
+    modes: frozenset[str] = frozenset({"infer"})
+    impls: frozenset[str] | None = None
+    description: str = ""
+    requires: Callable[[], object] | None = None
+    check: Callable[[ModelSpec, BuildOptions], None] | None = None
+    peak_memory_note: str | None = None
+
+
+@dataclass
+class FormBuild:
+    """What a form's build returns when it has more to say than the thing to run.
+
+    ``run``: the module or callable that is timed. ``reference``: the plain eval model ``run`` was
+    derived from; the benchmark records the largest difference of ``run``'s logits from it
+    (``max_rel_diff``) and then drops it.
+    """
+
+    run: Any
+    reference: nn.Module | None = None
+
+
+_FORMS: dict[str, Form] = {}
+
+
+def register_form(form: Form, *, replace: bool = False) -> None:
+    """Make ``NAME:<form.name>`` usable in model lists. Raises :class:`ConfigError` on a clash."""
+    if not form.name.isidentifier():
+        raise ConfigError(f"form name {form.name!r} must be an identifier")
+    if form.name in _FORMS and not replace:
+        raise ConfigError(f"form {form.name!r} is already registered")
+    if not form.modes or not set(form.modes) <= set(MODES):
+        raise ConfigError(f"form {form.name!r}: modes must be a non-empty subset of {MODES}")
+    _FORMS[form.name] = form
+
+
+def list_forms() -> list[str]:
+    """Names of the registered forms."""
+    return sorted(_FORMS)
+
+
+def get_form(name: str) -> Form:
+    """The registered form ``name``; :class:`ConfigError` listing the known ones if absent."""
+    if name not in _FORMS:
+        known = ", ".join(list_forms()) or "none"
+        raise ConfigError(f"unknown model form {name!r}; registered forms: {known}")
+    return _FORMS[name]
 
 
 def _plain_bn(spec: ModelSpec, options: BuildOptions) -> nn.Module:
@@ -74,18 +137,14 @@ def _ml_decoder(spec: ModelSpec, options: BuildOptions) -> nn.Module:
     return build_base_model(spec, head="ml_decoder")
 
 
-def _fused(spec: ModelSpec, options: BuildOptions) -> VariantBuild:
-    from tresnet.deploy import fuse
-
+def _fused(spec: ModelSpec, options: BuildOptions) -> FormBuild:
     model = build_base_model(spec).eval()
-    return VariantBuild(run=fuse(model), reference=model)
+    return FormBuild(run=fuse(model), reference=model)
 
 
-def _bf16(spec: ModelSpec, options: BuildOptions) -> VariantBuild:
-    from tresnet.deploy import fuse
-
+def _bf16(spec: ModelSpec, options: BuildOptions) -> FormBuild:
     model = build_base_model(spec).eval()
-    return VariantBuild(run=fuse(model, dtype=torch.bfloat16), reference=model)
+    return FormBuild(run=fuse(model, dtype=torch.bfloat16), reference=model)
 
 
 def calibration_batch(img_size: int, count: int = CALIBRATION_IMAGES, seed: int = 0) -> torch.Tensor:
@@ -95,93 +154,80 @@ def calibration_batch(img_size: int, count: int = CALIBRATION_IMAGES, seed: int 
     return torch.rand(count, 3, img_size, img_size, generator=generator)
 
 
-def _int8(spec: ModelSpec, options: BuildOptions) -> VariantBuild:
-    from tresnet.deploy import quantize
-
+def _int8(spec: ModelSpec, options: BuildOptions) -> FormBuild:
     model = build_base_model(spec).eval()
     img_size = options.img_size or native_img_size(spec, model)
     int8 = quantize(model, calibration_batch(img_size))  # compiled here, once for every batch size
     # a plain callable: the benchmark neither moves nor converts nor compiles it again
-    return VariantBuild(run=int8.__call__, reference=model)
-
-
-def _require_onnx() -> None:
-    from tresnet.deploy.onnx_runtime import require_onnx
-
-    require_onnx()
-
-
-def _require_torchao() -> None:
-    from tresnet.deploy import require_torchao
-
-    require_torchao()
+    return FormBuild(run=int8.__call__, reference=model)
 
 
 def _own_format_check(runtime: str, *, cpu_only: bool):
-    """A variant's ``check``: refuse a device other than the CPU (with ``cpu_only``) and any precision but
-    fp32, since the variant sets its own number format (:data:`NUMBER_FORMATS`)."""
+    """A form's ``check``: refuse a device other than the CPU (with ``cpu_only``) and any precision but
+    fp32, since the form sets its own number format (:data:`NUMBER_FORMATS`)."""
 
     def check(spec: ModelSpec, options: BuildOptions) -> None:
         if cpu_only and options.device.type != "cpu":
             raise ConfigError(f"{spec.label} runs {runtime} on the CPU, not on {options.device}: use --device cpu")
         if options.precision != "fp32":
-            raise ConfigError(f"{spec.label} runs in {NUMBER_FORMATS[spec.variant]} ({runtime}), not "
-                              f"{options.precision}: use --precision fp32 (the variant sets its own number format)")
+            raise ConfigError(f"{spec.label} runs in {NUMBER_FORMATS[spec.form]} ({runtime}), not "
+                              f"{options.precision}: use --precision fp32 (the form sets its own number format)")
 
     return check
 
 
-def _onnx_runner(spec: ModelSpec, options: BuildOptions, *, int8: bool) -> VariantBuild:
+def _onnx_runner(spec: ModelSpec, options: BuildOptions, *, int8: bool) -> FormBuild:
     """The plain model in ONNX Runtime, as :func:`tresnet.deploy.onnx_model` builds it (the fused model exported
     to a temporary file and checked, fp32, or with ``int8`` quantized by ONNX Runtime on
     :func:`calibration_batch`), with as many intra-op threads as PyTorch."""
-    from tresnet.deploy import onnx_model
-
     model = build_base_model(spec).eval()
     img_size = options.img_size or native_img_size(spec, model)
     quantized = dict(precision="int8", calibration=calibration_batch(img_size)) if int8 else {}
     runner = onnx_model(model, img_size=img_size, **quantized)
     # a plain callable: the benchmark neither moves nor converts nor counts the parameters of a session
-    return VariantBuild(run=runner.__call__, reference=model)
+    return FormBuild(run=runner.__call__, reference=model)
 
 
-def _onnx(spec: ModelSpec, options: BuildOptions) -> VariantBuild:
+def _onnx(spec: ModelSpec, options: BuildOptions) -> FormBuild:
     return _onnx_runner(spec, options, int8=False)
 
 
-def _onnx_int8(spec: ModelSpec, options: BuildOptions) -> VariantBuild:
+def _onnx_int8(spec: ModelSpec, options: BuildOptions) -> FormBuild:
     return _onnx_runner(spec, options, int8=True)
 
 
-BUILTIN_VARIANTS = (
-    Variant(name="bn", build=_plain_bn, modes=frozenset(MODES), impls=OURS,
+BUILTIN_FORMS = (
+    Form(name="bn", build=_plain_bn, modes=frozenset(MODES), impls=OURS,
             description="our model with plain BatchNorm + activation instead of In-Place ABN"),
-    Variant(name="memory_efficient", build=_memory_efficient, modes=frozenset(MODES), impls=OURS,
+    Form(name="memory_efficient", build=_memory_efficient, modes=frozenset(MODES), impls=OURS,
             description="our model with the memory-lean Bottleneck tails (create_model(memory_efficient=True))"),
-    Variant(name="ml_decoder", build=_ml_decoder, modes=frozenset(MODES), impls=OURS,
+    Form(name="ml_decoder", build=_ml_decoder, modes=frozenset(MODES), impls=OURS,
             description="our model with the ML-Decoder head instead of pooling + fc "
                         "(create_model(head='ml_decoder'), same classes)"),
-    Variant(name="fused", build=_fused, modes=INFER_ONLY, impls=OURS, peak_memory_note=DEPLOY_PEAK_NOTE,
+    Form(name="fused", build=_fused, modes=INFER_ONLY, impls=OURS, peak_memory_note=DEPLOY_PEAK_NOTE,
             description="tresnet.deploy.fuse(model): BatchNorm folded, fused activations, channels-last "
                         "(inference only)"),
-    Variant(name="bf16", build=_bf16, modes=INFER_ONLY, impls=OURS, peak_memory_note=DEPLOY_PEAK_NOTE,
+    Form(name="bf16", build=_bf16, modes=INFER_ONLY, impls=OURS, peak_memory_note=DEPLOY_PEAK_NOTE,
             check=_own_format_check("bfloat16 weights and activations", cpu_only=False),
             description="fuse(model, dtype=torch.bfloat16): the fused model in bfloat16, fp32 images in and "
                         "logits out (inference only; --precision fp32)"),
-    Variant(name="int8", build=_int8, modes=INFER_ONLY, impls=OURS, requires=_require_torchao,
+    Form(name="int8", build=_int8, modes=INFER_ONLY, impls=OURS, requires=require_torchao,
             check=_own_format_check("PyTorch's int8 kernels", cpu_only=True), peak_memory_note=DEPLOY_PEAK_NOTE,
             description="tresnet.deploy.quantize(model): PT2E int8 compiled by torch.compile (--int8-backend "
                         "pt2e), calibrated on random images (inference only, on the CPU, --precision fp32; needs torchao: pip "
                         "install 'tresnet[int8]'; compiling takes about a minute)"),
-    Variant(name="onnx", build=_onnx, modes=INFER_ONLY, impls=OURS, requires=_require_onnx,
+    Form(name="onnx", build=_onnx, modes=INFER_ONLY, impls=OURS, requires=require_onnx,
             check=_own_format_check("ONNX Runtime", cpu_only=True), peak_memory_note=DEPLOY_PEAK_NOTE,
             description="the fused model exported to ONNX, run by ONNX Runtime (inference only, on the CPU, "
                         "fp32; pip install 'tresnet[export]')"),
-    Variant(name="onnx_int8", build=_onnx_int8, modes=INFER_ONLY, impls=OURS, requires=_require_onnx,
+    Form(name="onnx_int8", build=_onnx_int8, modes=INFER_ONLY, impls=OURS, requires=require_onnx,
             check=_own_format_check("ONNX Runtime", cpu_only=True), peak_memory_note=DEPLOY_PEAK_NOTE,
             description="the ONNX export quantized to int8 by ONNX Runtime (--int8-backend onnx), calibrated "
                         "on random images (inference only, on the CPU, --precision fp32; pip install 'tresnet[export]')"),
 )
 
-for _variant in BUILTIN_VARIANTS:
-    register_variant(_variant, replace=True)
+for _builtin in BUILTIN_FORMS:
+    register_form(_builtin)
+
+__all__ = ["BUILTIN_FORMS", "CALIBRATION_IMAGES", "DEPLOYMENT_FORMS", "INT8_BACKEND_FORMS", "NUMBER_FORMATS", "Form",
+           "FormBuild", "calibration_batch", "get_form", "list_forms", "register_form"]

@@ -1,4 +1,4 @@
-"""The deployment variants NAME:fused, NAME:bf16, NAME:int8, NAME:onnx and NAME:onnx_int8: they run, are
+"""The deployment forms NAME:fused, NAME:bf16, NAME:int8, NAME:onnx and NAME:onnx_int8: they run, are
 inference-only, refuse the devices and precisions they cannot run with, and are compared with the plain model."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from helpers import requires_onnx, tiny_bench_config
-from tresnet.bench import list_variants, run_benchmark
+from tresnet.bench import list_forms, run_benchmark
 from tresnet.bench.ceiling import PEAK_GIVEN
-from tresnet.bench.targets import BuildOptions, check_spec, parse_model_spec
-from tresnet.bench.variants import DEPLOY_PEAK_NOTE, DEPLOYMENT_VARIANTS, NUMBER_FORMATS
+from tresnet.bench.forms import DEPLOY_PEAK_NOTE, DEPLOYMENT_FORMS, NUMBER_FORMATS
+from tresnet.bench.specs import BuildOptions, parse_model_spec
+from tresnet.bench.targets import check_spec
 from tresnet.cli.main import main
 from tresnet.deploy.exactness import BOUNDS
 from tresnet.errors import ConfigError, MissingDependencyError
@@ -23,28 +24,28 @@ requires_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is Non
 CUDA = BuildOptions(device=torch.device("cuda"))
 
 
-def test_builtin_variants_are_registered_in_one_place():
-    assert {"bn", "memory_efficient", "fused", "bf16", "int8", "onnx", "onnx_int8"} <= set(list_variants())
-    assert set(NUMBER_FORMATS) <= set(DEPLOYMENT_VARIANTS) <= set(list_variants())
+def test_builtin_forms_are_registered_in_one_place():
+    assert {"bn", "memory_efficient", "fused", "bf16", "int8", "onnx", "onnx_int8"} <= set(list_forms())
+    assert set(NUMBER_FORMATS) <= set(DEPLOYMENT_FORMS) <= set(list_forms())
 
 
 def test_fused_runs_inference_only_and_matches_the_plain_model():
     plain, fused = run_benchmark(tiny_bench_config("tresnet_m,tresnet_m:fused", mode="both"))
     assert plain.infer.img_per_s > 0 and plain.train.img_per_s > 0 and plain.max_rel_diff is None
-    assert fused.variant == "fused" and fused.infer.img_per_s > 0
+    assert fused.form == "fused" and fused.infer.img_per_s > 0
     assert fused.train.batch_size is None and fused.train.img_per_s is None  # inference only
     assert fused.max_rel_diff < 1e-4
     assert fused.gmacs == pytest.approx(plain.gmacs)  # the same network, counted on the plain model
 
 
-def test_deployment_variants_skip_the_peak_memory_probe_with_a_note():
+def test_deployment_forms_skip_the_peak_memory_probe_with_a_note():
     (row,) = run_benchmark(tiny_bench_config("tresnet_m:fused", mode="infer", peak_memory=True))
     assert row.peak_mem_method == DEPLOY_PEAK_NOTE and row.infer.peak_mem_mib is None
     with pytest.raises(ConfigError, match="--batch-size auto needs the peak memory of tresnet_m:fused"):
         run_benchmark(tiny_bench_config("tresnet_m:fused", mode="infer", batch_size="auto", memory_budget_gib=2))
 
 
-def test_an_inference_only_variant_cannot_train():
+def test_an_inference_only_form_cannot_train():
     with pytest.raises(ConfigError, match="tresnet_m:fused cannot run train .*use --mode infer or both"):
         run_benchmark(tiny_bench_config("tresnet_m,tresnet_m:fused", mode="train"))
 
@@ -52,7 +53,7 @@ def test_an_inference_only_variant_cannot_train():
 @requires_onnx
 def test_onnx_runs_inference_only_and_matches_the_plain_model():
     plain, onnx = run_benchmark(tiny_bench_config("tresnet_m,tresnet_m:onnx", mode="both"))
-    assert onnx.variant == "onnx" and onnx.infer.img_per_s > 0
+    assert onnx.form == "onnx" and onnx.infer.img_per_s > 0
     assert onnx.train.img_per_s is None and plain.train.img_per_s > 0
     assert onnx.max_rel_diff < 1e-4
 
@@ -75,7 +76,7 @@ def test_onnx_without_onnxruntime_says_how_to_install(monkeypatch):
 def test_bf16_runs_inference_only_and_records_its_difference_and_share_of_the_ceiling():
     plain, bf16 = run_benchmark(tiny_bench_config("tresnet_m,tresnet_m:bf16", mode="infer", threads=1,
                                                   peak_gflops="fp32=100,bf16=400"))
-    assert bf16.variant == "bf16" and bf16.infer.img_per_s > 0 and bf16.train.batch_size is None
+    assert bf16.form == "bf16" and bf16.infer.img_per_s > 0 and bf16.train.batch_size is None
     assert 1e-5 < bf16.max_rel_diff < 0.05  # bfloat16 rounding: recorded, and small
     assert (plain.number_format, bf16.number_format) == ("fp32", "bf16")
     assert (plain.peak_gflop_per_s, bf16.peak_gflop_per_s, bf16.peak_source) == (100, 400, PEAK_GIVEN)
@@ -133,7 +134,7 @@ def test_int8_paths_run_and_stay_near_the_plain_model():
         assert row.gmacs == pytest.approx(plain.gmacs)
 
 
-def test_cli_times_inference_only_variants_in_inference_and_says_so(capsys):
+def test_cli_times_inference_only_forms_in_inference_and_says_so(capsys):
     code = main(["benchmark", "--models", "tresnet_m,tresnet_m:fused", "--device", "cpu", "--img-size", "64",
                  "--batch-size", "2", "--warmup", "0", "--repeats", "1", "--no-peak-memory", "--no-progress",
                  "--markdown"])
