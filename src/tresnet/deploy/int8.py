@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -267,8 +268,6 @@ def quantize_onnx(float_path: str | os.PathLike, output: str | os.PathLike, imag
     preprocessed ``(N, C, H, W)`` fp32 tensors. Writes ``output`` directly (callers write to a temporary
     name and rename); the shape-inferred copy it makes on the way is deleted.
     """
-    import tempfile
-
     onnx, _ = require_onnx()
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
