@@ -46,7 +46,8 @@ from tresnet.data.digits import load_digits_images
 from tresnet.data.splits import stratified_split
 from tresnet.files import write_text
 from tresnet.training.config import FIELDS, build_config
-from tresnet.training.trainer import BEST_FILE, SUMMARY_FILE, train
+from tresnet.training.run_files import BEST_FILE, SUMMARY_FILE
+from tresnet.training.trainer import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("none", "kd", "th-kd", "sh-kd")

@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "tresnet"
 MAX_FUNCTION_LINES = 60
+MAX_CLASS_LINES = 300
 # What each package may import from tresnet: data flows cli -> training -> inference / bench / deploy -> tasks ->
 # models -> layers (data beside them).
 # The base modules (errors, files, runtime) may be imported by anyone; deploy reads images (int8 calibration).
@@ -100,6 +101,93 @@ def test_no_code_outside_a_task_compares_a_task_name():
                                                      for side in (node.left, *node.comparators)):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not found, "ask the task instead of comparing its name:\n" + "\n".join(found)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` but those under ``if TYPE_CHECKING:`` (imports for annotations only never run)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            yield from (child for other in node.orelse for child in ast.walk(other))
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Each module of the package -> the package's modules it imports, at the top or inside a function (``from
+    package import name`` depends on the package's ``__init__`` unless ``name`` is a module of it)."""
+    modules = {_module_name(path): tree for path, tree in _modules()}
+    graph = {name: set() for name in modules}
+    for name, tree in modules.items():
+        for node in _runtime_nodes(tree):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                           for alias in node.names]
+            else:
+                continue
+            graph[name] |= {target for target in targets if target in modules and target != name}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or through others (strongly connected)."""
+    order, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        order[node] = low[node] = len(order)
+        stack.append(node)
+        on_stack.add(node)
+        for other in graph[node]:
+            if other not in order:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], order[other])
+        if low[node] == order[node]:
+            group = []
+            while not group or group[-1] != node:
+                group.append(stack.pop())
+                on_stack.discard(group[-1])
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in graph:
+        if node not in order:
+            visit(node)
+    return found
+
+
+def test_no_import_circles():
+    """No modules import each other, not even through a function-level import."""
+    circles = _circles(_import_graph())
+    assert not circles, "break these import circles:\n" + "\n".join(" <-> ".join(c) for c in circles)
+
+
+def test_no_class_is_longer_than_300_lines():
+    """A class that grows is composed of parts instead (the trainer: its model, data, optimisation, files)."""
+    long = [f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path, tree in _modules() for node in ast.walk(tree)
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES]
+    assert not long, "compose these of parts:\n" + "\n".join(long)
+
+
+def test_no_deprecation_shims_or_hidden_options():
+    """At 0.x there are no old names to keep: nothing warns of a deprecation, no option hides from --help."""
+    found = []
+    for path, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and node.id == "DeprecationWarning":
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} DeprecationWarning")
+            if isinstance(node, ast.keyword) and node.arg == "help" and ast.unparse(node.value) == "argparse.SUPPRESS":
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} a hidden option")
+    assert not found, "\n".join(found)
 
 
 def test_no_citation_of_documents_outside_the_repository():

@@ -117,22 +117,6 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
-def legacy_precision(amp: bool, amp_dtype: str | None = None, *, stacklevel: int = 3) -> str:
-    """The precision meant by the deprecated ``amp`` / ``amp_dtype`` pair, with a deprecation warning.
-
-    ``amp=False`` is ``fp32``; ``amp=True`` is ``amp``, or ``fp16`` / ``bf16`` when ``amp_dtype`` is
-    ``"float16"`` / ``"bfloat16"``.
-    """
-    precision = "fp32"
-    if amp:
-        precision = {None: "amp", "float16": "fp16", "bfloat16": "bf16"}.get(amp_dtype)
-        if precision is None:
-            raise ConfigError(f"bad amp_dtype {amp_dtype!r}: float16 or bfloat16 (better: --precision fp16 or bf16)")
-    warnings.warn(f"amp / amp_dtype are deprecated: use precision={precision!r} (--precision {precision})",
-                  DeprecationWarning, stacklevel=stacklevel)
-    return precision
-
-
 __all__ = ["DEVICE_HELP", "EmulatedBf16Warning", "PRECISIONS", "PRECISION_HELP", "autocast", "autocast_dtype",
-           "check_precision", "cpu_has_bf16", "legacy_precision", "needs_grad_scaler", "precision_name",
+           "check_precision", "cpu_has_bf16", "needs_grad_scaler", "precision_name",
            "resolve_device", "warn_if_bf16_is_emulated"]

@@ -23,21 +23,18 @@ def test_help_lists_the_options(capsys):
     for flag in ("--config", "--batch-size", "--init-checkpoint", "--resume", "--precision", "--channels-last",
                  "--ema-decay", "--mixup", "--auto-augment", "digits-demo", "imagenet-paper", "fp32, amp, bf16, fp16"):
         assert flag in out, flag
-    assert "--amp" not in out  # deprecated: still accepted, no longer shown
+    assert "--amp" not in out
 
 
-def test_deprecated_amp_flags_still_parse_with_a_warning(tmp_path, capsys):
-    code = main(["train", "--data", "digits", "--output", str(tmp_path / "o"), "--amp", "--amp-dtype", "bfloat16",
-                 "--precision", "fp16"])
-    err = capsys.readouterr().err
-    assert "tresnet train: warning: --amp --amp-dtype bfloat16 is deprecated: use --precision bf16" in err
-    assert code == 1 and "precision is 'fp16'" in err  # they mean bf16: a contradiction is refused
+def test_the_amp_options_of_earlier_versions_are_gone(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--data", "digits", "--output", str(tmp_path / "o"), "--amp"])
+    assert info.value.code == 2 and "--amp" in capsys.readouterr().err
     recipe = tmp_path / "old.yaml"
-    recipe.write_text("amp: true\nprecision: bf16\n")
+    recipe.write_text("amp: true\n")
     assert main(["train", "--data", "digits", "--output", str(tmp_path / "o"), "--config", str(recipe)]) == 1
     err = capsys.readouterr().err
-    assert "tresnet train: warning: amp / amp_dtype are deprecated: use precision='amp'" in err
-    assert "tresnet train: error: amp / amp_dtype in recipe" in err
+    assert err.startswith("tresnet train: error: 'amp' in recipe") and "is now precision: amp" in err
 
 
 def test_unknown_option_is_refused(capsys):
@@ -63,9 +60,8 @@ def test_digits_trains_end_to_end_with_the_demo_recipe(tmp_path, capsys):
     assert main(["train", "--output", str(out), "--resume", "--lr", "0.5"]) == 1
     assert "lr (saved" in capsys.readouterr().err
     assert saved["precision"] == "fp32" and "amp" not in saved
-    assert main(["train", "--output", str(out), "--resume", "--amp"]) == 1  # the old flag means precision amp
-    err = capsys.readouterr().err
-    assert "warning: --amp is deprecated: use --precision amp" in err and "precision (saved 'fp32', given 'amp')" in err
+    assert main(["train", "--output", str(out), "--resume", "--precision", "amp"]) == 1
+    assert "precision (saved 'fp32', given 'amp')" in capsys.readouterr().err
 
 
 def test_bad_recipe_key_is_one_line(tmp_path, capsys):

@@ -171,17 +171,6 @@ def test_without_model_or_checkpoint_the_error_says_what_to_pass(folder, capsys)
 
 
 @pytest.mark.slow  # a forward pass of tresnet_m (seconds on a CPU)
-def test_the_deprecated_amp_flag_still_works_and_says_so(folder, checkpoint, capsys):
-    assert main(["validate", "--data", str(folder), "--checkpoint", str(checkpoint), "--workers", "0", "--amp",
-                 "--limit", "3", *SMALL]) == 0
-    captured = capsys.readouterr()
-    assert "--amp is deprecated: use --precision amp" in captured.err and ", amp" in captured.out
-    assert main(["validate", "--data", str(folder), "--checkpoint", str(checkpoint), "--amp", "--precision",
-                 "fp16", *SMALL]) == 1
-    assert "--amp and --precision fp16 disagree" in capsys.readouterr().err
-
-
-@pytest.mark.slow  # a forward pass of tresnet_m (seconds on a CPU)
 def test_predict_from_python_gives_the_same_answers_as_the_command(folder, checkpoint, tmp_path):
     from tresnet.inference.predict import predict
 

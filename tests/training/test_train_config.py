@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 
 from tresnet.data.transforms import CROP_MODES
@@ -107,24 +105,16 @@ def test_tables_come_from_the_layers_and_the_transforms():
     assert "amp" not in FIELDS and "amp_dtype" not in FIELDS
 
 
-def test_deprecated_amp_keys_map_to_precision(tmp_path):
-    with pytest.warns(DeprecationWarning, match="use precision='amp'"):
-        assert build_config(None, {**BASE, "amp": "true"}).precision == "amp"
-    with pytest.warns(DeprecationWarning, match="use precision='bf16'"):
-        assert build_config(None, {**BASE, "amp": True, "amp-dtype": "bfloat16"}).precision == "bf16"
-    with pytest.warns(DeprecationWarning):
-        assert build_config(None, {**BASE, "amp": False}).precision == "fp32"
-    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="precision is 'bf16'"):
-        build_config(None, {**BASE, "amp": True, "precision": "bf16"})
+def test_the_amp_keys_of_earlier_versions_fail_naming_precision(tmp_path):
+    for key in ("amp", "amp_dtype", "amp-dtype"):
+        with pytest.raises(ConfigError, match=r"'amp(_dtype)?' in the options is now precision: "):
+            build_config(None, {**BASE, key: True})
     recipe = tmp_path / "old.yaml"
-    recipe.write_text("epochs: 2\namp: true\namp_dtype: float16\n")
-    with pytest.warns(DeprecationWarning):
-        assert load_recipe(recipe) == {"epochs": 2, "precision": "fp16"}
-    with pytest.warns(DeprecationWarning):  # an option beats the recipe, whichever spelling each uses
-        assert build_config(str(recipe), {**BASE, "precision": "bf16"}).precision == "bf16"
-    with pytest.warns(DeprecationWarning):
-        cfg = TrainConfig(**BASE, amp=True)
-    assert cfg.precision == "amp" and "amp" not in cfg.to_dict()
+    recipe.write_text("epochs: 2\namp: true\n")
+    with pytest.raises(ConfigError, match=r"'amp' in recipe .*old.yaml is now precision: amp"):
+        load_recipe(recipe)
+    with pytest.raises(TypeError):
+        TrainConfig(**BASE, amp=True)
 
 
 def test_saved_config_round_trips_and_guards_resume(tmp_path):
@@ -139,19 +129,15 @@ def test_saved_config_round_trips_and_guards_resume(tmp_path):
         build_config(None, {"output": str(tmp_path), "resume": True, "epochs": 5})
 
 
-def test_a_run_saved_with_amp_keys_still_resumes(tmp_path):
+def test_a_run_saved_with_amp_keys_says_where_they_went(tmp_path):
     cfg = build_config(None, {"data": "digits", "output": str(tmp_path), "precision": "amp"})
     save_config(cfg, tmp_path / "config.yaml")
     text = (tmp_path / "config.yaml").read_text()
     assert "precision: amp" in text and "amp_dtype" not in text
-    (tmp_path / "config.yaml").write_text(text.replace("precision: amp", "amp: true\namp_dtype: null"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the user did not write that file: no warning about it
-        resumed = build_config(None, {"output": str(tmp_path), "resume": True})
-        assert build_config(None, {"output": str(tmp_path), "resume": True, "precision": "amp"}) == resumed
-    assert resumed.precision == "amp" and resumed.data == "digits"
-    with pytest.raises(ConfigError, match=r"precision \(saved 'amp', given 'bf16'\)"):
-        build_config(None, {"output": str(tmp_path), "resume": True, "precision": "bf16"})
+    (tmp_path / "config.yaml").write_text(text.replace("precision: amp", "amp: true"))
+    with pytest.raises(ConfigError, match=r"'amp' in recipe .*config.yaml is now precision: amp") as info:
+        build_config(None, {"output": str(tmp_path), "resume": True})
+    assert "\n" not in str(info.value)
 
 
 def test_the_norm_defaults_to_the_model_family():

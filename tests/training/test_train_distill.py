@@ -93,8 +93,8 @@ def teachers(tmp_path_factory):
 
 def _spy(monkeypatch, seen: dict) -> None:
     """Catch the run's Distiller (its teacher head as built, the modes its frozen parts run in) and optimiser."""
-    import tresnet.training.optim as optim
-    import tresnet.training.trainer as train_module
+    import tresnet.training.model_setup as train_module
+    import tresnet.training.optimisation as optim
 
     make_distiller, make_optimizer = train_module.create_distiller, optim.create_optimizer
     seen["modes"] = []

@@ -17,7 +17,8 @@ from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.errors import CheckpointError, ConfigError, DataError
 from tresnet.tasks import get_task
 from tresnet.training.config import build_config, load_recipe
-from tresnet.training.trainer import TrainingDivergedError, metric_columns, train
+from tresnet.training.run_files import metric_columns
+from tresnet.training.trainer import TrainingDivergedError, train
 
 RECIPES = ["imagenet-paper", "imagenet-timm", "finetune", "highres-448",
            pytest.param("digits-demo", marks=requires_sklearn)]

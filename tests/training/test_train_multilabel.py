@@ -20,7 +20,8 @@ from tresnet.data.train_transforms import BatchMix, Cutout, create_train_transfo
 from tresnet.errors import ConfigError, DataError
 from tresnet.tasks import get_task
 from tresnet.training.config import build_config, run_recipe
-from tresnet.training.trainer import metric_columns, train
+from tresnet.training.run_files import metric_columns
+from tresnet.training.trainer import train
 
 MULTILABEL_FAST = {**FAST, "task": "multilabel"}
 
@@ -43,7 +44,7 @@ def test_the_task_decides_the_loss_and_the_data_it_takes():
         build_config(None, {**labels, "loss": "ce"})
     with pytest.raises(ConfigError, match="loss 'asl' does not fit task 'multiclass': use one of ce"):
         build_config(None, {**base, "loss": "asl"})
-    with pytest.raises(ConfigError, match=r"--data d is multilabel data \(coco\), but the task is multiclass: "
+    with pytest.raises(ConfigError, match=r"--data d with --annotations is multilabel data \(coco\), but the task is multiclass: "
                                           r"pass --task multilabel"):
         build_config(None, {**base, "annotations": "instances.json"})
     for name in ("classes", "val_annotations"):

@@ -18,7 +18,8 @@ from tresnet.errors import ConfigError, FileWriteError
 from tresnet.files import intercept_writes
 from tresnet.tasks import get_task
 from tresnet.training.config import TrainConfig, build_config
-from tresnet.training.trainer import metrics_figure, train
+from tresnet.training.plot import metrics_figure
+from tresnet.training.trainer import train
 
 GENET = {**FAST, "model": "genet_light"}
 TORCH_WRITER_ERROR = "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from helpers import requires_sklearn
-from tresnet.data.digits import DigitsDataset, digits_split, load_digits_images
+from tresnet.data.digits import DigitsDataset, load_digits_images
 from tresnet.data.splits import stratified_split
 from tresnet.data.train_transforms import TRAIN_INTERPOLATIONS, create_batch_mix, create_train_transform
 from tresnet.data.transforms import INTERPOLATIONS
@@ -93,12 +93,6 @@ def test_stratified_split_keeps_an_image_of_each_class_on_both_sides():
     tiny, large = stratified_split(targets, 0.01, seed=0), stratified_split(targets, 0.99, seed=0)
     assert sum(targets[i] == 0 for i in tiny[1]) == 1 and sum(targets[i] == 0 for i in large[0]) == 1
     assert stratified_split(torch.tensor(targets), 0.2, seed=0) == (train, val)
-
-
-def test_old_split_name_is_a_deprecated_alias():
-    targets = [0] * 10 + [1] * 5
-    with pytest.warns(DeprecationWarning, match="stratified_split"):
-        assert digits_split(torch.tensor(targets), 0.2, 3) == stratified_split(targets, 0.2, 3)
 
 
 def test_train_interpolations_come_from_the_evaluation_table():

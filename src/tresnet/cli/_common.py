@@ -68,28 +68,19 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") 
 
 
 def add_precision_argument(parser: argparse.ArgumentParser, *, choices: tuple[str, ...] = PRECISIONS,
-                           legacy_amp: bool = True, help_text: str | None = None) -> None:
-    """--precision (one vocabulary for every subcommand), and the deprecated --amp where it existed."""
+                           help_text: str | None = None) -> None:
+    """--precision (one vocabulary for every subcommand)."""
     if help_text is None:
         help_text = PRECISION_HELP if choices == PRECISIONS else f"{', '.join(choices)} (default fp32)"
     parser.add_argument("--precision", default=None, metavar="P", help=help_text)
-    if legacy_amp:
-        parser.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)
 
 
 def resolve_precision(args: argparse.Namespace, command: str) -> str:
-    """``--precision``, or what the deprecated ``--amp`` meant (with a warning); fp32 by default."""
-    if getattr(args, "amp", False):
-        say(command, "warning", "--amp is deprecated: use --precision amp")
-        if args.precision not in (None, "amp"):
-            from tresnet.errors import ConfigError
-
-            raise ConfigError(f"--amp and --precision {args.precision} disagree: give --precision only")
-        return "amp"
+    """``--precision``; fp32 by default."""
     return args.precision or "fp32"
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser, *, legacy_amp: bool = True) -> None:
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """The model, device and precision options of the commands that run a model on images (with int8's
     calibration images)."""
     from tresnet.deploy.inference import INFERENCE_PRECISION_HELP
@@ -97,7 +88,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser, *, legacy_amp: bool
     add_model_arguments(parser)
     add_preprocessing_arguments(parser)
     add_device_argument(parser)
-    add_precision_argument(parser, legacy_amp=legacy_amp, help_text=INFERENCE_PRECISION_HELP)
+    add_precision_argument(parser, help_text=INFERENCE_PRECISION_HELP)
     add_calibration_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

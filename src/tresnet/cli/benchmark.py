@@ -68,7 +68,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="infer, train or both (default: %(default)s; inference-only forms such as NAME:fused "
                         "and NAME:onnx are then timed in inference only)")
     add_device_argument(p)
-    add_precision_argument(p, legacy_amp=False)
+    add_precision_argument(p)
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for models and inputs")
     p.add_argument("--compile", action="store_true", help="torch.compile each model (compile time not timed)")
     p.add_argument("--batch-size", default=None,

@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--format", required=True, metavar="FORMAT", help=f"one of: {', '.join(FORMATS)}")
     p.add_argument("--output", required=True, help="file to write, e.g. tresnet_m.onnx or tresnet_m.pt")
     p.add_argument("--dynamic-batch", action="store_true", help="leave the batch size free (checked at 1 and 3)")
-    add_precision_argument(p, choices=EXPORT_PRECISIONS, legacy_amp=False)
+    add_precision_argument(p, choices=EXPORT_PRECISIONS)
     add_calibration_arguments(p)
     p.add_argument("--no-fuse", action="store_true", help="export the model as it is, BatchNorm not folded")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,

@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--data", metavar="NAME",
                         help="also classify the validation images of a bundled set, digits or digits-multilabel "
                              "(the split the checkpoint's run validated on; answers named NAME:val/INDEX)")
-    common.add_inference_arguments(parser, legacy_amp=False)
+    common.add_inference_arguments(parser)
     common.add_task_arguments(parser)
     parser.add_argument("--class-map", metavar="FILE",
                         help="name the model's classes as validate --class-map does (a name per line in model "

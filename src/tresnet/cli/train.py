@@ -7,7 +7,6 @@ Every option is also a recipe key (``--batch-size`` is ``batch_size``); see
 from __future__ import annotations
 
 import argparse
-import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -56,48 +55,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             metavar = {"data": "DIR|digits", "output": "DIR", "init_checkpoint": "PATH", "teacher_checkpoint": "PATH",
                        "frozen_head_from": "PATH"}.get(name, _METAVARS[base])
             group.add_argument(flag, dest=name, metavar=metavar, help=help_text)
-    # deprecated spellings of --precision, hidden from the help
-    groups["model"].add_argument("--amp", dest="amp", action=argparse.BooleanOptionalAction, help=argparse.SUPPRESS)
-    groups["model"].add_argument("--amp-dtype", dest="amp_dtype", metavar="DTYPE", help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
     return parser
 
 
-def _deprecated_flags_warning(args: argparse.Namespace) -> str | None:
-    """Say on stderr which ``--precision`` the deprecated ``--amp`` / ``--amp-dtype`` stand for; return the
-    library's deprecation message for them (already said), or None when they were not given."""
-    from tresnet.cli._common import say
-    from tresnet.runtime import legacy_precision
+def _build_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's configuration: the recipe, then the options given."""
+    from tresnet.training.config import FIELDS, build_config
 
-    if not (hasattr(args, "amp") or hasattr(args, "amp_dtype")):
-        return None
-    amp, amp_dtype = getattr(args, "amp", False), getattr(args, "amp_dtype", None)
-    flags = [("--amp" if amp else "--no-amp")] if hasattr(args, "amp") else []
-    flags += [f"--amp-dtype {amp_dtype}"] if amp_dtype is not None else []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DeprecationWarning)
-        precision = legacy_precision(bool(amp), amp_dtype)
-    say("train", "warning", f"{' '.join(flags)} is deprecated: use --precision {precision}")
-    return str(caught[0].message) if caught else None
-
-
-def _build_config(args: argparse.Namespace, said: set[str | None]) -> TrainConfig:
-    """The run's configuration; the deprecations met on the way (recipe keys) become warning lines,
-    but for those already ``said``."""
-    from tresnet.cli._common import say
-    from tresnet.training.config import FIELDS, LEGACY_PRECISION_KEYS, build_config
-
-    overrides = {name: getattr(args, name) for name in (*FIELDS, *LEGACY_PRECISION_KEYS) if hasattr(args, name)}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DeprecationWarning)
-        try:
-            _note_family_recipe(getattr(args, "config", None), overrides)
-            return build_config(getattr(args, "config", None), overrides)
-        finally:
-            deprecations = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
-            for message in dict.fromkeys(deprecations):
-                if message not in said:
-                    say("train", "warning", message)
+    overrides = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
+    _note_family_recipe(getattr(args, "config", None), overrides)
+    return build_config(getattr(args, "config", None), overrides)
 
 
 def _note_family_recipe(asked: str | None, overrides: dict) -> None:
@@ -114,6 +82,6 @@ def run(args: argparse.Namespace) -> int:
     """Build the configuration from ``args`` and train; errors of ours reach the dispatcher as one line."""
     from tresnet.training.trainer import train
 
-    cfg = _build_config(args, {_deprecated_flags_warning(args)})
+    cfg = _build_config(args)
     train(cfg)
     return 0

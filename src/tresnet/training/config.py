@@ -9,9 +9,8 @@ default is the model family's (``norm``) are filled in when the run starts (:fun
 ``--resume`` continues with the configuration saved in the output folder. The recipes and their sources
 are described in the training guide (docs/train.md).
 
-``precision`` replaces the ``amp`` / ``amp_dtype`` pair of earlier versions: those keys (in a recipe,
-as options, as ``TrainConfig`` arguments, in the ``config.yaml`` of an earlier run) still work and
-are mapped by :func:`tresnet.runtime.legacy_precision`.
+A key that moved (:data:`MOVED_KEYS`: ``amp`` and ``amp_dtype`` became ``precision``) fails with a one-line
+:class:`ConfigError` that names its new place.
 """
 
 from __future__ import annotations
@@ -20,9 +19,8 @@ import dataclasses
 import difflib
 import math
 import typing
-import warnings
 from collections.abc import Mapping
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ from tresnet.files import write_text
 from tresnet.layers import NORMS as LAYER_NORMS
 from tresnet.models.registry import HEADS, family_of, resolve_norm
 from tresnet.recipes import list_recipes, read_recipe, recipe_path
-from tresnet.runtime import PRECISIONS, legacy_precision
+from tresnet.runtime import PRECISIONS
 from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD, get_task
 from tresnet.tasks.losses import REDUCTIONS
 
@@ -50,7 +48,9 @@ TRAIN_CROP_MODES = ("random", "squash")
 DISTILL_METHODS = ("kd", "th-kd")
 # The norms a run may choose; distributed runs switch in-place ABN to its synchronised form themselves.
 NORMS = tuple(norm for norm in LAYER_NORMS if norm != "inplace_abn_sync")
-LEGACY_PRECISION_KEYS = ("amp", "amp_dtype")  # deprecated: mapped to ``precision``
+# Keys of earlier versions and where their meaning lives now (read as an error that says so).
+MOVED_KEYS = {"amp": "precision: amp (float16 with loss scaling on CUDA, bfloat16 on the CPU), fp16 or bf16",
+              "amp_dtype": "precision: fp16 or bf16"}
 
 
 def _opt(help_text: str, default: Any = None, *, choices: tuple | None = None, group: str = "",
@@ -65,8 +65,6 @@ def _opt(help_text: str, default: Any = None, *, choices: tuple | None = None, g
 class TrainConfig:
     """Everything a training run depends on; the recipes are described in the training guide (docs/train.md).
 
-    ``amp`` / ``amp_dtype`` are deprecated arguments (not fields): they set ``precision`` with a
-    :class:`DeprecationWarning`.
     """
 
     # --- run
@@ -200,15 +198,6 @@ class TrainConfig:
     frozen_head_from: str | None = _opt("sh-kd step 2: train this model with the classifier of this student "
                                         "checkpoint copied in and frozen (a learned projection when widths "
                                         "differ)", group="distill")
-    # deprecated spellings of ``precision``: init-only, never stored
-    amp: InitVar[bool | None] = None
-    amp_dtype: InitVar[str | None] = None
-
-    def __post_init__(self, amp: bool | None, amp_dtype: str | None) -> None:
-        if amp is not None or amp_dtype is not None:
-            given = None if self.precision == "fp32" else self.precision
-            self.precision = _precision_of_legacy(given, amp, amp_dtype, "TrainConfig")
-
     def validate(self) -> TrainConfig:
         """Check required values, choices and ranges; raise :class:`ConfigError` naming the bad one."""
         _check_required(self)
@@ -389,6 +378,8 @@ def field_type(name: str) -> tuple[type, bool]:
 
 
 def _unknown_key_error(key: str, where: str) -> ConfigError:
+    if key in MOVED_KEYS:
+        return ConfigError(f"{key!r} in {where} is now {MOVED_KEYS[key]}")
     close = difflib.get_close_matches(key, list(FIELDS), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(f"unknown key {key!r} in {where}{hint}; valid keys: {', '.join(FIELDS)}")
@@ -467,32 +458,11 @@ def _describe(base: type, optional: bool, choices) -> str:
     return text + (" (or none)" if optional else "")
 
 
-def _precision_of_legacy(given: str | None, amp: Any, amp_dtype: Any, where: str) -> str:
-    """The precision meant by the deprecated ``amp`` / ``amp_dtype`` (with a :class:`DeprecationWarning`);
-    :class:`ConfigError` when a ``precision`` given beside them says otherwise."""
-    try:
-        amp = _to_bool(amp) if amp is not None else False
-    except ValueError:
-        raise ConfigError(f"amp in {where} must be true or false (better: precision), got {amp!r}") from None
-    if isinstance(amp_dtype, str) and amp_dtype.lower() in _NONE_WORDS:
-        amp_dtype = None
-    precision = legacy_precision(amp, amp_dtype, stacklevel=4)
-    if given is not None and given != precision:
-        raise ConfigError(f"amp / amp_dtype in {where} mean precision {precision!r}, but precision is {given!r}: "
-                          f"give precision only")
-    return precision
-
-
 def coerce_values(raw: Mapping[str, Any], where: str = "the configuration") -> dict:
-    """Every value of ``raw`` checked and converted (keys may use ``-`` or ``_``); the deprecated
-    ``amp`` / ``amp_dtype`` become ``precision``. Raises :class:`ConfigError` as :func:`coerce_value`."""
+    """Every value of ``raw`` checked and converted (keys may use ``-`` or ``_``). Raises :class:`ConfigError` as
+    :func:`coerce_value` (a moved key names its new place)."""
     values = {str(key).replace("-", "_"): value for key, value in raw.items()}
-    legacy = {key: values.pop(key) for key in LEGACY_PRECISION_KEYS if key in values}
-    out = {name: coerce_value(name, value, where) for name, value in values.items()}
-    if legacy:
-        out["precision"] = _precision_of_legacy(out.get("precision"), legacy.get("amp"), legacy.get("amp_dtype"),
-                                                where)
-    return out
+    return {name: coerce_value(name, value, where) for name, value in values.items()}
 
 
 # --- recipes -----------------------------------------------------------------------------------------
@@ -522,17 +492,11 @@ def load_recipe(name_or_path: str | Path) -> dict:
 
 
 def saved_config(output: str | Path) -> dict | None:
-    """The configuration saved in the run folder ``output`` (its ``config.yaml``), or None if there is none.
-
-    A file written by an earlier version (``amp`` / ``amp_dtype``) is read without a warning: the
-    user did not write it.
-    """
+    """The configuration saved in the run folder ``output`` (its ``config.yaml``), or None if there is none."""
     path = Path(output).expanduser() / CONFIG_FILE
     if not path.is_file():
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return load_recipe(path)
+    return load_recipe(path)
 
 
 def check_resume(given: Mapping[str, Any], saved: Mapping[str, Any], output: str | Path) -> None:
@@ -584,7 +548,7 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     write_text(path, text + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-__all__ = ["CONFIG_FILE", "DISTILL_METHODS", "FIELDS", "LEGACY_PRECISION_KEYS", "NORMS", "RESUME_FREE", "TrainConfig",
+__all__ = ["CONFIG_FILE", "DISTILL_METHODS", "FIELDS", "MOVED_KEYS", "NORMS", "RESUME_FREE", "TrainConfig",
            "build_config", "check_resume", "coerce_value", "coerce_values", "field_type",
            "load_recipe", "recipe_for_model", "run_recipe", "save_config", "saved_config",
            "with_model_defaults"]

@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from tresnet.data.transforms import normalisation
 from tresnet.errors import CheckpointError, ConfigError
+from tresnet.factory import cache_dir, create_model, find_pretrained, pretrained_file_names
 from tresnet.layers import MLDecoderHead
 from tresnet.layers.ml_decoder import ml_decoder_options
 from tresnet.models.common import ClassifierHead
@@ -234,10 +236,8 @@ def frozen_head_source(path: str | Path, class_names: list[str], task: str | Non
     classify ``class_names`` (and, given ``task``, to be trained for it). Raises :class:`CheckpointError` for a
     missing or unreadable file and :class:`ConfigError` for another task, other classes or a file that names
     no model."""
-    import tresnet
-
     path = check_teacher_file(path, "student checkpoint (--frozen-head-from)")
-    student = tresnet.create_model(checkpoint_path=path)
+    student = create_model(checkpoint_path=path)
     if task is not None:
         check_loaded_task(student, task, "student checkpoint")
     check_loaded_classes(student, class_names, "student checkpoint")
@@ -373,9 +373,6 @@ def load_teacher(name: str | None, checkpoint: str | None, class_names: list[str
     Raises :class:`CheckpointError` (a missing file, weights of another architecture) and
     :class:`ConfigError` (another task, another class count or order, no name where the file names no model).
     """
-    import tresnet
-    from tresnet.factory import cache_dir, find_pretrained, pretrained_file_names
-
     if checkpoint is not None:
         path = check_teacher_file(checkpoint)
     elif name is None:
@@ -388,7 +385,7 @@ def load_teacher(name: str | None, checkpoint: str | None, class_names: list[str
             raise CheckpointError(f"no --teacher-checkpoint, and no weights for {name} in {cache_dir()} (this package "
                                   f"never downloads): pass --teacher-checkpoint FILE, or put the file there as one "
                                   f"of: {', '.join(pretrained_file_names(name))}") from None
-    teacher = tresnet.create_model(name, checkpoint_path=path)
+    teacher = create_model(name, checkpoint_path=path)
     if task is not None:
         check_loaded_task(teacher, task, "teacher checkpoint")
     check_loaded_classes(teacher, class_names, "teacher checkpoint")
@@ -397,14 +394,12 @@ def load_teacher(name: str | None, checkpoint: str | None, class_names: list[str
 
 def teacher_from_state(name: str, state: dict) -> nn.Module:
     """A teacher ``name`` rebuilt from the state dict a resumed run saved (no file needed)."""
-    import tresnet
-
     options = ml_decoder_options(state)
     if options:
         classes = options.pop("num_classes")
-        model = tresnet.create_model(name, num_classes=classes, head="ml_decoder", head_options=options)
+        model = create_model(name, num_classes=classes, head="ml_decoder", head_options=options)
     else:
-        model = tresnet.create_model(name, num_classes=int(state["head.fc.weight"].shape[0]))
+        model = create_model(name, num_classes=int(state["head.fc.weight"].shape[0]))
     model.load_state_dict(state)
     return model
 
@@ -447,8 +442,6 @@ def create_distiller(cfg, class_names: list[str], student: nn.Module, criterion:
     Raises :class:`CheckpointError` and :class:`ConfigError` as :func:`load_teacher`, and
     :class:`~tresnet.errors.InputSizeError` for an image size the teacher cannot take.
     """
-    from tresnet.data.transforms import normalisation
-
     if saved is not None:
         name, teacher = saved["teacher_model"], teacher_from_state(saved["teacher_model"], saved["teacher"])
     else:

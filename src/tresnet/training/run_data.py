@@ -4,10 +4,19 @@ both normalise as the model's configuration says (:func:`tresnet.data.transforms
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
+from torch.utils.data import DataLoader
+
+from tresnet.collectives import DistInfo
+from tresnet.data.loader import create_loader
 from tresnet.data.sources import DataSource, TrainData, find_source
 from tresnet.data.train_transforms import create_train_transform
 from tresnet.data.transforms import normalisation
+from tresnet.errors import ConfigError
 from tresnet.training.config import TrainConfig
+from tresnet.training.distributed import SeededSamples, ShardedEpochSampler
 
 
 def train_source(cfg: TrainConfig) -> DataSource:
@@ -41,4 +50,41 @@ def build_train_data(cfg: TrainConfig, pretrained_cfg: dict, img_size: int) -> T
     return data
 
 
-__all__ = ["build_train_data", "train_source"]
+@dataclass
+class Loaders:
+    """A run's sharded, seeded loaders: the training sampler (set to each epoch), both loaders, and the number of
+    optimiser steps of an epoch."""
+
+    train_sampler: ShardedEpochSampler
+    train: DataLoader
+    val: DataLoader
+    steps_per_epoch: int
+
+
+def _default_workers(cfg: TrainConfig, info: DistInfo) -> int:
+    if cfg.workers is not None:
+        return cfg.workers
+    if train_source(cfg).embedded:  # in-memory tensors: worker processes cost more than they save
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cpus // info.world_size - 1))
+
+
+def build_loaders(cfg: TrainConfig, info: DistInfo, data: TrainData) -> Loaders:
+    """Sharded, seeded training and validation loaders of ``data`` for this process; :class:`ConfigError` when
+    an epoch would have no step (a batch larger than the training set)."""
+    workers = _default_workers(cfg, info)
+    train_sampler = ShardedEpochSampler(len(data.train), seed=cfg.seed, rank=info.rank, world_size=info.world_size,
+                                        shuffle=True)
+    train = create_loader(SeededSamples(data.train), cfg.batch_size, workers, info.device, sampler=train_sampler,
+                          drop_last=True)
+    val_sampler = ShardedEpochSampler(len(data.val), rank=info.rank, world_size=info.world_size, shuffle=False)
+    val = create_loader(data.val, cfg.batch_size, workers, info.device, sampler=val_sampler)
+    steps = min(len(train), cfg.max_steps_per_epoch or len(train))
+    if steps == 0:
+        raise ConfigError(f"batch size {cfg.batch_size} x {info.world_size} process(es) is larger than the "
+                          f"{len(data.train)} training images: lower --batch-size")
+    return Loaders(train_sampler, train, val, steps)
+
+
+__all__ = ["Loaders", "build_loaders", "build_train_data", "train_source"]

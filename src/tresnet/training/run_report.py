@@ -1,0 +1,68 @@
+"""What a run tells: the line that announces it, and its summary (``summary.json``), read from a
+:class:`~tresnet.training.trainer.Trainer`'s parts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tresnet.training.run_files import say
+
+
+def announce(trainer: Any) -> None:
+    """Print what the run trains, on what, how, and where it writes (the main process only)."""
+    cfg, info, task, model = trainer.cfg, trainer.info, trainer.task, trainer.model
+    n_params = sum(p.numel() for p in model.parameters())
+    precision = f", precision {cfg.precision}" if cfg.precision != "fp32" else ""
+    described = task.describe(cfg.loss or task.default_loss)
+    head = ", ML-Decoder head" if model.pretrained_cfg.get("head") == "ml_decoder" else ""
+    say(info, f"training {cfg.model} ({n_params / 1e6:.1f}M parameters{head}) on {described}"
+              f"{trainer.data.description}; {cfg.epochs} epochs x {trainer.loaders.steps_per_epoch} steps of "
+              f"{cfg.batch_size}{f' x {info.world_size} processes' if info.distributed else ''}, {cfg.optimizer} "
+              f"{cfg.schedule} lr {cfg.lr:g}{precision}, norm {trainer.setup.describe_norm()}, inputs "
+              f"{trainer.inputs}, device {trainer.device}; writing to {trainer.output}")
+    if trainer.distiller is not None:
+        weights = f"weight {cfg.distill_weight:g}" + (f", teacher-head weight {cfg.teacher_head_weight:g}"
+                                                      if cfg.distill == "th-kd" else "")
+        say(info, f"distilling ({cfg.distill}, T {cfg.distill_temperature:g}, {weights}) from "
+                  f"{trainer.distiller.teacher_name}")
+    if cfg.frozen_head_from:
+        say(info, f"classifier copied from {cfg.frozen_head_from} and frozen (sh-kd)")
+
+
+def run_summary(trainer: Any, session_seconds: float) -> dict:
+    """The run's summary: the best and final scores of its task's metric, its speed and settings."""
+    cfg, history, best, metric = trainer.cfg, trainer.history, trainer.best, trainer.task.metric
+    train_images = sum(row["train_images"] for row in history)
+    train_seconds = sum(row["train_seconds"] for row in history)
+    last = history[-1] if history else {}
+    return {
+        f"best_{metric}": best["score"],
+        "best_epoch": best["epoch"],
+        "best_weights": best["weights"],
+        f"final_{metric}": last.get(f"val_{metric}"),
+        f"final_ema_{metric}": last.get(f"ema_{metric}"),
+        "epochs": len(history),
+        "images_per_s": train_images / train_seconds if train_seconds else None,
+        "seconds": sum(row["epoch_seconds"] for row in history),
+        "session_seconds": session_seconds,
+        "model": cfg.model,
+        "task": cfg.task,
+        "data": str(cfg.data),
+        "num_classes": len(trainer.data.class_names),
+        "img_size": trainer.img_size,
+        "precision": cfg.precision,
+        "world_size": trainer.info.world_size,
+        "device": str(trainer.device),
+        **_distill_summary(trainer),
+    }
+
+
+def _distill_summary(trainer: Any) -> dict:
+    cfg = trainer.cfg
+    if trainer.distiller is None:
+        return {"frozen_head_from": cfg.frozen_head_from} if cfg.frozen_head_from else {}
+    return {"distill": cfg.distill, "teacher": trainer.distiller.teacher_name,
+            f"teacher_{trainer.task.metric}": trainer.teacher_score}
+
+
+__all__ = ["announce", "run_summary"]
