@@ -20,8 +20,9 @@ from helpers import StandInClassifier
 from tresnet.cli import _common
 from tresnet.cli.main import main
 from tresnet.data.imagenet import devkit_synsets, imagenet_synset_index, imagenet_synsets
+from tresnet.data.sources import ValidationOptions
 from tresnet.data.transforms import Preprocessing
-from tresnet.inference.evaluate import evaluate
+from tresnet.inference.evaluate import Scoring, evaluate
 from tresnet.inference.validate import validate
 from tresnet.tasks import get_task
 
@@ -447,7 +448,7 @@ def test_validate_from_python_takes_the_same_options(tmp_path):
     real = tmp_path / "real.json"
     real.write_text(json.dumps([[65, 3], [3]]))
     model = CodeModel({140: {65: 5.0}, 141: {3: 5.0, 0: 4.0}})
-    report = validate(model, data, ground_truth=gt, real_labels=real, device="cpu", preprocessing=Preprocessing.of(model, img_size=64), progress=False)
+    report = validate(model, data, data_options=ValidationOptions(ground_truth=gt), scoring=Scoring(real_labels=real), device="cpu", preprocessing=Preprocessing.of(model, img_size=64), progress=False)
     assert report.top1 == _percent(2, 2) and report.subset["top1_all_classes"] == _percent(1, 2)
     assert report.masked_classes == 2 and report.ground_truth == str(gt)
     # ReaL is scored on the prediction over the 2 classes: image 2's ReaL label 3 is not one of them
@@ -457,7 +458,7 @@ def test_validate_from_python_takes_the_same_options(tmp_path):
     assert figures["real_labels"] == str(real)
     class_map = tmp_path / "map.txt"
     class_map.write_text(f"{SEA_SNAKE},3\n{imagenet_synsets()[0]},65\n")
-    report = validate(model, data, ground_truth=gt, class_map=class_map, device="cpu", preprocessing=Preprocessing.of(model, img_size=64), progress=False)
+    report = validate(model, data, data_options=ValidationOptions(ground_truth=gt), scoring=Scoring(class_map=class_map), device="cpu", preprocessing=Preprocessing.of(model, img_size=64), progress=False)
     assert report.class_mapping["rule"] == "class-map" and report.top1 == _percent(0, 2)
     assert report.to_dict()["class_mapping"] == report.class_mapping and not report.real
 

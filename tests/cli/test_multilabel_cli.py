@@ -18,8 +18,10 @@ import tresnet
 from helpers import StandInClassifier
 from tresnet.cli import _common
 from tresnet.cli.main import main
+from tresnet.data.sources import ValidationOptions
 from tresnet.data.transforms import Preprocessing
 from tresnet.errors import ConfigError
+from tresnet.inference.evaluate import Scoring
 from tresnet.inference.predict import predict
 from tresnet.inference.validate import validate
 from tresnet.tasks.multilabel import MultiLabelReport
@@ -145,7 +147,7 @@ def test_images_without_annotations_kept_as_negatives(data, stand_in, tmp_path):
 @pytest.mark.filterwarnings("ignore::tresnet.data.UnreadableImageWarning")
 def test_validate_from_python_with_the_checkpoints_class_names(data):
     model = CodeModel(class_names=CLASSES)
-    report = validate(model, data.images, annotations=data.annotations, device="cpu", preprocessing=Preprocessing.of(model, img_size=64), progress=False,
+    report = validate(model, data.images, data_options=ValidationOptions(annotations=data.annotations), device="cpu", preprocessing=Preprocessing.of(model, img_size=64), progress=False,
                       limit=3)
     assert isinstance(report, MultiLabelReport) and report.classes == CLASSES
     assert report.facts.images + report.facts.skipped == 3  # taken evenly over the 6 listed: 99.png among them
@@ -231,9 +233,9 @@ def test_predict_from_python_follows_the_task():
     assert _probs(model, None) == pytest.approx(multi) and _probs(model, "multiclass") == pytest.approx(single)
     assert _probs(CodeModel(task="multiclass"), "multilabel") == pytest.approx(multi)
     with pytest.raises(ConfigError, match="threshold"):
-        next(predict(model, ["x.png"], threshold=0.0))
+        next(predict(model, ["x.png"], scoring=Scoring(threshold=0.0)))
     with pytest.raises(ConfigError, match="unknown task"):
-        next(predict(model, ["x.png"], task="multi"))
+        next(predict(model, ["x.png"], scoring=Scoring(task="multi")))
 
 
 def _probs(model: nn.Module, task: str | None) -> list[float]:
@@ -244,7 +246,7 @@ def _probs(model: nn.Module, task: str | None) -> list[float]:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "20.png"
         Image.new("RGB", (50, 40), (20, 0, 0)).save(path)
-        (answer,) = predict(model, [path], preprocessing=Preprocessing.of(model, img_size=64), task=task)
+        (answer,) = predict(model, [path], preprocessing=Preprocessing.of(model, img_size=64), scoring=Scoring(task=task))
     probs = {score.index: score.prob for score in answer.topk}
     if answer.labels is None:
         assert "labels" not in answer.to_dict()

@@ -121,7 +121,11 @@ def test_genet_normalises_with_imagenet_statistics_and_rounds_the_resize_up():
 
 
 def test_training_transforms_normalise_when_given_mean_and_std():
-    from tresnet.data.train_transforms import create_tensor_eval_transform, create_train_transform
+    from tresnet.data.train_transforms import (
+        Augmentation,
+        create_tensor_eval_transform,
+        create_train_transform,
+    )
 
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     # no black pixel: the zeros of the unnormalised output are the erased box
@@ -131,9 +135,9 @@ def test_training_transforms_normalise_when_given_mean_and_std():
     torch.testing.assert_close(normalised, (plain - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])
     for erase in (0.0, 1.0):  # erasing comes after the normalisation: erased pixels are noise or 0 in either case
         torch.manual_seed(3)
-        a = create_train_transform(32, random_erase=erase, random_erase_mode="const")(image)
+        a = create_train_transform(32, Augmentation(random_erase=erase, random_erase_mode="const"))(image)
         torch.manual_seed(3)
-        b = create_train_transform(32, random_erase=erase, random_erase_mode="const", mean=mean, std=std)(image)
+        b = create_train_transform(32, Augmentation(random_erase=erase, random_erase_mode="const"), mean=mean, std=std)(image)
         kept = a != 0 if erase else torch.ones_like(a, dtype=torch.bool)
         expected = (a - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
         torch.testing.assert_close(b[kept], expected[kept])

@@ -16,7 +16,7 @@ from helpers import requires_sklearn
 from training.train_testdata import FAST, Killed, kill_mid_second_epoch, make_colour_mosaics
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.data.sources import random_split
-from tresnet.data.train_transforms import BatchMix, Cutout, create_train_transform
+from tresnet.data.train_transforms import Augmentation, BatchMix, Cutout, create_train_transform
 from tresnet.errors import ConfigError, DataError
 from tresnet.tasks import get_task
 from tresnet.training.config import build_config, run_recipe
@@ -82,7 +82,7 @@ def test_the_embedded_mosaics_pick_their_demo_recipe_and_the_coco_recipes_load()
 
 def test_squash_keeps_the_whole_image_and_cutout_paints_one_box_of_one_colour():
     image = Image.fromarray(np.full((30, 90, 3), 200, dtype=np.uint8))
-    out = create_train_transform(24, crop_mode="squash", hflip=0.0)(image)
+    out = create_train_transform(24, Augmentation(crop_mode="squash", hflip=0.0))(image)
     assert out.shape == (3, 24, 24) and torch.allclose(out, torch.full_like(out, 200 / 255))
     torch.manual_seed(0)
     painted = Cutout(0.5)(torch.zeros(3, 40, 40, dtype=torch.uint8))
@@ -95,7 +95,7 @@ def test_squash_keeps_the_whole_image_and_cutout_paints_one_box_of_one_colour():
     with pytest.raises(ConfigError, match="cutout must lie in"):
         Cutout(1.0)
     with pytest.raises(ConfigError, match="unknown training crop mode"):
-        create_train_transform(24, crop_mode="centre")
+        create_train_transform(24, Augmentation(crop_mode="centre"))
 
 
 @pytest.mark.parametrize("mixup, cutmix", [(1.0, 0.0), (0.0, 1.0)])

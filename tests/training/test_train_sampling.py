@@ -11,7 +11,12 @@ from torch.utils.data import DataLoader
 from helpers import requires_sklearn
 from tresnet.data.digits import DigitsDataset, load_digits_images
 from tresnet.data.splits import stratified_split
-from tresnet.data.train_transforms import TRAIN_INTERPOLATIONS, create_batch_mix, create_train_transform
+from tresnet.data.train_transforms import (
+    TRAIN_INTERPOLATIONS,
+    Augmentation,
+    create_batch_mix,
+    create_train_transform,
+)
 from tresnet.data.transforms import INTERPOLATIONS
 from tresnet.errors import ConfigError
 from tresnet.training.distributed import SeededSamples, ShardedEpochSampler
@@ -42,7 +47,7 @@ def test_order_depends_on_seed_and_epoch_only():
 
 @requires_sklearn
 def test_augmentation_is_tied_to_the_sample_not_the_global_rng():
-    transform = create_train_transform(24, scale=(0.3, 1.0), random_erase=0.5)
+    transform = create_train_transform(24, Augmentation(scale=(0.3, 1.0), random_erase=0.5))
     data = SeededSamples(DigitsDataset("train", 24, transform, val_fraction=0.2))
     torch.manual_seed(0)
     a = data[(5, 42)][0]
@@ -100,7 +105,7 @@ def test_train_interpolations_come_from_the_evaluation_table():
     image = torch.zeros(3, 20, 20, dtype=torch.uint8)
     torch.manual_seed(0)
     for policy in ("randaugment", "autoaugment"):  # rotations and shears of tensors: bilinear instead
-        transform = create_train_transform(8, interpolation="bicubic", auto_augment=policy)
+        transform = create_train_transform(8, Augmentation(auto_augment=policy), interpolation="bicubic")
         assert all(transform(image).shape == (3, 8, 8) for _ in range(20))
     with pytest.raises(ConfigError, match="unknown interpolation 'lanczos'"):
         create_train_transform(8, interpolation="lanczos")

@@ -111,11 +111,14 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
                              f"'tresnet[export]')")
 
 
-def check_inference_options(args: argparse.Namespace, precision: str, device) -> None:
-    """Fail before any work for a precision that cannot run on ``device`` or calibration options that do not fit."""
-    from tresnet.deploy.inference import check_inference_options as check
+def run_options(args: argparse.Namespace, precision: str, device):
+    """How the model runs, from the options (checked: a precision that cannot run on ``device``, or calibration
+    options that do not fit it, fail before any work)."""
+    from tresnet.inference.runner import RunOptions
 
-    check(precision, device, args.calibration, args.calibration_images, getattr(args, "int8_backend", None))
+    return RunOptions(precision=precision, channels_last=getattr(args, "channels_last", False),
+                      calibration=args.calibration, calibration_images=args.calibration_images,
+                      int8_backend=getattr(args, "int8_backend", None)).check(device)
 
 
 def announce_deployment(args: argparse.Namespace, precision: str, command: str) -> None:

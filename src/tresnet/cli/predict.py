@@ -47,7 +47,7 @@ def _print(answer) -> None:
 def run(args: argparse.Namespace) -> int:
     from tresnet.data.bundled import BUNDLED_SETS, bundled_set
     from tresnet.errors import ConfigError
-    from tresnet.inference.evaluate import model_threshold, resolve_task
+    from tresnet.inference.evaluate import Scoring
     from tresnet.inference.predict import predict
     from tresnet.runtime import resolve_device
 
@@ -62,11 +62,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to classify: give image files or folders, or --data digits")
     device = resolve_device(args.device)
     precision = args.precision or "fp32"
-    common.check_inference_options(args, precision, device)
+    run_options = common.run_options(args, precision, device)
     model = common.load_model(args, "predict")
     preprocessing = common.resolve_preprocessing(args, model)
-    task = resolve_task(model, args.task)
-    threshold = model_threshold(model) if args.threshold is None else args.threshold
+    scoring = Scoring(task=args.task, threshold=args.threshold, class_map=args.class_map)
+    task, threshold = scoring.resolve(model)
     common.announce_deployment(args, precision, "predict")
     print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes{'' if task.maps_classes else f', {task.name}'}, "
           f"{common.weights_description(model)}", file=sys.stderr)
@@ -74,10 +74,8 @@ def run(args: argparse.Namespace) -> int:
     answers = []
     with common.warnings_above_progress_bar("predict"):
         for answer in predict(model, args.inputs, topk=args.topk, batch_size=args.batch_size,
-                              preprocessing=preprocessing, device=device, precision=precision, task=args.task,
-                              threshold=threshold, class_map=args.class_map, calibration=args.calibration,
-                              calibration_images=args.calibration_images, data=args.data,
-                              int8_backend=getattr(args, "int8_backend", None)):
+                              preprocessing=preprocessing, device=device, run=run_options, scoring=scoring,
+                              data=args.data):
             _print(answer)
             answers.append(answer)
     if args.json:

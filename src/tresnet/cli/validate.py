@@ -90,31 +90,29 @@ def _recorded_task(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tresnet.data.sources import claimed_source
+    from tresnet.data.sources import ValidationOptions, claimed_source
+    from tresnet.inference.evaluate import Scoring
     from tresnet.inference.validate import open_validation_data, prepare_validation
     from tresnet.runtime import resolve_device
     from tresnet.tasks import DEFAULT_TASK
 
     precision = common.resolve_precision(args, "validate")
     device = resolve_device(args.device)
-    common.check_inference_options(args, precision, device)
+    run_options = common.run_options(args, precision, device)
     # bad data fails before the model loads; the task is the data's when --task does not name it
     claimed = claimed_source(args.data, args.annotations)  # a bundled set, COCO annotations, a CSV
     task = args.task or (claimed.tasks[0] if claimed is not None else None) or _recorded_task(args) or DEFAULT_TASK
-    dataset = open_validation_data(args.data, task=task, annotations=args.annotations, classes=args.classes,
-                                   strict=args.strict, without_labels=args.without_labels,
-                                   ground_truth=args.ground_truth)
+    dataset = open_validation_data(args.data, task=task, options=ValidationOptions(
+        annotations=args.annotations, classes=args.classes, ground_truth=args.ground_truth, strict=args.strict,
+        without_labels=args.without_labels))
     model = common.load_model(args, "validate")
     preprocessing = common.resolve_preprocessing(args, model)
     common.announce_deployment(args, precision, "validate")
+    scoring = Scoring(task=args.task, threshold=args.threshold, class_map=args.class_map, real_labels=args.real_labels)
     with common.warnings_above_progress_bar("validate"):
-        validation = prepare_validation(model, dataset, preprocessing=preprocessing, batch_size=args.batch_size,
-                                        workers=args.workers, device=device, precision=precision,
-                                        channels_last=args.channels_last, limit=args.limit, task=args.task,
-                                        threshold=args.threshold, class_map=args.class_map,
-                                        real_labels=args.real_labels, calibration=args.calibration,
-                                        calibration_images=args.calibration_images,
-                                        int8_backend=getattr(args, "int8_backend", None))
+        validation = prepare_validation(model, dataset, preprocessing=preprocessing, device=device, run=run_options,
+                                        scoring=scoring, batch_size=args.batch_size, workers=args.workers,
+                                        limit=args.limit)
         _print_setup(args, model, validation, device, precision)
         report = validation.run(progress=not args.no_progress)
     for line in report.lines(published=_published(model.pretrained_cfg)):

@@ -13,6 +13,7 @@ training sees the pixels that evaluation feeds the model. Inputs may be PIL imag
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torchvision.transforms import InterpolationMode, v2
@@ -57,45 +58,65 @@ def _resize_step(img_size: int, crop_mode: str, scale, ratio, mode) -> v2.Transf
     raise ConfigError(f"unknown training crop mode {crop_mode!r}; use random or squash")
 
 
-def create_train_transform(img_size: int, *, scale: tuple[float, float] = (0.08, 1.0),
-                           ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5,
-                           auto_augment: str | None = None, randaugment_magnitude: int = 9,
-                           randaugment_ops: int = 2, random_erase: float = 0.0,
-                           random_erase_mode: str = "pixel", interpolation: str = "bilinear",
-                           mean: tuple[float, ...] | None = None,
-                           std: tuple[float, ...] | None = None, crop_mode: str = "random",
-                           cutout: float = 0.0) -> v2.Compose:
-    """The training transform: image -> float tensor ``(3, img_size, img_size)`` in [0, 1], then
-    ``(x - mean) / std`` when ``mean`` and ``std`` are given (erasing comes after it, as timm's: boxes
-    in ``"pixel"`` mode hold standard-normal noise, in ``"const"`` mode zeros).
+@dataclass(frozen=True)
+class Augmentation:
+    """The per-image training augmentation: the crop (``crop_mode`` ``"random"``: a random resized crop over
+    ``scale`` and ``ratio``; ``"squash"``: the whole image resized to the square, as the ASL and ML-Decoder
+    recipes), the horizontal flip probability, an automatic policy (``auto_augment``: None, ``"autoaugment"``,
+    the ImageNet policy, or ``"randaugment"`` with its ``randaugment_ops`` and ``randaugment_magnitude``),
+    random erasing (``random_erase`` probability; boxes of standard-normal noise in ``"pixel"`` mode, zeros in
+    ``"const"`` mode) and ASL's ``cutout`` (the box's fraction of the side; 0: off)."""
 
-    ``crop_mode``: ``"random"`` (random resized crop over ``scale`` and ``ratio``) or ``"squash"`` (the
-    whole image resized to the square, as the ASL and ML-Decoder recipes). ``auto_augment``: ``None``,
-    ``"autoaugment"`` (the ImageNet policy) or ``"randaugment"``. ``cutout`` > 0 adds :class:`Cutout`
-    after the resize (before RandAugment, in the ASL script's order). Raises :class:`ConfigError` for an
-    unknown crop mode, policy, erase mode or interpolation.
+    crop_mode: str = "random"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    auto_augment: str | None = None
+    randaugment_magnitude: int = 9
+    randaugment_ops: int = 2
+    random_erase: float = 0.0
+    random_erase_mode: str = "pixel"
+    cutout: float = 0.0
+
+
+def _policy_step(augmentation: Augmentation, mode: InterpolationMode) -> list:
+    augment_mode = mode if mode in _AUGMENT_MODES else InterpolationMode.BILINEAR
+    if augmentation.auto_augment == "autoaugment":
+        return [v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=augment_mode)]
+    if augmentation.auto_augment == "randaugment":
+        return [v2.RandAugment(num_ops=augmentation.randaugment_ops, magnitude=augmentation.randaugment_magnitude,
+                               interpolation=augment_mode)]
+    if augmentation.auto_augment is not None:
+        raise ConfigError(f"unknown auto_augment {augmentation.auto_augment!r}; use autoaugment, randaugment or none")
+    return []
+
+
+def create_train_transform(img_size: int, augmentation: Augmentation | None = None, *,
+                           interpolation: str = "bilinear", mean: tuple[float, ...] | None = None,
+                           std: tuple[float, ...] | None = None) -> v2.Compose:
+    """The training transform: image -> float tensor ``(3, img_size, img_size)`` in [0, 1] with the
+    ``augmentation`` (:class:`Augmentation`; None: its defaults), then ``(x - mean) / std`` when ``mean`` and
+    ``std`` are given (erasing comes after it, as timm's). Cutout comes after the resize (before RandAugment, in
+    the ASL script's order). Raises :class:`ConfigError` for an unknown crop mode, policy, erase mode or
+    interpolation.
     """
+    augmentation = augmentation or Augmentation()
     if interpolation not in TRAIN_INTERPOLATIONS:
         raise ConfigError(f"unknown interpolation {interpolation!r}; use one of {', '.join(TRAIN_INTERPOLATIONS)}")
     mode = TRAIN_INTERPOLATIONS[interpolation]
-    steps: list = [v2.ToImage(), _resize_step(img_size, crop_mode, scale, ratio, mode)]
-    if cutout > 0:
-        steps.append(Cutout(cutout))
-    if hflip > 0:
-        steps.append(v2.RandomHorizontalFlip(hflip))
-    augment_mode = mode if mode in _AUGMENT_MODES else InterpolationMode.BILINEAR
-    if auto_augment == "autoaugment":
-        steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=augment_mode))
-    elif auto_augment == "randaugment":
-        steps.append(v2.RandAugment(num_ops=randaugment_ops, magnitude=randaugment_magnitude,
-                                    interpolation=augment_mode))
-    elif auto_augment is not None:
-        raise ConfigError(f"unknown auto_augment {auto_augment!r}; use autoaugment, randaugment or none")
+    steps: list = [v2.ToImage(), _resize_step(img_size, augmentation.crop_mode, augmentation.scale,
+                                              augmentation.ratio, mode)]
+    if augmentation.cutout > 0:
+        steps.append(Cutout(augmentation.cutout))
+    if augmentation.hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(augmentation.hflip))
+    steps += _policy_step(augmentation, mode)
     steps += to_float_steps(mean, std)
-    if random_erase > 0:
-        if random_erase_mode not in ("pixel", "const"):
-            raise ConfigError(f"unknown random_erase_mode {random_erase_mode!r}; use pixel or const")
-        steps.append(v2.RandomErasing(p=random_erase, value="random" if random_erase_mode == "pixel" else 0.0))
+    if augmentation.random_erase > 0:
+        if augmentation.random_erase_mode not in ("pixel", "const"):
+            raise ConfigError(f"unknown random_erase_mode {augmentation.random_erase_mode!r}; use pixel or const")
+        steps.append(v2.RandomErasing(p=augmentation.random_erase,
+                                      value="random" if augmentation.random_erase_mode == "pixel" else 0.0))
     return v2.Compose(steps)
 
 
@@ -166,5 +187,5 @@ def create_batch_mix(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: f
     return BatchMix(num_classes, mixup_alpha, cutmix_alpha, prob)
 
 
-__all__ = ["TRAIN_INTERPOLATIONS", "BatchMix", "Cutout", "create_batch_mix", "create_tensor_eval_transform",
+__all__ = ["Augmentation", "TRAIN_INTERPOLATIONS", "BatchMix", "Cutout", "create_batch_mix", "create_tensor_eval_transform",
            "create_train_transform"]

@@ -10,7 +10,9 @@ gives the task's scores (top-1 / top-5 for ``multiclass``, mAP and the threshold
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -19,7 +21,7 @@ from tqdm import tqdm
 from tresnet.collectives import DistInfo
 from tresnet.errors import ConfigError
 from tresnet.runtime import autocast, check_precision
-from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD, Scores, Tally, Task, get_task
+from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD, Scores, Tally, Task, check_threshold, get_task
 
 _PROGRESS_EVERY = 10  # batches between updates of the running figure (each costs a device sync)
 
@@ -48,6 +50,24 @@ def resolve_task(model: nn.Module, task: str | Task | None = None) -> Task:
         raise ConfigError(f"checkpoint {info.path} holds a {recorded} model, and --task is {chosen.name}: leave "
                           f"--task out (or use a {chosen.name} checkpoint)")
     return chosen
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a model's outputs are read: its ``task`` (None: the checkpoint's, else ``multiclass``), the decision
+    ``threshold`` of a multi-label model (None: the checkpoint's, else 0.5), a ``class_map`` file naming or
+    mapping outputs, and ImageNet-ReaL ``real_labels`` scored beside the labels (``validate`` only)."""
+
+    task: str | None = None
+    threshold: float | None = None
+    class_map: str | os.PathLike | None = None
+    real_labels: str | os.PathLike | None = None
+
+    def resolve(self, model: nn.Module) -> tuple[Task, float]:
+        """The task and threshold for ``model``; :class:`ConfigError` as :func:`resolve_task`, or for a threshold
+        outside (0, 1)."""
+        task = resolve_task(model, self.task)
+        return task, check_threshold(model_threshold(model) if self.threshold is None else self.threshold)
 
 
 def model_threshold(model: nn.Module) -> float:
@@ -120,4 +140,4 @@ def _run(model: nn.Module, loader, device: torch.device, tally, *, precision: st
     return time.perf_counter() - start
 
 
-__all__ = ["evaluate", "model_threshold", "resolve_task"]
+__all__ = ["Scoring", "evaluate", "model_threshold", "resolve_task"]

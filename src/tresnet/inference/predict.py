@@ -2,6 +2,7 @@
 for a multi-label model also every label whose probability exceeds a threshold.
 
     import tresnet
+    from tresnet.inference.evaluate import Scoring
     from tresnet.inference.predict import predict
 
     model = tresnet.create_model(checkpoint_path="runs/digits/best.safetensors")
@@ -9,7 +10,7 @@ for a multi-label model also every label whose probability exceeds a threshold.
         print(answer.file, answer.error or [(s.label, round(s.prob, 3)) for s in answer.topk])
 
     model = tresnet.create_model(checkpoint_path="tresnet_l_448_coco.pth")  # a multi-label checkpoint
-    for answer in predict(model, ["photos/"], threshold=0.7):
+    for answer in predict(model, ["photos/"], scoring=Scoring(threshold=0.7)):
         print(answer.file, answer.error or [s.label for s in answer.labels])
 """
 
@@ -26,12 +27,11 @@ from tresnet.data import class_labels, find_images, load_image
 from tresnet.data.bundled import BundledValidationSet
 from tresnet.data.class_mapping import read_class_map
 from tresnet.data.transforms import Preprocessing
-from tresnet.deploy.inference import check_inference_options, inference_model
 from tresnet.errors import ConfigError, DataError
 from tresnet.inference.bundled import bundled_split
-from tresnet.inference.evaluate import model_threshold, resolve_task
-from tresnet.runtime import autocast
-from tresnet.tasks import Task, check_threshold
+from tresnet.inference.evaluate import Scoring
+from tresnet.inference.runner import RunOptions, make_inference_model
+from tresnet.tasks import Task
 from tresnet.tasks.outputs import Prediction
 
 
@@ -88,57 +88,53 @@ def _bundled_items(model: nn.Module, name: str, preprocessing: Preprocessing) ->
 
 def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int = 5, batch_size: int = 32,
             preprocessing: Preprocessing | None = None, device: str | torch.device | None = None,
-            precision: str = "fp32", class_names: Sequence[str] | None = None, task: str | None = None,
-            threshold: float | None = None, class_map: str | os.PathLike | None = None,
-            calibration: str | os.PathLike | torch.Tensor | None = None, calibration_images: int | None = None,
-            int8_backend: str | None = None, data: str | None = None) -> Iterator[Prediction]:
-    """Yield a :class:`Prediction` for every image that ``inputs`` name (files, or folders searched
-    recursively: :func:`tresnet.data.find_images`), then for each validation image of the bundled set
+            run: RunOptions | None = None, scoring: Scoring | None = None,
+            class_names: Sequence[str] | None = None, data: str | None = None) -> Iterator[Prediction]:
+    """Yield a :class:`~tresnet.tasks.outputs.Prediction` for every image that ``inputs`` name (files, or folders
+    searched recursively: :func:`tresnet.data.find_images`), then for each validation image of the bundled set
     ``data`` (``"digits"``, ``"digits-multilabel"``: the split the model's run validated on), with the
     model's own preprocessing (``preprocessing`` None: :meth:`Preprocessing.of` the model, i.e. what its
     checkpoint recorded, else the registered model's).
 
     Inputs that name no image come first, as errors; then the images in order, batch by batch, an
     unreadable file giving an error rather than stopping the others. Labels are ``class_names``, else
-    the checkpoint's (``model.checkpoint_info``), else ImageNet's for 1000 classes (COCO's for 80 with a
-    multilabel task), else indices; a ``class_map`` file (as ``tresnet validate --class-map``) renames the
-    outputs it lists. An ImageNet-1k model's answers also carry each class's synset. ``task`` None is the
-    model's (``pretrained_cfg["task"]``, else multiclass): a multiclass answer gives softmax probabilities;
-    a multilabel one each class's sigmoid and ``labels``, the classes whose probability exceeds
-    ``threshold`` (None: the checkpoint's, else 0.5). ``device`` None keeps the model where it is.
-    ``precision`` is one of :data:`tresnet.deploy.inference.INFERENCE_PRECISIONS` (``bf16``: the folded
-    bfloat16 model; ``int8``: the model quantized on the ``calibration`` images, on the CPU, by
-    ``int8_backend``). The model runs in eval mode; its mode comes back when the iteration ends. Raises
-    :class:`ConfigError` for a bad ``topk``, ``batch_size``, precision, task (or one other than the
-    checkpoint's) or threshold, :class:`DataError` for a class map that cannot be read or an unknown
-    bundled set, and :class:`~tresnet.errors.InputSizeError` for a size the model cannot take.
+    the checkpoint's (``model.checkpoint_info``), else the task's for a known class count (ImageNet's for 1000,
+    COCO's for 80 with a multilabel task), else indices; ``scoring.class_map`` (a file, as ``tresnet validate
+    --class-map``) renames the outputs it lists. An ImageNet-1k model's answers also carry each class's synset.
+    ``scoring`` (:class:`~tresnet.inference.evaluate.Scoring`) says how outputs are read: ``task`` None is the
+    model's (``pretrained_cfg["task"]``, else multiclass): a multiclass answer gives softmax probabilities; a
+    multilabel one each class's sigmoid and ``labels``, the classes whose probability exceeds ``threshold``
+    (None: the checkpoint's, else 0.5). ``device`` None keeps the model where it is. ``run``
+    (:class:`~tresnet.inference.runner.RunOptions`) says how the model runs (``bf16``: the folded bfloat16
+    model; ``int8``: the model quantized on the calibration images, on the CPU). The model runs in eval mode;
+    its mode comes back when the iteration ends. Raises :class:`ConfigError` for a bad ``topk``,
+    ``batch_size``, precision, task (or one other than the checkpoint's) or threshold, :class:`DataError` for a
+    class map that cannot be read or an unknown bundled set, and :class:`~tresnet.errors.InputSizeError` for a
+    size the model cannot take.
     """
     if topk < 1 or batch_size < 1:
         raise ConfigError(f"topk and batch size must be at least 1, got {topk} and {batch_size}")
-    task = resolve_task(model, task)
-    threshold = check_threshold(model_threshold(model) if threshold is None else threshold)
+    scoring = scoring or Scoring()
+    task, threshold = scoring.resolve(model)
     preprocessing = preprocessing or Preprocessing.of(model)
     model.check_input_size(*preprocessing.img_size)
     device = torch.device(device) if device is not None else _model_device(model)
-    check_inference_options(precision, device, calibration, calibration_images, int8_backend)
-    labels, synsets = _labels(model, class_names, task, class_map)
+    run = (run or RunOptions()).check(device)
+    labels, synsets = _labels(model, class_names, task, scoring.class_map)
     files, errors = find_images(inputs)
     transform = preprocessing.transform()
     items = [(str(path), _file_reader(path, transform)) for path in files]
     items += _bundled_items(model, data, preprocessing) if data is not None else []
     yield from (task.failure(name, message) for name, message in errors)
     was_training = model.training
-    model.to(device).eval()
-    runner, run_precision = inference_model(model, precision, device, calibration=calibration,
-                                            calibration_images=calibration_images,
-                                            img_size=preprocessing.img_size[0], int8_backend=int8_backend)
+    model.eval()
+    inference = make_inference_model(model, device, run, img_size=preprocessing.img_size[0])
     try:
         for start in range(0, len(items), batch_size):
             names, tensors, failed = _decode(items[start:start + batch_size], task)
             yield from failed
             if tensors:
-                with torch.no_grad(), autocast(run_precision, device):
-                    logits = runner(torch.stack(tensors).to(device)).float()
+                logits = inference(torch.stack(tensors))
                 yield from task.answers(names, logits, labels, synsets, topk=topk, threshold=threshold)
     finally:
         model.train(was_training)

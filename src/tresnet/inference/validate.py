@@ -6,17 +6,22 @@ model on COCO-style annotations or a labels CSV (:func:`tresnet.data.multilabel.
 thresholded precision / recall.
 
     import tresnet
+    from tresnet.data.sources import ValidationOptions
+    from tresnet.inference.evaluate import Scoring
+    from tresnet.inference.runner import RunOptions
     from tresnet.inference.validate import validate
 
     model = tresnet.create_model("tresnet_m", checkpoint_path="tresnet_m.pth")
-    report = validate(model, "imagenet/val", batch_size=128, workers=8, precision="amp")
+    report = validate(model, "imagenet/val", batch_size=128, workers=8, run=RunOptions(precision="amp"))
     print(report.top1, report.top5)
 
-    report = validate(model, "imagenet/val_flat", ground_truth="LOC_val_solution.csv", real_labels="real.json")
+    report = validate(model, "imagenet/val_flat", data_options=ValidationOptions(ground_truth="LOC_val_solution.csv"),
+                      scoring=Scoring(real_labels="real.json"))
     print(report.top1, report.real["real_top1"])
 
     model = tresnet.create_model(checkpoint_path="tresnet_l_448_coco.pth")  # a multi-label checkpoint
-    report = validate(model, "coco/val2014", annotations="coco/annotations/instances_val2014.json")
+    report = validate(model, "coco/val2014",
+                      data_options=ValidationOptions(annotations="coco/annotations/instances_val2014.json"))
     print(report.map, report.threshold_metrics["cf1"])
 """
 
@@ -41,34 +46,29 @@ from tresnet.data.imagenet import read_real_labels
 from tresnet.data.multilabel import MultiLabelDataset
 from tresnet.data.sources import ValidationOptions, find_source, usages
 from tresnet.data.transforms import Preprocessing
-from tresnet.deploy.inference import check_inference_options, inference_model
 from tresnet.errors import ConfigError, DataError
 from tresnet.inference.bundled import bundled_split
-from tresnet.inference.evaluate import evaluate, model_threshold, resolve_task
+from tresnet.inference.evaluate import Scoring, evaluate
+from tresnet.inference.runner import InferenceModel, RunOptions, make_inference_model
 from tresnet.runtime import resolve_device
-from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD, Task, check_threshold, get_task
+from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD, Task, get_task
 
 ValidationData = ImageFolderDataset | MultiLabelDataset | BundledValidationSet
 
 def open_validation_data(data: str | os.PathLike, *, task: str | Task = DEFAULT_TASK,
-                         annotations: str | os.PathLike | None = None,
-                         classes: Sequence[str] | str | os.PathLike | None = None, strict: bool = False,
-                         without_labels: str = "skip",
-                         ground_truth: str | os.PathLike | None = None) -> ValidationData:
+                         options: ValidationOptions | None = None) -> ValidationData:
     """The set to validate a ``task`` model on, opened by the data source that reads ``data`` for that task
     (:func:`tresnet.data.sources.find_source`): a bundled set by name (``digits``, ``digits-multilabel``:
     :class:`~tresnet.data.bundled.BundledValidationSet`, the validation split its training used), a folder of
-    class sub-folders or, with ``ground_truth``, a flat folder labelled by that file (multiclass), COCO
-    ``annotations`` of an images folder or a labels CSV with its ``classes`` (multilabel).
+    class sub-folders or, with ``options.ground_truth``, a flat folder labelled by that file (multiclass), COCO
+    ``options.annotations`` of an images folder or a labels CSV with its ``options.classes`` (multilabel).
 
     Raises :class:`ConfigError` for data of another task and options the source does not read, and
     :class:`DataError` for data that cannot be read (see the readers).
     """
     task = get_task(task)
-    source = find_source(data, task.name, annotations)
-    return source.validation_data(data, ValidationOptions(annotations=annotations, classes=classes,
-                                                          ground_truth=ground_truth, strict=strict,
-                                                          without_labels=without_labels))
+    options = options or ValidationOptions()
+    return find_source(data, task.name, options.annotations).validation_data(data, options)
 
 
 def _check_data_fits_task(dataset: ValidationData, task: Task) -> None:
@@ -145,108 +145,91 @@ def evenly_spaced(dataset: Dataset, limit: int) -> Dataset:
 
 @dataclass
 class Validation:
-    """A validation ready to run: the model on its device, the (sub)set and its loader, the task."""
+    """A validation ready to run: the data (the opened set, the scored subset and its loader), the preprocessing,
+    the inference model, and how its outputs are scored (task, threshold, class mapping, ReaL labels)."""
 
     model: nn.Module
     dataset: ValidationData
     subset: Dataset
     loader: torch.utils.data.DataLoader
     preprocessing: Preprocessing
-    device: torch.device
-    precision: str
-    channels_last: bool
+    inference: InferenceModel
     settings: dict
-    task: Task = get_task(DEFAULT_TASK)
+    task: Task
     threshold: float = DEFAULT_THRESHOLD
     class_mapping: ClassMapping | None = None
     real_labels: str | None = None
-    runner: nn.Module | None = None  # what runs: the model, or its bf16 / int8 deployment form
-    run_precision: str | None = None  # the autocast it runs under
 
     @property
     def img_size(self) -> int:
         """The side of the (square) input images."""
         return self.preprocessing.img_size[0]
 
+    @property
+    def device(self) -> torch.device:
+        return self.inference.device
+
+    @property
+    def precision(self) -> str:
+        return self.inference.options.precision
+
+    @property
+    def channels_last(self) -> bool:
+        return self.inference.options.channels_last
+
     def run(self, progress: bool = True) -> Any:
         """Evaluate and return the task's report (see :func:`validate`)."""
-        runner = self.runner if self.runner is not None else self.model
         mapping = self.class_mapping
         tally = self.task.tally(self.device, threshold=self.threshold,
                                 class_subset=mapping.covered if mapping is not None and mapping.masked else None)
-        scores = evaluate(runner, self.loader, tally, precision=self.run_precision or self.precision,
+        scores = evaluate(self.inference.runner, self.loader, tally, precision=self.inference.run_precision,
                           channels_last=self.channels_last, progress=progress, desc="validate")
         return self.task.report(self, scores)
 
 
 def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationData, *,
-                       preprocessing: Preprocessing | None = None, batch_size: int = 64, workers: int = 0,
-                       device: str | torch.device = "auto", precision: str = "fp32",
-                       channels_last: bool = False, limit: int | None = None,
-                       strict: bool = False, task: str | None = None,
-                       annotations: str | os.PathLike | None = None,
-                       classes: Sequence[str] | str | os.PathLike | None = None,
-                       threshold: float | None = None, without_labels: str = "skip",
-                       ground_truth: str | os.PathLike | None = None, class_map: str | os.PathLike | None = None,
-                       real_labels: str | os.PathLike | None = None,
-                       calibration: str | os.PathLike | torch.Tensor | None = None,
-                       calibration_images: int | None = None, int8_backend: str | None = None) -> Validation:
-    """Check the data against the model and build the loader; :meth:`Validation.run` evaluates.
+                       data_options: ValidationOptions | None = None, preprocessing: Preprocessing | None = None,
+                       device: str | torch.device = "auto", run: RunOptions | None = None,
+                       scoring: Scoring | None = None, batch_size: int = 64, workers: int = 0,
+                       limit: int | None = None) -> Validation:
+    """Compose a validation: open the data, make the inference model, and set up how it is scored;
+    :meth:`Validation.run` evaluates.
 
-    ``task`` None is the model's (``pretrained_cfg["task"]``, else multiclass). ``data`` is a dataset
-    already open, or a path (or a bundled set's name) read by :func:`open_validation_data` (with
-    ``annotations``, ``classes``, ``without_labels`` for a multilabel task, ``ground_truth`` for a flat
-    folder). Classes are matched to the model's outputs by :func:`check_classes` (``class_map``: a
-    class-map file); ``real_labels``: the ReaL ``real.json`` of ImageNet val, scored beside the original
-    labels. ``preprocessing`` None is the model's (:meth:`Preprocessing.of`: the one its checkpoint
-    recorded, else the registered model's); pass ``Preprocessing.of(model, img_size=..., crop_pct=...)``
-    to override (e.g. a centre crop of 0.875 to compare with timm's 448-pixel TResNet rows).
-    ``threshold``: the probability above which a label counts as predicted (multilabel; None: the
-    checkpoint's, else 0.5). ``precision`` is one of :data:`tresnet.deploy.inference.INFERENCE_PRECISIONS`:
-    ``bf16`` validates the folded bfloat16 model and ``int8`` the model quantized on ``calibration`` (a
-    folder of images, ``calibration_images`` of them; ``int8_backend`` as
-    :func:`tresnet.deploy.inference.inference_model` takes it), what that function builds.
+    ``data`` is a dataset already open, or a path (or a bundled set's name) that :func:`open_validation_data`
+    opens with ``data_options`` (COCO annotations, a CSV's classes, a flat folder's ground truth, strictness).
+    ``preprocessing`` None is the model's (:meth:`Preprocessing.of`: the one its checkpoint recorded, else the
+    registered model's); pass ``Preprocessing.of(model, img_size=..., crop_pct=...)`` to override. ``run`` says
+    how the model runs (:class:`~tresnet.inference.runner.RunOptions`: precision, channels-last, int8
+    calibration); ``scoring`` how its outputs are read (:class:`~tresnet.inference.evaluate.Scoring`: task,
+    threshold, class map, ReaL labels). ``limit`` takes that many images evenly over the data.
 
     Raises :class:`DataError` (missing or empty data, classes that do not match the model, data that
     does not fit the task), :class:`ConfigError` (bad device, precision, limit, task or threshold, a task
     other than the checkpoint's) and :class:`~tresnet.errors.InputSizeError` (a size the model cannot take).
     """
     device = resolve_device(device)
-    check_inference_options(precision, device, calibration, calibration_images, int8_backend)
-    task = resolve_task(model, task)
-    threshold = check_threshold(model_threshold(model) if threshold is None else threshold)
+    run = (run or RunOptions()).check(device)
+    scoring = scoring or Scoring()
+    task, threshold = scoring.resolve(model)
     preprocessing = preprocessing or Preprocessing.of(model)
     if isinstance(data, ImageFolderDataset | MultiLabelDataset | BundledValidationSet):
         dataset = data
     else:
-        dataset = open_validation_data(data, task=task, annotations=annotations, classes=classes, strict=strict,
-                                       without_labels=without_labels, ground_truth=ground_truth)
+        dataset = open_validation_data(data, task=task, options=data_options)
     _check_data_fits_task(dataset, task)
-    if real_labels is not None and not task.maps_classes:
+    if scoring.real_labels is not None and not task.maps_classes:
         raise ConfigError(f"--real-labels are ImageNet's single-label validation labels: not for a {task.name} task")
     model.check_input_size(*preprocessing.img_size)
-    mapping = check_classes(dataset, model, task, class_map=class_map)
+    mapping = check_classes(dataset, model, task, class_map=scoring.class_map)
     _apply_preprocessing(dataset, model, preprocessing)
+    real_labels = scoring.real_labels
     scored = with_real_labels(dataset, model, real_labels) if real_labels is not None else dataset
     subset = evenly_spaced(scored, limit) if limit is not None else scored
     loader = create_loader(subset, batch_size, workers, device)
-    runner, run_precision = _runner(model, device, precision, channels_last, preprocessing,
-                                    dict(calibration=calibration, calibration_images=calibration_images,
-                                         int8_backend=int8_backend))
-    settings = _settings(batch_size, workers, limit, precision, calibration, runner)
-    return Validation(model, dataset, subset, loader, preprocessing, device, precision, channels_last, settings,
-                      task, threshold, mapping, str(real_labels) if real_labels is not None else None,
-                      runner, run_precision)
-
-
-def _runner(model: nn.Module, device: torch.device, precision: str, channels_last: bool,
-            preprocessing: Preprocessing, deployment: dict) -> tuple[nn.Module, str]:
-    """The model on its device (channels-last if asked) and what runs for ``precision`` (its deployment
-    form for bf16 and int8: :func:`~tresnet.deploy.inference.inference_model` with ``deployment``)."""
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    return inference_model(model, precision, device, img_size=preprocessing.img_size[0], **deployment)
+    inference = make_inference_model(model, device, run, img_size=preprocessing.img_size[0])
+    settings = dict(batch_size=batch_size, workers=workers, limit=limit, **inference.settings())
+    return Validation(model, dataset, subset, loader, preprocessing, inference, settings, task, threshold, mapping,
+                      str(real_labels) if real_labels is not None else None)
 
 
 def _apply_preprocessing(dataset: ValidationData, model: nn.Module, preprocessing: Preprocessing) -> None:
@@ -258,22 +241,13 @@ def _apply_preprocessing(dataset: ValidationData, model: nn.Module, preprocessin
         dataset.transform = preprocessing.transform()
 
 
-def _settings(batch_size: int, workers: int, limit: int | None, precision: str, calibration,
-              runner: nn.Module) -> dict:
-    """The run's settings for the report; int8 adds its calibration folder and image count."""
-    settings = dict(batch_size=batch_size, workers=workers, limit=limit)
-    if precision == "int8":
-        settings.update(calibration=None if isinstance(calibration, torch.Tensor) else str(calibration),
-                        calibration_images=runner.calibrated_on)
-    return settings
-
-
 def validate(model: nn.Module, data: str | os.PathLike | ValidationData, *, progress: bool = True,
-             **options) -> dict:
+             **options) -> Any:
     """Validate ``model`` on ``data`` with the model's own preprocessing; the report ``tresnet validate
     --json`` writes.
 
-    ``options`` are those of :func:`prepare_validation` (``task`` None: the model's). Both reports hold
+    ``options`` are those of :func:`prepare_validation`. The report is the task's (``to_dict()`` is the JSON;
+    ``lines()`` what the command prints). Both tasks' reports hold
     ``task``, ``images``, ``skipped`` (unreadable files, counted rather than evaluated) and
     ``skipped_files``, ``loss``, ``seconds``, ``img_per_s``, the model, checkpoint and settings. Multiclass:
     ``top1``/``top5`` in percent and ``class_mapping`` (:meth:`ClassMapping.to_dict`); when the data covers

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from tresnet.collectives import DistInfo
 from tresnet.data.loader import create_loader
 from tresnet.data.sources import DataSource, TrainData, find_source
-from tresnet.data.train_transforms import create_train_transform
+from tresnet.data.train_transforms import Augmentation, create_train_transform
 from tresnet.data.transforms import normalisation
 from tresnet.errors import ConfigError
 from tresnet.training.config import TrainConfig
@@ -29,12 +29,12 @@ def train_source(cfg: TrainConfig) -> DataSource:
 
 def _train_transform(cfg: TrainConfig, pretrained_cfg: dict, img_size: int):
     norm = normalisation(pretrained_cfg)
-    return create_train_transform(
-        img_size, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, auto_augment=cfg.auto_augment,
+    return create_train_transform(img_size, Augmentation(
+        crop_mode=cfg.train_crop_mode, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, auto_augment=cfg.auto_augment,
         randaugment_magnitude=cfg.randaugment_magnitude, randaugment_ops=cfg.randaugment_ops,
-        random_erase=cfg.random_erase, random_erase_mode=cfg.random_erase_mode,
-        interpolation=pretrained_cfg.get("interpolation", "bilinear"), crop_mode=cfg.train_crop_mode,
-        cutout=cfg.cutout, **(dict(mean=norm[0], std=norm[1]) if norm is not None else {}))
+        random_erase=cfg.random_erase, random_erase_mode=cfg.random_erase_mode, cutout=cfg.cutout),
+        interpolation=pretrained_cfg.get("interpolation", "bilinear"),
+        **(dict(mean=norm[0], std=norm[1]) if norm is not None else {}))
 
 
 def build_train_data(cfg: TrainConfig, pretrained_cfg: dict, img_size: int) -> TrainData:
