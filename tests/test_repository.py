@@ -108,23 +108,13 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _runtime_nodes(tree: ast.AST):
-    """Every node of ``tree`` but those under ``if TYPE_CHECKING:`` (imports for annotations only never run)."""
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
-            yield from (child for other in node.orelse for child in ast.walk(other))
-            continue
-        yield node
-        yield from _runtime_nodes(node)
-
-
 def _import_graph() -> dict[str, set[str]]:
     """Each module of the package -> the package's modules it imports, at the top or inside a function (``from
     package import name`` depends on the package's ``__init__`` unless ``name`` is a module of it)."""
     modules = {_module_name(path): tree for path, tree in _modules()}
     graph = {name: set() for name in modules}
     for name, tree in modules.items():
-        for node in _runtime_nodes(tree):
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -165,7 +155,7 @@ def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_circles():
-    """No modules import each other, not even through a function-level import."""
+    """No modules import each other, not even through a function-level or an annotations-only import."""
     circles = _circles(_import_graph())
     assert not circles, "break these import circles:\n" + "\n".join(" <-> ".join(c) for c in circles)
 
@@ -188,6 +178,33 @@ def test_no_deprecation_shims_or_hidden_options():
             if isinstance(node, ast.keyword) and node.arg == "help" and ast.unparse(node.value) == "argparse.SUPPRESS":
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} a hidden option")
     assert not found, "\n".join(found)
+
+
+MAX_PARAMETERS = 10
+# The model constructors take timm's options one by one, as timm's create_model does.
+MODEL_CONSTRUCTORS = {("factory.py", "create_model"), ("models/registry.py", "build_model")}
+
+
+def _parameters(node: ast.FunctionDef) -> int:
+    args = node.args
+    count = len(args.posonlyargs) + len(args.args) + len(args.kwonlyargs) + bool(args.vararg) + bool(args.kwarg)
+    return count - (1 if args.args and args.args[0].arg in ("self", "cls") else 0)
+
+
+def test_no_function_outside_the_layers_and_model_constructors_takes_more_than_ten_parameters():
+    """Options that belong together travel as one object (RunOptions, Scoring, Augmentation, Calibration)."""
+    many = []
+    for path, tree in _modules():
+        where = path.relative_to(PACKAGE).as_posix()
+        if where.startswith("layers/"):
+            continue
+        for cls in [tree, *(node for node in ast.walk(tree) if isinstance(node, ast.ClassDef))]:
+            for node in ast.iter_child_nodes(cls):
+                is_model = where.startswith("models/") and node is not cls and getattr(node, "name", "") == "__init__"
+                if (isinstance(node, ast.FunctionDef) and _parameters(node) > MAX_PARAMETERS and not is_model
+                        and (where, node.name) not in MODEL_CONSTRUCTORS):
+                    many.append(f"{where}:{node.lineno} {node.name} ({_parameters(node)} parameters)")
+    assert not many, "pass a small object instead:\n" + "\n".join(many)
 
 
 def test_no_citation_of_documents_outside_the_repository():

@@ -16,6 +16,7 @@ from helpers import randomize_norms, requires_onnx, requires_torchao
 from tresnet.cli.main import main
 from tresnet.deploy import (
     BOUNDS,
+    Calibration,
     check_against_exact,
     export_model,
     load_calibration_images,
@@ -138,7 +139,7 @@ def test_int8_onnx_export_is_checked_and_runs_any_batch(tresnet_m, image_folder,
 
     path = tmp_path / "m_int8.onnx"
     report = export_model(tresnet_m, path, format="onnx", img_size=SIZE, dynamic_batch=True, precision="int8",
-                          calibration=image_folder, calibration_images=8)
+                          calibration=Calibration(image_folder, count=8))
     assert report.precision == "int8" and report.calibration_images == 8 and report.limit == BOUNDS["int8"].floor
     assert 0 < report.max_rel_diff <= report.limit
     ops = [node.op_type for node in onnx.load(str(path)).graph.node]

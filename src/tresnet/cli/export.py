@@ -62,14 +62,16 @@ def _check_int8_backend(precision: str, backend: str | None) -> None:
 def run(args: argparse.Namespace) -> int:
     from tresnet.cli._common import load_model
     from tresnet.deploy.export import check_export_args, export_model
+    from tresnet.deploy.int8 import Calibration
 
     precision = _precision(args)
     check_export_args(args.format, args.output, args.opset, precision)  # fail before building the model
     model = load_model(args, "export")
     report = export_model(model, args.output, format=args.format, img_size=args.img_size,
                           dynamic_batch=args.dynamic_batch, precision=precision, fused=not args.no_fuse,
-                          opset=args.opset, calibration=args.calibration,
-                          calibration_images=args.calibration_images)
+                          opset=args.opset,
+                          calibration=Calibration(args.calibration, args.calibration_images)
+                          if args.calibration is not None else None)
     print(report.summary())
     if report.preprocessing is not None:
         where = ("its metadata_props 'tresnet_preprocessing'" if report.format == "onnx" else

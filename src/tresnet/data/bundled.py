@@ -95,12 +95,17 @@ class BundledValidationSet(Dataset):
         spec = bundled_set(name)
         if spec is None:
             raise DataError(f"no bundled data set called {name!r}: use one of {', '.join(BUNDLED_SETS)}")
-        self.spec, self.root, self.task, self.tasks = spec, spec.name, spec.task, (spec.task,)
+        self.spec, self.root, self.task = spec, spec.name, spec.task
         self.classes = list(DIGITS_CLASSES)
         self.source = spec.name
         self.skipped, self.skipped_files = 0, set()
         self._indices = list(range(len(self.classes)))
         self._split: Dataset | None = None
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks its targets serve (the set's)."""
+        return (self.task,)
 
     def prepare(self, preprocessing: Preprocessing, *, val_split: float, split_seed: int = 0) -> None:
         """Draw the validation split of ``val_split`` and ``split_seed`` (those of the training run) at

@@ -50,6 +50,7 @@ class TrainData:
     class_names: list[str]
     description: str
     preprocessing: Preprocessing | None = None
+    source: DataSource | None = None  # where they came from (whether it is held in memory, for one)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from tresnet.deploy.fusion import fuse
 from tresnet.deploy.int8 import (
     DEFAULT_CALIBRATION_IMAGES,
     KEEP_FLOAT,
+    Calibration,
     Int8Model,
     load_calibration_images,
     quantize,
@@ -34,6 +35,7 @@ __all__ = [
     "FORMATS",
     "KEEP_FLOAT",
     "Agreement",
+    "Calibration",
     "ExportError",
     "DeployedModel",
     "ExportMismatchError",

@@ -32,7 +32,7 @@ from torch import nn
 from tresnet.data.transforms import Preprocessing
 from tresnet.deploy.exactness import Agreement, agreement, as_list, exact_outputs, fp32_outputs
 from tresnet.deploy.fusion import cast_for_inference, fuse
-from tresnet.deploy.int8 import DEFAULT_CALIBRATION_IMAGES, quantize_onnx, resolve_calibration
+from tresnet.deploy.int8 import DEFAULT_CALIBRATION_IMAGES, Calibration, quantize_onnx, resolve_calibration
 from tresnet.deploy.onnx_runtime import require_onnx
 from tresnet.errors import ConfigError, FileWriteError, TResNetError
 from tresnet.files import atomic_write
@@ -54,6 +54,7 @@ def max_opset() -> int:
 DEFAULT_IMG_SIZE = 224
 # Batch sizes the exported file is checked at: the traced one, and another when the batch is dynamic.
 TRACE_BATCH = 1
+CHECK_SEED = 0  # the check's random images are the same at every export
 DYNAMIC_CHECK_BATCH = 3
 
 
@@ -335,29 +336,29 @@ def _write_atomically(path: Path, write_and_check: Callable[[str], None]) -> Non
                           f"folder with free space") from e
 
 
-def _calibration_batch(model: nn.Module, calibration, size: tuple[int, int], count: int) -> torch.Tensor:
-    """The int8 calibration images: a ready batch, or ``count`` images of a folder at ``size``."""
+def _calibration_batch(model: nn.Module, calibration: Calibration | None, size: tuple[int, int]) -> torch.Tensor:
+    """The int8 calibration images: a ready batch, or ``calibration.count`` images of a folder at ``size``."""
     if calibration is None:
         raise ConfigError("int8 export needs calibration images: --calibration DIR (a folder of images like the "
-                          "ones the model will see), or calibration= from Python")
-    return resolve_calibration(calibration, model, count=count, size=size)
+                          "ones the model will see), or calibration=Calibration(DIR) from Python")
+    return resolve_calibration(calibration.images, model, count=calibration.count or DEFAULT_CALIBRATION_IMAGES,
+                               size=size)
 
 
 def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
                  img_size: int | tuple[int, int] | None = None, dynamic_batch: bool = False,
                  precision: str = "fp32", fused: bool = True, opset: int = DEFAULT_OPSET,
-                 calibration: torch.Tensor | str | os.PathLike | None = None, calibration_images: int | None = None,
-                 tolerance: float | None = None, seed: int = 0) -> ExportReport:
+                 calibration: Calibration | None = None, tolerance: float | None = None) -> ExportReport:
     """Export ``model`` to ``output`` as ONNX or TorchScript, checked against the float64 result; return the report.
 
     The export is traced on CPU at batch 1 and ``img_size`` (default: the model's configured input
     size); with ``dynamic_batch`` the batch axis is free and the check also runs at batch 3.
     ``precision``: ``fp32`` (default), ``fp16``, ``bf16`` (TorchScript only: fp32 in and out, bfloat16
-    inside) or ``int8`` (ONNX only, quantized by ONNX Runtime, calibrated on ``calibration``: a folder of
-    images, of which ``calibration_images`` are used (default
+    inside) or ``int8`` (ONNX only, quantized by ONNX Runtime, calibrated on ``calibration``, a
+    :class:`~tresnet.deploy.int8.Calibration`: a folder of images, ``count`` of them (default
     :data:`~tresnet.deploy.int8.DEFAULT_CALIBRATION_IMAGES`), or a preprocessed batch).
 
-    The check runs the file and ``model`` in fp32 and float64 (eval, CPU) on random images in [0, 1] (int8:
+    The check runs the file and ``model`` in fp32 and float64 (eval, CPU) on seeded random images in [0, 1] (int8:
     calibration images): the file's largest difference from float64, as a fraction of the largest output,
     must be within :data:`~tresnet.deploy.exactness.BOUNDS` of ``precision`` (or ``tolerance``). The file is
     renamed to ``output`` only when it passes, and records its inputs' preprocessing (:data:`PREPROCESSING_METADATA`).
@@ -373,11 +374,10 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
     size = _img_size(model, img_size)
     calibration_batch = None
     if precision == "int8":
-        calibration_batch = _calibration_batch(model, calibration, size,
-                                               calibration_images or DEFAULT_CALIBRATION_IMAGES)
+        calibration_batch = _calibration_batch(model, calibration, size)
     prepared = prepare_for_export(model, fused=fused, precision=precision)
     batch_sizes = (TRACE_BATCH, DYNAMIC_CHECK_BATCH) if dynamic_batch else (TRACE_BATCH,)
-    images = _check_images(model, calibration_batch, batch_sizes, size, seed)
+    images = _check_images(model, calibration_batch, batch_sizes, size, CHECK_SEED)
     exact = exact_outputs(model, images)
     fp32, listed = fp32_outputs(model, images)
     inputs = [x.to(torch.float16) if precision == "fp16" else x for x in images]

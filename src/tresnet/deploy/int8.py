@@ -35,6 +35,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -49,6 +50,15 @@ from tresnet.deploy.onnx_runtime import require_onnx
 from tresnet.errors import ConfigError, DataError, MissingDependencyError
 
 DEFAULT_CALIBRATION_IMAGES = 128
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The images an int8 model is calibrated on: a folder of images (``count`` of them, taken evenly; None:
+    :data:`DEFAULT_CALIBRATION_IMAGES`) or a preprocessed batch (``count`` is then ignored)."""
+
+    images: torch.Tensor | str | os.PathLike
+    count: int | None = None
 CALIBRATION_BATCH = 16
 # Modules kept in float: the classifier and the squeeze-and-excitation units (module docstring).
 KEEP_FLOAT = ("head", "se")
@@ -295,5 +305,5 @@ def quantize_onnx(float_path: str | os.PathLike, output: str | os.PathLike, imag
                         nodes_to_exclude=excluded)
 
 
-__all__ = ["DEFAULT_CALIBRATION_IMAGES", "KEEP_FLOAT", "Int8Model", "load_calibration_images", "quantize", "quantize_onnx",
+__all__ = ["DEFAULT_CALIBRATION_IMAGES", "Calibration", "KEEP_FLOAT", "Int8Model", "load_calibration_images", "quantize", "quantize_onnx",
            "quiet_logger", "resolve_calibration", "require_torchao"]

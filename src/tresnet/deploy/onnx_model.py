@@ -19,6 +19,7 @@ from torch import nn
 
 from tresnet.deploy.deployed import DeployedModel
 from tresnet.deploy.export import export_model
+from tresnet.deploy.int8 import Calibration
 from tresnet.deploy.onnx_runtime import onnx_session
 
 
@@ -68,7 +69,7 @@ def onnx_model(model: nn.Module, *, precision: str = "fp32", img_size: int | tup
     """
     quantized = {}
     if precision == "int8":
-        quantized = dict(calibration=calibration, calibration_images=calibration_images)
+        quantized = dict(calibration=Calibration(calibration, calibration_images))
         if img_size is None and isinstance(calibration, torch.Tensor):
             img_size = tuple(calibration.shape[-2:])  # a ready batch sets the size, as for quantize
     with tempfile.TemporaryDirectory(prefix="tresnet-onnx-") as folder:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +32,6 @@ from tresnet.layers.fused import (
     fused_tail,
 )
 from tresnet.layers.stem import SpaceToDepth
-
-if TYPE_CHECKING:  # for the annotations only: tresnet.py imports this module to declare its fusion rules
-    from tresnet.models.tresnet import BasicBlock, Bottleneck
 
 
 class FusedStem(nn.Module):
@@ -76,7 +72,8 @@ class FusedStem(nn.Module):
 
 
 class FusedBlock(nn.Module):
-    """A folded :class:`BasicBlock` or :class:`Bottleneck` (drop-path is the identity in eval).
+    """A folded TResNet ``BasicBlock`` or ``Bottleneck`` (drop-path is the identity in eval; the block classes are
+    the family's, handed in by :func:`fusion_rules`, so this module does not import the network).
 
     Basic: ``relu(shortcut + conv2(conv1(x)) * gate)``; Bottleneck:
     ``relu(conv3(se(conv2(conv1(x)))) + shortcut)``, the last step one fused conv where possible.
@@ -84,7 +81,7 @@ class FusedBlock(nn.Module):
     returns it). ``fuse_module`` folds the downsample path (:meth:`~tresnet.layers.fused.FusionWalk.fuse`).
     """
 
-    def __init__(self, block: BasicBlock | Bottleneck, fuse_module: Callable[[nn.Module], nn.Module]) -> None:
+    def __init__(self, block: nn.Module, fuse_module: Callable[[nn.Module], nn.Module]) -> None:
         super().__init__()
         self.conv1 = FusedConvAct(block.conv1)
         self.conv2 = FusedConvAct(block.conv2)

@@ -16,7 +16,7 @@ from tresnet.data.class_names import IMAGENET_NUM_CLASSES, imagenet_class_names
 from tresnet.data.imagenet import imagenet_synsets
 from tresnet.errors import DataError
 from tresnet.tasks.base import DEFAULT_THRESHOLD, LossOptions, Task
-from tresnet.tasks.outputs import ClassScore, Prediction, RunFacts, percent
+from tresnet.tasks.outputs import ClassScore, Prediction, RunFacts, percent, throughput
 
 MULTICLASS = "multiclass"
 
@@ -119,7 +119,7 @@ class ClassificationTally:
             top1=sums["correct_top1"] / images, top5=sums["correct_top5"] / images,
             correct_top1=sums["correct_top1"], correct_top5=sums["correct_top5"],
             loss=float(self.loss_sum.item()) / images, images=images, skipped=self.skipped, seconds=seconds,
-            img_per_s=images / seconds if seconds > 0 else float("inf"), subset=self._subset(sums, images),
+            img_per_s=throughput(images, seconds), subset=self._subset(sums, images),
             real=self._real(sums))
         return scores if info is None else _over_processes(scores, info)
 

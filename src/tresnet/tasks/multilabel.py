@@ -23,7 +23,7 @@ from tresnet.errors import DataError
 from tresnet.tasks.base import DEFAULT_THRESHOLD, LossOptions, Task, check_threshold
 from tresnet.tasks.losses import AsymmetricLoss, BinaryCrossEntropy, FocalLoss, check_reduction
 from tresnet.tasks.multilabel_metrics import THRESHOLD_METRICS, MultiLabelRows, multilabel_metrics
-from tresnet.tasks.outputs import ClassScore, Prediction, RunFacts, percent
+from tresnet.tasks.outputs import ClassScore, Prediction, RunFacts, percent, throughput
 
 MULTILABEL = "multilabel"
 
@@ -100,7 +100,7 @@ class MultiLabelTally:
         metrics = multilabel_metrics(logits, targets, self.threshold)
         metrics["or_"] = metrics.pop("or")
         return MultiLabelScores(**metrics, loss=loss_sum / elements, images=images, skipped=int(skipped),
-                                seconds=seconds, img_per_s=images / seconds if seconds > 0 else float("inf"))
+                                seconds=seconds, img_per_s=throughput(images, seconds))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,11 @@ def percent(fraction: float | None) -> float | None:
     return None if fraction is None else 100.0 * fraction
 
 
+def throughput(images: int, seconds: float) -> float:
+    """Images per second of an evaluation (infinite for one that took no measurable time)."""
+    return images / seconds if seconds > 0 else float("inf")
+
+
 @dataclass(frozen=True)
 class RunFacts:
     """What every validation report says besides its task's figures: the model and its weights, the data,
@@ -121,4 +126,4 @@ class Prediction:
         return out + [score.line(indent) for score in self.topk]
 
 
-__all__ = ["ClassScore", "Prediction", "RunFacts", "percent"]
+__all__ = ["ClassScore", "Prediction", "RunFacts", "percent", "throughput"]

@@ -46,7 +46,7 @@ def build_train_data(cfg: TrainConfig, pretrained_cfg: dict, img_size: int) -> T
     """
     source = train_source(cfg)
     data = source.training_data(cfg, pretrained_cfg, _train_transform(cfg, pretrained_cfg, img_size), img_size)
-    data.preprocessing = source.preprocessing(cfg, pretrained_cfg, img_size)
+    data.preprocessing, data.source = source.preprocessing(cfg, pretrained_cfg, img_size), source
     return data
 
 
@@ -61,10 +61,10 @@ class Loaders:
     steps_per_epoch: int
 
 
-def _default_workers(cfg: TrainConfig, info: DistInfo) -> int:
+def _default_workers(cfg: TrainConfig, info: DistInfo, data: TrainData) -> int:
     if cfg.workers is not None:
         return cfg.workers
-    if train_source(cfg).embedded:  # in-memory tensors: worker processes cost more than they save
+    if data.source is not None and data.source.embedded:  # in-memory tensors: worker processes cost more than they save
         return 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(0, min(8, cpus // info.world_size - 1))
@@ -73,7 +73,7 @@ def _default_workers(cfg: TrainConfig, info: DistInfo) -> int:
 def build_loaders(cfg: TrainConfig, info: DistInfo, data: TrainData) -> Loaders:
     """Sharded, seeded training and validation loaders of ``data`` for this process; :class:`ConfigError` when
     an epoch would have no step (a batch larger than the training set)."""
-    workers = _default_workers(cfg, info)
+    workers = _default_workers(cfg, info, data)
     train_sampler = ShardedEpochSampler(len(data.train), seed=cfg.seed, rank=info.rank, world_size=info.world_size,
                                         shuffle=True)
     train = create_loader(SeededSamples(data.train), cfg.batch_size, workers, info.device, sampler=train_sampler,

@@ -49,7 +49,7 @@ from tresnet.training.distributed import derive_seed
 from tresnet.training.model_setup import build_model_setup
 from tresnet.training.optimisation import Optimisation
 from tresnet.training.rng import rng_states, seed_everything, set_rng_states
-from tresnet.training.run_data import build_loaders, build_train_data, train_source
+from tresnet.training.run_data import build_loaders, build_train_data
 from tresnet.training.run_files import (
     BEST_FILE,
     LAST_FILE,
@@ -247,7 +247,7 @@ class Trainer:
                 "precision": cfg.precision, "trained_on": str(cfg.data),
                 "preprocessing": self.data.preprocessing.to_config(),
                 **self.task.checkpoint_record(threshold=cfg.threshold)}
-        if train_source(cfg).embedded:
+        if self.data.source.embedded:
             meta.update(val_split=str(cfg.val_split), split_seed=str(cfg.split_seed))
         return meta
 
