@@ -45,13 +45,13 @@ from tresnet.bench import command_line, machine_record
 from tresnet.data.digits import load_digits_images
 from tresnet.data.splits import stratified_split
 from tresnet.files import write_text
-from tresnet.training.config import FIELDS, build_config
+from tresnet.training.config import OPTIONS, build_config
 from tresnet.training.run_files import BEST_FILE, SUMMARY_FILE
 from tresnet.training.trainer import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("none", "kd", "th-kd", "sh-kd")
-DEFAULT_HEAD_WEIGHT = FIELDS["teacher_head_weight"].default  # the th-kd row the verdict reads
+DEFAULT_HEAD_WEIGHT = OPTIONS["teacher_head_weight"].default  # the th-kd row the verdict reads
 VAL_FRACTION, SPLIT_SEED = 0.2, 0  # the digits demo's split (digits-demo recipe)
 IMG_SIZE = 32
 

@@ -34,7 +34,7 @@ def test_the_amp_options_of_earlier_versions_are_gone(tmp_path, capsys):
     recipe.write_text("amp: true\n")
     assert main(["train", "--data", "digits", "--output", str(tmp_path / "o"), "--config", str(recipe)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("tresnet train: error: 'amp' in recipe") and "is now precision: amp" in err
+    assert err.startswith("tresnet train: error: 'amp' in recipe") and "is now run.precision (--precision): amp" in err
 
 
 def test_unknown_option_is_refused(capsys):
@@ -50,7 +50,8 @@ def test_digits_trains_end_to_end_with_the_demo_recipe(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["best_top1"] <= 1.0 and summary["epochs"] == 1 and summary["num_classes"] == 10
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["img_size"] == 32 and saved["batch_size"] == 8 and saved["data"] == "digits"
+    assert saved["model"]["img_size"] == 32 and saved["optimisation"]["batch_size"] == 8
+    assert saved["data"]["train"] == "digits"
     assert "best val top-1" in capsys.readouterr().out
     # the same command again without --resume would overwrite the run: refused in one line
     assert main(["train", "--data", "digits", "--output", str(out), *QUICK]) == 1
@@ -59,17 +60,22 @@ def test_digits_trains_end_to_end_with_the_demo_recipe(tmp_path, capsys):
     # --resume with a setting that contradicts the saved run
     assert main(["train", "--output", str(out), "--resume", "--lr", "0.5"]) == 1
     assert "lr (saved" in capsys.readouterr().err
-    assert saved["precision"] == "fp32" and "amp" not in saved
+    assert saved["run"]["precision"] == "fp32" and "amp" not in saved["run"]
     assert main(["train", "--output", str(out), "--resume", "--precision", "amp"]) == 1
     assert "precision (saved 'fp32', given 'amp')" in capsys.readouterr().err
 
 
 def test_bad_recipe_key_is_one_line(tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("epochs: 1\nwarmup: 3\n")
+    recipe.write_text("optimisation:\n  epochs: 1\n  warmup: 3\n")
     code = main(["train", "--data", "digits", "--output", str(tmp_path / "o"), "--config", str(recipe)])
     err = capsys.readouterr().err.strip()
-    assert code == 1 and "unknown key 'warmup'" in err and "warmup_epochs" in err and "\n" not in err
+    assert code == 1 and "unknown key 'warmup' in the section 'optimisation'" in err and "warmup_epochs" in err
+    assert "\n" not in err
+    recipe.write_text("epochs: 1\n")  # a recipe of an earlier version, without sections
+    code = main(["train", "--data", "digits", "--output", str(tmp_path / "o"), "--config", str(recipe)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "'epochs' in recipe" in err and "optimisation: {epochs: 1}" in err and "\n" not in err
 
 
 @requires_sklearn
@@ -90,8 +96,8 @@ def test_a_genet_trains_on_digits_and_its_checkpoint_predicts_without_a_model_na
     assert main(["train", "--model", "genet_light", "--data", "digits", "--output", str(out), *QUICK]) == 0
     printed = capsys.readouterr().out
     assert "norm bn" in printed and "inputs normalised with mean (0.485, 0.456, 0.406)" in printed
-    saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["model"] == "genet_light" and saved["norm"] == "bn" and saved["img_size"] == 32
+    saved = yaml.safe_load((out / "config.yaml").read_text())["model"]
+    assert saved["name"] == "genet_light" and saved["norm"] == "bn" and saved["img_size"] == 32
     images, labels = load_digits_images(32)
     Image.fromarray(images[0].permute(1, 2, 0).numpy()).save(tmp_path / "digit.png")
     assert main(["predict", "--checkpoint", str(out / "best.safetensors"), "--topk", "3", "--device", "cpu",

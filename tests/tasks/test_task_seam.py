@@ -167,9 +167,9 @@ def digit_count():
 
 
 def test_a_task_of_the_tests_trains_and_evaluates_through_the_ordinary_loops(digit_count, tmp_path):
-    cfg = TrainConfig(model="genet_light", task=NAME, data=NAME, output=str(tmp_path / "run"), epochs=1,
-                      batch_size=16, img_size=32, max_steps_per_epoch=3, lr=1e-3, workers=0, threads=1,
-                      progress=False, ema_decay=0.9, seed=1)
+    cfg = TrainConfig.from_options(dict(
+        model="genet_light", task=NAME, data=NAME, output=str(tmp_path / "run"), epochs=1, batch_size=16, img_size=32,
+        max_steps_per_epoch=3, lr=1e-3, workers=0, threads=1, progress=False, ema_decay=0.9, seed=1))
     summary = train(cfg)
     run = tmp_path / "run"
     assert summary["task"] == NAME and 0.0 <= summary["best_count_accuracy"] <= 1.0

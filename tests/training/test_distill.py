@@ -337,13 +337,15 @@ def test_the_run_s_teacher_takes_the_student_s_inputs_on_the_run_s_device(tmp_pa
     cfg = build_config(None, {"data": "d", "output": "o", "model": "tresnet_m", "distill": "th-kd",
                               "teacher_checkpoint": str(tmp_path / "t.safetensors")})
     student = tresnet.create_model("tresnet_m", num_classes=3)  # takes RGB in [0, 1]
-    on_cpu = create_distiller(cfg, names, student, nn.CrossEntropyLoss(), 32, torch.device("cpu"))
+    on_cpu = create_distiller(cfg.distillation, "multiclass", names, student, nn.CrossEntropyLoss(), 32,
+                              torch.device("cpu"))
     pixels = torch.rand(2, 3, 32, 32)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET)
     with torch.no_grad():
         torch.testing.assert_close(on_cpu.teacher(pixels), genet((pixels - mean) / std), rtol=1e-4, atol=1e-4)
     # the meta device stands in for a GPU: a buffer left on the CPU fails there as on CUDA
-    distiller = create_distiller(cfg, names, student, nn.CrossEntropyLoss(), 32, torch.device("meta"))
+    distiller = create_distiller(cfg.distillation, "multiclass", names, student, nn.CrossEntropyLoss(), 32,
+                                 torch.device("meta"))
     assert distiller.teacher.renormalises and distiller.teacher_name == "genet_light"
     out = distiller.teacher(torch.zeros(2, 3, 32, 32, device="meta"))
     assert out.device.type == "meta" and out.shape == (2, 3)

@@ -348,7 +348,8 @@ def test_distillation_options_that_do_not_go_together_are_refused():
     for options, match in refused:
         _one_line(ConfigError, match, lambda options=options: build_config(None, {**base, **options}))
     cfg = build_config(None, {**base, "distill": "th-kd", "teacher_checkpoint": "t.pt", "teacher_head_blend": 1.0})
-    assert (cfg.distill_weight, cfg.distill_temperature, cfg.teacher_head_weight) == (1.0, 4.0, 0.02)
+    d = cfg.distillation
+    assert (d.weight, d.temperature, d.teacher_head_weight) == (1.0, 4.0, 0.02)
 
 
 def test_the_command_line_distils_and_refuses_a_method_without_a_teacher(folder, teachers, tmp_path, capsys,
@@ -366,9 +367,9 @@ def test_the_command_line_distils_and_refuses_a_method_without_a_teacher(folder,
     said = capsys.readouterr().out
     assert "distilling (th-kd, T 2, weight 0.7, teacher-head weight 0.5) from tresnet_m" in said
     assert "teacher tresnet_m: val top-1" in said and "blend top-1" in said
-    saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["distill"] == "th-kd" and saved["teacher_checkpoint"] == str(teachers["tresnet_m"])
-    assert (saved["distill_temperature"], saved["distill_weight"], saved["teacher_head_weight"],
+    saved = yaml.safe_load((out / "config.yaml").read_text())["distillation"]
+    assert saved["method"] == "th-kd" and saved["teacher_checkpoint"] == str(teachers["tresnet_m"])
+    assert (saved["temperature"], saved["weight"], saved["teacher_head_weight"],
             saved["teacher_head_blend"]) == (2.0, 0.7, 0.5, 0.5)
     assert 0.0 <= float(_rows(out)[0]["val_blend"]) <= 1.0
     # no teacher: the exit status of `tresnet train` (main's return value) and one line on stderr

@@ -113,7 +113,7 @@ def test_multilabel_training_under_torchrun_scores_the_map_of_the_whole_val_set(
     # the same 40 images (each process evaluated every other one) in one process, with the saved weights
     model = tresnet.create_model(checkpoint_path=tmp_path / "two" / "last.safetensors")
     cfg = build_config(None, {"data": "digits-multilabel", "output": str(tmp_path / "one")})
-    val = build_train_data(cfg, model.pretrained_cfg, 32).val
+    val = build_train_data(cfg.data, cfg.task.name, cfg.augmentation, model.pretrained_cfg, 32).val
     result = evaluate(model, create_loader(Subset(val, range(40)), 8, 0, "cpu"), get_task("multilabel").tally("cpu"),
                       progress=False)
     assert float(row["val_map"]) == pytest.approx(result.map, abs=1e-6)

@@ -71,9 +71,9 @@ def test_the_training_and_validation_inputs_are_normalised_as_the_model_says(fol
     for training in (True, False):
         assert min(lo for lo, _ in genet[training]) < -1.0 and max(hi for _, hi in genet[training]) > 1.5
         assert all(0.0 <= lo and hi <= 1.0 for lo, hi in tres[training])
-    saved = yaml.safe_load((tmp_path / "genet_light" / "config.yaml").read_text())
-    assert saved["norm"] == "bn" and saved["model"] == "genet_light"
-    assert yaml.safe_load((tmp_path / "tresnet_m" / "config.yaml").read_text())["norm"] == "inplace_abn"
+    saved = yaml.safe_load((tmp_path / "genet_light" / "config.yaml").read_text())["model"]
+    assert saved["norm"] == "bn" and saved["name"] == "genet_light"
+    assert yaml.safe_load((tmp_path / "tresnet_m" / "config.yaml").read_text())["model"]["norm"] == "inplace_abn"
 
 
 def test_validation_during_training_agrees_with_validate_afterwards(folder, tmp_path):
@@ -99,7 +99,7 @@ def test_digits_are_normalised_for_genet_and_left_in_0_1_for_tresnet():
     data = {}
     for model in ("genet_light", "tresnet_m"):
         cfg = build_config(None, {"data": "digits", "output": "o", "model": model})
-        data[model] = build_train_data(cfg, tresnet.get_pretrained_cfg(model), 32)
+        data[model] = build_train_data(cfg.data, cfg.task.name, cfg.augmentation, tresnet.get_pretrained_cfg(model), 32)
     genet, tres = data["genet_light"], data["tresnet_m"]
     raw = DigitsDataset("val", 32, None, val_fraction=0.2)
     for i in (0, 17):
@@ -137,8 +137,8 @@ def test_bf16_and_transfer_from_a_timm_layout_file(folder, tmp_path):
 def test_finetune_names_the_genet_form_of_the_recipe(folder, tmp_path):
     cfg = _config("finetune", data=str(folder), output=str(tmp_path / "run"))
     assert cfg == _config("finetune-genet", data=str(folder), output=str(tmp_path / "run"))
-    assert cfg.img_size == FAST["img_size"] and "img_size" not in load_recipe("finetune-genet")
+    assert cfg.model.img_size == FAST["img_size"] and "img_size" not in load_recipe("finetune-genet")
     tresnet_cfg = build_config("finetune", {**FAST, "data": str(folder), "output": "o"})
-    assert tresnet_cfg.lr == load_recipe("finetune")["lr"]
+    assert tresnet_cfg.optimisation.lr == load_recipe("finetune")["lr"]
     summary = train(cfg)
     assert summary["model"] == "genet_light" and summary["epochs"] == 1

@@ -100,7 +100,7 @@ def test_resume_killed_before_the_first_epoch_ended(folder, tmp_path):
     with pytest.raises(ConfigError, match="already holds a run"):
         train(_config(**options))
     changed = _config(resume=True, **options)
-    changed.lr = 0.5  # a configuration built without build_config is checked against the saved one too
+    changed.optimisation.lr = 0.5  # a configuration built without build_config is checked against the saved one too
     with pytest.raises(ConfigError, match=r"settings differ: lr \(saved 0.001, given 0.5\)"):
         train(changed)
 

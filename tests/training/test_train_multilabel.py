@@ -35,9 +35,9 @@ pytestmark = pytest.mark.usefixtures("one_math_thread")
 def test_the_task_decides_the_loss_and_the_data_it_takes():
     base = {"data": "d", "output": "o"}
     labels = {**base, "data": "labels.csv", "task": "multilabel"}  # a multilabel source: the labels CSV
-    assert build_config(None, labels).loss is None  # the task's default: asl
+    assert build_config(None, labels).loss.name is None  # the task's default: asl
     coco = build_config(None, {**base, "task": "multilabel", "annotations": "instances.json"})
-    assert coco.loss is None and coco.annotations == "instances.json"
+    assert coco.loss.name is None and coco.data.annotations == "instances.json"
     with pytest.raises(DataError, match="multilabel data d needs its labels: .*--annotations FILE"):
         build_config(None, {**base, "task": "multilabel"})  # a plain folder names no labels
     with pytest.raises(ConfigError, match="loss 'ce' does not fit task 'multilabel': use one of asl, bce, focal"):
@@ -68,13 +68,16 @@ def test_the_task_decides_the_loss_and_the_data_it_takes():
 def test_the_embedded_mosaics_pick_their_demo_recipe_and_the_coco_recipes_load():
     assert run_recipe(None, {"data": "digits-multilabel"}) == "digits-multilabel-demo"
     demo = build_config(None, {"data": "digits-multilabel", "output": "o"})
-    assert demo.task == "multilabel" and demo.train_crop_mode == "squash"
+    assert demo.task.name == "multilabel" and demo.augmentation.train_crop_mode == "squash"
     for name in ("coco-asl", "coco-ml-decoder"):
         cfg = build_config(name, {"data": "coco/train2014", "annotations": "a.json", "output": "o"})
-        assert cfg.task == "multilabel" and cfg.loss == "asl" and cfg.asl_gamma_neg == 4 and cfg.asl_gamma_pos == 0
-        assert cfg.img_size == 448 and cfg.train_crop_mode == "squash" and cfg.crop_mode == "squash"
-        assert cfg.optimizer == "adam" and cfg.lr == 1e-4 and cfg.ema_decay == 0.9997 and cfg.cutout == 0.5
-    assert build_config("coco-ml-decoder", {"data": "d", "annotations": "a.json", "output": "o"}).head == "ml_decoder"
+        assert cfg.task.name == "multilabel" and cfg.loss.name == "asl"
+        assert cfg.loss.asl_gamma_neg == 4 and cfg.loss.asl_gamma_pos == 0
+        assert cfg.model.img_size == 448 and cfg.augmentation.train_crop_mode == "squash"
+        assert cfg.data.crop_mode == "squash" and cfg.augmentation.cutout == 0.5
+        assert cfg.optimisation.optimizer == "adam" and cfg.optimisation.lr == 1e-4
+        assert cfg.optimisation.ema_decay == 0.9997
+    assert build_config("coco-ml-decoder", {"data": "d", "annotations": "a.json", "output": "o"}).model.head == "ml_decoder"
 
 
 # --- augmentation ------------------------------------------------------------------------------------

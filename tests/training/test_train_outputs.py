@@ -109,9 +109,9 @@ def test_resume_where_there_is_nothing_to_resume_says_so(tmp_path, capsys):
             f"tresnet train: error: --resume: nothing to resume in {output} ({found}): point --output at the folder "
             f"of the run to continue, or drop --resume and pass --data DIR to start a new run")
     with pytest.raises(ConfigError, match=r"--resume: nothing to resume in .*empty \(no config.yaml"):
-        TrainConfig(output=str(empty), resume=True).validate()
+        TrainConfig.from_options({"output": str(empty), "resume": True}).validate()
     # with the whole configuration given, --resume on a new folder starts the run (scripts that always pass it)
-    assert build_config(None, {**GENET, "data": "digits", "output": str(empty), "resume": True}).resume
+    assert build_config(None, {**GENET, "data": "digits", "output": str(empty), "resume": True}).run.resume
 
 
 def _history(metric: str, epochs: int = 3) -> list[dict]:

@@ -69,7 +69,11 @@ class ValidationOptions:
 
 
 class DataSource:
-    """A kind of data: its name, the tasks it serves, how ``--data`` names it, and how to open it."""
+    """A kind of data: its name, the tasks it serves, how ``--data`` names it, and how to open it.
+
+    A training run hands its methods its ``data`` section (:class:`tresnet.training.sections.DataSection`:
+    ``train``, ``annotations``, ``val``, ``val_annotations``, ``classes``, ``val_split``, ``split_seed``,
+    ``crop_pct``, ``crop_mode``)."""
 
     name: str
     tasks: tuple[str, ...]
@@ -80,27 +84,27 @@ class DataSource:
         """Whether ``data`` (with ``annotations``) is unmistakably this source's."""
         return False
 
-    def check(self, cfg: Any) -> None:
+    def check(self, section: Any) -> None:
         """:class:`ConfigError` for a training option this source does not read."""
 
-    def preprocessing(self, cfg: Any, pretrained_cfg: dict, img_size: int) -> Preprocessing:
+    def preprocessing(self, section: Any, pretrained_cfg: dict, img_size: int) -> Preprocessing:
         """The evaluation preprocessing of a run: the model's at ``img_size``, with the run's crop overrides."""
-        return Preprocessing.of(eval_config(pretrained_cfg, cfg), img_size=img_size)
+        return Preprocessing.of(eval_config(pretrained_cfg, section), img_size=img_size)
 
-    def training_data(self, cfg: Any, pretrained_cfg: dict, train_transform: Callable, img_size: int) -> TrainData:
+    def training_data(self, section: Any, pretrained_cfg: dict, train_transform: Callable, img_size: int) -> TrainData:
         raise NotImplementedError
 
     def validation_data(self, data: str | os.PathLike, options: ValidationOptions) -> Dataset:
         raise NotImplementedError
 
 
-def eval_config(pretrained_cfg: dict, cfg: Any) -> dict:
+def eval_config(pretrained_cfg: dict, section: Any) -> dict:
     """The model's preprocessing configuration with the run's ``crop_pct`` / ``crop_mode`` overrides."""
     out = dict(pretrained_cfg)
-    if cfg.crop_pct is not None:
-        out["crop_pct"] = cfg.crop_pct
-    if cfg.crop_mode is not None:
-        out["crop_mode"] = cfg.crop_mode
+    if section.crop_pct is not None:
+        out["crop_pct"] = section.crop_pct
+    if section.crop_mode is not None:
+        out["crop_mode"] = section.crop_mode
     return out
 
 
@@ -121,18 +125,18 @@ class BundledSource(DataSource):
     def claims(self, data: str | os.PathLike, annotations: Any = None) -> bool:
         return str(data) == self.name
 
-    def check(self, cfg: Any) -> None:
-        if cfg.annotations or cfg.val_data:
+    def check(self, section: Any) -> None:
+        if section.annotations or section.val:
             raise ConfigError(f"--data {self.name} is embedded: it takes no --annotations or --val-data")
 
-    def preprocessing(self, cfg: Any, pretrained_cfg: dict, img_size: int) -> Preprocessing:
+    def preprocessing(self, section: Any, pretrained_cfg: dict, img_size: int) -> Preprocessing:
         # drawn at the size and evaluated whole: a squash to the size leaves such an image as it is
         return Preprocessing.of(pretrained_cfg, img_size=img_size, crop_mode="squash")
 
-    def training_data(self, cfg: Any, pretrained_cfg: dict, train_transform: Callable, img_size: int) -> TrainData:
+    def training_data(self, section: Any, pretrained_cfg: dict, train_transform: Callable, img_size: int) -> TrainData:
         eval_transform = create_tensor_eval_transform(**_mean_std(pretrained_cfg))
-        train = self.spec.draw("train", img_size, train_transform, cfg.val_split, cfg.split_seed)
-        val = self.spec.draw("val", img_size, eval_transform, cfg.val_split, cfg.split_seed)
+        train = self.spec.draw("train", img_size, train_transform, section.val_split, section.split_seed)
+        val = self.spec.draw("val", img_size, eval_transform, section.val_split, section.split_seed)
         return TrainData(train, val, list(train.classes), f"{self.spec.title}: {len(train)} train / {len(val)} val "
                                                           f"images at {img_size}px")
 
@@ -166,21 +170,21 @@ class ImageFolders(DataSource):
     name, tasks = "folders", ("multiclass",)
     usage = "--data a folder of class sub-folders (ImageNet-style)"
 
-    def check(self, cfg: Any) -> None:
-        given = [name for name in LABEL_FILE_OPTIONS if getattr(cfg, name)]
+    def check(self, section: Any) -> None:
+        given = [name for name in LABEL_FILE_OPTIONS if getattr(section, name)]
         if given:
             raise ConfigError(f"{', '.join(given)} describe multilabel data: pass --task multilabel, or drop them")
 
-    def training_data(self, cfg: Any, pretrained_cfg: dict, train_transform: Callable, img_size: int) -> TrainData:
-        eval_transform = create_eval_transform(eval_config(pretrained_cfg, cfg), img_size)
-        root = Path(cfg.data).expanduser()
+    def training_data(self, section: Any, pretrained_cfg: dict, train_transform: Callable, img_size: int) -> TrainData:
+        eval_transform = create_eval_transform(eval_config(pretrained_cfg, section), img_size)
+        root = Path(section.train).expanduser()
         if not root.is_dir():
             raise DataError(f"data folder {root} does not exist: pass an ImageNet-style folder or 'digits'")
         train_dir = _find(root, TRAIN_FOLDERS)
         val_dir = _find(root, VAL_FOLDERS) if train_dir is not None else None
         train_full = ImageFolderDataset(train_dir or root, train_transform)
         if val_dir is None:
-            return _carved_folder(cfg, train_full, eval_transform, img_size)
+            return _carved_folder(section, train_full, eval_transform, img_size)
         val = ImageFolderDataset(val_dir, eval_transform)
         _check_same_classes(train_full, val)
         described = f"{train_dir} ({len(train_full)} images) / {val_dir} ({len(val)} images)"
@@ -196,16 +200,16 @@ class ImageFolders(DataSource):
         return ImageFolderDataset(data, strict=options.strict)
 
 
-def _carved_folder(cfg: Any, train_full: ImageFolderDataset, eval_transform, img_size: int) -> TrainData:
-    """Val carved out of the one folder there is: a stratified ``cfg.val_split`` drawn with ``cfg.split_seed``."""
+def _carved_folder(section: Any, train_full: ImageFolderDataset, eval_transform, img_size: int) -> TrainData:
+    """Val carved out of the one folder there is: a stratified ``val_split`` drawn with ``split_seed``."""
     train_dir = train_full.root
-    train_idx, val_idx = stratified_split(train_full.targets, cfg.val_split, cfg.split_seed)
+    train_idx, val_idx = stratified_split(train_full.targets, section.val_split, section.split_seed)
     if not val_idx or not train_idx:
         raise DataError(f"{train_dir} has too few images ({len(train_full)}) to carve a validation split")
     val_full = ImageFolderDataset(train_dir, eval_transform)
     return TrainData(Subset(train_full, train_idx), Subset(val_full, val_idx), list(train_full.classes),
                      f"{train_dir}: {len(train_idx)} train / {len(val_idx)} val images (val carved with seed "
-                     f"{cfg.split_seed}), {len(train_full.classes)} classes at {img_size}px")
+                     f"{section.split_seed}), {len(train_full.classes)} classes at {img_size}px")
 
 
 def random_split(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -229,11 +233,11 @@ class LabelledImages(DataSource):
     def claims(self, data: str | os.PathLike, annotations: Any = None) -> bool:
         return self._claims(str(data), annotations)
 
-    def training_data(self, cfg: Any, pretrained_cfg: dict, train_transform: Callable, img_size: int) -> TrainData:
-        eval_transform = create_eval_transform(eval_config(pretrained_cfg, cfg), img_size)
-        train = open_multilabel(cfg.data, annotations=cfg.annotations, classes=cfg.classes, transform=train_transform)
-        if cfg.val_data:
-            val = open_multilabel(cfg.val_data, annotations=cfg.val_annotations, classes=cfg.classes or train.classes,
+    def training_data(self, section: Any, pretrained_cfg: dict, train_transform: Callable, img_size: int) -> TrainData:
+        eval_transform = create_eval_transform(eval_config(pretrained_cfg, section), img_size)
+        train = open_multilabel(section.train, annotations=section.annotations, classes=section.classes, transform=train_transform)
+        if section.val:
+            val = open_multilabel(section.val, annotations=section.val_annotations, classes=section.classes or train.classes,
                                   transform=eval_transform)
             if list(val.classes) != list(train.classes):
                 raise DataError(f"the classes of {val.source} differ from those of {train.source} (first: "
@@ -244,12 +248,12 @@ class LabelledImages(DataSource):
                              f"{len(train.classes)} classes (multilabel) at {img_size}px")
         if len(train) < 2:
             raise DataError(f"{train.source} has too few images ({len(train)}) to carve a validation split")
-        train_idx, val_idx = random_split(len(train), cfg.val_split, cfg.split_seed)
+        train_idx, val_idx = random_split(len(train), section.val_split, section.split_seed)
         val_full = copy.copy(train)
         val_full.transform, val_full.skipped_files = eval_transform, set()
         return TrainData(Subset(train, train_idx), Subset(val_full, val_idx), list(train.classes),
                          f"{train.source}: {len(train_idx)} train / {len(val_idx)} val images (val carved with "
-                         f"seed {cfg.split_seed}), {len(train.classes)} classes (multilabel) at {img_size}px")
+                         f"seed {section.split_seed}), {len(train.classes)} classes (multilabel) at {img_size}px")
 
     def validation_data(self, data: str | os.PathLike, options: ValidationOptions) -> Dataset:
         if options.ground_truth is not None:

@@ -22,10 +22,10 @@ from tresnet.errors import DataError
 from tresnet.recipes import read_recipe
 
 
-def _demo_value(name: str, key: str):
-    """``key`` (``val_split``, ``split_seed``, ``img_size``) of bundled set ``name``'s demo recipe, which states
-    each of them."""
-    return read_recipe(bundled_set(name).recipe)[key]
+def _demo_value(name: str, section: str, key: str):
+    """``key`` of ``section`` (``data.val_split``, ``data.split_seed``, ``model.img_size``) in bundled set ``name``'s
+    demo recipe, which states each of them."""
+    return read_recipe(bundled_set(name).recipe)[section][key]
 
 
 def _metadata(model_or_metadata: nn.Module | Mapping) -> Mapping:
@@ -41,7 +41,7 @@ def bundled_split(model_or_metadata: nn.Module | Mapping, name: str) -> tuple[fl
     meta = _metadata(model_or_metadata)
     if meta.get("trained_on") == name and meta.get("val_split") is not None:
         return float(meta["val_split"]), int(meta.get("split_seed") or 0)
-    return float(_demo_value(name, "val_split")), int(_demo_value(name, "split_seed"))
+    return float(_demo_value(name, "data", "val_split")), int(_demo_value(name, "data", "split_seed"))
 
 
 def bundled_img_size(metadata: Mapping, name: str) -> int:
@@ -51,7 +51,7 @@ def bundled_img_size(metadata: Mapping, name: str) -> int:
         return int(size[-1])
     if str(metadata.get("img_size", "")).isdigit():
         return int(metadata["img_size"])
-    return int(_demo_value(name, "img_size"))
+    return int(_demo_value(name, "model", "img_size"))
 
 
 @dataclass(frozen=True)

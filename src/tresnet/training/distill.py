@@ -34,6 +34,7 @@ from tresnet.layers import MLDecoderHead
 from tresnet.layers.ml_decoder import ml_decoder_options
 from tresnet.models.common import ClassifierHead
 from tresnet.tasks import Task, get_task
+from tresnet.training.sections import DistillationSection
 
 Normalisation = tuple[tuple[float, ...], tuple[float, ...]] | None  # (mean, std), None: RGB in [0, 1]
 
@@ -433,11 +434,12 @@ class Distiller:
                 "teacher_head": self.teacher_head.state_dict() if self.teacher_head is not None else None}
 
 
-def create_distiller(cfg, class_names: list[str], student: nn.Module, criterion: nn.Module, img_size: int,
-                     device: torch.device, saved: dict | None = None) -> Distiller:
-    """The :class:`Distiller` of the run configured by ``cfg`` (a :class:`~tresnet.training.config.TrainConfig`
-    with ``distill`` set) for ``student`` on ``device``: the teacher from its checkpoint, or from the
-    ``saved`` state of a resumed run. ``criterion`` is the run's own loss (cross-entropy, ASL...).
+def create_distiller(options: DistillationSection, task: str, class_names: list[str], student: nn.Module,
+                     criterion: nn.Module, img_size: int, device: torch.device, *, channels_last: bool = False,
+                     saved: dict | None = None) -> Distiller:
+    """The :class:`Distiller` of a run's ``distillation`` section (with a ``method``) for ``student`` on ``device``
+    (in channels-last memory format with ``channels_last``), for ``task``: the teacher from its checkpoint, or from
+    the ``saved`` state of a resumed run. ``criterion`` is the run's own loss (cross-entropy, ASL...).
 
     Raises :class:`CheckpointError` and :class:`ConfigError` as :func:`load_teacher`, and
     :class:`~tresnet.errors.InputSizeError` for an image size the teacher cannot take.
@@ -445,22 +447,22 @@ def create_distiller(cfg, class_names: list[str], student: nn.Module, criterion:
     if saved is not None:
         name, teacher = saved["teacher_model"], teacher_from_state(saved["teacher_model"], saved["teacher"])
     else:
-        teacher = load_teacher(cfg.teacher, cfg.teacher_checkpoint, class_names, cfg.task)
+        teacher = load_teacher(options.teacher, options.teacher_checkpoint, class_names, task)
         name = teacher.pretrained_cfg["model"]
     teacher.check_input_size(img_size, img_size)
     teacher.to(device)
-    if cfg.channels_last:
+    if channels_last:
         teacher.to(memory_format=torch.channels_last)
     frozen = FrozenTeacher(teacher, normalisation(student.pretrained_cfg),
                            normalisation(teacher.pretrained_cfg)).to(device)  # its constants beside its weights
     head = None
-    if cfg.distill == "th-kd":
+    if options.method == "th-kd":
         head = ProjectedClassifier(classifier_of(teacher), student.num_features).to(device)
         if saved is not None:
             head.load_state_dict(saved["teacher_head"])
-    loss = DistillationLoss(criterion, task=cfg.task, temperature=cfg.distill_temperature, weight=cfg.distill_weight,
-                            head_weight=cfg.teacher_head_weight if head is not None else 0.0)
-    return Distiller(frozen, name, loss, head, cfg.teacher_head_blend)
+    loss = DistillationLoss(criterion, task=task, temperature=options.temperature, weight=options.weight,
+                            head_weight=options.teacher_head_weight if head is not None else 0.0)
+    return Distiller(frozen, name, loss, head, options.teacher_head_blend)
 
 
 __all__ = ["BlendedStudent", "DistillationLoss", "Distiller", "create_distiller", "FrozenTeacher", "ProjectedClassifier", "StudentWithTeacherHead",

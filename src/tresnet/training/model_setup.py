@@ -26,6 +26,7 @@ from tresnet.training.distill import (
 from tresnet.training.distributed import derive_seed
 from tresnet.training.rng import seed_everything
 from tresnet.training.run_files import say
+from tresnet.training.sections import ModelSection
 
 
 @dataclass
@@ -44,7 +45,7 @@ class ModelSetup:
         return f"{self.norm} (synchronised)" if self.sync_plain_bn else str(self.norm)
 
 
-def _choose_norms(cfg: TrainConfig, info: DistInfo) -> tuple[str, bool]:
+def _choose_norms(cfg: ModelSection, info: DistInfo) -> tuple[str, bool]:
     """The norm for :func:`tresnet.create_model`, and whether plain BN becomes torch's ``SyncBatchNorm``: under
     DDP with ``sync_bn``, In-Place ABN becomes ``inplace_abn_sync`` and plain BN ``SyncBatchNorm`` (after the model
     is built), which runs on GPUs only: on the CPU plain BN stays per process."""
@@ -60,16 +61,17 @@ def _choose_norms(cfg: TrainConfig, info: DistInfo) -> tuple[str, bool]:
 def _frozen_head(cfg: TrainConfig, class_names: list[str], resume_state: dict | None) -> tuple[nn.Module | None,
                                                                                                str | None]:
     """sh-kd (``frozen_head_from``): the student whose classifier is copied in (None when resuming: the saved
-    model holds the copy), and the head kind to build; otherwise ``(None, cfg.head)``."""
-    if cfg.frozen_head_from is None:
-        return None, cfg.head
+    model holds the copy), and the head kind to build; otherwise ``(None, cfg.model.head)``."""
+    student, head = cfg.distillation.frozen_head_from, cfg.model.head
+    if student is None:
+        return None, head
     if resume_state is not None:
-        return None, cfg.head or saved_frozen_head_kind(resume_state["model"])
-    source = frozen_head_source(cfg.frozen_head_from, class_names, cfg.task)
+        return None, head or saved_frozen_head_kind(resume_state["model"])
+    source = frozen_head_source(student, class_names, cfg.task.name)
     kind = source.pretrained_cfg.get("head", "fc")
-    if cfg.head is not None and cfg.head != kind:
-        raise ConfigError(f"the student checkpoint {cfg.frozen_head_from} has an {kind!r} head, and --head is "
-                          f"{cfg.head!r}: the frozen head is the student's, so leave --head out")
+    if head is not None and head != kind:
+        raise ConfigError(f"the student checkpoint {student} has an {kind!r} head, and --head is "
+                          f"{head!r}: the frozen head is the student's, so leave --head out")
     return source, kind
 
 
@@ -78,13 +80,14 @@ def _network(cfg: TrainConfig, info: DistInfo, class_names: list[str], img_size:
     """The network with its init weights (none when resuming: the saved state follows), its norms (``norms``:
     the norm and whether plain BN is synchronised) and its head."""
     norm, sync_plain_bn = norms
-    seed_everything(derive_seed(cfg.seed, 0))
+    seed_everything(derive_seed(cfg.run.seed, 0))
     head_source, head = _frozen_head(cfg, class_names, resume_state)
+    spec = cfg.model
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = create_model(cfg.model, checkpoint_path=cfg.init_checkpoint if resume_state is None else None,
-                             num_classes=len(class_names), drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path,
-                             norm=norm, head=head, task=cfg.task)
+        model = create_model(spec.name, checkpoint_path=spec.init_checkpoint if resume_state is None else None,
+                             num_classes=len(class_names), drop_rate=spec.drop_rate, drop_path_rate=spec.drop_path,
+                             norm=norm, head=head, task=cfg.task.name)
     for w in caught:
         say(info, f"note: {w.message}")
     model.check_input_size(img_size, img_size)
@@ -105,15 +108,15 @@ def build_model_setup(cfg: TrainConfig, info: DistInfo, class_names: list[str], 
     Raises :class:`ConfigError` and :class:`~tresnet.errors.CheckpointError` as :func:`tresnet.create_model` and
     the distillation's loaders do."""
     device = info.device
-    norm, sync_plain_bn = _choose_norms(cfg, info)
+    norm, sync_plain_bn = _choose_norms(cfg.model, info)
     model = _network(cfg, info, class_names, img_size, (norm, sync_plain_bn), resume_state)
     model.to(device)
-    if cfg.channels_last:
+    if cfg.run.channels_last:
         model.to(memory_format=torch.channels_last)
     distiller = None
-    if cfg.distill is not None:
-        distiller = create_distiller(cfg, class_names, model, criterion, img_size, device,
-                                     (resume_state or {}).get("distill"))
+    if cfg.distillation.method is not None:
+        distiller = create_distiller(cfg.distillation, cfg.task.name, class_names, model, criterion, img_size, device,
+                                     channels_last=cfg.run.channels_last, saved=(resume_state or {}).get("distill"))
     trained = distiller.student_net(model) if distiller is not None else model
     ddp = None
     if info.distributed:

@@ -9,17 +9,18 @@ import torch
 from torch import nn
 
 from tresnet.runtime import needs_grad_scaler
-from tresnet.training.config import TrainConfig
 from tresnet.training.ema import ModelEma
 from tresnet.training.optim import create_optimizer, create_scheduler
+from tresnet.training.sections import OptimisationSection
 
 
 class Optimisation:
     """What turns a loss into new weights: built for ``trained`` (the parameters the optimiser steps: the model,
-    or th-kd's model and head) and ``model`` (whose EMA is kept), ``steps_per_epoch`` long epochs."""
+    or th-kd's model and head) and ``model`` (whose EMA is kept), ``steps_per_epoch`` long epochs, as the run's
+    ``optimisation`` section says; ``precision`` (autocast) decides whether losses are scaled."""
 
-    def __init__(self, cfg: TrainConfig, trained: nn.Module, model: nn.Module, steps_per_epoch: int,
-                 device: torch.device) -> None:
+    def __init__(self, cfg: OptimisationSection, precision: str, trained: nn.Module, model: nn.Module,
+                 steps_per_epoch: int, device: torch.device) -> None:
         self.trained, self.model, self.clip_grad = trained, model, cfg.clip_grad
         self.optimizer = create_optimizer(trained, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
         self.scheduler = create_scheduler(
@@ -27,7 +28,7 @@ class Optimisation:
             warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
             warmup_start_factor=cfg.warmup_start_factor, final_lr_factor=cfg.final_lr_factor,
             pct_start=cfg.pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(cfg.precision, device))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(precision, device))
         self.ema = ModelEma(model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
         self.last_lr = self.optimizer.param_groups[0]["lr"]
 

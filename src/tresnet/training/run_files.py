@@ -58,18 +58,18 @@ def prepare_output(cfg: TrainConfig, info: DistInfo) -> tuple[Path, dict | None]
     Raises :class:`ConfigError` for an output that is a file, a folder holding a run without
     ``--resume``, and a resumed run whose configuration differs from the saved one.
     """
-    output = Path(cfg.output).expanduser()
+    output = Path(cfg.run.output).expanduser()
     resume_path = output / RESUME_FILE
     if output.exists() and not output.is_dir():
         raise ConfigError(f"output {output} is a file: pass a folder to --output")
-    if not cfg.resume and resume_path.exists():
+    if not cfg.run.resume and resume_path.exists():
         raise ConfigError(f"output folder {output} already holds a run ({RESUME_FILE}): pass --resume to "
                           f"continue it, or choose another --output (or delete that folder)")
-    if not cfg.resume:
+    if not cfg.run.resume:
         return output, None
     saved = saved_config(output)
     if saved is not None:
-        check_resume(cfg.to_dict(), saved, output)
+        check_resume(cfg.options(), saved, output)
     if not resume_path.is_file():
         say(info, f"--resume: nothing to resume in {output} yet; starting from the first epoch")
         return output, None

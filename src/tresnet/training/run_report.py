@@ -11,22 +11,23 @@ from tresnet.training.run_files import say
 def announce(trainer: Any) -> None:
     """Print what the run trains, on what, how, and where it writes (the main process only)."""
     cfg, info, task, model = trainer.cfg, trainer.info, trainer.task, trainer.model
+    opt, distillation = cfg.optimisation, cfg.distillation
     n_params = sum(p.numel() for p in model.parameters())
-    precision = f", precision {cfg.precision}" if cfg.precision != "fp32" else ""
-    described = task.describe(cfg.loss or task.default_loss)
+    precision = f", precision {cfg.run.precision}" if cfg.run.precision != "fp32" else ""
+    described = task.describe(cfg.loss.name or task.default_loss)
     head = ", ML-Decoder head" if model.pretrained_cfg.get("head") == "ml_decoder" else ""
-    say(info, f"training {cfg.model} ({n_params / 1e6:.1f}M parameters{head}) on {described}"
-              f"{trainer.data.description}; {cfg.epochs} epochs x {trainer.loaders.steps_per_epoch} steps of "
-              f"{cfg.batch_size}{f' x {info.world_size} processes' if info.distributed else ''}, {cfg.optimizer} "
-              f"{cfg.schedule} lr {cfg.lr:g}{precision}, norm {trainer.setup.describe_norm()}, inputs "
+    say(info, f"training {cfg.model.name} ({n_params / 1e6:.1f}M parameters{head}) on {described}"
+              f"{trainer.data.description}; {opt.epochs} epochs x {trainer.loaders.steps_per_epoch} steps of "
+              f"{opt.batch_size}{f' x {info.world_size} processes' if info.distributed else ''}, {opt.optimizer} "
+              f"{opt.schedule} lr {opt.lr:g}{precision}, norm {trainer.setup.describe_norm()}, inputs "
               f"{trainer.inputs}, device {trainer.device}; writing to {trainer.output}")
     if trainer.distiller is not None:
-        weights = f"weight {cfg.distill_weight:g}" + (f", teacher-head weight {cfg.teacher_head_weight:g}"
-                                                      if cfg.distill == "th-kd" else "")
-        say(info, f"distilling ({cfg.distill}, T {cfg.distill_temperature:g}, {weights}) from "
+        weights = f"weight {distillation.weight:g}" + (
+            f", teacher-head weight {distillation.teacher_head_weight:g}" if distillation.method == "th-kd" else "")
+        say(info, f"distilling ({distillation.method}, T {distillation.temperature:g}, {weights}) from "
                   f"{trainer.distiller.teacher_name}")
-    if cfg.frozen_head_from:
-        say(info, f"classifier copied from {cfg.frozen_head_from} and frozen (sh-kd)")
+    if distillation.frozen_head_from:
+        say(info, f"classifier copied from {distillation.frozen_head_from} and frozen (sh-kd)")
 
 
 def run_summary(trainer: Any, session_seconds: float) -> dict:
@@ -45,12 +46,12 @@ def run_summary(trainer: Any, session_seconds: float) -> dict:
         "images_per_s": train_images / train_seconds if train_seconds else None,
         "seconds": sum(row["epoch_seconds"] for row in history),
         "session_seconds": session_seconds,
-        "model": cfg.model,
-        "task": cfg.task,
-        "data": str(cfg.data),
+        "model": cfg.model.name,
+        "task": cfg.task.name,
+        "data": str(cfg.data.train),
         "num_classes": len(trainer.data.class_names),
         "img_size": trainer.img_size,
-        "precision": cfg.precision,
+        "precision": cfg.run.precision,
         "world_size": trainer.info.world_size,
         "device": str(trainer.device),
         **_distill_summary(trainer),
@@ -58,10 +59,10 @@ def run_summary(trainer: Any, session_seconds: float) -> dict:
 
 
 def _distill_summary(trainer: Any) -> dict:
-    cfg = trainer.cfg
+    distillation = trainer.cfg.distillation
     if trainer.distiller is None:
-        return {"frozen_head_from": cfg.frozen_head_from} if cfg.frozen_head_from else {}
-    return {"distill": cfg.distill, "teacher": trainer.distiller.teacher_name,
+        return {"frozen_head_from": distillation.frozen_head_from} if distillation.frozen_head_from else {}
+    return {"distill": distillation.method, "teacher": trainer.distiller.teacher_name,
             f"teacher_{trainer.task.metric}": trainer.teacher_score}
 
 

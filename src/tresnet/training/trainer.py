@@ -1,6 +1,6 @@
 """The training loop: recipes, transfer and high-resolution fine-tuning, exact resume, DDP.
 
-:func:`train` runs a :class:`~tresnet.training.config.TrainConfig` and writes into ``cfg.output``:
+:func:`train` runs a :class:`~tresnet.training.config.TrainConfig` and writes into ``cfg.run.output``:
 
 - ``config.yaml``: the effective configuration (reusable with ``--config``);
 - ``last.safetensors`` / ``best.safetensors``: weights in our format with the class names and the task
@@ -49,7 +49,7 @@ from tresnet.training.distributed import derive_seed
 from tresnet.training.model_setup import build_model_setup
 from tresnet.training.optimisation import Optimisation
 from tresnet.training.rng import rng_states, seed_everything, set_rng_states
-from tresnet.training.run_data import build_loaders, build_train_data
+from tresnet.training.run_data import LoaderOptions, build_loaders, build_train_data
 from tresnet.training.run_files import (
     BEST_FILE,
     LAST_FILE,
@@ -61,6 +61,7 @@ from tresnet.training.run_files import (
     tensorboard_writer,
 )
 from tresnet.training.run_report import announce, run_summary
+from tresnet.training.sections import RunSection
 
 Callback = Callable[[str, dict], None]
 
@@ -98,7 +99,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, info: DistInfo, callback: Callback | None) -> None:
         self.cfg, self.info, self.callback, self.device = cfg, info, callback, info.device
-        self.task = get_task(cfg.task)
+        self.task = get_task(cfg.task.name)
 
     def _event(self, name: str, **data) -> None:
         if self.callback is not None:
@@ -110,23 +111,26 @@ class Trainer:
         """Every part, in an order that keeps the random streams of earlier versions."""
         cfg = self.cfg
         self.output, resume_state = prepare_output(cfg, self.info)
-        check_precision(cfg.precision, self.device)
-        warn_if_bf16_is_emulated(cfg.precision, self.device)
-        pretrained_cfg = get_pretrained_cfg(cfg.model)
-        self.img_size = cfg.img_size or int(pretrained_cfg["input_size"][-1])
+        check_precision(cfg.run.precision, self.device)
+        warn_if_bf16_is_emulated(cfg.run.precision, self.device)
+        pretrained_cfg = get_pretrained_cfg(cfg.model.name)
+        self.img_size = cfg.model.img_size or int(pretrained_cfg["input_size"][-1])
         self.inputs = describe_normalisation(pretrained_cfg)
-        self.data = build_train_data(cfg, pretrained_cfg, self.img_size)
-        base_criterion = self.task.create_loss(cfg.loss, LossOptions(
-            label_smoothing=cfg.label_smoothing, gamma_neg=cfg.asl_gamma_neg, gamma_pos=cfg.asl_gamma_pos,
-            clip=cfg.asl_clip, focal_gamma=cfg.focal_gamma, reduction=cfg.loss_reduction))
+        self.data = build_train_data(cfg.data, self.task.name, cfg.augmentation, pretrained_cfg, self.img_size)
+        loss = cfg.loss
+        base_criterion = self.task.create_loss(loss.name, LossOptions(
+            label_smoothing=loss.label_smoothing, gamma_neg=loss.asl_gamma_neg, gamma_pos=loss.asl_gamma_pos,
+            clip=loss.asl_clip, focal_gamma=loss.focal_gamma, reduction=loss.reduction))
         self.setup = build_model_setup(cfg, self.info, self.data.class_names, self.img_size, base_criterion,
                                        resume_state)
         self.model, self.distiller = self.setup.model, self.setup.distiller
-        self.loaders = build_loaders(cfg, self.info, self.data)
-        self.optimisation = Optimisation(cfg, self.setup.trained, self.model, self.loaders.steps_per_epoch,
-                                         self.device)
+        self.loaders = build_loaders(self.data, LoaderOptions(
+            cfg.optimisation.batch_size, cfg.optimisation.max_steps_per_epoch, cfg.run.seed, cfg.run.workers), self.info)
+        self.optimisation = Optimisation(cfg.optimisation, cfg.run.precision, self.setup.trained, self.model,
+                                         self.loaders.steps_per_epoch, self.device)
         self.criterion = self.distiller.criterion if self.distiller is not None else base_criterion
-        self.batch_mix = create_batch_mix(len(self.data.class_names), cfg.mixup, cfg.cutmix, cfg.mix_prob)
+        mix = cfg.augmentation
+        self.batch_mix = create_batch_mix(len(self.data.class_names), mix.mixup, mix.cutmix, mix.mix_prob)
         self.files = RunFiles(self.output, self.task, self.data.class_names)
         self.start_epoch, self.step, self.history = 0, 0, []
         self.best = {"score": -1.0, "epoch": 0, "weights": "model"}
@@ -160,16 +164,16 @@ class Trainer:
         net = self.setup.ddp or self.setup.trained
         net.train()
         self.loaders.train_sampler.set_epoch(epoch)
-        seed_everything(derive_seed(cfg.seed, epoch, 3, info.rank))
+        seed_everything(derive_seed(cfg.run.seed, epoch, 3, info.rank))
         meter = _LossMeter(self.device)
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   disable=not (cfg.progress and info.is_main), dynamic_ncols=True, leave=False)
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.optimisation.epochs}", unit="step",
+                   disable=not (cfg.run.progress and info.is_main), dynamic_ncols=True, leave=False)
         start = time.perf_counter()
         try:
             for index, batch in enumerate(itertools.islice(self.loaders.train, steps)):
                 meter.add(*self._train_step(net, batch))
                 bar.update(1)
-                if meter.pending_steps >= cfg.log_interval or index + 1 == steps:
+                if meter.pending_steps >= cfg.run.log_interval or index + 1 == steps:
                     self._check_and_show(meter, bar, epoch, time.perf_counter() - start)
                 self._event("step", epoch=epoch, step=self.step, index=index, model=self.model)
         finally:
@@ -191,9 +195,9 @@ class Trainer:
         targets = targets.to(self.device, non_blocking=True)
         if self.batch_mix is not None:
             inputs, targets = self.batch_mix(inputs, targets)
-        if cfg.channels_last:
+        if cfg.run.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with autocast(cfg.precision, self.device):
+        with autocast(cfg.run.precision, self.device):
             if self.distiller is not None:  # the teacher's forward is part of the step, and of its img/s
                 loss = self.distiller.loss(net, inputs, targets)
             else:
@@ -224,11 +228,11 @@ class Trainer:
     def evaluate(self, model: nn.Module, desc: str) -> Scores:
         """The task's scores of ``model`` over every process's share of the validation set (``score``: top-1,
         mAP...: a fraction; ``loss``; ``images``; the task's own figures)."""
-        limit = self.cfg.max_val_images
+        limit = self.cfg.data.max_val_images
         limit = None if limit is None else max(1, math.ceil(limit / self.info.world_size))  # per process
-        return evaluate(model, self.loaders.val, self.task.tally(self.device, threshold=self.cfg.threshold),
-                        precision=self.cfg.precision, channels_last=self.cfg.channels_last, limit=limit,
-                        progress=self.cfg.progress and self.info.is_main, desc=desc, info=self.info)
+        return evaluate(model, self.loaders.val, self.task.tally(self.device, threshold=self.cfg.task.threshold),
+                        precision=self.cfg.run.precision, channels_last=self.cfg.run.channels_last, limit=limit,
+                        progress=self.cfg.run.progress and self.info.is_main, desc=desc, info=self.info)
 
     def _evaluate_blend(self) -> float | None:
         """th-kd with ``teacher_head_blend``: the score of the paper's blend of the student and teacher-head
@@ -244,19 +248,20 @@ class Trainer:
         # preprocessing and threshold of this run's validation, and the split of a bundled set, are the run's
         cfg = self.cfg
         meta = {"epoch": epoch, self.task.metric: score, "weights": weights, "img_size": self.img_size,
-                "precision": cfg.precision, "trained_on": str(cfg.data),
+                "precision": cfg.run.precision, "trained_on": str(cfg.data.train),
                 "preprocessing": self.data.preprocessing.to_config(),
-                **self.task.checkpoint_record(threshold=cfg.threshold)}
+                **self.task.checkpoint_record(threshold=cfg.task.threshold)}
         if self.data.source.embedded:
-            meta.update(val_split=str(cfg.val_split), split_seed=str(cfg.split_seed))
+            meta.update(val_split=str(cfg.data.val_split), split_seed=str(cfg.data.split_seed))
         return meta
 
     def _training_loss_title(self) -> str | None:
         """The training loss's name for the plot when it is not the validation loss (multiclass cross-entropy
         without distillation is): ``"ASL"``, ``"CE + th-kd"``..."""
-        loss = self.cfg.loss or self.task.default_loss
-        if self.cfg.distill is not None:
-            return f"{loss.upper()} + {self.cfg.distill}"
+        loss = self.cfg.loss.name or self.task.default_loss
+        method = self.cfg.distillation.method
+        if method is not None:
+            return f"{loss.upper()} + {method}"
         return self.task.training_loss_title(loss)
 
     def save_epoch(self, epoch: int, row: dict, tensorboard) -> None:
@@ -287,7 +292,7 @@ class Trainer:
         tensorboard = tensorboard_writer(self.output, self.start_epoch + 1 if self.start_epoch else None) \
             if self.info.is_main else None
         try:
-            for epoch in range(self.start_epoch, self.cfg.epochs):
+            for epoch in range(self.start_epoch, self.cfg.optimisation.epochs):
                 self.run_epoch(epoch, tensorboard)
         finally:
             if tensorboard is not None:
@@ -325,7 +330,7 @@ class Trainer:
         title, metric = self.task.metric_title, self.task.metric
         ema_text = f"  EMA {title} {100 * row[f'ema_{metric}']:.2f}%" if ema_val else ""
         ema_text += f"  blend {title} {100 * blend:.2f}%" if blend is not None else ""
-        say(self.info, f"epoch {epoch + 1}/{self.cfg.epochs}  loss {row['train_loss']:.4f}  val {title} "
+        say(self.info, f"epoch {epoch + 1}/{self.cfg.optimisation.epochs}  loss {row['train_loss']:.4f}  val {title} "
                        f"{100 * row[f'val_{metric}']:.2f}%{ema_text}  lr {row['lr']:.3g}  "
                        f"{row['train_img_per_s']:.0f} img/s  {row['epoch_seconds']:.1f} s")
         self._event("epoch", epoch=epoch, row=row)
@@ -333,14 +338,14 @@ class Trainer:
 
 
 @contextlib.contextmanager
-def _runtime(cfg: TrainConfig, device: torch.device):
+def _runtime(run: RunSection, device: torch.device):
     """Thread count and deterministic algorithms for the run; the previous settings come back after."""
     previous = torch.are_deterministic_algorithms_enabled()
     previous_benchmark = torch.backends.cudnn.benchmark
     previous_threads = torch.get_num_threads()
-    enabled = cfg.deterministic
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    enabled = run.deterministic
+    if run.threads:
+        torch.set_num_threads(run.threads)
     if enabled:
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -373,9 +378,9 @@ def train(cfg: TrainConfig, *, callback: Callback | None = None) -> dict:
     the message names the file, the cause and the checkpoints that remain intact).
     """
     cfg = with_model_defaults(cfg.validate())
-    info = distributed.setup(cfg.device)
+    info = distributed.setup(cfg.run.device)
     try:
-        with _runtime(cfg, info.device):
+        with _runtime(cfg.run, info.device):
             return Trainer(cfg, info, callback).run()
     finally:
         distributed.cleanup(info)
