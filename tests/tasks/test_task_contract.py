@@ -7,8 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+import tresnet
 from tresnet.data.sources import list_sources
-from tresnet.tasks import LossOptions, get_task, list_tasks
+from tresnet.errors import ConfigError
+from tresnet.tasks import LossOptions, NetworkSpec, get_task, list_tasks
 
 BATCH, OUTPUTS = 6, 5
 
@@ -89,3 +91,18 @@ def test_predictions_come_one_per_image_and_failures_carry_their_error(task):
 
 def test_every_task_is_served_by_a_data_source(task):
     assert any(task.name in source.tasks for source in list_sources())
+
+
+def test_the_task_builds_a_network_whose_outputs_its_losses_take(task):
+    assert task.heads and task.check_head(None) is None and task.check_head(task.heads[0]) == task.heads[0]
+    with pytest.raises(ConfigError, match=f"does not fit task '{task.name}'"):
+        task.check_head("no-such-head")
+    for head in task.heads:
+        spec = NetworkSpec("genet_light", OUTPUTS, head=head)
+        network = task.create_network(tresnet.create_model, spec).eval()
+        assert network.pretrained_cfg["task"] == task.name and network.pretrained_cfg["head"] == head
+        with torch.no_grad():
+            logits = network(torch.rand(2, 3, 32, 32))
+        assert logits.shape == (2, OUTPUTS)
+        loss = task.create_loss(None, LossOptions())(logits, task.random_targets(2, OUTPUTS))
+        assert loss.ndim == 0 and torch.isfinite(loss)

@@ -21,12 +21,13 @@ from tresnet.data.sources import DataSource, TrainData, ValidationOptions, regis
 from tresnet.data.transforms import Preprocessing
 from tresnet.inference.evaluate import evaluate
 from tresnet.inference.validate import validate
-from tresnet.tasks import LossOptions, Task, get_task, register_task, unregister_task
+from tresnet.tasks import LossOptions, NetworkSpec, Task, get_task, register_task, unregister_task
 from tresnet.training.config import TrainConfig
 from tresnet.training.trainer import train
 
 NAME = "digit-count"
 IMAGES = 96  # mosaics drawn: enough for an epoch of a few steps
+MEAN_COUNT = 2.5  # distinct digits in a mosaic of up to four, roughly
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,17 @@ class DigitCount(Task):
     validation_loss = "MSE"
     losses = ("mse",)
     columns = ("val_count_accuracy", "ema_count_accuracy", "val_mae")
+    heads = ("fc",)  # one regressed output: pooling + linear
+
+    def __init__(self) -> None:
+        self.asked: list[NetworkSpec] = []  # what the trainer asked the task to build
+
+    def create_network(self, create, spec: NetworkSpec) -> nn.Module:
+        self.asked.append(spec)
+        network = super().create_network(create, spec)
+        with torch.no_grad():  # a regression starts at the mean count of a mosaic
+            network.head.fc.bias.fill_(MEAN_COUNT)
+        return network
 
     def random_targets(self, batch: int, num_outputs: int, generator=None) -> Tensor:
         return torch.randint(1, 5, (batch, 1), generator=generator).float()
@@ -172,6 +184,7 @@ def test_a_task_of_the_tests_trains_and_evaluates_through_the_ordinary_loops(dig
         max_steps_per_epoch=3, lr=1e-3, workers=0, threads=1, progress=False, ema_decay=0.9, seed=1))
     summary = train(cfg)
     run = tmp_path / "run"
+    assert [(spec.name, spec.num_classes, spec.head) for spec in digit_count.asked] == [("genet_light", 1, None)]
     assert summary["task"] == NAME and 0.0 <= summary["best_count_accuracy"] <= 1.0
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -188,6 +201,13 @@ def test_a_task_of_the_tests_trains_and_evaluates_through_the_ordinary_loops(dig
     report = validate(model, NAME, device="cpu", progress=False)  # the data opened by the task's own source
     assert isinstance(report, CountReport) and report.images == scores.images
     assert report.mae == pytest.approx(scores.mae, rel=1e-5)
+
+
+def test_the_task_decides_the_heads_a_run_may_ask_for(digit_count, tmp_path):
+    options = dict(model="genet_light", task=NAME, data=NAME, output=str(tmp_path / "run"), head="ml_decoder")
+    with pytest.raises(tresnet.errors.ConfigError, match="head 'ml_decoder' does not fit task 'digit-count': use "
+                                                         "one of fc$"):
+        TrainConfig.from_options(options).validate()
 
 
 def test_an_unknown_task_is_refused_with_the_registered_names():

@@ -11,6 +11,7 @@ from tresnet.tasks import classification, multilabel
 from tresnet.tasks.base import (
     DEFAULT_THRESHOLD,
     LossOptions,
+    NetworkSpec,
     Scores,
     Tally,
     Task,
@@ -26,5 +27,5 @@ for _builtin in (classification.TASK, multilabel.TASK):
 
 DEFAULT_TASK = classification.TASK.name
 
-__all__ = ["DEFAULT_TASK", "DEFAULT_THRESHOLD", "LossOptions", "Scores", "Tally", "Task", "check_threshold",
+__all__ = ["DEFAULT_TASK", "DEFAULT_THRESHOLD", "LossOptions", "NetworkSpec", "Scores", "Tally", "Task", "check_threshold",
            "get_task", "list_tasks", "register_task", "unregister_task"]

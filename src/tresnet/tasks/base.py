@@ -4,6 +4,8 @@ A task is what a model is trained and evaluated *for*: one class per image (``mu
 per image (``multilabel``), and whatever comes next. It is an object, registered by its name the way model
 families are, and it owns everything that differs between tasks:
 
+- the network it puts together from a backbone: by default the family's network with one of the classifier
+  heads (:data:`tresnet.models.registry.HEADS`) sized for the classes (:meth:`Task.create_network`);
 - its losses (the first is the default) and the divergence distillation adds to them;
 - how its outputs become probabilities (and back: the blend of two predictions);
 - its evaluation: a tally fed batch by batch, whose result is the task's typed scores (``score`` picks the best
@@ -20,7 +22,7 @@ task's own module compares a task's name. The data sources declare which tasks t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -29,8 +31,29 @@ from torch import Tensor, nn
 
 from tresnet.collectives import DistInfo
 from tresnet.errors import ConfigError
+from tresnet.models.registry import HEADS
 
 DEFAULT_THRESHOLD = 0.5  # a label is predicted when its sigmoid probability exceeds this
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What a run asks of its network: the model ``name`` (a registered backbone), ``num_classes`` outputs, the
+    ``head`` kind (None: the checkpoint's, else the task's default), init weights (``checkpoint``: None for a
+    fresh network) and the options every family takes (``drop_rate``, ``drop_path_rate``, ``norm``)."""
+
+    name: str
+    num_classes: int
+    head: str | None = None
+    checkpoint: str | None = None
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    norm: str | None = None
+
+
+# How a task builds a family's network: :func:`tresnet.create_model` (handed in, so that tasks do not import the
+# factory, which imports them).
+CreateModel = Callable[..., nn.Module]
 
 
 def check_threshold(threshold: float) -> float:
@@ -93,6 +116,7 @@ class Task:
     # one class per image: a data set's classes are mapped to the outputs by name (a subset of them scored over
     # its classes); otherwise the data must name the model's classes, in order
     maps_classes: ClassVar[bool] = False
+    heads: ClassVar[tuple[str, ...]] = HEADS  # the heads it can put on a backbone; the first is the default
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -107,6 +131,21 @@ class Task:
         if name not in self.losses:
             raise ConfigError(f"loss {name!r} does not fit task {self.name!r}: use one of {', '.join(self.losses)}")
         return name
+
+    def check_head(self, head: str | None) -> str | None:
+        """``head`` (None: the checkpoint's or the default) if the task puts it on a backbone; :class:`ConfigError`
+        naming the heads it puts otherwise."""
+        if head is not None and head not in self.heads:
+            raise ConfigError(f"head {head!r} does not fit task {self.name!r}: use one of {', '.join(self.heads)}")
+        return head
+
+    def create_network(self, create: CreateModel, spec: NetworkSpec) -> nn.Module:
+        """The network a run of this task trains: by default the family's network ``create`` builds (it is
+        :func:`tresnet.create_model`) with the classifier head ``spec.head`` for ``spec.num_classes`` outputs. A
+        task with another kind of head (a detector's) builds it here around the backbone."""
+        return create(spec.name, checkpoint_path=spec.checkpoint, num_classes=spec.num_classes,
+                      drop_rate=spec.drop_rate, drop_path_rate=spec.drop_path_rate, norm=spec.norm,
+                      head=self.check_head(spec.head), task=self.name)
 
     # training --------------------------------------------------------------------------------------------
 
@@ -208,5 +247,5 @@ def get_task(task: str | Task) -> Task:
         raise ConfigError(f"unknown task {task!r}: use one of {', '.join(_TASKS)}") from None
 
 
-__all__ = ["DEFAULT_THRESHOLD", "LossOptions", "Scores", "Tally", "Task", "check_threshold", "get_task",
+__all__ = ["DEFAULT_THRESHOLD", "LossOptions", "NetworkSpec", "Scores", "Tally", "Task", "check_threshold", "get_task",
            "list_tasks", "register_task", "unregister_task"]

@@ -248,6 +248,7 @@ def _check_task(cfg: TrainConfig) -> None:
     if data.train is not None:
         find_source(data.train, task.name, data.annotations).check(data)
     task.check_loss(cfg.loss.name)
+    task.check_head(cfg.model.head)
     if data.val_annotations and not data.val:
         raise ConfigError("--val-annotations describes --val-data: pass the validation images folder too")
 

@@ -1,6 +1,6 @@
-"""The model part of a run: the network (its init weights, a head for the data's classes, sh-kd's frozen head)
-with its norm layers chosen for the process group, on the device; distillation's teacher; and the DDP wrapper of
-what trains (the model, or th-kd's model and teacher head)."""
+"""The model part of a run: the network the run's task builds (its init weights, a head for the data's classes,
+sh-kd's frozen head) with its norm layers chosen for the process group, on the device; distillation's teacher;
+and the DDP wrapper of what trains (the model, or th-kd's model and teacher head)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from torch import nn
 from tresnet.collectives import DistInfo
 from tresnet.errors import ConfigError
 from tresnet.factory import create_model
+from tresnet.tasks import NetworkSpec, get_task
 from tresnet.training import distributed
 from tresnet.training.config import TrainConfig
 from tresnet.training.distill import (
@@ -82,12 +83,13 @@ def _network(cfg: TrainConfig, info: DistInfo, class_names: list[str], img_size:
     norm, sync_plain_bn = norms
     seed_everything(derive_seed(cfg.run.seed, 0))
     head_source, head = _frozen_head(cfg, class_names, resume_state)
-    spec = cfg.model
+    options = cfg.model
+    spec = NetworkSpec(options.name, len(class_names), head=head, drop_rate=options.drop_rate,
+                       checkpoint=options.init_checkpoint if resume_state is None else None,
+                       drop_path_rate=options.drop_path, norm=norm)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = create_model(spec.name, checkpoint_path=spec.init_checkpoint if resume_state is None else None,
-                             num_classes=len(class_names), drop_rate=spec.drop_rate, drop_path_rate=spec.drop_path,
-                             norm=norm, head=head, task=cfg.task.name)
+        model = get_task(cfg.task.name).create_network(create_model, spec)
     for w in caught:
         say(info, f"note: {w.message}")
     model.check_input_size(img_size, img_size)
