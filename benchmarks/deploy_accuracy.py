@@ -10,7 +10,7 @@ the checkpoint's ``trained_on`` names), so the fp32 figure is the one the traini
 - ``fused fp32``: :func:`tresnet.deploy.fuse` (BatchNorm folded);
 - ``bf16``: ``fuse(model, dtype=torch.bfloat16)``;
 - ``int8 PT2E``: :func:`tresnet.deploy.quantize` (torchao's PT2E flow under ``torch.compile``);
-- ``int8 ONNX``: ``onnx_model(..., precision="int8")``: ``export_model(..., format="onnx", precision="int8")``
+- ``int8 ONNX``: ``onnx_model(..., number_format="int8")``: ``export_model(..., format="onnx", number_format="int8")``
   run by ONNX Runtime.
 
 Both int8 paths are calibrated on ``--calibration-images`` images taken evenly over the TRAINING split
@@ -34,8 +34,8 @@ The same measurement on ImageNet is three runs of ``tresnet validate``, whose to
 (``W`` the weights; the calibration folder holds training images, never val ones)::
 
     tresnet validate --model tresnet_m --checkpoint W --data imagenet/val
-    tresnet validate --model tresnet_m --checkpoint W --data imagenet/val --precision bf16
-    tresnet validate --model tresnet_m --checkpoint W --data imagenet/val --precision int8 \\
+    tresnet validate --model tresnet_m --checkpoint W --data imagenet/val --number-format bf16
+    tresnet validate --model tresnet_m --checkpoint W --data imagenet/val --number-format int8 \\
         --calibration imagenet/calibration --calibration-images 512
 """
 
@@ -69,6 +69,7 @@ from tresnet.deploy import (
 from tresnet.deploy.exactness import exact_outputs, relative_error, run_outputs
 from tresnet.files import write_text
 from tresnet.inference.validate import evenly_spaced
+from tresnet.tasks import get_task
 from tresnet.tasks.multilabel_metrics import mean_average_precision
 from tresnet.training.config import CONFIG_FILE, TrainConfig, build_config, saved_config
 from tresnet.training.run_data import build_train_data
@@ -111,13 +112,13 @@ class PathResult:
     """One path of one model: its metric (a fraction), its distance to fp32 and its error vs float64."""
 
     path: str
-    precision: str
+    number_format: str
     metric: float | None  # None: the path could not be built
     delta_points: float | None = None
     within: bool = False
     error_vs_float64: float = 0.0
     abs_error_vs_float64: float = 0.0
-    error_bound: float = 0.0  # BOUNDS[precision] at this model's fp32 error, for reference
+    error_bound: float = 0.0  # BOUNDS[number_format] at this model's fp32 error, for reference
     build_seconds: float = 0.0
     eval_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -142,7 +143,7 @@ def training_config(checkpoint: Path, metadata: dict) -> tuple[TrainConfig, str]
     beside it, else the demo recipe of the data its metadata names (``trained_on``)."""
     saved = saved_config(checkpoint.parent)
     if saved is not None:
-        return TrainConfig(**saved).validate(), str(checkpoint.parent / CONFIG_FILE)
+        return TrainConfig.from_options(saved).validate(), str(checkpoint.parent / CONFIG_FILE)
     trained_on = metadata.get("trained_on")
     if trained_on not in DEMOS:
         raise SystemExit(f"{checkpoint} has no {CONFIG_FILE} beside it and was trained on {trained_on!r}, not on "
@@ -164,15 +165,15 @@ def load_eval_set(name: str, checkpoint: Path, calibration_count: int) -> EvalSe
     metadata = read_checkpoint_metadata(checkpoint)
     cfg, source = training_config(checkpoint, metadata)
     model = tresnet.create_model(checkpoint_path=checkpoint).eval()
-    img_size = int(cfg.img_size or metadata.get("img_size") or model.pretrained_cfg["input_size"][-1])
-    data = build_train_data(cfg, model.pretrained_cfg, img_size)
+    img_size = int(cfg.model.img_size or metadata.get("img_size") or model.pretrained_cfg["input_size"][-1])
+    data = build_train_data(cfg.data, cfg.task.name, cfg.augmentation, model.pretrained_cfg, img_size)
     train = copy.copy(data.train)
     train.transform = data.val.transform  # the train split without augmentation: what deployment sees
     images, targets = stack(data.val)
     calibration, _ = stack(evenly_spaced(train, calibration_count))
-    recorded = metadata.get("map" if cfg.task == "multilabel" else "top1")
-    return EvalSet(name=name, checkpoint=checkpoint, model=model, task=cfg.task, img_size=img_size,
-                   batch_size=cfg.batch_size, images=images, targets=targets, calibration=calibration,
+    recorded = metadata.get(get_task(cfg.task.name).metric)
+    return EvalSet(name=name, checkpoint=checkpoint, model=model, task=cfg.task.name, img_size=img_size,
+                   batch_size=cfg.optimisation.batch_size, images=images, targets=targets, calibration=calibration,
                    config_source=source, description=data.description,
                    recorded=None if recorded is None else float(recorded))
 
@@ -181,14 +182,14 @@ def load_eval_set(name: str, checkpoint: Path, calibration_count: int) -> EvalSe
 
 
 def path_builders(evalset: EvalSet, threads: int) -> dict[str, tuple[str, Callable[[], Run]]]:
-    """Path name -> (its precision, a function that builds it); each built when its turn comes."""
+    """Path name -> (its number format, a function that builds it); each built when its turn comes."""
     model, calibration = evalset.model, evalset.calibration
     return {
         "fp32": ("fp32", lambda: model),
         "fused fp32": ("fp32", lambda: fuse(model)),
         "bf16": ("bf16", lambda: fuse(model, dtype=torch.bfloat16)),
         "int8 PT2E": ("int8", lambda: quantize(model, calibration)),
-        "int8 ONNX": ("int8", lambda: onnx_model(model, precision="int8", calibration=calibration,
+        "int8 ONNX": ("int8", lambda: onnx_model(model, number_format="int8", calibration=calibration,
                                                  img_size=evalset.img_size, threads=threads)),
     }
 
@@ -200,7 +201,7 @@ def score(evalset: EvalSet, logits: torch.Tensor) -> float:
     return (logits.argmax(dim=1) == evalset.targets).double().mean().item()
 
 
-def measure_path(evalset: EvalSet, name: str, precision: str, build: Callable[[], Run],
+def measure_path(evalset: EvalSet, name: str, number_format: str, build: Callable[[], Run],
                  exact: list[list[torch.Tensor]]) -> PathResult:
     """Build one path, run it over the val split in training's batch size, and score it."""
     start = time.perf_counter()
@@ -211,7 +212,7 @@ def measure_path(evalset: EvalSet, name: str, precision: str, build: Callable[[]
     seconds = time.perf_counter() - built
     abs_error, error = relative_error(outputs[:1], exact)
     logits = torch.cat([out[0] for out in outputs])
-    return PathResult(path=name, precision=precision, metric=score(evalset, logits), error_vs_float64=error,
+    return PathResult(path=name, number_format=number_format, metric=score(evalset, logits), error_vs_float64=error,
                       abs_error_vs_float64=abs_error, build_seconds=built - start, eval_seconds=seconds)
 
 
@@ -219,15 +220,15 @@ def measure(evalset: EvalSet, threads: int) -> list[PathResult]:
     """Every path of ``evalset``'s model, each compared with the first (fp32)."""
     exact = exact_outputs(evalset.model, [evalset.images[: evalset.batch_size]])
     results = []
-    for name, (precision, build) in path_builders(evalset, threads).items():
+    for name, (number_format, build) in path_builders(evalset, threads).items():
         print(f"{evalset.name}: {name}...", file=sys.stderr)
         try:
-            results.append(measure_path(evalset, name, precision, build, exact))
+            results.append(measure_path(evalset, name, number_format, build, exact))
         except ExportError as e:  # an export refused by its own check: reported, not hidden
-            results.append(PathResult(path=name, precision=precision, metric=None, notes=[f"refused: {e}"]))
+            results.append(PathResult(path=name, number_format=number_format, metric=None, notes=[f"refused: {e}"]))
     fp32 = results[0]
     for result in results:
-        result.error_bound = BOUNDS[result.precision].limit(fp32.error_vs_float64)
+        result.error_bound = BOUNDS[result.number_format].limit(fp32.error_vs_float64)
         if result.metric is not None:
             result.delta_points = 100 * (result.metric - fp32.metric)
             result.within = abs(result.delta_points) <= MAX_POINTS
@@ -278,8 +279,8 @@ def markdown(record: dict, evalsets: list[EvalSet], results: dict[str, list[Path
               "logit (`tresnet.deploy.exactness`).", "",
               f"Reproduce: `{record['command']}`. On ImageNet, compare the top-1 lines of", "",
               "    tresnet validate --model tresnet_m --checkpoint W --data imagenet/val",
-              "    tresnet validate --model tresnet_m --checkpoint W --data imagenet/val --precision bf16",
-              "    tresnet validate --model tresnet_m --checkpoint W --data imagenet/val --precision int8 "
+              "    tresnet validate --model tresnet_m --checkpoint W --data imagenet/val --number-format bf16",
+              "    tresnet validate --model tresnet_m --checkpoint W --data imagenet/val --number-format int8 "
               "--calibration imagenet/calibration --calibration-images 512", "",
               "(the calibration folder holds training images, never val ones)."]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,8 @@
 """Where and in what precision a model runs: one device rule and one precision vocabulary for every command.
 
-Precisions (``--precision`` everywhere, ``precision=`` from Python):
+A precision is always autocast (``--precision`` everywhere, ``precision=`` from Python); the number format of a
+deployed model (the folded bfloat16 model, the int8 one, an exported file) is another word, ``--number-format``
+(:mod:`tresnet.deploy.inference`, :mod:`tresnet.deploy.export`). Precisions:
 
 - ``fp32``: no autocast;
 - ``amp``: mixed precision with the device's usual half type: float16 on CUDA (training adds loss
@@ -101,15 +103,23 @@ def cpu_has_bf16() -> bool:
         return True
 
 
+EMULATED_BF16 = ("this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX): it is emulated, several times slower "
+                 "than fp32 here")
+
+
+def bf16_is_emulated(device: torch.device | str) -> bool:
+    """Whether bfloat16 on ``device`` is emulated: a CPU without bfloat16 arithmetic (:func:`cpu_has_bf16`)."""
+    return torch.device(device).type == "cpu" and not cpu_has_bf16()
+
+
 def warn_if_bf16_is_emulated(precision: str, device: torch.device | str) -> None:
-    """A warning when ``precision`` computes in bfloat16 on a CPU without bfloat16 arithmetic, where it is
-    emulated and several times slower than fp32 (9x for TResNet-M on an AVX2-only AMD EPYC)."""
+    """A warning when the autocast ``precision`` computes in bfloat16 on a CPU without bfloat16 arithmetic, where
+    it is emulated and several times slower than fp32 (9x for TResNet-M on an AVX2-only AMD EPYC)."""
     if (torch.device(device).type != "cpu" or precision not in PRECISIONS
-            or autocast_dtype(precision, device) != torch.bfloat16 or cpu_has_bf16()):
+            or autocast_dtype(precision, device) != torch.bfloat16 or not bf16_is_emulated(device)):
         return
-    warnings.warn(f"--precision {precision} computes in bfloat16, but this CPU has no bfloat16 arithmetic "
-                  f"(AVX-512 BF16 or AMX): it is emulated, several times slower than fp32 here; use "
-                  f"--precision fp32 (or int8 for inference)", EmulatedBf16Warning, stacklevel=3)
+    warnings.warn(f"--precision {precision} computes in bfloat16, but {EMULATED_BF16}; use --precision fp32 "
+                  f"(or, in validate and predict, --number-format int8)", EmulatedBf16Warning, stacklevel=3)
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
@@ -117,6 +127,6 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
-__all__ = ["DEVICE_HELP", "EmulatedBf16Warning", "PRECISIONS", "PRECISION_HELP", "autocast", "autocast_dtype",
-           "check_precision", "cpu_has_bf16", "needs_grad_scaler", "precision_name",
-           "resolve_device", "warn_if_bf16_is_emulated"]
+__all__ = ["DEVICE_HELP", "EMULATED_BF16", "EmulatedBf16Warning", "PRECISIONS", "PRECISION_HELP", "autocast",
+           "autocast_dtype", "bf16_is_emulated", "check_precision", "cpu_has_bf16", "needs_grad_scaler",
+           "precision_name", "resolve_device", "warn_if_bf16_is_emulated"]

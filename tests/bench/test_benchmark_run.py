@@ -106,6 +106,7 @@ def test_a_batch_over_the_budget_fails():
     (dict(device="cuda:7"), "cuda"),
     (dict(device="tpu"), "bad --device"),
     (dict(precision="fp8"), "bad --precision 'fp8'"),
+    (dict(precision="int8"), "int8 is a number format, not an autocast precision: benchmark NAME:int8, NAME:onnx_int8"),
     (dict(mode="fly"), "bad --mode"),
     (dict(batch_size="many"), "bad --batch-size 'many'"),
     (dict(batch_size=0), "bad --batch-size 0"),

@@ -162,7 +162,9 @@ def test_a_checkpoint_saved_by_tresnet_names_its_model(folder, checkpoint, tmp_p
                  "--precision", "bf16", "--json", str(report), *SMALL]) == 0
     result = json.loads(report.read_text())
     assert result["model"] == "tresnet_m" and result["precision"] == "bf16" and result["images"] == 6
-    assert "this CPU has no bfloat16 arithmetic" in capsys.readouterr().err
+    assert result["number_format"] == "fp32"  # --precision is autocast, as in train: the model itself runs
+    captured = capsys.readouterr()
+    assert "bf16 autocast" in captured.out and "--precision bf16 computes in bfloat16" in captured.err
 
 
 def test_without_model_or_checkpoint_the_error_says_what_to_pass(folder, capsys):
@@ -206,8 +208,8 @@ def test_export_takes_the_model_from_the_checkpoint(checkpoint, tmp_path, capsys
                  "--img-size", "64"]) == 0
     assert out.is_file() and "wrote" in capsys.readouterr().out
     assert main(["export", "--model", "tresnet_m", "--format", "torchscript", "--output", str(out),
-                 "--precision", "amp"]) == 1
-    assert "choose one of fp32, fp16, bf16, int8" in capsys.readouterr().err
+                 "--number-format", "amp"]) == 1
+    assert "bad --number-format 'amp' for export: choose one of fp32, fp16, bf16, int8" in capsys.readouterr().err
 
 
 # --- GENet: the official release's layout, timm's, and ours -------------------------------------------

@@ -36,12 +36,12 @@ def test_export_onnx_from_a_checkpoint(tmp_path, capsys):
                  "input size 30x30 is not supported", marks=requires_onnx),
     (["--format", "torchscript", "--output", "{tmp}"], "is a folder"),
     (["--format", "onnx", "--output", "{tmp}/m.onnx", "--opset", "99"], "ONNX opset 99 is not supported"),
-    (["--format", "onnx", "--output", "{tmp}/m.onnx", "--precision", "bf16"], "no bfloat16 convolution"),
-    (["--format", "torchscript", "--output", "{tmp}/m.pt", "--precision", "int8", "--calibration", "{tmp}"],
+    (["--format", "onnx", "--output", "{tmp}/m.onnx", "--number-format", "bf16"], "no bfloat16 convolution"),
+    (["--format", "torchscript", "--output", "{tmp}/m.pt", "--number-format", "int8", "--calibration", "{tmp}"],
      "int8 export writes ONNX"),
-    (["--format", "onnx", "--output", "{tmp}/m.onnx", "--precision", "int8"], "needs calibration images"),
-    (["--format", "onnx", "--output", "{tmp}/m.onnx", "--calibration", "{tmp}"], "are for --precision int8"),
-    (["--format", "onnx", "--output", "{tmp}/m.onnx", "--precision", "int4"], "bad --precision 'int4'"),
+    (["--format", "onnx", "--output", "{tmp}/m.onnx", "--number-format", "int8"], "needs calibration images"),
+    (["--format", "onnx", "--output", "{tmp}/m.onnx", "--calibration", "{tmp}"], "are for --number-format int8"),
+    (["--format", "onnx", "--output", "{tmp}/m.onnx", "--number-format", "int4"], "bad --number-format 'int4'"),
 ])
 def test_bad_input_is_one_line_and_exit_1(extra, message, tmp_path, capsys):
     args = ["export", "--model", "tresnet_m"] + [a.format(tmp=tmp_path) for a in extra]

@@ -92,7 +92,7 @@ def test_fp16_onnx_is_within_the_fp16_tolerance(tresnet_m, tmp_path):
     import onnx
 
     path = tmp_path / "half.onnx"
-    report = export_model(tresnet_m, path, format="onnx", img_size=SIZE, precision="fp16")
+    report = export_model(tresnet_m, path, format="onnx", img_size=SIZE, number_format="fp16")
     assert report.limit == 1e-2 and report.max_rel_diff <= 1e-2
     graph = onnx.load(str(path)).graph
     half = onnx.TensorProto.FLOAT16

@@ -1,5 +1,5 @@
 """int8: calibration images (and their errors), PT2E quantization within its bound of the float64 result,
-ONNX Runtime's int8 export, and --precision bf16 / int8 in validate, predict and export."""
+ONNX Runtime's int8 export, and --number-format bf16 / int8 in validate, predict and export."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def test_export_with_bad_calibration_images_writes_nothing(layout, tmp_path, cap
         (folder / "a.jpg").write_bytes(b"\xff\xd8 truncated")
     out = tmp_path / "out" / "m.onnx"
     rc = main(["export", "--model", "tresnet_m", "--format", "onnx", "--output", str(out), "--img-size", str(SIZE),
-               "--precision", "int8", "--calibration", str(folder)])
+               "--number-format", "int8", "--calibration", str(folder)])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("tresnet export: error:") and err.count("\n") == 1
     assert not out.exists() and not out.parent.exists()
@@ -138,9 +138,9 @@ def test_int8_onnx_export_is_checked_and_runs_any_batch(tresnet_m, image_folder,
     import onnxruntime as ort
 
     path = tmp_path / "m_int8.onnx"
-    report = export_model(tresnet_m, path, format="onnx", img_size=SIZE, dynamic_batch=True, precision="int8",
+    report = export_model(tresnet_m, path, format="onnx", img_size=SIZE, dynamic_batch=True, number_format="int8",
                           calibration=Calibration(image_folder, count=8))
-    assert report.precision == "int8" and report.calibration_images == 8 and report.limit == BOUNDS["int8"].floor
+    assert report.number_format == "int8" and report.calibration_images == 8 and report.limit == BOUNDS["int8"].floor
     assert 0 < report.max_rel_diff <= report.limit
     ops = [node.op_type for node in onnx.load(str(path)).graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
@@ -154,8 +154,8 @@ def test_int8_onnx_export_is_checked_and_runs_any_batch(tresnet_m, image_folder,
 
 def test_bf16_torchscript_export_takes_and_returns_fp32(tresnet_m, tmp_path):
     path = tmp_path / "m_bf16.pt"
-    report = export_model(tresnet_m, path, format="torchscript", img_size=SIZE, precision="bf16")
-    assert report.precision == "bf16" and report.max_rel_diff <= report.limit
+    report = export_model(tresnet_m, path, format="torchscript", img_size=SIZE, number_format="bf16")
+    assert report.number_format == "bf16" and report.max_rel_diff <= report.limit
     loaded = torch.jit.load(str(path))
     with torch.no_grad():
         out = loaded(torch.rand(2, 3, SIZE, SIZE))
@@ -171,18 +171,24 @@ def _checkpoint(tresnet_m, tmp_path):
 def test_validate_in_bf16_runs_the_folded_bfloat16_model(tresnet_m, image_folder, tmp_path, capsys):
     report = tmp_path / "v.json"
     rc = main(["validate", "--checkpoint", str(_checkpoint(tresnet_m, tmp_path)), "--data", str(image_folder),
-               "--img-size", str(SIZE), "--device", "cpu", "--workers", "0", "--precision", "bf16",
+               "--img-size", str(SIZE), "--device", "cpu", "--workers", "0", "--number-format", "bf16",
                "--json", str(report)])
     out = capsys.readouterr().out
     assert rc == 0 and "bf16 (folded, bfloat16 weights and activations)" in out and "top-1" in out
-    assert json.loads(report.read_text())["precision"] == "bf16"
+    written = json.loads(report.read_text())
+    assert written["number_format"] == "bf16" and written["precision"] == "fp32"  # the folded model, no autocast
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--precision", "int8"], "--precision int8 needs calibration images"),
-    (["--calibration", "{tmp}"], "are for --precision int8, not fp32"),
-    (["--precision", "int8", "--calibration", "{tmp}", "--calibration-images", "0"], "at least 1"),
-    (["--precision", "int8", "--calibration", "{tmp}", "--device", "meta"], "bad --device"),
+    (["--number-format", "int8"], "--number-format int8 needs calibration images"),
+    (["--calibration", "{tmp}"], "are for --number-format int8, not fp32"),
+    (["--number-format", "int8", "--calibration", "{tmp}", "--calibration-images", "0"], "at least 1"),
+    (["--number-format", "int8", "--calibration", "{tmp}", "--device", "meta"], "bad --device"),
+    (["--precision", "int8", "--calibration", "{tmp}"],
+     "int8 is a number format, not an autocast precision: use --number-format int8"),
+    (["--number-format", "bf16", "--precision", "amp"],
+     "--number-format bf16 sets its own number format and runs without autocast: leave out --precision amp"),
+    (["--number-format", "fp16"], "bad --number-format 'fp16': choose one of fp32, bf16, int8"),
 ])
 def test_validate_and_predict_refuse_int8_options_that_do_not_fit(extra, message, image_folder, tmp_path, capsys):
     for command in (["validate", "--data", str(image_folder)], ["predict", str(image_folder)]):
@@ -201,14 +207,15 @@ def test_validate_in_int8_calibrates_on_the_folder_and_reports_it(tresnet_m, ima
     report = tmp_path / "v.json"
     rc = main(["validate", "--checkpoint", str(_checkpoint(tresnet_m, tmp_path)), "--data", str(image_folder),
                "--img-size", str(SIZE), "--device", "cpu", "--workers", "0", "--batch-size", "5",
-               "--precision", "int8", "--calibration", str(image_folder), "--calibration-images", "6",
+               "--number-format", "int8", "--calibration", str(image_folder), "--calibration-images", "6",
                "--json", str(report)])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert f"int8 (calibrated on 6 images of {image_folder})" in captured.out
     assert "calibrating on up to 6 images" in captured.err
     written = json.loads(report.read_text())
-    assert written["precision"] == "int8" and written["calibration_images"] == 6 and written["images"] == 12
+    assert written["number_format"] == "int8" and written["precision"] == "fp32"
+    assert written["calibration_images"] == 6 and written["images"] == 12
 
 
 LEAK_CHECK = """
@@ -223,7 +230,7 @@ print("compiled")
 @pytest.mark.slow
 def test_compiling_int8_says_nothing_about_cuda(tmp_path):
     # Inductor's first compilation imports torch.utils.cpp_extension, whose logger reports on import where it found
-    # a CUDA toolkit when no GPU is there: a line for torch's developers that leaked out of validate --precision int8
+    # a CUDA toolkit when no GPU is there: a line for torch's developers that leaked out of validate --number-format int8
     import os
     import subprocess
 

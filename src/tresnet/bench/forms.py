@@ -14,16 +14,16 @@ The built-in forms are registered when this module is imported. The deployment f
 
 - ``fused``: :func:`tresnet.deploy.fuse` of the eval model (fp32, channels-last);
 - ``bf16``: ``fuse(model, dtype=torch.bfloat16)``: bfloat16 weights and activations, fp32 images in and
-  logits out (CPU or GPU);
+  logits out (CPU or GPU; what ``validate`` and ``predict`` run for ``--number-format bf16``);
 - ``int8``: :func:`tresnet.deploy.quantize` (PT2E, then ``torch.compile``, which it runs while the
   form is built; CPU only, needs torchao);
 - ``onnx``: :func:`tresnet.deploy.onnx_model`: the fused model exported to a temporary ONNX file (checked
   against the exact result by :func:`tresnet.deploy.export_model`) and run by ONNX Runtime with as many
   intra-op threads as PyTorch;
-- ``onnx_int8``: the same file quantized to int8 by ONNX Runtime (``onnx_model(precision="int8")``).
+- ``onnx_int8``: the same file quantized to int8 by ONNX Runtime (``onnx_model(number_format="int8")``).
 
 ``int8`` and ``onnx_int8`` measure the two int8 backends of ``validate`` and ``predict`` (``--int8-backend
-pt2e`` and ``onnx``: :data:`INT8_BACKEND_FORMS`).
+pt2e`` and ``onnx``: :data:`INT8_BACKEND_FORMS`), as ``--number-format int8`` runs them.
 
 All keep the plain eval model as their reference, so the benchmark records how far their logits are from
 it (``max_rel_diff``). All but ``fused`` set their own number format (:data:`NUMBER_FORMATS`), so they
@@ -182,7 +182,7 @@ def _onnx_runner(spec: ModelSpec, options: BuildOptions, *, int8: bool) -> FormB
     :func:`calibration_batch`), with as many intra-op threads as PyTorch."""
     model = build_base_model(spec).eval()
     img_size = options.img_size or native_img_size(spec, model)
-    quantized = dict(precision="int8", calibration=calibration_batch(img_size)) if int8 else {}
+    quantized = dict(number_format="int8", calibration=calibration_batch(img_size)) if int8 else {}
     runner = onnx_model(model, img_size=img_size, **quantized)
     # a plain callable: the benchmark neither moves nor converts nor counts the parameters of a session
     return FormBuild(run=runner.__call__, reference=model)

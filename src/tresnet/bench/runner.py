@@ -61,7 +61,7 @@ from tresnet.bench.timing import (
     time_iterations,
 )
 from tresnet.errors import ConfigError, TResNetError
-from tresnet.runtime import autocast, check_precision, resolve_device
+from tresnet.runtime import PRECISIONS, autocast, check_precision, resolve_device
 
 MIB = 1024 ** 2
 RUN_MODES = {"infer": ("infer",), "train": ("train",), "both": ("infer", "train")}
@@ -167,12 +167,21 @@ def _plan_budget(config: BenchConfig) -> float | None:
     return float(config.memory_budget_gib) * GIB
 
 
+def _check_precision(precision: str, device: torch.device) -> None:
+    """The run's autocast; a number format given as a precision (int8) names the forms that run in it."""
+    if precision in NUMBER_FORMATS.values() and precision not in PRECISIONS:
+        forms = ", ".join(f"NAME:{form}" for form, own in NUMBER_FORMATS.items() if own == precision)
+        raise ConfigError(f"{precision} is a number format, not an autocast precision: benchmark {forms} "
+                          f"(with --precision fp32)")
+    check_precision(precision, device)
+
+
 def plan_config(config: BenchConfig) -> _Plan:
     """Check every option of ``config``; raise :class:`ConfigError` naming the first bad one."""
     if config.mode not in RUN_MODES:
         raise ConfigError(f"bad --mode {config.mode!r}: choose infer, train or both")
     device = resolve_device(config.device)
-    check_precision(config.precision, device)
+    _check_precision(config.precision, device)
     check_timer(config.timer, device)
     batch = _plan_batch(config, device)
     budget = _plan_budget(config)

@@ -1,4 +1,5 @@
-"""Plumbing shared by the subcommands: the model, device and precision options, warnings, JSON output."""
+"""Plumbing shared by the subcommands: the model, device, precision and number format options, warnings, JSON
+output."""
 
 from __future__ import annotations
 
@@ -12,9 +13,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from torch import nn
+from tqdm import tqdm
 
+from tresnet.data.datasets import UnreadableImageWarning
+from tresnet.data.transforms import CROP_MODES, INTERPOLATIONS, Preprocessing
+from tresnet.deploy.inference import INFERENCE_NUMBER_FORMAT_HELP, INT8_BACKENDS, resolve_int8_backend
+from tresnet.deploy.int8 import DEFAULT_CALIBRATION_IMAGES
+from tresnet.errors import ConfigError
+from tresnet.factory import create_model
 from tresnet.files import write_text
-from tresnet.runtime import DEVICE_HELP, PRECISION_HELP, PRECISIONS
+from tresnet.inference.runner import RunOptions
+from tresnet.runtime import DEVICE_HELP, PRECISION_HELP, EmulatedBf16Warning
 from tresnet.tasks import DEFAULT_THRESHOLD, list_tasks
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
@@ -41,8 +50,6 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, pretrained: bool = T
 
 def add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
     """--crop-pct, --crop-mode and --interpolation: overrides of the model's preprocessing (with --img-size)."""
-    from tresnet.data.transforms import CROP_MODES, INTERPOLATIONS
-
     parser.add_argument("--crop-pct", type=float, metavar="F",
                         help="centre-crop this fraction instead of the model's preprocessing (resize the short side "
                              "to size / F); e.g. 0.875 to compare with timm's 448-pixel TResNet figures")
@@ -53,11 +60,9 @@ def add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resize interpolation (default: the model's)")
 
 
-def resolve_preprocessing(args: argparse.Namespace, model: nn.Module):
+def resolve_preprocessing(args: argparse.Namespace, model: nn.Module) -> Preprocessing:
     """The model's preprocessing (what its checkpoint recorded, else the registered model's) with the
     options given on the command line."""
-    from tresnet.data.transforms import Preprocessing
-
     return Preprocessing.of(model, img_size=args.img_size, crop_pct=getattr(args, "crop_pct", None),
                             crop_mode=getattr(args, "crop_mode", None),
                             interpolation=getattr(args, "interpolation", None))
@@ -67,37 +72,30 @@ def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") 
     parser.add_argument("--device", default=default, help=DEVICE_HELP)
 
 
-def add_precision_argument(parser: argparse.ArgumentParser, *, choices: tuple[str, ...] = PRECISIONS,
-                           help_text: str | None = None) -> None:
-    """--precision (one vocabulary for every subcommand)."""
-    if help_text is None:
-        help_text = PRECISION_HELP if choices == PRECISIONS else f"{', '.join(choices)} (default fp32)"
-    parser.add_argument("--precision", default=None, metavar="P", help=help_text)
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """--precision: autocast, one vocabulary for every subcommand (:data:`tresnet.runtime.PRECISIONS`)."""
+    parser.add_argument("--precision", default="fp32", metavar="P", help=PRECISION_HELP)
 
 
-def resolve_precision(args: argparse.Namespace, command: str) -> str:
-    """``--precision``; fp32 by default."""
-    return args.precision or "fp32"
+def add_number_format_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """--number-format: the number format of the deployed model or the exported file (not an autocast)."""
+    parser.add_argument("--number-format", default="fp32", metavar="F", help=help_text)
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model, device and precision options of the commands that run a model on images (with int8's
-    calibration images)."""
-    from tresnet.deploy.inference import INFERENCE_PRECISION_HELP
-
+    """The model, device, precision and number format options of the commands that run a model on images (with
+    int8's calibration images)."""
     add_model_arguments(parser)
     add_preprocessing_arguments(parser)
     add_device_argument(parser)
-    add_precision_argument(parser, help_text=INFERENCE_PRECISION_HELP)
+    add_precision_argument(parser)
+    add_number_format_argument(parser, INFERENCE_NUMBER_FORMAT_HELP)
     add_calibration_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     """--calibration, --calibration-images and --int8-backend, for int8."""
-    from tresnet.deploy.inference import INT8_BACKENDS
-    from tresnet.deploy.int8 import DEFAULT_CALIBRATION_IMAGES
-
     parser.add_argument("--calibration", metavar="DIR",
                         help="int8: a folder of images like the ones the model will see (searched recursively; a "
                              "few hundred training images, not the validation set) to calibrate the quantization on")
@@ -111,31 +109,29 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
                              f"'tresnet[export]')")
 
 
-def run_options(args: argparse.Namespace, precision: str, device):
-    """How the model runs, from the options (checked: a precision that cannot run on ``device``, or calibration
-    options that do not fit it, fail before any work)."""
-    from tresnet.inference.runner import RunOptions
-
-    return RunOptions(precision=precision, channels_last=getattr(args, "channels_last", False),
-                      calibration=args.calibration, calibration_images=args.calibration_images,
+def run_options(args: argparse.Namespace, device) -> RunOptions:
+    """How the model runs, from the options (checked: a precision or number format that cannot run on
+    ``device``, a number format given as ``--precision``, or calibration options that do not fit, fail before
+    any work)."""
+    return RunOptions(precision=args.precision, number_format=args.number_format,
+                      channels_last=getattr(args, "channels_last", False), calibration=args.calibration,
+                      calibration_images=args.calibration_images,
                       int8_backend=getattr(args, "int8_backend", None)).check(device)
 
 
-def announce_deployment(args: argparse.Namespace, precision: str, command: str) -> None:
-    """Say on stderr which int8 backend runs and that it calibrates and compiles (or exports) first, so a pause
-    is expected."""
-    if precision == "int8":
-        from tresnet.deploy.inference import resolve_int8_backend
-        from tresnet.deploy.int8 import DEFAULT_CALIBRATION_IMAGES
-
-        count = args.calibration_images or DEFAULT_CALIBRATION_IMAGES
-        given = getattr(args, "int8_backend", None)
-        backend = resolve_int8_backend(given)
-        how = ("compiling the quantized model (a minute or more)" if backend == "pt2e" else
-               "exporting the model to ONNX and quantizing it (half a minute or more)")
-        chosen = "--int8-backend" if given not in (None, "auto") else "the faster on this CPU, --int8-backend auto"
-        say(command, "note", f"int8 by {backend} ({chosen}): calibrating on up to {count} images of "
-                             f"{args.calibration} and {how}")
+def announce_deployment(args: argparse.Namespace, number_format: str, command: str) -> None:
+    """For int8, say on stderr which backend runs and that it calibrates and compiles (or exports) first, so a
+    pause is expected."""
+    if number_format != "int8":
+        return
+    count = args.calibration_images or DEFAULT_CALIBRATION_IMAGES
+    given = getattr(args, "int8_backend", None)
+    backend = resolve_int8_backend(given)
+    how = ("compiling the quantized model (a minute or more)" if backend == "pt2e" else
+           "exporting the model to ONNX and quantizing it (half a minute or more)")
+    chosen = "--int8-backend" if given not in (None, "auto") else "the faster on this CPU, --int8-backend auto"
+    say(command, "note", f"int8 by {backend} ({chosen}): calibrating on up to {count} images of "
+                         f"{args.calibration} and {how}")
 
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,9 +149,6 @@ def load_model(args: argparse.Namespace, command: str) -> nn.Module:
 
     Without weights a warning says that the model is randomly initialised.
     """
-    from tresnet import create_model
-    from tresnet.errors import ConfigError
-
     if args.model is None and args.checkpoint is None:
         raise ConfigError("no model: pass --model NAME (see `tresnet info`), or a --checkpoint saved by "
                           "`tresnet train`")
@@ -175,11 +168,6 @@ def weights_description(model: nn.Module) -> str:
 @contextmanager
 def warnings_above_progress_bar(command: str) -> Iterator[None]:
     """Print unreadable-file and emulated-bfloat16 warnings as one line each, without breaking a progress bar."""
-    from tqdm import tqdm
-
-    from tresnet.data.datasets import UnreadableImageWarning
-    from tresnet.runtime import EmulatedBf16Warning
-
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):

@@ -9,7 +9,19 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from tresnet.bench.forms import BUILTIN_FORMS, INT8_BACKEND_FORMS, get_form, list_forms
+from tresnet.bench.report import (
+    format_ceilings,
+    format_ratios,
+    format_table,
+    markdown_table,
+    plot_results,
+    write_csv,
+    write_json,
+)
+from tresnet.bench.runner import RUN_MODES, BenchConfig, BusyMachineWarning, run_benchmark
 from tresnet.cli._common import add_device_argument, add_precision_argument, say
+from tresnet.deploy.inference import choose_int8_backend, cpu_has_amx, installed_int8_backends
 
 EPILOG_MODELS = """\
 models: a plain NAME is one of ours (tresnet_m, tresnet_l, ...) else a timm model; timm:NAME forces
@@ -47,8 +59,6 @@ examples:
 def _forms_help(width: int = 104) -> str:
     """One entry per registered form, ``NAME:form`` and its description (the registry's own words),
     the built-in ones first in their order."""
-    from tresnet.bench.forms import BUILTIN_FORMS, get_form, list_forms
-
     builtin = [form.name for form in BUILTIN_FORMS]
     names = builtin + [name for name in list_forms() if name not in builtin]
     return "".join(textwrap.fill(get_form(name).description, width, initial_indent=f"  {'NAME:' + name:<22} ",
@@ -113,19 +123,8 @@ def run(args: argparse.Namespace) -> int:
     Raises :class:`~tresnet.errors.TResNetError` subclasses for bad options or models (printed as one
     line by the dispatcher).
     """
-    from tresnet.bench.report import (
-        format_ceilings,
-        format_ratios,
-        format_table,
-        markdown_table,
-        plot_results,
-        write_csv,
-        write_json,
-    )
-    from tresnet.bench.runner import RUN_MODES, BenchConfig, run_benchmark
-
     config = BenchConfig(
-        models=args.models, mode=args.mode, device=args.device, precision=args.precision or "fp32",
+        models=args.models, mode=args.mode, device=args.device, precision=args.precision,
         channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size,
         memory_budget_gib=args.memory_budget, max_batch=args.max_batch, img_size=args.img_size,
         warmup=args.warmup, repeats=args.repeats, iters=args.iters, threads=args.threads, timer=args.timer,
@@ -161,8 +160,6 @@ def run(args: argparse.Namespace) -> int:
 @contextmanager
 def _warnings_as_lines() -> Iterator[None]:
     """The benchmark's busy-machine warning as one ``tresnet benchmark: warning: ...`` line on stderr."""
-    from tresnet.bench.runner import BusyMachineWarning
-
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
@@ -178,15 +175,12 @@ def _warnings_as_lines() -> Iterator[None]:
 
 def _note_int8_backend(rows) -> None:
     """With an int8 path in the table: which int8 backend validate and predict take here by default."""
-    from tresnet.bench.forms import INT8_BACKEND_FORMS
-    from tresnet.deploy.inference import choose_int8_backend, cpu_has_amx, installed_int8_backends
-
     if not any(r.form in INT8_BACKEND_FORMS.values() for r in rows):
         return
     auto = choose_int8_backend(amx=cpu_has_amx(), installed=installed_int8_backends())
     say("benchmark", "note", f"int8 backends: NAME:{INT8_BACKEND_FORMS['pt2e']} is pt2e, "
                              f"NAME:{INT8_BACKEND_FORMS['onnx']} is onnx; on this CPU "
-                             f"({'AMX' if cpu_has_amx() else 'no AMX'}) --precision int8 takes {auto} "
+                             f"({'AMX' if cpu_has_amx() else 'no AMX'}) --number-format int8 takes {auto} "
                              f"(--int8-backend auto)")
 
 

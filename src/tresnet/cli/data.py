@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from tresnet.data.bundled import BUNDLED_SETS
+from tresnet.inference.bundled import write_bundled_set
 
 
 def add_parser(subparsers) -> None:
@@ -27,8 +28,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tresnet.inference.bundled import write_bundled_set
-
     written = write_bundled_set(args.name, args.output, split=args.split, checkpoint=args.checkpoint,
                                 img_size=args.img_size)
     print(written.summary())

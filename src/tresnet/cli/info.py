@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 import tresnet
+from tresnet.bench.costs import model_costs
 from tresnet.errors import TResNetError
 from tresnet.models.registry import FAMILIES, MODEL_CONFIGS
 
@@ -66,8 +67,6 @@ def _check(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tresnet.bench.costs import model_costs
-
     names = _ordered_names(args.models)
     header = (f"{'model':<16}{'family':<9}{'params (M)':>11}{'GMACs':>8}{'input':>9}{'top-1 (published)':>19}"
               f"{'top-1 (timm)':>14}" + (f"{'round trip':>14}" if args.check else ""))

@@ -13,8 +13,9 @@ import os
 import sys
 
 from tresnet.errors import TResNetError
+from tresnet.version import __version__
 
-# name -> module under tresnet.cli; each imports its heavy dependencies inside run().
+# name -> module under tresnet.cli, imported when the parser is built.
 SUBCOMMANDS = {
     "info": "tresnet.cli.info",
     "validate": "tresnet.cli.validate",
@@ -27,8 +28,6 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tresnet.version import __version__
-
     parser = argparse.ArgumentParser(prog="tresnet", description="TResNet image classifiers.")
     parser.add_argument("--version", action="version", version=f"tresnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -7,6 +7,11 @@ import argparse
 import sys
 
 from tresnet.cli import _common as common
+from tresnet.data.bundled import BUNDLED_SETS, bundled_set
+from tresnet.errors import ConfigError
+from tresnet.inference.evaluate import Scoring
+from tresnet.inference.predict import predict
+from tresnet.runtime import resolve_device
 
 
 def add_parser(subparsers) -> None:
@@ -45,12 +50,6 @@ def _print(answer) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tresnet.data.bundled import BUNDLED_SETS, bundled_set
-    from tresnet.errors import ConfigError
-    from tresnet.inference.evaluate import Scoring
-    from tresnet.inference.predict import predict
-    from tresnet.runtime import resolve_device
-
     if args.topk < 1:
         raise ConfigError(f"--topk must be at least 1, got {args.topk}")
     if args.batch_size < 1:
@@ -61,13 +60,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.inputs and args.data is None:
         raise ConfigError("nothing to classify: give image files or folders, or --data digits")
     device = resolve_device(args.device)
-    precision = args.precision or "fp32"
-    run_options = common.run_options(args, precision, device)
+    run_options = common.run_options(args, device)
     model = common.load_model(args, "predict")
     preprocessing = common.resolve_preprocessing(args, model)
     scoring = Scoring(task=args.task, threshold=args.threshold, class_map=args.class_map)
     task, threshold = scoring.resolve(model)
-    common.announce_deployment(args, precision, "predict")
+    common.announce_deployment(args, run_options.number_format, "predict")
     print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes{'' if task.maps_classes else f', {task.name}'}, "
           f"{common.weights_description(model)}", file=sys.stderr)
     print(f"preprocessing: {preprocessing.describe()}", file=sys.stderr)

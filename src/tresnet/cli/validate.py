@@ -6,8 +6,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.cli import _common as common
+from tresnet.data.sources import ValidationOptions, claimed_source
+from tresnet.errors import CheckpointError
+from tresnet.inference.evaluate import Scoring
+from tresnet.inference.validate import open_validation_data, prepare_validation
+from tresnet.runtime import resolve_device
+from tresnet.tasks import DEFAULT_TASK
 
 
 def add_parser(subparsers) -> None:
@@ -75,11 +83,6 @@ def _published(cfg: dict) -> str | None:
 
 def _recorded_task(args: argparse.Namespace) -> str | None:
     """The task a safetensors ``--checkpoint`` records (its header only: cheap); None for other files."""
-    from pathlib import Path
-
-    from tresnet.checkpoint import read_checkpoint_metadata
-    from tresnet.errors import CheckpointError
-
     path = Path(args.checkpoint).expanduser() if args.checkpoint else None
     if path is None or path.suffix != ".safetensors" or not path.is_file():
         return None
@@ -90,15 +93,8 @@ def _recorded_task(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tresnet.data.sources import ValidationOptions, claimed_source
-    from tresnet.inference.evaluate import Scoring
-    from tresnet.inference.validate import open_validation_data, prepare_validation
-    from tresnet.runtime import resolve_device
-    from tresnet.tasks import DEFAULT_TASK
-
-    precision = common.resolve_precision(args, "validate")
     device = resolve_device(args.device)
-    run_options = common.run_options(args, precision, device)
+    run_options = common.run_options(args, device)
     # bad data fails before the model loads; the task is the data's when --task does not name it
     claimed = claimed_source(args.data, args.annotations)  # a bundled set, COCO annotations, a CSV
     task = args.task or (claimed.tasks[0] if claimed is not None else None) or _recorded_task(args) or DEFAULT_TASK
@@ -107,13 +103,13 @@ def run(args: argparse.Namespace) -> int:
         without_labels=args.without_labels))
     model = common.load_model(args, "validate")
     preprocessing = common.resolve_preprocessing(args, model)
-    common.announce_deployment(args, precision, "validate")
+    common.announce_deployment(args, run_options.number_format, "validate")
     scoring = Scoring(task=args.task, threshold=args.threshold, class_map=args.class_map, real_labels=args.real_labels)
     with common.warnings_above_progress_bar("validate"):
         validation = prepare_validation(model, dataset, preprocessing=preprocessing, device=device, run=run_options,
                                         scoring=scoring, batch_size=args.batch_size, workers=args.workers,
                                         limit=args.limit)
-        _print_setup(args, model, validation, device, precision)
+        _print_setup(args, model, validation, device)
         report = validation.run(progress=not args.no_progress)
     for line in report.lines(published=_published(model.pretrained_cfg)):
         print(line)
@@ -122,13 +118,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_setup(args: argparse.Namespace, model, validation, device, precision: str) -> None:
+def _run_description(args: argparse.Namespace, validation) -> str:
+    """``bf16 autocast``, ``int8 (calibrated on N images of DIR)``, ``channels-last``: what is not the default."""
+    number_format = validation.inference.options.number_format
+    described = {
+        "int8": f"int8 (calibrated on {validation.settings.get('calibration_images')} images of {args.calibration})",
+        "bf16": "bf16 (folded, bfloat16 weights and activations)",
+    }
+    options = ((f"{validation.precision} autocast", validation.precision != "fp32"),
+               (described.get(number_format, number_format), number_format != "fp32"),
+               ("channels-last", args.channels_last))
+    return ", ".join(option for option, on in options if on)
+
+
+def _print_setup(args: argparse.Namespace, model, validation, device) -> None:
     dataset = validation.dataset
-    if precision == "int8":
-        precision = f"int8 (calibrated on {validation.settings['calibration_images']} images of {args.calibration})"
-    elif precision == "bf16":
-        precision = "bf16 (folded, bfloat16 weights and activations)"
-    options = ", ".join(o for o, on in ((precision, precision != "fp32"), ("channels-last", args.channels_last)) if on)
+    options = _run_description(args, validation)
     task = "" if validation.task.maps_classes else f", {validation.task.name}"
     print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes{task}, {common.weights_description(model)}")
     print(f"preprocessing: {validation.preprocessing.describe()}")

@@ -5,7 +5,7 @@ against the float64 result."""
 from tresnet.deploy.deployed import DeployedModel
 from tresnet.deploy.exactness import BOUNDS, Agreement, check_against_exact
 from tresnet.deploy.export import (
-    EXPORT_PRECISIONS,
+    EXPORT_NUMBER_FORMATS,
     FORMATS,
     ExportError,
     ExportMismatchError,
@@ -31,7 +31,7 @@ from tresnet.layers.fused import fold_batchnorm
 __all__ = [
     "BOUNDS",
     "DEFAULT_CALIBRATION_IMAGES",
-    "EXPORT_PRECISIONS",
+    "EXPORT_NUMBER_FORMATS",
     "FORMATS",
     "KEEP_FLOAT",
     "Agreement",

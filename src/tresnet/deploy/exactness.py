@@ -12,7 +12,7 @@ divided by the largest float64 output magnitude. A path is accepted when
 
 with the ``multiple`` and ``floor`` of its number format (:data:`BOUNDS`): an fp32 path may be up to
 ten times as far from the exact result as PyTorch's own fp32 model is (never less than 1e-5 of the
-largest output); lower precisions have a floor that their rounding (bf16: 8 significant bits; int8:
+largest output); lower number formats have a floor that their rounding (bf16: 8 significant bits; int8:
 256 levels per tensor) makes necessary. A wrong export (a layer missing, a sign flipped, two channels
 swapped) is off by a sizeable fraction of the largest output (tests/deploy/test_deploy_exactness.py) and
 is refused at the fp32 bound. The fraction of images on which a path keeps the float64 model's top-1
@@ -34,9 +34,9 @@ Outputs = list[list[torch.Tensor]]  # per input batch, the model's output tensor
 
 @dataclass(frozen=True)
 class Bound:
-    """The largest error a path in ``precision`` may have: ``max(multiple * fp32 error, floor)``."""
+    """The largest error a path in ``number_format`` may have: ``max(multiple * fp32 error, floor)``."""
 
-    precision: str
+    number_format: str
     multiple: float
     floor: float
 
@@ -136,7 +136,7 @@ def top1_agreement(got: Outputs, exact: Outputs) -> float:
 class Agreement:
     """How close one path is to the float64 result, beside the fp32 PyTorch model, and whether it passes."""
 
-    precision: str
+    number_format: str
     error: float  # the path's largest difference from float64, relative to the largest float64 output
     abs_error: float
     fp32_error: float  # the same for the fp32 PyTorch model
@@ -153,24 +153,24 @@ class Agreement:
                 f"{self.fp32_error:.2g}; limit {self.limit:.2g})")
 
     def to_dict(self) -> dict:
-        return dict(precision=self.precision, error=self.error, abs_error=self.abs_error,
+        return dict(number_format=self.number_format, error=self.error, abs_error=self.abs_error,
                     fp32_error=self.fp32_error, limit=self.limit, top1_agreement=self.top1, ok=self.ok)
 
 
-def agreement(got: Outputs, exact: Outputs, fp32: Outputs, precision: str) -> Agreement:
-    """How close ``got`` (a path in ``precision``) is to ``exact``, beside ``fp32`` (PyTorch's fp32 outputs)."""
+def agreement(got: Outputs, exact: Outputs, fp32: Outputs, number_format: str) -> Agreement:
+    """How close ``got`` (a path in ``number_format``) is to ``exact``, beside ``fp32`` (PyTorch's fp32 outputs)."""
     abs_error, error = relative_error(got, exact)
     _, fp32_error = relative_error(fp32, exact)
-    return Agreement(precision=precision, error=error, abs_error=abs_error, fp32_error=fp32_error,
-                     limit=BOUNDS[precision].limit(fp32_error), top1=top1_agreement(got, exact))
+    return Agreement(number_format=number_format, error=error, abs_error=abs_error, fp32_error=fp32_error,
+                     limit=BOUNDS[number_format].limit(fp32_error), top1=top1_agreement(got, exact))
 
 
 def check_against_exact(run: Callable, model: nn.Module, inputs: Sequence[torch.Tensor],
-                        precision: str = "fp32") -> Agreement:
+                        number_format: str = "fp32") -> Agreement:
     """Run ``run`` (a deployed form of ``model``: fused, exported, bf16, int8) and ``model`` in fp32 and in
     float64 on ``inputs``; return the :class:`Agreement` (``.ok`` says whether it is within its bound)."""
     exact = exact_outputs(model, inputs)
-    return agreement(run_outputs(run, inputs), exact, fp32_outputs(model, inputs)[0], precision)
+    return agreement(run_outputs(run, inputs), exact, fp32_outputs(model, inputs)[0], number_format)
 
 
 __all__ = ["BOUNDS", "Agreement", "Bound", "agreement", "check_against_exact",

@@ -5,8 +5,8 @@ fp32, fp16, bfloat16, or int8 calibrated on images), writes the file to a tempor
 output, loads it back (ONNX Runtime for ONNX, ``torch.jit.load`` for TorchScript) and runs it on check
 images. The file's outputs, and those of the fp32 PyTorch model, are each compared with the model run in
 float64 (:mod:`tresnet.deploy.exactness`): the file is accepted when its error is within the bound of its
-precision, ``max(multiple * PyTorch fp32's error, floor)``. Only then is it renamed to the output path;
-otherwise nothing is written and :class:`ExportMismatchError` gives both errors.
+number format (:data:`EXPORT_NUMBER_FORMATS`), ``max(multiple * PyTorch fp32's error, floor)``. Only then is it
+renamed to the output path; otherwise nothing is written and :class:`ExportMismatchError` gives both errors.
 
 ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``), which needs only ``onnx``; the
 newer exporter needs ``onnxscript``. ONNX and ONNX Runtime are the optional extra
@@ -38,7 +38,8 @@ from tresnet.errors import ConfigError, FileWriteError, TResNetError
 from tresnet.files import atomic_write
 
 FORMATS = ("onnx", "torchscript")
-EXPORT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# The number format of the file (``--number-format``): its weights and activations, not an autocast.
+EXPORT_NUMBER_FORMATS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_OPSET = 17
 MIN_OPSET = 9  # ONNX Runtime lacks kernels for some of our ops below this
 
@@ -63,7 +64,7 @@ class ExportError(TResNetError):
 
 
 class ExportMismatchError(ExportError):
-    """An exported model whose outputs are further from the float64 result than its precision allows."""
+    """An exported model whose outputs are further from the float64 result than its number format allows."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class ExportReport:
     format: str
     img_size: tuple[int, int]
     fused: bool
-    precision: str
+    number_format: str
     dynamic_batch: bool
     opset: int | None
     batch_sizes: tuple[int, ...]
@@ -93,7 +94,7 @@ class ExportReport:
     def summary(self) -> str:
         """One line for the command line."""
         details = [self.format + (f" (opset {self.opset})" if self.opset else ""),
-                   "fused" if self.fused else "not fused", self.precision,
+                   "fused" if self.fused else "not fused", self.number_format,
                    f"{self.img_size[0]}x{self.img_size[1]}",
                    "dynamic batch" if self.dynamic_batch else f"batch {TRACE_BATCH}"]
         if self.calibration_images:
@@ -105,28 +106,29 @@ class ExportReport:
 
 
 def check_export_args(format: str, output: str | os.PathLike, opset: int = DEFAULT_OPSET,
-                      precision: str = "fp32") -> Path:
-    """Validate the format, the precision, the opset and the output path before any work; return the path.
+                      number_format: str = "fp32") -> Path:
+    """Validate the format, the number format, the opset and the output path before any work; return the path.
 
-    Raises :class:`~tresnet.errors.ConfigError` for an unknown format or precision, a precision the format
-    cannot hold (bfloat16 ONNX, int8 TorchScript) and an opset outside what we can write and run,
+    Raises :class:`~tresnet.errors.ConfigError` for an unknown format or number format, a number format the
+    format cannot hold (bfloat16 ONNX, int8 TorchScript) and an opset outside what we can write and run,
     :class:`ExportError` for an output that is a folder, and
     :class:`~tresnet.errors.MissingDependencyError` when ONNX is asked for without its packages.
     """
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    if precision not in EXPORT_PRECISIONS:
-        raise ConfigError(f"bad export precision {precision!r}: choose one of {', '.join(EXPORT_PRECISIONS)}")
-    if format == "onnx" and precision == "bf16":
+    if number_format not in EXPORT_NUMBER_FORMATS:
+        raise ConfigError(f"bad --number-format {number_format!r} for export: choose one of "
+                          f"{', '.join(EXPORT_NUMBER_FORMATS)} (the number format of the exported file)")
+    if format == "onnx" and number_format == "bf16":
         raise ConfigError("ONNX Runtime has no bfloat16 convolution on the CPU, so a bf16 ONNX file could not be "
                           "checked or run there: export bf16 as --format torchscript, or fp32 / int8 as ONNX")
-    if format == "torchscript" and precision == "int8":
+    if format == "torchscript" and number_format == "int8":
         raise ConfigError("int8 export writes ONNX (ONNX Runtime's static quantization): use --format onnx; from "
                           "Python, tresnet.deploy.quantize gives the (faster) PyTorch int8 model")
     if format == "onnx" and not MIN_OPSET <= opset <= max_opset():
         raise ConfigError(f"ONNX opset {opset} is not supported; choose one from {MIN_OPSET} to {max_opset()} "
                           f"(default {DEFAULT_OPSET})")
-    if precision == "int8" and opset < 13:
+    if number_format == "int8" and opset < 13:
         raise ConfigError(f"int8 ONNX needs opset 13 or newer (per-channel QuantizeLinear), got {opset}")
     path = Path(output).expanduser()
     if path.is_dir():
@@ -157,19 +159,19 @@ def _output_names(count: int, listed: bool) -> list[str]:
     return [f"features_{i}" for i in range(count)] if listed else ["logits"]
 
 
-def prepare_for_export(model: nn.Module, *, fused: bool = True, precision: str = "fp32") -> nn.Module:
+def prepare_for_export(model: nn.Module, *, fused: bool = True, number_format: str = "fp32") -> nn.Module:
     """The CPU eval-mode copy of ``model`` that gets exported: folded (:func:`fuse`) unless ``fused=False``.
 
-    ``precision``: fp32 and int8 give an fp32 copy (int8 is quantized
+    ``number_format``: fp32 and int8 give an fp32 copy (int8 is quantized
     from the exported fp32 file); fp16 an fp16 copy taking fp16 images (an unfolded model's BatchNorms stay
     fp32); bf16 a bfloat16 copy that takes and returns fp32 (:func:`fuse` with ``dtype``). ``model`` is
     left untouched.
     """
     prepared = fuse(model) if fused else copy.deepcopy(model).eval().requires_grad_(False)
     prepared = prepared.to("cpu")
-    if precision == "bf16":
+    if number_format == "bf16":
         return cast_for_inference(prepared.float(), torch.bfloat16)
-    if precision != "fp16":
+    if number_format != "fp16":
         return prepared.float()
     prepared.half()
     for module in prepared.modules():
@@ -303,11 +305,11 @@ def _check_images(model: nn.Module, calibration: torch.Tensor | None, batch_size
     return _random_images(batch_sizes, getattr(model, "in_chans", 3), size, seed)
 
 
-def _judge(got, exact, fp32, precision: str, tolerance: float | None, format: str, path: Path) -> Agreement:
+def _judge(got, exact, fp32, number_format: str, tolerance: float | None, format: str, path: Path) -> Agreement:
     """The file's :class:`Agreement` with the float64 result (``tolerance``, when given, as its limit);
     :class:`ExportMismatchError` when its outputs do not fit or it is beyond its limit."""
     try:
-        found = agreement(got, exact, fp32, precision)
+        found = agreement(got, exact, fp32, number_format)
     except ValueError as e:
         raise ExportMismatchError(f"the exported {format} model gives an {e}; nothing was written to {path}") from e
     if tolerance is not None:
@@ -320,7 +322,7 @@ def _check_agreement(found: Agreement, format: str, path: Path) -> None:
     """:class:`ExportMismatchError` when ``found`` is beyond its limit."""
     if not found.ok:
         raise ExportMismatchError(
-            f"the exported {format} model ({found.precision}) is {found.describe()}: too far to be rounding; "
+            f"the exported {format} model ({found.number_format}) is {found.describe()}: too far to be rounding; "
             f"nothing was written to {path}"
         )
 
@@ -347,40 +349,40 @@ def _calibration_batch(model: nn.Module, calibration: Calibration | None, size: 
 
 def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
                  img_size: int | tuple[int, int] | None = None, dynamic_batch: bool = False,
-                 precision: str = "fp32", fused: bool = True, opset: int = DEFAULT_OPSET,
+                 number_format: str = "fp32", fused: bool = True, opset: int = DEFAULT_OPSET,
                  calibration: Calibration | None = None, tolerance: float | None = None) -> ExportReport:
     """Export ``model`` to ``output`` as ONNX or TorchScript, checked against the float64 result; return the report.
 
     The export is traced on CPU at batch 1 and ``img_size`` (default: the model's configured input
     size); with ``dynamic_batch`` the batch axis is free and the check also runs at batch 3.
-    ``precision``: ``fp32`` (default), ``fp16``, ``bf16`` (TorchScript only: fp32 in and out, bfloat16
-    inside) or ``int8`` (ONNX only, quantized by ONNX Runtime, calibrated on ``calibration``, a
-    :class:`~tresnet.deploy.int8.Calibration`: a folder of images, ``count`` of them (default
-    :data:`~tresnet.deploy.int8.DEFAULT_CALIBRATION_IMAGES`), or a preprocessed batch).
+    ``number_format`` (the file's, :data:`EXPORT_NUMBER_FORMATS`): ``fp32`` (default), ``fp16``, ``bf16``
+    (TorchScript only: fp32 in and out, bfloat16 inside) or ``int8`` (ONNX only, quantized by ONNX Runtime,
+    calibrated on ``calibration``, a :class:`~tresnet.deploy.int8.Calibration`: a folder of images, ``count`` of
+    them (default :data:`~tresnet.deploy.int8.DEFAULT_CALIBRATION_IMAGES`), or a preprocessed batch).
 
     The check runs the file and ``model`` in fp32 and float64 (eval, CPU) on seeded random images in [0, 1] (int8:
     calibration images): the file's largest difference from float64, as a fraction of the largest output,
-    must be within :data:`~tresnet.deploy.exactness.BOUNDS` of ``precision`` (or ``tolerance``). The file is
+    must be within :data:`~tresnet.deploy.exactness.BOUNDS` of ``number_format`` (or ``tolerance``). The file is
     renamed to ``output`` only when it passes, and records its inputs' preprocessing (:data:`PREPROCESSING_METADATA`).
 
-    Raises :class:`~tresnet.errors.ConfigError` (unknown format or precision, a precision the format
+    Raises :class:`~tresnet.errors.ConfigError` (unknown format or number format, a number format the format
     cannot hold, int8 without calibration, bad size argument), :class:`~tresnet.errors.InputSizeError`
     (a size the model cannot take), :class:`~tresnet.errors.DataError` (calibration images that cannot be
     found or read), :class:`~tresnet.errors.MissingDependencyError` (ONNX without its packages),
     :class:`ExportError` (an output that cannot be written, or a file the exporter, the quantizer or the
     runtime refuses) and :class:`ExportMismatchError`.
     """
-    path = check_export_args(format, output, opset, precision)
+    path = check_export_args(format, output, opset, number_format)
     size = _img_size(model, img_size)
     calibration_batch = None
-    if precision == "int8":
+    if number_format == "int8":
         calibration_batch = _calibration_batch(model, calibration, size)
-    prepared = prepare_for_export(model, fused=fused, precision=precision)
+    prepared = prepare_for_export(model, fused=fused, number_format=number_format)
     batch_sizes = (TRACE_BATCH, DYNAMIC_CHECK_BATCH) if dynamic_batch else (TRACE_BATCH,)
     images = _check_images(model, calibration_batch, batch_sizes, size, CHECK_SEED)
     exact = exact_outputs(model, images)
     fp32, listed = fp32_outputs(model, images)
-    inputs = [x.to(torch.float16) if precision == "fp16" else x for x in images]
+    inputs = [x.to(torch.float16) if number_format == "fp16" else x for x in images]
     output_names = _output_names(len(fp32[0]), listed)
     found: list[Agreement] = []
 
@@ -388,13 +390,13 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
         got = _write_and_run(prepared, inputs, tmp, format=format, opset=opset, dynamic_batch=dynamic_batch,
                              output_names=output_names, listed=listed, model_name=type(model).__name__,
                              calibration=calibration_batch)
-        found.append(_judge(got, exact, fp32, precision, tolerance, format, path))
+        found.append(_judge(got, exact, fp32, number_format, tolerance, format, path))
         _record_preprocessing(tmp, format, preprocessing)  # metadata only: the checked graph is unchanged
 
     preprocessing = export_preprocessing(model, size)
     _write_atomically(path, write_and_check)
     result = found[0]
-    return ExportReport(path=path, format=format, img_size=size, fused=fused, precision=precision,
+    return ExportReport(path=path, format=format, img_size=size, fused=fused, number_format=number_format,
                         dynamic_batch=dynamic_batch, opset=opset if format == "onnx" else None,
                         batch_sizes=batch_sizes, max_abs_diff=result.abs_error, max_rel_diff=result.error,
                         fp32_error=result.fp32_error, limit=result.limit,
@@ -402,6 +404,6 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
                         preprocessing=preprocessing)
 
 
-__all__ = ["DEFAULT_OPSET", "EXPORT_PRECISIONS", "FORMATS", "MIN_OPSET", "ExportError", "ExportMismatchError",
+__all__ = ["DEFAULT_OPSET", "EXPORT_NUMBER_FORMATS", "FORMATS", "MIN_OPSET", "ExportError", "ExportMismatchError",
            "ExportReport", "PREPROCESSING_METADATA", "check_export_args", "export_model", "export_preprocessing",
            "max_opset", "prepare_for_export"]

@@ -5,7 +5,7 @@ calibration -> ``convert_pt2e``, from the ``torchao`` package) with its x86 quan
 result with ``torch.compile`` (Inductor, weights frozen), which runs the quantized convs as oneDNN int8
 kernels (VNNI / AMX where the CPU has them). It is the ``pt2e`` int8 backend of ``validate`` and
 ``predict``; the ``onnx`` one is ONNX Runtime's static quantization (:func:`quantize_onnx`, run by
-:func:`tresnet.deploy.onnx_model`), which is also what ``tresnet export --precision int8 --format onnx``
+:func:`tresnet.deploy.onnx_model`), which is also what ``tresnet export --number-format int8 --format onnx``
 writes, since a compiled PyTorch model is not a file another runtime can load. Which is faster depends on
 the CPU (:func:`tresnet.deploy.inference.choose_int8_backend`): on the 2-core Sapphire Rapids machine of
 ``docs/deploy.md`` (AMX) PT2E ran TResNet-M 1.6x as fast as ONNX Runtime, on AMD EPYCs without AMX ONNX

@@ -27,7 +27,7 @@ class OnnxModel(DeployedModel):
     """An ONNX Runtime session called like a model: fp32 images in, fp32 outputs out (a tensor, or a list for a
     file with several outputs), on the CPU, any batch size.
 
-    ``precision`` is the file's (``fp32`` or ``int8``); ``calibrated_on`` the number of calibration images of an
+    ``number_format`` is the file's (``fp32`` or ``int8``); ``calibrated_on`` the number of calibration images of an
     int8 file; ``img_size`` the image size it was exported and checked at. ``backend`` says what runs it.
     """
 
@@ -35,12 +35,12 @@ class OnnxModel(DeployedModel):
     backend_name = "ONNX Runtime"
     runs_as = "ONNX Runtime model"
 
-    def __init__(self, session, *, precision: str, img_size: tuple[int, int],
+    def __init__(self, session, *, number_format: str, img_size: tuple[int, int],
                  calibrated_on: int | None = None) -> None:
         super().__init__(img_size=img_size, calibrated_on=calibrated_on)
         self.session = session
         self.input_name = session.get_inputs()[0].name
-        self.precision = precision
+        self.number_format = number_format
 
     def forward(self, images: torch.Tensor):
         self.check_images(images)
@@ -50,15 +50,15 @@ class OnnxModel(DeployedModel):
 
     def extra_repr(self) -> str:
         calibrated = f", calibrated on {self.calibrated_on} images" if self.calibrated_on else ""
-        return f"{self.precision} in {self.backend_name}{calibrated} at {self.img_size[0]}x{self.img_size[1]}"
+        return f"{self.number_format} in {self.backend_name}{calibrated} at {self.img_size[0]}x{self.img_size[1]}"
 
 
-def onnx_model(model: nn.Module, *, precision: str = "fp32", img_size: int | tuple[int, int] | None = None,
+def onnx_model(model: nn.Module, *, number_format: str = "fp32", img_size: int | tuple[int, int] | None = None,
                calibration: torch.Tensor | str | os.PathLike | None = None, calibration_images: int | None = None,
                threads: int | None = None) -> OnnxModel:
     """``model`` exported to ONNX and opened in ONNX Runtime: an :class:`OnnxModel`; ``model`` is untouched.
 
-    ``precision`` ``fp32`` or ``int8`` (quantized by ONNX Runtime, calibrated on ``calibration``: a folder of
+    ``number_format`` ``fp32`` or ``int8`` (quantized by ONNX Runtime, calibrated on ``calibration``: a folder of
     images, ``calibration_images`` of them, or a preprocessed batch), at ``img_size`` (default: the batch's
     size, else the model's), as :func:`tresnet.deploy.export_model` writes and checks it; ``threads`` intra-op threads (default: as many
     as PyTorch uses). The file lives only while the session is opened.
@@ -68,15 +68,15 @@ def onnx_model(model: nn.Module, *, precision: str = "fp32", img_size: int | tup
     calibration, :class:`~tresnet.deploy.ExportMismatchError` for a file beyond its bound.
     """
     quantized = {}
-    if precision == "int8":
+    if number_format == "int8":
         quantized = dict(calibration=Calibration(calibration, calibration_images))
         if img_size is None and isinstance(calibration, torch.Tensor):
             img_size = tuple(calibration.shape[-2:])  # a ready batch sets the size, as for quantize
     with tempfile.TemporaryDirectory(prefix="tresnet-onnx-") as folder:
         report = export_model(model, Path(folder) / "model.onnx", format="onnx", img_size=img_size,
-                              dynamic_batch=True, precision=precision, **quantized)
+                              dynamic_batch=True, number_format=number_format, **quantized)
         session = onnx_session(report.path, threads=threads or torch.get_num_threads())
-    return OnnxModel(session, precision=precision, img_size=report.img_size,
+    return OnnxModel(session, number_format=number_format, img_size=report.img_size,
                      calibrated_on=report.calibration_images)
 
 

@@ -105,12 +105,12 @@ def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int 
     model's (``pretrained_cfg["task"]``, else multiclass): a multiclass answer gives softmax probabilities; a
     multilabel one each class's sigmoid and ``labels``, the classes whose probability exceeds ``threshold``
     (None: the checkpoint's, else 0.5). ``device`` None keeps the model where it is. ``run``
-    (:class:`~tresnet.inference.runner.RunOptions`) says how the model runs (``bf16``: the folded bfloat16
-    model; ``int8``: the model quantized on the calibration images, on the CPU). The model runs in eval mode;
-    its mode comes back when the iteration ends. Raises :class:`ConfigError` for a bad ``topk``,
-    ``batch_size``, precision, task (or one other than the checkpoint's) or threshold, :class:`DataError` for a
-    class map that cannot be read or an unknown bundled set, and :class:`~tresnet.errors.InputSizeError` for a
-    size the model cannot take.
+    (:class:`~tresnet.inference.runner.RunOptions`) says how the model runs: its autocast ``precision``, its
+    ``number_format`` (``bf16``: the folded bfloat16 model; ``int8``: the model quantized on the calibration
+    images, on the CPU). The model runs in eval mode; its mode comes back when the iteration ends. Raises
+    :class:`ConfigError` for a bad ``topk``, ``batch_size``, precision or number format, task (or one other than
+    the checkpoint's) or threshold, :class:`DataError` for a class map that cannot be read or an unknown bundled
+    set, and :class:`~tresnet.errors.InputSizeError` for a size the model cannot take.
     """
     if topk < 1 or batch_size < 1:
         raise ConfigError(f"topk and batch size must be at least 1, got {topk} and {batch_size}")

@@ -182,7 +182,7 @@ class Validation:
         mapping = self.class_mapping
         tally = self.task.tally(self.device, threshold=self.threshold,
                                 class_subset=mapping.covered if mapping is not None and mapping.masked else None)
-        scores = evaluate(self.inference.runner, self.loader, tally, precision=self.inference.run_precision,
+        scores = evaluate(self.inference.runner, self.loader, tally, precision=self.precision,
                           channels_last=self.channels_last, progress=progress, desc="validate")
         return self.task.report(self, scores)
 
@@ -199,13 +199,15 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
     opens with ``data_options`` (COCO annotations, a CSV's classes, a flat folder's ground truth, strictness).
     ``preprocessing`` None is the model's (:meth:`Preprocessing.of`: the one its checkpoint recorded, else the
     registered model's); pass ``Preprocessing.of(model, img_size=..., crop_pct=...)`` to override. ``run`` says
-    how the model runs (:class:`~tresnet.inference.runner.RunOptions`: precision, channels-last, int8
-    calibration); ``scoring`` how its outputs are read (:class:`~tresnet.inference.evaluate.Scoring`: task,
-    threshold, class map, ReaL labels). ``limit`` takes that many images evenly over the data.
+    how the model runs (:class:`~tresnet.inference.runner.RunOptions`: autocast precision, number format,
+    channels-last, int8 calibration); ``scoring`` how its outputs are read
+    (:class:`~tresnet.inference.evaluate.Scoring`: task, threshold, class map, ReaL labels). ``limit`` takes that
+    many images evenly over the data.
 
     Raises :class:`DataError` (missing or empty data, classes that do not match the model, data that
-    does not fit the task), :class:`ConfigError` (bad device, precision, limit, task or threshold, a task
-    other than the checkpoint's) and :class:`~tresnet.errors.InputSizeError` (a size the model cannot take).
+    does not fit the task), :class:`ConfigError` (bad device, precision or number format, limit, task or
+    threshold, a task other than the checkpoint's) and :class:`~tresnet.errors.InputSizeError` (a size the model
+    cannot take).
     """
     device = resolve_device(device)
     run = (run or RunOptions()).check(device)
