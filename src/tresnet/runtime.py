@@ -103,7 +103,7 @@ def cpu_has_bf16() -> bool:
         return True
 
 
-EMULATED_BF16 = ("this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX): it is emulated, several times slower "
+_EMULATED_BF16 = ("this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX): it is emulated, several times slower "
                  "than fp32 here")
 
 
@@ -112,14 +112,20 @@ def bf16_is_emulated(device: torch.device | str) -> bool:
     return torch.device(device).type == "cpu" and not cpu_has_bf16()
 
 
+def warn_emulated_bf16(device: torch.device | str, option: str, instead: str) -> None:
+    """A warning when bfloat16, asked for by ``option`` (``--precision bf16``, ``--number-format bf16``), would be
+    emulated on ``device`` (:func:`bf16_is_emulated`), several times slower than fp32 (9x for TResNet-M on an
+    AVX2-only AMD EPYC); ``instead`` says what to use. The warning points at the caller's caller."""
+    if bf16_is_emulated(device):
+        warnings.warn(f"{option} computes in bfloat16, but {_EMULATED_BF16}; use {instead}", EmulatedBf16Warning,
+                      stacklevel=4)
+
+
 def warn_if_bf16_is_emulated(precision: str, device: torch.device | str) -> None:
-    """A warning when the autocast ``precision`` computes in bfloat16 on a CPU without bfloat16 arithmetic, where
-    it is emulated and several times slower than fp32 (9x for TResNet-M on an AVX2-only AMD EPYC)."""
-    if (torch.device(device).type != "cpu" or precision not in PRECISIONS
-            or autocast_dtype(precision, device) != torch.bfloat16 or not bf16_is_emulated(device)):
-        return
-    warnings.warn(f"--precision {precision} computes in bfloat16, but {EMULATED_BF16}; use --precision fp32 "
-                  f"(or, in validate and predict, --number-format int8)", EmulatedBf16Warning, stacklevel=3)
+    """:func:`warn_emulated_bf16` when the autocast ``precision`` computes in bfloat16 on ``device``."""
+    if precision in PRECISIONS and autocast_dtype(precision, device) == torch.bfloat16:
+        warn_emulated_bf16(device, f"--precision {precision}",
+                           "--precision fp32 (or, in validate and predict, --number-format int8)")
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
@@ -127,6 +133,6 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
-__all__ = ["DEVICE_HELP", "EMULATED_BF16", "EmulatedBf16Warning", "PRECISIONS", "PRECISION_HELP", "autocast",
+__all__ = ["DEVICE_HELP", "EmulatedBf16Warning", "PRECISIONS", "PRECISION_HELP", "autocast",
            "autocast_dtype", "bf16_is_emulated", "check_precision", "cpu_has_bf16", "needs_grad_scaler",
-           "precision_name", "resolve_device", "warn_if_bf16_is_emulated"]
+           "precision_name", "resolve_device", "warn_emulated_bf16", "warn_if_bf16_is_emulated"]

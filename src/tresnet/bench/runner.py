@@ -60,8 +60,9 @@ from tresnet.bench.timing import (
     synthetic_images,
     time_iterations,
 )
+from tresnet.deploy.inference import refuse_number_format_as_precision
 from tresnet.errors import ConfigError, TResNetError
-from tresnet.runtime import PRECISIONS, autocast, check_precision, resolve_device
+from tresnet.runtime import autocast, check_precision, resolve_device
 
 MIB = 1024 ** 2
 RUN_MODES = {"infer": ("infer",), "train": ("train",), "both": ("infer", "train")}
@@ -169,10 +170,8 @@ def _plan_budget(config: BenchConfig) -> float | None:
 
 def _check_precision(precision: str, device: torch.device) -> None:
     """The run's autocast; a number format given as a precision (int8) names the forms that run in it."""
-    if precision in NUMBER_FORMATS.values() and precision not in PRECISIONS:
-        forms = ", ".join(f"NAME:{form}" for form, own in NUMBER_FORMATS.items() if own == precision)
-        raise ConfigError(f"{precision} is a number format, not an autocast precision: benchmark {forms} "
-                          f"(with --precision fp32)")
+    forms = ", ".join(f"NAME:{form}" for form, own in NUMBER_FORMATS.items() if own == precision)
+    refuse_number_format_as_precision(precision, f"benchmark {forms} (with --precision fp32)")
     check_precision(precision, device)
 
 

@@ -58,6 +58,11 @@ def _resize_step(img_size: int, crop_mode: str, scale, ratio, mode) -> v2.Transf
     raise ConfigError(f"unknown training crop mode {crop_mode!r}; use random or squash")
 
 
+TRAIN_CROP_MODES = ("random", "squash")
+AUTO_AUGMENTS = ("autoaugment", "randaugment")
+ERASE_MODES = ("pixel", "const")  # random erasing fills with per-pixel noise or zeros
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """The per-image training augmentation: the crop (``crop_mode`` ``"random"``: a random resized crop over
@@ -113,7 +118,7 @@ def create_train_transform(img_size: int, augmentation: Augmentation | None = No
     steps += _policy_step(augmentation, mode)
     steps += to_float_steps(mean, std)
     if augmentation.random_erase > 0:
-        if augmentation.random_erase_mode not in ("pixel", "const"):
+        if augmentation.random_erase_mode not in ERASE_MODES:
             raise ConfigError(f"unknown random_erase_mode {augmentation.random_erase_mode!r}; use pixel or const")
         steps.append(v2.RandomErasing(p=augmentation.random_erase,
                                       value="random" if augmentation.random_erase_mode == "pixel" else 0.0))
@@ -187,5 +192,5 @@ def create_batch_mix(num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: f
     return BatchMix(num_classes, mixup_alpha, cutmix_alpha, prob)
 
 
-__all__ = ["Augmentation", "TRAIN_INTERPOLATIONS", "BatchMix", "Cutout", "create_batch_mix", "create_tensor_eval_transform",
+__all__ = ["AUTO_AUGMENTS", "ERASE_MODES", "TRAIN_CROP_MODES", "Augmentation", "TRAIN_INTERPOLATIONS", "BatchMix", "Cutout", "create_batch_mix", "create_tensor_eval_transform",
            "create_train_transform"]

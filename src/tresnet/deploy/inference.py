@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import warnings
 from collections.abc import Collection
 
 import torch
@@ -39,7 +38,7 @@ from tresnet.deploy.fusion import fuse
 from tresnet.deploy.int8 import DEFAULT_CALIBRATION_IMAGES, quantize
 from tresnet.deploy.onnx_model import onnx_model
 from tresnet.errors import ConfigError, MissingDependencyError
-from tresnet.runtime import EMULATED_BF16, PRECISIONS, EmulatedBf16Warning, bf16_is_emulated, check_precision
+from tresnet.runtime import PRECISIONS, check_precision, warn_emulated_bf16
 
 INFERENCE_NUMBER_FORMATS = ("fp32", "bf16", "int8")
 INT8_BACKENDS = ("auto", "pt2e", "onnx")
@@ -67,6 +66,13 @@ def check_inference_number_format(number_format: str, device: torch.device | str
     return number_format
 
 
+def refuse_number_format_as_precision(precision: str, fix: str) -> None:
+    """:class:`ConfigError` when a number format that is no autocast (int8) is given as ``--precision``; ``fix``
+    says what runs in it instead."""
+    if precision in INFERENCE_NUMBER_FORMATS and precision not in PRECISIONS:
+        raise ConfigError(f"{precision} is a number format, not an autocast precision: {fix}")
+
+
 def check_inference_precision(precision: str, device: torch.device | str | None = None,
                               number_format: str = "fp32") -> str:
     """``precision`` if it is an autocast precision (:data:`tresnet.runtime.PRECISIONS`) usable on ``device`` that
@@ -74,9 +80,7 @@ def check_inference_precision(precision: str, device: torch.device | str | None 
 
     Raises :class:`ConfigError` naming ``--number-format`` for a number format given as a precision (int8).
     """
-    if precision in INFERENCE_NUMBER_FORMATS and precision not in PRECISIONS:
-        raise ConfigError(f"{precision} is a number format, not an autocast precision: use --number-format "
-                          f"{precision}")
+    refuse_number_format_as_precision(precision, f"use --number-format {precision}")
     check_precision(precision, device)
     if precision != "fp32" and number_format != "fp32":
         raise ConfigError(f"--number-format {number_format} sets its own number format and runs without autocast: "
@@ -181,18 +185,11 @@ def inference_model(model: nn.Module, number_format: str, device: torch.device |
     device = torch.device(device)
     check_number_format_options(number_format, device, calibration, calibration_images, int8_backend)
     if number_format == "bf16":
-        _warn_if_bf16_is_emulated(device)
+        warn_emulated_bf16(device, "--number-format bf16", "--number-format fp32 or int8")
         return fuse(model, dtype=torch.bfloat16).to(device)
     if number_format == "int8":
         return _int8_model(model, calibration, calibration_images, img_size, resolve_int8_backend(int8_backend))
     return model
-
-
-def _warn_if_bf16_is_emulated(device: torch.device) -> None:
-    """The bfloat16 model on a CPU without bfloat16 arithmetic: a warning that it is emulated."""
-    if bf16_is_emulated(device):
-        warnings.warn(f"--number-format bf16 computes in bfloat16, but {EMULATED_BF16}; use --number-format fp32 "
-                      f"or int8", EmulatedBf16Warning, stacklevel=3)
 
 
 def _int8_model(model: nn.Module, calibration, calibration_images: int | None, img_size: int | None,
@@ -208,4 +205,4 @@ def _int8_model(model: nn.Module, calibration, calibration_images: int | None, i
 __all__ = ["INFERENCE_NUMBER_FORMATS", "INFERENCE_NUMBER_FORMAT_HELP", "INT8_BACKENDS", "INT8_BACKEND_PACKAGES",
            "check_calibration_options", "check_inference_number_format", "check_inference_precision",
            "check_int8_backend", "check_number_format_options", "choose_int8_backend", "cpu_has_amx",
-           "inference_model", "installed_int8_backends", "resolve_int8_backend"]
+           "inference_model", "installed_int8_backends", "refuse_number_format_as_precision", "resolve_int8_backend"]

@@ -180,9 +180,14 @@ def field_type(option: str) -> tuple[type, bool]:
     return (tuple if origin is tuple else hint), optional
 
 
+def _moved_key_error(key: str, where: str) -> ConfigError:
+    """The error of a key of an earlier version that moved (one of :data:`MOVED_KEYS`), naming its new place."""
+    return ConfigError(f"{key!r} in {where} is now {MOVED_KEYS[key]}")
+
+
 def _unknown_key_error(key: str, where: str) -> ConfigError:
     if key in MOVED_KEYS:
-        return ConfigError(f"{key!r} in {where} is now {MOVED_KEYS[key]}")
+        return _moved_key_error(key, where)
     close = difflib.get_close_matches(key, list(OPTIONS), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(f"unknown option {key!r} in {where}{hint}; valid options: {', '.join(OPTIONS)}")
@@ -454,7 +459,7 @@ def _misplaced_key_error(key: str, value: Any, where: str) -> ConfigError:
                            f"{place.section}: {{{place.name}: {_plain(value)!r}}} (recipes are grouped in "
                            f"sections: {', '.join(SECTIONS)})")
     if key in MOVED_KEYS:
-        return ConfigError(f"{key!r} in {where} is now {MOVED_KEYS[key]}")
+        return _moved_key_error(key, where)
     close = difflib.get_close_matches(key, list(SECTIONS) + list(OPTIONS), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(f"unknown key {key!r} in {where}{hint}: a recipe is a mapping of the sections "
@@ -473,7 +478,7 @@ def _unknown_section_key_error(section: str, key: str, where: str) -> ConfigErro
         return ConfigError(f"{key!r} in the section {section!r} of {where} is {OPTIONS[key].place}: write it as "
                            f"{OPTIONS[key].section}: {{{OPTIONS[key].name}: ...}}")
     if key in MOVED_KEYS:
-        return ConfigError(f"{key!r} in {where} is now {MOVED_KEYS[key]}")
+        return _moved_key_error(key, where)
     names = list(_SECTION_OPTIONS[section])
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""

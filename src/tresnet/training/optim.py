@@ -15,6 +15,9 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from tresnet.errors import ConfigError
 
+OPTIMIZERS = ("sgd", "adamw", "adam")
+SCHEDULES = ("onecycle", "cosine", "constant")
+
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two optimiser groups: ``"decay"`` (weights of convs and linears, ``weight_decay``) and
@@ -96,4 +99,4 @@ def create_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_step
     raise ConfigError(f"unknown schedule {schedule!r}; choose onecycle, cosine or constant")
 
 
-__all__ = ["WarmupCosine", "create_optimizer", "create_scheduler", "param_groups"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "WarmupCosine", "create_optimizer", "create_scheduler", "param_groups"]

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tresnet.collectives import DistInfo
 from tresnet.data.loader import create_loader
 from tresnet.data.sources import DataSource, TrainData, find_source
-from tresnet.data.train_transforms import Augmentation, create_train_transform
+from tresnet.data.train_transforms import create_train_transform
 from tresnet.data.transforms import normalisation
 from tresnet.errors import ConfigError
 from tresnet.training.distributed import SeededSamples, ShardedEpochSampler
@@ -30,10 +30,7 @@ def train_source(data: DataSection, task: str) -> DataSource:
 
 def _train_transform(aug: AugmentationSection, pretrained_cfg: dict, img_size: int):
     norm = normalisation(pretrained_cfg)
-    return create_train_transform(img_size, Augmentation(
-        crop_mode=aug.train_crop_mode, scale=aug.scale, ratio=aug.ratio, hflip=aug.hflip, auto_augment=aug.auto_augment,
-        randaugment_magnitude=aug.randaugment_magnitude, randaugment_ops=aug.randaugment_ops,
-        random_erase=aug.random_erase, random_erase_mode=aug.random_erase_mode, cutout=aug.cutout),
+    return create_train_transform(img_size, aug.per_image(),
         interpolation=pretrained_cfg.get("interpolation", "bilinear"),
         **(dict(mean=norm[0], std=norm[1]) if norm is not None else {}))
 

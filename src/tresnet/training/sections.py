@@ -16,24 +16,22 @@ across sections, which is what lets ``--lr`` stay ``--lr``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from tresnet.data.train_transforms import AUTO_AUGMENTS, ERASE_MODES, TRAIN_CROP_MODES, Augmentation
 from tresnet.data.transforms import CROP_MODES
 from tresnet.layers import NORMS as LAYER_NORMS
 from tresnet.models.registry import HEADS
 from tresnet.runtime import PRECISIONS
 from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD
 from tresnet.tasks.losses import REDUCTIONS
+from tresnet.training.optim import OPTIMIZERS, SCHEDULES
 
-OPTIMIZERS = ("sgd", "adamw", "adam")
-SCHEDULES = ("onecycle", "cosine", "constant")
-AUTO_AUGMENTS = ("autoaugment", "randaugment")
-ERASE_MODES = ("pixel", "const")
-TRAIN_CROP_MODES = ("random", "squash")
 DISTILL_METHODS = ("kd", "th-kd")
 # The norms a run may choose; distributed runs switch in-place ABN to its synchronised form themselves.
 NORMS = tuple(norm for norm in LAYER_NORMS if norm != "inplace_abn_sync")
+_PER_IMAGE = Augmentation()  # the per-image augmentation's defaults are the section's
 
 
 def _opt(help_text: str, default: Any = None, *, choices: tuple | None = None, option: str | None = None,
@@ -101,20 +99,29 @@ class AugmentationSection:
     """What the training images go through (validation images are only resized and cropped)."""
 
     train_crop_mode: str = _opt("training crop: random-resized crop, or squash the whole image to the size "
-                                "(multilabel recipes: no object cut away)", "random", choices=TRAIN_CROP_MODES)
-    scale: tuple[float, float] = _opt("random-resized-crop area range", factory=lambda: (0.08, 1.0))
-    ratio: tuple[float, float] = _opt("random-resized-crop aspect range", factory=lambda: (3 / 4, 4 / 3))
-    hflip: float = _opt("horizontal flip probability", 0.5)
-    auto_augment: str | None = _opt("AutoAugment (ImageNet policy) or RandAugment", choices=AUTO_AUGMENTS)
-    randaugment_magnitude: int = _opt("RandAugment magnitude (0-30)", 9)
-    randaugment_ops: int = _opt("RandAugment operations per image", 2)
-    random_erase: float = _opt("random erasing (Cutout) probability", 0.0)
-    random_erase_mode: str = _opt("fill erased boxes with per-pixel noise or zeros", "pixel", choices=ERASE_MODES)
+                                "(multilabel recipes: no object cut away)", _PER_IMAGE.crop_mode,
+                                choices=TRAIN_CROP_MODES)
+    scale: tuple[float, float] = _opt("random-resized-crop area range", factory=lambda: _PER_IMAGE.scale)
+    ratio: tuple[float, float] = _opt("random-resized-crop aspect range", factory=lambda: _PER_IMAGE.ratio)
+    hflip: float = _opt("horizontal flip probability", _PER_IMAGE.hflip)
+    auto_augment: str | None = _opt("AutoAugment (ImageNet policy) or RandAugment", _PER_IMAGE.auto_augment,
+                                    choices=AUTO_AUGMENTS)
+    randaugment_magnitude: int = _opt("RandAugment magnitude (0-30)", _PER_IMAGE.randaugment_magnitude)
+    randaugment_ops: int = _opt("RandAugment operations per image", _PER_IMAGE.randaugment_ops)
+    random_erase: float = _opt("random erasing (Cutout) probability", _PER_IMAGE.random_erase)
+    random_erase_mode: str = _opt("fill erased boxes with per-pixel noise or zeros", _PER_IMAGE.random_erase_mode,
+                                  choices=ERASE_MODES)
     cutout: float = _opt("Cutout as in ASL: a box of this fraction of the height and width, at a random centre, "
-                         "filled with one random colour, on every image (0: off)", 0.0)
+                         "filled with one random colour, on every image (0: off)", _PER_IMAGE.cutout)
     mixup: float = _opt("mixup alpha (0: off)", 0.0)
     cutmix: float = _opt("cutmix alpha (0: off)", 0.0)
     mix_prob: float = _opt("probability of mixing a batch when mixup or cutmix is on", 1.0)
+
+    def per_image(self) -> Augmentation:
+        """The per-image part, as the training transform takes it (:func:`create_train_transform`): every field of
+        :class:`~tresnet.data.train_transforms.Augmentation`, its crop mode from ``train_crop_mode``."""
+        names = [f.name for f in fields(Augmentation) if f.name != "crop_mode"]
+        return Augmentation(crop_mode=self.train_crop_mode, **{name: getattr(self, name) for name in names})
 
 
 @dataclass
@@ -210,6 +217,5 @@ SECTION_TITLES = {"task": "task", "model": "model", "data": "data and validation
                   "loss": "loss", "distillation": "distillation (kd, th-kd, sh-kd)",
                   "run": "run: output, device, seed, precision, processes"}
 
-__all__ = ["AUTO_AUGMENTS", "DISTILL_METHODS", "ERASE_MODES", "NORMS", "OPTIMIZERS", "SCHEDULES", "SECTIONS",
-           "SECTION_TITLES", "TRAIN_CROP_MODES", "AugmentationSection", "DataSection", "DistillationSection",
-           "LossSection", "ModelSection", "OptimisationSection", "RunSection", "TaskSection"]
+__all__ = ["DISTILL_METHODS", "NORMS", "SECTIONS", "SECTION_TITLES", "AugmentationSection", "DataSection",
+           "DistillationSection", "LossSection", "ModelSection", "OptimisationSection", "RunSection", "TaskSection"]
