@@ -236,7 +236,7 @@ def _describe_metadata(raw: Mapping[str, str], shapes: Mapping[str, Sequence[int
                        family: Family | None) -> dict:
     """Typed metadata from a file's string metadata and its tensor shapes (in our names)."""
     meta = {_LEGACY_METADATA_KEYS.get(k, k): v for k, v in raw.items()}
-    for key in ("class_names", "preprocessing"):
+    for key in ("class_names", "preprocessing", "network"):
         if key in meta:
             meta[key] = _json_value(meta[key], key)
     if "threshold" in meta:
@@ -475,7 +475,8 @@ def checkpoint_metadata(model: nn.Module, class_names: Sequence[str] | None = No
     """The string metadata :func:`save_checkpoint` writes: format, version, ``family``, ``model``, ``arch``,
     classes, ``task`` and ``head`` (empty when the model does not say, e.g. a features-only model's head),
     and the model's evaluation preprocessing (``preprocessing``: input size, crop, interpolation,
-    mean/std) with a multi-label ``threshold`` when the configuration has one; ``extra`` overrides."""
+    mean/std) with a multi-label ``threshold`` when the configuration has one, and the ``network`` configuration of
+    a task that builds its own (a detector's); ``extra`` overrides."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     meta = {
         "format": FORMAT_OURS,
@@ -490,6 +491,8 @@ def checkpoint_metadata(model: nn.Module, class_names: Sequence[str] | None = No
         "head": str(cfg.get("head") or ""),
         **_recorded_preprocessing(cfg),
     }
+    if cfg.get("network"):  # what rebuilds a network beyond its backbone and head kind (a detector's pyramid...)
+        meta["network"] = json.dumps(cfg["network"])
     if class_names is not None:
         meta["class_names"] = json.dumps(list(class_names))
     for key, value in (extra or {}).items():

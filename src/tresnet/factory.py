@@ -1,7 +1,10 @@
-"""``create_model``: build a model of any registered family and, if asked, load its weights from a local file (read once)."""
+"""``create_model``: build a model of any registered family and, if asked, load its weights from a local file (read
+once); ``create_detector``: torchvision's FCOS or RetinaNet on one of them; ``load_network``: whichever of the two a
+checkpoint holds."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -11,6 +14,14 @@ from tresnet.checkpoint import Checkpoint, load_state, open_checkpoint, read_che
 from tresnet.errors import CheckpointError, ConfigError
 from tresnet.layers.ml_decoder import ml_decoder_options
 from tresnet.models.common import check_head
+from tresnet.models.detection import (
+    DETECTOR_HEADS,
+    FEATURE_INDICES,
+    DetectorConfig,
+    DetectorOptions,
+    build_detector,
+    prepare_backbone,
+)
 from tresnet.models.registry import (
     PREPROCESSING_KEYS,
     build_model,
@@ -18,7 +29,9 @@ from tresnet.models.registry import (
     list_models,
     models_of_arch,
 )
-from tresnet.tasks import DEFAULT_TASK, get_task
+from tresnet.tasks import DEFAULT_TASK, NetworkSpec, get_task
+from tresnet.tasks.detection import TASK as DETECTION_TASK
+from tresnet.tasks.detection import describe_detector
 
 # File names looked for in the cache, per model name: ours, the official release's, timm's hub layout.
 _CACHE_PATTERNS = ("{name}.safetensors", "{name}.pth", "{name}.pth.tar", "{name}.bin",
@@ -125,6 +138,15 @@ def recorded_preprocessing(metadata: dict, in_chans: int = 3) -> dict:
     return recorded
 
 
+def _open_classifier(path: Path, features_only: bool) -> Checkpoint:
+    """The checkpoint at ``path``; :class:`ConfigError` for a detector's read as a classifier."""
+    ckpt = open_checkpoint(path)
+    if ckpt.metadata.get("head") in DETECTOR_HEADS and not features_only:
+        raise ConfigError(f"checkpoint {ckpt.path} holds a {ckpt.metadata['head']} detector: build it with "
+                          f"tresnet.create_detector(checkpoint_path=...) (or tresnet.load_network)")
+    return ckpt
+
+
 def create_model(name: str | None = None, *, pretrained: bool = False,
                  checkpoint_path: str | os.PathLike | None = None, num_classes: int | None = None,
                  in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
@@ -170,7 +192,7 @@ def create_model(name: str | None = None, *, pretrained: bool = False,
     path = Path(checkpoint_path).expanduser() if checkpoint_path is not None else None
     if path is None and pretrained:
         path = find_pretrained(name)
-    ckpt = open_checkpoint(path) if path is not None else None
+    ckpt = _open_classifier(path, features_only) if path is not None else None
     if name is None:
         name = model_name_from_checkpoint(path, ckpt.metadata)
     classes = num_classes if num_classes is not None else ((ckpt and ckpt.metadata.get("num_classes")) or 1000)
@@ -185,3 +207,87 @@ def create_model(name: str | None = None, *, pretrained: bool = False,
         model.checkpoint_info = ckpt.info
         model.pretrained_cfg.update(recorded_preprocessing(ckpt.metadata, in_chans))
     return model
+
+
+def _saved_detector(ckpt: Checkpoint, options: DetectorOptions, overrides: dict) -> nn.Module:
+    """The detector a checkpoint of ours holds, rebuilt from its recorded configuration (the post-processing
+    ``overrides`` replace the recorded ones) with its weights; its norms as ``options`` say (frozen by default)."""
+    config = DetectorConfig.from_dict({**ckpt.metadata["network"], **overrides})
+    body = create_model(ckpt.metadata.get("model"), features_only=True, out_indices=FEATURE_INDICES,
+                        norm=ckpt.metadata.get("norm") or None)
+    prepare_backbone(body, options, from_weights=True)
+    detector = describe_detector(build_detector(body, config), body, config)
+    missing, unexpected = detector.load_state_dict(ckpt.state_dict, strict=False)
+    missing = [key for key in missing if not key.endswith("num_batches_tracked")]  # frozen norms keep no count
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {ckpt.path} does not fit its recorded {config.head} detector on "
+                              f"{ckpt.metadata.get('model')} (missing {missing[:3]}, unexpected {unexpected[:3]}): was "
+                              f"the file edited?")
+    detector.checkpoint_info = ckpt.info
+    detector.pretrained_cfg.update(recorded_preprocessing(ckpt.metadata))
+    return detector
+
+
+_POST_PROCESSING = {"score_threshold", "nms_threshold", "detections_per_image"}
+
+
+def create_detector(name: str | None = None, *, head: str | None = None, num_classes: int | None = None,
+                    pretrained: bool = False, checkpoint_path: str | os.PathLike | None = None,
+                    norm: str | None = None, drop_path_rate: float = 0.0, **options) -> nn.Module:
+    """torchvision's FCOS (``head="fcos"``, the default: the detector of the TResNet paper) or RetinaNet on the
+    stride 8/16/32 features of model ``name`` (any TResNet or GENet), through a feature pyramid with P6 and P7
+    (:mod:`tresnet.models.detection`).
+
+    ``checkpoint_path`` is a detector saved by ``tresnet train --task detection`` (rebuilt as it was saved: its
+    backbone, head, classes and configuration; ``name``, ``head`` and ``num_classes`` may be left out), or a
+    classification checkpoint of any format :func:`create_model` reads, whose backbone starts the detector;
+    ``pretrained=True`` starts it from ``name``'s cached weights. ``num_classes`` (default 80, COCO's) counts the
+    classes, without a background class. ``options`` are :class:`~tresnet.models.detection.DetectorOptions`:
+    ``min_size``, ``max_size``, ``fpn_channels``, ``anchor_size``, ``trainable_layers``, ``train_norms``,
+    ``score_threshold``, ``nms_threshold``, ``detections_per_image`` (a saved detector takes the norms,
+    trainable layers and post-processing only). The detector's ``pretrained_cfg`` records the task
+    (``"detection"``), the head and its configuration (``network``).
+
+    Raises :class:`ConfigError` for an unknown head or option, options a saved detector cannot change, and a
+    bad value; :class:`CheckpointError` (and the errors of :func:`create_model`) for a missing or unfitting file.
+    """
+    known = {f.name for f in dataclasses.fields(DetectorOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown detector option {unknown[0]!r}: use {', '.join(sorted(known))}")
+    path = Path(checkpoint_path).expanduser() if checkpoint_path is not None else None
+    if path is None and pretrained:
+        path = find_pretrained(name)
+    ckpt = open_checkpoint(path) if path is not None else None
+    if ckpt is not None and ckpt.metadata.get("head") in DETECTOR_HEADS:
+        return _saved(ckpt, name, head, num_classes, options)
+    spec = NetworkSpec(name or model_name_from_checkpoint(path, ckpt.metadata), 80 if num_classes is None else num_classes,
+                       head=head, checkpoint=str(path) if path is not None else None, drop_path_rate=drop_path_rate,
+                       norm=norm, options=DetectorOptions(**options))
+    return DETECTION_TASK.create_network(create_model, spec)
+
+
+def _saved(ckpt: Checkpoint, name: str | None, head: str | None, num_classes: int | None, options: dict) -> nn.Module:
+    """A saved detector, refusing what would change its network."""
+    meta = ckpt.metadata
+    if (name not in (None, meta.get("model")) or head not in (None, meta.get("head"))
+            or num_classes not in (None, meta.get("num_classes"))):
+        raise ConfigError(f"{ckpt.path} holds a {meta.get('head')} detector of {meta.get('num_classes')} classes on "
+                          f"{meta.get('model')}: leave the model, head and classes out (or start a new detector "
+                          f"from a classification checkpoint)")
+    network = {key for key in options if key not in _POST_PROCESSING | {"trainable_layers", "train_norms"}}
+    if network:
+        raise ConfigError(f"{sorted(network)[0]} is part of the saved detector's network: it cannot change when "
+                          f"loading {ckpt.path}")
+    overrides = {key: value for key, value in options.items() if key in _POST_PROCESSING and value is not None}
+    kept = {key: value for key, value in options.items() if key in ("trainable_layers", "train_norms")}
+    return _saved_detector(ckpt, DetectorOptions(**kept), overrides)
+
+
+def load_network(name: str | None = None, *, checkpoint_path: str | os.PathLike | None = None,
+                 pretrained: bool = False) -> nn.Module:
+    """The network a checkpoint holds, whatever its task: a detector (:func:`create_detector`) for a file saved by a
+    detection run, else the classifier :func:`create_model` builds. Raises as they do."""
+    if checkpoint_path is not None and read_checkpoint_metadata(checkpoint_path).get("head") in DETECTOR_HEADS:
+        return create_detector(name, checkpoint_path=checkpoint_path)
+    return create_model(name, checkpoint_path=checkpoint_path, pretrained=pretrained)

@@ -244,4 +244,4 @@ def test_coco_class_names_and_labels():
     ml_names, ml_synsets = multilabel.default_labels(1000)
     assert ml_names == multiclass.default_labels(1000)[0] and ml_names[0] == "tench" and ml_synsets is None
     with pytest.raises(ConfigError, match="unknown task"):
-        get_task("detection")
+        get_task("segmentation")

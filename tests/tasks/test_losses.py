@@ -139,7 +139,7 @@ def test_create_loss_defaults_and_kinds():
     (dict(name="asl", task="multilabel", clip=1.0), ["clip", "[0, 1)", "1.0"]),
     (dict(name="asl", task="multilabel", clip=-0.1), ["clip", "-0.1"]),
     (dict(name="focal", task="multilabel", focal_gamma=-2), ["gamma", "-2"]),
-    (dict(name=None, task="detection"), ["'detection'", "multiclass, multilabel"]),
+    (dict(name="ce", task="detection"), ["'ce'", "detection", "use one of detector"]),
 ])
 def test_create_loss_errors_are_one_line(kwargs, words):
     name, task = kwargs.pop("name"), kwargs.pop("task")

@@ -122,7 +122,8 @@ class DigitCount(Task):
     def logits_of(self, probabilities: Tensor) -> Tensor:
         return probabilities
 
-    def tally(self, device, *, threshold: float = 0.5, class_subset: Sequence[int] | None = None) -> CountTally:
+    def tally(self, device, *, threshold: float = 0.5, class_subset: Sequence[int] | None = None,
+              data=None) -> CountTally:
         return CountTally(device)
 
     def row(self, val: CountScores, ema: CountScores | None) -> dict[str, Any]:

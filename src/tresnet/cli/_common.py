@@ -20,7 +20,7 @@ from tresnet.data.transforms import CROP_MODES, INTERPOLATIONS, Preprocessing
 from tresnet.deploy.inference import INFERENCE_NUMBER_FORMAT_HELP, INT8_BACKENDS, resolve_int8_backend
 from tresnet.deploy.int8 import DEFAULT_CALIBRATION_IMAGES
 from tresnet.errors import ConfigError
-from tresnet.factory import create_model
+from tresnet.factory import load_network
 from tresnet.files import write_text
 from tresnet.inference.runner import RunOptions
 from tresnet.runtime import DEVICE_HELP, PRECISION_HELP, EmulatedBf16Warning
@@ -137,10 +137,12 @@ def announce_deployment(args: argparse.Namespace, number_format: str, command: s
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     """--task (default: the checkpoint's) and --threshold, for the commands that read a model's answers."""
     parser.add_argument("--task", choices=list_tasks(), default=None,
-                        help="multiclass (one class per image: softmax, top-k) or multilabel (any set of classes: "
-                             "a sigmoid per class); default: the checkpoint's task, else multiclass")
+                        help="multiclass (one class per image: softmax, top-k), multilabel (any set of classes: "
+                             "a sigmoid per class) or detection (boxes); default: the checkpoint's task, else "
+                             "multiclass")
     parser.add_argument("--threshold", type=float, default=None, metavar="T",
-                        help=f"multilabel: a label is predicted when its probability exceeds T (default: the "
+                        help=f"multilabel: a label is predicted when its probability exceeds T; detection: a box is "
+                             f"shown when its score exceeds T (default: the "
                              f"checkpoint's, else {DEFAULT_THRESHOLD})")
 
 
@@ -152,7 +154,7 @@ def load_model(args: argparse.Namespace, command: str) -> nn.Module:
     if args.model is None and args.checkpoint is None:
         raise ConfigError("no model: pass --model NAME (see `tresnet info`), or a --checkpoint saved by "
                           "`tresnet train`")
-    model = create_model(args.model, checkpoint_path=args.checkpoint, pretrained=getattr(args, "pretrained", False))
+    model = load_network(args.model, checkpoint_path=args.checkpoint, pretrained=getattr(args, "pretrained", False))
     if model.checkpoint_info is None and command in ("validate", "predict"):
         say(command, "warning", f"no --checkpoint or --pretrained: {model.pretrained_cfg['model']} has random "
                                 f"weights, its answers mean nothing")

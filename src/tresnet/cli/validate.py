@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.cli import _common as common
-from tresnet.data.sources import ValidationOptions, claimed_source
+from tresnet.data.sources import ValidationOptions, data_tasks
 from tresnet.errors import CheckpointError
 from tresnet.inference.evaluate import Scoring
 from tresnet.inference.validate import open_validation_data, prepare_validation
@@ -49,7 +49,8 @@ def add_parser(subparsers) -> None:
                         help="ImageNet-ReaL labels (real.json): also report ReaL top-1 / top-5 over the images "
                              "that have a ReaL label")
     parser.add_argument("--annotations", metavar="FILE",
-                        help="multilabel: COCO instances JSON (e.g. instances_val2014.json) of the --data images")
+                        help="multilabel or detection: COCO instances JSON (e.g. instances_val2017.json) of the "
+                             "--data images")
     parser.add_argument("--classes", metavar="FILE",
                         help="multilabel: a text file of class names, one per line, in the model's order: the "
                              "classes of a CSV (default: the sorted names found in it), a check of the COCO "
@@ -64,6 +65,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--limit", type=int, metavar="N",
                         help="evaluate only N images, taken evenly over the folder so every class is seen")
     parser.add_argument("--strict", action="store_true", help="stop at the first unreadable file instead of skipping it")
+    parser.add_argument("--detections", metavar="FILE",
+                        help="detection: also write the boxes found as COCO results JSON (image_id, the data's "
+                             "category_id, bbox [x, y, w, h], score), which any COCO tool scores")
     parser.add_argument("--json", metavar="PATH",
                         help="also write the results as JSON (top1/top5, class_mapping, real_top1..., or map, "
                              "ap_per_class and cp/cr/cf1/op/or/of1; in percent)")
@@ -92,12 +96,20 @@ def _recorded_task(args: argparse.Namespace) -> str | None:
         return None
 
 
+def _data_task(args: argparse.Namespace) -> str | None:
+    """The task of the data when it says (a bundled set, COCO annotations, a CSV): the checkpoint's among those it
+    serves (a COCO file serves multilabel and detection), else its first; the checkpoint's for a plain folder."""
+    recorded, served = _recorded_task(args), data_tasks(args.data, args.annotations)
+    if not served:
+        return recorded
+    return recorded if recorded in served else served[0]
+
+
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     run_options = common.run_options(args, device)
     # bad data fails before the model loads; the task is the data's when --task does not name it
-    claimed = claimed_source(args.data, args.annotations)  # a bundled set, COCO annotations, a CSV
-    task = args.task or (claimed.tasks[0] if claimed is not None else None) or _recorded_task(args) or DEFAULT_TASK
+    task = args.task or _data_task(args) or DEFAULT_TASK
     dataset = open_validation_data(args.data, task=task, options=ValidationOptions(
         annotations=args.annotations, classes=args.classes, ground_truth=args.ground_truth, strict=args.strict,
         without_labels=args.without_labels))
@@ -110,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                                         scoring=scoring, batch_size=args.batch_size, workers=args.workers,
                                         limit=args.limit)
         _print_setup(args, model, validation, device)
-        report = validation.run(progress=not args.no_progress)
+        report = validation.run(progress=not args.no_progress, results_file=args.detections)
     for line in report.lines(published=_published(model.pretrained_cfg)):
         print(line)
     if args.json:

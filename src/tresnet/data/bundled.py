@@ -23,7 +23,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from tresnet.data.detection import create_detection_eval_transform
 from tresnet.data.digits import DIGITS_CLASSES, DigitsDataset
+from tresnet.data.digits_detection import DigitsDetectionDataset
 from tresnet.data.digits_mosaic import DigitsMosaicDataset
 from tresnet.data.transforms import Preprocessing, normalisation, to_float_steps
 from tresnet.errors import ConfigError, DataError
@@ -43,6 +45,7 @@ class BundledSet:
     draw: Callable[..., Dataset]  # (split, img_size, transform, val_fraction, split_seed) -> dataset
     one_class_per_image: bool
     recipe: str  # the shipped demo recipe a run on it uses when none is named (its split and size by default)
+    boxes: bool = False  # targets are boxes (a dict per image): evaluated whole and written with a COCO json
 
 
 def _draw_digits(split: str, img_size: int, transform, val_fraction: float, split_seed: int) -> Dataset:
@@ -53,12 +56,19 @@ def _draw_mosaics(split: str, img_size: int, transform, val_fraction: float, spl
     return DigitsMosaicDataset(split, img_size, transform, val_fraction=val_fraction, split_seed=split_seed)
 
 
+def _draw_canvases(split: str, img_size: int, transform, val_fraction: float, split_seed: int) -> Dataset:
+    return DigitsDetectionDataset(split, img_size, transform, val_fraction=val_fraction, split_seed=split_seed)
+
+
 BUNDLED_SETS = {
     "digits": BundledSet("digits", "multiclass", "scikit-learn's handwritten digits", _draw_digits, True,
                          "digits-demo"),
     "digits-multilabel": BundledSet("digits-multilabel", "multilabel",
                                     "mosaics of scikit-learn's handwritten digits (multilabel)", _draw_mosaics,
                                     False, "digits-multilabel-demo"),
+    "digits-detection": BundledSet("digits-detection", "detection",
+                                   "scikit-learn's handwritten digits pasted on textured canvases (detection)",
+                                   _draw_canvases, False, "digits-detection-demo", boxes=True),
 }
 
 
@@ -110,8 +120,8 @@ class BundledValidationSet(Dataset):
     def prepare(self, preprocessing: Preprocessing, *, val_split: float, split_seed: int = 0) -> None:
         """Draw the validation split of ``val_split`` and ``split_seed`` (those of the training run) at
         ``preprocessing``'s size, converted as training's evaluation converts it."""
-        self._split = self.spec.draw("val", _draw_size(preprocessing), _tensor_transform(preprocessing),
-                                     float(val_split), int(split_seed))
+        transform = create_detection_eval_transform() if self.spec.boxes else _tensor_transform(preprocessing)
+        self._split = self.spec.draw("val", _draw_size(preprocessing), transform, float(val_split), int(split_seed))
         self.source = f"{self.spec.name} (validation split {float(val_split):g}, seed {int(split_seed)})"
 
     def map_classes(self, indices: dict[str, int]) -> None:
@@ -128,6 +138,16 @@ class BundledValidationSet(Dataset):
             raise DataError(f"{self.root}: call prepare(preprocessing) before reading the images")
         image, target = self._split[index]
         return image, (self._indices[target] if self.spec.one_class_per_image else target)
+
+    @property
+    def category_ids(self) -> list[int] | None:
+        """A set of boxes: the COCO category id of each class (its evaluation reports them); else None."""
+        return getattr(self._split, "category_ids", None)
+
+    @property
+    def collate(self):
+        """How the drawn split batches (a set of boxes: as lists); None: torch's default."""
+        return getattr(self._split, "collate", None)
 
 
 def _png_bytes(image: torch.Tensor) -> bytes:

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tresnet.errors import ConfigError
 
 
-def _find(dataset, attribute: str):
+def find_attribute(dataset, attribute: str):
     """``attribute`` of ``dataset`` or of the dataset it wraps (``Subset``), or None."""
     while dataset is not None:
         if hasattr(dataset, attribute):
@@ -24,7 +24,7 @@ class ReportingLoader(DataLoader):
     ``report_skipped`` in the main process, where counting and ``strict`` errors work."""
 
     def __iter__(self) -> Iterator:
-        report = _find(self.dataset, "report_skipped")
+        report = find_attribute(self.dataset, "report_skipped")
         for batch in super().__iter__():
             if report is not None:
                 try:
@@ -66,11 +66,11 @@ def create_loader(dataset: Dataset, batch_size: int, workers: int, device: str |
         shuffle=shuffle,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=_find(dataset, "collate"),
+        collate_fn=find_attribute(dataset, "collate"),
         pin_memory=device.type == "cuda",
         drop_last=drop_last,
         persistent_workers=workers > 0,
     )
 
 
-__all__ = ["ReportingLoader", "create_loader"]
+__all__ = ["ReportingLoader", "create_loader", "find_attribute"]

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, Subset
 
 from tresnet.data.bundled import BUNDLED_SETS, BundledSet, BundledValidationSet
 from tresnet.data.datasets import GroundTruthDataset, ImageFolderDataset
+from tresnet.data.detection import CocoDetection, create_detection_eval_transform
 from tresnet.data.multilabel import open_multilabel
 from tresnet.data.splits import stratified_split
 from tresnet.data.train_transforms import create_tensor_eval_transform
@@ -134,7 +135,8 @@ class BundledSource(DataSource):
         return Preprocessing.of(pretrained_cfg, img_size=img_size, crop_mode="squash")
 
     def training_data(self, section: Any, pretrained_cfg: dict, train_transform: Callable, img_size: int) -> TrainData:
-        eval_transform = create_tensor_eval_transform(**_mean_std(pretrained_cfg))
+        eval_transform = (create_detection_eval_transform() if self.spec.boxes
+                          else create_tensor_eval_transform(**_mean_std(pretrained_cfg)))
         train = self.spec.draw("train", img_size, train_transform, section.val_split, section.split_seed)
         val = self.spec.draw("val", img_size, eval_transform, section.val_split, section.split_seed)
         return TrainData(train, val, list(train.classes), f"{self.spec.title}: {len(train)} train / {len(val)} val "
@@ -263,6 +265,53 @@ class LabelledImages(DataSource):
                                strict=options.strict, without_labels=options.without_labels)
 
 
+class CocoBoxes(DataSource):
+    """Images with boxes: a COCO instances json of an images folder (:class:`~tresnet.data.detection.CocoDetection`;
+    images without boxes are kept as negatives); validation from ``val_data``, else a seeded random ``val_split`` of
+    the training images. The detector resizes and normalises the images itself: the evaluation transform only
+    converts them."""
+
+    name, tasks = "coco-detection", ("detection",)
+    usage = "--annotations FILE (a COCO instances json with boxes, with --data the images folder)"
+
+    def claims(self, data: str | os.PathLike, annotations: Any = None) -> bool:
+        return annotations is not None or str(data).lower().endswith(".json")
+
+    def check(self, section: Any) -> None:
+        if section.classes:
+            raise ConfigError("--classes names a CSV's classes: a COCO file names its categories")
+        if not section.annotations:
+            raise ConfigError(f"detection data {section.train} needs its boxes: {self.usage}")
+
+    def training_data(self, section: Any, pretrained_cfg: dict, train_transform: Callable, img_size: int) -> TrainData:
+        eval_transform = create_detection_eval_transform()
+        train = CocoDetection(section.train, section.annotations, transform=train_transform, for_training=True)
+        if section.val:
+            if not section.val_annotations:
+                raise ConfigError("--val-data of detection needs its boxes: pass --val-annotations FILE")
+            val = CocoDetection(section.val, section.val_annotations, transform=eval_transform)
+            if list(val.category_ids) != list(train.category_ids):
+                raise DataError(f"the categories of {val.source} differ from those of {train.source} (ids "
+                                f"{list(val.category_ids)[:5]} vs {list(train.category_ids)[:5]}): they must be the same")
+            return TrainData(train, val, list(train.classes), f"{train.source} ({len(train)} images) / {val.source} "
+                                                               f"({len(val)} images), {len(train.classes)} classes (boxes)")
+        if len(train) < 2:
+            raise DataError(f"{train.source} has too few images ({len(train)}) to carve a validation split")
+        train_idx, val_idx = random_split(len(train), section.val_split, section.split_seed)
+        val_full = CocoDetection(section.train, section.annotations, transform=eval_transform)
+        return TrainData(Subset(train, train_idx), Subset(val_full, val_idx), list(train.classes),
+                         f"{train.source}: {len(train_idx)} train / {len(val_idx)} val images (val carved with seed "
+                         f"{section.split_seed}), {len(train.classes)} classes (boxes)")
+
+    def validation_data(self, data: str | os.PathLike, options: ValidationOptions) -> Dataset:
+        if options.ground_truth is not None or options.classes is not None:
+            raise ConfigError("--ground-truth and --classes label classification data: a COCO file names the boxes")
+        if options.annotations is None:
+            raise ConfigError(f"detection data {data} needs its boxes: {self.usage}")
+        return CocoDetection(data, options.annotations, transform=create_detection_eval_transform(),
+                             strict=options.strict)
+
+
 _SOURCES: dict[str, DataSource] = {}
 
 
@@ -288,11 +337,19 @@ def claimed_source(data: str | os.PathLike, annotations: Any = None) -> DataSour
     return next((source for source in _SOURCES.values() if source.claims(data, annotations)), None)
 
 
+def data_tasks(data: str | os.PathLike, annotations: Any = None) -> list[str]:
+    """The tasks the sources that unmistakably read ``data`` (with ``annotations``) serve, in order: a bundled set's
+    one, a COCO file's (multilabel: its labels; detection: its boxes); empty for a plain folder."""
+    tasks = [task for source in _SOURCES.values() if source.claims(data, annotations) for task in source.tasks]
+    return list(dict.fromkeys(tasks))
+
+
 def find_source(data: str | os.PathLike, task: str, annotations: Any = None) -> DataSource:
     """The source that reads ``data`` for ``task``: the one it names or that recognises it, else the task's
     first file source. Raises :class:`ConfigError` when that source serves other tasks (naming the sources of
     ``task``), and :class:`DataError` when no source of ``task`` can read a plain path."""
-    source = claimed_source(data, annotations)
+    claiming = [s for s in _SOURCES.values() if s.claims(data, annotations)]
+    source = next((s for s in claiming if task in s.tasks), claiming[0] if claiming else None)
     if source is None:
         source = next((s for s in _SOURCES.values() if task in s.tasks and not s.embedded
                        and not isinstance(s, LabelledImages)), None)
@@ -319,9 +376,10 @@ for _spec in BUNDLED_SETS.values():
 register_source(ImageFolders())
 register_source(LabelledImages("coco", "--annotations FILE (a COCO instances json, with --data the images folder)",
                                lambda data, annotations: annotations is not None or data.lower().endswith(".json")))
+register_source(CocoBoxes())
 register_source(LabelledImages("csv", "--data labels.csv ('file,labels')",
                                lambda data, annotations: data.lower().endswith(".csv")))
 
-__all__ = ["DataSource", "ImageFolders", "LabelledImages", "TrainData", "ValidationOptions", "claimed_source",
-           "eval_config", "find_source", "list_sources", "random_split", "register_source", "unregister_source",
+__all__ = ["CocoBoxes", "DataSource", "ImageFolders", "LabelledImages", "TrainData", "ValidationOptions", "claimed_source",
+           "data_tasks", "eval_config", "find_source", "list_sources", "random_split", "register_source", "unregister_source",
            "usages"]

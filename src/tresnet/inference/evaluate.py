@@ -75,8 +75,11 @@ def model_threshold(model: nn.Module) -> float:
     return float((getattr(model, "pretrained_cfg", None) or {}).get("threshold") or DEFAULT_THRESHOLD)
 
 
+_TENSOR_BATCHES = Task()  # how a batch of tensors moves, when no task is named
+
+
 def _run_batches(model: nn.Module, loader, device: torch.device, tally, bar, *, channels_last: bool,
-                 limit: int | None, progress: bool) -> None:
+                 limit: int | None, progress: bool, task: Task) -> None:
     """Feed ``loader`` through ``model`` into ``tally`` until it ends or ``limit`` images were evaluated."""
     for index, batch in enumerate(loader):
         inputs, targets = batch[0], batch[1]
@@ -85,10 +88,8 @@ def _run_batches(model: nn.Module, loader, device: torch.device, tally, bar, *, 
         if limit is not None:
             inputs, targets = inputs[: limit - tally.images], targets[: limit - tally.images]
         if len(targets):
-            inputs = inputs.to(device, non_blocking=True)
-            if channels_last:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            tally.add(model(inputs), targets.to(device, non_blocking=True))
+            inputs, targets = task.move(inputs, targets, device, channels_last=channels_last)
+            tally.add(model(inputs), targets)
         bar.update(len(targets) + skipped)
         if progress and tally.images and index % _PROGRESS_EVERY == 0:
             bar.set_postfix(tally.postfix())
@@ -98,7 +99,8 @@ def _run_batches(model: nn.Module, loader, device: torch.device, tally, bar, *, 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, tally: Tally, *, precision: str = "fp32", channels_last: bool = False,
-             limit: int | None = None, progress: bool = True, desc: str = "eval", info: DistInfo | None = None) -> Scores:
+             limit: int | None = None, progress: bool = True, desc: str = "eval", info: DistInfo | None = None,
+             task: Task | None = None) -> Scores:
     """Run ``model`` over ``loader`` (batches of ``(images, targets)``) into ``tally`` and return its scores.
 
     ``tally`` is a task's (:meth:`tresnet.tasks.Task.tally`: its device, and the task's options such as a
@@ -107,19 +109,20 @@ def evaluate(model: nn.Module, loader, tally: Tally, *, precision: str = "fp32",
     and its mode restored afterwards. ``precision`` is one of :data:`tresnet.runtime.PRECISIONS` (``amp``:
     float16 on CUDA, bfloat16 on the CPU). ``limit`` stops after that many images (per process). Batches may
     carry ``skipped`` (unreadable files, see :mod:`tresnet.data.datasets`); they are counted, not evaluated. With
-    a distributed ``info`` the scores are those of every process's images (every process must call it).
+    a distributed ``info`` the scores are those of every process's images (every process must call it). ``task``
+    moves each batch to the device (:meth:`tresnet.tasks.Task.move`; None: a batch of tensors).
 
     Raises :class:`DataError` when the loader yields no image at all, :class:`ConfigError` for an unknown
     precision, and ValueError for a ``limit`` below 1.
     """
     check_precision(precision)
     seconds = _run(model, loader, tally.device, tally, precision=precision, channels_last=channels_last,
-                   limit=limit, progress=progress, desc=desc)
+                   limit=limit, progress=progress, desc=desc, task=task or _TENSOR_BATCHES)
     return tally.result(seconds, info)
 
 
 def _run(model: nn.Module, loader, device: torch.device, tally, *, precision: str, channels_last: bool,
-         limit: int | None, progress: bool, desc: str) -> float:
+         limit: int | None, progress: bool, desc: str, task: Task) -> float:
     """Feed ``loader`` through ``model`` (in eval mode, its mode restored) into ``tally``; the wall time."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
@@ -131,7 +134,7 @@ def _run(model: nn.Module, loader, device: torch.device, tally, *, precision: st
     try:
         with autocast(precision, device):
             _run_batches(model, loader, device, tally, bar, channels_last=channels_last, limit=limit,
-                         progress=progress)
+                         progress=progress, task=task)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     finally:

@@ -117,12 +117,13 @@ def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int 
     scoring = scoring or Scoring()
     task, threshold = scoring.resolve(model)
     preprocessing = preprocessing or Preprocessing.of(model)
-    model.check_input_size(*preprocessing.img_size)
+    task.check_run(run.number_format if run is not None else "fp32")
+    task.check_input_size(model, *preprocessing.img_size)
     device = torch.device(device) if device is not None else _model_device(model)
     run = (run or RunOptions()).check(device)
     labels, synsets = _labels(model, class_names, task, scoring.class_map)
     files, errors = find_images(inputs)
-    transform = preprocessing.transform()
+    transform = task.eval_transform(preprocessing)
     items = [(str(path), _file_reader(path, transform)) for path in files]
     items += _bundled_items(model, data, preprocessing) if data is not None else []
     yield from (task.failure(name, message) for name, message in errors)
@@ -134,7 +135,7 @@ def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int 
             names, tensors, failed = _decode(items[start:start + batch_size], task)
             yield from failed
             if tensors:
-                logits = inference(torch.stack(tensors))
+                logits = inference(task.batch(tensors))
                 yield from task.answers(names, logits, labels, synsets, topk=topk, threshold=threshold)
     finally:
         model.train(was_training)

@@ -58,8 +58,11 @@ class InferenceModel:
         """The autocast the runner runs under."""
         return self.options.precision
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor | list[torch.Tensor]):
+        """fp32 logits of a batch of images; a detector's boxes for a list of images (of any sizes)."""
         with torch.no_grad(), autocast(self.precision, self.device):
+            if isinstance(images, list):
+                return self.runner([image.to(self.device) for image in images])
             return self.runner(images.to(self.device)).float()
 
     def settings(self) -> dict:

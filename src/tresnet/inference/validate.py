@@ -42,6 +42,7 @@ from tresnet.data.bundled import BundledValidationSet
 from tresnet.data.class_mapping import ClassMapping, name_mismatch, read_class_map, resolve_class_mapping
 from tresnet.data.class_names import IMAGENET_NUM_CLASSES
 from tresnet.data.datasets import GroundTruthDataset, RealLabelled
+from tresnet.data.detection import CocoDetection
 from tresnet.data.imagenet import read_real_labels
 from tresnet.data.multilabel import MultiLabelDataset
 from tresnet.data.sources import ValidationOptions, find_source, usages
@@ -53,7 +54,7 @@ from tresnet.inference.runner import InferenceModel, RunOptions, make_inference_
 from tresnet.runtime import resolve_device
 from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD, Task, get_task
 
-ValidationData = ImageFolderDataset | MultiLabelDataset | BundledValidationSet
+ValidationData = ImageFolderDataset | MultiLabelDataset | BundledValidationSet | CocoDetection
 
 def open_validation_data(data: str | os.PathLike, *, task: str | Task = DEFAULT_TASK,
                          options: ValidationOptions | None = None) -> ValidationData:
@@ -159,6 +160,7 @@ class Validation:
     threshold: float = DEFAULT_THRESHOLD
     class_mapping: ClassMapping | None = None
     real_labels: str | None = None
+    results_file: str | None = None  # where the last run wrote each image's predictions (detection's COCO results)
 
     @property
     def img_size(self) -> int:
@@ -177,13 +179,21 @@ class Validation:
     def channels_last(self) -> bool:
         return self.inference.options.channels_last
 
-    def run(self, progress: bool = True) -> Any:
-        """Evaluate and return the task's report (see :func:`validate`)."""
+    def run(self, progress: bool = True, results_file: str | os.PathLike | None = None) -> Any:
+        """Evaluate and return the task's report (see :func:`validate`). ``results_file``: where to write each
+        image's predictions in the data's own format (detection: COCO results, with the data's category ids), for
+        any other tool to score; :class:`ConfigError` for a task that has no such format."""
+        if results_file is not None:
+            self.task.check_run(self.inference.options.number_format, results_file)
+        self.results_file = str(results_file) if results_file is not None else None
         mapping = self.class_mapping
         tally = self.task.tally(self.device, threshold=self.threshold,
-                                class_subset=mapping.covered if mapping is not None and mapping.masked else None)
+                                class_subset=mapping.covered if mapping is not None and mapping.masked else None,
+                                data=self.dataset)
         scores = evaluate(self.inference.runner, self.loader, tally, precision=self.precision,
-                          channels_last=self.channels_last, progress=progress, desc="validate")
+                          channels_last=self.channels_last, progress=progress, desc="validate", task=self.task)
+        if self.results_file is not None:
+            self.task.write_results(tally, self.results_file)
         return self.task.report(self, scores)
 
 
@@ -213,17 +223,18 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
     run = (run or RunOptions()).check(device)
     scoring = scoring or Scoring()
     task, threshold = scoring.resolve(model)
+    task.check_run(run.number_format)
     preprocessing = preprocessing or Preprocessing.of(model)
-    if isinstance(data, ImageFolderDataset | MultiLabelDataset | BundledValidationSet):
+    if isinstance(data, ImageFolderDataset | MultiLabelDataset | BundledValidationSet | CocoDetection):
         dataset = data
     else:
         dataset = open_validation_data(data, task=task, options=data_options)
     _check_data_fits_task(dataset, task)
     if scoring.real_labels is not None and not task.maps_classes:
         raise ConfigError(f"--real-labels are ImageNet's single-label validation labels: not for a {task.name} task")
-    model.check_input_size(*preprocessing.img_size)
+    task.check_input_size(model, *preprocessing.img_size)
     mapping = check_classes(dataset, model, task, class_map=scoring.class_map)
-    _apply_preprocessing(dataset, model, preprocessing)
+    _apply_preprocessing(dataset, model, preprocessing, task)
     real_labels = scoring.real_labels
     scored = with_real_labels(dataset, model, real_labels) if real_labels is not None else dataset
     subset = evenly_spaced(scored, limit) if limit is not None else scored
@@ -234,21 +245,21 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
                       str(real_labels) if real_labels is not None else None)
 
 
-def _apply_preprocessing(dataset: ValidationData, model: nn.Module, preprocessing: Preprocessing) -> None:
-    """Give the data the preprocessing: a file set its transform, a bundled set is drawn at its size."""
+def _apply_preprocessing(dataset: ValidationData, model: nn.Module, preprocessing: Preprocessing, task: Task) -> None:
+    """Give the data the preprocessing: a file set its transform (the task's), a bundled set is drawn at its size."""
     if isinstance(dataset, BundledValidationSet):
         val_split, split_seed = bundled_split(model, dataset.root)
         dataset.prepare(preprocessing, val_split=val_split, split_seed=split_seed)
     else:
-        dataset.transform = preprocessing.transform()
+        dataset.transform = task.eval_transform(preprocessing)
 
 
 def validate(model: nn.Module, data: str | os.PathLike | ValidationData, *, progress: bool = True,
-             **options) -> Any:
+             results_file: str | os.PathLike | None = None, **options) -> Any:
     """Validate ``model`` on ``data`` with the model's own preprocessing; the report ``tresnet validate
     --json`` writes.
 
-    ``options`` are those of :func:`prepare_validation`. The report is the task's (``to_dict()`` is the JSON;
+    ``options`` are those of :func:`prepare_validation`; ``results_file`` that of :meth:`Validation.run`. The report is the task's (``to_dict()`` is the JSON;
     ``lines()`` what the command prints). Both tasks' reports hold
     ``task``, ``images``, ``skipped`` (unreadable files, counted rather than evaluated) and
     ``skipped_files``, ``loss``, ``seconds``, ``img_per_s``, the model, checkpoint and settings. Multiclass:
@@ -258,7 +269,7 @@ def validate(model: nn.Module, data: str | os.PathLike | ValidationData, *, prog
     positives in the data), ``cp``, ``cr``, ``cf1``, ``op``, ``or``, ``of1``, all in percent, with
     ``classes``, ``threshold`` (a probability), ``classes_with_positives`` and ``annotations``.
     """
-    return prepare_validation(model, data, **options).run(progress)
+    return prepare_validation(model, data, **options).run(progress, results_file)
 
 
 __all__ = ["Validation", "ValidationData", "check_classes", "evenly_spaced",

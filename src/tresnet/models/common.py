@@ -119,6 +119,7 @@ class ClassifierSurface:
         ``all_features`` and no head with ``features_only`` (``index_names`` describes the valid indices),
         else all of them and the classifier ``head`` (:func:`create_head`)."""
         self.features_only = features_only
+        self.all_feature_info = FeatureInfo(all_features)  # every feature point, whichever are returned
         if features_only:
             self.out_indices = check_out_indices(out_indices, len(all_features), index_names)
             self.feature_info = FeatureInfo(all_features[i] for i in self.out_indices)

@@ -1,5 +1,6 @@
 """The tasks a model is trained and evaluated for, as objects the loops ask (:class:`Task`): ``multiclass``
-(:mod:`tresnet.tasks.classification`) and ``multilabel`` (:mod:`tresnet.tasks.multilabel`), registered by
+(:mod:`tresnet.tasks.classification`), ``multilabel`` (:mod:`tresnet.tasks.multilabel`) and ``detection``
+(:mod:`tresnet.tasks.detection`), registered by
 name. ``get_task(name)`` finds one; ``register_task`` adds a plug-in's (see CONTRIBUTING.md, "Adding a task").
 
 One vocabulary for the Python API, the checkpoint metadata (``task``), the recipes and the ``--task`` option of
@@ -7,7 +8,7 @@ every command: the registered names."""
 
 from __future__ import annotations
 
-from tresnet.tasks import classification, multilabel
+from tresnet.tasks import classification, detection, multilabel
 from tresnet.tasks.base import (
     DEFAULT_THRESHOLD,
     LossOptions,
@@ -22,7 +23,7 @@ from tresnet.tasks.base import (
     unregister_task,
 )
 
-for _builtin in (classification.TASK, multilabel.TASK):
+for _builtin in (classification.TASK, multilabel.TASK, detection.TASK):
     register_task(_builtin)
 
 DEFAULT_TASK = classification.TASK.name

@@ -30,6 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from tresnet.collectives import DistInfo
+from tresnet.data.train_transforms import create_train_transform
+from tresnet.data.transforms import normalisation
 from tresnet.errors import ConfigError
 from tresnet.models.registry import HEADS
 
@@ -38,17 +40,21 @@ DEFAULT_THRESHOLD = 0.5  # a label is predicted when its sigmoid probability exc
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """What a run asks of its network: the model ``name`` (a registered backbone), ``num_classes`` outputs, the
-    ``head`` kind (None: the checkpoint's, else the task's default), init weights (``checkpoint``: None for a
-    fresh network) and the options every family takes (``drop_rate``, ``drop_path_rate``, ``norm``)."""
+    """What a run asks of its network: the model ``name`` (a registered backbone), ``num_classes`` outputs (None:
+    the checkpoint's), the ``head`` kind (None: the checkpoint's, else the task's default), init weights
+    (``checkpoint``: None for a fresh network), the options every family takes (``drop_rate``,
+    ``drop_path_rate``, ``norm``), the side ``img_size`` it runs at (None: the model's; checked against the
+    network) and the task's own ``options`` for the network (a detector's: None for its defaults)."""
 
     name: str
-    num_classes: int
+    num_classes: int | None
     head: str | None = None
     checkpoint: str | None = None
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     norm: str | None = None
+    img_size: int | None = None
+    options: Any = None
 
 
 # How a task builds a family's network: :func:`tresnet.create_model` (handed in, so that tasks do not import the
@@ -94,7 +100,7 @@ class Tally(Protocol):
     images: int
     skipped: int
 
-    def add(self, logits: Tensor, targets: Tensor) -> None: ...
+    def add(self, logits: Any, targets: Any) -> None: ...
 
     def postfix(self) -> dict: ...
 
@@ -110,13 +116,17 @@ class Task:
     name: ClassVar[str]  # the word in checkpoints, recipes and the --task option
     metric: ClassVar[str]  # the score that picks the best weights: a key of metrics.csv after val_ / ema_
     metric_title: ClassVar[str]  # how messages name it ("top-1")
-    validation_loss: ClassVar[str]  # the loss evaluation reports ("cross-entropy")
+    validation_loss: ClassVar[str | None]  # the loss evaluation reports ("cross-entropy"); None: it reports none
     losses: ClassVar[tuple[str, ...]]  # the losses it trains with; the first is the default
     columns: ClassVar[tuple[str, ...]]  # its columns of metrics.csv
     # one class per image: a data set's classes are mapped to the outputs by name (a subset of them scored over
     # its classes); otherwise the data must name the model's classes, in order
     maps_classes: ClassVar[bool] = False
     heads: ClassVar[tuple[str, ...]] = HEADS  # the heads it can put on a backbone; the first is the default
+    distils: ClassVar[bool] = True  # whether a teacher's outputs can train its model (kd, th-kd)
+    mixes_batches: ClassVar[bool] = True  # whether mixup and cutmix apply to its targets
+    section: ClassVar[str | None] = None  # the section of a run's configuration that only this task reads
+    folds: ClassVar[bool] = True  # whether its networks have deployment forms in other number formats (bf16, int8)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -142,10 +152,14 @@ class Task:
     def create_network(self, create: CreateModel, spec: NetworkSpec) -> nn.Module:
         """The network a run of this task trains: by default the family's network ``create`` builds (it is
         :func:`tresnet.create_model`) with the classifier head ``spec.head`` for ``spec.num_classes`` outputs. A
-        task with another kind of head (a detector's) builds it here around the backbone."""
-        return create(spec.name, checkpoint_path=spec.checkpoint, num_classes=spec.num_classes,
-                      drop_rate=spec.drop_rate, drop_path_rate=spec.drop_path_rate, norm=spec.norm,
-                      head=self.check_head(spec.head), task=self.name)
+        task with another kind of head (a detector's) builds it here around the backbone. Raises
+        :class:`~tresnet.errors.InputSizeError` for an ``img_size`` the network cannot take."""
+        model = create(spec.name, checkpoint_path=spec.checkpoint, num_classes=spec.num_classes,
+                       drop_rate=spec.drop_rate, drop_path_rate=spec.drop_path_rate, norm=spec.norm,
+                       head=self.check_head(spec.head), task=self.name)
+        if spec.img_size is not None:
+            model.check_input_size(spec.img_size, spec.img_size)
+        return model
 
     # training --------------------------------------------------------------------------------------------
 
@@ -158,6 +172,18 @@ class Task:
         """The loss module ``name`` (None: the default) configured by ``options``."""
         raise NotImplementedError
 
+    def train_transform(self, augmentation: Any, pretrained_cfg: dict, img_size: int) -> Callable:
+        """The per-image training transform ``augmentation`` (a run's augmentation section) describes, to
+        ``img_size`` and normalised as the model's configuration says; :class:`ConfigError` for an augmentation of
+        another task's targets (``scale_jitter`` moves boxes)."""
+        if tuple(augmentation.scale_jitter) != (1.0, 1.0):
+            raise ConfigError("--scale-jitter moves boxes: it applies to --task detection; use --scale for the "
+                              "random-resized crop")
+        norm = normalisation(pretrained_cfg)
+        return create_train_transform(img_size, augmentation.per_image(),
+                                      interpolation=pretrained_cfg.get("interpolation", "bilinear"),
+                                      **(dict(mean=norm[0], std=norm[1]) if norm is not None else {}))
+
     def training_loss_title(self, loss: str) -> str | None:
         """The training loss's name for the plot when it differs from the validation loss, else None."""
         return loss.upper()
@@ -165,6 +191,18 @@ class Task:
     def describe(self, loss: str) -> str:
         """The task as the training log's first line names it (empty for the default task)."""
         return f"{self.name} ({loss} loss), "
+
+    def move(self, inputs: Any, targets: Any, device: torch.device, *, channels_last: bool = False) -> tuple:
+        """A batch's inputs and targets on ``device`` (the inputs channels-last if asked)."""
+        inputs = inputs.to(device, non_blocking=True)
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs, targets.to(device, non_blocking=True)
+
+    def training_loss(self, net: nn.Module, criterion: nn.Module, inputs: Any, targets: Any) -> Tensor:
+        """The loss of one training step: ``criterion`` (:meth:`create_loss`'s) of ``net``'s outputs and the
+        targets (a detector computes its own losses from the targets)."""
+        return criterion(net(inputs), targets)
 
     def divergence(self, student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
         """``T^2`` times the divergence from the teacher's softened prediction to the student's (distillation)."""
@@ -189,8 +227,9 @@ class Task:
     # evaluation ------------------------------------------------------------------------------------------
 
     def tally(self, device: torch.device, *, threshold: float = DEFAULT_THRESHOLD,
-              class_subset: Sequence[int] | None = None) -> Tally:
-        """A fresh :class:`Tally` for one evaluation on ``device``."""
+              class_subset: Sequence[int] | None = None, data: Any = None) -> Tally:
+        """A fresh :class:`Tally` for one evaluation on ``device`` of the set ``data`` (a task that scores
+        against what the set knows, such as its category ids, reads it there)."""
         raise NotImplementedError
 
     def row(self, val: Scores, ema: Scores | None) -> dict[str, Any]:
@@ -198,6 +237,31 @@ class Task:
         raise NotImplementedError
 
     # inference -------------------------------------------------------------------------------------------
+
+    def check_run(self, number_format: str, results_file: Any = None) -> None:
+        """:class:`ConfigError` for what a validation or prediction asks that the task cannot give: a number format
+        other than fp32 for a task whose networks have no folded form, a results file for one that writes none."""
+        if number_format != "fp32" and not self.folds:
+            raise ConfigError(f"--number-format {number_format} folds a classifier: a {self.name} network runs in "
+                              f"fp32 (use --precision for autocast)")
+        if results_file is not None:
+            raise ConfigError(f"--detections writes boxes: a {self.name} model has none")
+
+    def check_input_size(self, model: nn.Module, height: int, width: int) -> None:
+        """:class:`~tresnet.errors.InputSizeError` for an input size the network cannot take."""
+        model.check_input_size(height, width)
+
+    def eval_transform(self, preprocessing: Any) -> Callable:
+        """The evaluation transform of an image file (``preprocessing``'s: resize, crop, normalise)."""
+        return preprocessing.transform()
+
+    def batch(self, images: list[Tensor]) -> Any:
+        """The network's input for a list of evaluated images (a stacked tensor)."""
+        return torch.stack(images)
+
+    def write_results(self, tally: Any, path: Any) -> None:
+        """Write each image's predictions of a finished evaluation to ``path`` (a task with a results format)."""
+        raise ConfigError(f"a {self.name} evaluation writes no results file")
 
     def default_labels(self, num_classes: int) -> tuple[list[str] | None, list[str] | None]:
         """The labels (and ImageNet synsets) a model of ``num_classes`` outputs has when nothing names them."""

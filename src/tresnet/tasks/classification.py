@@ -221,7 +221,7 @@ class Classification(Task):
         return probabilities.clamp_min(1e-30).log()
 
     def tally(self, device: torch.device, *, threshold: float = DEFAULT_THRESHOLD,
-              class_subset: Sequence[int] | None = None) -> ClassificationTally:
+              class_subset: Sequence[int] | None = None, data: Any = None) -> ClassificationTally:
         return ClassificationTally(device, class_subset)
 
     def row(self, val: ClassificationScores, ema: ClassificationScores | None) -> dict[str, Any]:

@@ -178,7 +178,7 @@ class MultiLabel(Task):
         return {"threshold": str(float(threshold))}
 
     def tally(self, device: torch.device, *, threshold: float = DEFAULT_THRESHOLD,
-              class_subset: Sequence[int] | None = None) -> MultiLabelTally:
+              class_subset: Sequence[int] | None = None, data: Any = None) -> MultiLabelTally:
         return MultiLabelTally(device, threshold)
 
     def row(self, val: MultiLabelScores, ema: MultiLabelScores | None) -> dict[str, Any]:

@@ -41,11 +41,12 @@ from tresnet.errors import ConfigError
 from tresnet.files import write_text
 from tresnet.models.registry import family_of, resolve_norm
 from tresnet.recipes import list_recipes, read_recipe, recipe_path
-from tresnet.tasks import get_task
+from tresnet.tasks import get_task, list_tasks
 from tresnet.training.sections import (
     SECTIONS,
     AugmentationSection,
     DataSection,
+    DetectionSection,
     DistillationSection,
     LossSection,
     ModelSection,
@@ -72,6 +73,7 @@ class TrainConfig:
     augmentation: AugmentationSection = field(default_factory=AugmentationSection)
     optimisation: OptimisationSection = field(default_factory=OptimisationSection)
     loss: LossSection = field(default_factory=LossSection)
+    detection: DetectionSection = field(default_factory=DetectionSection)
     distillation: DistillationSection = field(default_factory=DistillationSection)
     run: RunSection = field(default_factory=RunSection)
 
@@ -254,8 +256,27 @@ def _check_task(cfg: TrainConfig) -> None:
         find_source(data.train, task.name, data.annotations).check(data)
     task.check_loss(cfg.loss.name)
     task.check_head(cfg.model.head)
+    _check_task_capabilities(cfg, task)
     if data.val_annotations and not data.val:
         raise ConfigError("--val-annotations describes --val-data: pass the validation images folder too")
+
+
+def _check_task_capabilities(cfg: TrainConfig, task) -> None:
+    """What the task cannot do (distil, mix batches) is not asked, and a task's own section is left at its defaults
+    by the others (:class:`ConfigError` naming the option)."""
+    if cfg.distillation.method is not None and not task.distils:
+        raise ConfigError(f"--distill does not apply to --task {task.name}: drop it")
+    if (cfg.augmentation.mixup or cfg.augmentation.cutmix) and not task.mixes_batches:
+        raise ConfigError(f"mixup and cutmix mix class targets: they do not apply to --task {task.name}; drop them")
+    owners = {get_task(name).section: name for name in list_tasks() if get_task(name).section}
+    for section, owner in owners.items():
+        if section == task.section:
+            continue
+        changed = [option for option, o in OPTIONS.items() if o.section == section
+                   and _plain(cfg.value(option)) != _plain(o.default)]
+        if changed:
+            raise ConfigError(f"--{changed[0].replace('_', '-')} ({section}.{OPTIONS[changed[0]].name}) applies to "
+                              f"--task {owner}, not {task.name}: drop it")
 
 
 def _values(cfg: TrainConfig, names: tuple[str, ...], *, optional: bool = False) -> dict:

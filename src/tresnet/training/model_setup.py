@@ -83,16 +83,16 @@ def _network(cfg: TrainConfig, info: DistInfo, class_names: list[str], img_size:
     norm, sync_plain_bn = norms
     seed_everything(derive_seed(cfg.run.seed, 0))
     head_source, head = _frozen_head(cfg, class_names, resume_state)
-    options = cfg.model
+    options, task = cfg.model, get_task(cfg.task.name)
     spec = NetworkSpec(options.name, len(class_names), head=head, drop_rate=options.drop_rate,
                        checkpoint=options.init_checkpoint if resume_state is None else None,
-                       drop_path_rate=options.drop_path, norm=norm)
+                       drop_path_rate=options.drop_path, norm=norm, img_size=img_size,
+                       options=getattr(cfg, task.section) if task.section else None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = get_task(cfg.task.name).create_network(create_model, spec)
+        model = task.create_network(create_model, spec)
     for w in caught:
         say(info, f"note: {w.message}")
-    model.check_input_size(img_size, img_size)
     if sync_plain_bn:
         distributed.sync_batch_norm(model)
     if head_source is not None:

@@ -13,9 +13,8 @@ from torch.utils.data import DataLoader
 from tresnet.collectives import DistInfo
 from tresnet.data.loader import create_loader
 from tresnet.data.sources import DataSource, TrainData, find_source
-from tresnet.data.train_transforms import create_train_transform
-from tresnet.data.transforms import normalisation
 from tresnet.errors import ConfigError
+from tresnet.tasks import Task, get_task
 from tresnet.training.distributed import SeededSamples, ShardedEpochSampler
 from tresnet.training.sections import AugmentationSection, DataSection
 
@@ -28,14 +27,7 @@ def train_source(data: DataSection, task: str) -> DataSource:
     return source
 
 
-def _train_transform(aug: AugmentationSection, pretrained_cfg: dict, img_size: int):
-    norm = normalisation(pretrained_cfg)
-    return create_train_transform(img_size, aug.per_image(),
-        interpolation=pretrained_cfg.get("interpolation", "bilinear"),
-        **(dict(mean=norm[0], std=norm[1]) if norm is not None else {}))
-
-
-def build_train_data(data: DataSection, task: str, augmentation: AugmentationSection, pretrained_cfg: dict,
+def build_train_data(data: DataSection, task: str | Task, augmentation: AugmentationSection, pretrained_cfg: dict,
                      img_size: int) -> TrainData:
     """Training set (with ``augmentation``) and validation set (with the eval transform) named by ``data`` for
     ``task``, and the preprocessing of that validation (what the run's checkpoints record).
@@ -43,8 +35,9 @@ def build_train_data(data: DataSection, task: str, augmentation: AugmentationSec
     Raises :class:`ConfigError` for data of another task, and :class:`DataError` for missing folders or files,
     folders without classes, bad annotations, or train and val sets with different classes (see the sources).
     """
-    source = train_source(data, task)
-    opened = source.training_data(data, pretrained_cfg, _train_transform(augmentation, pretrained_cfg, img_size),
+    task = get_task(task)
+    source = train_source(data, task.name)
+    opened = source.training_data(data, pretrained_cfg, task.train_transform(augmentation, pretrained_cfg, img_size),
                                   img_size)
     opened.preprocessing, opened.source = source.preprocessing(data, pretrained_cfg, img_size), source
     return opened

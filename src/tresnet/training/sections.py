@@ -6,6 +6,7 @@
 - ``augmentation``: what training images go through (:mod:`tresnet.training.run_data`);
 - ``optimisation``: length, batch, optimiser, schedule, clipping and EMA (:mod:`tresnet.training.optimisation`);
 - ``loss``: the task's loss and its parameters;
+- ``detection``: how a detector is put around the backbone (:mod:`tresnet.models.detection`);
 - ``distillation``: kd, th-kd and sh-kd (:mod:`tresnet.training.distill`);
 - ``run``: where and how the run happens (output, device, seed, precision, threads, progress).
 
@@ -22,6 +23,7 @@ from typing import Any
 from tresnet.data.train_transforms import AUTO_AUGMENTS, ERASE_MODES, TRAIN_CROP_MODES, Augmentation
 from tresnet.data.transforms import CROP_MODES
 from tresnet.layers import NORMS as LAYER_NORMS
+from tresnet.models.detection import DETECTOR_HEADS, DetectorOptions
 from tresnet.models.registry import HEADS
 from tresnet.runtime import PRECISIONS
 from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD
@@ -47,8 +49,8 @@ def _opt(help_text: str, default: Any = None, *, choices: tuple | None = None, o
 class TaskSection:
     """What is learnt."""
 
-    name: str = _opt("a registered task: multiclass (one class per image) or multilabel (any set of classes per "
-                     "image)", DEFAULT_TASK, option="task")
+    name: str = _opt("a registered task: multiclass (one class per image), multilabel (any set of classes per "
+                     "image) or detection (boxes)", DEFAULT_TASK, option="task")
     threshold: float = _opt("multilabel: a label is predicted above this probability (CP/CR/CF1/OP/OR/OF1)",
                             DEFAULT_THRESHOLD)
 
@@ -62,8 +64,9 @@ class ModelSection:
     init_checkpoint: str | None = _opt(
         "start from these weights (official, timm or tresnet file); a new head when the classes differ")
     img_size: int | None = _opt("training and validation image side (default: the model's)")
-    head: str | None = _opt("classifier head: fc (pooling + linear) or ml_decoder (ML-Decoder) (default: the "
-                            "--init-checkpoint's, else fc)", choices=HEADS)
+    head: str | None = _opt("the head on the backbone: a classifier, fc (pooling + linear) or ml_decoder (ML-Decoder) "
+                            "(default: the --init-checkpoint's, else fc); a detector, fcos (default) or retinanet",
+                            choices=(*HEADS, *DETECTOR_HEADS))
     drop_path: float = _opt("stochastic depth rate of the last block", 0.0)
     drop_rate: float = _opt("dropout before the classifier", 0.0)
     norm: str | None = _opt("norm layers: in-place ABN (TResNet's) or plain BatchNorm (default: the model "
@@ -104,6 +107,9 @@ class AugmentationSection:
     scale: tuple[float, float] = _opt("random-resized-crop area range", factory=lambda: _PER_IMAGE.scale)
     ratio: tuple[float, float] = _opt("random-resized-crop aspect range", factory=lambda: _PER_IMAGE.ratio)
     hflip: float = _opt("horizontal flip probability", _PER_IMAGE.hflip)
+    scale_jitter: tuple[float, float] = _opt("detection: large-scale jitter, the image resized by a factor drawn in "
+                                             "this range, then cropped or padded to the size ((1, 1): off)",
+                                             factory=lambda: (1.0, 1.0))
     auto_augment: str | None = _opt("AutoAugment (ImageNet policy) or RandAugment", _PER_IMAGE.auto_augment,
                                     choices=AUTO_AUGMENTS)
     randaugment_magnitude: int = _opt("RandAugment magnitude (0-30)", _PER_IMAGE.randaugment_magnitude)
@@ -164,6 +170,26 @@ class LossSection:
     focal_gamma: float = _opt("focal loss: focusing exponent", 2.0)
 
 
+_DETECTOR = DetectorOptions()
+
+
+@dataclass
+class DetectionSection:
+    """How a detector is put around the backbone (``--task detection``); its input side is ``model.img_size``."""
+
+    max_size: int | None = _opt("the longer-side limit of the detector's resize (default: img_size x 1333 / 800)")
+    fpn_channels: int = _opt("width of the feature pyramid", _DETECTOR.fpn_channels)
+    anchor_size: int | None = _opt("anchor size of P3, doubling per level to P7 (default: FCOS 8, RetinaNet 32): "
+                                   "FCOS gives a level the objects whose centre-to-edge distance is 4x-8x its size")
+    trainable_layers: int | None = _opt("backbone parts that train, counted from the deepest, 0-5 (default: 3 from "
+                                        "--init-checkpoint, else 5)")
+    train_norms: bool | None = _opt("train the backbone's norms (default: frozen when it starts from "
+                                    "--init-checkpoint, as torchvision's detectors; trained from scratch)")
+    score_threshold: float | None = _opt("keep boxes scoring above this (default: FCOS 0.2, RetinaNet 0.05)")
+    nms_threshold: float | None = _opt("non-maximum suppression IoU (default: FCOS 0.6, RetinaNet 0.5)")
+    detections_per_image: int = _opt("most boxes kept per image", _DETECTOR.detections_per_image)
+
+
 @dataclass
 class DistillationSection:
     """Knowledge distillation (Ben-Baruch et al., "It's All in the Head", arXiv 2201.06945; docs/distill.md)."""
@@ -211,11 +237,14 @@ class RunSection:
 # The sections in the order a recipe lists them, with the title ``tresnet train --help`` gives each.
 SECTIONS: dict[str, type] = {"task": TaskSection, "model": ModelSection, "data": DataSection,
                              "augmentation": AugmentationSection, "optimisation": OptimisationSection,
-                             "loss": LossSection, "distillation": DistillationSection, "run": RunSection}
+                             "loss": LossSection, "detection": DetectionSection, "distillation": DistillationSection,
+                             "run": RunSection}
 SECTION_TITLES = {"task": "task", "model": "model", "data": "data and validation",
                   "augmentation": "augmentation", "optimisation": "length, batch, optimiser, schedule and EMA",
-                  "loss": "loss", "distillation": "distillation (kd, th-kd, sh-kd)",
+                  "loss": "loss", "detection": "detection (--task detection)",
+                  "distillation": "distillation (kd, th-kd, sh-kd)",
                   "run": "run: output, device, seed, precision, processes"}
 
 __all__ = ["DISTILL_METHODS", "NORMS", "SECTIONS", "SECTION_TITLES", "AugmentationSection", "DataSection",
+           "DetectionSection",
            "DistillationSection", "LossSection", "ModelSection", "OptimisationSection", "RunSection", "TaskSection"]

@@ -116,7 +116,7 @@ class Trainer:
         pretrained_cfg = get_pretrained_cfg(cfg.model.name)
         self.img_size = cfg.model.img_size or int(pretrained_cfg["input_size"][-1])
         self.inputs = describe_normalisation(pretrained_cfg)
-        self.data = build_train_data(cfg.data, self.task.name, cfg.augmentation, pretrained_cfg, self.img_size)
+        self.data = build_train_data(cfg.data, self.task, cfg.augmentation, pretrained_cfg, self.img_size)
         loss = cfg.loss
         base_criterion = self.task.create_loss(loss.name, LossOptions(
             label_smoothing=loss.label_smoothing, gamma_neg=loss.asl_gamma_neg, gamma_pos=loss.asl_gamma_pos,
@@ -191,17 +191,17 @@ class Trainer:
         inputs, targets = batch[0], batch[1]
         if len(targets) == 0:
             raise TResNetError("a whole training batch was unreadable images: fix or remove the files reported above")
-        inputs = inputs.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True)
-        if self.batch_mix is not None:
+        inputs, targets = self.task.move(inputs, targets, self.device,
+                                         channels_last=cfg.run.channels_last and self.batch_mix is None)
+        if self.batch_mix is not None:  # mixed in the layout the batch came in, then made channels-last
             inputs, targets = self.batch_mix(inputs, targets)
-        if cfg.run.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+            if cfg.run.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(cfg.run.precision, self.device):
             if self.distiller is not None:  # the teacher's forward is part of the step, and of its img/s
                 loss = self.distiller.loss(net, inputs, targets)
             else:
-                loss = self.criterion(net(inputs), targets)
+                loss = self.task.training_loss(net, self.criterion, inputs, targets)
         self.optimisation.step(loss)
         self.step += 1
         return loss.detach(), len(inputs)
@@ -230,9 +230,10 @@ class Trainer:
         mAP...: a fraction; ``loss``; ``images``; the task's own figures)."""
         limit = self.cfg.data.max_val_images
         limit = None if limit is None else max(1, math.ceil(limit / self.info.world_size))  # per process
-        return evaluate(model, self.loaders.val, self.task.tally(self.device, threshold=self.cfg.task.threshold),
-                        precision=self.cfg.run.precision, channels_last=self.cfg.run.channels_last, limit=limit,
-                        progress=self.cfg.run.progress and self.info.is_main, desc=desc, info=self.info)
+        tally = self.task.tally(self.device, threshold=self.cfg.task.threshold, data=self.data.val)
+        return evaluate(model, self.loaders.val, tally, precision=self.cfg.run.precision,
+                        channels_last=self.cfg.run.channels_last, limit=limit,
+                        progress=self.cfg.run.progress and self.info.is_main, desc=desc, info=self.info, task=self.task)
 
     def _evaluate_blend(self) -> float | None:
         """th-kd with ``teacher_head_blend``: the score of the paper's blend of the student and teacher-head
