@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import randomize_norms
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 import tresnet
+from helpers import randomize_norms
 from tresnet.checkpoint import save_checkpoint
 from tresnet.errors import CheckpointError, ConfigError
 from tresnet.layers.frozen_norm import FrozenNormAct, freeze_norms
