@@ -34,8 +34,13 @@ TARGET_MAP, TARGET_SECONDS = 0.95, 600
 
 def run_demo(output: Path, model: str) -> tuple[float, str]:
     """Run the demo command in a fresh process; its wall-clock seconds and its printed output."""
-    command = [sys.executable, "-m", "tresnet", "train", "--task", "multilabel", "--data", "digits-multilabel",
-               "--model", model, "--output", str(output), "--no-progress"]
+    return run_command(["train", "--task", "multilabel", "--data", "digits-multilabel", "--model", model,
+                        "--output", str(output), "--no-progress"])
+
+
+def run_command(arguments: list[str]) -> tuple[float, str]:
+    """Run ``tresnet ARGUMENTS`` in a fresh process, as a user does; its wall-clock seconds and printed output."""
+    command = [sys.executable, "-m", "tresnet", *arguments]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start

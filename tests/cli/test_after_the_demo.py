@@ -160,3 +160,27 @@ def test_a_checkpoint_trained_with_squash_validates_with_squash(tmp_path, capsys
                         "--crop-pct", "0.875")
     # (GENet rounds the resize up: 32 / 0.875 = 36.6 -> 37)
     assert cropped["preprocessing"]["crop_mode"] == "center" and cropped["preprocessing"]["resize_size"] == 37
+
+
+@pytest.fixture(scope="module")
+def canvases_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("canvases") / "run"
+    # a few steps of the demo recipe at 64 px: a detector whose AP a wrong preprocessing or split would not reproduce
+    return out, _train(out, "--task", "detection", "--data", "digits-detection", "--img-size", "64",
+                       "--fpn-channels", "32", "--max-steps-per-epoch", "20", "--max-val-images", "64")
+
+
+@requires_sklearn
+@pytest.mark.slow
+def test_validate_on_the_bundled_canvases_gives_the_runs_own_ap_and_coco_tools_agree(canvases_run, tmp_path, capsys):
+    out, summary = canvases_run
+    checkpoint = str(out / "best.safetensors")
+    report = _validate(capsys, tmp_path, "--data", "digits-detection", "--checkpoint", checkpoint)
+    assert report["task"] == "detection" and report["images"] == 500 and report["img_size"] == 64
+    images = tmp_path / "canvases"
+    assert main(["data", "digits-detection", "--output", str(images), "--checkpoint", checkpoint]) == 0
+    assert len(list(images.glob("*.png"))) == 500 and (images / "instances.json").is_file()
+    from_files = _validate(capsys, tmp_path, "--data", str(images), "--annotations", str(images / "instances.json"),
+                           "--checkpoint", checkpoint)
+    assert from_files["ap"] == pytest.approx(report["ap"], abs=1e-3)  # the PNGs are lossless
+    assert 0.0 <= summary["best_ap"] <= 1.0

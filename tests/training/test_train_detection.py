@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import csv
-import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 import tresnet
 from helpers import requires_sklearn
-from training.train_testdata import Killed, kill_mid_second_epoch
+from training.train_testdata import Killed, kill_mid_second_epoch, make_coco_boxes, torchrun_train
 from tresnet.checkpoint import read_checkpoint_metadata
+from tresnet.data.sources import ValidationOptions
 from tresnet.errors import ConfigError
+from tresnet.inference.validate import validate
 from tresnet.training.config import build_config
 from tresnet.training.trainer import train
 
@@ -58,28 +56,8 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path):
     assert resumed["best_ap"] == straight["best_ap"] and resumed["epochs"] == 2
 
 
-def _coco_folder(root: Path) -> tuple[Path, Path]:
-    """Six 64x64 images of coloured squares with their boxes, category ids 3 and 7 (gapped), one without boxes."""
-    rng = np.random.default_rng(0)
-    images, annotations = [], []
-    (root / "img").mkdir(parents=True)
-    for index in range(6):
-        pixels = rng.integers(0, 60, (64, 64, 3), dtype=np.uint8)
-        for k in range(0 if index == 5 else 2):
-            x, y, side = 4 + 28 * k, int(rng.integers(4, 30)), 20
-            pixels[y:y + side, x:x + side] = (230, 40, 40) if k == 0 else (40, 230, 40)
-            annotations.append({"id": len(annotations) + 1, "image_id": 100 + index, "category_id": 3 if k == 0 else 7,
-                                "bbox": [x, y, side, side], "area": side * side, "iscrowd": 0})
-        Image.fromarray(pixels).save(root / "img" / f"{index}.png")
-        images.append({"id": 100 + index, "file_name": f"{index}.png", "width": 64, "height": 64})
-    path = root / "instances.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations,
-                                "categories": [{"id": 3, "name": "red"}, {"id": 7, "name": "green"}]}))
-    return root / "img", path
-
-
 def test_a_run_on_a_coco_folder(tmp_path):
-    images, annotations = _coco_folder(tmp_path / "coco")
+    images, annotations = make_coco_boxes(tmp_path / "coco")
     train(_config(data=str(images), annotations=str(annotations), val_split=0.34, batch_size=2,
                   output=str(tmp_path / "run")))
     meta = read_checkpoint_metadata(tmp_path / "run" / "best.safetensors")
@@ -98,3 +76,22 @@ def test_a_run_on_a_coco_folder(tmp_path):
 def test_what_detection_refuses_fails_in_one_line(tmp_path, options, message):
     with pytest.raises(ConfigError, match=message):
         train(_config(**{"data": "digits-detection", "output": str(tmp_path / "run"), **options}))
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_a_detector_and_score_it_over_both(tmp_path):
+    images, annotations = make_coco_boxes(tmp_path / "coco")
+    init = tmp_path / "init.safetensors"
+    tresnet.save_checkpoint(tresnet.create_model("genet_light", num_classes=2), init)  # frozen norms: from weights
+    options = {**{k: v for k, v in TINY.items() if k != "deterministic"}, "data": str(images),
+               "annotations": str(annotations), "val_data": str(images), "val_annotations": str(annotations),
+               "batch_size": 2, "init_checkpoint": str(init), "output": str(tmp_path / "two")}
+    done = torchrun_train(options)
+    assert "x 2 processes" in done.stdout
+    rows = list(csv.DictReader((tmp_path / "two" / "metrics.csv").open()))
+    # the six validation images were scored over both processes' shares; one process scores the saved weights alike
+    report = validate(
+        tresnet.load_network(checkpoint_path=tmp_path / "two" / "last.safetensors"), images,
+        data_options=ValidationOptions(annotations=str(annotations)), progress=False)
+    assert report.facts.images == 6
+    assert 100 * float(rows[-1]["val_ap"]) == pytest.approx(report.stats["ap"], abs=1.0)

@@ -86,6 +86,27 @@ def torchrun_train(options: dict, processes: int = 2) -> subprocess.CompletedPro
     return done
 
 
+def make_coco_boxes(root: Path) -> tuple[Path, Path]:
+    """Detection data in ``root``: six 64x64 images of coloured squares with their boxes in a COCO json (category
+    ids 3 and 7: gapped), the last image without boxes; the images folder and the json."""
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    (root / "img").mkdir(parents=True)
+    for index in range(6):
+        pixels = rng.integers(0, 60, (64, 64, 3), dtype=np.uint8)
+        for k in range(0 if index == 5 else 2):
+            x, y, side = 4 + 28 * k, int(rng.integers(4, 30)), 20
+            pixels[y:y + side, x:x + side] = (230, 40, 40) if k == 0 else (40, 230, 40)
+            annotations.append({"id": len(annotations) + 1, "image_id": 100 + index, "category_id": 3 if k == 0 else 7,
+                                "bbox": [x, y, side, side], "area": side * side, "iscrowd": 0})
+        Image.fromarray(pixels).save(root / "img" / f"{index}.png")
+        images.append({"id": 100 + index, "file_name": f"{index}.png", "width": 64, "height": 64})
+    path = root / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 3, "name": "red"}, {"id": 7, "name": "green"}]}))
+    return root / "img", path
+
+
 def weight_distance(a: dict, b: dict, keys: list[str]) -> float:
     """The Euclidean distance between the tensors ``keys`` of two state dicts, taken as one vector."""
     return sum(((a[k].double() - b[k].double()) ** 2).sum() for k in keys).sqrt().item()

@@ -13,7 +13,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "data", help="write a bundled data set's images to a folder",
         description="Write the images of a bundled data set (digits: a folder per class; digits-multilabel: "
-                    "PNG files and a labels.csv) to --output. With --checkpoint, the validation split and image "
+                    "PNG files and a labels.csv; digits-detection: PNG files and a COCO instances.json) to --output. With --checkpoint, the validation split and image "
                     "size of that checkpoint's training run, so that `tresnet validate --data OUTPUT` and "
                     "`tresnet predict OUTPUT` answer as the run's validation did; otherwise those of the set's "
                     "demo recipe.")
@@ -23,7 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--checkpoint", metavar="PATH",
                    help="a checkpoint saved by `tresnet train` on this set: its image size and split")
     p.add_argument("--img-size", type=int, metavar="N",
-                   help="image side (default: the checkpoint's, else the demo recipe's 32)")
+                   help="image side (default: the checkpoint's, else the demo recipe's: 32, 128 for "
+                        "digits-detection)")
     p.set_defaults(func=run)
 
 

@@ -10,7 +10,7 @@ from tresnet.cli import _common as common
 from tresnet.data.bundled import BUNDLED_SETS, bundled_set
 from tresnet.errors import ConfigError
 from tresnet.inference.evaluate import Scoring
-from tresnet.inference.predict import predict
+from tresnet.inference.predict import predict, save_drawn
 from tresnet.runtime import resolve_device
 
 
@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files or folders of images")
     parser.add_argument("--data", metavar="NAME",
-                        help="also classify the validation images of a bundled set, digits or digits-multilabel "
+                        help="also answer for the validation images of a bundled set, digits, digits-multilabel or "
+                             "digits-detection "
                              "(the split the checkpoint's run validated on; answers named NAME:val/INDEX)")
     common.add_inference_arguments(parser)
     common.add_task_arguments(parser)
@@ -34,6 +35,8 @@ def add_parser(subparsers) -> None:
                              "order, or name,index lines)")
     parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes shown per image (default 5)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per batch (default 32)")
+    parser.add_argument("--save-images", metavar="DIR",
+                        help="detection: also write each image with its boxes, labels and scores drawn, as DIR/NNNNN-NAME.png")
     parser.add_argument("--json", metavar="PATH",
                         help='also write {"model", "checkpoint", "task", "threshold", "preprocessing", "predictions": '
                              '[{"file", "topk": [{"index", "label", "prob"}]}]} as JSON (ImageNet-1k models: with '
@@ -65,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     preprocessing = common.resolve_preprocessing(args, model)
     scoring = Scoring(task=args.task, threshold=args.threshold, class_map=args.class_map)
     task, threshold = scoring.resolve(model)
+    if args.save_images and not task.draws:
+        raise ConfigError(f"--save-images draws a detector's boxes: a {task.name} model has none to draw")
     common.announce_deployment(args, run_options.number_format, "predict")
     print(f"{model.pretrained_cfg['model']}: {model.num_classes} classes{'' if task.maps_classes else f', {task.name}'}, "
           f"{common.weights_description(model)}", file=sys.stderr)
@@ -76,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
                               data=args.data):
             _print(answer)
             answers.append(answer)
+    if args.save_images:
+        written = save_drawn(model, answers, args.save_images, preprocessing=preprocessing, scoring=scoring, data=args.data)
+        print(f"tresnet predict: {len(written)} images with their boxes drawn in {args.save_images}", file=sys.stderr)
     if args.json:
         common.write_json(args.json, _report(model, task, threshold, preprocessing, answers))
     failed = sum(1 for answer in answers if answer.error is not None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from tresnet.errors import ConfigError, DataError
 from tresnet.files import atomic_write, write_text
 
 LABELS_CSV = "labels.csv"
+INSTANCES_JSON = "instances.json"
 
 
 @dataclass(frozen=True)
@@ -156,13 +158,28 @@ def _png_bytes(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
+def _write_boxes(data: Dataset, root: Path) -> list[Path]:
+    """A set of boxes as ``root/<index>.png`` with ``root/instances.json`` (COCO instances: any COCO tool reads
+    it, and ``validate --data root --annotations root/instances.json`` scores a detector on it)."""
+    written = []
+    for index in range(len(data)):
+        image = (data[index][0] * 255).round().to(torch.uint8)
+        written.append(atomic_write(root / f"{index:05d}.png",
+                                    lambda tmp, image=image: Path(tmp).write_bytes(_png_bytes(image))))
+    instances = data.coco_ground_truth()
+    for entry in instances["images"]:
+        entry["file_name"] = f"{entry['id']:05d}.png"
+    written.append(write_text(root / INSTANCES_JSON, json.dumps(instances) + "\n"))
+    return written
+
+
 def write_bundled(name: str, output: str | os.PathLike, *, split: str = "val", img_size: int = 32,
                   val_split: float = 0.2, split_seed: int = 0) -> list[Path]:
     """Write one split of bundled set ``name`` under ``output`` as PNG files, each atomically; return them.
 
     ``digits``: ``output/<class>/<index>.png`` (a folder per class, as ``validate --data`` reads);
     ``digits-multilabel``: ``output/<index>.png`` with ``output/labels.csv`` (``file,labels``, the labels
-    separated by spaces). Raises :class:`DataError` for an unknown name and :class:`ConfigError` for a
+    separated by spaces); ``digits-detection``: ``output/<index>.png`` with ``output/instances.json`` (COCO). Raises :class:`DataError` for an unknown name and :class:`ConfigError` for a
     bad split or size.
     """
     spec = bundled_set(name)
@@ -170,6 +187,8 @@ def write_bundled(name: str, output: str | os.PathLike, *, split: str = "val", i
         raise DataError(f"no bundled data set called {name!r}: use one of {', '.join(BUNDLED_SETS)}")
     data = spec.draw(split, img_size, None, val_split, split_seed)
     root = Path(output).expanduser()
+    if spec.boxes:
+        return _write_boxes(data, root)
     written, rows = [], []
     for index in range(len(data)):
         image = (data[index][0] * 255).round().to(torch.uint8)
@@ -186,4 +205,4 @@ def write_bundled(name: str, output: str | os.PathLike, *, split: str = "val", i
     return written
 
 
-__all__ = ["BUNDLED_SETS", "LABELS_CSV", "BundledSet", "BundledValidationSet", "bundled_set", "write_bundled"]
+__all__ = ["BUNDLED_SETS", "INSTANCES_JSON", "LABELS_CSV", "BundledSet", "BundledValidationSet", "bundled_set", "write_bundled"]

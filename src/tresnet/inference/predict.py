@@ -19,15 +19,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from torchvision.io import write_png
 
 from tresnet.data import class_labels, find_images, load_image
 from tresnet.data.bundled import BundledValidationSet
 from tresnet.data.class_mapping import read_class_map
 from tresnet.data.transforms import Preprocessing
 from tresnet.errors import ConfigError, DataError
+from tresnet.files import atomic_write
 from tresnet.inference.bundled import bundled_split
 from tresnet.inference.evaluate import Scoring
 from tresnet.inference.runner import RunOptions, make_inference_model
@@ -141,4 +144,28 @@ def predict(model: nn.Module, inputs: Sequence[str | os.PathLike], *, topk: int 
         model.train(was_training)
 
 
-__all__ = ["predict"]
+def save_drawn(model: nn.Module, answers: Sequence[Any], folder: str | os.PathLike, *,
+               preprocessing: Preprocessing | None = None, scoring: Scoring | None = None,
+               data: str | None = None) -> list[Path]:
+    """Write each answered image of :func:`predict` with its answer drawn on it (a detector's boxes and labels:
+    :meth:`tresnet.tasks.Task.draw`) as ``folder/NNNNN-NAME.png``, atomically; the files written. The images are
+    read again as :func:`predict` read them (``data``: the bundled set it was given). Raises :class:`ConfigError`
+    for a task that draws nothing."""
+    task, _ = (scoring or Scoring()).resolve(model)
+    if not task.draws:
+        raise ConfigError(f"--save-images draws a detector's boxes: a {task.name} model has none to draw")
+    preprocessing = preprocessing or Preprocessing.of(model)
+    transform = task.eval_transform(preprocessing)
+    readers = dict(_bundled_items(model, data, preprocessing)) if data is not None else {}
+    written = []
+    for number, answer in enumerate(answers):
+        if answer.error is not None:
+            continue
+        read = readers.get(answer.file) or _file_reader(Path(answer.file), transform)
+        picture = task.draw(read(), answer)
+        path = Path(folder).expanduser() / f"{number:05d}-{Path(answer.file).stem}.png"
+        written.append(atomic_write(path, lambda tmp, picture=picture: write_png(picture, tmp)))
+    return written
+
+
+__all__ = ["predict", "save_drawn"]

@@ -2,6 +2,7 @@
 
 from tresnet.layers.anti_alias import AntiAliasDownsample, blur_filter
 from tresnet.layers.conv_norm_act import ConvNormAct
+from tresnet.layers.frozen_norm import FrozenNormAct, freeze_norms
 from tresnet.layers.inplace_abn import InPlaceABN, InPlaceABNSync
 from tresnet.layers.ml_decoder import MLDecoderHead
 from tresnet.layers.norm_act import NORMS, BatchNormAct2d, create_norm_act
@@ -15,6 +16,7 @@ __all__ = [
     "BatchNormAct2d",
     "ConvNormAct",
     "FastGlobalAvgPool",
+    "FrozenNormAct",
     "InPlaceABN",
     "InPlaceABNSync",
     "MLDecoderHead",
@@ -22,5 +24,6 @@ __all__ = [
     "SqueezeExcite",
     "blur_filter",
     "create_norm_act",
+    "freeze_norms",
     "space_to_depth",
 ]

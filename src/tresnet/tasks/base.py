@@ -127,6 +127,7 @@ class Task:
     mixes_batches: ClassVar[bool] = True  # whether mixup and cutmix apply to its targets
     section: ClassVar[str | None] = None  # the section of a run's configuration that only this task reads
     folds: ClassVar[bool] = True  # whether its networks have deployment forms in other number formats (bf16, int8)
+    draws: ClassVar[bool] = False  # whether its answers can be drawn on the image (a detector's boxes)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -258,6 +259,11 @@ class Task:
     def batch(self, images: list[Tensor]) -> Any:
         """The network's input for a list of evaluated images (a stacked tensor)."""
         return torch.stack(images)
+
+    def draw(self, image: Tensor, answer: Any) -> Tensor:
+        """``image`` (float in [0, 1], as :meth:`eval_transform` gives it) with ``answer`` drawn on it, as ``uint8``
+        ``(3, H, W)`` (a task that :attr:`draws`)."""
+        raise ConfigError(f"a {self.name} answer is not drawn on its image")
 
     def write_results(self, tally: Any, path: Any) -> None:
         """Write each image's predictions of a finished evaluation to ``path`` (a task with a results format)."""

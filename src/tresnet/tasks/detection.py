@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torchvision.utils import draw_bounding_boxes
 
 from tresnet.data.detection import create_detection_eval_transform, create_detection_train_transform
 from tresnet.data.loader import find_attribute
@@ -122,6 +123,9 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple | list) else value
 
 
+_PALETTE = ("red", "lime", "blue", "yellow", "magenta", "cyan", "orange", "white", "pink", "springgreen")
+
+
 def _move_target(target: dict, device: torch.device) -> dict:
     return {key: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
             for key, value in target.items()}
@@ -142,6 +146,7 @@ class Detection(Task):
     mixes_batches = False
     section = "detection"
     folds = False
+    draws = True
 
     def create_network(self, create: CreateModel, spec: NetworkSpec) -> nn.Module:
         """A ``spec.head`` detector (None: FCOS) on a ``features_only`` ``spec.name`` backbone started from
@@ -238,6 +243,16 @@ class Detection(Task):
 
     def batch(self, images: list[Tensor]) -> Any:
         return list(images)  # of any sizes: the detector batches them itself
+
+    def draw(self, image: Tensor, answer: Detections) -> Tensor:
+        """The image with each box of ``answer`` drawn, labelled with its class and score (a colour per class)."""
+        pixels = (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        if not answer.boxes:
+            return pixels
+        boxes = torch.tensor([box.box for box in answer.boxes])
+        names = [f"{box.label} {box.score:.2f}" for box in answer.boxes]
+        colours = [_PALETTE[box.index % len(_PALETTE)] for box in answer.boxes]
+        return draw_bounding_boxes(pixels, boxes, labels=names, colors=colours, width=2)
 
     def write_results(self, tally: DetectionTally, path: Any) -> None:
         """The COCO results json of the evaluation (``image_id``, the data's ``category_id``, ``bbox`` as

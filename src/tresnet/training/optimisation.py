@@ -27,7 +27,8 @@ class Optimisation:
             self.optimizer, cfg.schedule, (cfg.schedule_epochs or cfg.epochs) * steps_per_epoch,
             warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
             warmup_start_factor=cfg.warmup_start_factor, final_lr_factor=cfg.final_lr_factor,
-            pct_start=cfg.pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
+            pct_start=cfg.pct_start, div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor,
+            milestones=tuple(cfg.milestones))
         self.scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(precision, device))
         self.ema = ModelEma(model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
         self.last_lr = self.optimizer.param_groups[0]["lr"]

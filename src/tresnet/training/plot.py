@@ -21,8 +21,10 @@ def metrics_figure(history: list[dict], task: str | Task = "multiclass", train_l
     task = get_task(task)
     metric, val_loss = task.metric, task.validation_loss
     epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 3 if train_loss else 2, figsize=(14 if train_loss else 10, 4))
-    if train_loss:
+    fig, axes = plt.subplots(1, 3 if train_loss and val_loss else 2, figsize=(14 if train_loss and val_loss else 10, 4))
+    if val_loss is None:  # a task that reports no validation loss (a detector's): the training loss alone
+        _plot_curves(axes[0], epochs, {"train": [row["train_loss"] for row in history]}, f"training loss ({train_loss})")
+    elif train_loss:
         _plot_curves(axes[0], epochs, {"train": [row["train_loss"] for row in history]}, f"training loss ({train_loss})")
         _plot_curves(axes[1], epochs, {"val": [row["val_loss"] for row in history]}, f"validation loss ({val_loss})")
     else:

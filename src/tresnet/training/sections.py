@@ -144,9 +144,11 @@ class OptimisationSection:
     schedule: str = _opt("learning-rate schedule, stepped every optimiser step", "cosine", choices=SCHEDULES)
     schedule_epochs: int | None = _opt("length of the schedule in epochs when training stops before its end "
                                        "(default: epochs)")
-    warmup_epochs: float = _opt("cosine/constant: linear warm-up length in epochs", 0.0)
-    warmup_start_factor: float = _opt("cosine/constant: warm-up starts at lr x this", 0.01)
+    warmup_epochs: float = _opt("cosine/constant/multistep: linear warm-up length in epochs", 0.0)
+    warmup_start_factor: float = _opt("cosine/constant/multistep: warm-up starts at lr x this", 0.01)
     final_lr_factor: float = _opt("cosine: the last step's lr is lr x this", 0.0)
+    milestones: tuple[float, float] = _opt("multistep: the fractions of the schedule at which the lr drops x0.1 "
+                                           "(FCOS's 1x: 60k and 80k of 90k steps)", factory=lambda: (2 / 3, 8 / 9))
     pct_start: float = _opt("one-cycle: fraction of the steps spent rising to lr", 0.2)
     div_factor: float = _opt("one-cycle: the first lr is lr / this", 25.0)
     final_div_factor: float = _opt("one-cycle: the last lr is lr / div_factor / this", 1e4)
