@@ -167,7 +167,7 @@ def canvases_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("canvases") / "run"
     # a few steps of the demo recipe at 64 px: a detector whose AP a wrong preprocessing or split would not reproduce
     return out, _train(out, "--task", "detection", "--data", "digits-detection", "--img-size", "64",
-                       "--fpn-channels", "32", "--max-steps-per-epoch", "20", "--max-val-images", "64")
+                       "--fpn-channels", "64", "--max-steps-per-epoch", "20", "--max-val-images", "64")
 
 
 @requires_sklearn

@@ -46,7 +46,7 @@ def _coco_folder(root: Path) -> tuple[Path, Path]:
 def coco(tmp_path_factory):
     root = tmp_path_factory.mktemp("coco")
     images, annotations = _coco_folder(root)
-    detector = tresnet.create_detector("genet_light", num_classes=3, min_size=64, fpn_channels=32, train_norms=True,
+    detector = tresnet.create_detector("genet_light", num_classes=3, min_size=64, fpn_channels=64, train_norms=True,
                                        score_threshold=0.05)
     randomize_norms(detector.backbone.body, seed=5)
     with torch.no_grad():  # a head that answers: its boxes pass the score threshold

@@ -51,6 +51,12 @@ def test_fcos_on_tresnet_equals_torchvisions_fcos_built_by_hand():
     assert {k: v.item() for k, v in losses.items()} == {k: v.item() for k, v in expected.items()}
 
 
+def test_one_small_image_goes_through():
+    detector = tresnet.create_detector("genet_light", num_classes=3, min_size=64, fpn_channels=64).eval()
+    with torch.no_grad():  # P7 is 1x1: FCOS's GroupNorm sees two values per group
+        assert detector([torch.rand(3, 64, 64)])[0]["boxes"].shape[1] == 4
+
+
 def test_genet_detector_normalises_once_with_imagenet_statistics():
     detector = tresnet.create_detector("genet_light", head="retinanet", num_classes=3, min_size=64)
     assert detector.transform.image_mean == [0.485, 0.456, 0.406]
@@ -110,7 +116,7 @@ def test_trainable_layers_count_the_five_parts_from_the_deepest(name):
 
 
 def test_a_saved_detector_comes_back_with_its_configuration(tmp_path):
-    detector = tresnet.create_detector("genet_light", num_classes=3, min_size=96, fpn_channels=32, anchor_size=4,
+    detector = tresnet.create_detector("genet_light", num_classes=3, min_size=96, fpn_channels=64, anchor_size=4,
                                        train_norms=True).eval()
     randomize_norms(detector.backbone.body, seed=4)
     path = tmp_path / "det.safetensors"
@@ -139,6 +145,8 @@ def test_bad_detector_options_fail_in_one_line(tmp_path):
         DetectorOptions(trainable_layers=6).check()
     with pytest.raises(ConfigError, match="score_threshold"):
         DetectorOptions(score_threshold=1.5).check()
+    with pytest.raises(ConfigError, match="groups of at least two"):  # one channel per group fails on a 1x1 P7
+        tresnet.create_detector("genet_light", fpn_channels=32)
     bad = tmp_path / "other.safetensors"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError):

@@ -21,7 +21,7 @@ from tresnet.training.trainer import train
 pytestmark = [pytest.mark.usefixtures("one_math_thread"), requires_sklearn]
 
 # A small detector on small canvases: seconds per run on one thread.
-TINY = dict(task="detection", model="genet_light", img_size=64, fpn_channels=32, batch_size=4, epochs=1,
+TINY = dict(task="detection", model="genet_light", img_size=64, fpn_channels=64, batch_size=4, epochs=1,
             max_steps_per_epoch=2, max_val_images=8, progress=False, workers=0, deterministic=True, seed=0)
 
 
@@ -34,7 +34,7 @@ def test_a_run_on_the_bundled_canvases_writes_a_detector(tmp_path):
     out = tmp_path / "run"
     meta = read_checkpoint_metadata(out / "best.safetensors")
     assert meta["task"] == "detection" and meta["head"] == "fcos" and meta["model"] == "genet_light"
-    assert meta["network"]["fpn_channels"] == 32 and meta["network"]["min_size"] == 64
+    assert meta["network"]["fpn_channels"] == 64 and meta["network"]["min_size"] == 64
     assert meta["class_names"] == [str(d) for d in range(10)]
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert "val_ap" in rows[0] and "val_ap50" in rows[0] and "val_top1" not in rows[0]

@@ -115,9 +115,11 @@ class DetectorConfig:
         if head not in DETECTOR_HEADS:
             raise ConfigError(f"unknown detector head {head!r}: use one of {', '.join(DETECTOR_HEADS)}")
         options.check()
-        if head == "fcos" and options.fpn_channels % FCOS_NORM_GROUPS:
-            raise ConfigError(f"fpn_channels {options.fpn_channels}: FCOS's head normalises its {options.fpn_channels} "
-                              f"channels in {FCOS_NORM_GROUPS} groups; use a multiple of {FCOS_NORM_GROUPS}")
+        if head == "fcos" and (options.fpn_channels % FCOS_NORM_GROUPS or options.fpn_channels < 2 * FCOS_NORM_GROUPS):
+            # GroupNorm needs two values per group: one channel each on P7's 1x1 map of a small image fails
+            raise ConfigError(f"fpn_channels {options.fpn_channels}: FCOS's head normalises its channels in "
+                              f"{FCOS_NORM_GROUPS} groups of at least two; use a multiple of {FCOS_NORM_GROUPS}, "
+                              f"{2 * FCOS_NORM_GROUPS} or more")
         score, nms = _DEFAULT_THRESHOLDS[head]
         return cls(head, num_classes, options.min_size, options.limit(), options.fpn_channels,
                    tuple((options.anchor_size or _DEFAULT_ANCHOR_SIZE[head]) * 2 ** level for level in range(LEVELS)),
