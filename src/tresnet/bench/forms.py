@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tresnet.bench.detectors import check_detector, detector_builder
 from tresnet.bench.specs import MODES, BuildOptions, ModelSpec, build_base_model, native_img_size
 from tresnet.deploy import fuse, onnx_model, quantize, require_onnx, require_torchao
 from tresnet.errors import ConfigError
@@ -72,7 +73,8 @@ class Form:
     any). ``requires()``, when given, raises :class:`~tresnet.errors.MissingDependencyError` where a
     package it needs is absent; ``check(spec, options)`` raises :class:`ConfigError` for options it
     cannot run with (a device, a precision). With ``peak_memory_note`` the CPU peak-memory probe is
-    skipped and the note recorded instead.
+    skipped and the note recorded instead. ``task`` names the task whose batches, targets and loss the timed
+    steps use (:class:`tresnet.tasks.Task`); None: images and class labels with cross-entropy.
     """
 
     name: str
@@ -83,6 +85,7 @@ class Form:
     requires: Callable[[], object] | None = None
     check: Callable[[ModelSpec, BuildOptions], None] | None = None
     peak_memory_note: str | None = None
+    task: str | None = None  # a task whose batches and loss its steps take (a detector's); None: classification
 
 
 @dataclass
@@ -224,6 +227,12 @@ BUILTIN_FORMS = (
             check=_own_format_check("ONNX Runtime", cpu_only=True), peak_memory_note=DEPLOY_PEAK_NOTE,
             description="the ONNX export quantized to int8 by ONNX Runtime (--int8-backend onnx), calibrated "
                         "on random images (inference only, on the CPU, --precision fp32; pip install 'tresnet[export]')"),
+    *(Form(name=head, build=detector_builder(head), modes=frozenset(MODES), check=check_detector, task="detection",
+           description=f"torchvision's {title} on the model's backbone as a detection run from ImageNet weights "
+                       f"trains it (norms frozen, three backbone parts trained, random boxes as targets); "
+                       f"resnet50:{head}: torchvision's {head}_resnet50_fpn built the same way; 80 classes, the "
+                       f"input side as the detector's size")
+      for head, title in (("fcos", "FCOS"), ("retinanet", "RetinaNet"))),
 )
 
 for _builtin in BUILTIN_FORMS:

@@ -278,7 +278,8 @@ def _torch_settings(config: BenchConfig, device: torch.device) -> Iterator[None]
 def _new_row(target: BenchTarget, config: BenchConfig, plan: _Plan) -> BenchRow:
     """The row of ``target``: identity, settings, versions and published top-1; nothing measured yet."""
     spec = target.spec
-    published = published_top1(spec.name) if spec.checkpoint is None else None  # a run of ours: not the paper's
+    # a run of ours, or a detector on the backbone: not the paper's classifier
+    published = published_top1(spec.name) if spec.checkpoint is None and target.task is None else None
     return BenchRow(
         model=spec.label, name=spec.name, impl=spec.impl, form=spec.form, device=str(plan.device),
         device_name=describe_device(plan.device), precision=config.precision,
@@ -303,7 +304,7 @@ def _count_costs(target: BenchTarget, row: BenchRow, config: BenchConfig, plan: 
     if module is None:
         return
     row.params_m = count_params_m(module)
-    if "train" in target.modes:
+    if "train" in target.modes and target.task is None:  # a detector trains on targets: no bare forward to probe
         with autocast(config.precision, plan.device):
             saved = saved_bytes_per_image(module, target.img_size, batch_size=2, device=plan.device,
                                           channels_last=config.channels_last)

@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tresnet.bench.forms import Form, FormBuild, get_form
 from tresnet.bench.specs import MODES, BuildOptions, ModelSpec, build_base_model, check_model, native_img_size
 from tresnet.errors import ConfigError
+from tresnet.tasks import Task, get_task
 
 
 def check_spec(spec: ModelSpec, options: BuildOptions | None = None) -> None:
@@ -55,6 +56,7 @@ class BenchTarget:
     info: dict = field(default_factory=dict)
     reference: nn.Module | None = None
     peak_memory_note: str | None = None
+    task: Task | None = None  # the task of its batches and loss (a detector's); None: classification
 
     @property
     def label(self) -> str:
@@ -92,7 +94,8 @@ def build_target(spec: ModelSpec, options: BuildOptions, *, compile: bool = Fals
     return BenchTarget(spec=spec, module=module if isinstance(module, nn.Module) else None, forward=forward,
                        img_size=img_size, modes=frozenset(form.modes if form else MODES),
                        num_classes=num_classes, compiled=compile, reference=reference,
-                       peak_memory_note=form.peak_memory_note if form else None)
+                       peak_memory_note=form.peak_memory_note if form else None,
+                       task=get_task(form.task) if form is not None and form.task else None)
 
 
 # --- static costs ----------------------------------------------------------------------------------

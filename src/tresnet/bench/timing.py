@@ -1,7 +1,8 @@
 """One timed step of inference or training, the device clock that times it, and the summary of the times.
 
-Inputs are synthetic and live on the device. Training is forward, cross-entropy loss, backward and an
-SGD step (momentum 0.9, weight decay 1e-4); with float16 on CUDA (``amp``, ``fp16``) a gradient scaler,
+Inputs are synthetic and live on the device. Training is forward, cross-entropy loss (a target of another task:
+that task's targets and loss, such as a detector's random boxes and its own losses), backward and an SGD step
+(momentum 0.9, weight decay 1e-4); with float16 on CUDA (``amp``, ``fp16``) a gradient scaler,
 as in real fp16 training. Precisions and their autocast are :mod:`tresnet.runtime`'s.
 """
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from tresnet.bench.targets import BenchTarget
 from tresnet.errors import ConfigError
 from tresnet.runtime import autocast, needs_grad_scaler
+from tresnet.tasks import LossOptions
 
 
 def synthetic_images(batch_size: int, img_size: int, device: torch.device, *, channels_last: bool = False,
@@ -43,6 +45,8 @@ class _BenchStep:
         self.precision = precision
         self.images = synthetic_images(batch_size, target.img_size, device, channels_last=channels_last,
                                        seed=seed)
+        if target.task is not None:  # the task's form of a batch (a detector's: a list of images)
+            self.images = target.task.batch(list(self.images.unbind(0)))
 
 
 class InferStep(_BenchStep):
@@ -61,7 +65,11 @@ class InferStep(_BenchStep):
 
     def move(self, device: torch.device) -> None:
         """Move the inputs (the runner moves the module) to ``device``."""
-        self.images = self.images.to(device)
+        self.images = _moved(self.images, device)
+
+
+def _moved(images, device: torch.device):
+    return [image.to(device) for image in images] if isinstance(images, list) else images.to(device)
 
 
 class TrainStep(_BenchStep):
@@ -76,7 +84,12 @@ class TrainStep(_BenchStep):
         super().__init__(target, batch_size, device=device, precision=precision, channels_last=channels_last,
                          seed=seed)
         generator = torch.Generator().manual_seed(seed + 1)
-        self.labels = torch.randint(0, target.num_classes, (batch_size,), generator=generator).to(device)
+        if target.task is not None:  # the task's targets (a detector's boxes) and its loss
+            targets = target.task.random_targets(batch_size, target.num_classes, generator, img_size=target.img_size)
+            self.images, self.labels = target.task.move(self.images, targets, device)
+            self.criterion = target.task.create_loss(None, LossOptions())
+        else:
+            self.labels = torch.randint(0, target.num_classes, (batch_size,), generator=generator).to(device)
         params = [p for p in target.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
         self.scaler = torch.amp.GradScaler(device.type) if needs_grad_scaler(precision, device) else None
@@ -87,7 +100,10 @@ class TrainStep(_BenchStep):
 
     def __call__(self) -> None:
         with autocast(self.precision, self.device):
-            loss = F.cross_entropy(logits_of(self.target.forward(self.images)).float(), self.labels)
+            if self.target.task is not None:
+                loss = self.target.task.training_loss(self.target.forward, self.criterion, self.images, self.labels)
+            else:
+                loss = F.cross_entropy(logits_of(self.target.forward(self.images)).float(), self.labels)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -99,8 +115,10 @@ class TrainStep(_BenchStep):
 
     def move(self, device: torch.device) -> None:
         """Move the inputs and the optimizer state (the runner moves the module) to ``device``."""
-        self.images = self.images.to(device)
-        self.labels = self.labels.to(device)
+        if self.target.task is not None:
+            self.images, self.labels = self.target.task.move(self.images, self.labels, device)
+        else:
+            self.images, self.labels = self.images.to(device), self.labels.to(device)
         for state in self.optimizer.state.values():
             for key, value in state.items():
                 if isinstance(value, torch.Tensor):

@@ -22,6 +22,9 @@ from tresnet.bench.report import (
 from tresnet.bench.runner import RUN_MODES, BenchConfig, BusyMachineWarning, run_benchmark
 from tresnet.cli._common import add_device_argument, add_precision_argument, say
 from tresnet.deploy.inference import choose_int8_backend, cpu_has_amx, installed_int8_backends
+from tresnet.errors import ConfigError
+from tresnet.models.detection import DETECTOR_HEADS
+from tresnet.tasks import get_task, list_tasks
 
 EPILOG_MODELS = """\
 models: a plain NAME is one of ours (tresnet_m, tresnet_l, ...) else a timm model; timm:NAME forces
@@ -53,6 +56,7 @@ examples:
   tresnet benchmark --models tresnet_m,tresnet_m:fused,tresnet_m:onnx --device cpu --mode infer
   tresnet benchmark --models tresnet_m,tresnet_m:bf16,tresnet_m:int8 --device cpu --peak-gflops fp32=310,bf16=2150
   tresnet benchmark --models genet_light,timm:gernet_s,genet_light:fused,tresnet_m --device cpu
+  tresnet benchmark --task detection --models tresnet_m,genet_normal,resnet50 --img-size 512 --batch-size auto
 """
 
 
@@ -74,6 +78,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG_MODELS + _forms_help() + EPILOG_REST, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="tresnet_m,timm:tresnet_m,resnet50",
                    help="comma-separated models (default: %(default)s)")
+    p.add_argument("--task", choices=list_tasks(), default=None,
+                   help="detection: measure each model as the backbone of a detector (NAME:fcos; resnet50: "
+                        "torchvision's fcos_resnet50_fpn built the same way), trained on random boxes "
+                        "(default: the models as classifiers)")
+    p.add_argument("--head", choices=DETECTOR_HEADS, default=None,
+                   help="--task detection: the detector (default fcos)")
     p.add_argument("--mode", default="both",
                    help="infer, train or both (default: %(default)s; inference-only forms such as NAME:fused "
                         "and NAME:onnx are then timed in inference only)")
@@ -117,6 +127,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _models_of(args: argparse.Namespace) -> str:
+    """``--models``; for a task whose heads are forms of the benchmark (a detector's), each model in the form of
+    ``--head`` (default: the task's first)."""
+    task = get_task(args.task) if args.task is not None else None
+    if task is None or task.heads[0] not in list_forms():
+        if args.head is not None:
+            raise ConfigError("--head chooses the detector of --task detection: pass --task detection too")
+        return args.models
+    head = task.check_head(args.head) or task.heads[0]
+    named = [model.strip() for model in args.models.split(",") if model.strip()]
+    formed = [model for model in named if ":" in model.removeprefix("timm:")]
+    if formed:
+        raise ConfigError(f"--task {task.name} measures each model with the {head} head: {formed[0]} names a form "
+                          f"already; list plain models, or name NAME:{head} forms without --task")
+    return ",".join(f"{model}:{head}" for model in named)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by ``args``, print the table and ratios, write the files asked for.
 
@@ -124,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     line by the dispatcher).
     """
     config = BenchConfig(
-        models=args.models, mode=args.mode, device=args.device, precision=args.precision,
+        models=_models_of(args), mode=args.mode, device=args.device, precision=args.precision,
         channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size,
         memory_budget_gib=args.memory_budget, max_batch=args.max_batch, img_size=args.img_size,
         warmup=args.warmup, repeats=args.repeats, iters=args.iters, threads=args.threads, timer=args.timer,
