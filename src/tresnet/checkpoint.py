@@ -315,6 +315,15 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict:
     return _describe_metadata(raw, shapes, fmt.name, family)
 
 
+def recorded_head(path: str | os.PathLike) -> str | None:
+    """The head a safetensors file records, read from its header alone (a detector's: ``fcos``, ``retinanet``);
+    None for a pickled file, which is decoded only once, by whatever loads it (ours always write safetensors).
+    Raises :class:`CheckpointError` for a missing or unreadable file."""
+    path = Path(path).expanduser()
+    _check_file(path)
+    return read_checkpoint_metadata(path).get("head") if _is_safetensors(path) else None
+
+
 # --- loading into a model -------------------------------------------------------------------------
 
 
@@ -521,4 +530,4 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, class_names: l
 
 __all__ = ["FORMAT_OFFICIAL", "FORMAT_OURS", "FORMAT_TIMM", "Checkpoint", "CheckpointInfo", "checkpoint_metadata",
            "detect_format", "head_of", "load_checkpoint", "load_state", "open_checkpoint", "read_checkpoint",
-           "read_checkpoint_metadata", "save_checkpoint"]
+           "read_checkpoint_metadata", "recorded_head", "save_checkpoint"]

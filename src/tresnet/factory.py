@@ -10,7 +10,13 @@ from pathlib import Path
 
 from torch import nn
 
-from tresnet.checkpoint import Checkpoint, load_state, open_checkpoint, read_checkpoint_metadata
+from tresnet.checkpoint import (
+    Checkpoint,
+    load_state,
+    open_checkpoint,
+    read_checkpoint_metadata,
+    recorded_head,
+)
 from tresnet.errors import CheckpointError, ConfigError
 from tresnet.layers.ml_decoder import ml_decoder_options
 from tresnet.models.common import check_head
@@ -288,6 +294,6 @@ def load_network(name: str | None = None, *, checkpoint_path: str | os.PathLike 
                  pretrained: bool = False) -> nn.Module:
     """The network a checkpoint holds, whatever its task: a detector (:func:`create_detector`) for a file saved by a
     detection run, else the classifier :func:`create_model` builds. Raises as they do."""
-    if checkpoint_path is not None and read_checkpoint_metadata(checkpoint_path).get("head") in DETECTOR_HEADS:
+    if checkpoint_path is not None and recorded_head(checkpoint_path) in DETECTOR_HEADS:
         return create_detector(name, checkpoint_path=checkpoint_path)
     return create_model(name, checkpoint_path=checkpoint_path, pretrained=pretrained)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from tresnet.data.splits import stratified_split
+from tresnet.data.splits import check_split, stratified_split
 from tresnet.errors import ConfigError, MissingDependencyError
 
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
@@ -49,10 +49,7 @@ class DigitsDataset(Dataset):
 
     def __init__(self, split: str = "train", img_size: int = 32, transform: Callable | None = None,
                  val_fraction: float = 0.2, split_seed: int = 0) -> None:
-        if split not in ("train", "val"):
-            raise ConfigError(f"digits split must be 'train' or 'val', got {split!r}")
-        if not 0.0 < val_fraction < 1.0:
-            raise ConfigError(f"digits val_fraction must lie in (0, 1), got {val_fraction}")
+        check_split(split, val_fraction)
         images, labels = load_digits_images(img_size)
         train, val = stratified_split(labels, val_fraction, split_seed)
         self.indices = train if split == "train" else val

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from tresnet.data.digits import DIGITS_CLASSES, load_digits_images
-from tresnet.data.splits import stratified_split
+from tresnet.data.splits import check_split, stratified_split
 from tresnet.errors import ConfigError
 
 DIGITS_DETECTION = "digits-detection"
@@ -67,10 +67,7 @@ def default_digit_sizes(img_size: int) -> tuple[int, int]:
 def _check_arguments(split: str, img_size: int, num_images: int, val_fraction: float,
                      digit_sizes: tuple[int, int] | None, max_digits: int, empty_fraction: float) -> tuple[int, int]:
     """The digit sizes to draw; raises :class:`ConfigError` naming the first bad argument and its fix."""
-    if split not in _SPLIT_STREAM:
-        raise ConfigError(f"digits detection split must be 'train' or 'val', got {split!r}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"digits val_fraction must lie in (0, 1), got {val_fraction}")
+    check_split(split, val_fraction, "digits detection")
     if num_images < 1:
         raise ConfigError(f"digits detection num_images must be 1 or more, got {num_images}")
     if max_digits < 1:
@@ -324,8 +321,7 @@ class DigitsDetectionDataset(Dataset):
                  num_images: int | None = None, val_fraction: float = 0.2, split_seed: int = 0,
                  digit_sizes: tuple[int, int] | None = None, max_digits: int = 4,
                  empty_fraction: float = 0.05) -> None:
-        if split not in _SPLIT_STREAM:
-            raise ConfigError(f"digits detection split must be 'train' or 'val', got {split!r}")
+        check_split(split, val_fraction, "digits detection")  # before the split names its default size
         num_images = DEFAULT_NUM_IMAGES[split] if num_images is None else num_images
         self.split, self.img_size = split, img_size
         self.images, self.boxes, self.labels = build_digits_canvases(

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tresnet.data.digits import DIGITS_CLASSES, load_digits_images
-from tresnet.data.splits import stratified_split
+from tresnet.data.splits import check_split, stratified_split
 from tresnet.errors import ConfigError
 
 DIGITS_MULTILABEL = "digits-multilabel"
@@ -89,10 +89,7 @@ class DigitsMosaicDataset(Dataset):
     def __init__(self, split: str = "train", img_size: int = 32, transform: Callable | None = None, *,
                  grid: int = 2, num_images: int | None = None, val_fraction: float = 0.2,
                  split_seed: int = 0) -> None:
-        if split not in _SPLIT_STREAM:
-            raise ConfigError(f"digits mosaic split must be 'train' or 'val', got {split!r}")
-        if not 0.0 < val_fraction < 1.0:
-            raise ConfigError(f"digits val_fraction must lie in (0, 1), got {val_fraction}")
+        check_split(split, val_fraction, "digits mosaic")
         if grid < 1:
             raise ConfigError(f"digits mosaic grid must be 1 or more cells per side, got {grid}")
         num_images = DEFAULT_NUM_IMAGES[split] if num_images is None else num_images

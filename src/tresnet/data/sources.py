@@ -331,16 +331,16 @@ def list_sources() -> list[DataSource]:
     return list(_SOURCES.values())
 
 
-def claimed_source(data: str | os.PathLike, annotations: Any = None) -> DataSource | None:
-    """The source ``data`` (with ``annotations``) unmistakably belongs to: a bundled set it names, a COCO json,
-    a CSV; None for a plain folder, which several tasks' sources could read."""
-    return next((source for source in _SOURCES.values() if source.claims(data, annotations)), None)
+def _claiming(data: str | os.PathLike, annotations: Any = None) -> list[DataSource]:
+    """The sources ``data`` (with ``annotations``) unmistakably belongs to: a bundled set it names, a COCO json (for
+    labels and for boxes), a CSV; none for a plain folder, which several tasks' sources could read."""
+    return [source for source in _SOURCES.values() if source.claims(data, annotations)]
 
 
 def data_tasks(data: str | os.PathLike, annotations: Any = None) -> list[str]:
     """The tasks the sources that unmistakably read ``data`` (with ``annotations``) serve, in order: a bundled set's
     one, a COCO file's (multilabel: its labels; detection: its boxes); empty for a plain folder."""
-    tasks = [task for source in _SOURCES.values() if source.claims(data, annotations) for task in source.tasks]
+    tasks = [task for source in _claiming(data, annotations) for task in source.tasks]
     return list(dict.fromkeys(tasks))
 
 
@@ -348,7 +348,7 @@ def find_source(data: str | os.PathLike, task: str, annotations: Any = None) -> 
     """The source that reads ``data`` for ``task``: the one it names or that recognises it, else the task's
     first file source. Raises :class:`ConfigError` when that source serves other tasks (naming the sources of
     ``task``), and :class:`DataError` when no source of ``task`` can read a plain path."""
-    claiming = [s for s in _SOURCES.values() if s.claims(data, annotations)]
+    claiming = _claiming(data, annotations)
     source = next((s for s in claiming if task in s.tasks), claiming[0] if claiming else None)
     if source is None:
         source = next((s for s in _SOURCES.values() if task in s.tasks and not s.embedded
@@ -380,6 +380,6 @@ register_source(CocoBoxes())
 register_source(LabelledImages("csv", "--data labels.csv ('file,labels')",
                                lambda data, annotations: data.lower().endswith(".csv")))
 
-__all__ = ["CocoBoxes", "DataSource", "ImageFolders", "LabelledImages", "TrainData", "ValidationOptions", "claimed_source",
+__all__ = ["CocoBoxes", "DataSource", "ImageFolders", "LabelledImages", "TrainData", "ValidationOptions",
            "data_tasks", "eval_config", "find_source", "list_sources", "random_split", "register_source", "unregister_source",
            "usages"]

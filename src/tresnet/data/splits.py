@@ -6,6 +6,19 @@ from collections.abc import Sequence
 
 import torch
 
+from tresnet.errors import ConfigError
+
+SPLITS = ("train", "val")
+
+
+def check_split(split: str, val_fraction: float, what: str = "digits") -> None:
+    """:class:`ConfigError` for a ``split`` other than train or val, or a ``val_fraction`` outside (0, 1), of the
+    bundled set ``what``."""
+    if split not in SPLITS:
+        raise ConfigError(f"{what} split must be 'train' or 'val', got {split!r}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"digits val_fraction must lie in (0, 1), got {val_fraction}")
+
 
 def stratified_split(targets: Sequence[int] | torch.Tensor, val_fraction: float,
                      seed: int = 0) -> tuple[list[int], list[int]]:
