@@ -13,7 +13,7 @@ from helpers import requires_sklearn
 from training.train_testdata import Killed, kill_mid_second_epoch, make_coco_boxes, torchrun_train
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.data.sources import ValidationOptions
-from tresnet.errors import ConfigError
+from tresnet.errors import ConfigError, MissingDependencyError
 from tresnet.inference.validate import validate
 from tresnet.training.config import build_config
 from tresnet.training.trainer import train
@@ -95,3 +95,15 @@ def test_two_gloo_processes_train_a_detector_and_score_it_over_both(tmp_path):
         data_options=ValidationOptions(annotations=str(annotations)), progress=False)
     assert report.facts.images == 6
     assert 100 * float(rows[-1]["val_ap"]) == pytest.approx(report.stats["ap"], abs=1.0)
+
+
+def test_without_pycocotools_a_detection_run_fails_before_it_trains(tmp_path, monkeypatch):
+    import tresnet.tasks.detection_metrics as metrics
+
+    def missing():
+        raise MissingDependencyError("scoring detections needs pycocotools: pip install 'tresnet[detection]'")
+
+    monkeypatch.setattr(metrics, "_pycocotools", missing)
+    with pytest.raises(MissingDependencyError, match="pycocotools"):
+        train(_config(data="digits-detection", output=str(tmp_path / "run")))
+    assert not (tmp_path / "run" / "resume.pt").exists()

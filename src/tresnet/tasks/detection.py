@@ -38,7 +38,12 @@ from tresnet.models.detection import (
     prepare_backbone,
 )
 from tresnet.tasks.base import DEFAULT_THRESHOLD, CreateModel, LossOptions, NetworkSpec, Task
-from tresnet.tasks.detection_metrics import DetectionScores, DetectionTally, write_results
+from tresnet.tasks.detection_metrics import (
+    DetectionScores,
+    DetectionTally,
+    require_pycocotools,
+    write_results,
+)
 from tresnet.tasks.outputs import RunFacts
 
 DETECTION = "detection"
@@ -177,6 +182,7 @@ class Detection(Task):
 
     def create_loss(self, name: str | None, options: LossOptions) -> nn.Module:
         self.check_loss(name)
+        require_pycocotools()  # each epoch is scored by pycocotools: say so before training, not after an epoch
         return DetectorLoss()
 
     def train_transform(self, augmentation: Any, pretrained_cfg: dict, img_size: int) -> Callable:

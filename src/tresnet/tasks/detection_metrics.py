@@ -45,13 +45,19 @@ _COCOEVAL_LINES = (
 )
 
 
+def require_pycocotools() -> None:
+    """:class:`MissingDependencyError` now, rather than after an epoch, when pycocotools is not installed."""
+    _pycocotools()
+
+
 def _pycocotools() -> tuple[Any, Any]:
     """pycocotools' ``(COCO, COCOeval)``; :class:`MissingDependencyError` when it is not installed."""
     try:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     except ImportError as e:
-        raise MissingDependencyError("scoring detections needs pycocotools: pip install 'tresnet[detection]'") from e
+        raise MissingDependencyError("scoring detections needs pycocotools: pip install 'tresnet[detection]' (or "
+                                     "'tresnet[train]')") from e
     return COCO, COCOeval
 
 
@@ -323,4 +329,4 @@ class DetectionTally:
 
 
 __all__ = ["DetectionRecords", "DetectionScores", "DetectionTally", "coco_ground_truth", "coco_results",
-           "coco_stats", "ground_truth_annotations", "write_results"]
+           "coco_stats", "ground_truth_annotations", "require_pycocotools", "write_results"]
