@@ -7,13 +7,13 @@ import argparse
 
 from tresnet.cli import _common as common
 from tresnet.deploy.exactness import BOUNDS
-from tresnet.deploy.export import (
+from tresnet.deploy.export import export_model
+from tresnet.deploy.export_files import (
     DEFAULT_OPSET,
     EXPORT_NUMBER_FORMATS,
     FORMATS,
     MIN_OPSET,
     check_export_args,
-    export_model,
 )
 from tresnet.deploy.inference import check_calibration_options, check_int8_backend
 from tresnet.deploy.int8 import Calibration

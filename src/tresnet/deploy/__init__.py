@@ -4,14 +4,13 @@ against the float64 result."""
 
 from tresnet.deploy.deployed import DeployedModel
 from tresnet.deploy.exactness import BOUNDS, Agreement, check_against_exact
-from tresnet.deploy.export import (
+from tresnet.deploy.export import export_model, prepare_for_export
+from tresnet.deploy.export_files import (
     EXPORT_NUMBER_FORMATS,
     FORMATS,
     ExportError,
     ExportMismatchError,
     ExportReport,
-    export_model,
-    prepare_for_export,
 )
 from tresnet.deploy.fusion import fuse
 from tresnet.deploy.int8 import (

@@ -18,12 +18,10 @@ bfloat16 convolution on the CPU.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,112 +29,26 @@ from torch import nn
 
 from tresnet.data.transforms import Preprocessing
 from tresnet.deploy.exactness import Agreement, agreement, as_list, exact_outputs, fp32_outputs
+from tresnet.deploy.export_files import (
+    DEFAULT_OPSET,
+    PREPROCESSING_METADATA,
+    TRACE_BATCH,
+    ExportError,
+    ExportMismatchError,
+    ExportReport,
+    check_export_args,
+    record_metadata,
+    run_onnx,
+    write_atomically,
+)
 from tresnet.deploy.fusion import cast_for_inference, fuse
 from tresnet.deploy.int8 import DEFAULT_CALIBRATION_IMAGES, Calibration, quantize_onnx, resolve_calibration
-from tresnet.deploy.onnx_runtime import require_onnx
-from tresnet.errors import ConfigError, FileWriteError, TResNetError
-from tresnet.files import atomic_write
-
-FORMATS = ("onnx", "torchscript")
-# The number format of the file (``--number-format``): its weights and activations, not an autocast.
-EXPORT_NUMBER_FORMATS = ("fp32", "fp16", "bf16", "int8")
-DEFAULT_OPSET = 17
-MIN_OPSET = 9  # ONNX Runtime lacks kernels for some of our ops below this
-
-
-def max_opset() -> int:
-    """The newest opset PyTorch's exporter writes."""
-    try:
-        from torch.onnx._constants import ONNX_MAX_OPSET
-    except ImportError:  # a private module: fall back to a version every supported torch writes
-        return 20
-    return int(ONNX_MAX_OPSET)
+from tresnet.errors import ConfigError, TResNetError
 
 DEFAULT_IMG_SIZE = 224
-# Batch sizes the exported file is checked at: the traced one, and another when the batch is dynamic.
-TRACE_BATCH = 1
+# The exported file is checked at the traced batch size (TRACE_BATCH), and at another when the batch is dynamic.
 CHECK_SEED = 0  # the check's random images are the same at every export
 DYNAMIC_CHECK_BATCH = 3
-
-
-class ExportError(TResNetError):
-    """An export that cannot be written where asked."""
-
-
-class ExportMismatchError(ExportError):
-    """An exported model whose outputs are further from the float64 result than its number format allows."""
-
-
-@dataclass(frozen=True)
-class ExportReport:
-    """What :func:`export_model` wrote and how close it is to the exact (float64) result.
-
-    ``max_abs_diff`` / ``max_rel_diff``: the file's largest difference from the float64 outputs, absolute
-    and as a fraction of the largest float64 output; ``fp32_error``: the latter for the fp32 PyTorch
-    model on the same images; ``limit``: the largest ``max_rel_diff`` accepted.
-    """
-
-    path: Path
-    format: str
-    img_size: tuple[int, int]
-    fused: bool
-    number_format: str
-    dynamic_batch: bool
-    opset: int | None
-    batch_sizes: tuple[int, ...]
-    max_abs_diff: float
-    max_rel_diff: float
-    fp32_error: float
-    limit: float
-    calibration_images: int | None = None
-    preprocessing: dict | None = None  # what the file's inputs must be (Preprocessing.to_dict), also in the file
-
-    def summary(self) -> str:
-        """One line for the command line."""
-        details = [self.format + (f" (opset {self.opset})" if self.opset else ""),
-                   "fused" if self.fused else "not fused", self.number_format,
-                   f"{self.img_size[0]}x{self.img_size[1]}",
-                   "dynamic batch" if self.dynamic_batch else f"batch {TRACE_BATCH}"]
-        if self.calibration_images:
-            details.append(f"calibrated on {self.calibration_images} images")
-        batches = ", ".join(str(b) for b in self.batch_sizes)
-        return (f"wrote {self.path} ({', '.join(details)}); at batch {batches} its outputs are "
-                f"{self.max_rel_diff:.2g} of the largest output from the float64 result (PyTorch fp32: "
-                f"{self.fp32_error:.2g}; limit {self.limit:.2g})")
-
-
-def check_export_args(format: str, output: str | os.PathLike, opset: int = DEFAULT_OPSET,
-                      number_format: str = "fp32") -> Path:
-    """Validate the format, the number format, the opset and the output path before any work; return the path.
-
-    Raises :class:`~tresnet.errors.ConfigError` for an unknown format or number format, a number format the
-    format cannot hold (bfloat16 ONNX, int8 TorchScript) and an opset outside what we can write and run,
-    :class:`ExportError` for an output that is a folder, and
-    :class:`~tresnet.errors.MissingDependencyError` when ONNX is asked for without its packages.
-    """
-    if format not in FORMATS:
-        raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    if number_format not in EXPORT_NUMBER_FORMATS:
-        raise ConfigError(f"bad --number-format {number_format!r} for export: choose one of "
-                          f"{', '.join(EXPORT_NUMBER_FORMATS)} (the number format of the exported file)")
-    if format == "onnx" and number_format == "bf16":
-        raise ConfigError("ONNX Runtime has no bfloat16 convolution on the CPU, so a bf16 ONNX file could not be "
-                          "checked or run there: export bf16 as --format torchscript, or fp32 / int8 as ONNX")
-    if format == "torchscript" and number_format == "int8":
-        raise ConfigError("int8 export writes ONNX (ONNX Runtime's static quantization): use --format onnx; from "
-                          "Python, tresnet.deploy.quantize gives the (faster) PyTorch int8 model")
-    if format == "onnx" and not MIN_OPSET <= opset <= max_opset():
-        raise ConfigError(f"ONNX opset {opset} is not supported; choose one from {MIN_OPSET} to {max_opset()} "
-                          f"(default {DEFAULT_OPSET})")
-    if number_format == "int8" and opset < 13:
-        raise ConfigError(f"int8 ONNX needs opset 13 or newer (per-channel QuantizeLinear), got {opset}")
-    path = Path(output).expanduser()
-    if path.is_dir():
-        suffix = ".onnx" if format == "onnx" else ".pt"
-        raise ExportError(f"output {path} is a folder; give a file path such as {path / ('model' + suffix)}")
-    if format == "onnx":
-        require_onnx()
-    return path
 
 
 def _img_size(model: nn.Module, img_size: int | tuple[int, int] | None) -> tuple[int, int]:
@@ -193,14 +105,6 @@ def _write_onnx(prepared: nn.Module, example: torch.Tensor, path: str, *, opset:
                               do_constant_folding=True)
 
 
-def _run_onnx(path: str, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    onnx, ort = require_onnx()
-    onnx.checker.check_model(path)
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return [[torch.from_numpy(o).float() for o in session.run(None, {name: x.numpy()})] for x in inputs]
-
-
 def _write_torchscript(prepared: nn.Module, example: torch.Tensor, path: str, *, listed: bool) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic
@@ -240,9 +144,6 @@ def _onnx_int8(prepared: nn.Module, example: torch.Tensor, path: str, calibratio
         quantize_onnx(float_path, path, calibration)
 
 
-PREPROCESSING_METADATA = "tresnet_preprocessing"  # the key (ONNX metadata_props) or extra file (TorchScript, .json)
-
-
 def export_preprocessing(model: nn.Module, size: tuple[int, int]) -> dict | None:
     """How the inputs of ``model``'s exported file are prepared (:class:`~tresnet.data.transforms.Preprocessing`
     at the export size, as a dict), or None for a model without a configuration."""
@@ -250,25 +151,6 @@ def export_preprocessing(model: nn.Module, size: tuple[int, int]) -> dict | None
     if not cfg:
         return None
     return replace(Preprocessing.of(model), img_size=tuple(size)).to_dict()
-
-
-def _record_preprocessing(path: str, format: str, preprocessing: dict | None) -> None:
-    """Write ``preprocessing`` into the exported file: ONNX ``metadata_props`` or a TorchScript extra file."""
-    if preprocessing is None:
-        return
-    text = json.dumps(preprocessing)
-    if format == "onnx":
-        onnx, _ = require_onnx()
-        proto = onnx.load(path)
-        entry = next((p for p in proto.metadata_props if p.key == PREPROCESSING_METADATA), None)
-        entry = entry or proto.metadata_props.add(key=PREPROCESSING_METADATA)
-        entry.value = text
-        onnx.save(proto, path)
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.load(path, map_location="cpu"), path,
-                       _extra_files={f"{PREPROCESSING_METADATA}.json": text})
 
 
 def _write_and_run(prepared: nn.Module, inputs: list[torch.Tensor], tmp: str, *, format: str, opset: int,
@@ -287,7 +169,7 @@ def _write_and_run(prepared: nn.Module, inputs: list[torch.Tensor], tmp: str, *,
             else:
                 _write_onnx(prepared, inputs[0], tmp, opset=opset, dynamic_batch=dynamic_batch,
                             output_names=output_names)
-            return _run_onnx(tmp, inputs)
+            return run_onnx(tmp, inputs)
         _write_torchscript(prepared, inputs[0], tmp, listed=listed)
         return _run_torchscript(tmp, inputs)
     except (TResNetError, OSError):
@@ -325,17 +207,6 @@ def _check_agreement(found: Agreement, format: str, path: Path) -> None:
             f"the exported {format} model ({found.number_format}) is {found.describe()}: too far to be rounding; "
             f"nothing was written to {path}"
         )
-
-
-def _write_atomically(path: Path, write_and_check: Callable[[str], None]) -> None:
-    """:func:`tresnet.files.atomic_write`, with a failure to write as one :class:`ExportError` that says what to do."""
-    try:
-        atomic_write(path, write_and_check)
-    except FileWriteError as e:  # the folder cannot be created or written to
-        raise ExportError(str(e)) from e
-    except OSError as e:
-        raise ExportError(f"cannot write {path}: {e.strerror or e}; choose an output path in a writable "
-                          f"folder with free space") from e
 
 
 def _calibration_batch(model: nn.Module, calibration: Calibration | None, size: tuple[int, int]) -> torch.Tensor:
@@ -391,10 +262,10 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
                              output_names=output_names, listed=listed, model_name=type(model).__name__,
                              calibration=calibration_batch)
         found.append(_judge(got, exact, fp32, number_format, tolerance, format, path))
-        _record_preprocessing(tmp, format, preprocessing)  # metadata only: the checked graph is unchanged
+        record_metadata(tmp, format, {PREPROCESSING_METADATA: preprocessing})  # metadata only: the checked graph is unchanged
 
     preprocessing = export_preprocessing(model, size)
-    _write_atomically(path, write_and_check)
+    write_atomically(path, write_and_check)
     result = found[0]
     return ExportReport(path=path, format=format, img_size=size, fused=fused, number_format=number_format,
                         dynamic_batch=dynamic_batch, opset=opset if format == "onnx" else None,
@@ -404,6 +275,4 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
                         preprocessing=preprocessing)
 
 
-__all__ = ["DEFAULT_OPSET", "EXPORT_NUMBER_FORMATS", "FORMATS", "MIN_OPSET", "ExportError", "ExportMismatchError",
-           "ExportReport", "PREPROCESSING_METADATA", "check_export_args", "export_model", "export_preprocessing",
-           "max_opset", "prepare_for_export"]
+__all__ = ["export_model", "export_preprocessing", "prepare_for_export"]
