@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from tresnet.cli import _common as common
+from tresnet.deploy.detection_export import DETECTOR_METADATA
 from tresnet.deploy.exactness import BOUNDS
 from tresnet.deploy.export import export_model
 from tresnet.deploy.export_files import (
@@ -18,6 +19,8 @@ from tresnet.deploy.export_files import (
 from tresnet.deploy.inference import check_calibration_options, check_int8_backend
 from tresnet.deploy.int8 import Calibration
 from tresnet.errors import ConfigError
+from tresnet.inference.evaluate import resolve_task
+from tresnet.tasks import list_tasks
 
 NUMBER_FORMAT_HELP = (f"the number format of the file's weights and activations: {', '.join(EXPORT_NUMBER_FORMATS)} "
                       f"(default fp32); bf16 writes TorchScript, int8 ONNX")
@@ -34,8 +37,13 @@ def add_parser(subparsers) -> None:
                     f"{BOUNDS['bf16'].floor:g}, int8 {BOUNDS['int8'].floor:g}). --number-format bf16 writes "
                     "TorchScript (ONNX Runtime has no bfloat16 convolution); --number-format int8 writes ONNX "
                     "quantized by ONNX Runtime (the onnx int8 backend; pt2e has no file form), calibrated on "
-                    "--calibration images.")
+                    "--calibration images. A detector (a checkpoint of train --task detection) exports whole and in fp32: "
+                    "resize, network and post-processing; its network is checked against float64 and its "
+                    "post-processing against torchvision's (docs/detection.md).")
     common.add_model_arguments(p, pretrained=False)
+    p.add_argument("--task", choices=list_tasks(), default=None,
+                   help="what the exported network does: multiclass, multilabel or detection (default: the "
+                        "checkpoint's; a detection checkpoint exports the whole detector, see docs/detection.md)")
     p.add_argument("--format", required=True, metavar="FORMAT", help=f"one of: {', '.join(FORMATS)}")
     p.add_argument("--output", required=True, help="file to write, e.g. tresnet_m.onnx or tresnet_m.pt")
     p.add_argument("--dynamic-batch", action="store_true", help="leave the batch size free (checked at 1 and 3)")
@@ -67,16 +75,29 @@ def _check_int8_backend(number_format: str, backend: str | None) -> None:
     check_int8_backend(number_format, "onnx" if backend == "auto" else backend)
 
 
+def check_task(model, task: str | None) -> None:
+    """:class:`ConfigError` when ``--task`` is not the task of the network ``--model`` / ``--checkpoint`` give."""
+    chosen = resolve_task(model, task)
+    head = model.pretrained_cfg.get("head")
+    if head is not None and head not in chosen.heads:
+        raise ConfigError(f"{model.pretrained_cfg.get('model')} with a {head} head is not a {chosen.name} network: "
+                          f"export a checkpoint saved by `tresnet train --task {chosen.name}`, or leave --task out")
+
+
 def run(args: argparse.Namespace) -> int:
     number_format = _number_format(args)
     check_export_args(args.format, args.output, args.opset, number_format)  # fail before building the model
     model = common.load_model(args, "export")
+    check_task(model, args.task)
     report = export_model(model, args.output, format=args.format, img_size=args.img_size,
                           dynamic_batch=args.dynamic_batch, number_format=number_format, fused=not args.no_fuse,
                           opset=args.opset,
                           calibration=Calibration(args.calibration, args.calibration_images)
                           if args.calibration is not None else None)
     print(report.summary())
+    if report.takes is not None:
+        print(f"the file takes {report.takes}; it records its detector in "
+              f"{'its metadata_props' if report.format == 'onnx' else 'its extra file'} '{DETECTOR_METADATA}'")
     if report.preprocessing is not None:
         where = ("its metadata_props 'tresnet_preprocessing'" if report.format == "onnx" else
                  "its extra file 'tresnet_preprocessing.json'")

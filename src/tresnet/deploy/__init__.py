@@ -3,6 +3,7 @@ images (:func:`quantize`, PT2E; or :func:`onnx_model`, ONNX Runtime), and ONNX /
 against the float64 result."""
 
 from tresnet.deploy.deployed import DeployedModel
+from tresnet.deploy.detection_export import DetectorNetwork, detect_with, export_detector
 from tresnet.deploy.exactness import BOUNDS, Agreement, check_against_exact
 from tresnet.deploy.export import export_model, prepare_for_export
 from tresnet.deploy.export_files import (
@@ -37,6 +38,9 @@ __all__ = [
     "Calibration",
     "ExportError",
     "DeployedModel",
+    "DetectorNetwork",
+    "detect_with",
+    "export_detector",
     "ExportMismatchError",
     "ExportReport",
     "Int8Model",

@@ -28,15 +28,16 @@ import torch
 from torch import nn
 
 from tresnet.data.transforms import Preprocessing
-from tresnet.deploy.exactness import Agreement, agreement, as_list, exact_outputs, fp32_outputs
+from tresnet.deploy.detection_export import export_detector, is_detector
+from tresnet.deploy.exactness import Agreement, as_list, exact_outputs, fp32_outputs
 from tresnet.deploy.export_files import (
     DEFAULT_OPSET,
     PREPROCESSING_METADATA,
     TRACE_BATCH,
     ExportError,
-    ExportMismatchError,
     ExportReport,
     check_export_args,
+    judge,
     record_metadata,
     run_onnx,
     write_atomically,
@@ -187,28 +188,6 @@ def _check_images(model: nn.Module, calibration: torch.Tensor | None, batch_size
     return _random_images(batch_sizes, getattr(model, "in_chans", 3), size, seed)
 
 
-def _judge(got, exact, fp32, number_format: str, tolerance: float | None, format: str, path: Path) -> Agreement:
-    """The file's :class:`Agreement` with the float64 result (``tolerance``, when given, as its limit);
-    :class:`ExportMismatchError` when its outputs do not fit or it is beyond its limit."""
-    try:
-        found = agreement(got, exact, fp32, number_format)
-    except ValueError as e:
-        raise ExportMismatchError(f"the exported {format} model gives an {e}; nothing was written to {path}") from e
-    if tolerance is not None:
-        found = Agreement(**{**found.__dict__, "limit": tolerance})
-    _check_agreement(found, format, path)
-    return found
-
-
-def _check_agreement(found: Agreement, format: str, path: Path) -> None:
-    """:class:`ExportMismatchError` when ``found`` is beyond its limit."""
-    if not found.ok:
-        raise ExportMismatchError(
-            f"the exported {format} model ({found.number_format}) is {found.describe()}: too far to be rounding; "
-            f"nothing was written to {path}"
-        )
-
-
 def _calibration_batch(model: nn.Module, calibration: Calibration | None, size: tuple[int, int]) -> torch.Tensor:
     """The int8 calibration images: a ready batch, or ``calibration.count`` images of a folder at ``size``."""
     if calibration is None:
@@ -243,6 +222,9 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
     :class:`ExportError` (an output that cannot be written, or a file the exporter, the quantizer or the
     runtime refuses) and :class:`ExportMismatchError`.
     """
+    if is_detector(model):
+        return export_detector(model, output, format=format, opset=opset, fused=fused, number_format=number_format,
+                               dynamic_batch=dynamic_batch, img_size=img_size, tolerance=tolerance)
     path = check_export_args(format, output, opset, number_format)
     size = _img_size(model, img_size)
     calibration_batch = None
@@ -261,7 +243,7 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
         got = _write_and_run(prepared, inputs, tmp, format=format, opset=opset, dynamic_batch=dynamic_batch,
                              output_names=output_names, listed=listed, model_name=type(model).__name__,
                              calibration=calibration_batch)
-        found.append(_judge(got, exact, fp32, number_format, tolerance, format, path))
+        found.append(judge(got, exact, fp32, number_format, tolerance, format, path))
         record_metadata(tmp, format, {PREPROCESSING_METADATA: preprocessing})  # metadata only: the checked graph is unchanged
 
     preprocessing = export_preprocessing(model, size)

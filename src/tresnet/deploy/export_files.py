@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from tresnet.deploy.exactness import Agreement, agreement
 from tresnet.deploy.onnx_runtime import require_onnx
 from tresnet.errors import ConfigError, FileWriteError, TResNetError
 from tresnet.files import atomic_write
@@ -79,8 +80,8 @@ class ExportReport:
             details.append(f"calibrated on {self.calibration_images} images")
         batches = ", ".join(str(b) for b in self.batch_sizes)
         what = "network's outputs" if self.boxes_checked is not None else "outputs"
-        checked = (f"; its post-processing gives torchvision's boxes ({self.boxes_checked} compared)"
-                   if self.boxes_checked is not None else "")
+        checked = (f"; its post-processing gives torchvision's detections ({self.boxes_checked} boxes untied in "
+                   f"score compared whole)" if self.boxes_checked is not None else "")
         return (f"wrote {self.path} ({', '.join(details)}); at batch {batches} its {what} are "
                 f"{self.max_rel_diff:.2g} of the largest output from the float64 result (PyTorch fp32: "
                 f"{self.fp32_error:.2g}; limit {self.limit:.2g}){checked}")
@@ -151,6 +152,28 @@ def record_metadata(path: str, format: str, entries: dict[str, dict | None]) -> 
                        _extra_files={f"{key}.json": text for key, text in texts.items()})
 
 
+def judge(got, exact, fp32, number_format: str, tolerance: float | None, format: str, path: Path) -> Agreement:
+    """The file's :class:`Agreement` with the float64 result (``tolerance``, when given, as its limit);
+    :class:`ExportMismatchError` when its outputs do not fit or it is beyond its limit."""
+    try:
+        found = agreement(got, exact, fp32, number_format)
+    except ValueError as e:
+        raise ExportMismatchError(f"the exported {format} model gives an {e}; nothing was written to {path}") from e
+    if tolerance is not None:
+        found = Agreement(**{**found.__dict__, "limit": tolerance})
+    check_agreement(found, format, path)
+    return found
+
+
+def check_agreement(found: Agreement, format: str, path: Path) -> None:
+    """:class:`ExportMismatchError` when ``found`` is beyond its limit."""
+    if not found.ok:
+        raise ExportMismatchError(
+            f"the exported {format} model ({found.number_format}) is {found.describe()}: too far to be rounding; "
+            f"nothing was written to {path}"
+        )
+
+
 def write_atomically(path: Path, write_and_check: Callable[[str], None]) -> None:
     """:func:`tresnet.files.atomic_write`, with a failure to write as one :class:`ExportError` that says what to do."""
     try:
@@ -165,5 +188,6 @@ def write_atomically(path: Path, write_and_check: Callable[[str], None]) -> None
 
 
 __all__ = ["DEFAULT_OPSET", "EXPORT_NUMBER_FORMATS", "FORMATS", "MIN_OPSET", "PREPROCESSING_METADATA", "TRACE_BATCH",
-           "ExportError", "ExportMismatchError", "ExportReport", "check_export_args", "max_opset", "record_metadata",
+           "ExportError", "ExportMismatchError", "ExportReport", "check_agreement", "check_export_args", "judge", "max_opset",
+           "record_metadata",
            "run_onnx", "write_atomically"]
