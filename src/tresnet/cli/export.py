@@ -96,8 +96,10 @@ def run(args: argparse.Namespace) -> int:
                           if args.calibration is not None else None)
     print(report.summary())
     if report.takes is not None:
-        print(f"the file takes {report.takes}; it records its detector in "
-              f"{'its metadata_props' if report.format == 'onnx' else 'its extra file'} '{DETECTOR_METADATA}'")
+        where = (f"its metadata_props '{DETECTOR_METADATA}'" if report.format == "onnx" else
+                 f"its extra file '{DETECTOR_METADATA}.json' (import torchvision before torch.jit.load: its NMS is "
+                 f"torchvision's)")
+        print(f"the file takes {report.takes}; it records its detector in {where}")
     if report.preprocessing is not None:
         where = ("its metadata_props 'tresnet_preprocessing'" if report.format == "onnx" else
                  "its extra file 'tresnet_preprocessing.json'")

@@ -281,7 +281,8 @@ def _metadata(model: nn.Module, format: str) -> dict:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     info = getattr(model, "checkpoint_info", None)
     takes = ("one (3, H, W) image in [0, 1] and a score_threshold; gives boxes (x1, y1, x2, y2), scores, labels"
-             if format == "onnx" else "a list of (3, H, W) images in [0, 1]; gives (losses, detections)")
+             if format == "onnx" else "a list of (3, H, W) images in [0, 1]; gives (losses, detections); import torchvision "
+                "before torch.jit.load")
     return {"model": cfg.get("model"), "head": cfg.get("head"), "network": cfg.get("network"),
             "class_names": info.metadata.get("class_names") if info is not None else None, "takes": takes}
 
