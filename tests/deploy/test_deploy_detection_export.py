@@ -24,6 +24,7 @@ from tresnet.deploy.detection_export import (
     compare_detections,
     detect_with,
     head_output_names,
+    resize_rounds,
 )
 from tresnet.errors import ConfigError
 
@@ -170,6 +171,13 @@ def test_a_broken_file_is_refused_and_nothing_is_written(fcos, monkeypatch, tmp_
 def test_options_a_detector_file_does_not_take(fcos, tmp_path, options, message):
     with pytest.raises(ConfigError, match=message):
         export_model(fcos, tmp_path / "det.out", **{"format": "torchscript", **options})
+
+
+def test_a_size_whose_exported_resize_rounds_is_refused(tmp_path):
+    detector = tresnet.create_detector("genet_light", num_classes=2, min_size=107, fpn_channels=64)
+    with pytest.raises(ConfigError, match="min_size 107: .*multiple of 32"):
+        export_model(detector, tmp_path / "det.pt", format="torchscript")
+    assert not resize_rounds(800) and not resize_rounds(128)
 
 
 def test_a_runtime_refusal_is_one_export_error(fcos, monkeypatch, tmp_path):

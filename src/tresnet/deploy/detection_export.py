@@ -138,6 +138,15 @@ def _with_threshold(detector: nn.Module, score_threshold: float) -> nn.Module:
     return copied
 
 
+def _check_size(detector: nn.Module) -> None:
+    """:class:`ConfigError` for a ``min_size`` that torchvision's exported resize shrinks (:func:`resize_rounds`)."""
+    side = detector.transform.min_size[-1]
+    if resize_rounds(side):
+        raise ConfigError(f"min_size {side}: torchvision's scripted and traced resize computes {side} / {side} as "
+                          f"{side} * float32(1 / {side}), just below 1, so the file would shrink every image of that "
+                          f"size by a pixel where PyTorch keeps it; a min_size that is a multiple of 32 exports exactly")
+
+
 def _check_options(number_format: str, dynamic_batch: bool, img_size, opset: int, format: str) -> None:
     if number_format != "fp32":
         raise ConfigError(f"a detector exports in fp32 only, not {number_format}: the reduced number formats are "
@@ -154,12 +163,21 @@ def _check_options(number_format: str, dynamic_batch: bool, img_size, opset: int
                           f"size), got {opset}")
 
 
+def resize_rounds(side: int) -> bool:
+    """Whether torchvision's scripted or traced resize shrinks an image whose side is ``side`` already: it computes
+    the scale ``side / side`` as ``side * float32(1 / side)``, which falls below 1 for some sides (107, 214, ...;
+    never a multiple of 32), and the image loses a pixel. Eager PyTorch divides in float64 and keeps it."""
+    return float(torch.tensor(float(side)).reciprocal() * float(side)) < 1.0
+
+
 def check_images(detector: nn.Module) -> list[torch.Tensor]:
-    """Two seeded random images in [0, 1] at the detector's own size (its resize is the identity there): its
-    shorter side square, and one wider by :data:`WIDER_BY` within its longest side."""
+    """Two seeded random images in [0, 1] that the detector does not resize: its shorter side square, and one wider
+    by up to :data:`WIDER_BY` in steps of 32, short of its longest side (a scale computed from the longest side can
+    round as :func:`resize_rounds` says)."""
     side, longest = detector.transform.min_size[-1], detector.transform.max_size
+    wider = max(side, side + (min(WIDER_BY, longest - 1 - side) // 32) * 32)
     gen = torch.Generator().manual_seed(CHECK_SEED)
-    return [torch.rand(3, side, side, generator=gen), torch.rand(3, side, min(side + WIDER_BY, longest), generator=gen)]
+    return [torch.rand(3, side, side, generator=gen), torch.rand(3, side, wider, generator=gen)]
 
 
 def _network_batches(detector: nn.Module, images: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -329,6 +347,7 @@ def export_detector(model: nn.Module, output: str | os.PathLike, *, format: str,
     """
     path = check_export_args(format, output, opset, number_format)
     _check_options(number_format, dynamic_batch, img_size, opset, format)
+    _check_size(model)
     was_training = model.training
     try:
         return _export(model.eval(), path, format, opset, fused, tolerance)
