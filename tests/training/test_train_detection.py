@@ -56,6 +56,16 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path):
     assert resumed["best_ap"] == straight["best_ap"] and resumed["epochs"] == 2
 
 
+@pytest.mark.filterwarnings("ignore::tresnet.runtime.EmulatedBf16Warning")
+def test_a_bf16_run_trains_and_saves_fp32_weights(tmp_path):
+    summary = train(_config(data="digits-detection", precision="bf16", output=str(tmp_path / "run")))
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert torch.isfinite(torch.tensor(float(rows[0]["train_loss"]))) and 0.0 <= summary["best_ap"] <= 1.0
+    weights = load_file(str(tmp_path / "run" / "best.safetensors"))
+    assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
+    assert read_checkpoint_metadata(tmp_path / "run" / "best.safetensors")["precision"] == "bf16"
+
+
 def test_a_run_on_a_coco_folder(tmp_path):
     images, annotations = make_coco_boxes(tmp_path / "coco")
     train(_config(data=str(images), annotations=str(annotations), val_split=0.34, batch_size=2,

@@ -27,7 +27,8 @@ decoded in fp16 loses whole pixels on large images); ``--dynamic-batch`` (a Torc
 any length already, an ONNX one an image per call); an export size (the detector resizes every image itself).
 torchvision computes the resize scale in float32 in a scripted or traced detector and in float64 in eager PyTorch,
 so an image whose resized side falls within rounding of a whole pixel can come out a pixel shorter in the file;
-an image already at the detector's size is not resized at all.
+an image already at the detector's size is not resized at all, except at the ``min_size`` values where even
+``min_size / min_size`` rounds below 1 there (:func:`resize_rounds`), which the export refuses.
 """
 
 from __future__ import annotations
