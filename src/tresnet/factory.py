@@ -20,14 +20,7 @@ from tresnet.checkpoint import (
 from tresnet.errors import CheckpointError, ConfigError
 from tresnet.layers.ml_decoder import ml_decoder_options
 from tresnet.models.common import check_head
-from tresnet.models.detection import (
-    DETECTOR_HEADS,
-    FEATURE_INDICES,
-    DetectorConfig,
-    DetectorOptions,
-    build_detector,
-    prepare_backbone,
-)
+from tresnet.models.detection import DETECTOR_HEADS, DetectorConfig, DetectorOptions
 from tresnet.models.registry import (
     PREPROCESSING_KEYS,
     build_model,
@@ -37,7 +30,7 @@ from tresnet.models.registry import (
 )
 from tresnet.tasks import DEFAULT_TASK, NetworkSpec, get_task
 from tresnet.tasks.detection import TASK as DETECTION_TASK
-from tresnet.tasks.detection import describe_detector
+from tresnet.tasks.detection import assemble_detector, detector_body
 
 # File names looked for in the cache, per model name: ours, the official release's, timm's hub layout.
 _CACHE_PATTERNS = ("{name}.safetensors", "{name}.pth", "{name}.pth.tar", "{name}.bin",
@@ -219,10 +212,8 @@ def _saved_detector(ckpt: Checkpoint, options: DetectorOptions, overrides: dict)
     """The detector a checkpoint of ours holds, rebuilt from its recorded configuration (the post-processing
     ``overrides`` replace the recorded ones) with its weights; its norms as ``options`` say (frozen by default)."""
     config = DetectorConfig.from_dict({**ckpt.metadata["network"], **overrides})
-    body = create_model(ckpt.metadata.get("model"), features_only=True, out_indices=FEATURE_INDICES,
-                        norm=ckpt.metadata.get("norm") or None)
-    prepare_backbone(body, options, from_weights=True)
-    detector = describe_detector(build_detector(body, config), body, config)
+    body = detector_body(create_model, ckpt.metadata.get("model"), norm=ckpt.metadata.get("norm") or None)
+    detector = assemble_detector(body, config, options, from_weights=True)
     missing, unexpected = detector.load_state_dict(ckpt.state_dict, strict=False)
     missing = [key for key in missing if not key.endswith("num_batches_tracked")]  # frozen norms keep no count
     if missing or unexpected:

@@ -48,18 +48,18 @@ from torchvision.models.detection import FCOS, RetinaNet
 from tresnet.deploy.exactness import Agreement, exact_outputs, fp32_outputs, run_outputs
 from tresnet.deploy.export_files import (
     DEFAULT_OPSET,
-    ExportError,
     ExportMismatchError,
     ExportReport,
     check_export_args,
     judge,
     record_metadata,
-    run_onnx,
+    refusal_as_error,
     write_atomically,
+    write_onnx,
 )
 from tresnet.deploy.fusion import fuse
 from tresnet.deploy.onnx_runtime import require_onnx
-from tresnet.errors import ConfigError, TResNetError
+from tresnet.errors import ConfigError
 
 DETECTOR_TYPES = (FCOS, RetinaNet)
 DETECTOR_METADATA = "tresnet_detector"  # the key (ONNX metadata_props) or extra file (TorchScript, .json)
@@ -108,9 +108,10 @@ def detect_with(detector: nn.Module, run_network: Callable, images: Sequence[tor
     *outputs, level_sizes = run_network(batch.tensors)
     heads = dict(zip(head_output_names(detector), outputs, strict=True))
     # the anchors need only each level's map size
-    features = [batch.tensors.new_empty((1, 0, int(h), int(w))) for h, w in level_sizes.tolist()]
+    sizes = [(int(h), int(w)) for h, w in level_sizes.tolist()]
+    features = [batch.tensors.new_empty((1, 0, h, w)) for h, w in sizes]
     anchors = detector.anchor_generator(batch, features)
-    locations = [int(h) * int(w) for h, w in level_sizes.tolist()]
+    locations = [h * w for h, w in sizes]
     per_location = heads["cls_logits"].shape[1] // sum(locations)  # RetinaNet: 9 anchors; FCOS: 1
     counts = [n * per_location for n in locations]
     split_heads = {name: list(output.split(counts, dim=1)) for name, output in heads.items()}
@@ -213,35 +214,28 @@ def _write_torchscript(prepared: nn.Module, example: torch.Tensor, tmp: str) -> 
     return DetectorNetwork(loaded), detect
 
 
-def _export_onnx(module: nn.Module, args: tuple, path: str, *, opset: int, names: tuple[list[str], list[str]],
-                 dynamic_axes: dict) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer warnings
-        with torch.no_grad():
-            torch.onnx.export(module, args, path, dynamo=False, opset_version=opset, input_names=names[0],
-                              output_names=names[1], dynamic_axes=dynamic_axes, do_constant_folding=True)
-
-
 def _write_onnx(prepared: nn.Module, example: torch.Tensor, tmp: str, *, opset: int,
                 folder: str) -> tuple[Callable, Callable]:
     """Write the file (the whole detector) and, in ``folder``, its network alone; return the network's outputs and
     the file's detections (score threshold 0) as functions of ONNX Runtime sessions."""
     network_path = str(Path(folder) / "network.onnx")
     outputs = [*head_output_names(prepared), "level_sizes"]
-    _export_onnx(DetectorNetwork(prepared), (example,), network_path, opset=opset, names=(["images"], outputs),
-                 dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
-                               **{name: {0: "batch", 1: "anchors"} for name in outputs[:-1]}})
-    image = example[0]
-    _export_onnx(_OnnxDetector(prepared), (image, torch.tensor(0.0)), tmp, opset=opset,
-                 names=(["image", "score_threshold"], ["boxes", "scores", "labels"]),
-                 dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "boxes"}, "scores": {0: "boxes"},
-                               "labels": {0: "boxes"}})
-    _, ort = require_onnx()
+    write_onnx(DetectorNetwork(prepared), (example,), network_path, opset=opset, input_names=["images"],
+               output_names=outputs, dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
+                                                   **{name: {0: "batch", 1: "anchors"} for name in outputs[:-1]}})
+    write_onnx(_OnnxDetector(prepared), (example[0], torch.tensor(0.0)), tmp, opset=opset,
+               input_names=["image", "score_threshold"], output_names=["boxes", "scores", "labels"],
+               dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "boxes"}, "scores": {0: "boxes"},
+                             "labels": {0: "boxes"}})
+    onnx, ort = require_onnx()
+    for file in (network_path, tmp):
+        onnx.checker.check_model(file)
+    network_session = ort.InferenceSession(network_path, providers=["CPUExecutionProvider"])
     session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
 
     def network(batch: torch.Tensor) -> list[torch.Tensor]:
-        outs = run_onnx(network_path, [batch])[0]
-        return [*outs[:-1], outs[-1].long()]
+        *heads, sizes = network_session.run(None, {"images": batch.numpy()})
+        return [*(torch.from_numpy(h) for h in heads), torch.from_numpy(sizes).long()]
 
     def detect(images: list[torch.Tensor]) -> Detections:
         zero = torch.tensor(0.0).numpy()
@@ -311,7 +305,7 @@ def _write_and_check(model: nn.Module, prepared: nn.Module, tmp: str, path: Path
     """Write the file to ``tmp`` and run it: its network's outputs on the check ``batches``, and the number of boxes
     whose post-processing was compared on ``images``."""
     with tempfile.TemporaryDirectory(prefix="tresnet-export-", dir=Path(tmp).parent) as folder:
-        try:
+        with refusal_as_error(format, f"the {type(model).__name__} detector"):
             if format == "onnx":
                 network, detect = _write_onnx(prepared, batches[0], tmp, opset=opset, folder=folder)
             else:
@@ -323,11 +317,6 @@ def _write_and_check(model: nn.Module, prepared: nn.Module, tmp: str, path: Path
             with torch.no_grad():
                 low = _with_threshold(model, 0.0)
                 expected = [box for group in groups for box in detect_with(low, network, group)]
-        except (TResNetError, OSError):
-            raise
-        except Exception as e:  # noqa: BLE001 - the exporter's or runtime's refusal, as one line
-            summary = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            raise ExportError(f"{format} export of the {type(model).__name__} detector failed: {summary}") from e
     return got, compare_detections(found, expected, format, path)
 
 

@@ -34,17 +34,18 @@ from tresnet.deploy.export_files import (
     DEFAULT_OPSET,
     PREPROCESSING_METADATA,
     TRACE_BATCH,
-    ExportError,
     ExportReport,
     check_export_args,
     judge,
     record_metadata,
+    refusal_as_error,
     run_onnx,
     write_atomically,
+    write_onnx,
 )
 from tresnet.deploy.fusion import cast_for_inference, fuse
 from tresnet.deploy.int8 import DEFAULT_CALIBRATION_IMAGES, Calibration, quantize_onnx, resolve_calibration
-from tresnet.errors import ConfigError, TResNetError
+from tresnet.errors import ConfigError
 
 DEFAULT_IMG_SIZE = 224
 # The exported file is checked at the traced batch size (TRACE_BATCH), and at another when the batch is dynamic.
@@ -98,12 +99,8 @@ def _write_onnx(prepared: nn.Module, example: torch.Tensor, path: str, *, opset:
     dynamic_axes = None
     if dynamic_batch:
         dynamic_axes = {name: {0: "batch"} for name in ["input", *output_names]}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer warnings
-        with torch.no_grad():
-            torch.onnx.export(prepared, (example,), path, dynamo=False, opset_version=opset,
-                              input_names=["input"], output_names=output_names, dynamic_axes=dynamic_axes,
-                              do_constant_folding=True)
+    write_onnx(prepared, (example,), path, opset=opset, input_names=["input"], output_names=output_names,
+               dynamic_axes=dynamic_axes)
 
 
 def _write_torchscript(prepared: nn.Module, example: torch.Tensor, path: str, *, listed: bool) -> None:
@@ -162,7 +159,7 @@ def _write_and_run(prepared: nn.Module, inputs: list[torch.Tensor], tmp: str, *,
 
     Raises :class:`ExportError` in one line when the exporter, the quantizer or the runtime refuses the model.
     """
-    try:
+    with refusal_as_error(format, model_name):
         if format == "onnx":
             if calibration is not None:
                 _onnx_int8(prepared, inputs[0], tmp, calibration, opset=opset, dynamic_batch=dynamic_batch,
@@ -173,11 +170,6 @@ def _write_and_run(prepared: nn.Module, inputs: list[torch.Tensor], tmp: str, *,
             return run_onnx(tmp, inputs)
         _write_torchscript(prepared, inputs[0], tmp, listed=listed)
         return _run_torchscript(tmp, inputs)
-    except (TResNetError, OSError):
-        raise
-    except Exception as e:  # noqa: BLE001 - the exporter's or runtime's refusal, as one line
-        summary = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise ExportError(f"{format} export of {model_name} failed: {summary}") from e
 
 
 def _check_images(model: nn.Module, calibration: torch.Tensor | None, batch_sizes: tuple[int, ...],

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,30 @@ def check_export_args(format: str, output: str | os.PathLike, opset: int = DEFAU
     return path
 
 
+def write_onnx(module: torch.nn.Module, args: tuple, path: str, *, opset: int, input_names: list[str],
+               output_names: list[str], dynamic_axes: dict | None = None) -> None:
+    """``module`` traced on ``args`` and written to ``path`` by PyTorch's TorchScript-based exporter (``dynamo=False``:
+    it needs only ``onnx``), constants folded, the exporter's warnings silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer warnings
+        with torch.no_grad():
+            torch.onnx.export(module, args, path, dynamo=False, opset_version=opset, input_names=input_names,
+                              output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
+
+
+@contextmanager
+def refusal_as_error(format: str, what: str) -> Iterator[None]:
+    """Turn the exporter's, quantizer's or runtime's refusal (any exception but ours and the file system's) into one
+    :class:`ExportError` line: ``<format> export of <what> failed: <its last line>``."""
+    try:
+        yield
+    except (TResNetError, OSError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the exporter's or runtime's refusal, as one line
+        summary = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ExportError(f"{format} export of {what} failed: {summary}") from e
+
+
 def run_onnx(path: str, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     """The ONNX file at ``path`` (checked by ``onnx.checker``) run by ONNX Runtime on each input: fp32 outputs."""
     onnx, ort = require_onnx()
@@ -190,4 +215,4 @@ def write_atomically(path: Path, write_and_check: Callable[[str], None]) -> None
 __all__ = ["DEFAULT_OPSET", "EXPORT_NUMBER_FORMATS", "FORMATS", "MIN_OPSET", "PREPROCESSING_METADATA", "TRACE_BATCH",
            "ExportError", "ExportMismatchError", "ExportReport", "check_agreement", "check_export_args", "judge", "max_opset",
            "record_metadata",
-           "run_onnx", "write_atomically"]
+           "refusal_as_error", "run_onnx", "write_atomically", "write_onnx"]

@@ -159,11 +159,10 @@ class Detection(Task):
         parts frozen as ``spec.options`` (:class:`~tresnet.models.detection.DetectorOptions`) say."""
         options = detector_options(spec)
         head = self.check_head(spec.head) or self.heads[0]
-        body = create(spec.name, checkpoint_path=spec.checkpoint, features_only=True, out_indices=FEATURE_INDICES,
-                      drop_path_rate=spec.drop_path_rate, norm=spec.norm)
+        body = detector_body(create, spec.name, checkpoint_path=spec.checkpoint, drop_path_rate=spec.drop_path_rate,
+                             norm=spec.norm)
         config = DetectorConfig.of(head, spec.num_classes, options, body.pretrained_cfg)
-        prepare_backbone(body, options, from_weights=spec.checkpoint is not None)
-        return describe_detector(build_detector(body, config), body, config)
+        return assemble_detector(body, config, options, from_weights=spec.checkpoint is not None)
 
     # training --------------------------------------------------------------------------------------------
 
@@ -292,6 +291,19 @@ def detector_options(spec: NetworkSpec) -> DetectorOptions:
     return DetectorOptions(min_size=spec.img_size or DetectorOptions.min_size, **given)
 
 
+def detector_body(create: CreateModel, name: str, **options) -> nn.Module:
+    """The backbone of a detector on model ``name``: its ``features_only`` stride 8/16/32 maps, built by ``create``."""
+    return create(name, features_only=True, out_indices=FEATURE_INDICES, **options)
+
+
+def assemble_detector(body: nn.Module, config: DetectorConfig, options: DetectorOptions, *,
+                      from_weights: bool) -> nn.Module:
+    """The ``config`` detector on ``body``, its norms and early parts frozen as ``options`` say (defaults following
+    ``from_weights``), described for our commands and checkpoints (:func:`describe_detector`)."""
+    prepare_backbone(body, options, from_weights=from_weights)
+    return describe_detector(build_detector(body, config), body, config)
+
+
 def describe_detector(detector: nn.Module, body: nn.Module, config: DetectorConfig) -> nn.Module:
     """``detector`` with what our commands and checkpoints read of a model: ``pretrained_cfg`` (the backbone's, with
     the task, the head and the detector's ``network`` configuration), ``num_classes`` and ``norm``."""
@@ -307,4 +319,4 @@ def describe_detector(detector: nn.Module, body: nn.Module, config: DetectorConf
 TASK = Detection()
 
 __all__ = ["DETECTION", "TASK", "Box", "Detection", "DetectionReport", "Detections", "DetectorLoss",
-           "describe_detector"]
+           "assemble_detector", "describe_detector", "detector_body"]
