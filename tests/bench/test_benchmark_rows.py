@@ -14,7 +14,7 @@ from tresnet.bench.rows import BenchRow, ModeResult, as_rows
 # rows were dataclasses, then the two added since (max_rel_diff, cpu_flags).
 FLAT_KEYS = [
     "model", "name", "impl", "form", "device", "device_name", "precision", "channels_last", "compiled",
-    "img_size", "params_m", "gmacs", "saved_mib_per_img", "top1", "top1_img_size", "top1_source",
+    "img_size", "params_m", "gmacs", "saved_mib_per_img", "saved_constant_mib", "top1", "top1_img_size", "top1_source",
     "infer_batch_size", "infer_img_per_s", "train_batch_size", "train_img_per_s", "max_train_batch",
     "max_infer_batch", "infer_peak_mem_mib", "train_peak_mem_mib", "peak_mem_method", "memory_budget_gib",
     "peak_mem_runtime_mib", "tresnet_version", "torch_version", "timm_version", "warmup", "repeats", "iters",

@@ -22,7 +22,7 @@ from tresnet.errors import ConfigError, ModelNotFoundError
 TINY = "timm:test_resnet"  # 0.5 M parameters
 REQUIRED_FIELDS = ("model", "impl", "device", "precision", "channels_last", "compiled", "img_size",
                    "infer_batch_size", "infer_img_per_s", "train_batch_size", "train_img_per_s", "params_m",
-                   "gmacs", "max_train_batch", "saved_mib_per_img", "train_peak_mem_mib", "top1")
+                   "gmacs", "max_train_batch", "saved_mib_per_img", "saved_constant_mib", "train_peak_mem_mib", "top1")
 
 
 def tiny(**overrides) -> BenchConfig:

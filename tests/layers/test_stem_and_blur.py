@@ -87,6 +87,22 @@ def test_blur_runs_in_low_precision_and_channels_last(dtype):
     assert torch.allclose(out.float(), ref, atol=5e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_blur_under_autocast_pads_in_the_input_type_and_keeps_no_fp32_copy(dtype):
+    blur = AntiAliasDownsample(4)
+    x = torch.randn(2, 4, 8, 8).to(dtype).requires_grad_()
+    kept = []
+    with torch.autocast("cpu", dtype=dtype), torch.autograd.graph.saved_tensors_hooks(
+            lambda t: kept.append(t.dtype) or t, lambda t: t):
+        out = blur(x)
+    assert out.dtype == dtype and kept and torch.float32 not in kept  # CPU autocast would pad in fp32
+    # the values are those of padding in fp32 and convolving in the low precision, as autocast did
+    padded = F.pad(x.detach().float(), (1, 1, 1, 1), mode="reflect").to(dtype)
+    assert torch.equal(out.detach(), F.conv2d(padded, blur.filt.to(dtype), stride=2, groups=4))
+    out.float().sum().backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
+
+
 def test_squeeze_excite_scales_each_channel_by_its_gate():
     se = SqueezeExcite(8, 4)
     x = torch.randn(2, 8, 5, 5)

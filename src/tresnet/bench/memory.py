@@ -1,12 +1,17 @@
-"""Memory accounting: bytes that autograd keeps for backward, and peak memory of a training step."""
+"""Memory accounting: bytes that autograd keeps for backward (per image and per step), and peak memory."""
 
 from __future__ import annotations
 
 import resource
 import sys
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from tresnet.runtime import autocast
+
+MIB = 1024 ** 2
 
 
 def saved_tensor_bytes(model: nn.Module, inputs: torch.Tensor, loss_fn=None) -> int:
@@ -34,15 +39,52 @@ def saved_tensor_bytes(model: nn.Module, inputs: torch.Tensor, loss_fn=None) -> 
     return sum(seen.values())
 
 
-def saved_bytes_per_image(model: nn.Module, img_size: int = 224, batch_size: int = 2, *,
-                          device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                          channels_last: bool = False, in_chans: int = 3) -> float:
-    """:func:`saved_tensor_bytes` of a training-mode forward and loss, divided by the batch size."""
+# The benchmark's two batches: the smallest a training-mode BatchNorm takes, and twice it.
+SLOPE_BATCHES = (2, 4)
+
+
+@dataclass(frozen=True)
+class SavedMemory:
+    """What autograd keeps for backward in one training forward, split by how it grows with the batch.
+
+    ``bytes_per_image`` is the slope between the two ``batch_sizes``; ``constant_bytes`` what is kept once
+    per step whatever the batch (under autocast mainly the low-precision copies of the weights, which a
+    figure measured at one batch and divided by it would spread over its few images).
+    """
+
+    bytes_per_image: float
+    constant_bytes: float
+    batch_sizes: tuple[int, int]
+
+    def to_dict(self) -> dict[str, float | list[int]]:
+        """The figures in MiB, with the batches they were measured at."""
+        return {"saved_mib_per_img": self.bytes_per_image / MIB, "saved_constant_mib": self.constant_bytes / MIB,
+                "batch_sizes": list(self.batch_sizes)}
+
+
+def saved_memory(model: nn.Module, img_size: int = 224, batch_sizes: tuple[int, int] = SLOPE_BATCHES, *,
+                 precision: str = "fp32", device: str | torch.device = "cpu", channels_last: bool = False,
+                 in_chans: int = 3) -> SavedMemory:
+    """:func:`saved_tensor_bytes` of a training-mode forward and loss at two batch sizes, under the autocast
+    of ``precision`` (:mod:`tresnet.runtime`), as a per-image slope and a per-step constant.
+
+    Raises ValueError unless the two batches are distinct and at least 1.
+    """
+    small, large = batch_sizes
+    if not 1 <= small < large:
+        raise ValueError(f"the slope needs two batch sizes with 1 <= small < large, got {batch_sizes}")
+    device = torch.device(device)
     model.train()
-    x = torch.rand(batch_size, in_chans, img_size, img_size, device=device, dtype=dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return saved_tensor_bytes(model, x, loss_fn=lambda out: out.float().logsumexp(1).mean()) / batch_size
+    totals = []
+    for batch in batch_sizes:
+        x = torch.rand(batch, in_chans, img_size, img_size, device=device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(precision, device):
+            totals.append(saved_tensor_bytes(model, x, loss_fn=lambda out: out.float().logsumexp(1).mean()))
+    per_image = (totals[1] - totals[0]) / (large - small)
+    return SavedMemory(bytes_per_image=per_image, constant_bytes=totals[0] - small * per_image,
+                       batch_sizes=(small, large))
 
 
 def peak_rss_bytes() -> int:

@@ -82,6 +82,7 @@ _COLUMNS: list[tuple[str, Callable[[BenchRow], str]]] = [
     ("params M", lambda r: _fmt(r.params_m, 2)),
     ("GMACs", lambda r: _fmt(r.gmacs, 2)),
     ("saved MiB/img", lambda r: _fmt(r.saved_mib_per_img)),
+    ("+ MiB/step", lambda r: _fmt(r.saved_constant_mib)),
     ("peak MiB", lambda r: _fmt(r.train.peak_mem_mib or r.infer.peak_mem_mib, 0)),
     ("max rel diff", lambda r: _fmt_diff(r.max_rel_diff)),
     ("GFLOP/s", lambda r: _fmt(r.infer_gflop_per_s, 0)),
@@ -188,17 +189,19 @@ def markdown_table(rows: Rows) -> str:
     rows = as_rows(rows)
     diffs = any(r.max_rel_diff is not None for r in rows)
     compute = any(r.number_format is not None for r in rows)
+    per_step = any(r.saved_constant_mib is not None for r in rows)  # files written before it was measured lack it
     head = ("| model | impl | px | batch | infer img/s | train img/s | params (M) | GMACs | saved MiB/img "
-            "| peak train MiB |" + (" max rel diff |" if diffs else "")
+            + ("| + MiB/step " if per_step else "") + "| peak train MiB |" + (" max rel diff |" if diffs else "")
             + (" infer GFLOP/s | of ceiling |" if compute else "") + " top-1 |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         batch = r.train.batch_size or r.infer.batch_size
         diff = f" {_fmt_diff(r.max_rel_diff)} |" if diffs else ""
+        step = f" {_fmt(r.saved_constant_mib)} |" if per_step else ""
         gflops = f" {_fmt(r.infer_gflop_per_s, 0)} | {_fmt_of_peak(r)} |" if compute else ""
         lines.append(f"| {r.model} | {r.impl} | {r.img_size} | {_fmt(batch)} | {format_speed(r, 'infer')} | "
                      f"{format_speed(r, 'train')} | {_fmt(r.params_m, 2)} | {_fmt(r.gmacs, 2)} | "
-                     f"{_fmt(r.saved_mib_per_img)} | {_fmt(r.train.peak_mem_mib, 0)} |{diff}{gflops} "
+                     f"{_fmt(r.saved_mib_per_img)} |{step} {_fmt(r.train.peak_mem_mib, 0)} |{diff}{gflops} "
                      f"{_fmt(r.top1, 2)} |")
     return "\n".join(lines)
 

@@ -47,7 +47,7 @@ from tresnet.bench.ceiling import (
 )
 from tresnet.bench.forms import DEPLOYMENT_FORMS, NUMBER_FORMATS, get_form
 from tresnet.bench.machine import busy_machine_message, cpu_flags, describe_device, load_average, versions
-from tresnet.bench.memory import saved_bytes_per_image
+from tresnet.bench.memory import MIB, saved_memory
 from tresnet.bench.published import published_top1
 from tresnet.bench.rows import BenchRow, ModeResult
 from tresnet.bench.specs import MODES, BuildOptions, ModelSpec, parse_model_list, same_network_sizes
@@ -64,7 +64,6 @@ from tresnet.deploy.inference import refuse_number_format_as_precision
 from tresnet.errors import ConfigError, TResNetError
 from tresnet.runtime import autocast, check_precision, resolve_device
 
-MIB = 1024 ** 2
 RUN_MODES = {"infer": ("infer",), "train": ("train",), "both": ("infer", "train")}
 DEFAULT_BATCH = {"cpu": 8, "cuda": 128}
 DEFAULT_ITERS = {"cpu": 1, "cuda": 10}
@@ -291,7 +290,7 @@ def _new_row(target: BenchTarget, config: BenchConfig, plan: _Plan) -> BenchRow:
 
 
 def _count_costs(target: BenchTarget, row: BenchRow, config: BenchConfig, plan: _Plan) -> None:
-    """Parameters, GMACs and (for trainable models) bytes kept for backward per image.
+    """Parameters, GMACs and (for trainable models) bytes kept for backward, per image and per step.
 
     A derived form's GMACs are its plain model's: it computes the same function, and fused kernels
     escape the counter.
@@ -305,10 +304,10 @@ def _count_costs(target: BenchTarget, row: BenchRow, config: BenchConfig, plan: 
         return
     row.params_m = count_params_m(module)
     if "train" in target.modes and target.task is None:  # a detector trains on targets: no bare forward to probe
-        with autocast(config.precision, plan.device):
-            saved = saved_bytes_per_image(module, target.img_size, batch_size=2, device=plan.device,
-                                          channels_last=config.channels_last)
-        row.saved_mib_per_img = saved / MIB
+        saved = saved_memory(module, target.img_size, precision=config.precision, device=plan.device,
+                             channels_last=config.channels_last)
+        row.saved_mib_per_img = saved.bytes_per_image / MIB
+        row.saved_constant_mib = saved.constant_bytes / MIB
 
 
 def _peak_measure_for(target: BenchTarget, mode: str, config: BenchConfig, plan: _Plan,

@@ -36,12 +36,25 @@ class AntiAliasDownsample(nn.Module):
         if self.export_friendly and torch.onnx.is_in_onnx_export():
             x = reflect_pad1_by_slices(x)
         else:
-            x = F.pad(x, (1, 1, 1, 1), mode="reflect")
+            x = reflect_pad1(x)
         return F.conv2d(x, self.filt.to(dtype=x.dtype), stride=self.stride, groups=self.channels)
 
     def extra_repr(self) -> str:
         flag = ", export_friendly=True" if self.export_friendly else ""
         return f"channels={self.channels}, stride={self.stride}{flag}"
+
+
+def reflect_pad1(x: torch.Tensor) -> torch.Tensor:
+    """``F.pad(x, (1, 1, 1, 1), mode="reflect")`` in ``x``'s own dtype, autocast or not.
+
+    CPU autocast runs reflection padding in fp32, and the padding's backward keeps its input: under bf16
+    or fp16 autocast that is an fp32 copy of every blurred activation, beside the low-precision one the
+    norm already keeps. Padding only moves values, so its result is the same in the input's dtype.
+    """
+    if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return F.pad(x, (1, 1, 1, 1), mode="reflect")
+    return F.pad(x, (1, 1, 1, 1), mode="reflect")
 
 
 def reflect_pad1_by_slices(x: torch.Tensor) -> torch.Tensor:
