@@ -85,6 +85,20 @@ def test_resume_after_a_kill_ends_with_the_same_weights(folder, tmp_path):
     assert [r["epoch"] for r in rows] == ["1", "2"]
 
 
+@pytest.mark.filterwarnings("ignore::tresnet.runtime.EmulatedBf16Warning")  # an AVX2-only CPU: slow, still exact
+def test_resume_under_bf16_autocast_ends_with_the_same_weights(folder, tmp_path):
+    # GENet-light: the smallest network; bf16 is emulated (slow) on many CI CPUs
+    options = dict(data=str(folder), epochs=2, precision="bf16", drop_path=0.1, lr=1e-3, model="genet_light")
+    train(_config(output=str(tmp_path / "straight"), **options))
+    with pytest.raises(Killed):
+        train(_config(output=str(tmp_path / "killed"), **options), callback=kill_mid_second_epoch)
+    train(_config(output=str(tmp_path / "killed"), resume=True, **options))
+    a, b = _weights(tmp_path / "straight" / "last.safetensors"), _weights(tmp_path / "killed" / "last.safetensors")
+    assert all(t.dtype == torch.float32 for t in a.values() if t.is_floating_point())  # autocast: fp32 weights
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_checkpoint_metadata(tmp_path / "killed" / "last.safetensors")["precision"] == "bf16"
+
+
 def test_resume_killed_before_the_first_epoch_ended(folder, tmp_path):
     options = dict(data=str(folder), output=str(tmp_path / "run"))
 
