@@ -165,10 +165,12 @@ def test_cpu_peak_memory_probe_runs_in_a_subprocess():
 
 @requires_timm
 @pytest.mark.slow
-def test_cpu_auto_batch_with_real_measurements():
+@pytest.mark.filterwarnings("ignore::tresnet.runtime.EmulatedBf16Warning")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_auto_batch_with_real_measurements(precision):
     (row,) = run_benchmark(tiny(batch_size="auto", memory_budget_gib=0.9, mode="train", repeats=1, max_batch=64,
-                                peak_memory=True, img_size=64))
-    assert 1 <= row.train.batch_size < row.train.max_batch <= 64
+                                peak_memory=True, img_size=64, precision=precision))
+    assert 1 <= row.train.batch_size < row.train.max_batch <= 64 and row.precision == precision
     assert row.train.peak_mem_mib <= 0.9 * 1024
 
 

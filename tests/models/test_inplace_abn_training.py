@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import tresnet
 from helpers import max_rel_diff, randomize_norms, requires_timm
 from tresnet.bench.memory import saved_memory
+from tresnet.errors import ConfigError
 from tresnet.runtime import autocast
 
 
@@ -42,6 +43,12 @@ def test_inplace_abn_keeps_far_less_for_backward():
     abn = saved_memory(tresnet.create_model("tresnet_m"), img_size=64).bytes_per_image
     lean = saved_memory(tresnet.create_model("tresnet_m", memory_efficient=True), img_size=64).bytes_per_image
     assert lean < 0.6 * bn and abn < 0.8 * bn and lean < abn
+
+
+def test_memory_efficient_is_refused_with_plain_batchnorm():
+    with pytest.raises(ConfigError, match="needs the in-place ABN norms"):
+        tresnet.create_model("tresnet_m", norm="bn", memory_efficient=True)
+    tresnet.create_model("tresnet_m", norm="bn").set_memory_efficient(False)  # switching off is always fine
 
 
 def test_memory_efficient_can_be_switched_on_a_built_model():

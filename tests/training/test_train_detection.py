@@ -82,6 +82,7 @@ def test_a_run_on_a_coco_folder(tmp_path):
     (dict(task="multiclass", data="digits"), "applies to --task detection, not multiclass"),
     (dict(task="multiclass", data="digits", fpn_channels=256, scale_jitter=(0.5, 1.5)), "moves boxes"),
     (dict(data="digits"), "is multiclass data"),
+    (dict(model="tresnet_m", memory_efficient=True), "--memory-efficient is for classifiers"),
 ])
 def test_what_detection_refuses_fails_in_one_line(tmp_path, options, message):
     with pytest.raises(ConfigError, match=message):

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import tresnet
-from helpers import requires_sklearn
+from helpers import max_rel_diff, requires_sklearn
 from training.train_testdata import FAST, Killed, kill_mid_second_epoch, make_image_folder, make_train_val
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.errors import CheckpointError, ConfigError, DataError
@@ -97,6 +97,23 @@ def test_resume_under_bf16_autocast_ends_with_the_same_weights(folder, tmp_path)
     assert all(t.dtype == torch.float32 for t in a.values() if t.is_floating_point())  # autocast: fp32 weights
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert read_checkpoint_metadata(tmp_path / "killed" / "last.safetensors")["precision"] == "bf16"
+
+
+def test_memory_efficient_training_follows_the_plain_run_and_is_refused_where_it_does_not_apply(folder, tmp_path):
+    options = dict(data=str(folder), lr=0.1, optimizer="sgd")  # AdamW would turn rounding-sized gradients into lr steps
+    train(_config(output=str(tmp_path / "plain"), **options))
+    train(_config(output=str(tmp_path / "lean"), memory_efficient=True, **options))
+    a, b = _weights(tmp_path / "plain" / "last.safetensors"), _weights(tmp_path / "lean" / "last.safetensors")
+    assert a.keys() == b.keys()
+    floats = [name for name, value in a.items() if value.is_floating_point()]
+    # the same steps to fp32 rounding; not bit-identical, as the lean tails sum in another order (so they ran)
+    assert all(max_rel_diff(b[name], a[name]) < 2e-4 for name in floats)
+    assert not all(torch.equal(b[name], a[name]) for name in floats)
+    assert "memory_efficient: true" in (tmp_path / "lean" / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="memory_efficient"):
+        train(_config(output=str(tmp_path / "genet"), model="genet_light", memory_efficient=True, **options))
+    with pytest.raises(ConfigError, match="memory_efficient needs the in-place ABN norms"):
+        train(_config(output=str(tmp_path / "bn"), norm="bn", memory_efficient=True, **options))
 
 
 def test_resume_killed_before_the_first_epoch_ended(folder, tmp_path):

@@ -34,9 +34,18 @@ class BatchSearchResult:
     probes: list[tuple[int, float]] = field(default_factory=list)
 
 
+def projected_batch(first: tuple[int, float], second: tuple[int, float], budget: float) -> int | None:
+    """The largest batch on the line through two ``(batch, peak bytes)`` points whose peak is within ``budget``
+    (None when the line does not rise): the search's next try, and an estimate where a search would take too long."""
+    (batch, value), (other, other_value) = first, second
+    slope = (other_value - value) / (other - batch)
+    if slope <= 0:
+        return None
+    return batch + int(math.floor((budget - value) / slope))
+
+
 def _secant_guess(points: dict[int, float], lo: int, hi: int | None, budget: float) -> int | None:
     """Where the line through two measured points reaches the budget (None if it cannot be drawn)."""
-    lo_value = points[lo]
     if hi is not None and math.isfinite(points[hi]):
         other = hi
     else:
@@ -44,10 +53,7 @@ def _secant_guess(points: dict[int, float], lo: int, hi: int | None, budget: flo
         if not below:
             return None
         other = max(below)
-    slope = (points[other] - lo_value) / (other - lo)
-    if slope <= 0:
-        return None
-    return lo + int(math.floor((budget - lo_value) / slope))
+    return projected_batch((lo, points[lo]), (other, points[other]), budget)
 
 
 def largest_batch(measure: Callable[[int], float], budget_bytes: float, *, max_batch: int = 4096,

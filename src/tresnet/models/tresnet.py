@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from tresnet.errors import InputSizeError
+from tresnet.errors import ConfigError, InputSizeError
 from tresnet.layers import NORMS, ConvNormAct, SpaceToDepth, SqueezeExcite
 from tresnet.layers.ml_decoder import MLDecoderHead
 from tresnet.layers.residual_tail import lean_tail, lean_tail_applies
@@ -245,7 +245,11 @@ class TResNet(ClassifierSurface, nn.Module):
 
         About 0.54x the activation memory of plain BatchNorm instead of 0.75x, for a few percent more
         compute in backward; results are the same to rounding. See :mod:`tresnet.layers.residual_tail`.
+        Raises :class:`ConfigError` for a network with plain BatchNorm, where the tails would not apply.
         """
+        if enable and self.norm == "bn":
+            raise ConfigError("memory_efficient needs the in-place ABN norms (norm='inplace_abn', TResNet's default): "
+                              "plain BatchNorm keeps its inputs for backward, so the lean tails cannot apply")
         self.memory_efficient = enable
         for m in self.modules():
             if isinstance(m, (_ResidualBlock, ConvNormAct)):

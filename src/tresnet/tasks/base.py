@@ -43,8 +43,9 @@ class NetworkSpec:
     """What a run asks of its network: the model ``name`` (a registered backbone), ``num_classes`` outputs (None:
     the checkpoint's), the ``head`` kind (None: the checkpoint's, else the task's default), init weights
     (``checkpoint``: None for a fresh network), the options every family takes (``drop_rate``,
-    ``drop_path_rate``, ``norm``), the side ``img_size`` it runs at (None: the model's; checked against the
-    network) and the task's own ``options`` for the network (a detector's: None for its defaults)."""
+    ``drop_path_rate``, ``norm``), ``memory_efficient`` (TResNet's lean residual tails), the side ``img_size`` it
+    runs at (None: the model's; checked against the network) and the task's own ``options`` for the network (a
+    detector's: None for its defaults)."""
 
     name: str
     num_classes: int | None
@@ -53,6 +54,7 @@ class NetworkSpec:
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     norm: str | None = None
+    memory_efficient: bool = False
     img_size: int | None = None
     options: Any = None
 
@@ -157,7 +159,7 @@ class Task:
         :class:`~tresnet.errors.InputSizeError` for an ``img_size`` the network cannot take."""
         model = create(spec.name, checkpoint_path=spec.checkpoint, num_classes=spec.num_classes,
                        drop_rate=spec.drop_rate, drop_path_rate=spec.drop_path_rate, norm=spec.norm,
-                       head=self.check_head(spec.head), task=self.name)
+                       memory_efficient=spec.memory_efficient, head=self.check_head(spec.head), task=self.name)
         if spec.img_size is not None:
             model.check_input_size(spec.img_size, spec.img_size)
         return model

@@ -157,6 +157,9 @@ class Detection(Task):
         """A ``spec.head`` detector (None: FCOS) on a ``features_only`` ``spec.name`` backbone started from
         ``spec.checkpoint`` (a classification checkpoint of any format we read; None: fresh), its norms and early
         parts frozen as ``spec.options`` (:class:`~tresnet.models.detection.DetectorOptions`) say."""
+        if spec.memory_efficient:
+            raise ConfigError("--memory-efficient is for classifiers: a detector's backbone is built without the "
+                              "lean residual tails; train without it")
         options = detector_options(spec)
         head = self.check_head(spec.head) or self.heads[0]
         body = detector_body(create, spec.name, checkpoint_path=spec.checkpoint, drop_path_rate=spec.drop_path_rate,

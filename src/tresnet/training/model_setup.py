@@ -86,7 +86,8 @@ def _network(cfg: TrainConfig, info: DistInfo, class_names: list[str], img_size:
     options, task = cfg.model, get_task(cfg.task.name)
     spec = NetworkSpec(options.name, len(class_names), head=head, drop_rate=options.drop_rate,
                        checkpoint=options.init_checkpoint if resume_state is None else None,
-                       drop_path_rate=options.drop_path, norm=norm, img_size=img_size,
+                       drop_path_rate=options.drop_path, norm=norm, memory_efficient=options.memory_efficient,
+                       img_size=img_size,
                        options=getattr(cfg, task.section) if task.section else None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
