@@ -7,7 +7,7 @@ measurement of ``tresnet benchmark --batch-size auto --memory-budget GIB``.
 
 - **Searched**: the benchmark's search (:func:`tresnet.bench.batch_search.largest_batch`), which ends on the exact
   largest batch that fits.
-- **Projected**: the line through the peaks at two small batches (4 and 8), where it meets the budget. Where the CPU
+- **Projected**: the line through the peaks at two small batches (8 and 16), where it meets the budget. Where the CPU
   has no bfloat16 arithmetic (no AVX-512 BF16, no AMX) a bf16 training step is emulated and runs 10-20x slower
   than fp32: a probe near the largest batch then takes over ten minutes, and the search hours. There the bf16
   figure is only projected; the fp32 rows of the same run show how far the projection falls from the search.
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--budget", type=float, default=3.0, metavar="GIB", help="memory budget (default: 3)")
     parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--batches", default="4,8", help="the two batches of the projection (default: 4,8)")
+    parser.add_argument("--batches", default="8,16", help="the two batches of the projection (default: 8,16)")
     parser.add_argument("--search", choices=("auto", "always", "never"), default="auto",
                         help="run the search: auto (unless bf16 is emulated here), always or never")
     parser.add_argument("--max-batch", type=int, default=1024)

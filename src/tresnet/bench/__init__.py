@@ -31,8 +31,8 @@ from tresnet.bench.targets import BenchTarget
 
 __all__ = [
     "PAPER_PEERS", "PEER_RESULTS", "BatchSearchResult", "BenchConfig", "BenchRow", "BenchTarget", "BuildOptions",
-    "ModeResult", "ModelSpec", "PublishedResult", "SavedMemory", "Form", "FormBuild", "build_base_model", "command_line",
-    "cpu_flags", "cpu_name", "describe_device", "estimate_peaks", "format_ceilings", "format_ratios", "format_table",
+    "ModeResult", "ModelSpec", "PublishedResult", "SavedMemory", "Form", "FormBuild", "build_base_model",
+    "command_line", "cpu_flags", "cpu_name", "describe_device", "estimate_peaks", "format_ceilings", "format_ratios", "format_table",
     "gemm_gflop_per_s", "largest_batch", "list_forms", "machine_record", "markdown_table", "parse_model_list",
     "parse_model_spec", "parse_peak_gflops", "plot_results", "published_top1", "ratio_rows", "register_form",
     "run_benchmark", "saved_memory", "write_csv", "write_json",

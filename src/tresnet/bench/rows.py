@@ -15,7 +15,8 @@ from typing import Any
 MODES = ("infer", "train")
 # Flat keys in the order of the result files: identity and static costs first, settings and versions later.
 _HEAD = ("model", "name", "impl", "form", "device", "device_name", "precision", "channels_last", "compiled",
-         "img_size", "params_m", "gmacs", "saved_mib_per_img", "saved_constant_mib", "top1", "top1_img_size", "top1_source")
+         "img_size", "params_m", "gmacs", "saved_mib_per_img", "saved_constant_mib", "top1", "top1_img_size",
+         "top1_source")
 _SETTINGS = ("tresnet_version", "torch_version", "timm_version", "warmup", "repeats", "iters", "threads", "timer")
 # Set in a run that compares speeds with the compute ceiling (tresnet.bench.ceiling); written only then.
 _COMPUTE = ("number_format", "peak_gflop_per_s", "peak_source", "probe_gflop_per_s", "infer_gflop_per_s",
@@ -51,8 +52,8 @@ class BenchRow:
 
     Static costs: ``params_m`` (millions), ``gmacs`` (one image at ``img_size``), ``saved_mib_per_img``
     (activations autograd keeps for backward, per image: the slope between two batches) and
-    ``saved_constant_mib`` (what it keeps once per step, e.g. autocast's copies of the weights). ``top1`` is the published ImageNet top-1 (``top1_source``
-    says where from). ``max_rel_diff``: for a form derived from the plain model (``NAME:fused``,
+    ``saved_constant_mib`` (what it keeps once per step, e.g. autocast's copies of the weights). ``top1`` is
+    the published ImageNet top-1 (``top1_source`` says where from). ``max_rel_diff``: for a form derived from the plain model (``NAME:fused``,
     ``NAME:onnx``), its largest logit difference from the plain eval model on the benchmark's inputs,
     relative to the plain logits' largest magnitude. ``cpu_flags``: the CPU's speed-relevant ISA flags.
     ``img_size_from``: the model of the run whose input side this row was measured at instead of its own (a
