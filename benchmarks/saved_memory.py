@@ -11,10 +11,11 @@ that is compared) gives the benchmark's own ``saved MiB/img`` (its slope between
 agree with the slope here; the figure the benchmark reported before the slope (one batch of 2, divided by 2,
 the constant included) is shown beside it.
 
-Prints the tables, the checks the numbers must pass, and writes ``saved_memory_cpu.json`` and ``.md``:
+Prints the tables, the checks the numbers must pass, and writes ``saved_memory_<device>.json`` and ``.md``:
 
     python benchmarks/saved_memory.py                       # 128 and 224 px, batches 4 and 12 (~15 min here)
     python benchmarks/saved_memory.py --sizes 64 --batches 2,4 --out /tmp   # a quick look
+    python benchmarks/saved_memory.py --device cuda                         # on a GPU: saved_memory_cuda.*
 """
 
 from __future__ import annotations
@@ -55,22 +56,24 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 LEAN_SHARE_MAX, AUTOCAST_SHARE_MAX, COLUMN_TOLERANCE = 0.55, 0.60, 0.10
 
 
-def measure(sizes: list[int], batches: tuple[int, int]) -> dict[int, dict[str, dict[str, SavedMemory]]]:
+def measure(sizes: list[int], batches: tuple[int, int], device: torch.device
+            ) -> dict[int, dict[str, dict[str, SavedMemory]]]:
     """``{side: {model: {precision: SavedMemory}}}``."""
     table: dict[int, dict[str, dict[str, SavedMemory]]] = {}
     for side in sizes:
         table[side] = {}
         for label in MODELS:
-            module = build_target(parse_model_spec(label), BuildOptions(torch.device("cpu"), img_size=side)).module
-            table[side][label] = {p: saved_memory(module, side, batches, precision=p) for p in PRECISIONS}
+            module = build_target(parse_model_spec(label), BuildOptions(device, img_size=side)).module
+            table[side][label] = {p: saved_memory(module, side, batches, precision=p, device=device)
+                                  for p in PRECISIONS}
             figures = ", ".join(f"{p} {s.bytes_per_image / MIB:.2f}" for p, s in table[side][label].items())
             print(f"{side} px {label}: MiB per image {figures}", file=sys.stderr, flush=True)
     return table
 
 
-def benchmark_columns(sizes: list[int], threads: int | None) -> dict[int, list[BenchRow]]:
+def benchmark_columns(sizes: list[int], threads: int | None, device: torch.device) -> dict[int, list[BenchRow]]:
     """The benchmark's own rows under bf16 at each side (inference timed once: the static columns are wanted)."""
-    return {side: run_benchmark(BenchConfig(models=",".join(MODELS), mode="infer", device="cpu", precision="bf16",
+    return {side: run_benchmark(BenchConfig(models=",".join(MODELS), mode="infer", device=str(device), precision="bf16",
                                             img_size=side, batch_size=2, warmup=0, repeats=1, threads=threads,
                                             timer="cpu" if threads == 1 else "wall", peak_memory=False))
             for side in sizes}
@@ -101,9 +104,11 @@ def old_column_mib(row: BenchRow) -> float:
     return (row.saved_constant_mib + 2 * row.saved_mib_per_img) / 2
 
 
-def markdown(table: dict, columns: dict[int, list[BenchRow]], batches: tuple[int, int], command: str) -> str:
-    lines = [f"CPU: {cpu_name()} ({os.cpu_count()} cores); ISA flags: {', '.join(cpu_flags()) or 'none'}; "
-             f"torch {torch.__version__}. Kept for backward per image, MiB: the slope between batches "
+def markdown(table: dict, columns: dict[int, list[BenchRow]], batches: tuple[int, int], command: str,
+             device: torch.device) -> str:
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"CPU: {cpu_name()} ({os.cpu_count()} cores); ISA flags: {', '.join(cpu_flags()) or 'none'}")
+    lines = [f"{where}; torch {torch.__version__}. Kept for backward per image, MiB: the slope between batches "
              f"{batches[0]} and {batches[1]}; \"+ per step\": what is kept once per step whatever the batch.", ""]
     for side, per_model in table.items():
         lines += [f"**{side} px**", "",
@@ -134,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="128,224", help="input sides, comma-separated (default: %(default)s)")
     parser.add_argument("--batches", default="4,12", help="the two batches of the slope (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-benchmark-column", action="store_true", help="skip the tresnet benchmark runs")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results (default: %(default)s)")
@@ -142,22 +148,24 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
     small, large = (int(b) for b in args.batches.split(","))
-    table = measure(sizes, (small, large))
-    columns = {} if args.no_benchmark_column else benchmark_columns(sizes, args.threads)
+    device = torch.device(args.device)
+    table = measure(sizes, (small, large), device)
+    columns = {} if args.no_benchmark_column else benchmark_columns(sizes, args.threads, device)
     command = command_line("benchmarks/saved_memory.py", argv)
-    report = markdown(table, columns, (small, large), command)
+    report = markdown(table, columns, (small, large), command, device)
     found = checks(table, columns)
     print(report)
     for claim, ok in found:
         print(f"{'PASS' if ok else 'FAIL'}  {claim}")
     record = machine_record(
-        "saved_memory_cpu", command, batches=[small, large], checks=[dict(claim=c, ok=ok) for c, ok in found],
+        f"saved_memory_{device.type}", command, device=str(device), batches=[small, large],
+        checks=[dict(claim=c, ok=ok) for c, ok in found],
         saved={str(side): {label: {p: s.to_dict() for p, s in got.items()} for label, got in per_model.items()}
                for side, per_model in table.items()},
         benchmark_rows={str(side): [row.to_dict() for row in rows] for side, rows in columns.items()})
-    print(f"wrote {write_text(args.out / 'saved_memory_cpu.json', json.dumps(record, indent=2) + chr(10))}",
-          file=sys.stderr)
-    print(f"wrote {write_text(args.out / 'saved_memory_cpu.md', report)}", file=sys.stderr)
+    stem = f"saved_memory_{device.type}"
+    print(f"wrote {write_text(args.out / f'{stem}.json', json.dumps(record, indent=2) + chr(10))}", file=sys.stderr)
+    print(f"wrote {write_text(args.out / f'{stem}.md', report)}", file=sys.stderr)
     return 0 if all(ok for _, ok in found) else 1
 
 
