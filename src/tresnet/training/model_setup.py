@@ -43,7 +43,8 @@ class ModelSetup:
     sync_plain_bn: bool
 
     def describe_norm(self) -> str:
-        return f"{self.norm} (synchronised)" if self.sync_plain_bn else str(self.norm)
+        norm = f"{self.norm} (synchronised)" if self.sync_plain_bn else str(self.norm)
+        return norm + (", memory-efficient tails" if getattr(self.model, "memory_efficient", False) else "")
 
 
 def _choose_norms(cfg: ModelSection, info: DistInfo) -> tuple[str, bool]:
