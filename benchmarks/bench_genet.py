@@ -33,7 +33,7 @@ from tresnet.bench import (
     BenchConfig,
     BenchRow,
     command_line,
-    cpu_name,
+    cpu_line,
     machine_record,
     run_benchmark,
     write_json,
@@ -150,8 +150,7 @@ def markdown(runs: list[dict], rows_by_threads: dict[int, list[BenchRow]], versi
     """The docs page's tables: speeds, then the targets; the machine and how to reproduce."""
     first = rows_by_threads[runs[0]["threads"]][0]
     clock = ", ".join(f"{r['threads']} thread(s): {_clock(rows_by_threads[r['threads']][0])}" for r in runs)
-    lines = [f"CPU: {cpu_name()} ({os.cpu_count()} cores); speed-relevant ISA flags: "
-             f"{', '.join(first.cpu_flags or []) or 'none'}; {versions}.",
+    lines = [f"{cpu_line(first.cpu_flags or [])}; {versions}.",
              f"CPU figures, fp32, batch {first.infer.batch_size}, fresh weights: images/s on this CPU, not the "
              f"V100 GPU latency the GENet paper compares. One run per thread count ({clock}), median of "
              f"{first.repeats} timed turns after {first.warmup} warm-up turns, all models measured in turns; "

@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from tresnet.bench import BenchConfig, BenchRow, command_line, cpu_name, machine_record, run_benchmark
+from tresnet.bench import BenchConfig, BenchRow, command_line, cpu_line, machine_record, run_benchmark
 from tresnet.bench.report import format_speed, format_table, speed_ratio
 from tresnet.files import write_text
 
@@ -59,8 +59,7 @@ def head_costs(rows: list[BenchRow]) -> list[dict]:
 def markdown(rows: list[BenchRow], costs: list[dict], command: str) -> str:
     first = rows[0]
     clock = "process CPU time" if first.timer == "cpu" else "wall-clock time"
-    lines = [f"CPU: {cpu_name()} ({os.cpu_count()} cores); speed-relevant ISA flags: "
-             f"{', '.join(first.cpu_flags or []) or 'none'}; torch {first.torch_version}.",
+    lines = [f"{cpu_line(first.cpu_flags or [])}; torch {first.torch_version}.",
              f"fp32, batch {first.infer.batch_size}, {first.threads} thread(s), {clock}, median of {first.repeats} "
              f"turns after {first.warmup} warm-up turn(s), models timed in turns; 1000 classes; "
              f"±% = interquartile range.", "",

@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-from tresnet.bench import command_line, cpu_flags, cpu_name, machine_record
+from tresnet.bench import command_line, cpu_line, machine_record
 from tresnet.bench.batch_search import GIB, cpu_peak_measure, largest_batch, projected_batch
 from tresnet.bench.memory import MIB
 from tresnet.files import write_text
@@ -70,8 +69,7 @@ def best(result: dict) -> tuple[int, str]:
 
 def markdown(results: list[dict], models: list[str], args: argparse.Namespace, command: str) -> str:
     small, large = args.batches
-    lines = [f"CPU: {cpu_name()} ({os.cpu_count()} cores); ISA flags: {', '.join(cpu_flags()) or 'none'}; "
-             f"torch {torch.__version__}; bf16 {'emulated' if bf16_is_emulated('cpu') else 'native'} here. "
+    lines = [f"{cpu_line()}; torch {torch.__version__}; bf16 {'emulated' if bf16_is_emulated('cpu') else 'native'} here. "
              f"{args.img_size} px, training, within {args.budget:g} GiB of process memory (the PyTorch runtime "
              "included).", "",
              f"| model | precision | peak at batch {small} | at {large} | projected | searched |",

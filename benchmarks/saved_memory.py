@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -32,8 +31,7 @@ from tresnet.bench import (
     BenchConfig,
     BenchRow,
     command_line,
-    cpu_flags,
-    cpu_name,
+    cpu_line,
     machine_record,
     run_benchmark,
 )
@@ -106,8 +104,7 @@ def old_column_mib(row: BenchRow) -> float:
 
 def markdown(table: dict, columns: dict[int, list[BenchRow]], batches: tuple[int, int], command: str,
              device: torch.device) -> str:
-    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"CPU: {cpu_name()} ({os.cpu_count()} cores); ISA flags: {', '.join(cpu_flags()) or 'none'}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_line()
     lines = [f"{where}; torch {torch.__version__}. Kept for backward per image, MiB: the slope between batches "
              f"{batches[0]} and {batches[1]}; \"+ per step\": what is kept once per step whatever the batch.", ""]
     for side, per_model in table.items():

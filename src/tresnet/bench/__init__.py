@@ -11,7 +11,7 @@ paths (:mod:`tresnet.bench.forms`), against the compute ceiling of their number 
 from tresnet.bench.batch_search import BatchSearchResult, largest_batch
 from tresnet.bench.ceiling import estimate_peaks, gemm_gflop_per_s, parse_peak_gflops
 from tresnet.bench.forms import Form, FormBuild, list_forms, register_form
-from tresnet.bench.machine import command_line, cpu_flags, cpu_name, describe_device, machine_record
+from tresnet.bench.machine import command_line, cpu_flags, cpu_line, cpu_name, describe_device, machine_record
 from tresnet.bench.memory import SavedMemory, saved_memory
 from tresnet.bench.published import PAPER_PEERS, PEER_RESULTS, PublishedResult, published_top1
 from tresnet.bench.report import (
@@ -32,7 +32,7 @@ from tresnet.bench.targets import BenchTarget
 __all__ = [
     "PAPER_PEERS", "PEER_RESULTS", "BatchSearchResult", "BenchConfig", "BenchRow", "BenchTarget", "BuildOptions",
     "ModeResult", "ModelSpec", "PublishedResult", "SavedMemory", "Form", "FormBuild", "build_base_model",
-    "command_line", "cpu_flags", "cpu_name", "describe_device", "estimate_peaks", "format_ceilings", "format_ratios", "format_table",
+    "command_line", "cpu_flags", "cpu_line", "cpu_name", "describe_device", "estimate_peaks", "format_ceilings", "format_ratios", "format_table",
     "gemm_gflop_per_s", "largest_batch", "list_forms", "machine_record", "markdown_table", "parse_model_list",
     "parse_model_spec", "parse_peak_gflops", "plot_results", "published_top1", "ratio_rows", "register_form",
     "run_benchmark", "saved_memory", "write_csv", "write_json",

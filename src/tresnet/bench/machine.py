@@ -50,6 +50,13 @@ def cpu_flags() -> list[str]:
     return [flag for flag in SPEED_FLAGS if flag in present]
 
 
+def cpu_line(flags: Sequence[str] | None = None) -> str:
+    """``CPU: <model> (<n> cores); speed-relevant ISA flags: ...``, the head of a benchmark's table; ``flags`` as a
+    run recorded them (None: this machine's, :func:`cpu_flags`)."""
+    flags = cpu_flags() if flags is None else flags
+    return f"CPU: {cpu_name()} ({os.cpu_count()} cores); speed-relevant ISA flags: {', '.join(flags) or 'none'}"
+
+
 def load_average() -> float | None:
     """The 1-minute load average of the machine (None where the system does not report one)."""
     try:

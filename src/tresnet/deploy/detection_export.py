@@ -71,6 +71,13 @@ WIDER_BY = 64  # the second check image is this much wider than the detector's s
 SCORE_TOLERANCE = 1e-5
 BOX_TOLERANCE = 1e-4
 Detections = list[dict[str, torch.Tensor]]
+# How each file is called: in a few words (the export's report) and in full (the file's metadata).
+CALLED = {
+    "onnx": ("one image of any size", "one (3, H, W) image in [0, 1] and a score_threshold; gives boxes (x1, y1, x2, "
+                                      "y2), scores, labels"),
+    "torchscript": ("a list of images of any sizes", "a list of (3, H, W) images in [0, 1]; gives (losses, "
+                                                     "detections); import torchvision before torch.jit.load"),
+}
 
 
 def is_detector(model: nn.Module) -> bool:
@@ -293,11 +300,8 @@ def _metadata(model: nn.Module, format: str) -> dict:
     """What the file records of the detector: its backbone, its configuration, its classes and how it is called."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     info = getattr(model, "checkpoint_info", None)
-    takes = ("one (3, H, W) image in [0, 1] and a score_threshold; gives boxes (x1, y1, x2, y2), scores, labels"
-             if format == "onnx" else "a list of (3, H, W) images in [0, 1]; gives (losses, detections); import torchvision "
-                "before torch.jit.load")
     return {"model": cfg.get("model"), "head": cfg.get("head"), "network": cfg.get("network"),
-            "class_names": info.metadata.get("class_names") if info is not None else None, "takes": takes}
+            "class_names": info.metadata.get("class_names") if info is not None else None, "takes": CALLED[format][1]}
 
 
 def _write_and_check(model: nn.Module, prepared: nn.Module, tmp: str, path: Path, format: str, opset: int,
@@ -320,8 +324,8 @@ def _write_and_check(model: nn.Module, prepared: nn.Module, tmp: str, path: Path
     return got, compare_detections(found, expected, format, path)
 
 
-def export_detector(model: nn.Module, output: str | os.PathLike, *, format: str, opset: int = DEFAULT_OPSET, fused: bool = True,
-                    number_format: str = "fp32", dynamic_batch: bool = False, img_size=None,
+def export_detector(model: nn.Module, output: str | os.PathLike, *, format: str, opset: int = DEFAULT_OPSET,
+                    fused: bool = True, number_format: str = "fp32", dynamic_batch: bool = False, img_size=None,
                     tolerance: float | None = None) -> ExportReport:
     """Export torchvision detector ``model`` (FCOS or RetinaNet, :func:`tresnet.create_detector`) to ``output`` as
     TorchScript or ONNX: the whole detector, checked as this module says, renamed into place only when it passes.
@@ -363,11 +367,10 @@ def _export(model: nn.Module, path: Path, format: str, opset: int, fused: bool,
 
     write_atomically(path, write_and_check)
     found, boxes = results[0]
-    takes = "one image of any size" if format == "onnx" else "a list of images of any sizes"
     return ExportReport(path=path, format=format, img_size=tuple(images[0].shape[-2:]), fused=fused,
                         number_format="fp32", dynamic_batch=False, opset=opset if format == "onnx" else None,
                         batch_sizes=tuple(len(batch) for batch in batches), max_abs_diff=found.abs_error,
-                        max_rel_diff=found.error, fp32_error=found.fp32_error, limit=found.limit, takes=takes,
+                        max_rel_diff=found.error, fp32_error=found.fp32_error, limit=found.limit, takes=CALLED[format][0],
                         boxes_checked=boxes)
 
 
