@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tresnet.checkpoint import read_checkpoint_metadata
 from tresnet.cli import _common as common
+from tresnet.data.published import PUBLISHED_SETS
 from tresnet.data.sources import ValidationOptions, data_tasks
 from tresnet.errors import CheckpointError
 from tresnet.inference.evaluate import Scoring
@@ -33,10 +34,13 @@ def add_parser(subparsers) -> None:
                     "columns file,labels). Unreadable files are skipped with a warning and counted.",
     )
     parser.add_argument("--data", required=True, metavar="DIR",
-                        help="folder of class sub-folders, e.g. imagenet/val; multilabel: the images folder of "
-                             "--annotations, or a CSV with columns file,labels (labels: class names separated "
-                             "by spaces); or a bundled set, digits or digits-multilabel (the validation split "
-                             "of its training run)")
+                        help="folder of class sub-folders, e.g. imagenet/val; a published set as distributed, "
+                             f"NAME:ROOT with NAME one of {', '.join(PUBLISHED_SETS)} (its test split; see "
+                             "--split); multilabel: the images folder of --annotations, or a CSV with columns "
+                             "file,labels (labels: class names separated by spaces); or a bundled set, digits or "
+                             "digits-multilabel (the validation split of its training run)")
+    parser.add_argument("--split", metavar="NAME",
+                        help="a published set (--data NAME:ROOT): the split evaluated, e.g. val (default: test)")
     common.add_inference_arguments(parser)
     common.add_task_arguments(parser)
     parser.add_argument("--ground-truth", metavar="FILE",
@@ -112,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     task = args.task or _data_task(args) or DEFAULT_TASK
     dataset = open_validation_data(args.data, task=task, options=ValidationOptions(
         annotations=args.annotations, classes=args.classes, ground_truth=args.ground_truth, strict=args.strict,
-        without_labels=args.without_labels))
+        without_labels=args.without_labels, split=args.split))
     model = common.load_model(args, "validate")
     preprocessing = common.resolve_preprocessing(args, model)
     common.announce_deployment(args, run_options.number_format, "validate")

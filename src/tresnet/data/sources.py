@@ -1,8 +1,9 @@
 """Where images and labels come from: a registry of data sources, each declaring the tasks it serves.
 
-``--data`` names a bundled set (``digits``, ``digits-multilabel``), or a path that one of the file sources reads:
-ImageNet-style class folders (``folders``, with a ground-truth file for a flat folder), a COCO instances json
-of an images folder (``coco``), or a labels CSV (``csv``). :func:`find_source` picks the source of a ``--data``
+``--data`` names a bundled set (``digits``, ``digits-multilabel``), a public fine-tuning set as distributed
+(``NAME:ROOT``: ``cifar10:~/data``, see :mod:`tresnet.data.published`), or a path that one of the file sources
+reads: ImageNet-style class folders (``folders``, with a ground-truth file for a flat folder), a COCO instances
+json of an images folder (``coco``), or a labels CSV (``csv``). :func:`find_source` picks the source of a ``--data``
 for a task: the one it names, else the file source that recognises it (``--annotations`` given: COCO; a
 ``.csv``: CSV), else the task's default file source. A source opens the training pair
 (:meth:`DataSource.training_data`: augmented train set, evaluated validation set, classes) and a validation set
@@ -30,6 +31,7 @@ from tresnet.data.bundled import BUNDLED_SETS, BundledSet, BundledValidationSet
 from tresnet.data.datasets import GroundTruthDataset, ImageFolderDataset
 from tresnet.data.detection import CocoDetection, create_detection_eval_transform
 from tresnet.data.multilabel import open_multilabel
+from tresnet.data.published import PUBLISHED_SETS, PublishedDataset, PublishedSet, published_set
 from tresnet.data.splits import stratified_split
 from tresnet.data.train_transforms import create_tensor_eval_transform
 from tresnet.data.transforms import Preprocessing, create_eval_transform, normalisation
@@ -64,6 +66,7 @@ class ValidationOptions:
     ground_truth: str | os.PathLike | None = None
     strict: bool = False
     without_labels: str = "skip"
+    split: str | None = None
 
     def given(self, names: Sequence[str]) -> list[str]:
         return [name for name in names if getattr(self, name) is not None]
@@ -80,6 +83,7 @@ class DataSource:
     tasks: tuple[str, ...]
     usage: str  # how to name it on the command line, for messages
     embedded: bool = False  # held in memory (no worker processes; its split is recorded in checkpoints)
+    splits: tuple[str, ...] = ()  # the named splits validation may take (ValidationOptions.split)
 
     def claims(self, data: str | os.PathLike, annotations: Any = None) -> bool:
         """Whether ``data`` (with ``annotations``) is unmistakably this source's."""
@@ -147,6 +151,59 @@ class BundledSource(DataSource):
             raise ConfigError(f"{data} is a bundled data set with its own labels: drop --annotations, --classes "
                               f"and --ground-truth")
         return BundledValidationSet(str(data))
+
+
+class PublishedSource(DataSource):
+    """A public fine-tuning set as distributed (:data:`tresnet.data.published.PUBLISHED_SETS`), named ``NAME:ROOT``.
+    A run validates on the split ``val`` names (``--val-data``: ``val`` where the set has one, or ``test``, the
+    default) and trains on the set's other splits; validation evaluates the test split unless
+    ``ValidationOptions.split`` names another."""
+
+    tasks = ("multiclass",)
+
+    def __init__(self, spec: PublishedSet) -> None:
+        self.spec, self.name, self.splits = spec, spec.name, spec.splits
+        self.usage = f"--data {spec.name}:ROOT ({spec.title} as distributed, ROOT/{spec.folder})"
+
+    def claims(self, data: str | os.PathLike, annotations: Any = None) -> bool:
+        named = published_set(data)
+        return named is not None and named[0] is self.spec
+
+    def check(self, section: Any) -> None:
+        given = [name for name in LABEL_FILE_OPTIONS if getattr(section, name)]
+        if given:
+            raise ConfigError(f"{self.spec.title} has its own labels: drop {', '.join(given)}")
+        if section.val is not None and section.val not in self.spec.eval_splits:
+            raise ConfigError(f"--val-data with --data {self.name}:ROOT names the split validated on: "
+                              f"{' or '.join(self.spec.eval_splits)} (default {self.spec.splits[-1]}), not "
+                              f"{section.val!r}")
+
+    def preprocessing(self, section: Any, pretrained_cfg: dict, img_size: int) -> Preprocessing:
+        if self.spec.native_size is not None and section.crop_pct is None and section.crop_mode is None:
+            # small images upscaled to the input: a centre crop would cut their border away
+            return Preprocessing.of(eval_config(pretrained_cfg, section), img_size=img_size, crop_mode="squash")
+        return super().preprocessing(section, pretrained_cfg, img_size)
+
+    def training_data(self, section: Any, pretrained_cfg: dict, train_transform: Callable, img_size: int) -> TrainData:
+        root, val_split = published_set(section.train)[1], section.val or self.spec.splits[-1]
+        train = PublishedDataset(self.spec, root, self.spec.train_splits(val_split), train_transform)
+        val = PublishedDataset(self.spec, root, (val_split,),
+                               self.preprocessing(section, pretrained_cfg, img_size).transform())
+        if val.classes != train.classes:
+            raise DataError(f"{self.spec.title}: the {val_split} split names other classes than the training split "
+                            f"({len(val.classes)} against {len(train.classes)}): a split list is incomplete")
+        side = self.spec.native_size
+        resized = f"; its {side}x{side} images are resized to {img_size}x{img_size}" if side and side != img_size else ""
+        return TrainData(train, val, list(train.classes),
+                         f"{self.spec.title} at {train.root}: {len(train)} {'+'.join(train.splits)} / {len(val)} "
+                         f"{val_split} images, {len(train.classes)} classes at {img_size}px{resized}")
+
+    def validation_data(self, data: str | os.PathLike, options: ValidationOptions) -> Dataset:
+        given = options.given(("annotations", "classes", "ground_truth"))
+        if given:
+            raise ConfigError(f"{self.spec.title} has its own labels: drop --{', --'.join(given).replace('_', '-')}")
+        return PublishedDataset(self.spec, published_set(data)[1], (options.split or self.spec.splits[-1],),
+                                strict=options.strict)
 
 
 def _find(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -374,12 +431,14 @@ def usages(task: str) -> list[str]:
 for _spec in BUNDLED_SETS.values():
     register_source(BundledSource(_spec))
 register_source(ImageFolders())
+for _published in PUBLISHED_SETS.values():
+    register_source(PublishedSource(_published))
 register_source(LabelledImages("coco", "--annotations FILE (a COCO instances json, with --data the images folder)",
                                lambda data, annotations: annotations is not None or data.lower().endswith(".json")))
 register_source(CocoBoxes())
 register_source(LabelledImages("csv", "--data labels.csv ('file,labels')",
                                lambda data, annotations: data.lower().endswith(".csv")))
 
-__all__ = ["CocoBoxes", "DataSource", "ImageFolders", "LabelledImages", "TrainData", "ValidationOptions",
-           "data_tasks", "eval_config", "find_source", "list_sources", "random_split", "register_source", "unregister_source",
-           "usages"]
+__all__ = ["CocoBoxes", "DataSource", "ImageFolders", "LabelledImages", "PublishedSource", "TrainData",
+           "ValidationOptions", "data_tasks", "eval_config", "find_source", "list_sources", "random_split",
+           "register_source", "unregister_source", "usages"]

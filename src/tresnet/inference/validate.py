@@ -61,15 +61,22 @@ def open_validation_data(data: str | os.PathLike, *, task: str | Task = DEFAULT_
     """The set to validate a ``task`` model on, opened by the data source that reads ``data`` for that task
     (:func:`tresnet.data.sources.find_source`): a bundled set by name (``digits``, ``digits-multilabel``:
     :class:`~tresnet.data.bundled.BundledValidationSet`, the validation split its training used), a folder of
-    class sub-folders or, with ``options.ground_truth``, a flat folder labelled by that file (multiclass), COCO
-    ``options.annotations`` of an images folder or a labels CSV with its ``options.classes`` (multilabel).
+    class sub-folders or, with ``options.ground_truth``, a flat folder labelled by that file, a published set
+    ``NAME:ROOT`` (its test split, or the one ``options.split`` names:
+    :class:`~tresnet.data.published.PublishedDataset`) (multiclass), COCO ``options.annotations`` of an images
+    folder or a labels CSV with its ``options.classes`` (multilabel).
 
     Raises :class:`ConfigError` for data of another task and options the source does not read, and
     :class:`DataError` for data that cannot be read (see the readers).
     """
     task = get_task(task)
     options = options or ValidationOptions()
-    return find_source(data, task.name, options.annotations).validation_data(data, options)
+    source = find_source(data, task.name, options.annotations)
+    if options.split is not None and options.split not in source.splits:
+        offered = (f"its splits are {', '.join(source.splits)}" if source.splits else
+                   "only a published set (--data NAME:ROOT) has named splits")
+        raise ConfigError(f"--split {options.split} does not apply to --data {data}: {offered}")
+    return source.validation_data(data, options)
 
 
 def _check_data_fits_task(dataset: ValidationData, task: Task) -> None:

@@ -49,6 +49,7 @@ def run_summary(trainer: Any, session_seconds: float) -> dict:
         "model": cfg.model.name,
         "task": cfg.task.name,
         "data": str(cfg.data.train),
+        "data_description": trainer.data.description,
         "num_classes": len(trainer.data.class_names),
         "img_size": trainer.img_size,
         "precision": cfg.run.precision,

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from tresnet.data.published import PUBLISHED_SETS
 from tresnet.data.train_transforms import AUTO_AUGMENTS, ERASE_MODES, TRAIN_CROP_MODES, Augmentation
 from tresnet.data.transforms import CROP_MODES
 from tresnet.layers import NORMS as LAYER_NORMS
@@ -82,13 +83,15 @@ class ModelSection:
 class DataSection:
     """Where the images and labels come from, and how validation sees them."""
 
-    train: str | None = _opt("ImageNet-style folder (train/ and val/, or class folders), 'digits' or "
-                             "'digits-multilabel'; multilabel: an images folder with --annotations, or a labels "
-                             "CSV", option="data")
+    train: str | None = _opt("ImageNet-style folder (train/ and val/, or class folders), a published set as "
+                             f"distributed (NAME:ROOT, NAME one of {', '.join(PUBLISHED_SETS)}), 'digits' or "
+                             "'digits-multilabel'; multilabel: an "
+                             "images folder with --annotations, or a labels CSV", option="data")
     annotations: str | None = _opt("multilabel: COCO-format annotations of the --data images folder "
                                    "(instances_train2014.json)")
-    val: str | None = _opt("validation images folder or labels CSV (default: carved out of --data)",
-                           option="val_data")
+    val: str | None = _opt("validation images folder or labels CSV (default: carved out of --data); with a "
+                           "published set, the split validated on, val or test (default: test; it trains on the "
+                           "other splits)", option="val_data")
     val_annotations: str | None = _opt("multilabel: COCO-format annotations of --val-data")
     classes: str | None = _opt("multilabel CSV: text file of the class names, one per line (default: the names "
                                "found in the CSV, sorted)")
