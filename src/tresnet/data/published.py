@@ -58,9 +58,9 @@ class PublishedSet:
         return self.splits[1:]
 
     def train_splits(self, val_split: str) -> tuple[str, ...]:
-        """What a run validating on ``val_split`` trains on: every other official split (train + val when it
-        validates on test, the standard protocol of transfer results; train alone when it validates on val)."""
-        return tuple(split for split in self.splits if split != val_split)
+        """What a run validating on ``val_split`` trains on: the splits before it (train + val when it validates on
+        test, the usual protocol of transfer results; train alone when it validates on val; never test)."""
+        return self.splits[:self.splits.index(val_split)]
 
     def torchvision_root(self, root: str | os.PathLike) -> Path:
         """The folder torchvision's class takes for the ``root`` given: ``root``, or its parent when ``root`` is
@@ -107,27 +107,36 @@ class ArrayImages:
         return Image.fromarray(self.pixels[int(str(key).rsplit("#", 1)[1])])
 
 
-def _cifar(cls: type) -> Reader:
-    def read(root: Path, split: str) -> tuple[Samples, list[str], Callable]:
-        opened = cls(str(root), train=split == "train", download=False)
-        key = str(root / cls.base_folder / split)
+@dataclass(frozen=True)
+class CifarReader:
+    """Reads a CIFAR split with torchvision's class (``cls``): its images stay in the class's array."""
+
+    cls: type
+
+    def __call__(self, root: Path, split: str) -> tuple[Samples, list[str], Callable]:
+        opened = self.cls(str(root), train=split == "train", download=False)
+        key = str(root / self.cls.base_folder / split)
         samples = [(f"{key}#{row}", int(label)) for row, label in enumerate(opened.targets)]
         return samples, list(opened.classes), ArrayImages(opened.data)
-    return read
 
 
-def _paths_from(cls: type, **options) -> Reader:
-    """A class that takes a ``loader``: given ``str`` for one, indexing it gives ``(path, label)`` without reading
-    an image."""
-    def read(root: Path, split: str) -> tuple[Samples, list[str], None]:
-        opened = cls(str(root), split=split, download=False, loader=str, **options)
-        return [(str(path), int(label)) for path, label in (opened[i] for i in range(len(opened)))], \
-            list(opened.classes), None
-    return read
+@dataclass(frozen=True)
+class PathsReader:
+    """Reads a split with a torchvision class that takes a ``loader`` (``cls``, with ``options``): given ``str``
+    for one, indexing it gives ``(path, label)`` without reading an image."""
+
+    cls: type
+    options: tuple[tuple[str, str], ...] = ()
+
+    def __call__(self, root: Path, split: str) -> tuple[Samples, list[str], None]:
+        opened = self.cls(str(root), split=split, download=False, loader=str, **dict(self.options))
+        samples = [(str(path), int(label)) for path, label in (opened[i] for i in range(len(opened)))]
+        return samples, list(opened.classes), None
 
 
-def _pets(root: Path, split: str) -> tuple[Samples, list[str], None]:
-    # OxfordIIITPet takes no loader (it opens the image itself): its parsed lists are read instead
+def read_pets(root: Path, split: str) -> tuple[Samples, list[str], None]:
+    """Reads an Oxford-IIIT Pets split: the class takes no loader (it opens the image itself), so its parsed lists
+    are read instead."""
     opened = tv_datasets.OxfordIIITPet(str(root), split=split, target_types="category", download=False)
     return [(str(path), int(label)) for path, label in zip(opened._images, opened._labels, strict=True)], \
         list(opened.classes), None
@@ -139,34 +148,34 @@ PUBLISHED_SETS: dict[str, PublishedSet] = {spec.name: spec for spec in (
     # torchvision's CIFAR classes check every batch whatever the split: all are needed
     PublishedSet("cifar10", "CIFAR-10", "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar.html "
                  "(the python version)", ("train", "test"), {"*": (*_CIFAR10_BATCHES, "test_batch", "batches.meta")},
-                 _cifar(tv_datasets.CIFAR10), native_size=32),
+                 CifarReader(tv_datasets.CIFAR10), native_size=32),
     PublishedSet("cifar100", "CIFAR-100", "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar.html "
                  "(the python version)", ("train", "test"), {"*": ("train", "test", "meta")},
-                 _cifar(tv_datasets.CIFAR100), native_size=32),
+                 CifarReader(tv_datasets.CIFAR100), native_size=32),
     PublishedSet("flowers102", "Oxford Flowers-102", "flowers-102", "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/",
                  ("train", "val", "test"), {"*": ("jpg/", "imagelabels.mat", "setid.mat")},
-                 _paths_from(tv_datasets.Flowers102)),
+                 PathsReader(tv_datasets.Flowers102)),
     PublishedSet("stanford-cars", "Stanford Cars", "stanford_cars",
                  "https://ai.stanford.edu/~jkrause/cars/car_dataset.html", ("train", "test"),
                  {"*": ("devkit/cars_meta.mat",), "train": ("devkit/cars_train_annos.mat", "cars_train/"),
                   "test": ("cars_test_annos_withlabels.mat", "cars_test/")},
-                 _paths_from(tv_datasets.StanfordCars)),
+                 PathsReader(tv_datasets.StanfordCars)),
     PublishedSet("oxford-pets", "Oxford-IIIT Pets", "oxford-iiit-pet", "https://www.robots.ox.ac.uk/~vgg/data/pets/",
                  ("trainval", "test"), {"*": ("images/",), "trainval": ("annotations/trainval.txt",),
-                                        "test": ("annotations/test.txt",)}, _pets),
+                                        "test": ("annotations/test.txt",)}, read_pets),
     PublishedSet("fgvc-aircraft", "FGVC-Aircraft (variants)", "fgvc-aircraft-2013b",
                  "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/", ("train", "val", "test"),
                  {"*": ("data/images/", "data/variants.txt"), "train": ("data/images_variant_train.txt",),
                   "val": ("data/images_variant_val.txt",), "test": ("data/images_variant_test.txt",)},
-                 _paths_from(tv_datasets.FGVCAircraft, annotation_level="variant")),
+                 PathsReader(tv_datasets.FGVCAircraft, (("annotation_level", "variant"),))),
     PublishedSet("food101", "Food-101", "food-101", "https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/",
                  ("train", "test"), {"*": ("images/",), "train": ("meta/train.json",), "test": ("meta/test.json",)},
-                 _paths_from(tv_datasets.Food101)),
+                 PathsReader(tv_datasets.Food101)),
     # DTD's first of its ten official train / val / test partitions, as torchvision's default
     PublishedSet("dtd", "Describable Textures (DTD)", "dtd/dtd", "https://www.robots.ox.ac.uk/~vgg/data/dtd/",
                  ("train", "val", "test"), {"*": ("images/",), "train": ("labels/train1.txt",),
                                             "val": ("labels/val1.txt",), "test": ("labels/test1.txt",)},
-                 _paths_from(tv_datasets.DTD)),
+                 PathsReader(tv_datasets.DTD)),
 )}
 
 
@@ -261,5 +270,5 @@ def open_published(data: str | os.PathLike, splits: Sequence[str] | None = None,
     return PublishedDataset(spec, root, splits or spec.splits[-1:], transform=transform, strict=strict)
 
 
-__all__ = ["PUBLISHED_SETS", "ArrayImages", "PublishedDataset", "PublishedSet", "files_exist_only", "open_published",
-           "published_set"]
+__all__ = ["PUBLISHED_SETS", "ArrayImages", "CifarReader", "PathsReader", "PublishedDataset", "PublishedSet", "files_exist_only", "open_published",
+           "published_set", "read_pets"]
