@@ -118,8 +118,8 @@ def write_stanford_cars(root: Path) -> Written:
 
 
 def write_oxford_pets(root: Path) -> Written:
-    """``oxford-iiit-pet/``: ``images/Breed_N.jpg``, ``annotations/trainval.txt`` and ``test.txt`` (``Image CLASS-ID
-    SPECIES BREED-ID``, 1-based; cats capitalised, dogs not)."""
+    """``oxford-iiit-pet/``: ``images/Breed_N.jpg``, ``annotations/trainval.txt`` and ``test.txt`` (``image class-id
+    species-id breed-id``, 1-based; cats capitalised, dogs not)."""
     folder = root / "oxford-iiit-pet"
     breeds = [("Abyssinian", 1), ("american_bulldog", 2), ("Bengal", 1)]
     lists = {"trainval": [(0, 1), (1, 1), (2, 1), (0, 2), (1, 2), (2, 2)], "test": [(2, 3), (0, 3), (1, 3)]}

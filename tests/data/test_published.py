@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torchvision.datasets as tv_datasets
 import torchvision.datasets.utils as tv_dataset_utils
+import yaml
 
 from published_files import WRITERS
 from tresnet.checkpoint import read_checkpoint_metadata
@@ -19,9 +21,11 @@ from tresnet.data.published import PUBLISHED_SETS, open_published
 from tresnet.data.sources import ValidationOptions, find_source, list_sources
 from tresnet.errors import ConfigError, DataError
 from tresnet.inference.validate import open_validation_data
+from tresnet.training.config import TrainConfig, load_recipe
 from tresnet.training.sections import DataSection
 
 NAMES = sorted(WRITERS)
+TRANSFER_PAGE = Path(__file__).resolve().parents[2] / "docs" / "transfer.md"
 
 
 def test_every_published_set_has_a_writer_and_a_registered_source():
@@ -197,3 +201,31 @@ def test_a_bad_folder_through_the_command_line_is_one_line(tmp_path, capsys):
     code = main(["validate", "--model", "genet_light", "--data", f"oxford-pets:{tmp_path / 'data'}"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and "\n" not in err and "annotations/test.txt is missing" in err
+
+
+@pytest.mark.parametrize(("recipe", "model", "img_size", "rows"),
+                         [("transfer-224", "tresnet_xl", 224, ("cifar10", "cifar100")),
+                          ("transfer-368", "tresnet_l", 368, ("stanford-cars", "flowers102"))])
+def test_the_transfer_recipes_are_the_papers_rows(recipe, model, img_size, rows):
+    values = load_recipe(recipe)
+    assert (values["model"], values["img_size"], values["epochs"]) == (model, img_size, 80)
+    assert (values["optimizer"], values["lr"], values["weight_decay"], values["warmup_epochs"], values["ema_decay"],
+            values["label_smoothing"], values["random_erase"]) == ("adamw", 2e-4, 1e-4, 3, 0.995, 0.1, 0.5)
+    for name in rows:
+        TrainConfig.from_options({**values, "data": f"{name}:/data", "output": "out"}).validate()
+    assert f"--config {recipe} --data {rows[0]}:~/data" in TRANSFER_PAGE.read_text()
+
+
+def test_the_transfer_recipe_runs_on_cifar(tmp_path, capsys):
+    WRITERS["cifar10"](tmp_path / "data")
+    out = tmp_path / "run"
+    # its augmentation on upscaled 32 px images; TResNet-M at 64 px and in fp32 to stay quick (autocast's bf16 is
+    # emulated, and slow, on CPUs without AVX-512 BF16)
+    assert main(["train", "--config", "transfer-224", "--model", "tresnet_m", "--data", f"cifar10:{tmp_path / 'data'}",
+                 "--img-size", "64",
+                 "--precision", "fp32", "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "2",
+                 "--workers", "0", "--threads", "1", "--no-progress", "--output", str(out)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("training tresnet_m") and "its 32x32 images are resized to 64x64" in line
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["augmentation"]["auto_augment"] == "autoaugment" and saved["optimisation"]["epochs"] == 1
