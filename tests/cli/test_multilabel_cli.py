@@ -161,8 +161,10 @@ def test_validate_from_python_with_the_checkpoints_class_names(data):
     (dict(num_classes=4), [], "names 3 classes but the model has 4"),
     (dict(class_names=["dog", "ant", "bee"]), [], "index 0 is 'cat' in the annotations, 'dog' in the checkpoint"),
     (dict(task="multiclass"), [], "images is multilabel data and the model is multiclass: use data of the model's "
-                                  "task (--data digits or --data a folder of class sub-folders (ImageNet-style)), "
-                                  "or another checkpoint"),
+                                  "task (--data digits or --data a folder of class sub-folders (ImageNet-style) or "
+                                  "--data NAME:ROOT (a public fine-tuning set as distributed: cifar10, cifar100, "
+                                  "flowers102, stanford-cars, oxford-pets, fgvc-aircraft, food101, dtd)), or another "
+                                  "checkpoint"),
     (dict(), ["--task", "multiclass"], "the task is multiclass: pass --task multilabel"),
     (dict(), ["--threshold", "1.5"], "must lie in (0, 1), got 1.5"),
 ])

@@ -163,7 +163,8 @@ class PublishedSource(DataSource):
 
     def __init__(self, spec: PublishedSet) -> None:
         self.spec, self.name, self.splits = spec, spec.name, spec.splits
-        self.usage = f"--data {spec.name}:ROOT ({spec.title} as distributed, ROOT/{spec.folder})"
+        # one usage for all of them, so that a message lists them once
+        self.usage = f"--data NAME:ROOT (a public fine-tuning set as distributed: {', '.join(PUBLISHED_SETS)})"
 
     def claims(self, data: str | os.PathLike, annotations: Any = None) -> bool:
         named = published_set(data)
@@ -425,7 +426,7 @@ def find_source(data: str | os.PathLike, task: str, annotations: Any = None) -> 
 
 def usages(task: str) -> list[str]:
     """How to name each source that serves ``task``, for messages."""
-    return [source.usage for source in _SOURCES.values() if task in source.tasks]
+    return list(dict.fromkeys(source.usage for source in _SOURCES.values() if task in source.tasks))
 
 
 for _spec in BUNDLED_SETS.values():
