@@ -112,6 +112,9 @@ def test_an_unknown_split_and_data_that_names_no_set(tmp_path):
         open_published(f"cifar10:{tmp_path}", ["val"])
     with pytest.raises(DataError, match="names no published set"):
         open_published(f"cifar11:{tmp_path}")
+    with pytest.raises(DataError, match="dtd is a published set without its folder: pass --data dtd:ROOT, ROOT the "
+                                        "folder that holds dtd/dtd/"):
+        find_source("dtd", "multiclass")
 
 
 def test_a_set_held_in_an_array_survives_pickling_for_worker_processes(tmp_path):

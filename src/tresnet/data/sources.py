@@ -406,6 +406,9 @@ def find_source(data: str | os.PathLike, task: str, annotations: Any = None) -> 
     """The source that reads ``data`` for ``task``: the one it names or that recognises it, else the task's
     first file source. Raises :class:`ConfigError` when that source serves other tasks (naming the sources of
     ``task``), and :class:`DataError` when no source of ``task`` can read a plain path."""
+    if str(data) in PUBLISHED_SETS and not Path(data).expanduser().exists():
+        raise DataError(f"{data} is a published set without its folder: pass --data {data}:ROOT, ROOT the folder "
+                        f"that holds {PUBLISHED_SETS[str(data)].folder}/")
     claiming = _claiming(data, annotations)
     source = next((s for s in claiming if task in s.tasks), claiming[0] if claiming else None)
     if source is None:
