@@ -51,7 +51,7 @@ def test_the_set_folder_itself_is_a_root_too(tmp_path, name):
     written = WRITERS[name](tmp_path)
     spec = PUBLISHED_SETS[name]
     dataset = open_published(f"{name}:{tmp_path / spec.folder.split('/')[0]}")
-    assert dataset.targets == written.labels[spec.splits[-1]]
+    assert dataset.targets == written.labels[spec.test_split]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -163,7 +163,7 @@ def test_one_training_epoch_through_tresnet_train(tmp_path, capsys, name):
     assert main(["train", "--data", f"{name}:{tmp_path / 'data'}", "--output", str(out), *QUICK]) == 0
     spec = PUBLISHED_SETS[name]
     summary = json.loads((out / "summary.json").read_text())
-    test, train_splits = spec.splits[-1], spec.train_splits(spec.splits[-1])
+    test, train_splits = spec.test_split, spec.train_splits(spec.test_split)
     trained = sum(len(written.labels[split]) for split in train_splits)
     assert summary["num_classes"] == len(written.classes) and summary["epochs"] == 1
     assert (f": {trained} {'+'.join(train_splits)} / {len(written.labels[test])} {test} images, "

@@ -53,6 +53,11 @@ class PublishedSet:
     native_size: int | None = None
 
     @property
+    def test_split(self) -> str:
+        """The split a run validates on, and validation evaluates, unless told otherwise: the last (test)."""
+        return self.splits[-1]
+
+    @property
     def eval_splits(self) -> tuple[str, ...]:
         """The splits a run may validate on: all but the training one."""
         return self.splits[1:]
@@ -252,10 +257,6 @@ class PublishedDataset(ImageFolderDataset):
     def make_dataset(self, directory: str, class_to_idx: dict[str, int], *args, **kwargs) -> Samples:
         return [sample for samples, _, _ in self._read for sample in samples]
 
-    def describe(self) -> str:
-        """``CIFAR-10 test (10000 images, 10 classes)``."""
-        return f"{self.spec.title} {'+'.join(self.splits)} ({len(self)} images, {len(self.classes)} classes)"
-
 
 def open_published(data: str | os.PathLike, splits: Sequence[str] | None = None, *, transform: Callable | None = None,
                    strict: bool = False) -> PublishedDataset:
@@ -267,7 +268,7 @@ def open_published(data: str | os.PathLike, splits: Sequence[str] | None = None,
     if named is None:
         raise DataError(f"{data} names no published set: use NAME:ROOT with NAME one of {', '.join(PUBLISHED_SETS)}")
     spec, root = named
-    return PublishedDataset(spec, root, splits or spec.splits[-1:], transform=transform, strict=strict)
+    return PublishedDataset(spec, root, splits or (spec.test_split,), transform=transform, strict=strict)
 
 
 __all__ = ["PUBLISHED_SETS", "ArrayImages", "CifarReader", "PathsReader", "PublishedDataset", "PublishedSet", "files_exist_only", "open_published",

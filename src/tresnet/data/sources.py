@@ -89,6 +89,10 @@ class DataSource:
         """Whether ``data`` (with ``annotations``) is unmistakably this source's."""
         return False
 
+    def misnamed(self, data: str | os.PathLike) -> str | None:
+        """What to pass instead when ``data`` looks meant for this source but does not name it (None: it does not)."""
+        return None
+
     def check(self, section: Any) -> None:
         """:class:`ConfigError` for a training option this source does not read."""
 
@@ -170,13 +174,19 @@ class PublishedSource(DataSource):
         named = published_set(data)
         return named is not None and named[0] is self.spec
 
+    def misnamed(self, data: str | os.PathLike) -> str | None:
+        if str(data) != self.name or Path(data).expanduser().exists():
+            return None
+        return f"{data} is a published set without its folder: pass --data {data}:ROOT, ROOT the folder that holds " \
+               f"{self.spec.folder}/"
+
     def check(self, section: Any) -> None:
         given = [name for name in LABEL_FILE_OPTIONS if getattr(section, name)]
         if given:
             raise ConfigError(f"{self.spec.title} has its own labels: drop {', '.join(given)}")
         if section.val is not None and section.val not in self.spec.eval_splits:
             raise ConfigError(f"--val-data with --data {self.name}:ROOT names the split validated on: "
-                              f"{' or '.join(self.spec.eval_splits)} (default {self.spec.splits[-1]}), not "
+                              f"{' or '.join(self.spec.eval_splits)} (default {self.spec.test_split}), not "
                               f"{section.val!r}")
 
     def preprocessing(self, section: Any, pretrained_cfg: dict, img_size: int) -> Preprocessing:
@@ -186,7 +196,7 @@ class PublishedSource(DataSource):
         return super().preprocessing(section, pretrained_cfg, img_size)
 
     def training_data(self, section: Any, pretrained_cfg: dict, train_transform: Callable, img_size: int) -> TrainData:
-        root, val_split = published_set(section.train)[1], section.val or self.spec.splits[-1]
+        root, val_split = published_set(section.train)[1], section.val or self.spec.test_split
         train = PublishedDataset(self.spec, root, self.spec.train_splits(val_split), train_transform)
         val = PublishedDataset(self.spec, root, (val_split,),
                                self.preprocessing(section, pretrained_cfg, img_size).transform())
@@ -203,7 +213,7 @@ class PublishedSource(DataSource):
         given = options.given(("annotations", "classes", "ground_truth"))
         if given:
             raise ConfigError(f"{self.spec.title} has its own labels: drop --{', --'.join(given).replace('_', '-')}")
-        return PublishedDataset(self.spec, published_set(data)[1], (options.split or self.spec.splits[-1],),
+        return PublishedDataset(self.spec, published_set(data)[1], (options.split or self.spec.test_split,),
                                 strict=options.strict)
 
 
@@ -405,10 +415,11 @@ def data_tasks(data: str | os.PathLike, annotations: Any = None) -> list[str]:
 def find_source(data: str | os.PathLike, task: str, annotations: Any = None) -> DataSource:
     """The source that reads ``data`` for ``task``: the one it names or that recognises it, else the task's
     first file source. Raises :class:`ConfigError` when that source serves other tasks (naming the sources of
-    ``task``), and :class:`DataError` when no source of ``task`` can read a plain path."""
-    if str(data) in PUBLISHED_SETS and not Path(data).expanduser().exists():
-        raise DataError(f"{data} is a published set without its folder: pass --data {data}:ROOT, ROOT the folder "
-                        f"that holds {PUBLISHED_SETS[str(data)].folder}/")
+    ``task``), and :class:`DataError` when no source of ``task`` can read a plain path, or when ``data`` looks meant
+    for a source it does not name (:meth:`DataSource.misnamed`: a published set without its ``:ROOT``)."""
+    hint = next((text for text in (s.misnamed(data) for s in _SOURCES.values()) if text is not None), None)
+    if hint is not None:
+        raise DataError(hint)
     claiming = _claiming(data, annotations)
     source = next((s for s in claiming if task in s.tasks), claiming[0] if claiming else None)
     if source is None:
