@@ -203,7 +203,9 @@ def test_a_file_that_is_no_checkpoint_says_what_it_is_and_what_is_accepted(tmp_p
 
 def test_pretrained_looks_in_the_local_cache_only(tmp_path, monkeypatch):
     monkeypatch.setenv("TRESNET_HOME", str(tmp_path))
-    with pytest.raises(CheckpointError, match=r"no pretrained weights for tresnet_m in .*never downloads.*tresnet_m\.pth"):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(CheckpointError, match=r"no pretrained weights for tresnet_m\.miil_in1k .*never downloads.*tresnet_m\.pth"):
         tresnet.create_model("tresnet_m", pretrained=True)
     ref = tresnet.create_model("tresnet_m")
     torch.save({"model": to_official(ref.state_dict())}, tmp_path / "tresnet_m.pth")

@@ -22,11 +22,12 @@ MAY_IMPORT = {
     "data": BASE | {"data"},
     "tasks": BASE | {"data", "models", "layers", "tasks"},
     "checkpoint": BASE | {"models", "layers", "tasks"},
-    "factory": BASE | {"checkpoint", "models", "layers", "tasks"},
+    "weights": BASE | {"models"},
+    "factory": BASE | {"checkpoint", "models", "layers", "tasks", "weights"},
     "deploy": BASE | {"layers", "models", "checkpoint", "data", "deploy"},
     "inference": BASE | {"layers", "models", "checkpoint", "factory", "data", "tasks", "deploy", "inference"},
     "training": BASE | {"layers", "models", "checkpoint", "factory", "data", "tasks", "deploy", "inference",
-                        "training", "__init__"},
+                        "training", "weights", "__init__"},
 }
 UNCITED = ("SP" + "EC", "docs/" + "sections")  # written split, so that this file does not match itself
 

@@ -31,37 +31,7 @@ from tresnet.models.registry import (
 from tresnet.tasks import DEFAULT_TASK, NetworkSpec, get_task
 from tresnet.tasks.detection import TASK as DETECTION_TASK
 from tresnet.tasks.detection import assemble_detector, detector_body
-
-# File names looked for in the cache, per model name: ours, the official release's, timm's hub layout.
-_CACHE_PATTERNS = ("{name}.safetensors", "{name}.pth", "{name}.pth.tar", "{name}.bin",
-                   "{name}/model.safetensors", "{name}/pytorch_model.bin")
-
-
-def cache_dir() -> Path:
-    """Where ``pretrained=True`` looks: ``$TRESNET_HOME``, else ``~/.cache/tresnet``."""
-    return Path(os.environ.get("TRESNET_HOME", "~/.cache/tresnet")).expanduser()
-
-
-def pretrained_file_names(name: str) -> list[str]:
-    """The file names accepted in the cache for model ``name`` (and its official release's file name)."""
-    names = [p.format(name=name) for p in _CACHE_PATTERNS]
-    release_file = get_pretrained_cfg(name).get("release_file")
-    return names + [release_file] if release_file else names
-
-
-def find_pretrained(name: str) -> Path:
-    """The cached weights file of ``name``; :class:`CheckpointError` saying where to put it if absent."""
-    root = cache_dir()
-    for candidate in pretrained_file_names(name):
-        path = root / candidate
-        if path.is_file():
-            return path
-    accepted = ", ".join(pretrained_file_names(name))
-    raise CheckpointError(
-        f"no pretrained weights for {name} in {root} (this package never downloads): put the official "
-        f"release file, timm's weights or a tresnet checkpoint there as one of: {accepted}; "
-        f"or set TRESNET_HOME to the folder that holds it, or pass checkpoint_path"
-    )
+from tresnet.weights import FoundWeights, find_pretrained, split_tag
 
 
 def model_name_from_checkpoint(path: str | os.PathLike, metadata: dict | None = None) -> str:
@@ -146,6 +116,44 @@ def _open_classifier(path: Path, features_only: bool) -> Checkpoint:
     return ckpt
 
 
+def _weights_file(name: str | None, pretrained: bool, checkpoint_path: str | os.PathLike | None
+                  ) -> tuple[str | None, Path | None, FoundWeights | None]:
+    """The model name without its tag, the weights file to load (``checkpoint_path``, or the published weights
+    of ``name`` found on this machine with ``pretrained``) and where those were found.
+
+    Unknown names fail here, before any file is touched; so does a tag without ``pretrained``.
+    """
+    if name is None:
+        if checkpoint_path is None and pretrained:
+            raise ConfigError("pretrained=True needs a model name (e.g. tresnet_m, or tresnet_m.miil_in21k_ft_in1k)")
+        return None, Path(checkpoint_path).expanduser() if checkpoint_path is not None else None, None
+    model, tag = split_tag(name)
+    get_pretrained_cfg(model)
+    if checkpoint_path is not None:
+        if tag is not None:
+            raise ConfigError(f"{name} names published weights ({tag}) and a checkpoint file is given too: name the "
+                              f"model {model} with a file, or the tag with pretrained=True (--pretrained)")
+        return model, Path(checkpoint_path).expanduser(), None
+    if not pretrained:
+        if tag is not None:
+            raise ConfigError(f"{name} names published weights: pass pretrained=True (--pretrained) to load them, "
+                              f"or name the model {model} to build it without weights")
+        return model, None, None
+    found = find_pretrained(name)
+    return model, found.path, found
+
+
+def published_weights_cfg(found: FoundWeights) -> dict:
+    """The ``pretrained_cfg`` entries of a model built with published weights: their ``tag``, timm's
+    ``hf_hub_id``, where they were found (``weights_file``), and their published top-1 when the tag is not the
+    model's default (None for ImageNet-21k heads)."""
+    weights = found.weights
+    entries = {"tag": weights.tag, "hf_hub_id": weights.hub_repo, "weights_file": str(found.path)}
+    if not weights.default:
+        entries["top1"] = weights.top1
+    return entries
+
+
 def create_model(name: str | None = None, *, pretrained: bool = False,
                  checkpoint_path: str | os.PathLike | None = None, num_classes: int | None = None,
                  in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
@@ -154,7 +162,9 @@ def create_model(name: str | None = None, *, pretrained: bool = False,
                  task: str | None = None, head_options: dict | None = None, **arch_overrides) -> nn.Module:
     """Build model ``name`` (a TResNet or a GENet, see :func:`tresnet.list_models`), optionally with weights.
 
-    ``pretrained=True`` loads ``name``'s file from :func:`cache_dir`; ``checkpoint_path`` loads that
+    ``pretrained=True`` loads the published weights of ``name`` from this machine (never downloaded):
+    ``name`` is a model (its default weights) or ``MODEL.TAG`` as timm writes it (``tresnet_m.miil_in21k_ft_in1k``;
+    :func:`tresnet.weights.find_pretrained` says where it looks); ``checkpoint_path`` loads that
     file (official, timm or tresnet format, or an ASL / ML-Decoder multi-label release), read once.
     ``name`` may be left out when the checkpoint names its model (a file saved by ``tresnet train``) or
     holds a network only one model builds.
@@ -184,13 +194,9 @@ def create_model(name: str | None = None, *, pretrained: bool = False,
     """
     if name is None and checkpoint_path is None:
         raise ConfigError("create_model needs a model name, or a checkpoint_path whose file names its model")
-    if name is not None:
-        get_pretrained_cfg(name)  # unknown names fail before any file is touched
     if task is not None:
         get_task(task)  # an unknown task fails before any file is touched
-    path = Path(checkpoint_path).expanduser() if checkpoint_path is not None else None
-    if path is None and pretrained:
-        path = find_pretrained(name)
+    name, path, found = _weights_file(name, pretrained, checkpoint_path)
     ckpt = _open_classifier(path, features_only) if path is not None else None
     if name is None:
         name = model_name_from_checkpoint(path, ckpt.metadata)
@@ -205,6 +211,8 @@ def create_model(name: str | None = None, *, pretrained: bool = False,
         load_state(model, ckpt, allow_head_mismatch=num_classes is not None)
         model.checkpoint_info = ckpt.info
         model.pretrained_cfg.update(recorded_preprocessing(ckpt.metadata, in_chans))
+    if found is not None:
+        model.pretrained_cfg.update(published_weights_cfg(found))
     return model
 
 
@@ -252,9 +260,7 @@ def create_detector(name: str | None = None, *, head: str | None = None, num_cla
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"unknown detector option {unknown[0]!r}: use {', '.join(sorted(known))}")
-    path = Path(checkpoint_path).expanduser() if checkpoint_path is not None else None
-    if path is None and pretrained:
-        path = find_pretrained(name)
+    name, path, _ = _weights_file(name, pretrained, checkpoint_path)
     ckpt = open_checkpoint(path) if path is not None else None
     if ckpt is not None and ckpt.metadata.get("head") in DETECTOR_HEADS:
         return _saved(ckpt, name, head, num_classes, options)

@@ -22,9 +22,10 @@ import torch
 
 from tresnet.bench.targets import count_gmacs, count_params_m
 from tresnet.errors import TResNetError
-from tresnet.factory import cache_dir, create_model
+from tresnet.factory import create_model
 from tresnet.files import write_text
 from tresnet.version import __version__
+from tresnet.weights import cache_dir
 
 CACHE_FILE = "model_costs.json"
 _PACKAGE = Path(__file__).resolve().parent.parent

@@ -43,7 +43,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, pretrained: bool = T
                          help="weights file: the official release's (.pth), timm's, or one saved by tresnet")
     if pretrained:
         weights.add_argument("--pretrained", action="store_true",
-                             help="load the model's weights from the cache ($TRESNET_HOME, else ~/.cache/tresnet)")
+                             help="load the model's published weights from this machine, never downloaded: our "
+                                  "cache ($TRESNET_HOME), the Hugging Face cache where timm leaves them, or the "
+                                  "torch.hub folder (`tresnet info --weights` lists what is there)")
+        parser.add_argument("--pretrained-tag", metavar="TAG",
+                            help="with --pretrained: which published weights, as timm tags them, e.g. "
+                                 "miil_in21k_ft_in1k or in21k_ft_in1k (default: the model's first; also "
+                                 "--model NAME.TAG)")
     parser.add_argument("--img-size", type=int, metavar="N",
                         help="square input side (default: the model's: 224 or 448 for TResNet, 192 or 256 for GENet)")
 
@@ -154,17 +160,31 @@ def load_model(args: argparse.Namespace, command: str) -> nn.Module:
     if args.model is None and args.checkpoint is None:
         raise ConfigError("no model: pass --model NAME (see `tresnet info`), or a --checkpoint saved by "
                           "`tresnet train`")
-    model = load_network(args.model, checkpoint_path=args.checkpoint, pretrained=getattr(args, "pretrained", False))
+    model = load_network(_tagged(args), checkpoint_path=args.checkpoint, pretrained=getattr(args, "pretrained", False))
     if model.checkpoint_info is None and command in ("validate", "predict"):
         say(command, "warning", f"no --checkpoint or --pretrained: {model.pretrained_cfg['model']} has random "
                                 f"weights, its answers mean nothing")
     return model
 
 
+def _tagged(args: argparse.Namespace) -> str | None:
+    """``--model``, with ``--pretrained-tag`` appended (``NAME.TAG``); :class:`ConfigError` for a tag without
+    ``--pretrained`` or a model."""
+    tag = getattr(args, "pretrained_tag", None)
+    if tag is None:
+        return args.model
+    if not args.pretrained or args.model is None:
+        raise ConfigError("--pretrained-tag names published weights: use it with --model NAME --pretrained")
+    return f"{args.model}.{tag}"
+
+
 def weights_description(model: nn.Module) -> str:
     """``weights PATH (FORMAT format)``, or ``random weights``."""
     info = getattr(model, "checkpoint_info", None)
-    return info.describe() if info is not None else "random weights"
+    if info is None:
+        return "random weights"
+    tag = (getattr(model, "pretrained_cfg", None) or {}).get("tag")
+    return f"{model.pretrained_cfg['model']}.{tag} {info.describe()}" if tag else info.describe()
 
 
 @contextmanager

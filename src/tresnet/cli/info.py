@@ -1,5 +1,6 @@
 """`tresnet info`: list every model (or the ones named) with its parameters, GMACs, input size and published top-1,
-grouped by family; with --check, also round-trip each one's weights through our checkpoint format."""
+grouped by family; with --check, also round-trip each one's weights through our checkpoint format; with --weights,
+list the published weights and where they are on this machine."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import tresnet
 from tresnet.bench.costs import model_costs
 from tresnet.errors import TResNetError
 from tresnet.models.registry import FAMILIES, MODEL_CONFIGS
+from tresnet.weights import PLACES, published_weights, weights_on_machine
 
 
 def add_parser(subparsers) -> None:
@@ -26,6 +28,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--models", default="*", help="comma-separated names or shell patterns (default: all)")
     p.add_argument("--check", action="store_true",
                    help="round-trip each model's weights through our checkpoint format and compare the outputs")
+    p.add_argument("--weights", action="store_true",
+                   help="instead of the table, list each model's published weights (per tag) and where they are on "
+                        "this machine: our cache, the Hugging Face cache, the torch.hub folder")
     p.set_defaults(func=run)
 
 
@@ -66,8 +71,27 @@ def _check(name: str) -> str:
     return f"ok ({time.perf_counter() - start:.1f} s)"
 
 
+def show_weights(names: list[str]) -> int:
+    """One line per published set of weights of ``names``: where its file is on this machine, or ``-``."""
+    found = [(weights, where) for name in names for weights, where in weights_on_machine(name)]
+    labels = [weights.name + (" (default)" if weights.default and len(published_weights(weights.model)) > 1 else "")
+              for weights, _ in found]
+    width = max(map(len, labels)) + 2
+    print(f"{'weights':<{width}}{'where':<24}file")
+    print("-" * (width + 48))
+    for label, (_, where) in zip(labels, found, strict=True):
+        place, path = (where.place, str(where.path)) if where is not None else ("-", "")
+        print(f"{label:<{width}}{place:<24}{path}".rstrip(), flush=True)
+    print(f"{sum(where is not None for _, where in found)} of {len(found)} on this machine. Looked in, in order: "
+          + "; ".join(f"{place.title} {place.folder()}" for place in PLACES)
+          + ". `tresnet validate --model NAME --pretrained [--pretrained-tag TAG]` loads them.")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     names = _ordered_names(args.models)
+    if args.weights:
+        return show_weights(names)
     header = (f"{'model':<16}{'family':<9}{'params (M)':>11}{'GMACs':>8}{'input':>9}{'top-1 (published)':>19}"
               f"{'top-1 (timm)':>14}" + (f"{'round trip':>14}" if args.check else ""))
     print(header)

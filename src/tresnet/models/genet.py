@@ -248,7 +248,8 @@ class GENet(ClassifierSurface, nn.Module):
 # normal, 256 for large; ``top1`` is the paper's figure at that size. timm evaluates the same weights
 # (``gernet_s/m/l.idstcv_in1k``) at 224 / 224 / 256 with floor rounding: ``timm_eval`` (timm's
 # results/results-imagenet.csv, huggingface/pytorch-image-models at commit aa4b585, August 2026).
-# ``release_file`` is the official release's file name for ``pretrained=True``.
+# ``weights``: the published weights (tresnet.weights), tagged as timm tags them, with their files' names in the
+# official release and in timm's older release (rwightman/pytorch-image-models v0.1-ger-weights).
 _IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
@@ -259,11 +260,14 @@ def _official_eval(size: int) -> dict:
 
 MODEL_CONFIGS: dict[str, dict] = {
     "genet_light": dict(arch="genet_light", **_official_eval(192), top1=75.7, timm_name="gernet_s",
-                        timm_eval=dict(img_size=224, top1=76.874), release_file="GENet_small.pth"),
+                        timm_eval=dict(img_size=224, top1=76.874),
+                        weights={"idstcv_in1k": dict(files=("GENet_small.pth", "gernet_s-*.pth"))}),
     "genet_normal": dict(arch="genet_normal", **_official_eval(192), top1=80.0, timm_name="gernet_m",
-                         timm_eval=dict(img_size=224, top1=80.702), release_file="GENet_normal.pth"),
+                         timm_eval=dict(img_size=224, top1=80.702),
+                         weights={"idstcv_in1k": dict(files=("GENet_normal.pth", "gernet_m-*.pth"))}),
     "genet_large": dict(arch="genet_large", **_official_eval(256), top1=81.3, timm_name="gernet_l",
-                        timm_eval=dict(img_size=256, top1=81.354), release_file="GENet_large.pth"),
+                        timm_eval=dict(img_size=256, top1=81.354),
+                        weights={"idstcv_in1k": dict(files=("GENet_large.pth", "gernet_l-*.pth"))}),
 }
 
 FAMILY = Family(

@@ -297,15 +297,30 @@ _CFG_448 = dict(input_size=(3, 448, 448), crop_pct=1.0, crop_mode="squash", inte
                 **_NO_NORMALISATION)
 
 # name -> network, preprocessing, published ImageNet-1k top-1 (paper, Tables 1 and 3; v2: the
-# official model zoo, ImageNet-21k pretraining)
+# official model zoo, ImageNet-21k pretraining), and the published weights (tresnet.weights): per tag as timm
+# names them, the first the default, with the names their files have in the official releases
+# (Alibaba-MIIL/TResNet, Alibaba-MIIL/ImageNet21K) and in timm's older releases (rwightman/pytorch-image-models
+# v0.1-tresnet). The ImageNet-21K-P paper (Ridnik et al., 2021, Table 3) gives 83.1 for TResNet-M fine-tuned on
+# ImageNet-1k after ImageNet-21k; its ImageNet-21k heads have 11221 classes.
+_IN21K = dict(num_classes=11221)
 MODEL_CONFIGS: dict[str, dict] = {
-    "tresnet_m": dict(arch="tresnet_m", **_CFG_224, top1=80.8),
-    "tresnet_l": dict(arch="tresnet_l", **_CFG_224, top1=81.5),
-    "tresnet_xl": dict(arch="tresnet_xl", **_CFG_224, top1=82.0),
-    "tresnet_v2_l": dict(arch="tresnet_v2_l", **_CFG_224, top1=83.9),
-    "tresnet_m_448": dict(arch="tresnet_m", **_CFG_448, top1=83.2),
-    "tresnet_l_448": dict(arch="tresnet_l", **_CFG_448, top1=83.8),
-    "tresnet_xl_448": dict(arch="tresnet_xl", **_CFG_448, top1=84.3),
+    "tresnet_m": dict(arch="tresnet_m", **_CFG_224, top1=80.8, weights={
+        "miil_in1k": dict(files=("tresnet_m_80_8*.pth",)),
+        "miil_in21k_ft_in1k": dict(files=("tresnet_m_1k_miil_83_1*.pth",), top1=83.1),
+        "miil_in21k": dict(files=("tresnet_m_miil_21k.pth", "tresnet_m_miil_in21k*.pth"), **_IN21K)}),
+    "tresnet_l": dict(arch="tresnet_l", **_CFG_224, top1=81.5, weights={
+        "miil_in1k": dict(files=("tresnet_l.pth", "tresnet_l_81_5*.pth"))}),
+    "tresnet_xl": dict(arch="tresnet_xl", **_CFG_224, top1=82.0, weights={
+        "miil_in1k": dict(files=("tresnet_xl.pth", "tresnet_xl_82_0*.pth"))}),
+    "tresnet_v2_l": dict(arch="tresnet_v2_l", **_CFG_224, top1=83.9, weights={
+        "miil_in21k_ft_in1k": dict(files=("tresnet_l_v2_83_9*.pth",)),
+        "miil_in21k": dict(files=("tresnet_l_v2_miil_21k.pth",), **_IN21K)}),
+    "tresnet_m_448": dict(arch="tresnet_m", **_CFG_448, top1=83.2, weights={
+        "miil_in1k_448": dict(files=("tresnet_m_448.pth", "tresnet_m_448-*.pth"))}),
+    "tresnet_l_448": dict(arch="tresnet_l", **_CFG_448, top1=83.8, weights={
+        "miil_in1k_448": dict(files=("tresnet_l_448.pth", "tresnet_l_448-*.pth"))}),
+    "tresnet_xl_448": dict(arch="tresnet_xl", **_CFG_448, top1=84.3, weights={
+        "miil_in1k_448": dict(files=("tresnet_xl_448.pth", "tresnet_xl_448-*.pth"))}),
 }
 
 FAMILY = Family(

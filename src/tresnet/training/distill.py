@@ -29,12 +29,13 @@ from torch import Tensor, nn
 
 from tresnet.data.transforms import normalisation
 from tresnet.errors import CheckpointError, ConfigError
-from tresnet.factory import cache_dir, create_model, find_pretrained, pretrained_file_names
+from tresnet.factory import create_model
 from tresnet.layers import MLDecoderHead
 from tresnet.layers.ml_decoder import ml_decoder_options
 from tresnet.models.common import ClassifierHead
 from tresnet.tasks import Task, get_task
 from tresnet.training.sections import DistillationSection
+from tresnet.weights import find_pretrained
 
 Normalisation = tuple[tuple[float, ...], tuple[float, ...]] | None  # (mean, std), None: RGB in [0, 1]
 
@@ -381,11 +382,10 @@ def load_teacher(name: str | None, checkpoint: str | None, class_names: list[str
                           "name its model)")
     else:
         try:
-            path = find_pretrained(name)
-        except CheckpointError:
-            raise CheckpointError(f"no --teacher-checkpoint, and no weights for {name} in {cache_dir()} (this package "
-                                  f"never downloads): pass --teacher-checkpoint FILE, or put the file there as one "
-                                  f"of: {', '.join(pretrained_file_names(name))}") from None
+            found = find_pretrained(name)
+        except CheckpointError as e:
+            raise CheckpointError(f"no --teacher-checkpoint: {e}") from None
+        name, path = found.weights.model, found.path
     teacher = create_model(name, checkpoint_path=path)
     if task is not None:
         check_loaded_task(teacher, task, "teacher checkpoint")
