@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q -e ".[test,docs]"
-python3 -m ruff check src tests benchmarks
+python3 -m ruff check src tests benchmarks hubconf.py
 site_dir="$(mktemp -d)"
 trap 'rm -rf "$site_dir"' EXIT
 python3 -m mkdocs build --strict --quiet --site-dir "$site_dir"

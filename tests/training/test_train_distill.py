@@ -295,9 +295,10 @@ def test_bad_teachers_fail_with_one_line_errors(folder, teachers, tmp_path, monk
     swapped = _teacher_file(tmp_path / "swapped.safetensors", "genet_light", ["class_0", "class_2", "class_1"])
     _one_line(ConfigError, r"other classes than the training data \(class 1: 'class_2', data: 'class_1'\)",
               run("e", distill="th-kd", teacher_checkpoint=str(swapped)))
-    monkeypatch.setenv("TRESNET_HOME", str(tmp_path / "empty_cache"))
-    _one_line(CheckpointError, "no --teacher-checkpoint, and no weights for genet_light in .*this package never "
-              "downloads", run("f", distill="kd", teacher="genet_light"))
+    for variable in ("TRESNET_HOME", "HF_HUB_CACHE", "TORCH_HOME"):
+        monkeypatch.setenv(variable, str(tmp_path / "empty_cache" / variable))
+    _one_line(CheckpointError, r"no --teacher-checkpoint: no pretrained weights for genet_light\.idstcv_in1k on this "
+              r"machine \(this package never downloads\)", run("f", distill="kd", teacher="genet_light"))
     other_student = _teacher_file(tmp_path / "other.safetensors", "genet_light", ["x", "y", "z"])
     _one_line(ConfigError, r"student checkpoint .*other.safetensors has other classes than the training data "
               r"\(class 0: 'x', data: 'class_0'\): the student must be trained", run("g", frozen_head_from=str(other_student)))
