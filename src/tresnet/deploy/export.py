@@ -1,18 +1,19 @@
-"""ONNX and TorchScript export that is checked against the exact result before the file appears.
+"""ONNX, PT2 and TorchScript export that is checked against the exact result before the file appears.
 
 :func:`export_model` prepares the model (folded with :func:`tresnet.deploy.fuse` unless told not to; in
 fp32, fp16, bfloat16, or int8 calibrated on images), writes the file to a temporary name beside the
-output, loads it back (ONNX Runtime for ONNX, ``torch.jit.load`` for TorchScript) and runs it on check
-images. The file's outputs, and those of the fp32 PyTorch model, are each compared with the model run in
-float64 (:mod:`tresnet.deploy.exactness`): the file is accepted when its error is within the bound of its
-number format (:data:`EXPORT_NUMBER_FORMATS`), ``max(multiple * PyTorch fp32's error, floor)``. Only then is it
+output, loads it back (ONNX Runtime for ONNX, ``torch.export.load`` for PT2, ``torch.jit.load`` for
+TorchScript) and runs it on check images. The file's outputs, and those of the fp32 PyTorch model, are each
+compared with the model run in float64 (:mod:`tresnet.deploy.exactness`): the file is accepted when its error is
+within the bound of its number format (:data:`EXPORT_NUMBER_FORMATS`), ``max(multiple * PyTorch fp32's error, floor)``. Only then is it
 renamed to the output path; otherwise nothing is written and :class:`ExportMismatchError` gives both errors.
 
 ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``), which needs only ``onnx``; the
 newer exporter needs ``onnxscript``. ONNX and ONNX Runtime are the optional extra
 ``pip install 'tresnet[export]'``. int8 files are ONNX, quantized by ONNX Runtime
-(:func:`tresnet.deploy.quantize_onnx`); bfloat16 files are TorchScript, since ONNX Runtime has no
-bfloat16 convolution on the CPU.
+(:func:`tresnet.deploy.quantize_onnx`); bfloat16 files are PT2 or TorchScript, since ONNX Runtime has no
+bfloat16 convolution on the CPU. PT2 (:mod:`tresnet.deploy.pt2`) is a ``torch.export`` ExportedProgram; it
+replaces TorchScript, whose ``torch.jit`` functions PyTorch 2.14 deprecates.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from tresnet.deploy.export_files import (
 )
 from tresnet.deploy.fusion import cast_for_inference, fuse
 from tresnet.deploy.int8 import DEFAULT_CALIBRATION_IMAGES, Calibration, quantize_onnx, resolve_calibration
+from tresnet.deploy.pt2 import run_pt2, write_pt2
 from tresnet.errors import ConfigError
 
 DEFAULT_IMG_SIZE = 224
@@ -168,6 +170,10 @@ def _write_and_run(prepared: nn.Module, inputs: list[torch.Tensor], tmp: str, *,
                 _write_onnx(prepared, inputs[0], tmp, opset=opset, dynamic_batch=dynamic_batch,
                             output_names=output_names)
             return run_onnx(tmp, inputs)
+        if format == "pt2":
+            # torch.export specializes a batch of 1: a dynamic batch is traced on the largest check batch
+            write_pt2(prepared, inputs[-1] if dynamic_batch else inputs[0], tmp, dynamic_batch=dynamic_batch)
+            return run_pt2(tmp, inputs)
         _write_torchscript(prepared, inputs[0], tmp, listed=listed)
         return _run_torchscript(tmp, inputs)
 
@@ -193,12 +199,14 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
                  img_size: int | tuple[int, int] | None = None, dynamic_batch: bool = False,
                  number_format: str = "fp32", fused: bool = True, opset: int = DEFAULT_OPSET,
                  calibration: Calibration | None = None, tolerance: float | None = None) -> ExportReport:
-    """Export ``model`` to ``output`` as ONNX or TorchScript, checked against the float64 result; return the report.
+    """Export ``model`` to ``output`` as ONNX, PT2 or TorchScript (``format``: :data:`FORMATS`), checked against
+    the float64 result; return the report.
 
     The export is traced on CPU at batch 1 and ``img_size`` (default: the model's configured input
-    size); with ``dynamic_batch`` the batch axis is free and the check also runs at batch 3.
+    size); with ``dynamic_batch`` the batch axis is free and the check also runs at batch 3 (PT2 is then traced
+    at batch 3, since ``torch.export`` specializes a batch of 1).
     ``number_format`` (the file's, :data:`EXPORT_NUMBER_FORMATS`): ``fp32`` (default), ``fp16``, ``bf16``
-    (TorchScript only: fp32 in and out, bfloat16 inside) or ``int8`` (ONNX only, quantized by ONNX Runtime,
+    (PT2 and TorchScript only: fp32 in and out, bfloat16 inside) or ``int8`` (ONNX only, quantized by ONNX Runtime,
     calibrated on ``calibration``, a :class:`~tresnet.deploy.int8.Calibration`: a folder of images, ``count`` of
     them (default :data:`~tresnet.deploy.int8.DEFAULT_CALIBRATION_IMAGES`), or a preprocessed batch).
 
