@@ -26,9 +26,12 @@ from tresnet.tasks import list_tasks
 NUMBER_FORMAT_HELP = (f"the number format of the file's weights and activations: {', '.join(EXPORT_NUMBER_FORMATS)} "
                       f"(default fp32); bf16 writes pt2 or TorchScript, int8 ONNX")
 FORMAT_HELP = ("onnx (run by ONNX Runtime); pt2 (a torch.export ExportedProgram: torch.export.load(path).module(), "
-               "what replaces TorchScript); torchscript (deprecated by PyTorch 2.14: torch.jit warns; use pt2)")
+               "what replaces TorchScript); aoti (that program compiled ahead of time by AOTInductor, a .pt2 "
+               "package: torch._inductor.aoti_load_package(path); needs a C++ compiler, takes minutes); "
+               "torchscript (deprecated by PyTorch 2.14: torch.jit warns; use pt2)")
 # Where a file records a metadata entry, by format.
 RECORDED_IN = {"onnx": "its metadata_props '{}'", "pt2": "its extra file '{}.json'",
+               "aoti": "its AOTInductor metadata '{}' (get_metadata() of the loaded package)",
                "torchscript": "its extra file '{}.json'"}
 
 

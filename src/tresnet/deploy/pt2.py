@@ -1,25 +1,35 @@
-"""PT2 files: a model as a ``torch.export`` ExportedProgram, saved by ``torch.export.save``.
+"""PT2 files: a model as a ``torch.export`` ExportedProgram (``pt2``), or that program compiled ahead of time by
+AOTInductor (``aoti``).
 
-A ``.pt2`` file holds the model's graph of ATen operations and its weights; ``torch.export.load(path).module()``
-gives back a module to call like the model, with no Python source of ours (TResNet or GENet) needed to run it.
-It is what PyTorch offers in place of TorchScript, whose ``torch.jit`` functions PyTorch 2.14 deprecates.
+A ``pt2`` file (``torch.export.save``) holds the model's graph of ATen operations and its weights;
+``torch.export.load(path).module()`` gives back a module to call like the model, with no Python source of ours
+(TResNet or GENet) needed to run it. It is what PyTorch offers in place of TorchScript, whose ``torch.jit``
+functions PyTorch 2.14 deprecates. An ``aoti`` file (``torch._inductor.aoti_compile_and_package``) is the same
+program compiled to a shared library of C++ kernels for this machine's CPU, loaded back by
+``torch._inductor.aoti_load_package(path)``; compiling needs a C++ compiler and takes about a minute for a small
+model.
 
 A dynamic batch is a ``torch.export.Dim`` on the first axis, from 1 up. ``torch.export`` specializes a size of 1
-(a batch of 1 is traced as the constant 1), so a dynamic export is traced on a batch of several images: the
-export's largest check batch. The extra files of the archive carry the metadata that ONNX keeps in its
-``metadata_props`` (:func:`read_pt2_metadata`).
+(a batch of 1 is traced as the constant 1), so a dynamic export is traced on a batch of several images. The
+metadata that ONNX keeps in its ``metadata_props`` is saved with the program: an extra file ``<key>.json`` of a
+``pt2`` archive, an entry of an ``aoti`` package's metadata (:func:`read_pt2_metadata` reads either).
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from tresnet.deploy.exactness import as_list
+
+PROGRAM_FORMATS = ("pt2", "aoti")  # the export formats that torch.export writes
+_AOTI_PACKAGE_FOLDER = "/data/aotinductor/"  # where an AOTInductor package keeps its compiled model
 
 
 def _first_line(error: Exception) -> str:
@@ -43,49 +53,57 @@ def export_program(prepared: nn.Module, example: torch.Tensor, *, dynamic_batch:
         raise RuntimeError(_first_line(e)) from e
 
 
-def write_pt2(prepared: nn.Module, example: torch.Tensor, path: str, *, dynamic_batch: bool) -> None:
-    """``prepared`` exported on ``example`` (:func:`export_program`) and saved to ``path``."""
-    _save(export_program(prepared, example, dynamic_batch=dynamic_batch), path, {})
-
-
-# The file is opened here, not named: torch.export warns about a path that does not end in .pt2, such as the
-# temporary name an export is checked under.
-def _save(program: torch.export.ExportedProgram, path: str | Path, extra_files: dict[str, str]) -> None:
-    with warnings.catch_warnings(), open(path, "wb") as file:
+# Files are opened here, not named: torch.export and AOTInductor want a path ending in .pt2 or an open file, and
+# an export is checked under a temporary name.
+def write_program(prepared: nn.Module, example: torch.Tensor, path: str, *, format: str, dynamic_batch: bool,
+                  metadata: dict[str, dict | None]) -> None:
+    """``prepared`` exported on ``example`` (:func:`export_program`) and written to ``path`` as ``format``
+    (:data:`PROGRAM_FORMATS`), with each ``metadata`` entry (None skipped) as JSON."""
+    program = export_program(prepared, example, dynamic_batch=dynamic_batch)
+    texts = {key: json.dumps(value) for key, value in metadata.items() if value is not None}
+    with warnings.catch_warnings(), open(path, "w+b") as file:
         # the archive's note that weights sharing storage are stored once: all are on the CPU here
         warnings.simplefilter("ignore", UserWarning)
-        torch.export.save(program, file, extra_files=extra_files)
+        if format == "aoti":
+            torch._inductor.aoti_compile_and_package(program, package_path=file,
+                                                     inductor_configs={"aot_inductor.metadata": texts})
+        else:
+            torch.export.save(program, file, extra_files={f"{key}.json": text for key, text in texts.items()})
 
 
-def _load(path: str | Path, extra_files: dict[str, str] | None = None) -> torch.export.ExportedProgram:
+def load_pt2(path: str | Path) -> Callable:
+    """What the PT2 file at ``path`` runs, called like the exported model (inference only, on the CPU): the
+    ExportedProgram's module (``torch.export.load(path).module()``), or an AOTInductor package's compiled model."""
+    aoti = _is_aoti_package(path)
     with open(path, "rb") as file:
-        return torch.export.load(file, extra_files=extra_files)
+        return torch._inductor.aoti_load_package(file) if aoti else torch.export.load(file).module()
 
 
-def load_pt2(path: str | Path) -> nn.Module:
-    """The module of the ExportedProgram saved at ``path``: called like the exported model, inference only."""
-    return _load(path).module()
-
-
-def run_pt2(path: str, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    """The file at ``path`` loaded back and run on each input: its outputs in fp32."""
-    module = load_pt2(path)
+def run_program(path: str, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """The PT2 file at ``path`` loaded back (:func:`load_pt2`) and run on each input: its outputs in fp32."""
+    run = load_pt2(path)
     with torch.no_grad():
-        return [[o.float() for o in as_list(module(x))] for x in inputs]
+        return [[o.float() for o in as_list(run(x))] for x in inputs]
 
 
 def read_pt2_metadata(path: str | Path, key: str) -> dict | None:
-    """The metadata entry ``key`` recorded in the PT2 file at ``path`` (its extra file ``<key>.json``), or None."""
+    """The metadata entry ``key`` recorded in the PT2 file at ``path``, or None: a ``pt2`` archive's extra file
+    ``<key>.json``, an ``aoti`` package's metadata entry ``key``."""
+    aoti = _is_aoti_package(path)
     extra_files = {f"{key}.json": ""}
-    _load(path, extra_files)
-    text = extra_files[f"{key}.json"]
+    with open(path, "rb") as file:
+        if aoti:
+            text = torch._inductor.aoti_load_package(file).get_metadata().get(key, "")
+        else:
+            torch.export.load(file, extra_files=extra_files)
+            text = extra_files[f"{key}.json"]
     return json.loads(text) if text else None
 
 
-def record_pt2_metadata(path: str, texts: dict[str, str]) -> None:
-    """Rewrite the PT2 file at ``path`` with ``texts`` (JSON by key) as its extra files ``<key>.json``; the
-    program itself is written back as it was loaded."""
-    _save(_load(path), path, {f"{key}.json": text for key, text in texts.items()})
+def _is_aoti_package(path: str | Path) -> bool:
+    """Whether the PT2 archive at ``path`` holds a model compiled by AOTInductor rather than an ExportedProgram."""
+    with zipfile.ZipFile(path) as archive:
+        return any(_AOTI_PACKAGE_FOLDER in name for name in archive.namelist())
 
 
-__all__ = ["export_program", "load_pt2", "read_pt2_metadata", "record_pt2_metadata", "run_pt2", "write_pt2"]
+__all__ = ["PROGRAM_FORMATS", "export_program", "load_pt2", "read_pt2_metadata", "run_program", "write_program"]
