@@ -5,8 +5,9 @@ fp32, fp16, bfloat16, or int8 calibrated on images), writes the file to a tempor
 output, loads it back (ONNX Runtime for ONNX, ``torch.export.load`` for PT2, ``torch.jit.load`` for
 TorchScript) and runs it on check images. The file's outputs, and those of the fp32 PyTorch model, are each
 compared with the model run in float64 (:mod:`tresnet.deploy.exactness`): the file is accepted when its error is
-within the bound of its number format (:data:`EXPORT_NUMBER_FORMATS`), ``max(multiple * PyTorch fp32's error, floor)``. Only then is it
-renamed to the output path; otherwise nothing is written and :class:`ExportMismatchError` gives both errors.
+within the bound of its number format (:data:`EXPORT_NUMBER_FORMATS`), ``max(multiple * PyTorch fp32's error,
+floor)``. Only then is it renamed to the output path; otherwise nothing is written and
+:class:`ExportMismatchError` gives both errors.
 
 ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``), which needs only ``onnx``; the
 newer exporter needs ``onnxscript``. ONNX and ONNX Runtime are the optional extra
