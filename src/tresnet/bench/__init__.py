@@ -2,7 +2,7 @@
 
 ``run_benchmark(BenchConfig(models="tresnet_m,timm:tresnet_m,resnet50"))`` returns one
 :class:`BenchRow` per model; :mod:`tresnet.bench.report` turns rows into a table, JSON, CSV and a plot.
-``NAME:fused``, ``NAME:bf16``, ``NAME:int8``, ``NAME:onnx`` and ``NAME:onnx_int8`` measure the deployment
+``NAME:fused``, ``NAME:bf16``, ``NAME:int8``, ``NAME:onnx``, ``NAME:onnx_int8`` and ``NAME:pt2`` measure the deployment
 paths (:mod:`tresnet.bench.forms`), against the compute ceiling of their number format
 (:mod:`tresnet.bench.ceiling`: the measured rate of a matrix product and a convolution per format).
 ``tresnet benchmark`` is the command-line face of the same.

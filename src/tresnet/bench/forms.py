@@ -1,6 +1,6 @@
 """The forms a benchmark runs a model in (``NAME:FORM`` in a model list), their registry, and the built-in ones
 of our models, in one place: ``NAME:bn``, ``NAME:memory_efficient``, ``NAME:ml_decoder`` and the deployment
-paths ``NAME:fused``, ``NAME:bf16``, ``NAME:int8``, ``NAME:onnx`` and ``NAME:onnx_int8``.
+paths ``NAME:fused``, ``NAME:bf16``, ``NAME:int8``, ``NAME:onnx``, ``NAME:onnx_int8``, ``NAME:pt2`` and ``NAME:aoti``.
 
 A form (:class:`Form`) is a named way of turning a model's spec into what gets timed; :func:`register_form` adds
 one. "Form" is the benchmark's word: a model's *variant* is its network shape (``arch``), and a run's
@@ -20,7 +20,11 @@ The built-in forms are registered when this module is imported. The deployment f
 - ``onnx``: :func:`tresnet.deploy.onnx_model`: the fused model exported to a temporary ONNX file (checked
   against the exact result by :func:`tresnet.deploy.export_model`) and run by ONNX Runtime with as many
   intra-op threads as PyTorch;
-- ``onnx_int8``: the same file quantized to int8 by ONNX Runtime (``onnx_model(number_format="int8")``).
+- ``onnx_int8``: the same file quantized to int8 by ONNX Runtime (``onnx_model(number_format="int8")``);
+- ``pt2``: :func:`tresnet.deploy.pt2_model`: the fused model exported by ``torch.export`` to a temporary PT2 file
+  (checked like ``onnx``) and loaded back, ``torch.export.load(path).module()``, run by PyTorch's eager kernels;
+- ``aoti``: the same program compiled ahead of time by AOTInductor (``tresnet export --format aoti``; a C++
+  compiler, about a minute for a small model, while the form is built).
 
 ``int8`` and ``onnx_int8`` measure the two int8 backends of ``validate`` and ``predict`` (``--int8-backend
 pt2e`` and ``onnx``: :data:`INT8_BACKEND_FORMS`), as ``--number-format int8`` runs them.
@@ -45,7 +49,7 @@ from torch import nn
 
 from tresnet.bench.detectors import check_detector, detector_builder
 from tresnet.bench.specs import MODES, BuildOptions, ModelSpec, build_base_model, native_img_size
-from tresnet.deploy import fuse, onnx_model, quantize, require_onnx, require_torchao
+from tresnet.deploy import fuse, onnx_model, pt2_model, quantize, require_onnx, require_torchao
 from tresnet.errors import ConfigError
 
 OURS = frozenset({"tresnet"})
@@ -53,10 +57,10 @@ INFER_ONLY = frozenset({"infer"})
 # The peak resident memory of a process that builds these holds the plain model and its transformation
 # (and, for ONNX, the exporter), so it would not be the memory of running them.
 DEPLOY_PEAK_NOTE = "not measured: building a deployment form holds the plain model as well"
-DEPLOYMENT_FORMS = ("fused", "bf16", "int8", "onnx", "onnx_int8")
+DEPLOYMENT_FORMS = ("fused", "bf16", "int8", "onnx", "onnx_int8", "pt2", "aoti")
 # The number format of the matrix products of the forms that set their own (the others run in the run's
 # --precision): the compute ceiling each is measured against.
-NUMBER_FORMATS = {"bf16": "bf16", "int8": "int8", "onnx": "fp32", "onnx_int8": "int8"}
+NUMBER_FORMATS = {"bf16": "bf16", "int8": "int8", "onnx": "fp32", "onnx_int8": "int8", "pt2": "fp32", "aoti": "fp32"}
 CALIBRATION_IMAGES = 32  # random images calibrating the int8 forms (their speed does not depend on them)
 # The form that measures each int8 backend of tresnet.deploy.inference (INT8_BACKENDS).
 INT8_BACKEND_FORMS = {"pt2e": "int8", "onnx": "onnx_int8"}
@@ -199,6 +203,19 @@ def _onnx_int8(spec: ModelSpec, options: BuildOptions) -> FormBuild:
     return _onnx_runner(spec, options, int8=True)
 
 
+def _program_runner(format: str):
+    """A form's build: the fused model's checked PT2 export as ``format`` (``pt2`` or ``aoti``) loaded back
+    (:func:`tresnet.deploy.pt2_model`), any batch size."""
+
+    def build(spec: ModelSpec, options: BuildOptions) -> FormBuild:
+        model = build_base_model(spec).eval()
+        loaded = pt2_model(model, format=format, img_size=options.img_size or native_img_size(spec, model))
+        # a plain callable: the benchmark neither moves nor converts nor compiles the exported program again
+        return FormBuild(run=loaded.__call__, reference=model)
+
+    return build
+
+
 BUILTIN_FORMS = (
     Form(name="bn", build=_plain_bn, modes=frozenset(MODES), impls=OURS,
             description="our model with plain BatchNorm + activation instead of In-Place ABN"),
@@ -227,6 +244,16 @@ BUILTIN_FORMS = (
             check=_own_format_check("ONNX Runtime", cpu_only=True), peak_memory_note=DEPLOY_PEAK_NOTE,
             description="the ONNX export quantized to int8 by ONNX Runtime (--int8-backend onnx), calibrated "
                         "on random images (inference only, on the CPU, --precision fp32; pip install 'tresnet[export]')"),
+    Form(name="pt2", build=_program_runner("pt2"), modes=INFER_ONLY, impls=OURS,
+            check=_own_format_check("its torch.export program", cpu_only=True), peak_memory_note=DEPLOY_PEAK_NOTE,
+            description="the fused model exported by torch.export (a PT2 file, dynamic batch) and loaded back: "
+                        "torch.export.load(path).module() (inference only, on the CPU, fp32)"),
+    Form(name="aoti", build=_program_runner("aoti"), modes=INFER_ONLY, impls=OURS,
+            check=_own_format_check("its AOTInductor-compiled program", cpu_only=True),
+            peak_memory_note=DEPLOY_PEAK_NOTE,
+            description="that PT2 program compiled ahead of time by AOTInductor and loaded back: "
+                        "torch._inductor.aoti_load_package(path) (inference only, on the CPU, fp32; needs a C++ "
+                        "compiler; compiling takes minutes)"),
     *(Form(name=head, build=detector_builder(head), modes=frozenset(MODES), check=check_detector, task="detection",
            description=f"torchvision's {title} on the model's backbone as a detection run from ImageNet weights "
                        f"trains it (norms frozen, three backbone parts trained, random boxes as targets); "

@@ -42,7 +42,8 @@ its share of the compute ceiling of the row's number format (fp32, bf16 or int8)
 matrix product or convolution in that format on the run's threads, measured before and after the timing by the run's clock,
 or the fastest row's rate where that is higher, so that no row reads above 100% (unless given with
 --peak-gflops). NAME:int8 is the pt2e int8 backend of validate and predict, NAME:onnx_int8 the onnx one; a
-note says which --int8-backend auto takes on this CPU.
+note says which --int8-backend auto takes on this CPU. NAME:pt2 is what `tresnet export --format pt2` writes,
+loaded back (torch.export.load(path).module()).
 A wall-clock CPU run warns when the load average exceeds the cores its threads leave free: other work then
 skews the speeds and their ratios; use --threads 1 --timer cpu on a shared machine.
 Sizes: each model runs at its own input size, except that a timm model that is the same network as one of

@@ -1,5 +1,5 @@
-"""`tresnet export`: write a model as ONNX or TorchScript in a number format (fp32, fp16, bf16, int8), checked
-against the exact (float64) result before it appears."""
+"""`tresnet export`: write a model as ONNX, PT2 (torch.export) or TorchScript in a number format (fp32, fp16, bf16,
+int8), checked against the exact (float64) result before it appears."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from tresnet.deploy.export_files import (
     EXPORT_NUMBER_FORMATS,
     FORMATS,
     MIN_OPSET,
+    PREPROCESSING_METADATA,
     check_export_args,
 )
 from tresnet.deploy.inference import check_calibration_options, check_int8_backend
@@ -23,30 +24,39 @@ from tresnet.inference.evaluate import resolve_task
 from tresnet.tasks import list_tasks
 
 NUMBER_FORMAT_HELP = (f"the number format of the file's weights and activations: {', '.join(EXPORT_NUMBER_FORMATS)} "
-                      f"(default fp32); bf16 writes TorchScript, int8 ONNX")
+                      f"(default fp32); bf16 writes pt2 or TorchScript, int8 ONNX")
+FORMAT_HELP = ("onnx (run by ONNX Runtime); pt2 (a torch.export ExportedProgram: torch.export.load(path).module(), "
+               "what replaces TorchScript); aoti (that program compiled ahead of time by AOTInductor, a .pt2 "
+               "package: torch._inductor.aoti_load_package(path); needs a C++ compiler, takes minutes); "
+               "torchscript (deprecated by PyTorch 2.14: torch.jit warns; use pt2)")
+# Where a file records a metadata entry, by format.
+RECORDED_IN = {"onnx": "its metadata_props '{}'", "pt2": "its extra file '{}.json'",
+               "aoti": "its AOTInductor metadata '{}' (get_metadata() of the loaded package)",
+               "torchscript": "its extra file '{}.json'"}
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="export a model to ONNX or TorchScript, checked against the exact result",
-        description="Fold BatchNorm into the convs, export, load the file back (ONNX Runtime for ONNX) and run "
+        "export", help="export a model to ONNX, PT2 or TorchScript, checked against the exact result",
+        description="Fold BatchNorm into the convs, export, load the file back (ONNX Runtime for ONNX, torch.export.load for pt2) and run "
                     "it on check images beside the PyTorch model in fp32 and in float64. The output appears only "
                     "if the file's largest difference from the float64 result is within the bound of its "
                     f"number format: {BOUNDS['fp32'].multiple:g} times PyTorch fp32's own error, and at least "
                     f"{BOUNDS['fp32'].floor:g} of the largest output (fp16 {BOUNDS['fp16'].floor:g}, bf16 "
                     f"{BOUNDS['bf16'].floor:g}, int8 {BOUNDS['int8'].floor:g}). --number-format bf16 writes "
-                    "TorchScript (ONNX Runtime has no bfloat16 convolution); --number-format int8 writes ONNX "
+                    "pt2 or TorchScript (ONNX Runtime has no bfloat16 convolution); --number-format int8 writes ONNX "
                     "quantized by ONNX Runtime (the onnx int8 backend; pt2e has no file form), calibrated on "
                     "--calibration images. A detector (a checkpoint of train --task detection) exports whole and in fp32: "
                     "resize, network and post-processing; its network is checked against float64 and its "
-                    "post-processing against torchvision's (docs/detection.md).")
+                    "post-processing against torchvision's (docs/detection.md), as ONNX or TorchScript.")
     common.add_model_arguments(p, pretrained=False)
     p.add_argument("--task", choices=list_tasks(), default=None,
                    help="what the exported network does: multiclass, multilabel or detection (default: the "
                         "checkpoint's; a detection checkpoint exports the whole detector, see docs/detection.md)")
-    p.add_argument("--format", required=True, metavar="FORMAT", help=f"one of: {', '.join(FORMATS)}")
-    p.add_argument("--output", required=True, help="file to write, e.g. tresnet_m.onnx or tresnet_m.pt")
-    p.add_argument("--dynamic-batch", action="store_true", help="leave the batch size free (checked at 1 and 3)")
+    p.add_argument("--format", required=True, metavar="FORMAT", help=f"one of {', '.join(FORMATS)}: {FORMAT_HELP}")
+    p.add_argument("--output", required=True, help="file to write, e.g. tresnet_m.onnx, tresnet_m.pt2 or tresnet_m.pt")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="leave the batch size free (checked at 1 and 3; pt2 is traced at 3 and takes any batch from 1)")
     common.add_number_format_argument(p, NUMBER_FORMAT_HELP)
     common.add_calibration_arguments(p)
     p.add_argument("--no-fuse", action="store_true", help="export the model as it is, BatchNorm not folded")
@@ -96,12 +106,11 @@ def run(args: argparse.Namespace) -> int:
                           if args.calibration is not None else None)
     print(report.summary())
     if report.takes is not None:
-        where = (f"its metadata_props '{DETECTOR_METADATA}'" if report.format == "onnx" else
-                 f"its extra file '{DETECTOR_METADATA}.json' (import torchvision before torch.jit.load: its NMS is "
-                 f"torchvision's)")
+        where = RECORDED_IN[report.format].format(DETECTOR_METADATA)
+        if report.format == "torchscript":
+            where += " (import torchvision before torch.jit.load: its NMS is torchvision's)"
         print(f"the file takes {report.takes}; it records its detector in {where}")
     if report.preprocessing is not None:
-        where = ("its metadata_props 'tresnet_preprocessing'" if report.format == "onnx" else
-                 "its extra file 'tresnet_preprocessing.json'")
+        where = RECORDED_IN[report.format].format(PREPROCESSING_METADATA)
         print(f"preprocessing: {report.preprocessing['description']}; the file records it in {where}")
     return 0

@@ -1,6 +1,6 @@
 """Deployment: BatchNorm folded into convs (:func:`fuse`, fp32 or bfloat16), int8 quantization calibrated on
-images (:func:`quantize`, PT2E; or :func:`onnx_model`, ONNX Runtime), and ONNX / TorchScript export checked
-against the float64 result."""
+images (:func:`quantize`, PT2E; or :func:`onnx_model`, ONNX Runtime), and ONNX / PT2 / TorchScript export checked
+against the float64 result (:func:`export_model`; a PT2 file loaded back by :func:`load_pt2`)."""
 
 from tresnet.deploy.deployed import DeployedModel
 from tresnet.deploy.detection_export import DetectorNetwork, detect_with, export_detector
@@ -26,6 +26,8 @@ from tresnet.deploy.int8 import (
 )
 from tresnet.deploy.onnx_model import OnnxModel, onnx_model
 from tresnet.deploy.onnx_runtime import onnx_session, require_onnx
+from tresnet.deploy.pt2 import load_pt2, read_pt2_metadata
+from tresnet.deploy.pt2_model import pt2_model
 from tresnet.layers.fused import fold_batchnorm
 
 __all__ = [
@@ -50,11 +52,14 @@ __all__ = [
     "export_model",
     "fold_batchnorm",
     "fuse",
+    "load_pt2",
     "onnx_model",
     "onnx_session",
     "prepare_for_export",
+    "pt2_model",
     "quantize",
     "quantize_onnx",
+    "read_pt2_metadata",
     "require_onnx",
     "require_torchao",
 ]

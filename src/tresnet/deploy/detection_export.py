@@ -22,9 +22,10 @@ The check, on seeded random images at the detector's own size (so that its resiz
    there are boxes to compare, must be those of torchvision's own code (:func:`detect_with`) run on the file's
    network outputs: the same boxes, labels and scores, to rounding.
 
-Not supported, and why: fp16, bf16 and int8 files (their bounds are measured on classifiers' logits, and a box
-decoded in fp16 loses whole pixels on large images); ``--dynamic-batch`` (a TorchScript detector takes a list of
-any length already, an ONNX one an image per call); an export size (the detector resizes every image itself).
+Not supported, and why: PT2 and AOTInductor files (our ``torch.export`` path is written for classifiers only so
+far); fp16, bf16 and int8 files (their bounds are measured on classifiers' logits, and a box decoded in fp16 loses
+whole pixels on large images); ``--dynamic-batch`` (a TorchScript detector takes a list of any length already, an
+ONNX one an image per call); an export size (the detector resizes every image itself).
 torchvision computes the resize scale in float32 in a scripted or traced detector and in float64 in eager PyTorch,
 so an image whose resized side falls within rounding of a whole pixel can come out a pixel shorter in the file;
 an image already at the detector's size is not resized at all, except at the ``min_size`` values where even
@@ -59,6 +60,7 @@ from tresnet.deploy.export_files import (
 )
 from tresnet.deploy.fusion import fuse
 from tresnet.deploy.onnx_runtime import require_onnx
+from tresnet.deploy.pt2 import PROGRAM_FORMATS
 from tresnet.errors import ConfigError
 
 DETECTOR_TYPES = (FCOS, RetinaNet)
@@ -157,6 +159,9 @@ def _check_size(detector: nn.Module) -> None:
 
 
 def _check_options(number_format: str, dynamic_batch: bool, img_size, opset: int, format: str) -> None:
+    if format in PROGRAM_FORMATS:
+        raise ConfigError(f"a detector exports as --format onnx or torchscript: {format} (torch.export) is written "
+                          f"for classification and multi-label networks only")
     if number_format != "fp32":
         raise ConfigError(f"a detector exports in fp32 only, not {number_format}: the reduced number formats are "
                           f"checked against bounds measured on classifiers, and a box decoded in fp16 loses whole "

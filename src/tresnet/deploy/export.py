@@ -1,18 +1,21 @@
-"""ONNX and TorchScript export that is checked against the exact result before the file appears.
+"""ONNX, PT2 and TorchScript export that is checked against the exact result before the file appears.
 
 :func:`export_model` prepares the model (folded with :func:`tresnet.deploy.fuse` unless told not to; in
 fp32, fp16, bfloat16, or int8 calibrated on images), writes the file to a temporary name beside the
-output, loads it back (ONNX Runtime for ONNX, ``torch.jit.load`` for TorchScript) and runs it on check
-images. The file's outputs, and those of the fp32 PyTorch model, are each compared with the model run in
-float64 (:mod:`tresnet.deploy.exactness`): the file is accepted when its error is within the bound of its
-number format (:data:`EXPORT_NUMBER_FORMATS`), ``max(multiple * PyTorch fp32's error, floor)``. Only then is it
-renamed to the output path; otherwise nothing is written and :class:`ExportMismatchError` gives both errors.
+output, loads it back (ONNX Runtime for ONNX, ``torch.export.load`` for PT2, ``torch.jit.load`` for
+TorchScript) and runs it on check images. The file's outputs, and those of the fp32 PyTorch model, are each
+compared with the model run in float64 (:mod:`tresnet.deploy.exactness`): the file is accepted when its error is
+within the bound of its number format (:data:`EXPORT_NUMBER_FORMATS`), ``max(multiple * PyTorch fp32's error,
+floor)``. Only then is it renamed to the output path; otherwise nothing is written and
+:class:`ExportMismatchError` gives both errors.
 
 ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``), which needs only ``onnx``; the
 newer exporter needs ``onnxscript``. ONNX and ONNX Runtime are the optional extra
 ``pip install 'tresnet[export]'``. int8 files are ONNX, quantized by ONNX Runtime
-(:func:`tresnet.deploy.quantize_onnx`); bfloat16 files are TorchScript, since ONNX Runtime has no
-bfloat16 convolution on the CPU.
+(:func:`tresnet.deploy.quantize_onnx`); bfloat16 files are PT2 or TorchScript, since ONNX Runtime has no
+bfloat16 convolution on the CPU. PT2 (:mod:`tresnet.deploy.pt2`) is a ``torch.export`` ExportedProgram
+(``pt2``), or that program compiled by AOTInductor (``aoti``); it replaces TorchScript, whose ``torch.jit``
+functions PyTorch 2.14 deprecates.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from tresnet.deploy.export_files import (
 )
 from tresnet.deploy.fusion import cast_for_inference, fuse
 from tresnet.deploy.int8 import DEFAULT_CALIBRATION_IMAGES, Calibration, quantize_onnx, resolve_calibration
+from tresnet.deploy.pt2 import PROGRAM_FORMATS, run_program, write_program
 from tresnet.errors import ConfigError
 
 DEFAULT_IMG_SIZE = 224
@@ -152,24 +156,29 @@ def export_preprocessing(model: nn.Module, size: tuple[int, int]) -> dict | None
 
 
 def _write_and_run(prepared: nn.Module, inputs: list[torch.Tensor], tmp: str, *, format: str, opset: int,
-                   dynamic_batch: bool, output_names: list[str], listed: bool, model_name: str,
+                   dynamic_batch: bool, output_names: list[str], metadata: dict[str, dict | None], model_name: str,
                    calibration: torch.Tensor | None) -> list[list[torch.Tensor]]:
-    """Write ``prepared`` to ``tmp`` as ``format`` (int8 when ``calibration`` is given), load it back and run
-    it on ``inputs``.
+    """Write ``prepared`` to ``tmp`` as ``format`` (int8 when ``calibration`` is given) with ``metadata``, load it back
+    and run it on ``inputs``.
 
     Raises :class:`ExportError` in one line when the exporter, the quantizer or the runtime refuses the model.
     """
     with refusal_as_error(format, model_name):
-        if format == "onnx":
-            if calibration is not None:
-                _onnx_int8(prepared, inputs[0], tmp, calibration, opset=opset, dynamic_batch=dynamic_batch,
-                           output_names=output_names)
-            else:
-                _write_onnx(prepared, inputs[0], tmp, opset=opset, dynamic_batch=dynamic_batch,
-                            output_names=output_names)
-            return run_onnx(tmp, inputs)
-        _write_torchscript(prepared, inputs[0], tmp, listed=listed)
-        return _run_torchscript(tmp, inputs)
+        if format in PROGRAM_FORMATS:  # torch.export's: the metadata is saved with the program
+            # torch.export specializes a batch of 1: a dynamic batch is traced on the largest check batch
+            write_program(prepared, inputs[-1] if dynamic_batch else inputs[0], tmp, format=format,
+                          dynamic_batch=dynamic_batch, metadata=metadata)
+            return run_program(tmp, inputs)
+        if format == "onnx" and calibration is not None:
+            _onnx_int8(prepared, inputs[0], tmp, calibration, opset=opset, dynamic_batch=dynamic_batch,
+                       output_names=output_names)
+        elif format == "onnx":
+            _write_onnx(prepared, inputs[0], tmp, opset=opset, dynamic_batch=dynamic_batch, output_names=output_names)
+        else:
+            _write_torchscript(prepared, inputs[0], tmp, listed=output_names != ["logits"])
+        got = run_onnx(tmp, inputs) if format == "onnx" else _run_torchscript(tmp, inputs)
+    record_metadata(tmp, format, metadata)  # metadata only: the checked graph is unchanged
+    return got
 
 
 def _check_images(model: nn.Module, calibration: torch.Tensor | None, batch_sizes: tuple[int, ...],
@@ -193,12 +202,14 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
                  img_size: int | tuple[int, int] | None = None, dynamic_batch: bool = False,
                  number_format: str = "fp32", fused: bool = True, opset: int = DEFAULT_OPSET,
                  calibration: Calibration | None = None, tolerance: float | None = None) -> ExportReport:
-    """Export ``model`` to ``output`` as ONNX or TorchScript, checked against the float64 result; return the report.
+    """Export ``model`` to ``output`` as ONNX, PT2 (``pt2``, or ``aoti`` compiled by AOTInductor) or TorchScript
+    (``format``: :data:`FORMATS`), checked against the float64 result; return the report.
 
     The export is traced on CPU at batch 1 and ``img_size`` (default: the model's configured input
-    size); with ``dynamic_batch`` the batch axis is free and the check also runs at batch 3.
+    size); with ``dynamic_batch`` the batch axis is free and the check also runs at batch 3 (PT2 is then traced
+    at batch 3, since ``torch.export`` specializes a batch of 1).
     ``number_format`` (the file's, :data:`EXPORT_NUMBER_FORMATS`): ``fp32`` (default), ``fp16``, ``bf16``
-    (TorchScript only: fp32 in and out, bfloat16 inside) or ``int8`` (ONNX only, quantized by ONNX Runtime,
+    (PT2 and TorchScript: fp32 in and out, bfloat16 inside) or ``int8`` (ONNX only, quantized by ONNX Runtime,
     calibrated on ``calibration``, a :class:`~tresnet.deploy.int8.Calibration`: a folder of images, ``count`` of
     them (default :data:`~tresnet.deploy.int8.DEFAULT_CALIBRATION_IMAGES`), or a preprocessed batch).
 
@@ -219,9 +230,7 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
                                dynamic_batch=dynamic_batch, img_size=img_size, tolerance=tolerance)
     path = check_export_args(format, output, opset, number_format)
     size = _img_size(model, img_size)
-    calibration_batch = None
-    if number_format == "int8":
-        calibration_batch = _calibration_batch(model, calibration, size)
+    calibration_batch = _calibration_batch(model, calibration, size) if number_format == "int8" else None
     prepared = prepare_for_export(model, fused=fused, number_format=number_format)
     batch_sizes = (TRACE_BATCH, DYNAMIC_CHECK_BATCH) if dynamic_batch else (TRACE_BATCH,)
     images = _check_images(model, calibration_batch, batch_sizes, size, CHECK_SEED)
@@ -233,10 +242,9 @@ def export_model(model: nn.Module, output: str | os.PathLike, *, format: str,
 
     def write_and_check(tmp: str) -> None:
         got = _write_and_run(prepared, inputs, tmp, format=format, opset=opset, dynamic_batch=dynamic_batch,
-                             output_names=output_names, listed=listed, model_name=type(model).__name__,
-                             calibration=calibration_batch)
+                             output_names=output_names, metadata={PREPROCESSING_METADATA: preprocessing},
+                             model_name=type(model).__name__, calibration=calibration_batch)
         found.append(judge(got, exact, fp32, number_format, tolerance, format, path))
-        record_metadata(tmp, format, {PREPROCESSING_METADATA: preprocessing})  # metadata only: the checked graph is unchanged
 
     preprocessing = export_preprocessing(model, size)
     write_atomically(path, write_and_check)

@@ -1,5 +1,10 @@
 """What every export shares: its formats and number formats, the checks of its arguments, its errors and report,
-writing the file atomically, running an ONNX file, and the metadata a file carries."""
+writing the file atomically, running an ONNX file, and the metadata a file carries.
+
+The formats (:data:`FORMATS`): ``onnx`` (run by ONNX Runtime), ``pt2`` (a ``torch.export`` ExportedProgram,
+:mod:`tresnet.deploy.pt2`), ``aoti`` (that program compiled ahead of time by AOTInductor) and ``torchscript``
+(``torch.jit.trace``; PyTorch 2.14 deprecates ``torch.jit``, and ``pt2`` replaces it for running a model without our
+Python code)."""
 
 from __future__ import annotations
 
@@ -15,10 +20,11 @@ import torch
 
 from tresnet.deploy.exactness import Agreement, agreement
 from tresnet.deploy.onnx_runtime import require_onnx
+from tresnet.deploy.pt2 import PROGRAM_FORMATS
 from tresnet.errors import ConfigError, FileWriteError, TResNetError
 from tresnet.files import atomic_write
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "pt2", "aoti", "torchscript")
 # The number format of the file (``--number-format``): its weights and activations, not an autocast.
 EXPORT_NUMBER_FORMATS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_OPSET = 17
@@ -34,7 +40,9 @@ def max_opset() -> int:
     return int(ONNX_MAX_OPSET)
 
 TRACE_BATCH = 1  # the batch size an export is traced at
-PREPROCESSING_METADATA = "tresnet_preprocessing"  # the key (ONNX metadata_props) or extra file (TorchScript, .json)
+# the key (ONNX metadata_props, an AOTInductor package's metadata) or extra file (TorchScript and pt2, .json)
+PREPROCESSING_METADATA = "tresnet_preprocessing"
+SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "aoti": ".pt2", "torchscript": ".pt"}
 
 
 class ExportError(TResNetError):
@@ -93,7 +101,7 @@ def check_export_args(format: str, output: str | os.PathLike, opset: int = DEFAU
     """Validate the format, the number format, the opset and the output path before any work; return the path.
 
     Raises :class:`~tresnet.errors.ConfigError` for an unknown format or number format, a number format the
-    format cannot hold (bfloat16 ONNX, int8 TorchScript) and an opset outside what we can write and run,
+    format cannot hold (bfloat16 ONNX, int8 other than ONNX) and an opset outside what we can write and run,
     :class:`ExportError` for an output that is a folder, and
     :class:`~tresnet.errors.MissingDependencyError` when ONNX is asked for without its packages.
     """
@@ -108,6 +116,9 @@ def check_export_args(format: str, output: str | os.PathLike, opset: int = DEFAU
     if format == "torchscript" and number_format == "int8":
         raise ConfigError("int8 export writes ONNX (ONNX Runtime's static quantization): use --format onnx; from "
                           "Python, tresnet.deploy.quantize gives the (faster) PyTorch int8 model")
+    if format in PROGRAM_FORMATS and number_format == "int8":
+        raise ConfigError(f"int8 export writes ONNX (ONNX Runtime's static quantization): use --format onnx, or export "
+                          f"{format} in fp32, fp16 or bf16")
     if format == "onnx" and not MIN_OPSET <= opset <= max_opset():
         raise ConfigError(f"ONNX opset {opset} is not supported; choose one from {MIN_OPSET} to {max_opset()} "
                           f"(default {DEFAULT_OPSET})")
@@ -115,8 +126,7 @@ def check_export_args(format: str, output: str | os.PathLike, opset: int = DEFAU
         raise ConfigError(f"int8 ONNX needs opset 13 or newer (per-channel QuantizeLinear), got {opset}")
     path = Path(output).expanduser()
     if path.is_dir():
-        suffix = ".onnx" if format == "onnx" else ".pt"
-        raise ExportError(f"output {path} is a folder; give a file path such as {path / ('model' + suffix)}")
+        raise ExportError(f"output {path} is a folder; give a file path such as {path / ('model' + SUFFIXES[format])}")
     if format == "onnx":
         require_onnx()
     return path
@@ -158,7 +168,7 @@ def run_onnx(path: str, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
 
 def record_metadata(path: str, format: str, entries: dict[str, dict | None]) -> None:
     """Write each entry (skipping None) into the exported file as JSON: ONNX ``metadata_props`` under its key, or a
-    TorchScript extra file ``<key>.json``."""
+    TorchScript extra file ``<key>.json`` (PT2 files are written with theirs: :func:`tresnet.deploy.pt2.write_program`)."""
     texts = {key: json.dumps(value) for key, value in entries.items() if value is not None}
     if not texts:
         return
@@ -212,7 +222,8 @@ def write_atomically(path: Path, write_and_check: Callable[[str], None]) -> None
 
 
 
-__all__ = ["DEFAULT_OPSET", "EXPORT_NUMBER_FORMATS", "FORMATS", "MIN_OPSET", "PREPROCESSING_METADATA", "TRACE_BATCH",
+__all__ = ["DEFAULT_OPSET", "EXPORT_NUMBER_FORMATS", "FORMATS", "MIN_OPSET", "PREPROCESSING_METADATA", "SUFFIXES",
+           "TRACE_BATCH",
            "ExportError", "ExportMismatchError", "ExportReport", "check_agreement", "check_export_args", "judge", "max_opset",
            "record_metadata",
            "refusal_as_error", "run_onnx", "write_atomically", "write_onnx"]
