@@ -157,6 +157,13 @@ class BundledSource(DataSource):
         return BundledValidationSet(str(data))
 
 
+def _published_root(data: str | os.PathLike) -> str:
+    """ROOT of ``NAME:ROOT`` data that a :class:`PublishedSource` claimed."""
+    named = published_set(data)
+    assert named is not None  # the source claimed it
+    return named[1]
+
+
 class PublishedSource(DataSource):
     """A public fine-tuning set as distributed (:data:`tresnet.data.published.PUBLISHED_SETS`), named ``NAME:ROOT``.
     A run validates on the split ``val`` names (``--val-data``: ``val`` where the set has one, or ``test``, the
@@ -196,7 +203,7 @@ class PublishedSource(DataSource):
         return super().preprocessing(section, pretrained_cfg, img_size)
 
     def training_data(self, section: Any, pretrained_cfg: dict, train_transform: Callable, img_size: int) -> TrainData:
-        root, val_split = published_set(section.train)[1], section.val or self.spec.test_split
+        root, val_split = _published_root(section.train), section.val or self.spec.test_split
         train = PublishedDataset(self.spec, root, self.spec.train_splits(val_split), train_transform)
         val = PublishedDataset(self.spec, root, (val_split,),
                                self.preprocessing(section, pretrained_cfg, img_size).transform())
@@ -213,7 +220,7 @@ class PublishedSource(DataSource):
         given = options.given(("annotations", "classes", "ground_truth"))
         if given:
             raise ConfigError(f"{self.spec.title} has its own labels: drop --{', --'.join(given).replace('_', '-')}")
-        return PublishedDataset(self.spec, published_set(data)[1], (options.split or self.spec.test_split,),
+        return PublishedDataset(self.spec, _published_root(data), (options.split or self.spec.test_split,),
                                 strict=options.strict)
 
 
