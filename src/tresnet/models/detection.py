@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 import torch
 from torch import nn
@@ -35,6 +35,8 @@ from tresnet.layers.frozen_norm import freeze_norms
 from tresnet.models.common import FeatureInfo
 
 DETECTOR_HEADS = ("fcos", "retinanet")
+# What build_detector makes: torchvision's detectors (which ship no types).
+Detector: TypeAlias = FCOS | RetinaNet
 FEATURE_INDICES = (2, 3, 4)  # the stride 8, 16 and 32 feature maps of features_only: P3, P4 and P5
 BACKBONE_PARTS = 5  # the feature points of every family: what trainable_layers counts
 LEVELS = 5  # P3 .. P7
@@ -192,7 +194,7 @@ def _anchors(config: DetectorConfig) -> AnchorGenerator:
     return AnchorGenerator(scales, ((0.5, 1.0, 2.0),) * LEVELS)
 
 
-def build_detector(body: nn.Module, config: DetectorConfig) -> nn.Module:
+def build_detector(body: nn.Module, config: DetectorConfig) -> Detector:
     """torchvision's FCOS or RetinaNet (``config.head``) on ``body``'s feature pyramid; its transform resizes to
     ``config.min_size`` / ``max_size`` and normalises with the backbone's mean and std."""
     detector_class = FCOS if config.head == "fcos" else RetinaNet
@@ -213,5 +215,5 @@ def prepare_backbone(body: nn.Module, options: DetectorOptions, from_weights: bo
     set_trainable_layers(body, trainable)
 
 
-__all__ = ["BACKBONE_PARTS", "DETECTOR_HEADS", "FEATURE_INDICES", "DetectorConfig", "DetectorOptions",
+__all__ = ["BACKBONE_PARTS", "DETECTOR_HEADS", "FEATURE_INDICES", "Detector", "DetectorConfig", "DetectorOptions",
            "FeaturePyramid", "build_detector", "parameter_parts", "prepare_backbone", "set_trainable_layers"]
