@@ -106,6 +106,14 @@ def resolve_head(head: str | None, ckpt: Checkpoint | None, *, num_classes: int 
     return head
 
 
+def _name_or_recorded(name: str | None, path: Path | None, ckpt: Checkpoint | None) -> str:
+    """``name``, else the model the checkpoint names (the callers check that one of them is given)."""
+    if name:
+        return name
+    assert path is not None and ckpt is not None
+    return model_name_from_checkpoint(path, ckpt.metadata)
+
+
 def _head_options(head: str, ckpt: Checkpoint | None, num_classes: int, given: dict | None) -> dict | None:
     """The ML-Decoder sizes of the checkpoint's head (queries, widths) when it is loaded as it is, updated
     with the ``given`` ones."""
@@ -193,9 +201,7 @@ def create_model(name: str | None = None, *, pretrained: bool = False,
     if path is None and pretrained:
         path = find_pretrained(cast(str, name))  # no checkpoint_path: the name is given (checked above)
     ckpt = _open_classifier(path, features_only) if path is not None else None
-    if name is None:
-        assert path is not None and ckpt is not None  # no name: the checkpoint_path is given (checked above)
-        name = model_name_from_checkpoint(path, ckpt.metadata)
+    name = _name_or_recorded(name, path, ckpt)
     classes = num_classes if num_classes is not None else ((ckpt and ckpt.metadata.get("num_classes")) or 1000)
     head = resolve_head(head, ckpt, num_classes=num_classes, features_only=features_only)
     task = task or (ckpt and ckpt.metadata.get("task")) or DEFAULT_TASK
@@ -262,10 +268,7 @@ def create_detector(name: str | None = None, *, head: str | None = None, num_cla
     ckpt = open_checkpoint(path) if path is not None else None
     if ckpt is not None and ckpt.metadata.get("head") in DETECTOR_HEADS:
         return _saved(ckpt, name, head, num_classes, options)
-    if not name:
-        assert path is not None and ckpt is not None  # no name: the checkpoint_path is given (checked above)
-        name = model_name_from_checkpoint(path, ckpt.metadata)
-    spec = NetworkSpec(name, 80 if num_classes is None else num_classes,
+    spec = NetworkSpec(_name_or_recorded(name, path, ckpt), 80 if num_classes is None else num_classes,
                        head=head, checkpoint=str(path) if path is not None else None, drop_path_rate=drop_path_rate,
                        norm=norm, options=DetectorOptions(**options))
     return DETECTION_TASK.create_network(create_model, spec)
