@@ -33,4 +33,4 @@ def test_wheel_ships_the_type_marker_and_the_data_files(tmp_path):
     with zipfile.ZipFile(_build_wheel(tmp_path)) as wheel:
         names = set(wheel.namelist())
     missing = [name for name in SHIPPED if name not in names]
-    assert not missing, f"the wheel lacks {missing}: list them in pyproject.toml's [tool.setuptools.package-data]"
+    assert not missing, f"the wheel lacks {missing}: keep them under src/ and in pyproject.toml's package-data"
