@@ -369,7 +369,8 @@ def _export(model: nn.Module, path: Path, format: str, opset: int, fused: bool,
 
     write_atomically(path, write_and_check)
     found, boxes = results[0]
-    return ExportReport(path=path, format=format, img_size=cast(tuple[int, int], tuple(images[0].shape[-2:])), fused=fused,
+    img_size = cast(tuple[int, int], tuple(images[0].shape[-2:]))
+    return ExportReport(path=path, format=format, img_size=img_size, fused=fused,
                         number_format="fp32", dynamic_batch=False, opset=opset if format == "onnx" else None,
                         batch_sizes=tuple(len(batch) for batch in batches), max_abs_diff=found.abs_error,
                         max_rel_diff=found.error, fp32_error=found.fp32_error, limit=found.limit, takes=CALLED[format][0],

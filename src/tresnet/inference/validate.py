@@ -246,7 +246,8 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
     _apply_preprocessing(dataset, model, preprocessing, task)
     real_labels = scoring.real_labels
     # ReaL labels name ImageNet validation files: a multiclass task's image folder
-    scored = with_real_labels(cast(ImageFolderDataset, dataset), model, real_labels) if real_labels is not None else dataset
+    folder = cast(ImageFolderDataset, dataset)
+    scored = with_real_labels(folder, model, real_labels) if real_labels is not None else dataset
     subset = evenly_spaced(scored, limit) if limit is not None else scored
     loader = create_loader(subset, batch_size, workers, device)
     inference = make_inference_model(model, device, run, img_size=preprocessing.img_size[0])
