@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -235,7 +236,7 @@ def _json_value(text: str, key: str):
 def _describe_metadata(raw: Mapping[str, str], shapes: Mapping[str, Sequence[int]], fmt: str,
                        family: Family | None) -> dict:
     """Typed metadata from a file's string metadata and its tensor shapes (in our names)."""
-    meta = {_LEGACY_METADATA_KEYS.get(k, k): v for k, v in raw.items()}
+    meta: dict[str, Any] = {_LEGACY_METADATA_KEYS.get(k, k): v for k, v in raw.items()}
     for key in ("class_names", "preprocessing", "network"):
         if key in meta:
             meta[key] = _json_value(meta[key], key)
@@ -352,7 +353,7 @@ def _heads_differ(state: dict, target: dict) -> bool:
     return bool(have) and bool(want) and have != want
 
 
-_HEAD_TITLES = {"fc": "a classifier", "ml_decoder": "an ML-Decoder head"}
+_HEAD_TITLES: dict[str | None, str] = {"fc": "a classifier", "ml_decoder": "an ML-Decoder head"}
 
 
 def _match_head(state: dict, target: dict, ckpt: Checkpoint, allow_head_mismatch: bool) -> tuple[dict, dict]:
@@ -388,7 +389,7 @@ def _likely_cause(ckpt: Checkpoint, model: nn.Module) -> str:
     if ckpt_arch and model_arch and ckpt_arch != model_arch:
         return f"the checkpoint is a {ckpt_arch}, the model a {model_arch}: build a {ckpt_arch}"
     if ckpt_arch is None:
-        family = FAMILIES.get(ckpt.metadata.get("family"))
+        family = FAMILIES.get(ckpt.metadata.get("family", ""))
         return f"the checkpoint matches no {family.title if family else 'known'} variant: is it the right file?"
     return "same variant but different layer sizes: check in_chans and the model options"
 
@@ -396,7 +397,7 @@ def _likely_cause(ckpt: Checkpoint, model: nn.Module) -> str:
 def _check_family(ckpt: Checkpoint, model: nn.Module) -> None:
     """A checkpoint of another family or variant is refused in one line that names both (before any key is compared)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    have, want = FAMILIES.get(ckpt.metadata.get("family")), FAMILIES.get(cfg.get("family"))
+    have, want = FAMILIES.get(ckpt.metadata.get("family", "")), FAMILIES.get(cfg.get("family", ""))
     if have is None or want is None:
         return
     held, built = ckpt.metadata.get("arch"), cfg.get("arch")

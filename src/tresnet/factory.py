@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import cast
 
 from torch import nn
 
@@ -20,7 +21,7 @@ from tresnet.checkpoint import (
 from tresnet.errors import CheckpointError, ConfigError
 from tresnet.layers.ml_decoder import ml_decoder_options
 from tresnet.models.common import check_head
-from tresnet.models.detection import DETECTOR_HEADS, DetectorConfig, DetectorOptions
+from tresnet.models.detection import DETECTOR_HEADS, Detector, DetectorConfig, DetectorOptions
 from tresnet.models.registry import (
     PREPROCESSING_KEYS,
     build_model,
@@ -68,11 +69,19 @@ def resolve_head(head: str | None, ckpt: Checkpoint | None, *, num_classes: int 
     held = ckpt.metadata.get("head") if ckpt is not None else None
     if head is None:
         return held or "fc"
-    if held and held != head and num_classes is None and not features_only:
+    if ckpt is not None and held and held != head and num_classes is None and not features_only:
         raise CheckpointError(f"{ckpt.format} checkpoint {ckpt.path} has a {held!r} head, not {head!r}: leave "
                               f"head out (or head={held!r}) to load it, or pass num_classes to load the backbone "
                               f"with a fresh {head!r} head")
     return head
+
+
+def _name_or_recorded(name: str | None, path: Path | None, ckpt: Checkpoint | None) -> str:
+    """``name``, else the model the checkpoint names (the callers check that one of them is given)."""
+    if name:
+        return name
+    assert path is not None and ckpt is not None
+    return model_name_from_checkpoint(path, ckpt.metadata)
 
 
 def _head_options(head: str, ckpt: Checkpoint | None, num_classes: int, given: dict | None) -> dict | None:
@@ -123,9 +132,7 @@ def _weights_file(name: str | None, pretrained: bool, checkpoint_path: str | os.
 
     Unknown names fail here, before any file is touched; so does a tag without ``pretrained``.
     """
-    if name is None:
-        if checkpoint_path is None and pretrained:
-            raise ConfigError("pretrained=True needs a model name (e.g. tresnet_m, or tresnet_m.miil_in21k_ft_in1k)")
+    if name is None:  # the callers refuse no name and no checkpoint_path
         return None, Path(checkpoint_path).expanduser() if checkpoint_path is not None else None, None
     model, tag = split_tag(name)
     get_pretrained_cfg(model)
@@ -148,7 +155,8 @@ def published_weights_cfg(found: FoundWeights) -> dict:
     ``hf_hub_id``, where they were found (``weights_file``), and their published top-1 when the tag is not the
     model's default (None for ImageNet-21k heads)."""
     weights = found.weights
-    entries = {"tag": weights.tag, "hf_hub_id": weights.hub_repo, "weights_file": str(found.path)}
+    entries: dict[str, str | float | None] = {"tag": weights.tag, "hf_hub_id": weights.hub_repo,
+                                              "weights_file": str(found.path)}
     if not weights.default:
         entries["top1"] = weights.top1
     return entries
@@ -198,8 +206,7 @@ def create_model(name: str | None = None, *, pretrained: bool = False,
         get_task(task)  # an unknown task fails before any file is touched
     name, path, found = _weights_file(name, pretrained, checkpoint_path)
     ckpt = _open_classifier(path, features_only) if path is not None else None
-    if name is None:
-        name = model_name_from_checkpoint(path, ckpt.metadata)
+    name = _name_or_recorded(name, path, ckpt)
     classes = num_classes if num_classes is not None else ((ckpt and ckpt.metadata.get("num_classes")) or 1000)
     head = resolve_head(head, ckpt, num_classes=num_classes, features_only=features_only)
     task = task or (ckpt and ckpt.metadata.get("task")) or DEFAULT_TASK
@@ -209,14 +216,14 @@ def create_model(name: str | None = None, *, pretrained: bool = False,
                         head_options=_head_options(head, ckpt, classes, head_options), **arch_overrides)
     if ckpt is not None:
         load_state(model, ckpt, allow_head_mismatch=num_classes is not None)
-        model.checkpoint_info = ckpt.info
-        model.pretrained_cfg.update(recorded_preprocessing(ckpt.metadata, in_chans))
+        model.checkpoint_info = ckpt.info  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
+        cast(dict, model.pretrained_cfg).update(recorded_preprocessing(ckpt.metadata, in_chans))
     if found is not None:
-        model.pretrained_cfg.update(published_weights_cfg(found))
+        cast(dict, model.pretrained_cfg).update(published_weights_cfg(found))
     return model
 
 
-def _saved_detector(ckpt: Checkpoint, options: DetectorOptions, overrides: dict) -> nn.Module:
+def _saved_detector(ckpt: Checkpoint, options: DetectorOptions, overrides: dict) -> Detector:
     """The detector a checkpoint of ours holds, rebuilt from its recorded configuration (the post-processing
     ``overrides`` replace the recorded ones) with its weights; its norms as ``options`` say (frozen by default)."""
     config = DetectorConfig.from_dict({**ckpt.metadata["network"], **overrides})
@@ -260,17 +267,19 @@ def create_detector(name: str | None = None, *, head: str | None = None, num_cla
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"unknown detector option {unknown[0]!r}: use {', '.join(sorted(known))}")
+    if name is None and checkpoint_path is None:
+        raise ConfigError("create_detector needs a model name, or a checkpoint_path whose file names its model")
     name, path, _ = _weights_file(name, pretrained, checkpoint_path)
     ckpt = open_checkpoint(path) if path is not None else None
     if ckpt is not None and ckpt.metadata.get("head") in DETECTOR_HEADS:
         return _saved(ckpt, name, head, num_classes, options)
-    spec = NetworkSpec(name or model_name_from_checkpoint(path, ckpt.metadata), 80 if num_classes is None else num_classes,
+    spec = NetworkSpec(_name_or_recorded(name, path, ckpt), 80 if num_classes is None else num_classes,
                        head=head, checkpoint=str(path) if path is not None else None, drop_path_rate=drop_path_rate,
                        norm=norm, options=DetectorOptions(**options))
     return DETECTION_TASK.create_network(create_model, spec)
 
 
-def _saved(ckpt: Checkpoint, name: str | None, head: str | None, num_classes: int | None, options: dict) -> nn.Module:
+def _saved(ckpt: Checkpoint, name: str | None, head: str | None, num_classes: int | None, options: dict) -> Detector:
     """A saved detector, refusing what would change its network."""
     meta = ckpt.metadata
     if (name not in (None, meta.get("model")) or head not in (None, meta.get("head"))

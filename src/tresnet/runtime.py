@@ -52,7 +52,7 @@ def resolve_device(name: str | torch.device = "auto", local_rank: int = 0) -> to
     return device
 
 
-def check_precision(precision: str, device: torch.device | None = None) -> str:
+def check_precision(precision: str, device: torch.device | str | None = None) -> str:
     """Return ``precision`` if it is one of :data:`PRECISIONS` and usable on ``device``.
 
     Raises :class:`ConfigError` for an unknown name, and for bfloat16 on a GPU without it.

@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from PIL import Image
@@ -30,10 +31,11 @@ from tresnet.data.digits_detection import DigitsDetectionDataset
 from tresnet.data.digits_mosaic import DigitsMosaicDataset
 from tresnet.data.transforms import Preprocessing, normalisation, to_float_steps
 from tresnet.errors import ConfigError, DataError
-from tresnet.files import atomic_write, write_text
+from tresnet.files import Writer, atomic_write, write_text
 
 LABELS_CSV = "labels.csv"
 INSTANCES_JSON = "instances.json"
+DrawnSplit = DigitsDataset | DigitsMosaicDataset | DigitsDetectionDataset  # what a bundled set's draw gives
 
 
 @dataclass(frozen=True)
@@ -44,21 +46,23 @@ class BundledSet:
     name: str
     task: str
     title: str
-    draw: Callable[..., Dataset]  # (split, img_size, transform, val_fraction, split_seed) -> dataset
+    draw: Callable[..., DrawnSplit]  # (split, img_size, transform, val_fraction, split_seed) -> dataset
     one_class_per_image: bool
     recipe: str  # the shipped demo recipe a run on it uses when none is named (its split and size by default)
     boxes: bool = False  # targets are boxes (a dict per image): evaluated whole and written with a COCO json
 
 
-def _draw_digits(split: str, img_size: int, transform, val_fraction: float, split_seed: int) -> Dataset:
+def _draw_digits(split: str, img_size: int, transform, val_fraction: float, split_seed: int) -> DigitsDataset:
     return DigitsDataset(split, img_size, transform, val_fraction, split_seed)
 
 
-def _draw_mosaics(split: str, img_size: int, transform, val_fraction: float, split_seed: int) -> Dataset:
+def _draw_mosaics(split: str, img_size: int, transform, val_fraction: float,
+                  split_seed: int) -> DigitsMosaicDataset:
     return DigitsMosaicDataset(split, img_size, transform, val_fraction=val_fraction, split_seed=split_seed)
 
 
-def _draw_canvases(split: str, img_size: int, transform, val_fraction: float, split_seed: int) -> Dataset:
+def _draw_canvases(split: str, img_size: int, transform, val_fraction: float,
+                   split_seed: int) -> DigitsDetectionDataset:
     return DigitsDetectionDataset(split, img_size, transform, val_fraction=val_fraction, split_seed=split_seed)
 
 
@@ -91,7 +95,7 @@ def _draw_size(preprocessing: Preprocessing) -> int:
     height, width = preprocessing.img_size
     if height != width:
         raise ConfigError(f"the bundled sets are drawn square: {height}x{width} is not (give a square --img-size)")
-    return height if preprocessing.crop_mode == "squash" else int(preprocessing.resize_size)
+    return height if preprocessing.crop_mode == "squash" else int(cast(int, preprocessing.resize_size))  # square
 
 
 class BundledValidationSet(Dataset):
@@ -110,9 +114,10 @@ class BundledValidationSet(Dataset):
         self.spec, self.root, self.task = spec, spec.name, spec.task
         self.classes = list(DIGITS_CLASSES)
         self.source = spec.name
-        self.skipped, self.skipped_files = 0, set()
+        self.skipped = 0
+        self.skipped_files: set[str] = set()
         self._indices = list(range(len(self.classes)))
-        self._split: Dataset | None = None
+        self._split: DrawnSplit | None = None
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -158,14 +163,17 @@ def _png_bytes(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def _write_boxes(data: Dataset, root: Path) -> list[Path]:
+def _png_writer(image: torch.Tensor) -> Writer:
+    return lambda tmp: Path(tmp).write_bytes(_png_bytes(image))
+
+
+def _write_boxes(data: DigitsDetectionDataset, root: Path) -> list[Path]:
     """A set of boxes as ``root/<index>.png`` with ``root/instances.json`` (COCO instances: any COCO tool reads
     it, and ``validate --data root --annotations root/instances.json`` scores a detector on it)."""
     written = []
     for index in range(len(data)):
         image = (data[index][0] * 255).round().to(torch.uint8)
-        written.append(atomic_write(root / f"{index:05d}.png",
-                                    lambda tmp, image=image: Path(tmp).write_bytes(_png_bytes(image))))
+        written.append(atomic_write(root / f"{index:05d}.png", _png_writer(image)))
     instances = data.coco_ground_truth()
     for entry in instances["images"]:
         entry["file_name"] = f"{entry['id']:05d}.png"
@@ -188,16 +196,17 @@ def write_bundled(name: str, output: str | os.PathLike, *, split: str = "val", i
     data = spec.draw(split, img_size, None, val_split, split_seed)
     root = Path(output).expanduser()
     if spec.boxes:
-        return _write_boxes(data, root)
+        return _write_boxes(cast(DigitsDetectionDataset, data), root)
     written, rows = [], []
     for index in range(len(data)):
         image = (data[index][0] * 255).round().to(torch.uint8)
         if spec.one_class_per_image:
-            path = root / DIGITS_CLASSES[data.targets[index]] / f"{index:05d}.png"
+            path = root / DIGITS_CLASSES[cast(DigitsDataset, data).targets[index]] / f"{index:05d}.png"
         else:
             path = root / f"{index:05d}.png"
-            rows.append((path.name, " ".join(c for c, on in zip(DIGITS_CLASSES, data.targets[index].tolist(), strict=True) if on)))
-        written.append(atomic_write(path, lambda tmp, image=image: Path(tmp).write_bytes(_png_bytes(image))))
+            targets = cast(DigitsMosaicDataset, data).targets[index].tolist()
+            rows.append((path.name, " ".join(c for c, on in zip(DIGITS_CLASSES, targets, strict=True) if on)))
+        written.append(atomic_write(path, _png_writer(image)))
     if rows:
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerows([("file", "labels"), *rows])

@@ -195,7 +195,7 @@ def resolve_class_mapping(names: Sequence[str], num_classes: int, *,
         return ClassMapping("checkpoint-names", {name: position[name] for name in names}, num_classes)
     synsets = [name for name in names if is_synset(name)]
     if synsets and len(synsets) == len(names):
-        if not _imagenet_named(checkpoint_names):
+        if checkpoint_names and not _imagenet_named(checkpoint_names):  # no names count as ImageNet's
             outside = [name for name in names if name not in set(checkpoint_names)]
             raise DataError(f"{data} has synset classes but the checkpoint records {len(checkpoint_names)} other "
                             f"class names, without {_examples(outside)}: {_CLASS_MAP_HINT}")

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch.utils.data import Dataset, get_worker_info
@@ -91,6 +92,7 @@ class ImageFolderDataset(DatasetFolder):
     """
 
     tasks = ("multiclass",)  # what its targets (one class index per image) serve
+    samples: list[tuple[str, int]]  # (path, target), as torchvision's DatasetFolder sets them
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None, strict: bool = False):
         root = Path(root).expanduser()
@@ -119,8 +121,8 @@ class ImageFolderDataset(DatasetFolder):
         self.targets = [target for _, target in self.samples]
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        with os.scandir(directory) as entries:
-            entries = list(entries)
+        with os.scandir(directory) as scan:
+            entries = list(scan)
         classes = sorted(entry.name for entry in entries if _is_visible_folder(entry))
         if not classes:
             if not entries:
@@ -198,7 +200,8 @@ class GroundTruthDataset(ImageFolderDataset):
             raise DataError(f"{len(uncovered)} of the {len(files)} images in {directory} have no line in "
                             f"{self.ground_truth} (e.g. {Path(uncovered[0]).name}): the ground truth must cover "
                             f"every image, named ILSVRC2012_val_NNNNNNNN as ImageNet's")
-        return [(str(path), self._labels[number]) for path, number in zip(files, numbers, strict=True)]
+        # every number is one of the labels' (checked above), so none is None
+        return [(str(path), self._labels[cast(int, number)]) for path, number in zip(files, numbers, strict=True)]
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         self._files = self._labelled_files(directory)

@@ -286,7 +286,8 @@ def build_digits_canvases(split: str, img_size: int, num_images: int, val_fracti
 
 def _coco_instances(boxes: tuple[torch.Tensor, ...], labels: tuple[torch.Tensor, ...], img_size: int) -> dict:
     """A COCO instances dict of square ``img_size`` images ``0..N-1`` with these XYXY boxes and class indices."""
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for image_id, (image_boxes, image_labels) in enumerate(zip(boxes, labels, strict=True)):
         images.append({"id": image_id, "file_name": f"{image_id:06d}.png", "width": img_size, "height": img_size})
         for (x1, y1, x2, y2), label in zip(image_boxes.tolist(), image_labels.tolist(), strict=True):

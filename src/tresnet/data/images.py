@@ -99,10 +99,9 @@ def load_image(path: str | os.PathLike, *, exif_transpose: bool = False) -> Imag
     if path.stat().st_size == 0:
         raise DataError(f"cannot read image {path}: empty file")
     try:
-        with Image.open(path) as img:
-            img.load()
-            if exif_transpose:
-                img = ImageOps.exif_transpose(img)
+        with Image.open(path) as opened:
+            opened.load()
+            img: Image.Image = ImageOps.exif_transpose(opened) if exif_transpose else opened
             return to_rgb(img)
     except DataError as e:
         raise DataError(f"cannot read image {path}: {e}") from e

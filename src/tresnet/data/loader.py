@@ -23,7 +23,8 @@ class ReportingLoader(DataLoader):
     """A DataLoader that hands each batch's unreadable files (``batch.skipped``) to the dataset's
     ``report_skipped`` in the main process, where counting and ``strict`` errors work."""
 
-    def __iter__(self) -> Iterator:
+    # A generator over the base iterator's batches; DataLoader's stub names its own iterator class.
+    def __iter__(self) -> Iterator:  # type: ignore[override]
         report = find_attribute(self.dataset, "report_skipped")
         for batch in super().__iter__():
             if report is not None:

@@ -108,7 +108,7 @@ def _duplicates(values: Iterable) -> list:
     return sorted(value for value, count in Counter(values).items() if count > 1)
 
 
-def _check_some_image_exists(samples: Sequence[Sample], root: Path, source: Path, hint: str) -> None:
+def _check_some_image_exists(samples: Sequence[tuple[str, object]], root: Path, source: Path, hint: str) -> None:
     """:class:`DataError` when not one listed image file exists: the folder is the wrong one."""
     if not any(Path(path).is_file() for path, _ in samples):
         example = samples[0][0] if samples else "(none listed)"

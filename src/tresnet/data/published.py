@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torchvision.datasets as tv_datasets
@@ -116,7 +117,7 @@ class ArrayImages:
 class CifarReader:
     """Reads a CIFAR split with torchvision's class (``cls``): its images stay in the class's array."""
 
-    cls: type
+    cls: type[Any]
 
     def __call__(self, root: Path, split: str) -> tuple[Samples, list[str], Callable]:
         opened = self.cls(str(root), train=split == "train", download=False)
@@ -130,7 +131,7 @@ class PathsReader:
     """Reads a split with a torchvision class that takes a ``loader`` (``cls``, with ``options``): given ``str``
     for one, indexing it gives ``(path, label)`` without reading an image."""
 
-    cls: type
+    cls: type[Any]
     options: tuple[tuple[str, str], ...] = ()
 
     def __call__(self, root: Path, split: str) -> tuple[Samples, list[str], None]:

@@ -30,12 +30,15 @@ from torch.utils.data import Dataset, Subset
 from tresnet.data.bundled import BUNDLED_SETS, BundledSet, BundledValidationSet
 from tresnet.data.datasets import GroundTruthDataset, ImageFolderDataset
 from tresnet.data.detection import CocoDetection, create_detection_eval_transform
-from tresnet.data.multilabel import open_multilabel
+from tresnet.data.multilabel import MultiLabelDataset, open_multilabel
 from tresnet.data.published import PUBLISHED_SETS, PublishedDataset, PublishedSet, published_set
 from tresnet.data.splits import stratified_split
 from tresnet.data.train_transforms import create_tensor_eval_transform
 from tresnet.data.transforms import Preprocessing, create_eval_transform, normalisation
 from tresnet.errors import ConfigError, DataError
+
+# What a source's validation_data opens (a published set and a ground-truth folder are image folders).
+ValidationData = ImageFolderDataset | MultiLabelDataset | BundledValidationSet | CocoDetection
 
 TRAIN_FOLDERS = ("train",)
 VAL_FOLDERS = ("val", "validation")
@@ -103,7 +106,7 @@ class DataSource:
     def training_data(self, section: Any, pretrained_cfg: dict, train_transform: Callable, img_size: int) -> TrainData:
         raise NotImplementedError
 
-    def validation_data(self, data: str | os.PathLike, options: ValidationOptions) -> Dataset:
+    def validation_data(self, data: str | os.PathLike, options: ValidationOptions) -> ValidationData:
         raise NotImplementedError
 
 
@@ -150,11 +153,18 @@ class BundledSource(DataSource):
         return TrainData(train, val, list(train.classes), f"{self.spec.title}: {len(train)} train / {len(val)} val "
                                                           f"images at {img_size}px")
 
-    def validation_data(self, data: str | os.PathLike, options: ValidationOptions) -> Dataset:
+    def validation_data(self, data: str | os.PathLike, options: ValidationOptions) -> ValidationData:
         if options.given(("annotations", "classes", "ground_truth")):
             raise ConfigError(f"{data} is a bundled data set with its own labels: drop --annotations, --classes "
                               f"and --ground-truth")
         return BundledValidationSet(str(data))
+
+
+def _published_root(data: str | os.PathLike) -> str:
+    """ROOT of ``NAME:ROOT`` data that a :class:`PublishedSource` claimed."""
+    named = published_set(data)
+    assert named is not None  # the source claimed it
+    return named[1]
 
 
 class PublishedSource(DataSource):
@@ -196,7 +206,7 @@ class PublishedSource(DataSource):
         return super().preprocessing(section, pretrained_cfg, img_size)
 
     def training_data(self, section: Any, pretrained_cfg: dict, train_transform: Callable, img_size: int) -> TrainData:
-        root, val_split = published_set(section.train)[1], section.val or self.spec.test_split
+        root, val_split = _published_root(section.train), section.val or self.spec.test_split
         train = PublishedDataset(self.spec, root, self.spec.train_splits(val_split), train_transform)
         val = PublishedDataset(self.spec, root, (val_split,),
                                self.preprocessing(section, pretrained_cfg, img_size).transform())
@@ -209,11 +219,11 @@ class PublishedSource(DataSource):
                          f"{self.spec.title} at {train.root}: {len(train)} {'+'.join(train.splits)} / {len(val)} "
                          f"{val_split} images, {len(train.classes)} classes at {img_size}px{resized}")
 
-    def validation_data(self, data: str | os.PathLike, options: ValidationOptions) -> Dataset:
+    def validation_data(self, data: str | os.PathLike, options: ValidationOptions) -> ValidationData:
         given = options.given(("annotations", "classes", "ground_truth"))
         if given:
             raise ConfigError(f"{self.spec.title} has its own labels: drop --{', --'.join(given).replace('_', '-')}")
-        return PublishedDataset(self.spec, published_set(data)[1], (options.split or self.spec.test_split,),
+        return PublishedDataset(self.spec, _published_root(data), (options.split or self.spec.test_split,),
                                 strict=options.strict)
 
 
@@ -261,7 +271,7 @@ class ImageFolders(DataSource):
         return TrainData(train_full, val, list(train_full.classes),
                          f"{described}, {len(train_full.classes)} classes at {img_size}px")
 
-    def validation_data(self, data: str | os.PathLike, options: ValidationOptions) -> Dataset:
+    def validation_data(self, data: str | os.PathLike, options: ValidationOptions) -> ValidationData:
         if options.given(("annotations", "classes")):
             raise ConfigError("--annotations and --classes describe multi-label data, but the task is multiclass: "
                               "pass --task multilabel")
@@ -325,7 +335,7 @@ class LabelledImages(DataSource):
                          f"{train.source}: {len(train_idx)} train / {len(val_idx)} val images (val carved with "
                          f"seed {section.split_seed}), {len(train.classes)} classes (multilabel) at {img_size}px")
 
-    def validation_data(self, data: str | os.PathLike, options: ValidationOptions) -> Dataset:
+    def validation_data(self, data: str | os.PathLike, options: ValidationOptions) -> ValidationData:
         if options.ground_truth is not None:
             raise ConfigError("--ground-truth labels ImageNet validation images, one class each: it does not apply "
                               "to a multilabel task")
@@ -371,7 +381,7 @@ class CocoBoxes(DataSource):
                          f"{train.source}: {len(train_idx)} train / {len(val_idx)} val images (val carved with seed "
                          f"{section.split_seed}), {len(train.classes)} classes (boxes)")
 
-    def validation_data(self, data: str | os.PathLike, options: ValidationOptions) -> Dataset:
+    def validation_data(self, data: str | os.PathLike, options: ValidationOptions) -> ValidationData:
         if options.ground_truth is not None or options.classes is not None:
             raise ConfigError("--ground-truth and --classes label classification data: a COCO file names the boxes")
         if options.annotations is None:

@@ -31,10 +31,11 @@ def stratified_split(targets: Sequence[int] | torch.Tensor, val_fraction: float,
     """
     generator = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(targets)
-    train, val = [], []
+    train: list[int] = []
+    val: list[int] = []
     for cls in labels.unique(sorted=True).tolist():
-        members = torch.nonzero(labels == cls).flatten()
-        members = members[torch.randperm(len(members), generator=generator)].tolist()
+        indices = torch.nonzero(labels == cls).flatten()
+        members = indices[torch.randperm(len(indices), generator=generator)].tolist()
         n_val = min(len(members) - 1, max(1, round(val_fraction * len(members))))
         val += members[:n_val]
         train += members[n_val:]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 from PIL import Image
@@ -61,7 +62,7 @@ def to_float_steps(mean: tuple[float, ...] | None = None, std: tuple[float, ...]
     if (mean is None) != (std is None):
         raise ConfigError("give both mean and std, or neither")
     steps: list = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    if mean is not None:
+    if mean is not None and std is not None:  # both or neither, checked above
         steps.append(v2.Normalize(list(mean), list(std)))
     return steps
 
@@ -165,7 +166,7 @@ class Preprocessing:
         if self.crop_mode == "squash":
             return self.img_size
         round_ = RESIZE_ROUNDINGS[self.resize_rounding]
-        sides = tuple(round_(side / self.crop_pct) for side in self.img_size)
+        sides = cast(tuple[int, int], tuple(round_(side / self.crop_pct) for side in self.img_size))
         return sides[0] if self.img_size[0] == self.img_size[1] else sides
 
     def to_config(self) -> dict:

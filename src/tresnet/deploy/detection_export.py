@@ -40,6 +40,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -62,6 +63,7 @@ from tresnet.deploy.fusion import fuse
 from tresnet.deploy.onnx_runtime import require_onnx
 from tresnet.deploy.pt2 import PROGRAM_FORMATS
 from tresnet.errors import ConfigError
+from tresnet.models.detection import Detector
 
 DETECTOR_TYPES = (FCOS, RetinaNet)
 DETECTOR_METADATA = "tresnet_detector"  # the key (ONNX metadata_props) or extra file (TorchScript, .json)
@@ -87,7 +89,7 @@ def is_detector(model: nn.Module) -> bool:
     return isinstance(model, DETECTOR_TYPES)
 
 
-def head_output_names(detector: nn.Module) -> tuple[str, ...]:
+def head_output_names(detector: Detector) -> tuple[str, ...]:
     """The names of the head's outputs, in the order it gives them: FCOS adds its centre-ness."""
     return ("cls_logits", "bbox_regression") + (("bbox_ctrness",) if isinstance(detector, FCOS) else ())
 
@@ -96,7 +98,7 @@ class DetectorNetwork(nn.Module):
     """A detector's network alone: a normalised, padded batch in; out, each head output (``(N, anchors, K)``, all
     levels in a row) and the levels' map sizes (``(levels, 2)``: what the anchors are laid out on)."""
 
-    def __init__(self, detector: nn.Module) -> None:
+    def __init__(self, detector: Detector) -> None:
         super().__init__()
         self.backbone = detector.backbone
         self.head = detector.head
@@ -108,7 +110,7 @@ class DetectorNetwork(nn.Module):
         return (*outputs.values(), sizes)
 
 
-def detect_with(detector: nn.Module, run_network: Callable, images: Sequence[torch.Tensor]) -> Detections:
+def detect_with(detector: Detector, run_network: Callable, images: Sequence[torch.Tensor]) -> Detections:
     """``detector``'s detections on ``images`` (``(3, H, W)`` each) with its network's outputs from ``run_network``
     (a batch in, :class:`DetectorNetwork`'s outputs out): torchvision's transform, anchors and post-processing,
     as the detector's own forward runs them in eval mode."""
@@ -132,7 +134,7 @@ def detect_with(detector: nn.Module, run_network: Callable, images: Sequence[tor
 class _OnnxDetector(nn.Module):
     """What the ONNX file holds: the detector on one image, its score threshold an input."""
 
-    def __init__(self, detector: nn.Module) -> None:
+    def __init__(self, detector: Detector) -> None:
         super().__init__()
         self.detector = detector
 
@@ -142,14 +144,14 @@ class _OnnxDetector(nn.Module):
         return found["boxes"], found["scores"], found["labels"]
 
 
-def _with_threshold(detector: nn.Module, score_threshold: float) -> nn.Module:
+def _with_threshold(detector: Detector, score_threshold: float) -> Detector:
     """A shallow copy of ``detector`` keeping boxes above ``score_threshold`` (its modules shared)."""
     copied = copy.copy(detector)
     copied.score_thresh = score_threshold
     return copied
 
 
-def _check_size(detector: nn.Module) -> None:
+def _check_size(detector: Detector) -> None:
     """:class:`ConfigError` for a ``min_size`` that torchvision's exported resize shrinks (:func:`resize_rounds`)."""
     side = detector.transform.min_size[-1]
     if resize_rounds(side):
@@ -184,7 +186,7 @@ def resize_rounds(side: int) -> bool:
     return float(torch.tensor(float(side)).reciprocal() * float(side)) < 1.0
 
 
-def check_images(detector: nn.Module) -> list[torch.Tensor]:
+def check_images(detector: Detector) -> list[torch.Tensor]:
     """Two seeded random images in [0, 1] that the detector does not resize: its shorter side square, and one wider
     by up to :data:`WIDER_BY` in steps of 32, short of its longest side (a scale computed from the longest side can
     round as :func:`resize_rounds` says)."""
@@ -194,7 +196,7 @@ def check_images(detector: nn.Module) -> list[torch.Tensor]:
     return [torch.rand(3, side, side, generator=gen), torch.rand(3, side, wider, generator=gen)]
 
 
-def _network_batches(detector: nn.Module, images: list[torch.Tensor]) -> list[torch.Tensor]:
+def _network_batches(detector: Detector, images: list[torch.Tensor]) -> list[torch.Tensor]:
     """The network's inputs the check compares: the first image alone, then both in one padded batch."""
     with torch.no_grad():
         return [detector.transform(images[:1])[0].tensors, detector.transform(images)[0].tensors]
@@ -372,7 +374,8 @@ def _export(model: nn.Module, path: Path, format: str, opset: int, fused: bool,
 
     write_atomically(path, write_and_check)
     found, boxes = results[0]
-    return ExportReport(path=path, format=format, img_size=tuple(images[0].shape[-2:]), fused=fused,
+    img_size = cast(tuple[int, int], tuple(images[0].shape[-2:]))
+    return ExportReport(path=path, format=format, img_size=img_size, fused=fused,
                         number_format="fp32", dynamic_batch=False, opset=opset if format == "onnx" else None,
                         batch_sizes=tuple(len(batch) for batch in batches), max_abs_diff=found.abs_error,
                         max_rel_diff=found.error, fp32_error=found.fp32_error, limit=found.limit, takes=CALLED[format][0],

@@ -70,7 +70,7 @@ def _img_size(model: nn.Module, img_size: int | tuple[int, int] | None) -> tuple
     check = getattr(model, "check_input_size", None)
     if check is not None:
         check(*size)
-    return size  # type: ignore[return-value]
+    return size
 
 
 def _output_names(count: int, listed: bool) -> list[str]:
@@ -152,7 +152,7 @@ def export_preprocessing(model: nn.Module, size: tuple[int, int]) -> dict | None
     cfg = getattr(model, "pretrained_cfg", None)
     if not cfg:
         return None
-    return replace(Preprocessing.of(model), img_size=tuple(size)).to_dict()
+    return replace(Preprocessing.of(model), img_size=(size[0], size[1])).to_dict()
 
 
 def _write_and_run(prepared: nn.Module, inputs: list[torch.Tensor], tmp: str, *, format: str, opset: int,

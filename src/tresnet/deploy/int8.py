@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import cast
 
 import torch
 from torch import nn
@@ -124,7 +125,7 @@ def load_calibration_images(folder: str | os.PathLike, model: nn.Module, *, img_
     if not files:
         raise DataError(f"calibration folder {path} holds no image (.jpg, .png, ...); give a folder of images like "
                         f"the ones the model will see")
-    cfg = model.pretrained_cfg
+    cfg = cast(dict, model.pretrained_cfg)
     size = img_size or int(cfg["input_size"][-1])
     transform = create_eval_transform(cfg, size)
     images = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -67,14 +68,16 @@ def onnx_model(model: nn.Module, *, number_format: str = "fp32", img_size: int |
     without onnx and onnxruntime, :class:`ConfigError` and :class:`~tresnet.errors.DataError` for bad
     calibration, :class:`~tresnet.deploy.ExportMismatchError` for a file beyond its bound.
     """
-    quantized = {}
+    calibration_set: Calibration | None = None  # without it, export_model says that int8 needs one
     if number_format == "int8":
-        quantized = dict(calibration=Calibration(calibration, calibration_images))
+        if calibration is not None:
+            calibration_set = Calibration(calibration, calibration_images)
         if img_size is None and isinstance(calibration, torch.Tensor):
-            img_size = tuple(calibration.shape[-2:])  # a ready batch sets the size, as for quantize
+            # a ready batch sets the size, as for quantize
+            img_size = cast(tuple[int, int], tuple(calibration.shape[-2:]))
     with tempfile.TemporaryDirectory(prefix="tresnet-onnx-") as folder:
         report = export_model(model, Path(folder) / "model.onnx", format="onnx", img_size=img_size,
-                              dynamic_batch=True, number_format=number_format, **quantized)
+                              dynamic_batch=True, number_format=number_format, calibration=calibration_set)
         session = onnx_session(report.path, threads=threads or torch.get_num_threads())
     return OnnxModel(session, number_format=number_format, img_size=report.img_size,
                      calibrated_on=report.calibration_images)

@@ -25,7 +25,9 @@ from tresnet.recipes import read_recipe
 def _demo_value(name: str, section: str, key: str):
     """``key`` of ``section`` (``data.val_split``, ``data.split_seed``, ``model.img_size``) in bundled set ``name``'s
     demo recipe, which states each of them."""
-    return read_recipe(bundled_set(name).recipe)[section][key]
+    spec = bundled_set(name)
+    assert spec is not None  # called for bundled sets only
+    return read_recipe(spec.recipe)[section][key]
 
 
 def _metadata(model_or_metadata: nn.Module | Mapping) -> Mapping:

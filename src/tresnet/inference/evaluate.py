@@ -46,7 +46,7 @@ def resolve_task(model: nn.Module, task: str | Task | None = None) -> Task:
     if task is None:
         return get_task(getattr(model, "pretrained_cfg", {}).get("task") or DEFAULT_TASK)
     chosen = get_task(task)
-    if recorded and chosen.name != recorded:
+    if info is not None and recorded and chosen.name != recorded:
         raise ConfigError(f"checkpoint {info.path} holds a {recorded} model, and --task is {chosen.name}: leave "
                           f"--task out (or use a {chosen.name} checkpoint)")
     return chosen

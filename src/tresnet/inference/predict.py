@@ -16,10 +16,11 @@ for a multi-label model also every label whose probability exceeds a threshold.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -45,15 +46,16 @@ def _labels(model: nn.Module, class_names: Sequence[str] | None, task: Task,
     info = getattr(model, "checkpoint_info", None)
     if class_names is None and info is not None:
         class_names = info.metadata.get("class_names")
-    defaults, synsets = task.default_labels(model.num_classes)
-    fits = class_names is not None and len(class_names) == model.num_classes
-    if fits and not (synsets is not None and list(class_names) == list(synsets)):
+    num_classes = cast(int, model.num_classes)
+    defaults, synsets = task.default_labels(num_classes)
+    fits = class_names is not None and len(class_names) == num_classes
+    if fits and class_names is not None and not (synsets is not None and list(class_names) == list(synsets)):
         synsets = None  # the checkpoint's own names; one trained on synset folders records synsets: show names
     elif synsets is not None:
         class_names = None
-    labels = class_labels(model.num_classes, class_names, defaults=defaults)
+    labels = class_labels(num_classes, class_names, defaults=defaults)
     if class_map is not None:
-        for name, index in read_class_map(class_map, model.num_classes).items():
+        for name, index in read_class_map(class_map, num_classes).items():
             labels[index] = name
     return labels, synsets
 
@@ -164,7 +166,7 @@ def save_drawn(model: nn.Module, answers: Sequence[Any], folder: str | os.PathLi
         read = readers.get(answer.file) or _file_reader(Path(answer.file), transform)
         picture = task.draw(read(), answer)
         path = Path(folder).expanduser() / f"{number:05d}-{Path(answer.file).stem}.png"
-        written.append(atomic_write(path, lambda tmp, picture=picture: write_png(picture, tmp)))
+        written.append(atomic_write(path, functools.partial(write_png, picture)))
     return written
 
 

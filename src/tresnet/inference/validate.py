@@ -28,9 +28,9 @@ thresholded precision / recall.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from tresnet.data.datasets import GroundTruthDataset, RealLabelled
 from tresnet.data.detection import CocoDetection
 from tresnet.data.imagenet import read_real_labels
 from tresnet.data.multilabel import MultiLabelDataset
-from tresnet.data.sources import ValidationOptions, find_source, usages
+from tresnet.data.sources import ValidationData, ValidationOptions, find_source, usages
 from tresnet.data.transforms import Preprocessing
 from tresnet.errors import ConfigError, DataError
 from tresnet.inference.bundled import bundled_split
@@ -54,7 +54,6 @@ from tresnet.inference.runner import InferenceModel, RunOptions, make_inference_
 from tresnet.runtime import resolve_device
 from tresnet.tasks import DEFAULT_TASK, DEFAULT_THRESHOLD, Task, get_task
 
-ValidationData = ImageFolderDataset | MultiLabelDataset | BundledValidationSet | CocoDetection
 
 def open_validation_data(data: str | os.PathLike, *, task: str | Task = DEFAULT_TASK,
                          options: ValidationOptions | None = None) -> ValidationData:
@@ -125,11 +124,13 @@ def check_classes(dataset: ValidationData, model: nn.Module, task: Task, *,
         data = f"bundled set {dataset.root}"
     else:
         data = f"folder {dataset.root}"
+    num_classes = cast(int, model.num_classes)
     mapping = resolve_class_mapping(
-        dataset.classes, model.num_classes, checkpoint_names=names, data=data,
-        class_map=read_class_map(class_map, model.num_classes) if class_map is not None else None,
+        dataset.classes, num_classes, checkpoint_names=names, data=data,
+        class_map=read_class_map(class_map, num_classes) if class_map is not None else None,
         class_map_source=str(class_map) if class_map is not None else None)
-    dataset.map_classes(mapping.indices)
+    # a task of one class per image reads class folders or a bundled set: both renumber their targets
+    cast(ImageFolderDataset | BundledValidationSet, dataset).map_classes(mapping.indices)
     return mapping
 
 
@@ -146,9 +147,10 @@ def evenly_spaced(dataset: Dataset, limit: int) -> Dataset:
     """``limit`` samples taken evenly over ``dataset`` (so every class of a sorted folder is seen)."""
     if limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {limit}")
-    if limit >= len(dataset):
+    size = len(cast(Sized, dataset))
+    if limit >= size:
         return dataset
-    return Subset(dataset, np.linspace(0, len(dataset) - 1, num=limit).round().astype(int).tolist())
+    return Subset(dataset, np.linspace(0, size - 1, num=limit).round().astype(int).tolist())
 
 
 @dataclass
@@ -243,7 +245,9 @@ def prepare_validation(model: nn.Module, data: str | os.PathLike | ValidationDat
     mapping = check_classes(dataset, model, task, class_map=scoring.class_map)
     _apply_preprocessing(dataset, model, preprocessing, task)
     real_labels = scoring.real_labels
-    scored = with_real_labels(dataset, model, real_labels) if real_labels is not None else dataset
+    # ReaL labels name ImageNet validation files: a multiclass task's image folder
+    folder = cast(ImageFolderDataset, dataset)
+    scored = with_real_labels(folder, model, real_labels) if real_labels is not None else dataset
     subset = evenly_spaced(scored, limit) if limit is not None else scored
     loader = create_loader(subset, batch_size, workers, device)
     inference = make_inference_model(model, device, run, img_size=preprocessing.img_size[0])

@@ -25,6 +25,8 @@ class AntiAliasDownsample(nn.Module):
     of a ``Pad`` node; the values are the same.
     """
 
+    filt: torch.Tensor  # a buffer
+
     def __init__(self, channels: int, stride: int = 2, *, export_friendly: bool = False) -> None:
         super().__init__()
         self.channels = channels

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
 from tresnet.layers.anti_alias import AntiAliasDownsample
+from tresnet.layers.inplace_abn import InPlaceABN
 from tresnet.layers.norm_act import create_norm_act
 from tresnet.layers.residual_tail import lean_tail, lean_tail_applies
 
@@ -32,7 +35,7 @@ class ConvNormAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._pointwise and lean_tail_applies(self, self.bn):
             # A 1x1 conv + BN with no activation: one op that keeps only the conv input for backward.
-            return lean_tail(x, self.conv.weight, self.bn)
+            return lean_tail(x, self.conv.weight, cast(InPlaceABN, self.bn))  # lean_tail_applies checked it
         x = self.bn(self.conv(x))
         if self.aa is not None:
             x = self.aa(x)

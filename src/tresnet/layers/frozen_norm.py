@@ -8,6 +8,8 @@ exactly what the norm computed in eval mode, and nothing of it learns or updates
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +22,11 @@ class FrozenNormAct(nn.Module):
 
     The buffers keep the norm's names (``weight``, ``bias``, ``running_mean``, ``running_var``), so a state dict
     saved with frozen norms loads into trainable ones and back (``num_batches_tracked`` is dropped)."""
+
+    weight: torch.Tensor  # buffers, all four
+    bias: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
 
     def __init__(self, num_features: int, eps: float = 1e-5, activation: str = "identity",
                  activation_param: float = 0.0) -> None:
@@ -46,7 +53,7 @@ class FrozenNormAct(nn.Module):
                 frozen.bias.copy_(norm.bias.detach())
             if norm.running_mean is not None:
                 frozen.running_mean.copy_(norm.running_mean)
-                frozen.running_var.copy_(norm.running_var)
+                frozen.running_var.copy_(cast(torch.Tensor, norm.running_var))  # kept with running_mean
         return frozen.to(weight.device)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,

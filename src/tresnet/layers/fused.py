@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -54,18 +54,21 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     bias = beta - bn.running_mean.double() * scale
     if conv.bias is not None:
         bias = bias + conv.bias.detach().double() * scale
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+    # torch types a Conv2d's sizes as tuple[int, ...] and its constructor's as tuple[int, int]
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,  # type: ignore[arg-type]
+                      conv.padding, conv.dilation,  # type: ignore[arg-type]
+                      conv.groups, bias=True, padding_mode=conv.padding_mode,
                       device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
         fused.weight.copy_(conv.weight.detach().double() * scale.view(-1, 1, 1, 1))
-        fused.bias.copy_(bias)
+        cast(torch.Tensor, fused.bias).copy_(bias)
     return fused
 
 
 def use_onednn(x: torch.Tensor) -> bool:
     """Whether the oneDNN fused-conv path applies: fp32 on CPU, eager, no autograd."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    # torch types mkldnn.enabled as its descriptor (ContextProp); read on the module it is a bool
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()  # type: ignore[return-value]
             and torch.backends.mkldnn.enabled
             and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling()
             and not (torch.is_grad_enabled() and x.requires_grad))
@@ -102,9 +105,10 @@ def onednn_weight(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     key = (tuple(x.shape), conv.weight.data_ptr(), conv.weight._version)
     cached = conv.__dict__.get("_onednn_weight")
     if cached is None or cached.key != key:
-        packed = torch._C._nn.mkldnn_reorder_conv2d_weight(conv.weight.detach().to_mkldnn(), list(conv.padding),
-                                                         list(conv.stride), list(conv.dilation), conv.groups,
-                                                         list(x.shape))
+        # the stub lists fewer arguments than the op takes (padding, stride, dilation, groups, input size)
+        packed = torch._C._nn.mkldnn_reorder_conv2d_weight(  # type: ignore[call-arg]
+            conv.weight.detach().to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+            list(x.shape))
         cached = conv.__dict__["_onednn_weight"] = _PackedWeight(key, packed)
     return cached.tensor
 

@@ -15,6 +15,7 @@ effective scale is ``|w| + eps >= eps`` by construction.
 from __future__ import annotations
 
 import warnings
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -126,11 +127,11 @@ def normalize_(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, runnin
         _check_batch(x, count)
         if running_mean is not None:
             running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-            running_var.mul_(1 - momentum).add_(var * (count / (count - 1)), alpha=momentum)
+            cast(torch.Tensor, running_var).mul_(1 - momentum).add_(var * (count / (count - 1)), alpha=momentum)
         invstd = torch.rsqrt(var + eps)
-    else:
-        mean = running_mean.to(stat_dtype(x))
-        invstd = torch.rsqrt(running_var.to(stat_dtype(x)) + eps)
+    else:  # eval normalises with the running statistics, which such a norm has
+        mean = cast(torch.Tensor, running_mean).to(stat_dtype(x))
+        invstd = torch.rsqrt(cast(torch.Tensor, running_var).to(stat_dtype(x)) + eps)
     a = scale * invstd
     x.mul_(channel_view(a, ndim)).add_(channel_view(shift - mean * a, ndim))
     return mean, invstd, count

@@ -16,7 +16,8 @@ published checkpoints' ``head.*`` tensors load as they are.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,8 @@ class QueryEmbedding(nn.Module):
 
     Stored as ``weight`` (the official code's frozen ``nn.Embedding``), drawn from N(0, 1) like it.
     """
+
+    weight: torch.Tensor  # a buffer
 
     def __init__(self, num_queries: int, embed_dim: int) -> None:
         super().__init__()
@@ -133,7 +136,7 @@ class MLDecoderHead(nn.Module):
             for module in layer.modules():
                 if isinstance(module, (nn.Linear, nn.LayerNorm)):
                     module.reset_parameters()
-            layer.multihead_attn._reset_parameters()
+            cast(CrossAttentionDecoderLayer, layer).multihead_attn._reset_parameters()
         nn.init.xavier_normal_(decoder.duplicate_pooling)
         nn.init.zeros_(decoder.duplicate_pooling_bias)
 
@@ -171,7 +174,7 @@ def ml_decoder_options(shapes: Mapping[str, object], prefix: str = "head.") -> d
         value = shapes.get(prefix + key)
         if value is None:
             return None
-        return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
+        return tuple(value.shape) if hasattr(value, "shape") else tuple(cast(Sequence[int], value))
 
     pooling, bias = shape("decoder.duplicate_pooling"), shape("decoder.duplicate_pooling_bias")
     linear1 = shape("decoder.layers.0.linear1.weight")

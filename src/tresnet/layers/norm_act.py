@@ -37,7 +37,7 @@ class BatchNormAct2d(nn.BatchNorm2d):
 
 
 def create_norm_act(norm: str, num_features: int, activation: str = "leaky_relu",
-                    activation_param: float = 0.01) -> nn.Module:
+                    activation_param: float = 0.01) -> InPlaceABN | BatchNormAct2d:
     """The norm + activation module named by ``norm`` (one of :data:`NORMS`).
 
     ``activation="relu"`` needs ``norm="bn"``: In-Place ABN recomputes its input from its output, which

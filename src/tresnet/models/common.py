@@ -4,8 +4,9 @@ statistics alone."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -112,6 +113,19 @@ class ClassifierSurface:
     ``num_features``, ``num_classes``, ``pretrained_cfg``, ``features_only`` and its own
     ``forward_features`` / ``forward_intermediates``."""
 
+    # What the network sets (annotations only: the mixin adds no class attributes).
+    head: nn.Module | None
+    num_features: int
+    num_classes: int
+    pretrained_cfg: dict[str, Any]
+    features_only: bool
+    grad_checkpointing: bool
+
+    if TYPE_CHECKING:  # what the nn.Module and the network itself provide
+        def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+        def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]: ...
+
     def _init_outputs(self, all_features: list[dict], features_only: bool, out_indices: Iterable[int],
                       index_names: str, head: str, num_classes: int, drop_rate: float,
                       head_options: dict | None) -> None:
@@ -137,7 +151,9 @@ class ClassifierSurface:
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         """``head.fc`` for the fc head; the whole :class:`~tresnet.layers.MLDecoderHead` for an ML-Decoder."""
-        return self.head if isinstance(self.head, MLDecoderHead) else self.head.fc
+        if isinstance(self.head, MLDecoderHead):
+            return self.head
+        return cast(ClassifierHead, self.head).fc
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh classifier for ``num_classes``: ``head.fc`` (0 gives pooled features), or a new
@@ -160,7 +176,7 @@ class ClassifierSurface:
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Classify a feature map from ``forward_features``; with ``pre_logits`` the fc head's pooled
         features, or the ML-Decoder's decoded queries ``(N, num_queries, embed_dim)``."""
-        return self.head(x, pre_logits=pre_logits)
+        return cast(nn.Module, self.head)(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor):
         if self.features_only:
@@ -193,7 +209,7 @@ def running_stats_frozen(module: nn.Module):
         for m, (momentum, tracked) in zip(norms, saved, strict=True):
             m.momentum = momentum
             if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
+                cast(torch.Tensor, m.num_batches_tracked).copy_(tracked)
 
 
 def checkpointed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:

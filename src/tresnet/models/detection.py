@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
+from typing import Any, TypeAlias, cast
 
 import torch
 from torch import nn
@@ -31,8 +32,11 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from tresnet.errors import ConfigError
 from tresnet.layers.frozen_norm import freeze_norms
+from tresnet.models.common import FeatureInfo
 
 DETECTOR_HEADS = ("fcos", "retinanet")
+# What build_detector makes: torchvision's detectors (which ship no types).
+Detector: TypeAlias = FCOS | RetinaNet
 FEATURE_INDICES = (2, 3, 4)  # the stride 8, 16 and 32 feature maps of features_only: P3, P4 and P5
 BACKBONE_PARTS = 5  # the feature points of every family: what trainable_layers counts
 LEVELS = 5  # P3 .. P7
@@ -138,7 +142,8 @@ class DetectorConfig:
         missing = [name for name in names if name not in data]
         if missing:
             raise ConfigError(f"the detector configuration lacks {', '.join(missing)}: was the file edited?")
-        return cls(**{name: tuple(data[name]) if isinstance(data[name], list) else data[name] for name in names})
+        values: dict[str, Any] = {name: tuple(data[name]) if isinstance(data[name], list) else data[name] for name in names}
+        return cls(**values)
 
 
 class FeaturePyramid(nn.Module):
@@ -148,7 +153,7 @@ class FeaturePyramid(nn.Module):
     def __init__(self, body: nn.Module, out_channels: int) -> None:
         super().__init__()
         self.body = body
-        self.fpn = FeaturePyramidNetwork(body.feature_info.channels(), out_channels,
+        self.fpn = FeaturePyramidNetwork(cast(FeatureInfo, body.feature_info).channels(), out_channels,
                                          extra_blocks=LastLevelP6P7(out_channels, out_channels))
         self.out_channels = out_channels
 
@@ -161,7 +166,7 @@ def parameter_parts(body: nn.Module) -> dict[str, int]:
 
     Parameters are registered in the order they run, so one that lies in no feature point's module belongs to
     the next point (GENet's stages after the stride-16 point belong to the stride-32 one)."""
-    points = [info["module"] for info in body.all_feature_info]
+    points = [info["module"] for info in cast(FeatureInfo, body.all_feature_info)]
     parts, last = {}, -1
     for name, _ in body.named_parameters():
         part = next((index for index, point in enumerate(points) if name.startswith(point + ".")), None)
@@ -189,7 +194,7 @@ def _anchors(config: DetectorConfig) -> AnchorGenerator:
     return AnchorGenerator(scales, ((0.5, 1.0, 2.0),) * LEVELS)
 
 
-def build_detector(body: nn.Module, config: DetectorConfig) -> nn.Module:
+def build_detector(body: nn.Module, config: DetectorConfig) -> Detector:
     """torchvision's FCOS or RetinaNet (``config.head``) on ``body``'s feature pyramid; its transform resizes to
     ``config.min_size`` / ``max_size`` and normalises with the backbone's mean and std."""
     detector_class = FCOS if config.head == "fcos" else RetinaNet
@@ -210,5 +215,5 @@ def prepare_backbone(body: nn.Module, options: DetectorOptions, from_weights: bo
     set_trainable_layers(body, trainable)
 
 
-__all__ = ["BACKBONE_PARTS", "DETECTOR_HEADS", "FEATURE_INDICES", "DetectorConfig", "DetectorOptions",
+__all__ = ["BACKBONE_PARTS", "DETECTOR_HEADS", "FEATURE_INDICES", "Detector", "DetectorConfig", "DetectorOptions",
            "FeaturePyramid", "build_detector", "parameter_parts", "prepare_backbone", "set_trainable_layers"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -205,7 +206,7 @@ class GENet(ClassifierSurface, nn.Module):
                 nn.init.zeros_(m.bias)
         for m in self.modules():
             if isinstance(m, _GENetBlock):
-                nn.init.zeros_(m.last_norm().weight)
+                nn.init.zeros_(cast(torch.Tensor, m.last_norm().weight))
         if isinstance(self.head, MLDecoderHead):
             self.head.reset_parameters()  # its own initialisation, as published (not the fc's)
 
@@ -220,7 +221,7 @@ class GENet(ClassifierSurface, nn.Module):
     def _run_stages(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
             for stage in self.stages:
-                for block in stage:
+                for block in cast(nn.Sequential, stage):
                     x = checkpointed(block, x)
             return x
         return self.stages(x)

@@ -13,6 +13,7 @@ and block classes in (this module does not import them: genet.py imports this).
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 import torch
 from torch import nn
@@ -32,7 +33,7 @@ class FusedGENetBlock(nn.Module):
 
     def __init__(self, block: nn.Module) -> None:
         super().__init__()
-        units = [getattr(block, name) for name in block.branch_units]
+        units = [getattr(block, name) for name in cast(tuple[str, ...], block.branch_units)]
         self.branch = nn.Sequential(*(FusedConvAct(unit) for unit in units[:-1]))
         self.last = fused_tail(units[-1], type(block).__name__)
         self.shortcut = FusedConvAct(block.shortcut) if isinstance(block.shortcut, ConvNormAct) else None

@@ -123,8 +123,9 @@ def build_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, drop_r
     family = FAMILIES[cfg["family"]]
     norm = resolve_norm(family, norm)
     check_head(head)
+    kept_head: str | None = head
     if features_only:
-        head, head_options = None, None
+        kept_head, head_options = None, None
     options = _family_options(family, {"memory_efficient": memory_efficient})
     arch = family.variants[cfg["arch"]]
     if arch_overrides:
@@ -134,14 +135,15 @@ def build_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, drop_r
             raise ConfigError(f"{family.title} variants have no option among {sorted(arch_overrides)}: {e}") from e
     model = family.build(arch, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
                          drop_path_rate=drop_path_rate, norm=norm, features_only=features_only,
-                         out_indices=out_indices, **_head_arguments(head, head_options), **options)
+                         out_indices=out_indices, **_head_arguments(kept_head, head_options), **options)
     cfg["num_classes"] = 0 if features_only else num_classes
     cfg["task"] = task
-    cfg["head"] = head
-    if head == "ml_decoder":
+    cfg["head"] = kept_head
+    if kept_head == "ml_decoder":
         cfg["classifier"] = "head"
     cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
     cfg["norm"] = norm
-    model.pretrained_cfg = cfg
-    model.checkpoint_info = None
+    # nn.Module.__setattr__ takes any value; its stub says Tensor | Module.
+    model.pretrained_cfg = cfg  # type: ignore[assignment]
+    model.checkpoint_info = None  # type: ignore[assignment]
     return model

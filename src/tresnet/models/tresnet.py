@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
 from tresnet.errors import ConfigError, InputSizeError
-from tresnet.layers import NORMS, ConvNormAct, SpaceToDepth, SqueezeExcite
+from tresnet.layers import NORMS, ConvNormAct, InPlaceABN, SpaceToDepth, SqueezeExcite
 from tresnet.layers.ml_decoder import MLDecoderHead
 from tresnet.layers.residual_tail import lean_tail, lean_tail_applies
 from tresnet.models import tresnet_formats, tresnet_fusion
@@ -138,7 +139,8 @@ class Bottleneck(_ResidualBlock):
             keep = torch.empty(out.shape[0], device=out.device).bernoulli_(survival)
             if survival > 0:
                 keep.div_(survival)
-        return lean_tail(out, self.conv3.conv.weight, self.conv3.bn, gate=gate, shortcut=shortcut, keep=keep)
+        norm = cast(InPlaceABN, self.conv3.bn)  # lean_tail_applies checked it
+        return lean_tail(out, self.conv3.conv.weight, norm, gate=gate, shortcut=shortcut, keep=keep)
 
     def last_norm(self) -> nn.Module:
         return self.conv3.bn
@@ -209,7 +211,7 @@ class TResNet(ClassifierSurface, nn.Module):
                     drop_path_rates: list[float]) -> nn.Sequential:
         downsample = None
         if stride != 1 or self._inplanes != planes * block.expansion:
-            parts = []
+            parts: list[nn.Module] = []
             if stride == 2:
                 parts.append(nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False))
             parts.append(ConvNormAct(self._inplanes, planes * block.expansion, 1, 1, "identity", 0.0, self.norm))
@@ -233,7 +235,7 @@ class TResNet(ClassifierSurface, nn.Module):
                 nn.init.normal_(m.weight, 0.0, 0.01)
         for m in self.modules():
             if isinstance(m, (BasicBlock, Bottleneck)):
-                nn.init.zeros_(m.last_norm().weight)
+                nn.init.zeros_(cast(torch.Tensor, m.last_norm().weight))
         if isinstance(self.head, MLDecoderHead):
             self.head.reset_parameters()  # its own initialisation, as published (not the fc's)
 
@@ -269,8 +271,10 @@ class TResNet(ClassifierSurface, nn.Module):
         if not (torch.jit.is_tracing() or torch.jit.is_scripting()):
             self.check_input_size(x.shape[-2], x.shape[-1])
         if self.grad_checkpointing and torch.is_grad_enabled():
-            x = self.body.conv1(self.body.s2d(x))
-            for stage in (self.body.layer1, self.body.layer2, self.body.layer3, self.body.layer4):
+            body = self.body
+            x = cast(nn.Module, body.conv1)(cast(nn.Module, body.s2d)(x))
+            stages = cast(tuple[nn.Sequential, ...], (body.layer1, body.layer2, body.layer3, body.layer4))
+            for stage in stages:
                 for block in stage:
                     x = checkpointed(block, x)
             return x
@@ -282,7 +286,8 @@ class TResNet(ClassifierSurface, nn.Module):
             self.check_input_size(x.shape[-2], x.shape[-1])
         wanted = self.out_indices or (0, 1, 2, 3, 4)
         body = self.body
-        return run_until((body.conv1, body.layer1, body.layer2, body.layer3, body.layer4), wanted, body.s2d(x))
+        parts = cast(tuple[nn.Module, ...], (body.conv1, body.layer1, body.layer2, body.layer3, body.layer4))
+        return run_until(parts, wanted, cast(nn.Module, body.s2d)(x))
 
 
 # --- the family: its registered models and checkpoint layouts --------------------------------------

@@ -53,7 +53,7 @@ def to_official(state_dict: dict) -> dict:
             value = value - INPLACE_ABN_EPS
         aa = re.match(r"(.*layer\d+\.0\.conv\d+)\.(conv|bn)\.(.*)", key)
         is_aa = aa is not None and (aa.group(1) + ".aa") in _aa_prefixes(state_dict)
-        if is_aa:
+        if aa is not None and is_aa:
             key = f"{aa.group(1)}.0.{0 if aa.group(2) == 'conv' else 1}.{aa.group(3)}"
         else:
             key = re.sub(r"conv(\d+)\.conv\.", r"conv\1.0.", key)

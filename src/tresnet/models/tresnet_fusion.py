@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from tresnet.layers.fused import (
     fold_batchnorm,
     fused_tail,
 )
+from tresnet.layers.squeeze_excite import SqueezeExcite
 from tresnet.layers.stem import SpaceToDepth
 
 
@@ -60,7 +62,7 @@ class FusedStem(nn.Module):
                               dtype=w.dtype)
         with torch.no_grad():
             self.conv.weight.copy_(w)
-            self.conv.bias.copy_(conv.bias)
+            cast(torch.Tensor, self.conv.bias).copy_(cast(torch.Tensor, conv.bias))  # both convs have a bias
         self.activation: str = unit.bn.activation
         self.activation_param: float = float(unit.bn.activation_param)
         self.channels_last = channels_last
@@ -69,6 +71,16 @@ class FusedStem(nn.Module):
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return conv_act(x, self.conv, self.activation, self.activation_param)
+
+
+class _ResidualBlockParts(Protocol):
+    """What :class:`FusedBlock` reads of a TResNet block (``conv3`` only where the block has one)."""
+
+    conv1: ConvNormAct
+    conv2: ConvNormAct
+    conv3: ConvNormAct
+    se: SqueezeExcite | None
+    downsample: nn.Module | None
 
 
 class FusedBlock(nn.Module):
@@ -83,11 +95,12 @@ class FusedBlock(nn.Module):
 
     def __init__(self, block: nn.Module, fuse_module: Callable[[nn.Module], nn.Module]) -> None:
         super().__init__()
-        self.conv1 = FusedConvAct(block.conv1)
-        self.conv2 = FusedConvAct(block.conv2)
-        self.conv3 = fused_tail(block.conv3, "Bottleneck") if hasattr(block, "conv3") else None
-        self.se = FusedSqueezeExcite(block.se) if block.se is not None else None
-        self.downsample = fuse_module(block.downsample) if block.downsample is not None else None
+        parts = cast(_ResidualBlockParts, block)
+        self.conv1 = FusedConvAct(parts.conv1)
+        self.conv2 = FusedConvAct(parts.conv2)
+        self.conv3 = fused_tail(parts.conv3, "Bottleneck") if hasattr(block, "conv3") else None
+        self.se = FusedSqueezeExcite(parts.se) if parts.se is not None else None
+        self.downsample = fuse_module(parts.downsample) if parts.downsample is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -119,7 +132,8 @@ def fuse_stem(module: nn.Module, walk: FusionWalk) -> nn.Module | None:
     if not pairs:
         return None
     for first, second in pairs:
-        module._modules[first] = FusedStem(module._modules[first], module._modules[second], walk.channels_last)
+        s2d, unit = cast(SpaceToDepth, module._modules[first]), cast(ConvNormAct, module._modules[second])
+        module._modules[first] = FusedStem(s2d, unit, walk.channels_last)
         module._modules[second] = nn.Identity()
     return walk.fuse_children(module)
 

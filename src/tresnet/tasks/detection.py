@@ -32,6 +32,7 @@ from tresnet.errors import ConfigError
 from tresnet.models.detection import (
     DETECTOR_HEADS,
     FEATURE_INDICES,
+    Detector,
     DetectorConfig,
     DetectorOptions,
     build_detector,
@@ -294,20 +295,20 @@ def detector_options(spec: NetworkSpec) -> DetectorOptions:
     return DetectorOptions(min_size=spec.img_size or DetectorOptions.min_size, **given)
 
 
-def detector_body(create: CreateModel, name: str, **options) -> nn.Module:
+def detector_body(create: CreateModel, name: str | None, **options) -> nn.Module:
     """The backbone of a detector on model ``name``: its ``features_only`` stride 8/16/32 maps, built by ``create``."""
     return create(name, features_only=True, out_indices=FEATURE_INDICES, **options)
 
 
 def assemble_detector(body: nn.Module, config: DetectorConfig, options: DetectorOptions, *,
-                      from_weights: bool) -> nn.Module:
+                      from_weights: bool) -> Detector:
     """The ``config`` detector on ``body``, its norms and early parts frozen as ``options`` say (defaults following
     ``from_weights``), described for our commands and checkpoints (:func:`describe_detector`)."""
     prepare_backbone(body, options, from_weights=from_weights)
     return describe_detector(build_detector(body, config), body, config)
 
 
-def describe_detector(detector: nn.Module, body: nn.Module, config: DetectorConfig) -> nn.Module:
+def describe_detector(detector: Detector, body: nn.Module, config: DetectorConfig) -> Detector:
     """``detector`` with what our commands and checkpoints read of a model: ``pretrained_cfg`` (the backbone's, with
     the task, the head and the detector's ``network`` configuration), ``num_classes`` and ``norm``."""
     detector.pretrained_cfg = {**body.pretrained_cfg, "task": DETECTION, "head": config.head,

@@ -391,7 +391,7 @@ def _to_pair(value: Any) -> tuple[float, float]:
         value = value.replace(",", " ").split()
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise ValueError(value)
-    return tuple(float(v) for v in value)
+    return float(value[0]), float(value[1])
 
 
 def _to_str(value: Any, choices: tuple | None) -> str:
@@ -577,7 +577,7 @@ def build_config(recipe: str | Path | None = None, overrides: dict | None = None
     values = {**(load_recipe(recipe) if recipe is not None else {}), **overrides}
     output = values.get("output")
     saved = saved_config(output) if values.get("resume") and output else None
-    if saved is not None:
+    if saved is not None and output:  # a saved configuration comes from an output folder
         check_resume(values, saved, output)
         values = {**saved, **{k: v for k, v in values.items() if k in RESUME_FREE}}
     return TrainConfig.from_options(values).validate()

@@ -27,6 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -44,8 +45,9 @@ from tresnet.runtime import autocast, check_precision, warn_if_bf16_is_emulated
 from tresnet.tasks import LossOptions, Scores, get_task
 from tresnet.training import distributed
 from tresnet.training.config import CONFIG_FILE, TrainConfig, save_config, with_model_defaults
-from tresnet.training.distill import BlendedStudent, ordinary_model
+from tresnet.training.distill import BlendedStudent, StudentWithTeacherHead, ordinary_model
 from tresnet.training.distributed import derive_seed
+from tresnet.training.ema import ModelEma
 from tresnet.training.model_setup import build_model_setup
 from tresnet.training.optimisation import Optimisation
 from tresnet.training.rng import rng_states, seed_everything, set_rng_states
@@ -132,9 +134,10 @@ class Trainer:
         mix = cfg.augmentation
         self.batch_mix = create_batch_mix(len(self.data.class_names), mix.mixup, mix.cutmix, mix.mix_prob)
         self.files = RunFiles(self.output, self.task, self.data.class_names)
-        self.start_epoch, self.step, self.history = 0, 0, []
-        self.best = {"score": -1.0, "epoch": 0, "weights": "model"}
-        self.teacher_score = None
+        self.start_epoch, self.step = 0, 0
+        self.history: list[dict] = []
+        self.best: dict[str, Any] = {"score": -1.0, "epoch": 0, "weights": "model"}
+        self.teacher_score: float | None = None
         if resume_state is not None:
             self._load_resume_state(resume_state)
 
@@ -240,19 +243,21 @@ class Trainer:
         predictions (the student's checkpoint alone scores ``val``); None otherwise."""
         if self.distiller is None or not self.distiller.blend:
             return None
-        return self.evaluate(BlendedStudent(self.setup.trained, self.distiller.blend, self.task), "val blend").score
+        student = cast(StudentWithTeacherHead, self.setup.trained)  # th-kd's, which the blend needs
+        return self.evaluate(BlendedStudent(student, self.distiller.blend, self.task), "val blend").score
 
     # saving ------------------------------------------------------------------------------------------
 
     def _weights_metadata(self, epoch: int, score: float, weights: str) -> dict:
         # model, arch, norm, task, head and the classes are written by save_checkpoint itself; the
         # preprocessing and threshold of this run's validation, and the split of a bundled set, are the run's
-        cfg = self.cfg
+        cfg, data = self.cfg, self.data
+        assert data.preprocessing is not None and data.source is not None  # build_train_data sets both
         meta = {"epoch": epoch, self.task.metric: score, "weights": weights, "img_size": self.img_size,
                 "precision": cfg.run.precision, "trained_on": str(cfg.data.train),
-                "preprocessing": self.data.preprocessing.to_config(),
+                "preprocessing": data.preprocessing.to_config(),
                 **self.task.checkpoint_record(threshold=cfg.task.threshold)}
-        if self.data.source.embedded:
+        if data.source.embedded:
             meta.update(val_split=str(cfg.data.val_split), split_seed=str(cfg.data.split_seed))
         return meta
 
@@ -271,7 +276,8 @@ class Trainer:
         weights = [(LAST_FILE, ordinary_model(self.model),
                     self._weights_metadata(epoch, row[f"val_{self.task.metric}"], "model"))]
         if self.best["epoch"] == epoch:
-            best_model = self.optimisation.ema.module if self.best["weights"] == "ema" else self.model
+            ema = self.optimisation.ema  # the best weights are the EMA's only where there is one
+            best_model = cast(ModelEma, ema).module if self.best["weights"] == "ema" else self.model
             weights.append((BEST_FILE, ordinary_model(best_model),
                             self._weights_metadata(epoch, self.best["score"], self.best["weights"])))
         self.files.write_epoch(epoch, weights, self.history, self._training_loss_title(), tensorboard,
