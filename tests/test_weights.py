@@ -191,5 +191,9 @@ def test_info_lists_the_weights_on_this_machine_and_validate_takes_a_tag(places,
     captured = capsys.readouterr()
     assert "genet_light.idstcv_in1k weights" in captured.out, captured.err
     assert code == 0
+    out = tmp_path / "genet_light.pt2"
+    assert main(["export", "--model", "genet_light", "--pretrained", "--format", "pt2", "--output", str(out),
+                 "--img-size", "32"]) == 0
+    assert out.is_file() and "genet_light.idstcv_in1k" not in capsys.readouterr().err
     assert main(["validate", "--data", str(folder), "--model", "genet_light", "--pretrained-tag", "x"]) == 1
     assert "use it with --model NAME --pretrained" in capsys.readouterr().err

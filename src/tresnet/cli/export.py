@@ -49,7 +49,7 @@ def add_parser(subparsers) -> None:
                     "--calibration images. A detector (a checkpoint of train --task detection) exports whole and in fp32: "
                     "resize, network and post-processing; its network is checked against float64 and its "
                     "post-processing against torchvision's (docs/detection.md), as ONNX or TorchScript.")
-    common.add_model_arguments(p, pretrained=False)
+    common.add_model_arguments(p)
     p.add_argument("--task", choices=list_tasks(), default=None,
                    help="what the exported network does: multiclass, multilabel or detection (default: the "
                         "checkpoint's; a detection checkpoint exports the whole detector, see docs/detection.md)")
