@@ -100,7 +100,8 @@ def test_pretrained_finds_timms_download_in_the_hub_cache(places, model, timm_na
 def test_a_tag_picks_the_weights_in_the_name_or_as_an_argument(places):
     state, x, expected = timm_weights("tresnet_m")
     hub_snapshot(places["hf"], "timm/tresnet_m.miil_in21k_ft_in1k", {"model.safetensors": safetensors_bytes(state)})
-    with pytest.raises(CheckpointError, match=r"no pretrained weights for tresnet_m\.miil_in1k"):
+    with pytest.raises(CheckpointError, match=r"no pretrained weights for tresnet_m\.miil_in1k .*This machine has "
+                       r"other weights of tresnet_m: tag miil_in21k_ft_in1k"):
         tresnet.create_model("tresnet_m", pretrained=True)  # the default tag is the paper's ImageNet-1k weights
     loaded = tresnet.create_model("tresnet_m.miil_in21k_ft_in1k", pretrained=True).eval()
     assert loaded.pretrained_cfg["model"] == "tresnet_m" and loaded.pretrained_cfg["top1"] == 83.1
@@ -152,7 +153,7 @@ def test_nothing_found_names_every_place_and_file_in_one_line(places):
     message = str(caught.value)
     assert "\n" not in message and "never downloads" in message
     assert f"{places['own']} (TRESNET_HOME): one of tresnet_l_448.safetensors" in message
-    assert (f"{places['hf']} (HF_HUB_CACHE): models--timm--tresnet_l.miil_in1k_448/snapshots/REVISION/"
+    assert (f"{places['hf']} (HF_HUB_CACHE or HF_HOME): models--timm--tresnet_l.miil_in1k_448/snapshots/REVISION/"
             f"model.safetensors") in message
     assert f"{places['torch_checkpoints']} (TORCH_HOME): one of tresnet_l_448.pth, tresnet_l_448-*.pth" in message
 

@@ -190,7 +190,7 @@ class HuggingFaceCache(WeightsPlace):
     def wanted(self, weights: PretrainedWeights) -> str:
         repo_folder = "models--" + weights.hub_repo.replace("/", "--")
         note = "" if _has_huggingface_hub() else " (looked only with pip install 'tresnet[hub]')"
-        return (f"{self.folder()} (HF_HUB_CACHE): {repo_folder}/snapshots/REVISION/{HUB_FILES[0]}, as "
+        return (f"{self.folder()} (HF_HUB_CACHE or HF_HOME): {repo_folder}/snapshots/REVISION/{HUB_FILES[0]}, as "
                 f"`hf download {weights.hub_repo}` or timm leaves it{note}")
 
 
@@ -248,8 +248,11 @@ def find_pretrained(name: str, tag: str | None = None) -> FoundWeights:
     found = locate(weights)
     if found is None:
         places = "; ".join(f"{place.title}: {place.wanted(weights)}" for place in PLACES)
+        others = [w.tag for w in published_weights(weights.model) if w != weights and locate(w) is not None]
+        hint = (f" This machine has other weights of {weights.model}: tag {', '.join(others)} (MODEL.TAG, or "
+                f"--pretrained-tag).") if others else ""
         raise CheckpointError(f"no pretrained weights for {weights.name} on this machine (this package never "
-                              f"downloads). Looked in {places}. Or pass a checkpoint file")
+                              f"downloads). Looked in {places}. Or pass a checkpoint file.{hint}")
     return found
 
 
