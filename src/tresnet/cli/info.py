@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ import tresnet
 from tresnet.bench.costs import model_costs
 from tresnet.errors import TResNetError
 from tresnet.models.registry import FAMILIES, MODEL_CONFIGS
-from tresnet.weights import PLACES, published_weights, weights_on_machine
+from tresnet.weights import PLACES, weights_on_machine
 
 
 def add_parser(subparsers) -> None:
@@ -74,7 +75,8 @@ def _check(name: str) -> str:
 def show_weights(names: list[str]) -> int:
     """One line per published set of weights of ``names``: where its file is on this machine, or ``-``."""
     found = [(weights, where) for name in names for weights, where in weights_on_machine(name)]
-    labels = [weights.name + (" (default)" if weights.default and len(published_weights(weights.model)) > 1 else "")
+    tags = Counter(weights.model for weights, _ in found)
+    labels = [weights.name + (" (default)" if weights.default and tags[weights.model] > 1 else "")
               for weights, _ in found]
     width = max(map(len, labels)) + 2
     print(f"{'weights':<{width}}{'where':<24}file")

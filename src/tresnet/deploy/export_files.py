@@ -20,7 +20,6 @@ import torch
 
 from tresnet.deploy.exactness import Agreement, agreement
 from tresnet.deploy.onnx_runtime import require_onnx
-from tresnet.deploy.pt2 import PROGRAM_FORMATS
 from tresnet.errors import ConfigError, FileWriteError, TResNetError
 from tresnet.files import atomic_write
 
@@ -112,13 +111,11 @@ def check_export_args(format: str, output: str | os.PathLike, opset: int = DEFAU
                           f"{', '.join(EXPORT_NUMBER_FORMATS)} (the number format of the exported file)")
     if format == "onnx" and number_format == "bf16":
         raise ConfigError("ONNX Runtime has no bfloat16 convolution on the CPU, so a bf16 ONNX file could not be "
-                          "checked or run there: export bf16 as --format torchscript, or fp32 / int8 as ONNX")
-    if format == "torchscript" and number_format == "int8":
-        raise ConfigError("int8 export writes ONNX (ONNX Runtime's static quantization): use --format onnx; from "
-                          "Python, tresnet.deploy.quantize gives the (faster) PyTorch int8 model")
-    if format in PROGRAM_FORMATS and number_format == "int8":
+                          "checked or run there: export bf16 as --format pt2 (or torchscript), or fp32 / int8 as ONNX")
+    if format != "onnx" and number_format == "int8":
         raise ConfigError(f"int8 export writes ONNX (ONNX Runtime's static quantization): use --format onnx, or export "
-                          f"{format} in fp32, fp16 or bf16")
+                          f"{format} in fp32, fp16 or bf16; from Python, tresnet.deploy.quantize gives the (faster) "
+                          f"PyTorch int8 model")
     if format == "onnx" and not MIN_OPSET <= opset <= max_opset():
         raise ConfigError(f"ONNX opset {opset} is not supported; choose one from {MIN_OPSET} to {max_opset()} "
                           f"(default {DEFAULT_OPSET})")
