@@ -3,19 +3,23 @@ TResNet-M against ResNet50 (the paper's Table 1 measure, on a CPU).
 
 Each figure is the peak resident memory of a fresh process that builds the model and runs two training steps
 (forward, loss, backward, SGD with momentum) under the precision's autocast, the PyTorch runtime included: the
-measurement of ``tresnet benchmark --batch-size auto --memory-budget GIB``.
+measurement of ``tresnet benchmark --batch-size auto --memory-budget GIB``. The first step, which only creates the
+optimizer's momentum, runs on two images of the batch.
 
+- **Projected**: the line through the peaks at two small batches (8 and 16), where it meets the budget.
 - **Searched**: the benchmark's search (:func:`tresnet.bench.batch_search.largest_batch`), which ends on the exact
-  largest batch that fits.
-- **Projected**: the line through the peaks at two small batches (8 and 16), where it meets the budget. Where the CPU
-  has no bfloat16 arithmetic (no AVX-512 BF16, no AMX) a bf16 training step is emulated and runs 10-20x slower
-  than fp32: a probe near the largest batch then takes over ten minutes, and the search hours. There the bf16
-  figure is only projected; the fp32 rows of the same run show how far the projection falls from the search.
+  largest batch that fits. It starts from the two small batches' peaks, so its first try is the projection.
+
+Where the CPU has no bfloat16 arithmetic (no AVX-512 BF16, no AMX) a bf16 training step is emulated (PyTorch's
+``slow_conv2d``: im2col and a bf16 matrix product) and runs 10-20x slower than fp32: a probe near the largest batch
+then takes about ten minutes, and the bf16 search about an hour. The emulated kernels also allocate their im2col
+buffers, which native kernels do not, so the bf16 figures of such a CPU belong to it. ``--search never`` gives the
+projection alone.
 
 Writes ``largest_batch_cpu.json`` and ``.md`` under ``--out``:
 
     python benchmarks/largest_batch.py                                   # 3 GiB, 224 px, fp32 and bf16
-    python benchmarks/largest_batch.py --search always                   # search bf16 too (a native-bf16 CPU)
+    python benchmarks/largest_batch.py --search never                    # projections only (minutes)
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import argparse
 import functools
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -37,25 +42,27 @@ from tresnet.runtime import bf16_is_emulated
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def should_search(precision: str, search: str) -> bool:
-    """``--search auto`` searches unless the precision is bfloat16 emulated on this CPU."""
-    if search != "auto":
-        return search == "always"
-    return not (precision in ("bf16", "fp16", "amp") and bf16_is_emulated("cpu"))
-
-
 def measure_model(label: str, precision: str, args: argparse.Namespace) -> dict:
     """The peaks at the two small batches, the projection, and (when searched) the searched batch."""
-    measure = functools.cache(cpu_peak_measure(label, mode="train", img_size=args.img_size, precision=precision,
-                                               threads=args.threads))
+    probe = cpu_peak_measure(label, mode="train", img_size=args.img_size, precision=precision, threads=args.threads,
+                             timeout_s=args.probe_timeout)
+
+    @functools.cache
+    def measure(batch: int) -> float:
+        start = time.perf_counter()
+        peak = probe(batch)
+        print(f"  {label} {precision} batch {batch}: {peak / MIB:.0f} MiB ({time.perf_counter() - start:.0f} s)",
+              file=sys.stderr, flush=True)
+        return peak
+
     small, large = args.batches
     budget = args.budget * GIB
     points = {batch: measure(batch) for batch in (small, large)}
     result = dict(model=label, precision=precision, img_size=args.img_size, budget_gib=args.budget,
                   peak_mib={str(b): v / MIB for b, v in points.items()},
                   projected=projected_batch((small, points[small]), (large, points[large]), budget))
-    if should_search(precision, args.search):
-        found = largest_batch(measure, budget, min_batch=2, max_batch=args.max_batch)
+    if args.search == "always":
+        found = largest_batch(measure, budget, min_batch=2, max_batch=args.max_batch, known=points)
         result.update(searched=found.max_batch, probes=[[b, v / MIB] for b, v in found.probes])
     print(f"{label} {precision}: projected {result['projected']}, searched {result.get('searched', '-')}",
           file=sys.stderr, flush=True)
@@ -95,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=3.0, metavar="GIB", help="memory budget (default: 3)")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batches", default="8,16", help="the two batches of the projection (default: 8,16)")
-    parser.add_argument("--search", choices=("auto", "always", "never"), default="auto",
-                        help="run the search: auto (unless bf16 is emulated here), always or never")
+    parser.add_argument("--search", choices=("always", "never"), default="always",
+                        help="search the largest batch (always, the default) or only project it (never)")
+    parser.add_argument("--probe-timeout", type=float, default=3600.0, metavar="S",
+                        help="seconds one probe may take (default: %(default)g)")
     parser.add_argument("--max-batch", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results (default: %(default)s)")

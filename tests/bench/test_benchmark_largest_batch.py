@@ -21,22 +21,13 @@ def _script():
     return bench
 
 
-def test_auto_searches_unless_bf16_is_emulated(monkeypatch):
-    bench = _script()
-    monkeypatch.setattr(bench, "bf16_is_emulated", lambda device: True)
-    assert bench.should_search("fp32", "auto") and not bench.should_search("bf16", "auto")
-    assert bench.should_search("bf16", "always") and not bench.should_search("fp32", "never")
-    monkeypatch.setattr(bench, "bf16_is_emulated", lambda device: False)
-    assert bench.should_search("bf16", "auto")
-
-
 @requires_timm
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::tresnet.runtime.EmulatedBf16Warning")
 def test_each_model_and_precision_gets_its_peaks_projection_and_search(tmp_path):
     bench = _script()
     assert bench.main(["--models", "timm:test_resnet,genet_light", "--precisions", "fp32,bf16", "--budget", "0.9",
-                       "--img-size", "32", "--batches", "2,4", "--search", "always", "--max-batch", "16",
+                       "--img-size", "32", "--batches", "2,4", "--max-batch", "16",
                        "--threads", "1", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "largest_batch_cpu.json").read_text())
     results = record["results"]

@@ -14,7 +14,7 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -57,13 +57,18 @@ def _secant_guess(points: dict[int, float], lo: int, hi: int | None, budget: flo
 
 
 def largest_batch(measure: Callable[[int], float], budget_bytes: float, *, max_batch: int = 4096,
-                  min_batch: int = 1, max_probes: int = 40) -> BatchSearchResult:
+                  min_batch: int = 1, max_probes: int = 40,
+                  known: Mapping[int, float] | None = None) -> BatchSearchResult:
     """The largest batch ``b`` in ``[min_batch, max_batch]`` with ``measure(b) <= budget_bytes``.
 
     Assumes the peak grows with the batch. Memory is close to linear in the batch, so each next try is
     where the line through two measured points meets the budget (a secant step), falling back to
     doubling, and to bisection when a step does not halve the bracket; a linear peak is found in about
     four measurements. Stops after ``max_probes`` with the largest batch known to fit.
+
+    ``known``: peaks already measured (``batch -> bytes``), which the search starts from instead of measuring
+    ``min_batch`` and doubling; they are listed first among the probes. Where a slow probe costs minutes, two
+    small batches measured beforehand let the first try land near the limit.
 
     Raises :class:`ConfigError` when not even ``min_batch`` fits.
     """
@@ -78,13 +83,20 @@ def largest_batch(measure: Callable[[int], float], budget_bytes: float, *, max_b
         result.probes.append((batch, value))
         return value <= budget_bytes
 
-    if not fits(min_batch):
+    for batch, value in sorted((known or {}).items()):
+        points[batch] = float(value)
+        result.probes.append((batch, float(value)))
+    fitting = [b for b, v in points.items() if min_batch <= b <= max_batch and v <= budget_bytes]
+    if not fitting and not fits(min_batch):
         needed = points[min_batch]
         what = "does not run (out of memory)" if math.isinf(needed) else f"needs {needed / GIB:.2f} GiB"
         raise ConfigError(f"a batch of {min_batch} {what}, over the memory budget of {budget_bytes / GIB:.2f} GiB")
-    lo, hi = min_batch, None  # lo: largest batch known to fit; hi: smallest batch known not to
+    # lo: largest batch known to fit; hi: smallest batch known not to
+    lo = max(fitting, default=min_batch)
+    hi = min((b for b, v in points.items() if b > lo and v > budget_bytes), default=None)
     bisect = False
-    while len(result.probes) < max_probes:
+    measured_before = len(known or {})
+    while len(result.probes) - measured_before < max_probes:
         upper = max_batch if hi is None else hi - 1
         if lo >= upper:
             break
@@ -152,7 +164,9 @@ def probe_peak_rss(label: str, batch_size: int, *, modes: tuple[str, ...] = ("tr
                    precision: str = "fp32", channels_last: bool = False, threads: int | None = None,
                    steps: int = 2, timeout_s: float = 900.0) -> dict:
     """Peak resident memory of a fresh CPU process that builds ``label`` and runs, at ``batch_size``,
-    one inference batch and/or ``steps`` training batches (per ``modes``; inference first).
+    one inference batch and/or ``steps`` training steps (per ``modes``; inference first). The first training
+    step, which only creates the optimizer's state, runs on two images of the batch (see
+    :mod:`tresnet.bench.probe`).
 
     Returns ``{"baseline_rss_bytes", "infer_peak_rss_bytes"?, "train_peak_rss_bytes"?}``: the first is
     the process after importing torch and this package; each peak is of the whole process so far.
@@ -181,12 +195,13 @@ def probe_peak_rss(label: str, batch_size: int, *, modes: tuple[str, ...] = ("tr
 
 
 def cpu_peak_measure(label: str, *, mode: str, img_size: int, precision: str = "fp32",
-                     channels_last: bool = False, threads: int | None = None) -> Callable[[int], float]:
+                     channels_last: bool = False, threads: int | None = None,
+                     timeout_s: float = 900.0) -> Callable[[int], float]:
     """``batch -> peak resident bytes`` of a fresh process running ``mode`` (see :func:`probe_peak_rss`)."""
 
     def measure(batch: int) -> float:
         reply = probe_peak_rss(label, batch, modes=(mode,), img_size=img_size, precision=precision,
-                               channels_last=channels_last, threads=threads)
+                               channels_last=channels_last, threads=threads, timeout_s=timeout_s)
         return float(reply[f"{mode}_peak_rss_bytes"])
 
     return measure

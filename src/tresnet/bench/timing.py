@@ -98,12 +98,15 @@ class TrainStep(_BenchStep):
         """Put the module in train mode; call before each turn (another step may have switched it)."""
         self.target.module.train()
 
-    def __call__(self) -> None:
+    def __call__(self, images: int | None = None) -> None:
+        """One step on the batch, or on its first ``images`` images (a cheap step that creates the optimizer's
+        state, as the peak-memory probe does)."""
+        inputs, labels = (self.images, self.labels) if images is None else (self.images[:images], self.labels[:images])
         with autocast(self.precision, self.device):
             if self.target.task is not None:
-                loss = self.target.task.training_loss(self.target.forward, self.criterion, self.images, self.labels)
+                loss = self.target.task.training_loss(self.target.forward, self.criterion, inputs, labels)
             else:
-                loss = F.cross_entropy(logits_of(self.target.forward(self.images)).float(), self.labels)
+                loss = F.cross_entropy(logits_of(self.target.forward(inputs)).float(), labels)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
