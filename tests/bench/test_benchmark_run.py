@@ -13,6 +13,7 @@ import warnings
 import pytest
 
 from helpers import requires_matplotlib, requires_timm
+from tresnet.bench import probe
 from tresnet.bench.batch_search import GIB, probe_peak_rss
 from tresnet.bench.report import format_ratios, format_table, markdown_table, ratio_rows
 from tresnet.bench.runner import BenchConfig, run_benchmark
@@ -161,6 +162,30 @@ def test_cpu_peak_memory_probe_runs_in_a_subprocess():
     reply = probe_peak_rss(TINY, 2, modes=("infer", "train"), img_size=32, threads=1)
     assert 0 < reply["baseline_rss_bytes"] <= reply["infer_peak_rss_bytes"] <= reply["train_peak_rss_bytes"]
     assert math.isfinite(reply["train_peak_rss_bytes"])
+
+
+@pytest.mark.parametrize(("steps", "expected"), [(2, [2, 6]), (3, [2, 6, 6])])
+def test_the_probes_first_training_step_runs_on_two_images_and_creates_the_momentum(steps, expected, monkeypatch):
+    seen, momentum = [], []
+    real_make_step = probe.make_step
+
+    def recording_make_step(*args, **kwargs):
+        step = real_make_step(*args, **kwargs)
+        forward = step.target.forward
+
+        def recorded(images):
+            seen.append(len(images))
+            momentum.append(bool(step.optimizer.state))
+            return forward(images)
+
+        step.target.forward = recorded
+        return step
+
+    monkeypatch.setattr(probe, "make_step", recording_make_step)
+    reply = probe.run_probe(dict(model="genet_light", batch_size=6, modes=["train"], img_size=32, precision="fp32",
+                                 channels_last=False, threads=1, steps=steps))
+    assert seen == expected and momentum == [False] + [True] * (steps - 1)
+    assert reply["train_peak_rss_bytes"] >= reply["baseline_rss_bytes"] > 0
 
 
 @requires_timm

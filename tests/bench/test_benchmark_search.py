@@ -58,6 +58,37 @@ def test_linear_peak_is_found_in_few_probes():
     assert [b for b, _ in result.probes] == calls
 
 
+@pytest.mark.parametrize("name", sorted(FAKE_ALLOCATORS))
+def test_search_from_known_peaks_is_exact_and_measures_them_no_more(name):
+    measure = FAKE_ALLOCATORS[name]
+    budget = 3.0 * GIB
+    calls = []
+
+    def counted(batch):
+        calls.append(batch)
+        return measure(batch)
+
+    known = {8: measure(8), 16: measure(16)}
+    result = largest_batch(counted, budget, max_batch=1024, min_batch=2, known=known)
+    assert result.max_batch == brute_force(measure, budget, 1024)
+    assert not set(calls) & set(known) and result.probes[:2] == sorted(known.items())
+    assert [b for b, _ in result.probes[2:]] == calls
+
+
+def test_known_linear_peaks_put_the_first_try_on_the_limit():
+    def measure(batch):
+        return 1.4e9 + 14e6 * batch
+
+    calls = []
+    result = largest_batch(lambda b: calls.append(b) or measure(b), 3 * GIB, min_batch=2,
+                           known={8: measure(8), 16: measure(16)})
+    assert calls[0] == result.max_batch == int((3 * GIB - 1.4e9) // 14e6) and len(calls) == 2
+    # a known peak over the budget bounds the search from above; none fitting measures min_batch first
+    calls.clear()
+    assert largest_batch(lambda b: calls.append(b) or measure(b), 1.6e9, min_batch=2, known={16: measure(16)}).max_batch \
+        == 14 and calls[0] == 2 and max(calls) < 16
+
+
 def test_cap_single_batch_and_lower_bound():
     assert largest_batch(lambda b: 1.0, 10.0, max_batch=50).max_batch == 50
     assert largest_batch(lambda b: 1.0, 10.0, max_batch=1).max_batch == 1

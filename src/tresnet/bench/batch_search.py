@@ -162,11 +162,11 @@ def cuda_peak_measure(make_step: Callable[[int], Callable[[], None]], device: to
 
 def probe_peak_rss(label: str, batch_size: int, *, modes: tuple[str, ...] = ("train",), img_size: int,
                    precision: str = "fp32", channels_last: bool = False, threads: int | None = None,
-                   steps: int = 2, timeout_s: float = 900.0) -> dict:
+                   steps: int = 2, first_step_images: int | None = 2, timeout_s: float = 900.0) -> dict:
     """Peak resident memory of a fresh CPU process that builds ``label`` and runs, at ``batch_size``,
     one inference batch and/or ``steps`` training steps (per ``modes``; inference first). The first training
-    step, which only creates the optimizer's state, runs on two images of the batch (see
-    :mod:`tresnet.bench.probe`).
+    step, which only creates the optimizer's state, runs on ``first_step_images`` images of the batch (None:
+    all of them; see :mod:`tresnet.bench.probe`).
 
     Returns ``{"baseline_rss_bytes", "infer_peak_rss_bytes"?, "train_peak_rss_bytes"?}``: the first is
     the process after importing torch and this package; each peak is of the whole process so far.
@@ -174,7 +174,8 @@ def probe_peak_rss(label: str, batch_size: int, *, modes: tuple[str, ...] = ("tr
     fails otherwise or runs past ``timeout_s``.
     """
     request = dict(model=label, batch_size=batch_size, modes=list(modes), img_size=img_size,
-                   precision=precision, channels_last=channels_last, threads=threads, steps=steps)
+                   precision=precision, channels_last=channels_last, threads=threads, steps=steps,
+                   first_step_images=first_step_images)
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)

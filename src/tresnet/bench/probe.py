@@ -43,9 +43,9 @@ def run_probe(request: dict) -> dict:
             step()
         else:
             # Training peaks from the second step on, once the optimizer's momentum sits beside the gradients.
-            # The first step, which only creates that state, runs on two images of the batch: the same peak
-            # (within 2% of two full steps, measured on TResNet-M and ResNet50) at about half the time.
-            step(FIRST_STEP_IMAGES)
+            # The first step, which only creates that state, runs on two images of the batch (None: all of it):
+            # the same peak within 2% (benchmarks/probe_first_step.py) at about half the time.
+            step(request.get("first_step_images", FIRST_STEP_IMAGES))
             for _ in range(request.get("steps", 2) - 1):
                 step()
         del step
