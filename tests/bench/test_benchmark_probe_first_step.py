@@ -6,7 +6,10 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "probe_first_step.py"
+MIB = 2 ** 20
 
 
 def _script():
@@ -16,13 +19,18 @@ def _script():
     return bench
 
 
-def test_both_ways_are_measured_and_compared(tmp_path):
+@pytest.mark.parametrize(("cheap_mib", "code"), [(1010, 0), (1040, 1)])
+def test_both_ways_are_probed_and_the_difference_is_checked(cheap_mib, code, tmp_path, monkeypatch):
     bench = _script()
-    code = bench.main(["--models", "genet_light", "--batches", "4", "--img-size", "32", "--threads", "1",
-                       "--tolerance", "0.5", "--out", str(tmp_path)])
+    asked = []
+
+    def fake_probe(label, batch, *, first_step_images, **kwargs):
+        asked.append((label, batch, first_step_images))
+        return {"train_peak_rss_bytes": (1000 if first_step_images is None else cheap_mib) * MIB}
+
+    monkeypatch.setattr(bench, "probe_peak_rss", fake_probe)
+    assert bench.main(["--models", "a,b", "--batches", "4,8", "--out", str(tmp_path)]) == code
+    assert asked == [(m, b, first) for m in "ab" for b in (4, 8) for first in (None, 2)]
     record = json.loads((tmp_path / "probe_first_step_cpu.json").read_text())
-    (row,) = record["rows"]
-    full, cheap = (row[way]["peak_mib"] for way in bench.WAYS)
-    assert full > 0 and cheap > 0 and row["relative_difference"] == cheap / full - 1
-    assert code == (0 if abs(row["relative_difference"]) <= 0.5 else 1)
-    assert "| genet_light | 4 |" in (tmp_path / "probe_first_step_cpu.md").read_text()
+    assert record["largest_difference"] == pytest.approx(cheap_mib / 1000 - 1)
+    assert "| a | 4 | 1000 MiB |" in (tmp_path / "probe_first_step_cpu.md").read_text()
