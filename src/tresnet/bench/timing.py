@@ -59,9 +59,10 @@ class InferStep(_BenchStep):
         if self.target.module is not None:
             self.target.module.eval()
 
-    def __call__(self) -> None:
+    def __call__(self, images: int | None = None) -> None:
+        """One batch, or its first ``images`` images."""
         with torch.inference_mode(), autocast(self.precision, self.device):
-            self.target.forward(self.images)
+            self.target.forward(self.images if images is None else self.images[:images])
 
     def move(self, device: torch.device) -> None:
         """Move the inputs (the runner moves the module) to ``device``."""
