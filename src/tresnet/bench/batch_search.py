@@ -143,6 +143,7 @@ def cuda_peak_measure(make_step: Callable[[int], Callable[[], None]], device: to
         free_device_memory(device)
         torch.cuda.reset_peak_memory_stats(device)
         oom = False
+        step: Callable[[], None] | None = None
         try:
             step = make_step(batch)
             for _ in range(steps):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -137,10 +138,13 @@ def gemm_gflop_per_s(number_format: str, *, side: int = GEMM_SIDE, rounds: int =
         if probe is None:
             return None
         # a slow generic kernel would take minutes at full size: measure it at the probe's
+        product: Callable[[], torch.Tensor] | None = probe
         if _best_seconds(probe, device, 1, timer) * (side / probe_side) ** 3 > MAX_PRODUCT_S:
-            side, product = probe_side, probe
+            side = probe_side
         else:
             product = _operands(number_format, side, device)
+        if product is None:
+            return None
         seconds = _best_seconds(product, device, rounds, timer)
     except (RuntimeError, NotImplementedError):  # the kernel is not built for this device or size
         return None
@@ -203,6 +207,7 @@ def parse_peak_gflops(value: str | float | Mapping[str, float] | None) -> dict[s
     """
     if value is None:
         return None
+    pairs: list[tuple[str, Any]]
     if isinstance(value, Mapping):
         pairs = list(value.items())
     elif isinstance(value, (int, float)):
@@ -213,7 +218,7 @@ def parse_peak_gflops(value: str | float | Mapping[str, float] | None) -> dict[s
             return {}
         if "=" not in text:
             return dict.fromkeys(FORMATS, _positive(text, value))
-        pairs = [part.partition("=")[::2] for part in text.split(",")]
+        pairs = [(name, number) for name, _, number in (part.partition("=") for part in text.split(","))]
     peaks: dict[str, float] = {}
     for name, number in pairs:
         name = str(name).strip().lower()

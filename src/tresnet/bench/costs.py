@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -63,7 +64,7 @@ def count_model_costs(name: str) -> ModelCosts:
     """Build the registered model ``name`` with fresh weights and count its parameters and GMACs at its own input
     size (the GMACs on the meta device). Raises :class:`~tresnet.errors.ModelNotFoundError` for an unknown name."""
     model = create_model(name)
-    img_size = int(model.pretrained_cfg["input_size"][-1])
+    img_size = int(cast(dict, model.pretrained_cfg)["input_size"][-1])
     params_m = count_params_m(model)
     gmacs = count_gmacs(model.to("meta"), img_size, device="meta")
     return ModelCosts(params_m=params_m, gmacs=gmacs, img_size=img_size)

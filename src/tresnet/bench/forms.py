@@ -177,7 +177,7 @@ def _own_format_check(runtime: str, *, cpu_only: bool):
         if cpu_only and options.device.type != "cpu":
             raise ConfigError(f"{spec.label} runs {runtime} on the CPU, not on {options.device}: use --device cpu")
         if options.precision != "fp32":
-            raise ConfigError(f"{spec.label} runs in {NUMBER_FORMATS[spec.form]} ({runtime}), not "
+            raise ConfigError(f"{spec.label} runs in {NUMBER_FORMATS[str(spec.form)]} ({runtime}), not "
                               f"{options.precision}: use --precision fp32 (the form sets its own number format)")
 
     return check
@@ -189,7 +189,7 @@ def _onnx_runner(spec: ModelSpec, options: BuildOptions, *, int8: bool) -> FormB
     :func:`calibration_batch`), with as many intra-op threads as PyTorch."""
     model = build_base_model(spec).eval()
     img_size = options.img_size or native_img_size(spec, model)
-    quantized = dict(number_format="int8", calibration=calibration_batch(img_size)) if int8 else {}
+    quantized: dict[str, Any] = dict(number_format="int8", calibration=calibration_batch(img_size)) if int8 else {}
     runner = onnx_model(model, img_size=img_size, **quantized)
     # a plain callable: the benchmark neither moves nor converts nor counts the parameters of a session
     return FormBuild(run=runner.__call__, reference=model)
@@ -211,7 +211,7 @@ def _program_runner(format: str):
         model = build_base_model(spec).eval()
         loaded = pt2_model(model, format=format, img_size=options.img_size or native_img_size(spec, model))
         # a plain callable: the benchmark neither moves nor converts nor compiles the exported program again
-        return FormBuild(run=loaded.__call__, reference=model)
+        return FormBuild(run=loaded, reference=model)
 
     return build
 

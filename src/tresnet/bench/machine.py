@@ -8,6 +8,7 @@ import platform
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import torch
 
@@ -99,7 +100,7 @@ def describe_device(device: torch.device) -> str:
     return f"{cpu_name()} ({threads} thread{'s' if threads > 1 else ''})"
 
 
-def versions() -> dict[str, str | None]:
+def versions() -> dict[str, Any]:
     """``tresnet_version``, ``torch_version`` and ``timm_version`` (None without timm)."""
     found = {"tresnet_version": __version__, "torch_version": torch.__version__, "timm_version": None}
     try:

@@ -112,9 +112,11 @@ def speed_ratio(rows: Rows, numerator: str, denominator: str, mode: str) -> floa
     """images/s of model ``numerator`` over ``denominator`` in ``mode`` (None if either is missing)."""
     by_label = {r.model: r for r in as_rows(rows)}
     a, b = by_label.get(numerator), by_label.get(denominator)
-    if not a or not b or not a.mode(mode).img_per_s or not b.mode(mode).img_per_s:
+    a_speed = a.mode(mode).img_per_s if a else None
+    b_speed = b.mode(mode).img_per_s if b else None
+    if not a_speed or not b_speed:
         return None
-    return a.mode(mode).img_per_s / b.mode(mode).img_per_s
+    return a_speed / b_speed
 
 
 def comparisons(rows: Rows) -> list[tuple[str, str]]:
@@ -271,12 +273,11 @@ def _plot_mode(axes, rows: Sequence[BenchRow], mode: str) -> None:
     """One panel: published top-1 against ``mode``'s images/s, our models as red stars."""
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-    points = sorted((r for r in rows if r.mode(mode).img_per_s and r.top1 is not None),
-                    key=lambda r: r.mode(mode).img_per_s)
+    points = sorted(((r, speed, top1) for r in rows
+                     if (speed := r.mode(mode).img_per_s) and (top1 := r.top1) is not None), key=lambda point: point[1])
     placed: list[tuple[float, float]] = []  # labels of nearly coincident points go one above the other
-    for row in points:
+    for row, x, y in points:
         ours = row.impl == "tresnet"
-        x, y = row.mode(mode).img_per_s, row.top1
         axes.scatter([x], [y], s=90 if ours else 40, marker="*" if ours else "o",
                      color="tab:red" if ours else "tab:blue", zorder=3)
         level = sum(1 for px, py in placed if abs(py - y) < 0.15 and abs(math.log(px / x)) < 0.5)
@@ -284,7 +285,7 @@ def _plot_mode(axes, rows: Sequence[BenchRow], mode: str) -> None:
         axes.annotate(row.model, (x, y), textcoords="offset points", xytext=(5, 4 + 9 * level), fontsize=8)
     if not points:
         axes.text(0.5, 0.5, "no model with a published top-1", ha="center", va="center", transform=axes.transAxes)
-    batch = sorted({r.mode(mode).batch_size for r in points} - {None})
+    batch = sorted({size for r, _, _ in points if (size := r.mode(mode).batch_size) is not None})
     batch_text = f"batch {batch[0]}" if len(batch) == 1 else "batch per model"
     axes.set_xlabel(f"{'inference' if mode == 'infer' else 'training'} images/s ({batch_text}, log scale)")
     axes.set_ylabel("ImageNet top-1 (%)")

@@ -146,9 +146,9 @@ class BenchRow:
     @classmethod
     def from_dict(cls, flat: Mapping[str, Any]) -> BenchRow:
         """The row of a flat dict (:meth:`to_dict`, or a result file); unknown keys are ignored."""
-        modes = {m: ModeResult(**{f.name: flat.get(_flat_key(m, f.name)) for f in fields(ModeResult)})
-                 for m in MODES}
-        own = {f.name: flat.get(f.name) for f in fields(cls) if f.name not in MODES}
+        modes: dict[str, Any] = {
+            m: ModeResult(**{f.name: flat.get(_flat_key(m, f.name)) for f in fields(ModeResult)}) for m in MODES}
+        own: dict[str, Any] = {f.name: flat.get(f.name) for f in fields(cls) if f.name not in MODES}
         return cls(**own, **modes)
 
 

@@ -24,6 +24,7 @@ import random
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import cast
 
 import torch
 
@@ -387,10 +388,11 @@ def _record_cpu_peaks(target: BenchTarget, row: BenchRow, modes: tuple[str, ...]
     row.peak_mem_method = CPU_PEAK_METHOD
     for mode, value in peaks.items():
         row.mode(mode).peak_mem_mib = _mib(value)
-    over = [m for m, v in peaks.items() if v is not None and plan.budget_bytes is not None
+    over = [(m, v) for m, v in peaks.items() if v is not None and plan.budget_bytes is not None
             and plan.batch_size is not None and v > plan.budget_bytes]
     if over:
-        raise ConfigError(f"{target.label}: batch {batch} needs {peaks[over[0]] / GIB:.2f} GiB for {over[0]}, "
+        (mode, needed), *_ = over
+        raise ConfigError(f"{target.label}: batch {batch} needs {needed / GIB:.2f} GiB for {mode}, "
                           f"over --memory-budget {config.memory_budget_gib} GiB; use a smaller --batch-size or "
                           f"--batch-size auto")
 
@@ -507,7 +509,7 @@ def _wants_ceiling(specs: Sequence[ModelSpec], plan: _Plan) -> bool:
 
 def _number_format(row: BenchRow, config: BenchConfig, plan: _Plan) -> str | None:
     """The number format of ``row``'s matrix products: its form's own, else that of the run's precision."""
-    return NUMBER_FORMATS.get(row.form) or precision_format(config.precision, plan.device.type)
+    return NUMBER_FORMATS.get(row.form or "") or precision_format(config.precision, plan.device.type)
 
 
 def _ceilings(rows: list[BenchRow], config: BenchConfig, plan: _Plan,
@@ -518,8 +520,8 @@ def _ceilings(rows: list[BenchRow], config: BenchConfig, plan: _Plan,
     for row in rows:
         row.number_format = _number_format(row, config, plan)
     given = plan.peaks or {}
-    used = sorted({row.number_format for row in rows} - {None})
-    ceilings = {fmt: (given[fmt], PEAK_GIVEN) for fmt in used if fmt in given}
+    used = sorted({fmt for row in rows if (fmt := row.number_format) is not None})
+    ceilings: dict[str, tuple[float | None, str]] = {fmt: (given[fmt], PEAK_GIVEN) for fmt in used if fmt in given}
     measured = estimate_peaks([fmt for fmt in used if fmt not in given], device=plan.device, timer=config.timer)
     for fmt, gflops in measured.items():
         earlier = (before or {}).get(fmt, (None, None))[0]
@@ -542,7 +544,7 @@ def _make_steps(targets: list[BenchTarget], rows: list[BenchRow], pairs: list[_P
         target = targets[index]
         if park:
             _move_target(target, [], device)
-        batch = rows[index].mode(mode).batch_size
+        batch = cast(int, rows[index].mode(mode).batch_size)  # chosen before the steps are made
         steps[index, mode] = _guarded(
             lambda t=target, m=mode, b=batch: make_step(t, m, b, device=device, precision=config.precision,
                                                         channels_last=config.channels_last, seed=config.seed),
@@ -575,7 +577,7 @@ def _take_turn(target: BenchTarget, step, mode: str, batch: int, timed: bool, pl
 def _record_timings(row: BenchRow, mode: str, seconds: list[float], peak_bytes: int, device: torch.device) -> None:
     """The median images/s of ``seconds`` and its spread (and the CUDA peak) into ``row``'s ``mode``."""
     result: ModeResult = row.mode(mode)
-    stats = summarize(seconds, result.batch_size)
+    stats = summarize(seconds, cast(int, result.batch_size))
     result.img_per_s = stats["img_per_s"]
     result.img_per_s_spread_pct = stats["spread_pct"]
     result.ms_per_batch = stats["ms_per_batch"]
@@ -596,7 +598,7 @@ def _time_turns(pairs: list[_Pair], targets: list[BenchTarget], rows: list[Bench
         for index, mode in shuffler.sample(pairs, len(pairs)):
             target = targets[index]
             bar.stage(f"{phase} {repetition + 1} {target.label} {mode}")
-            seconds, peak = _take_turn(target, steps[index, mode], mode, rows[index].mode(mode).batch_size,
+            seconds, peak = _take_turn(target, steps[index, mode], mode, cast(int, rows[index].mode(mode).batch_size),
                                        phase == "timing", plan, config.timer, park)
             if seconds is not None:
                 samples[index, mode].append(seconds)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -79,10 +79,11 @@ def build_target(spec: ModelSpec, options: BuildOptions, *, compile: bool = Fals
     img_size = options.img_size or native_img_size(spec, module if isinstance(module, nn.Module) else reference)
     for checked in (module, reference):
         if isinstance(checked, nn.Module) and hasattr(checked, "check_input_size"):
-            checked.check_input_size(img_size, img_size)
+            cast(Any, checked).check_input_size(img_size, img_size)
     if isinstance(built, nn.Module):
         memory_format = torch.channels_last if options.channels_last else torch.preserve_format
-        built.to(device=options.device, memory_format=memory_format)
+        # torch's stubs lack to(device, memory_format=)
+        built.to(device=options.device, memory_format=memory_format)  # type: ignore[call-overload]
         forward = torch.compile(built) if compile else built
     else:
         if compile:

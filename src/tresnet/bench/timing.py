@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from tresnet.bench.targets import BenchTarget
 from tresnet.errors import ConfigError
@@ -93,11 +94,12 @@ class TrainStep(_BenchStep):
             self.labels = torch.randint(0, target.num_classes, (batch_size,), generator=generator).to(device)
         params = [p for p in target.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+        self.module: nn.Module = target.module
         self.scaler = torch.amp.GradScaler(device.type) if needs_grad_scaler(precision, device) else None
 
     def prepare(self) -> None:
         """Put the module in train mode; call before each turn (another step may have switched it)."""
-        self.target.module.train()
+        self.module.train()
 
     def __call__(self, images: int | None = None) -> None:
         """One step on the batch, or on its first ``images`` images (a cheap step that creates the optimizer's
@@ -154,7 +156,7 @@ def check_timer(timer: str, device: torch.device) -> None:
         raise ConfigError("--timer cpu (process CPU time) applies to --device cpu only")
 
 
-def time_iterations(step: Callable[[], None], iters: int, device: torch.device, timer: str = "wall") -> float:
+def time_iterations(step: Callable[[], object], iters: int, device: torch.device, timer: str = "wall") -> float:
     """Seconds per call of ``step``, averaged over ``iters`` back-to-back calls.
 
     On CUDA the interval is measured with CUDA events after the stream is idle, so queued work is

@@ -166,9 +166,10 @@ class Task:
 
     # training --------------------------------------------------------------------------------------------
 
-    def random_targets(self, batch: int, num_outputs: int, generator: torch.Generator | None = None) -> Tensor:
-        """Targets of the task's form for ``batch`` images of a model with ``num_outputs`` outputs, drawn at
-        random (to measure a training step, or to check a loss)."""
+    def random_targets(self, batch: int, num_outputs: int, generator: torch.Generator | None = None, *,
+                       img_size: int = 64) -> Any:
+        """Targets of the task's form for ``batch`` images of ``img_size`` pixels and a model with ``num_outputs``
+        outputs, drawn at random (to measure a training step, or to check a loss)."""
         raise NotImplementedError
 
     def create_loss(self, name: str | None, options: LossOptions) -> nn.Module:
@@ -202,7 +203,7 @@ class Task:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         return inputs, targets.to(device, non_blocking=True)
 
-    def training_loss(self, net: nn.Module, criterion: nn.Module, inputs: Any, targets: Any) -> Tensor:
+    def training_loss(self, net: Callable[..., Any], criterion: nn.Module, inputs: Any, targets: Any) -> Tensor:
         """The loss of one training step: ``criterion`` (:meth:`create_loss`'s) of ``net``'s outputs and the
         targets (a detector computes its own losses from the targets)."""
         return criterion(net(inputs), targets)

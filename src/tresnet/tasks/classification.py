@@ -194,7 +194,8 @@ class Classification(Task):
     columns = ("val_top1", "val_top5", "ema_top1", "ema_top5")
     maps_classes = True
 
-    def random_targets(self, batch: int, num_outputs: int, generator: torch.Generator | None = None) -> Tensor:
+    def random_targets(self, batch: int, num_outputs: int, generator: torch.Generator | None = None, *,
+                       img_size: int = 64) -> Tensor:
         return torch.randint(0, num_outputs, (batch,), generator=generator)
 
     def create_loss(self, name: str | None, options: LossOptions) -> nn.Module:

@@ -170,7 +170,7 @@ class Detection(Task):
 
     # training --------------------------------------------------------------------------------------------
 
-    def random_targets(self, batch: int, num_outputs: int, generator: torch.Generator | None = None,
+    def random_targets(self, batch: int, num_outputs: int, generator: torch.Generator | None = None, *,
                        img_size: int = 64) -> list[dict]:
         """One to four boxes per image, of random classes, sides between 1/8 and 1/2 of ``img_size``."""
         targets = []
@@ -211,7 +211,7 @@ class Detection(Task):
         images = [image.to(device, non_blocking=True) for image in inputs]
         return images, [_move_target(target, device) for target in targets]
 
-    def training_loss(self, net: nn.Module, criterion: nn.Module, inputs: Any, targets: Any) -> Tensor:
+    def training_loss(self, net: Callable[..., Any], criterion: nn.Module, inputs: Any, targets: Any) -> Tensor:
         return criterion(net(inputs, targets))
 
     # evaluation ------------------------------------------------------------------------------------------

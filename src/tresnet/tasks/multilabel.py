@@ -143,7 +143,8 @@ class MultiLabel(Task):
     losses = ("asl", "bce", "focal")
     columns = ("val_map", "ema_map", "val_cf1", "val_of1")
 
-    def random_targets(self, batch: int, num_outputs: int, generator: torch.Generator | None = None) -> Tensor:
+    def random_targets(self, batch: int, num_outputs: int, generator: torch.Generator | None = None, *,
+                       img_size: int = 64) -> Tensor:
         return (torch.rand(batch, num_outputs, generator=generator) < 0.3).float()
 
     def create_loss(self, name: str | None, options: LossOptions) -> nn.Module:
