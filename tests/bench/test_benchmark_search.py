@@ -89,6 +89,17 @@ def test_known_linear_peaks_put_the_first_try_on_the_limit():
         == 14 and calls[0] == 2 and max(calls) < 16
 
 
+def test_peaks_out_of_order_by_noise_take_a_longer_base_instead_of_doubling():
+    def measure(batch):  # 43 MB per image, but batch 42 measured 9 MB under batch 41 (the noise of a peak)
+        return 1.3e9 + 43e6 * batch - (52e6 if batch == 42 else 0)
+
+    calls = []
+    known = {b: measure(b) for b in (8, 16, 41, 42)}
+    result = largest_batch(lambda b: calls.append(b) or measure(b), 3 * GIB, min_batch=2, known=known)
+    assert result.max_batch == 44 == int((3 * GIB - 1.3e9) // 43e6)
+    assert calls[0] <= 46 and len(calls) <= 3  # not 84, the doubling of 42
+
+
 def test_cap_single_batch_and_lower_bound():
     assert largest_batch(lambda b: 1.0, 10.0, max_batch=50).max_batch == 50
     assert largest_batch(lambda b: 1.0, 10.0, max_batch=1).max_batch == 1

@@ -45,15 +45,16 @@ def projected_batch(first: tuple[int, float], second: tuple[int, float], budget:
 
 
 def _secant_guess(points: dict[int, float], lo: int, hi: int | None, budget: float) -> int | None:
-    """Where the line through two measured points reaches the budget (None if it cannot be drawn)."""
-    if hi is not None and math.isfinite(points[hi]):
-        other = hi
-    else:
-        below = [b for b in points if b < lo and math.isfinite(points[b])]
-        if not below:
-            return None
-        other = max(below)
-    return projected_batch((lo, points[lo]), (other, points[other]), budget)
+    """Where the line through ``lo``'s peak and another measured one reaches the budget: ``hi``'s, else the nearest
+    smaller batch's whose line rises (peaks a few images apart can be out of order by the measurement's noise, a
+    longer base is not); None if no such line can be drawn."""
+    others = [hi] if hi is not None and math.isfinite(points[hi]) else []
+    others += sorted((b for b in points if b < lo and math.isfinite(points[b])), reverse=True)
+    for other in others:
+        guess = projected_batch((lo, points[lo]), (other, points[other]), budget)
+        if guess is not None:
+            return guess
+    return None
 
 
 def largest_batch(measure: Callable[[int], float], budget_bytes: float, *, max_batch: int = 4096,
