@@ -29,8 +29,8 @@ def test_both_ways_are_probed_and_the_difference_is_checked(cheap_mib, code, tmp
         return {"train_peak_rss_bytes": (1000 if first_step_images is None else cheap_mib) * MIB}
 
     monkeypatch.setattr(bench, "probe_peak_rss", fake_probe)
-    assert bench.main(["--models", "a,b", "--batches", "4,8", "--out", str(tmp_path)]) == code
-    assert asked == [(m, b, first) for m in "ab" for b in (4, 8) for first in (None, 2)]
+    assert bench.main(["--models", "a,b", "--batches", "4,8", "--repeats", "2", "--out", str(tmp_path)]) == code
+    assert asked == [(m, b, first) for m in "ab" for b in (4, 8) for _ in range(2) for first in (None, 2)]
     record = json.loads((tmp_path / "probe_first_step_cpu.json").read_text())
     assert record["largest_difference"] == pytest.approx(cheap_mib / 1000 - 1)
     assert "| a | 4 | 1000 MiB |" in (tmp_path / "probe_first_step_cpu.md").read_text()
