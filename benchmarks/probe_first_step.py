@@ -6,7 +6,7 @@ creates that state. Running it on two images instead of the whole batch halves a
 where a probe takes minutes (bf16 emulated on a CPU without AVX-512 BF16 or AMX). This script measures what it
 costs in accuracy: the relative difference of the two ways' median peaks over ``--repeats`` probes each, which
 must stay within ``--tolerance``, beside each way's own spread (the peak resident size of the same probe varies
-by a few percent from one process to the next: the threads' malloc arenas fill in another order).
+by a few percent from one process to the next).
 
 Prints a table and writes ``probe_first_step_cpu.json`` and ``.md`` under ``--out``:
 

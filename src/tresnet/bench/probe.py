@@ -44,7 +44,8 @@ def run_probe(request: dict) -> dict:
         else:
             # Training peaks from the second step on, once the optimizer's momentum sits beside the gradients.
             # The first step, which only creates that state, runs on two images of the batch (None: all of it):
-            # the same peak within 2% (benchmarks/probe_first_step.py) at about half the time.
+            # the same peak within the probes' own run-to-run spread (benchmarks/probe_first_step.py) in about
+            # half the time at large batches.
             step(request.get("first_step_images", FIRST_STEP_IMAGES))
             for _ in range(request.get("steps", 2) - 1):
                 step()
