@@ -210,8 +210,9 @@ def _program_runner(format: str):
     def build(spec: ModelSpec, options: BuildOptions) -> FormBuild:
         model = build_base_model(spec).eval()
         loaded = pt2_model(model, format=format, img_size=options.img_size or native_img_size(spec, model))
-        # a plain callable: the benchmark neither moves nor converts nor compiles the exported program again
-        return FormBuild(run=loaded, reference=model)
+        # a plain callable, not the module: the benchmark neither moves nor converts nor compiles (nor puts in
+        # eval mode, which an exported program refuses) the exported program again
+        return FormBuild(run=lambda images: loaded(images), reference=model)
 
     return build
 
