@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 
 from tresnet.bench import command_line, cpu_line, machine_record
-from tresnet.bench.batch_search import probe_peak_rss
+from tresnet.bench.batch_search import FIRST_STEP_IMAGES, probe_peak_rss
 from tresnet.bench.memory import MIB
 from tresnet.files import write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
-WAYS = {"two full steps": None, "first step on 2 images": 2}
+WAYS = {"two full steps": None, f"first step on {FIRST_STEP_IMAGES} images": FIRST_STEP_IMAGES}
 
 
 def measure(label: str, batch: int, args: argparse.Namespace) -> dict:

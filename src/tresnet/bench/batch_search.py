@@ -22,6 +22,8 @@ import torch
 from tresnet.errors import ConfigError, TResNetError
 
 GIB = 1024 ** 3
+# The images of a CPU probe's first training step, which only creates the optimizer's state (see probe.py).
+FIRST_STEP_IMAGES = 2
 
 
 @dataclass
@@ -164,7 +166,7 @@ def cuda_peak_measure(make_step: Callable[[int], Callable[[], None]], device: to
 
 def probe_peak_rss(label: str, batch_size: int, *, modes: tuple[str, ...] = ("train",), img_size: int,
                    precision: str = "fp32", channels_last: bool = False, threads: int | None = None,
-                   steps: int = 2, first_step_images: int | None = 2, timeout_s: float = 900.0) -> dict:
+                   steps: int = 2, first_step_images: int | None = FIRST_STEP_IMAGES, timeout_s: float = 900.0) -> dict:
     """Peak resident memory of a fresh CPU process that builds ``label`` and runs, at ``batch_size``,
     one inference batch and/or ``steps`` training steps (per ``modes``; inference first). The first training
     step, which only creates the optimizer's state, runs on ``first_step_images`` images of the batch (None:

@@ -14,13 +14,12 @@ import sys
 
 import torch
 
+from tresnet.bench.batch_search import FIRST_STEP_IMAGES
 from tresnet.bench.memory import image_peak_rss_bytes
 from tresnet.bench.specs import BuildOptions, parse_model_spec
 from tresnet.bench.targets import build_target, check_spec
 from tresnet.bench.timing import make_step
 from tresnet.errors import TResNetError
-
-FIRST_STEP_IMAGES = 2
 
 
 def run_probe(request: dict) -> dict:
@@ -43,9 +42,9 @@ def run_probe(request: dict) -> dict:
             step()
         else:
             # Training peaks from the second step on, once the optimizer's momentum sits beside the gradients.
-            # The first step, which only creates that state, runs on two images of the batch (None: all of it):
-            # the same peak within the probes' own run-to-run spread (benchmarks/probe_first_step.py) in about
-            # half the time at large batches.
+            # The first step, which only creates that state, runs on FIRST_STEP_IMAGES images of the batch
+            # (None: all of it): the same peak within the probes' own run-to-run spread
+            # (benchmarks/probe_first_step.py) in about half the time at large batches.
             step(request.get("first_step_images", FIRST_STEP_IMAGES))
             for _ in range(request.get("steps", 2) - 1):
                 step()

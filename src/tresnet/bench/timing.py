@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -94,8 +95,12 @@ class TrainStep(_BenchStep):
             self.labels = torch.randint(0, target.num_classes, (batch_size,), generator=generator).to(device)
         params = [p for p in target.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
-        self.module: nn.Module = target.module
         self.scaler = torch.amp.GradScaler(device.type) if needs_grad_scaler(precision, device) else None
+
+    @property
+    def module(self) -> nn.Module:
+        """The target's module (a trainable target has one: checked when the step is made)."""
+        return cast(nn.Module, self.target.module)
 
     def prepare(self) -> None:
         """Put the module in train mode; call before each turn (another step may have switched it)."""
